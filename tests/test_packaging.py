@@ -1,0 +1,43 @@
+"""pyproject.toml and environment.yml name the same packages with the same ranges."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _split(requirement: str) -> tuple[str, str]:
+    name, spec = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*)$", requirement).groups()
+    return name.lower().replace("_", "-"), spec.replace(" ", "")
+
+
+def test_environment_yml_mirrors_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = dict(map(_split, project["dependencies"]))
+    for extra in project["optional-dependencies"].values():
+        wanted.update(map(_split, extra))
+
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    mirrored = dict(_split(r) for r in pip_section if not r.startswith("-e"))
+    assert mirrored == wanted
+
+
+def test_no_exact_pins():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"]:
+        assert "==" not in requirement, f"pin ranges, not exact versions: {requirement}"
+
+
+def test_readme_leads_with_the_two_commands_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", readme, flags=re.S)
+    demo, tests = blocks[0], blocks[1]
+    assert "xrstudy demo" in demo and 'pip install -e ".[test]"' in tests and "pytest" in tests
+    assert 'pip install -q -e ".[test]"' in ci and "python -m pytest" in ci and "xrstudy demo" in ci
