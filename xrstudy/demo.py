@@ -1,0 +1,168 @@
+"""`xrstudy demo`: the whole study loop in miniature, offline, on a CPU.
+
+sources (phantoms written in the real CheXpert / NIH / PadChest layouts, natural-like shapes,
+scikit-learn's digits) → the real adapters and merge → pre-training cells → transfer cells at
+several shots and seeds from three inits → results store → the paper's figures.
+
+Every cell is a papermill execution of `notebooks/10_pretrain.ipynb` or `20_transfer.ipynb`
+driven by `xrstudy.sweep`, exactly as on a GPU node; finished cells are reused on a re-run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from xrstudy import figures, layouts, phantoms, results, sweep
+
+
+class DemoError(RuntimeError):
+    """The demo cannot run with the arguments given (bad output directory, ...)."""
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How big the miniature study is. `tiny` is CI's smoke run; `small` is the default."""
+
+    patients: int  # per pre-training source
+    target_per_class: int  # PadChest-Cl images per class
+    shapes_per_class: int
+    image_size: int
+    pretrain_epochs: int
+    transfer_steps: int
+    batch_size: int
+    shots: tuple[int, ...]
+    seeds: tuple[int, ...]
+
+
+SIZES = {
+    "tiny": DemoSize(patients=60, target_per_class=20, shapes_per_class=40, image_size=32,
+                     pretrain_epochs=3, transfer_steps=12, batch_size=16, shots=(1, 0), seeds=(0, 1)),
+    "small": DemoSize(patients=300, target_per_class=60, shapes_per_class=150, image_size=48,
+                      pretrain_epochs=6, transfer_steps=40, batch_size=32, shots=(1, 5, 10, 0), seeds=(0, 1)),
+}  # fmt: skip
+
+# The miniature sources: which registry adapter reads each, where its root lies, how it is drawn.
+XRAY_TARGET_CLASSES = ("normal", "Cardiomegaly", "Effusion", "Pneumothorax", "Consolidation")
+DONE_MARKER = ".xrstudy-complete"
+
+
+def check_out_dir(out: Path) -> Path:
+    """Fail early and clearly on an output directory we could not finish writing into."""
+    out = Path(out).expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise DemoError(f"--out {out} exists and is not a directory")
+    if not out.parent.is_dir():
+        raise DemoError(f"--out {out}: parent directory {out.parent} does not exist; create it first")
+    probe_dir = out if out.exists() else out.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=".xrstudy-write-probe-"):
+            pass
+    except OSError as err:
+        raise DemoError(f"--out {out}: cannot write into {probe_dir} ({err.strerror or err})") from None
+    out.mkdir(exist_ok=True)
+    return out
+
+
+def _write_once(root: Path, name: str, make_records) -> Path:
+    """Write a miniature source unless a complete copy is already there (re-runs reuse it)."""
+    if (root / DONE_MARKER).exists():
+        return root
+    if root.exists():  # an interrupted earlier write: start this source over
+        shutil.rmtree(root)
+    layouts.write_layout(name, root, make_records())
+    (root / DONE_MARKER).write_text("complete\n")
+    return root
+
+
+def write_sources(data_dir: Path, size: DemoSize) -> dict[str, Path]:
+    """The demo's sources on disk, in the layouts the real datasets are distributed in."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    split = (("train", 0.85), ("valid", 0.15))
+    styles = {  # different scanners: the sources are related domains, not copies
+        "chexpert": phantoms.PhantomStyle(contrast=1.0, noise=0.04),
+        "nih": phantoms.PhantomStyle(contrast=0.85, noise=0.05),
+        "padchest": phantoms.PhantomStyle(contrast=1.1, noise=0.03, bits=16),
+    }
+    roots = {
+        "chexpert": _write_once(data_dir / "CheXpert-v1.0-small", "chexpert", lambda: phantoms.xray_records(
+            size.patients, seed=1, style=styles["chexpert"], splits=split)),
+        "nih": _write_once(data_dir / "ChestX-ray14", "nih", lambda: phantoms.xray_records(
+            size.patients, seed=2, style=styles["nih"], uncertain_share=0.0, blank_share=0.0,
+            splits=(("train", 0.8), ("test", 0.2)))),
+        "padchest-cl": _write_once(data_dir / "PadChest", "padchest", lambda: phantoms.single_finding_records(
+            size.target_per_class, seed=3, classes=XRAY_TARGET_CLASSES, style=styles["padchest"])),
+        "shapes": _write_once(data_dir / "shapes", "imagefolder", lambda: phantoms.shape_records(
+            size.shapes_per_class, seed=4)),
+        "digits": _write_once(data_dir / "digits", "imagefolder", lambda: phantoms.digit_records(seed=5)),
+    }  # fmt: skip
+    return roots
+
+
+def demo_sweep(out: Path, roots: dict[str, Path], size: DemoSize) -> dict:
+    """The demo's grid as a sweep document (the same format as sweeps/paper.yaml)."""
+    root_list = [f"{name}={path}" for name, path in roots.items()]
+    return {
+        "defaults": {
+            "arch": "resnetv2_tiny_bit",
+            "image_size": size.image_size,
+            "batch_size": size.batch_size,
+            "out_dir": str(out),
+            "roots": root_list,
+        },
+        "pretrain": [
+            {"name": "xray", "sources": ["chexpert", "nih"], "labels": "intersection",
+             "views": ["PA", "AP"], "epochs": size.pretrain_epochs},
+            {"name": "natural", "sources": ["shapes"], "views": [], "epochs": size.pretrain_epochs},
+        ],
+        "transfer": [
+            {"steps": size.transfer_steps,
+             "grid": {"target": ["padchest-cl", "digits"],
+                      "init": ["scratch", "pretrain:xray", "pretrain:natural"],
+                      "shots": list(size.shots), "seed": list(size.seeds)}},
+        ],
+    }  # fmt: skip
+
+
+def summary_table(results_dir: Path) -> pd.DataFrame:
+    """Mean ± SD over seeds of each target's headline metric, init × shots."""
+    tidy = results.table(results_dir)
+    tidy = tidy[(tidy["kind"] == "transfer") & (tidy["metric"].isin(["test/acc", "test/auc"]))]
+    if tidy.empty:
+        return pd.DataFrame()
+    headline = {"padchest-cl": "test/auc", "digits": "test/acc"}
+    tidy = tidy[tidy["metric"] == tidy["target"].map(headline).fillna("test/acc")]
+    stats = tidy.groupby(["target", "metric", "init_label", "shot"])["value"].agg(["mean", "std"])
+    cell = (100 * stats["mean"]).round(1).astype(str) + " ± " + (100 * stats["std"].fillna(0)).round(1).astype(str)
+    table = cell.unstack("shot")
+    ordered = [c for c in [f"{k}_shot" for k in (1, 5, 10, 100, 500)] + ["full_shot"] if c in table.columns]
+    return table[ordered]
+
+
+def run_demo(out: str | Path, size: str = "small", *, workers: int = 2, progress: bool = True) -> dict:
+    """Run the miniature study into `out`; return paths and the summary table."""
+    if size not in SIZES:
+        raise DemoError(f"--size {size!r}; expected one of {sorted(SIZES)}")
+    out = check_out_dir(Path(out))
+    started = time.perf_counter()
+    print(f"[1/4] writing miniature sources in their real layouts under {out / 'data'}", flush=True)
+    roots = write_sources(out / "data", SIZES[size])
+    sweep_path = out / "demo-sweep.yaml"
+    sweep_path.write_text(yaml.safe_dump(demo_sweep(out, roots, SIZES[size]), sort_keys=False))
+    cells = sweep.load_sweep(sweep_path)
+    print(f"[2/4] running {len(cells)} study cells ({sweep_path}); finished cells are reused", flush=True)
+    summary = sweep.run(cells, workers=workers, progress=progress)
+    print("[3/4] drawing figures", flush=True)
+    figure_paths = figures.render_all(out / "results", out / "figures")
+    table = summary_table(out / "results")
+    elapsed = time.perf_counter() - started
+    print(f"[4/4] done in {elapsed:.0f} s")
+    return {"out": out, "sweep": sweep_path, "summary": summary, "figures": figure_paths,
+            "table": table, "seconds": elapsed}
+
