@@ -1,0 +1,478 @@
+"""The results store: one JSON per run, validated, written atomically, read back as one tidy table.
+
+A result file is `{results_dir}/{run_id}.json` (schema in docs/design.md). `save` adds a `digest`
+(SHA-256 of the canonical JSON of everything else) so that `load` can tell a complete, untouched
+file from a truncated or hand-edited one; such files raise `ResultError` and `table` leaves them out
+with a warning instead of plotting them.
+
+The paper's published CSVs are imported into the same schema (`origin: "paper"`), so the paper's
+numbers and new runs sit in one table and one figure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import uuid
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from xrstudy.config import ConfigError, RunConfig
+
+SCHEMA = "xrstudy.result/1"
+STATUSES = ("ok", "failed")
+ORIGINS = ("xrstudy", "paper")
+TABLE_COLUMNS = (
+    "run_id", "kind", "target", "arch", "init", "init_label", "pretrained_model", "shots", "shot",
+    "seed", "metric", "value", "origin", "last_step", "sources", "data_fraction",
+)  # fmt: skip
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
+
+
+class ResultError(ValueError):
+    """A result dict or file does not follow the result schema (or was truncated / edited)."""
+
+
+# ---- schema -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Field:
+    """One top-level key of a result: the JSON types it may hold and whether it must be there."""
+
+    types: tuple[type, ...]
+    required: bool = False
+
+
+_NUMBER = (int, float)
+FIELDS: dict[str, Field] = {
+    "schema": Field((str,), required=True),
+    "run_id": Field((str,), required=True),
+    "status": Field((str,), required=True),
+    "config": Field((dict,), required=True),
+    "metrics": Field((dict,), required=True),
+    "per_class": Field((dict,)),
+    "ci": Field((dict,)),
+    "split_sha256": Field((str, type(None))),
+    "checkpoint": Field((dict, type(None))),
+    "counts": Field((dict,)),
+    "versions": Field((dict,)),
+    "git_commit": Field((str, type(None))),
+    "device": Field((str, type(None))),
+    "timings": Field((dict,)),
+    "created": Field((str,)),
+    "last_step": Field((int, type(None))),
+    "origin": Field((str,)),
+    "error": Field((str, type(None))),
+    "legacy": Field((dict,)),
+    "digest": Field((str,)),
+}
+
+
+def validate(result: Any) -> dict[str, Any]:
+    """Return `result` unchanged when it follows the schema; else raise ResultError listing every problem."""
+    if not isinstance(result, dict):
+        raise ResultError(f"a result is a JSON object (dict), got {type(result).__name__}")
+    problems: list[str] = []
+    for key, spec in FIELDS.items():
+        if key not in result:
+            if spec.required:
+                problems.append(f"missing required key {key!r}")
+            continue
+        value = result[key]
+        # bool is an int in Python; no schema field is a bool.
+        if isinstance(value, bool) or not isinstance(value, spec.types):
+            wanted = " or ".join(t.__name__ for t in spec.types)
+            problems.append(f"{key!r} should be {wanted}, got {type(value).__name__}")
+    if "schema" in result and result["schema"] != SCHEMA:
+        problems.append(f"schema is {result['schema']!r}; this version reads {SCHEMA!r}")
+    if "status" in result and result["status"] not in STATUSES:
+        problems.append(f"status is {result['status']!r}; expected one of {STATUSES}")
+    if "origin" in result and result["origin"] not in ORIGINS:
+        problems.append(f"origin is {result['origin']!r}; expected one of {ORIGINS}")
+    run_id = result.get("run_id")
+    if isinstance(run_id, str) and not _RUN_ID.match(run_id):
+        problems.append(f"run_id {run_id!r} is not a safe file name")
+    metrics = result.get("metrics") if isinstance(result.get("metrics"), dict) else {}
+    for name, value in metrics.items():
+        if not isinstance(name, str) or "/" not in name:
+            problems.append(f"metric name {name!r} should look like 'test/acc'")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, _NUMBER)):
+            problems.append(f"metric {name!r} should be a number or null, got {type(value).__name__}")
+    config = result.get("config")
+    if isinstance(config, dict):
+        try:
+            RunConfig.from_dict(config, origin="config")
+        except (ConfigError, TypeError) as err:
+            problems.append(f"config is not a RunConfig: {err}")
+    if result.get("status") == "ok" and isinstance(result.get("metrics"), dict) and not result["metrics"]:
+        problems.append("status 'ok' with no metrics")
+    if problems:
+        label = run_id if isinstance(run_id, str) else "<no run_id>"
+        raise ResultError(f"result {label}: " + "; ".join(problems))
+    return result
+
+
+def _digest(result: dict[str, Any]) -> str:
+    body = {k: v for k, v in result.items() if k != "digest"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: tuples → lists, NaN/inf → None (JSON has no NaN), numpy scalars → Python."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy / torch scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def new_result(cfg: RunConfig, metrics: dict[str, float], *, status: str = "ok", **extra: Any) -> dict[str, Any]:
+    """A minimal schema-valid result for `cfg` (train.run fills in the rest)."""
+    result = {
+        "schema": SCHEMA,
+        "run_id": cfg.run_id,
+        "status": status,
+        "config": cfg.to_dict(),
+        "metrics": dict(metrics),
+        "origin": "xrstudy",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    result.update(extra)
+    return result
+
+
+# ---- files ------------------------------------------------------------------------------------
+def result_path(run_id: str, results_dir: str | Path) -> Path:
+    return Path(results_dir) / f"{run_id}.json"
+
+
+def save(result: dict[str, Any], results_dir: str | Path) -> Path:
+    """Validate and write `{results_dir}/{run_id}.json` atomically (temp file + fsync + rename).
+
+    Concurrent writers of different runs never interfere; writers of the same run each leave a
+    complete file (last rename wins), except that an `ok` result is never replaced by a `failed` one.
+    """
+    result = _plain(dict(result))
+    result.setdefault("schema", SCHEMA)
+    result.setdefault("origin", "xrstudy")
+    result.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    result.pop("digest", None)
+    validate(result)
+    result["digest"] = _digest(result)
+
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    final = result_path(result["run_id"], results_dir)
+    if result["status"] == "failed" and _is_ok(final):
+        return final
+    temp = results_dir / f".{result['run_id']}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(temp, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=1, sort_keys=False, allow_nan=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, final)
+    finally:
+        temp.unlink(missing_ok=True)
+    return final
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read and check one result file; ResultError when it is unreadable, truncated, edited or off-schema."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ResultError(f"{path}: no such result file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ResultError(f"{path}: unreadable ({err})") from None
+    try:
+        result = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ResultError(f"{path}: not valid JSON, probably truncated ({err})") from None
+    try:
+        validate(result)
+    except ResultError as err:
+        raise ResultError(f"{path}: {err}") from None
+    if "digest" not in result:
+        raise ResultError(f"{path}: no 'digest'; result files are written by xrstudy.results.save")
+    if result["digest"] != _digest(result):
+        raise ResultError(f"{path}: content does not match its digest (edited after it was written)")
+    if path.stem != result["run_id"]:
+        raise ResultError(f"{path}: file name does not match run_id {result['run_id']!r}")
+    return result
+
+
+def _is_ok(path: Path) -> bool:
+    try:
+        return load(path)["status"] == "ok"
+    except ResultError:
+        return False
+
+
+def is_done(cfg: RunConfig, results_dir: str | Path | None = None) -> bool:
+    """True when a valid `status: ok` result exists for `cfg.run_id` (default store: cfg.results_dir)."""
+    return _is_ok(result_path(cfg.run_id, results_dir if results_dir is not None else cfg.results_dir))
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What a results directory holds: valid results, and files that are not (with the reason)."""
+
+    results: list[dict[str, Any]]
+    invalid: list[tuple[Path, str]]
+
+
+def scan(results_dir: str | Path) -> Scan:
+    results, invalid = [], []
+    for path in sorted(Path(results_dir).glob("*.json")):
+        try:
+            results.append(load(path))
+        except ResultError as err:
+            invalid.append((path, str(err)))
+    return Scan(results, invalid)
+
+
+# ---- tidy table -------------------------------------------------------------------------------
+# timm pretrained tags → the paper's source names.
+TIMM_TAG_LABELS = {
+    "goog_in21k": "imagenet21k",
+    "goog_in21k_ft_in1k": "imagenet21k_ft_imagenet1k",
+    "goog_distilled_in1k": "imagenet1k_distilled",
+    "goog_teacher_in21k_ft_in1k": "imagenet21k_ft_imagenet1k",
+}
+_BIT_ARCH = re.compile(r"resnetv2_(\d+x\d+)_bit")
+
+
+def arch_short(arch: str) -> str:
+    """`resnetv2_152x4_bit.goog_in21k` → `152x4`; other timm names stay as they are (minus the tag)."""
+    base = arch.split(".", 1)[0]
+    match = _BIT_ARCH.fullmatch(base)
+    return match.group(1) if match else base
+
+
+def default_init_label(config: dict[str, Any], pretrain_configs: dict[str, dict[str, Any]]) -> str:
+    """How figures name an init when the config leaves `init_label` empty."""
+    init = config.get("init", "scratch")
+    if init == "timm":
+        tag = config.get("arch", "").partition(".")[2]
+        return TIMM_TAG_LABELS.get(tag, tag or "timm")
+    if init.startswith("run:"):
+        parent = pretrain_configs.get(init[4:])
+        if parent is not None:
+            return parent.get("init_label") or "_".join(parent.get("sources", [])) or parent.get("name", init)
+        return init
+    if init.startswith("paper:"):
+        return init[len("paper:") :]
+    if init == "scratch":
+        return "scratch"
+    return Path(init).stem
+
+
+def pretrained_model_name(init_label: str, arch: str) -> str:
+    """Paper style: `{source}_bit{50x1|152x4}`; non-BiT archs: `{source}_{arch}`."""
+    short = arch_short(arch)
+    return f"{init_label}_bit{short}" if _BIT_ARCH.fullmatch(f"resnetv2_{short}_bit") else f"{init_label}_{short}"
+
+
+def _rows(result: dict[str, Any], pretrain_configs: dict[str, dict[str, Any]]) -> Iterable[dict[str, Any]]:
+    config = result["config"]
+    init = config.get("init", "scratch")
+    parent = pretrain_configs.get(init[4:], {}) if init.startswith("run:") else {}
+    init_label = config.get("init_label") or default_init_label(config, pretrain_configs)
+    kind = config.get("kind", "transfer")
+    sources = config.get("sources") or parent.get("sources") or []
+    shots = int(config.get("shots", 0))
+    for metric, value in result["metrics"].items():
+        yield {
+            "run_id": result["run_id"],
+            "kind": kind,
+            "target": config.get("target", "") if kind == "transfer" else "+".join(sources),
+            "arch": config.get("arch", ""),
+            "init": init,
+            "init_label": init_label if kind == "transfer" else (config.get("init_label") or "_".join(sources)),
+            "pretrained_model": pretrained_model_name(
+                init_label if kind == "transfer" else "_".join(sources), config.get("arch", "")
+            ),
+            "shots": shots,
+            "shot": "full_shot" if shots == 0 else f"{shots}_shot",
+            "seed": int(config.get("seed", 0)),
+            "metric": metric,
+            "value": float("nan") if value is None else float(value),
+            "origin": result.get("origin", "xrstudy"),
+            "last_step": result.get("last_step"),
+            "sources": "+".join(sources),
+            # Data-scale curves: the fraction of the pre-training data behind this model.
+            "data_fraction": float(parent.get("data_fraction", config.get("data_fraction", 1.0))),
+        }
+
+
+def table(results_dir: str | Path, *, status: str = "ok") -> pd.DataFrame:
+    """One tidy row per (run, metric) for every valid result with `status` (invalid files: warned, left out)."""
+    found = scan(results_dir)
+    for path, reason in found.invalid:
+        warnings.warn(f"left out of the table: {reason}", stacklevel=2)
+    return table_from_results(found.results, status=status)
+
+
+def table_from_results(results: Iterable[dict[str, Any]], *, status: str = "ok") -> pd.DataFrame:
+    results = list(results)
+    pretrain_configs = {r["run_id"]: r["config"] for r in results if r["config"].get("kind") == "pretrain"}
+    rows = [row for r in results if r["status"] == status for row in _rows(r, pretrain_configs)]
+    frame = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    frame = frame.astype({"shots": "int64", "seed": "int64", "value": "float64", "data_fraction": "float64"})
+    frame["last_step"] = frame["last_step"].astype("Int64")
+    return frame.sort_values(["kind", "target", "pretrained_model", "shots", "seed", "metric"], ignore_index=True)
+
+
+def write_table(frame: pd.DataFrame, out: str | Path, fmt: str | None = None) -> Path:
+    """Write the tidy table as CSV or Parquet (Parquet needs pyarrow or fastparquet)."""
+    out = Path(out)
+    fmt = fmt or ("parquet" if out.suffix == ".parquet" else "csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "parquet":
+        try:
+            frame.to_parquet(out, index=False)
+        except ImportError as err:
+            raise ResultError(f"--format parquet needs pyarrow or fastparquet installed ({err})") from None
+    elif fmt == "csv":
+        frame.to_csv(out, index=False)
+    else:
+        raise ResultError(f"unknown table format {fmt!r}; expected csv or parquet")
+    return out
+
+
+# ---- the paper's published CSVs ---------------------------------------------------------------
+LEGACY_COLUMNS = ("metric_value", "metric", "path", "seed", "shot", "pretrained_model", "dataset", "last_step")
+_LEGACY_FILE = re.compile(r"finetuning_results_(?P<target>.+)_(?P<metric>[^_]+)\.csv")
+
+
+def parse_shot(shot: str) -> int:
+    """`500_shot` → 500, `full_shot` → 0."""
+    if shot == "full_shot":
+        return 0
+    match = re.fullmatch(r"(\d+)_shot", str(shot))
+    if not match:
+        raise ResultError(f"shot {shot!r}; expected '<k>_shot' or 'full_shot'")
+    return int(match.group(1))
+
+
+def parse_pretrained_model(name: str) -> tuple[str, str]:
+    """`imagenet21k_bit152x4` → (`imagenet21k`, `resnetv2_152x4_bit`)."""
+    source, sep, size = str(name).rpartition("_bit")
+    if not sep or not re.fullmatch(r"\d+x\d+", size):
+        raise ResultError(f"pretrained_model {name!r}; expected '{{source}}_bit{{50x1|152x4|...}}'")
+    return source, f"resnetv2_{size}_bit"
+
+
+def read_legacy(legacy_dir: str | Path) -> pd.DataFrame:
+    """All `finetuning_results_{target}_{metric}.csv` under `legacy_dir`, duplicates dropped."""
+    paths = sorted(p for p in Path(legacy_dir).rglob("finetuning_results_*.csv") if _LEGACY_FILE.fullmatch(p.name))
+    if not paths:
+        raise ResultError(f"{legacy_dir}: no finetuning_results_{{target}}_{{metric}}.csv files")
+    frames = []
+    for path in paths:
+        frame = pd.read_csv(path)
+        missing = set(LEGACY_COLUMNS) - set(frame.columns)
+        if missing:
+            raise ResultError(f"{path}: missing columns {sorted(missing)}; expected {list(LEGACY_COLUMNS)}")
+        frames.append(frame[list(LEGACY_COLUMNS)].assign(file=path.name))
+    rows = pd.concat(frames, ignore_index=True).drop_duplicates(subset=list(LEGACY_COLUMNS))
+    # The same (run, metric) with different values: keep the first, but say so.
+    key = ["dataset", "pretrained_model", "shot", "seed", "metric"]
+    conflicts = rows.duplicated(subset=key, keep="first")
+    if conflicts.any():
+        warnings.warn(f"{int(conflicts.sum())} legacy rows repeat a (run, metric) with another value; kept the first")
+    return rows.loc[~conflicts].reset_index(drop=True)
+
+
+def legacy_results(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """Legacy rows → result dicts (one per dataset / model / shot / seed), `origin: "paper"`."""
+    results = []
+    for (dataset, model, shot, seed), group in rows.groupby(
+        ["dataset", "pretrained_model", "shot", "seed"], sort=True
+    ):
+        source, arch = parse_pretrained_model(model)
+        cfg = RunConfig(
+            name=f"paper:{dataset}/{model}/{shot}/seed_{seed}",
+            kind="transfer",
+            target=str(dataset),
+            shots=parse_shot(shot),
+            seed=int(seed),
+            arch=arch,
+            init=f"paper:{source}",
+            init_label=source,
+        )
+        steps = pd.to_numeric(group["last_step"], errors="coerce").dropna()
+        results.append(
+            {
+                "schema": SCHEMA,
+                "run_id": cfg.run_id,
+                "status": "ok",
+                "config": cfg.to_dict(),
+                "metrics": {str(m): float(v) for m, v in zip(group["metric"], group["metric_value"])},
+                "origin": "paper",
+                "last_step": int(steps.max()) if len(steps) else None,
+                "legacy": {"paths": sorted(set(group["path"].astype(str))), "files": sorted(set(group["file"]))},
+            }
+        )
+    return results
+
+
+def import_legacy(legacy_dir: str | Path, results_dir: str | Path) -> list[Path]:
+    """Store the paper's published CSVs as result JSONs in `results_dir`; returns the files written."""
+    return [save(result, results_dir) for result in legacy_results(read_legacy(legacy_dir))]
+
+
+# ---- CLI --------------------------------------------------------------------------------------
+def add_commands(subparsers: Any) -> None:
+    """Register `xrstudy results table|import-legacy`."""
+    parser = subparsers.add_parser("results", help="the results store: tidy table, legacy import")
+    commands = parser.add_subparsers(dest="results_command", required=True)
+
+    show = commands.add_parser("table", help="all valid results as one tidy table")
+    show.add_argument("--results", default="xrstudy-out/results", help="results directory")
+    show.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    show.add_argument("--out", default=None, help="write here instead of printing CSV to stdout")
+    show.set_defaults(func=_cmd_table)
+
+    legacy = commands.add_parser("import-legacy", help="import the paper's finetuning_results_*.csv")
+    legacy.add_argument("dir", help="directory with finetuning_results_{target}_{metric}.csv files")
+    legacy.add_argument("--results", default="xrstudy-out/results", help="results directory to write to")
+    legacy.set_defaults(func=_cmd_import_legacy)
+
+
+def _cmd_table(args: Any) -> int:
+    frame = table(args.results)
+    if args.out:
+        print(write_table(frame, args.out, args.format))
+    elif args.format == "parquet":
+        raise ResultError("--format parquet needs --out FILE")
+    else:
+        print(frame.to_csv(index=False), end="")
+    return 0
+
+
+def _cmd_import_legacy(args: Any) -> int:
+    written = import_legacy(args.dir, args.results)
+    print(f"imported {len(written)} paper runs into {args.results}")
+    return 0
+
+
+__all__ = [
+    "SCHEMA", "ResultError", "validate", "new_result", "save", "load", "is_done", "scan", "table",
+    "table_from_results", "write_table", "read_legacy", "legacy_results", "import_legacy", "add_commands",
+]  # fmt: skip
