@@ -1,0 +1,141 @@
+"""Recipes as pure functions: BiT-HyperRule, the pre-training schedule, learning-rate scaling.
+
+Everything here is a function of numbers (train size, image size, batch, step), so the table in
+STUDY.md can be unit-tested without a model, and the fastai schedule callback just calls `lr_at`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# BiT-HyperRule schedule table: (train-size upper bound, total steps, boundaries).
+# The first boundary ends the linear warm-up; the LR is divided by 10 at every later one
+# (as in google-research/big_transfer `bit_hyperrule.get_lr`).
+_HYPERRULE_TABLE: tuple[tuple[float, int, tuple[int, ...]], ...] = (
+    (20_000, 500, (100, 200, 300, 400)),
+    (500_000, 10_000, (500, 3_000, 6_000, 9_000)),
+    (float("inf"), 20_000, (500, 6_000, 12_000, 18_000)),
+)
+MIXUP_MIN_TRAIN_SIZE = 20_000
+MIXUP_ALPHA = 0.1
+SMALL_IMAGE_AREA = 96 * 96  # images at most 96x96 px are trained at 128 px
+
+# Pre-training (X-ray sources): 90 epochs, 15 warm-up, x0.1 at 30, 60, 80 -- kept as fractions
+# so that a short demo run has the same shape.
+PRETRAIN_EPOCHS = 90
+PRETRAIN_WARMUP_FRACTION = 15 / 90
+PRETRAIN_DECAY_FRACTIONS = (30 / 90, 60 / 90, 80 / 90)
+PRETRAIN_WEIGHT_DECAY = 1e-4
+TRANSFER_WEIGHT_DECAY = 0.0
+AGC_CLIP = 0.01
+MOMENTUM = 0.9
+
+
+@dataclass(frozen=True)
+class HyperRule:
+    """BiT-HyperRule for one transfer: schedule length, LR boundaries, resolution, MixUp."""
+
+    steps: int
+    boundaries: tuple[int, ...]  # boundaries[0] ends warm-up; LR x0.1 at each later boundary
+    warmup: int
+    resize: int
+    crop: int
+    mixup_alpha: float
+
+    @property
+    def decays(self) -> tuple[int, ...]:
+        return self.boundaries[1:]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A warm-up + step-decay learning-rate schedule in optimiser steps."""
+
+    steps: int
+    warmup: int
+    decays: tuple[int, ...]
+    base_lr: float
+    factor: float = 0.1
+
+    def lr_at(self, step: int) -> float:
+        return lr_at(step, self.base_lr, self.warmup, self.decays, self.factor)
+
+
+def lr_at(step: int, base_lr: float, warmup: int, decays: tuple[int, ...], factor: float = 0.1) -> float:
+    """LR for optimiser step `step` (0-based): linear warm-up to `base_lr`, then x`factor` at each decay."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    return base_lr * factor ** sum(step >= d for d in decays)
+
+
+def _scale_boundaries(boundaries: tuple[int, ...], default_steps: int, steps: int) -> tuple[int, ...]:
+    """Keep the schedule's shape when a (demo) run overrides its length."""
+    scaled = [max(1, round(b * steps / default_steps)) for b in boundaries]
+    return tuple(min(b, steps) for b in scaled)
+
+
+def bit_hyperrule(train_size: int, image_hw: tuple[int, int], steps: int = 0) -> HyperRule:
+    """BiT-HyperRule from the training-set size and the original image size (height, width).
+
+    `steps` > 0 overrides the schedule length (demo cells); boundaries scale proportionally.
+    """
+    if train_size < 0:
+        raise ValueError(f"train_size = {train_size}; expected >= 0")
+    default_steps, boundaries = next((s, b) for bound, s, b in _HYPERRULE_TABLE if train_size < bound)
+    if steps:
+        boundaries = _scale_boundaries(boundaries, default_steps, steps)
+    height, width = image_hw
+    resize, crop = (160, 128) if height * width <= SMALL_IMAGE_AREA else (512, 480)
+    return HyperRule(
+        steps=steps or default_steps,
+        boundaries=boundaries,
+        warmup=boundaries[0],
+        resize=resize,
+        crop=crop,
+        mixup_alpha=MIXUP_ALPHA if train_size >= MIXUP_MIN_TRAIN_SIZE else 0.0,
+    )
+
+
+def pretrain_schedule(total_steps: int, base_lr: float) -> Schedule:
+    """Pre-training schedule: 15/90 of the run warm-up, x0.1 at 30/90, 60/90 and 80/90."""
+    if total_steps < 1:
+        raise ValueError(f"total_steps = {total_steps}; expected >= 1")
+    warmup = max(1, round(total_steps * PRETRAIN_WARMUP_FRACTION))
+    decays = tuple(round(total_steps * f) for f in PRETRAIN_DECAY_FRACTIONS)
+    return Schedule(steps=total_steps, warmup=warmup, decays=decays, base_lr=base_lr)
+
+
+def transfer_schedule(rule: HyperRule, base_lr: float) -> Schedule:
+    return Schedule(steps=rule.steps, warmup=rule.warmup, decays=rule.decays, base_lr=base_lr)
+
+
+def pretrain_lr(global_batch: int) -> float:
+    """Base LR 0.01 per 256 images, scaled linearly with the (global) batch size."""
+    return 0.01 * global_batch / 256
+
+
+def transfer_lr(global_batch: int) -> float:
+    """BiT transfer LR 0.001 at batch 128, scaled linearly."""
+    return 0.001 * global_batch / 128
+
+
+def steps_per_epoch(train_size: int, global_batch: int) -> int:
+    return max(1, -(-train_size // global_batch))
+
+
+__all__ = [
+    "HyperRule",
+    "Schedule",
+    "bit_hyperrule",
+    "pretrain_schedule",
+    "transfer_schedule",
+    "lr_at",
+    "pretrain_lr",
+    "transfer_lr",
+    "steps_per_epoch",
+    "PRETRAIN_EPOCHS",
+    "PRETRAIN_WEIGHT_DECAY",
+    "TRANSFER_WEIGHT_DECAY",
+    "AGC_CLIP",
+    "MOMENTUM",
+]
