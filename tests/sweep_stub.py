@@ -1,0 +1,38 @@
+"""A cell executor for sweep tests: writes a result instead of training (imported by sweep workers).
+
+Behaviour from the environment (the runner passes its environment to every worker):
+XRSTUDY_STUB_LOG   append "{run_id} {pid}" per execution (to count executions across runners)
+XRSTUDY_STUB_SLEEP seconds to sleep before saving
+XRSTUDY_STUB_FAIL  glob over cell names that raise
+XRSTUDY_STUB_DIE   glob over cell names whose first attempt dies by SIGKILL (a dead kernel)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import signal
+import time
+from pathlib import Path
+
+from xrstudy import results
+from xrstudy.config import RunConfig
+
+
+def execute(cfg: RunConfig, notebook: Path, output: Path) -> None:
+    log = os.environ.get("XRSTUDY_STUB_LOG")
+    if log:
+        with open(log, "a") as handle:
+            handle.write(f"{cfg.run_id} {os.getpid()}\n")
+    time.sleep(float(os.environ.get("XRSTUDY_STUB_SLEEP", "0")))
+    if fnmatch.fnmatch(cfg.name, os.environ.get("XRSTUDY_STUB_FAIL", "\0")):
+        raise RuntimeError(f"stub failure for {cfg.name}")
+    marker = cfg.run_dir / "died-once"
+    if fnmatch.fnmatch(cfg.name, os.environ.get("XRSTUDY_STUB_DIE", "\0")) and not marker.exists():
+        marker.write_text("x")
+        os.kill(os.getpid(), signal.SIGKILL)
+    if cfg.kind == "transfer" and cfg.init.startswith("run:"):
+        parent = Path(cfg.results_dir) / f"{cfg.init[4:]}.json"
+        assert results.load(parent)["status"] == "ok", "pretrain cell must finish first"
+    output.write_text("{}")
+    results.save(results.new_result(cfg, {"test/acc": 0.5 + 0.01 * cfg.seed}, last_step=1), cfg.results_dir)

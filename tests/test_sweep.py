@@ -1,0 +1,294 @@
+"""Sweeps: YAML expansion, dependency order, skip / retry / failure listing, kill -9 resume, two runners."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from xrstudy import results, sweep
+from xrstudy.config import FIELD_NAMES, RunConfig
+
+TESTS = Path(__file__).parent
+STUB = "sweep_stub:execute"
+
+
+def _sweep(out_dir: Path) -> dict:
+    return {
+        "defaults": {"out_dir": str(out_dir), "roots": ["chexpert=/data/c", "cifar10=/data/x"]},
+        "pretrain": [
+            {"name": "chexpert", "sources": ["chexpert"], "grid": {"arch": ["resnetv2_50x1_bit", "resnetv2_152x4_bit"]}},
+            {"name": "c+m", "sources": ["chexpert", "mimic"]},
+        ],  # fmt: skip
+        "transfer": [
+            {"target": "cifar10", "init": "pretrain:chexpert", "name": "t-chexpert",
+             "grid": {"arch": ["resnetv2_50x1_bit", "resnetv2_152x4_bit"], "shots": [1, 0], "seed": [0, 1]}},
+            {"target": "cifar10", "init": "timm", "arch": "resnetv2_50x1_bit.goog_in21k", "name": "t-in21k",
+             "init_label": "imagenet21k"},
+        ],  # fmt: skip
+    }
+
+
+@pytest.fixture
+def stub_env(tmp_path, monkeypatch):
+    """Workers import the stub executor from tests/ and log every execution."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+    log = tmp_path / "executions.log"
+    monkeypatch.setenv("XRSTUDY_STUB_LOG", str(log))
+    return log
+
+
+def _executions(log: Path) -> collections.Counter:
+    return collections.Counter(line.split()[0] for line in log.read_text().splitlines()) if log.exists() else collections.Counter()
+
+
+# ---- expansion --------------------------------------------------------------------------------
+def test_expansion_and_pretrain_resolution(tmp_path):
+    cells = sweep.load_sweep(_sweep(tmp_path))
+    kinds = [c.kind for c in cells]
+    assert kinds == ["pretrain"] * 3 + ["transfer"] * 9
+    pre = {(c.name, c.arch): c for c in cells if c.kind == "pretrain"}
+    for cell in cells[3:11]:
+        parent = pre[("chexpert", cell.arch)]
+        assert cell.init == f"run:{parent.run_id}" and cell.init_label == "chexpert"
+    assert cells[-1].init == "timm" and cells[-1].init_label == "imagenet21k"
+    # list-valued fields stay lists (not expanded)
+    assert cells[2].sources == ("chexpert", "mimic") and cells[0].roots == ("chexpert=/data/c", "cifar10=/data/x")
+    deps = sweep.dependencies(cells)
+    assert deps[cells[3].run_id] == {pre[("chexpert", cells[3].arch)].run_id} and deps[cells[-1].run_id] == set()
+
+
+def test_yaml_file_and_duplicates(tmp_path):
+    spec = _sweep(tmp_path)
+    spec["transfer"].append(spec["transfer"][1])  # same cell twice → one
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert len(sweep.load_sweep(path)) == 12
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s.update(extra=1), "unknown key(s) ['extra']"),
+        (lambda s: s["defaults"].update(lr_typo=1), "defaults: unknown key(s) ['lr_typo']"),
+        (lambda s: s["transfer"][0].update(shot=1), "transfer[0]: unknown key(s) ['shot']"),
+        (lambda s: s["transfer"][0]["grid"].update(sead=[1]), "transfer[0].grid: unknown key(s) ['sead']"),
+        (lambda s: s["pretrain"][1].pop("name"), "pretrain[1]: every pretrain cell needs a `name`"),
+        (lambda s: s["transfer"][0].update(init="pretrain:nih"), "'pretrain:nih' matches 0"),
+        (lambda s: s["transfer"][1].update(shots=-1), "shots"),
+    ],
+)
+def test_bad_sweep_files_name_file_and_key(tmp_path, change, message):
+    spec = _sweep(tmp_path)
+    change(spec)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(sweep.SweepError) as err:
+        sweep.load_sweep(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_only_includes_dependencies(tmp_path):
+    cells = sweep.load_sweep(_sweep(tmp_path))
+    chosen = sweep.select(cells, "t-chexpert")
+    assert sum(c.kind == "pretrain" for c in chosen) == 2 and len(chosen) == 10
+
+
+def test_paper_sweep_expands():
+    cells = sweep.load_sweep(TESTS.parent / "sweeps" / "paper.yaml")
+    pre = [c for c in cells if c.kind == "pretrain"]
+    assert {c.name for c in pre} >= {"chexpert", "mimic", "nih", "padchest", "chexpert_mimic",
+                                     "chexpert_mimic_nih", "chexpert_mimic_nih_padchest"}  # fmt: skip
+    transfer = [c for c in cells if c.kind == "transfer"]
+    assert {c.shots for c in transfer} == {1, 5, 10, 100, 500, 0} and {c.seed for c in transfer} == set(range(5))
+    assert len({c.run_id for c in cells}) == len(cells)
+
+
+# ---- execution with the stub executor --------------------------------------------------------
+def test_run_order_skip_and_summary(tmp_path, stub_env):
+    cells = sweep.load_sweep(_sweep(tmp_path))[:5]  # 3 pretrain + 2 transfer that need them
+    summary = sweep.run(cells, workers=2, executor=STUB, progress=False, poll_s=0.2)
+    assert summary.ok and len(summary.done) == 5, summary.report()
+    assert all(results.is_done(c) for c in cells)
+    again = sweep.run(cells, workers=2, executor=STUB, progress=False, poll_s=0.2)
+    assert sorted(again.skipped) == sorted(c.run_id for c in cells) and not again.done
+    assert set(_executions(stub_env).values()) == {1}
+    assert not list(tmp_path.rglob("cell.lock")), "locks released"
+
+
+def test_failures_listed_dependants_not_run_and_dead_kernel_retried(tmp_path, stub_env, monkeypatch):
+    monkeypatch.setenv("XRSTUDY_STUB_FAIL", "c+m")
+    monkeypatch.setenv("XRSTUDY_STUB_DIE", "t-in21k")
+    spec = _sweep(tmp_path)
+    spec["transfer"].append({"target": "cifar10", "init": "pretrain:c+m", "name": "t-cm", "arch": "resnetv2_50x1_bit"})
+    cells = [c for c in sweep.load_sweep(spec) if c.name in ("c+m", "t-cm", "t-in21k")]
+    summary = sweep.run(cells, workers=2, executor=STUB, progress=False, retries=1, poll_s=0.2)
+    failed = {f.name: f for f in summary.failed}
+    assert set(failed) == {"c+m", "t-cm"}
+    assert "cell raised" in failed["c+m"].reason and failed["c+m"].notebook.endswith("notebook.ipynb")
+    assert "dependency failed" in failed["t-cm"].reason
+    dying = next(c for c in cells if c.name == "t-in21k")
+    assert summary.done == [dying.run_id] and _executions(stub_env)[dying.run_id] == 2
+    assert "FAILED c+m" in summary.report()
+
+
+def test_dead_kernel_without_retries_fails(tmp_path, stub_env, monkeypatch):
+    monkeypatch.setenv("XRSTUDY_STUB_DIE", "t-in21k")
+    cells = [c for c in sweep.load_sweep(_sweep(tmp_path)) if c.name == "t-in21k"]
+    summary = sweep.run(cells, executor=STUB, progress=False, retries=0, poll_s=0.2)
+    assert "worker died" in summary.failed[0].reason
+
+
+def test_dry_run_runs_nothing(tmp_path, stub_env):
+    cells = sweep.load_sweep(_sweep(tmp_path))
+    summary = sweep.run(cells, dry_run=True, executor=STUB)
+    assert len(summary.planned) == len(cells) and not _executions(stub_env)
+
+
+def test_stale_lock_of_dead_process_is_broken(tmp_path):
+    cfg = RunConfig(target="cifar10", out_dir=str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path = sweep.lock_path(cfg)
+    path.parent.mkdir(parents=True)
+    import socket
+
+    path.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "token": "old"}))
+    lock = sweep.CellLock(path)
+    assert not lock.held() and lock.acquire()
+    assert not sweep.CellLock(path).acquire(), "a live holder keeps it"
+    lock.release()
+    assert not path.exists()
+
+
+def _write_sweep_file(tmp_path: Path, n_seeds: int) -> Path:
+    spec = {
+        "defaults": {"out_dir": str(tmp_path / "out")},
+        "pretrain": [{"name": "chexpert", "sources": ["chexpert"]}],
+        "transfer": [{"target": "cifar10", "init": "pretrain:chexpert", "name": "t", "grid": {"seed": list(range(n_seeds))}}],
+    }  # fmt: skip
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _runner(sweep_file: Path, env: dict) -> subprocess.Popen:
+    code = textwrap.dedent(
+        f"""
+        from xrstudy import sweep
+        s = sweep.run(sweep.load_sweep({str(sweep_file)!r}), workers=2, executor={STUB!r}, progress=False, poll_s=0.2)
+        print("SUMMARY", len(s.done), len(s.skipped), len(s.failed))
+        """
+    )
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_kill_9_runner_then_resume_runs_every_cell_once(tmp_path, stub_env, monkeypatch):
+    monkeypatch.setenv("XRSTUDY_STUB_SLEEP", "1.0")
+    sweep_file = _write_sweep_file(tmp_path, n_seeds=5)
+    cells = sweep.load_sweep(sweep_file)
+    runner = _runner(sweep_file, dict(os.environ))
+    deadline = time.time() + 60
+    while len(_executions(stub_env)) < 3 and time.time() < deadline:  # pretrain + two transfers started
+        time.sleep(0.1)
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+    resumed = _runner(sweep_file, dict(os.environ))
+    out, _ = resumed.communicate(timeout=120)
+    assert "SUMMARY" in out and out.split()[-1] == "0", out
+    assert all(results.is_done(c) for c in cells)
+    counts = _executions(stub_env)
+    assert set(counts) == {c.run_id for c in cells} and set(counts.values()) == {1}, counts
+
+
+@pytest.mark.slow
+def test_two_runners_on_one_store_run_each_cell_once(tmp_path, stub_env, monkeypatch):
+    monkeypatch.setenv("XRSTUDY_STUB_SLEEP", "0.3")
+    sweep_file = _write_sweep_file(tmp_path, n_seeds=6)
+    cells = sweep.load_sweep(sweep_file)
+    first, second = _runner(sweep_file, dict(os.environ)), _runner(sweep_file, dict(os.environ))
+    outs = [p.communicate(timeout=120)[0] for p in (first, second)]
+    for out in outs:
+        assert out.split()[-1] == "0", outs
+    counts = _executions(stub_env)
+    assert set(counts) == {c.run_id for c in cells} and set(counts.values()) == {1}, counts
+
+
+# ---- papermill on a stub notebook --------------------------------------------------------------
+def _stub_notebook(path: Path, body: str) -> None:
+    params = nbformat.v4.new_code_cell("\n".join(f"{name} = None" for name in FIELD_NAMES))
+    params.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(body)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.mark.slow
+def test_papermill_cells_and_dead_kernel(tmp_path, monkeypatch):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    body = textwrap.dedent(
+        """
+        import os, signal
+        from pathlib import Path
+        from xrstudy import results
+        from xrstudy.config import FIELD_NAMES, RunConfig
+        cfg = RunConfig(**{k: globals()[k] for k in FIELD_NAMES})
+        marker = cfg.run_dir / "died-once"
+        if cfg.seed == 1 and not marker.exists():
+            marker.write_text("x"); os.kill(os.getpid(), signal.SIGKILL)   # the kernel dies once
+        if cfg.seed == 2:
+            raise ValueError("broken cell")
+        results.save(results.new_result(cfg, {"test/acc": 0.5}), cfg.results_dir)
+        """
+    )
+    for name in sweep.NOTEBOOKS.values():
+        _stub_notebook(notebooks / name, body)
+    monkeypatch.setenv("XRSTUDY_NOTEBOOKS", str(notebooks))
+    spec = {
+        "defaults": {"out_dir": str(tmp_path / "out")},
+        "pretrain": [{"name": "c", "sources": ["chexpert"]}],
+        "transfer": [{"target": "cifar10", "init": "pretrain:c", "grid": {"seed": [1, 2]}}],
+    }
+    cells = sweep.load_sweep(spec)
+    summary = sweep.run(cells, workers=2, retries=1, progress=False, poll_s=0.2)
+    assert len(summary.done) == 2 and len(summary.failed) == 1, summary.report()
+    failed = summary.failed[0]
+    assert "cell raised" in failed.reason and Path(failed.notebook).is_file()
+    assert "broken cell" in Path(failed.notebook).read_text()
+    assert (cells[0].run_dir / "notebook.ipynb").is_file()
+
+
+def test_notebook_path_errors_clearly(monkeypatch, tmp_path):
+    monkeypatch.setenv("XRSTUDY_NOTEBOOKS", str(tmp_path))
+    with pytest.raises(sweep.SweepError, match="XRSTUDY_NOTEBOOKS"):
+        sweep.notebook_path("no_such_notebook")
+
+
+# ---- submitit ---------------------------------------------------------------------------------
+def test_submit_dry_run_writes_sbatch_scripts(tmp_path):
+    cells = sweep.load_sweep(_sweep(tmp_path))
+    info = sweep.submit(cells, folder=tmp_path / "slurm", dry_run=True, partition="gpu", pretrain_nodes=4, gpus_per_node=4)
+    scripts = {Path(p).name: Path(p).read_text() for p in info["scripts"]}
+    assert set(scripts) == {"pretrain.sbatch", "transfer.sbatch"}
+    assert "#SBATCH --array=0-2%" in scripts["pretrain.sbatch"] and "torch.distributed.run" in scripts["pretrain.sbatch"]
+    assert "--nodes=4" in scripts["pretrain.sbatch"] and "#SBATCH --array=0-8%" in scripts["transfer.sbatch"]
+    assert len((tmp_path / "slurm" / "transfer_cells.jsonl").read_text().splitlines()) == 9
+
+
+@pytest.mark.slow
+def test_submit_local_executor_runs_cells(tmp_path, stub_env):
+    cells = [c for c in sweep.load_sweep(_sweep(tmp_path)) if c.name in ("c+m", "t-in21k")]
+    info = sweep.submit(cells, backend="local", folder=tmp_path / "slurm", executor=STUB)
+    assert len(info["jobs"]["pretrain"]) == 1 and len(info["jobs"]["transfer"]) == 1
+    assert all(results.is_done(c) for c in cells)
