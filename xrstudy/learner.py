@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from fastai.callback.core import Callback, TrainEvalCallback
 from fastai.learner import Learner
@@ -60,9 +61,25 @@ def masked_bce_with_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.
 
 
 class MaskedBCE(nn.Module):
-    """Multi-label loss; targets may be fractional (MixUp) or NaN (unknown)."""
+    """Multi-label loss; targets may be fractional (MixUp) or NaN (unknown).
+
+    Under DDP (`world` > 1) a training step divides by the number of known targets in the *global*
+    batch (one all_reduce of a scalar, no host sync), so that DDP's gradient averaging gives exactly
+    the 1-process loss of the same global batch even when ranks hold different numbers of NaNs.
+    Evaluation (no grad, rank 0 alone) uses the local mean.
+    """
+
+    def __init__(self, world: int = 1):
+        super().__init__()
+        self.world = world
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.world > 1 and torch.is_grad_enabled() and dist.is_initialized():
+            known = ~torch.isnan(target)
+            losses = F.binary_cross_entropy_with_logits(logits.float(), torch.nan_to_num(target), reduction="none")
+            count = known.sum().float()
+            dist.all_reduce(count)
+            return (losses * known).sum() * self.world / count.clamp(min=1)
         return masked_bce_with_logits(logits, target)
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
@@ -79,8 +96,8 @@ class SoftCrossEntropy(nn.Module):
         return torch.softmax(logits.float(), dim=-1)
 
 
-def loss_for(multilabel: bool) -> nn.Module:
-    return MaskedBCE() if multilabel else SoftCrossEntropy()
+def loss_for(multilabel: bool, world: int = 1) -> nn.Module:
+    return MaskedBCE(world) if multilabel else SoftCrossEntropy()
 
 
 # ---- data: pre-loaded uint8 images and step-indexed loaders ------------------------------------
@@ -241,15 +258,20 @@ class PrepareBatch(Callback):
 
     order = -5
 
-    def __init__(self, augment: Augment, eval_size: int, seed: int, rank: int = 0, channels_last: bool = False):
+    def __init__(self, augment: Augment, eval_size: int, seed: int, rank: int = 0, channels_last: bool = False,
+                 world: int = 1):
         self.augment, self.eval_size, self.seed, self.rank = augment, eval_size, seed, rank
-        self.channels_last = channels_last
+        self.channels_last, self.world = channels_last, world
 
     def before_batch(self) -> None:
         images = self.learn.xb[0].float()
         if self.training:
-            rng = counter_rng(self.seed, "augment", self.learn.step, self.rank)
-            theta = self.augment.thetas(len(images), rng).to(images.device, non_blocking=True)
+            # Drawn for the whole global batch, this rank takes its rows: 1 or N processes see the
+            # same augmented global batch.
+            batch = len(images)
+            rng = counter_rng(self.seed, "augment", self.learn.step)
+            theta = self.augment.thetas(batch * self.world, rng)[self.rank * batch:(self.rank + 1) * batch]
+            theta = theta.to(images.device, non_blocking=True)
             size = self.augment.out_size
             grid = F.affine_grid(theta, [len(images), images.shape[1], size, size], align_corners=False)
             images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -261,7 +283,11 @@ class PrepareBatch(Callback):
 class MaskedMixUp(Callback):
     """MixUp whose targets stay masked: a multi-label target is mixed only where both are known
     (NaN propagates through the mix, and the masked BCE ignores it); class indices become mixed
-    one-hot probabilities for the soft cross-entropy."""
+    one-hot probabilities for the soft cross-entropy.
+
+    One lambda per global step (all ranks agree); images are paired within this device's batch (as
+    in BiT), so with MixUp on, N processes pair differently from 1 process.
+    """
 
     order = -4
 
@@ -271,9 +297,9 @@ class MaskedMixUp(Callback):
     def before_batch(self) -> None:
         if not self.training or self.alpha <= 0:
             return
-        rng = counter_rng(self.seed, "mixup", self.learn.step, self.rank)
-        lam = float(rng.beta(self.alpha, self.alpha))
-        perm = torch.from_numpy(rng.permutation(len(self.learn.xb[0]))).to(self.learn.xb[0].device)
+        lam = float(counter_rng(self.seed, "mixup", self.learn.step).beta(self.alpha, self.alpha))
+        pairing = counter_rng(self.seed, "mixup-pairs", self.learn.step, self.rank)
+        perm = torch.from_numpy(pairing.permutation(len(self.learn.xb[0]))).to(self.learn.xb[0].device)
         images, target = self.learn.xb[0], self.learn.yb[0]
         self.learn.xb = (images.lerp(images[perm], 1.0 - lam),)
         self.learn.yb = (mix_targets(target, perm, lam, self.num_classes, self.multilabel),)
@@ -367,24 +393,47 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_train_state(path: str | Path, learn: Learner, next_step: int, identity: dict[str, Any]) -> None:
-    """Write-then-rename: model, optimiser, schedule position / RNG counter (= step), identity."""
+    """Write-then-rename (fsync'd): model, optimiser, schedule + position, step, RNG, identity.
+
+    The data / augmentation / MixUp randomness is counter-based (a function of seed and step), so
+    the step *is* its state; torch's own generators are saved too, for anything that draws from
+    them (e.g. dropout in fastai's head).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    schedule = learn.setup.schedule if hasattr(learn, "setup") else None
     state = {
         "format": TRAIN_STATE_FORMAT,
         **identity,
         "step": next_step,
         "model": unwrap(learn.model).state_dict(),
         "opt": learn.opt.opt.state_dict(),
-        "rng": {"kind": "counter", "seed": identity.get("seed", 0), "step": next_step},
+        "schedule": None if schedule is None else {
+            "steps": schedule.steps, "warmup": schedule.warmup, "decays": list(schedule.decays),
+            "base_lr": schedule.base_lr, "factor": schedule.factor},
+        "rng": {"kind": "counter", "seed": identity.get("seed", 0), "step": next_step,
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 
 def load_train_state(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Read a training state (weights_only=True); a truncated / foreign file is a clear error."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any reader failure means the same thing here
+        raise RuntimeError(f"{path}: cannot read the training state ({type(err).__name__}: {err}); "
+                           "delete it to start the run afresh") from None
+    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
+        raise RuntimeError(f"{path}: not an xrstudy training state (expected format {TRAIN_STATE_FORMAT!r})")
+    return state
 
 
 # ---- the factory ----------------------------------------------------------------------------------
@@ -455,7 +504,7 @@ def make_learner(model: nn.Module, train: Split, setup: TrainSetup, callbacks: S
     cbs: list[Callback] = [
         TrainEvalCallback(),
         StepCounter(setup.start_step),
-        PrepareBatch(setup.augment, setup.eval_size, setup.seed, setup.rank, setup.channels_last),
+        PrepareBatch(setup.augment, setup.eval_size, setup.seed, setup.rank, setup.channels_last, setup.world),
         MaskedMixUp(setup.mixup_alpha, setup.seed, setup.num_classes, setup.multilabel, setup.rank),
         *_precision_callbacks(setup),
         StepSchedule(setup.schedule),
@@ -465,7 +514,7 @@ def make_learner(model: nn.Module, train: Split, setup: TrainSetup, callbacks: S
         cbs.append(PeriodicCheckpoint(setup.checkpoint_path, {**setup.checkpoint_identity, "seed": setup.seed},
                                       setup.checkpoint_every_steps, setup.checkpoint_every_s, setup.rank))
     learn = Learner(
-        loaders, model, loss_func=loss_for(setup.multilabel),
+        loaders, model, loss_func=loss_for(setup.multilabel, setup.world),
         opt_func=partial(sgd, weight_decay=setup.weight_decay), lr=setup.schedule.base_lr,
         cbs=cbs + list(callbacks), default_cbs=False,
         path=setup.checkpoint_path.parent if setup.checkpoint_path else None,
@@ -476,11 +525,24 @@ def make_learner(model: nn.Module, train: Split, setup: TrainSetup, callbacks: S
 
 
 def restore(learn: Learner, state: dict[str, Any]) -> None:
-    """Load model and optimiser state saved by `save_train_state` into a fresh learner."""
+    """Load model, optimiser and torch RNG state saved by `save_train_state` into a fresh learner
+    (built with start_step = state["step"]); a different schedule is refused."""
+    saved = state.get("schedule")
+    schedule = learn.setup.schedule
+    if saved is not None and (saved["steps"], saved["warmup"], tuple(saved["decays"]), saved["base_lr"]) != (
+            schedule.steps, schedule.warmup, tuple(schedule.decays), schedule.base_lr):
+        raise ValueError(f"training state was saved with schedule {saved}, this run has {schedule}")
+    if learn.setup.start_step != state["step"]:
+        raise ValueError(f"learner starts at step {learn.setup.start_step}, the state is at step {state['step']}")
     unwrap(learn.model).load_state_dict(state["model"])
     if learn.opt is None:
         learn.create_opt()
     learn.opt.opt.load_state_dict(state["opt"])
+    rng = state.get("rng", {})
+    if isinstance(rng.get("torch"), torch.Tensor):
+        torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def fit(learn: Learner) -> None:
