@@ -62,11 +62,31 @@ def source_of(name: str) -> Source:
 
 
 def read_source(name: str, root: str | Path, metadata_only: bool = False) -> pd.DataFrame:
-    """The canonical table of source `name` stored under `root`."""
-    root = Path(root).expanduser()
+    """The canonical table of source `name` stored under `root` (a fresh copy on every call)."""
+    root = Path(root).expanduser().absolute()
     if not root.is_dir():
         raise SourceError(f"{name}: root {root} is not a directory; expected {source_of(name).layout}")
-    return source_of(name).read(name, root, metadata_only)
+    source = source_of(name)
+    if source.read is read_imagefolder:  # its contents lie too deep for the cheap signature below
+        return source.read(name, root, metadata_only)
+    key = (name, str(root), metadata_only, _root_signature(root))
+    if key not in _READ_CACHE:
+        if len(_READ_CACHE) >= _READ_CACHE_SIZE:  # real tables are hundreds of MB: keep a few
+            _READ_CACHE.pop(next(iter(_READ_CACHE)))
+        _READ_CACHE[key] = source.read(name, root, metadata_only)
+    return _READ_CACHE[key].copy()
+
+
+# Sweeps in a warm kernel and notebooks read the same label files again and again; parsing the
+# real ones takes seconds. Keyed by the size and mtime of the files at the top of the root, so an
+# edited label file (or an image folder gaining files) is read afresh.
+_READ_CACHE: dict[tuple, pd.DataFrame] = {}
+_READ_CACHE_SIZE = 4
+
+
+def _root_signature(root: Path) -> tuple:
+    with os.scandir(root) as entries:
+        return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries))
 
 
 # ---- shared helpers ------------------------------------------------------------------------
@@ -120,7 +140,7 @@ def check_values(frame: pd.DataFrame, columns: Sequence[str], path: Path, allowe
         bad = (values.isna() & frame[column].notna()) | ~(values.isna() | values.isin(allowed))
         if bad.any():
             index = bad.idxmax()
-            raise SourceError(f"{path}, line {line_of(index)}, column {column!r}: value {frame[column][index]!r}; "
+            raise SourceError(f"{path}, line {line_of(index)}, column {column!r}: value {str(frame[column][index])!r}; "
                               f"expected one of {list(allowed)} or blank")
 
 
@@ -150,7 +170,7 @@ def canonical(source: str, *, image_id, path, patient_id, study_id, view, sex=""
     })  # fmt: skip
     if findings is not None:
         values = findings.to_numpy(dtype=np.float32, na_value=np.nan)
-        table = pd.concat([table, pd.DataFrame(values, columns=list(findings.columns))], axis=1)
+        table = pd.concat([table, pd.DataFrame(values, columns=list(findings.columns), copy=False)], axis=1)
     if label is not None:
         table["label"] = column(label)
     return table
@@ -348,15 +368,16 @@ def read_padchest(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     pc = _read_padchest_terms(root)
     frame, terms = pc.frame, pc.terms
     findings_terms = terms[~terms.isin(labels.PADCHEST_NOT_FINDINGS)].map(labels.padchest_finding)
-    columns = sorted(set(findings_terms))
+    # PadChest annotates its whole vocabulary: a finding no row mentions is still a 0 column.
     # Absent = 0 (as in NIH); a row without labels or marked "exclude" is unknown throughout.
+    columns = sorted({labels.padchest_finding(t) for t in labels.padchest_vocabulary() - labels.PADCHEST_NOT_FINDINGS})
     values = np.zeros((len(frame), len(columns)), np.float32)
     position = pd.Series(np.arange(len(frame)), index=frame.index)
     code = pd.Categorical(findings_terms, categories=columns).codes
     values[position[findings_terms.index].to_numpy(), code] = 1.0
     unknown_rows = frame["Labels"].isna() | frame.index.isin(terms.index[terms == labels.PADCHEST_EXCLUDE])
     values[unknown_rows.to_numpy()] = np.nan
-    return canonical(name, split="", findings=pd.DataFrame(values, columns=columns),
+    return canonical(name, split="", findings=pd.DataFrame(values, columns=columns, copy=False),
                      **_padchest_meta(name, root, pc, metadata_only))
 
 
@@ -398,6 +419,325 @@ def read_imagefolder(name: str, root: Path, metadata_only: bool) -> pd.DataFrame
     image_id = [os.path.relpath(p, root) for p in path]
     return canonical(name, image_id=image_id, path=list(path), patient_id=image_id, study_id=image_id,
                      view="OTHER", split=list(split), label=list(label))
+
+
+# ---- transfer targets ------------------------------------------------------------------------------
+# Layouts read below, each exactly as distributed (root = the extracted folder):
+#   covidx              train.txt, test.txt (newer releases also val.txt), lines
+#                       `patient_id filename class data_source` with class positive / negative;
+#                       images in train/, test/ (val/). Official splits; patients as given.
+#   tuberculosis        Shenzhen + Montgomery PNGs named CHNCXR_0001_0.png / MCUCXR_0001_0.png anywhere
+#                       under root (ChinaSet_AllFiles/CXR_png/, MontgomerySet/CXR_png/); suffix _0 normal,
+#                       _1 tuberculosis; masks (folders named *mask*) and other files are skipped with a
+#                       warning that counts them. No official split (the study's 85/15 is made by patient).
+#   cifar10, cifar100   the python pickles: cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}
+#                       and cifar-100-python/{train, test, meta}; root is that folder or its parent. Image
+#                       paths are batch members `FILE#N` (decoded by xrstudy.images). Official train/test.
+#   pets                Oxford-IIIT Pets: annotations/{trainval,test}.txt (`Abyssinian_100 1 1 1`), images/
+#                       {name}.jpg; class = name without the trailing _NNN. trainval -> train, test -> test.
+#   flowers102          imagelabels.mat, setid.mat, jpg/image_00001.jpg. `flowers102` is the paper's swapped
+#                       split (train = tstid, 6,149 images; valid = valid; test = trnid), `flowers102-official`
+#                       the official one (train = trnid, valid = valid, test = tstid). Classes "1".."102".
+# Every image is its own patient except in COVIDx, whose patient ids group its splits.
+import gzip  # noqa: E402 - imports of this block, kept with it
+import pickle  # noqa: E402 - the CIFAR batches are pickles (trusted input, as distributed)
+import re  # noqa: E402
+import warnings  # noqa: E402
+
+
+def _text_lines(path: Path, expected: str, *, comments: bool = False) -> list[tuple[int, str]]:
+    """(line number, stripped text) of every non-blank line (and, with `comments`, not '#...')."""
+    try:
+        raw = path.read_bytes()
+        text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode("utf-8")
+    except (OSError, UnicodeDecodeError, EOFError) as err:
+        raise SourceError(f"{path}: cannot read as a text file ({err}); expected lines {expected}") from None
+    lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1)
+             if line.strip() and not (comments and line.lstrip().startswith("#"))]  # fmt: skip
+    if not lines:
+        raise SourceError(f"{path}: no entries; expected lines {expected}")
+    return lines
+
+
+def _unique_lines(ids: Sequence[str], where: Sequence[tuple[Path, int]], what: str) -> None:
+    """Each id once over all the listed lines; a duplicate names both places."""
+    seen: dict[str, tuple[Path, int]] = {}
+    for image, (path, line) in zip(ids, where):
+        if image in seen:
+            first_path, first_line = seen[image]
+            raise SourceError(f"{path}, line {line}: duplicate {what} {image!r} (first on {first_path}, line "
+                              f"{first_line}); each image must appear once")
+        seen[image] = (path, line)
+
+
+# ---- COVIDx CXR-2 ----------------------------------------------------------------------------------
+COVIDX_LAYOUT = ("train.txt and test.txt (and val.txt) with lines 'patient_id filename class data_source' "
+                 "(class positive or negative) beside train/ and test/ (and val/) image folders")
+COVIDX_LINE = re.compile(r"^(?P<patient>\S+)\s+(?P<file>\S.*?)\s+(?P<cls>\S+)\s+(?P<origin>\S+)$")
+COVIDX_CLASSES = ("negative", "positive")
+
+
+@register("covidx", multilabel=False, modality="xray", layout=COVIDX_LAYOUT)
+def read_covidx(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
+    """COVIDx CXR-2: binary COVID-19 positive vs negative, official train / (val /) test files."""
+    files = {"train": find_file(root, ["train.txt"], "COVIDx train list"),
+             "test": find_file(root, ["test.txt"], "COVIDx test list")}  # fmt: skip
+    if (root / "val.txt").is_file() or (root / "val.txt.gz").is_file():
+        files["valid"] = find_file(root, ["val.txt"], "COVIDx val list")
+    folders = {"train": "train", "valid": "val", "test": "test"}
+    expected = "'patient_id filename class data_source', class one of " + "/".join(COVIDX_CLASSES)
+    rows = []  # (split, patient, filename, class, class as written, path, line)
+    for split, path in files.items():
+        for line, text in _text_lines(path, expected):
+            match = COVIDX_LINE.match(text)
+            if match is None:
+                raise SourceError(f"{path}, line {line}: {text!r} has {len(text.split())} field(s); "
+                                  f"expected 4 space-separated fields {expected}")
+            cls = match["cls"].lower()
+            if cls not in COVIDX_CLASSES:
+                raise SourceError(f"{path}, line {line}, field 3 (class): {match['cls']!r}; "
+                                  f"expected one of {list(COVIDX_CLASSES)}")
+            rows.append((split, match["patient"], match["file"], cls, match["cls"], path, line))
+    for split in files:
+        require_images(root, folders[split], name, metadata_only)
+    split, patient, filename, cls, written, path, line = zip(*rows)
+    image_id = [f"{folders[s]}/{f}" for s, f in zip(split, filename)]
+    _unique_lines(image_id, list(zip(path, line)), "image")
+    return canonical(name, image_id=image_id, path=[str(root / i) for i in image_id], patient_id=list(patient),
+                     study_id=image_id, view="OTHER", split=list(split), raw_labels=list(written), label=list(cls))
+
+
+# ---- Tuberculosis: Shenzhen + Montgomery ------------------------------------------------------------
+TUBERCULOSIS_PATTERN = re.compile(r"^(?P<set>CHNCXR|MCUCXR)_(?P<number>\d+)_(?P<label>[01])\.png$", re.IGNORECASE)
+TUBERCULOSIS_CLASSES = {"0": "normal", "1": "tuberculosis"}
+TUBERCULOSIS_LAYOUT = ("Shenzhen (CHNCXR_NNNN_L.png) and/or Montgomery (MCUCXR_NNNN_L.png) PNGs anywhere under "
+                       "the root, e.g. ChinaSet_AllFiles/CXR_png/ and MontgomerySet/CXR_png/; L = 0 normal, 1 TB")
+
+
+@register("tuberculosis", multilabel=False, modality="xray", layout=TUBERCULOSIS_LAYOUT)
+def read_tuberculosis(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
+    """Shenzhen + Montgomery TB sets; the label is the file-name suffix. The file names are the labels,
+    so `metadata_only` reads the same files. Masks (any folder named *mask*, e.g. Montgomery's
+    ManualMask/leftMask/ holding PNGs of the same names) and files named otherwise (clinical readings,
+    read-me files) are skipped; `warnings.warn` reports how many."""
+    found: dict[str, str] = {}
+    skipped: list[str] = []
+    masks = 0
+    for directory, subdirs, filenames in os.walk(root):
+        subdirs.sort()
+        relative = Path(directory).relative_to(root)
+        in_mask_folder = any("mask" in part.lower() for part in relative.parts)
+        for filename in sorted(filenames):
+            if TUBERCULOSIS_PATTERN.match(filename) is None:
+                skipped.append(str(relative / filename))
+            elif in_mask_folder:
+                masks += 1
+            elif filename in found:
+                raise SourceError(f"{name}: {filename} occurs twice, {found[filename]} and "
+                                  f"{os.path.join(directory, filename)}; point the root at one copy of each set")
+            else:
+                found[filename] = os.path.join(directory, filename)
+    if not found:
+        raise SourceError(f"{name}: no image named like CHNCXR_0001_0.png or MCUCXR_0001_0.png under {root} "
+                          f"({len(skipped)} other files, {masks} masks); expected {TUBERCULOSIS_LAYOUT}")
+    if skipped or masks:
+        warnings.warn(f"{name}: read {len(found)} images under {root}; skipped {masks} segmentation mask(s) and "
+                      f"{len(skipped)} file(s) not named like CHNCXR_0001_0.png / MCUCXR_0001_0.png "
+                      f"(e.g. {skipped[:3]})", stacklevel=2)
+    filenames = sorted(found)
+    matches = [TUBERCULOSIS_PATTERN.match(f) for f in filenames]
+    stems = [f"{m['set'].upper()}_{m['number']}" for m in matches]
+    return canonical(name, image_id=filenames, path=[found[f] for f in filenames], patient_id=stems,
+                     study_id=stems, view="PA", split="", raw_labels=[m["label"] for m in matches],
+                     label=[TUBERCULOSIS_CLASSES[m["label"]] for m in matches])
+
+
+# ---- CIFAR-10 / CIFAR-100 (python version) --------------------------------------------------------
+CIFAR10_LAYOUT = "cifar-10-batches-py/ (or its contents): data_batch_1..data_batch_5, test_batch, batches.meta"
+CIFAR100_LAYOUT = "cifar-100-python/ (or its contents): train, test, meta"
+
+
+def _cifar_pickle(path: Path, keys: Sequence[str]) -> dict[str, object]:
+    """The entries `keys` (b"..." in the originals; str keys accepted) of one CIFAR pickle."""
+    try:
+        with open(path, "rb") as handle:
+            batch = pickle.load(handle, encoding="bytes")
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError,
+            IndexError, KeyError) as err:  # fmt: skip
+        raise SourceError(f"{path}: cannot read as a CIFAR python pickle ({type(err).__name__}: {err}); "
+                          f"expected a pickled dict with keys {keys}") from None
+    if not isinstance(batch, dict):
+        raise SourceError(f"{path}: holds a {type(batch).__name__}; expected a pickled dict with keys {keys}")
+    out = {}
+    for key in keys:
+        for candidate in (key.encode(), key):
+            if candidate in batch:
+                out[key] = batch[candidate]
+                break
+    missing = [k for k in keys if k not in out and k != "data"]
+    if missing:
+        raise SourceError(f"{path}: no key(s) {missing}; expected keys {list(keys)}, found {list(batch)[:10]}")
+    return out
+
+
+def _cifar_names(path: Path, key: str) -> list[str]:
+    names = _cifar_pickle(path, [key])[key]
+    try:
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    except (TypeError, UnicodeDecodeError) as err:
+        raise SourceError(f"{path}, key {key!r}: {err}; expected a list of class names") from None
+
+
+def _read_cifar(name: str, root: Path, metadata_only: bool, *, folder: str, meta: str, names_key: str,
+                labels_key: str, batches: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    base = root / folder if (root / folder).is_dir() else root
+    class_names = _cifar_names(find_file(base, [meta], f"{name} meta file"), names_key)
+    tables = []
+    for batch_name, split in batches:
+        path = base / batch_name
+        if not path.is_file():
+            raise SourceError(f"{base}: no {batch_name}; expected {[b for b, _ in batches] + [meta]}")
+        batch = _cifar_pickle(path, [labels_key, "data"])
+        try:
+            values = np.asarray(batch[labels_key]).astype(np.int64, casting="safe").ravel()
+        except (TypeError, ValueError) as err:
+            raise SourceError(f"{path}, key {labels_key!r}: {err}; expected integer class indices") from None
+        bad = (values < 0) | (values >= len(class_names))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise SourceError(f"{path}, key {labels_key!r}, entry {i}: value {values[i]}; expected 0.."
+                              f"{len(class_names) - 1} (the {len(class_names)} names in {meta})")
+        if "data" in batch:
+            rows = int(np.shape(batch["data"])[0]) if np.ndim(batch["data"]) == 2 else -1
+            if rows != len(values) or np.shape(batch["data"])[1] != 3072:
+                raise SourceError(f"{path}, key 'data': shape {np.shape(batch['data'])}; expected "
+                                  f"({len(values)}, 3072), one 3x32x32 image per label")
+        elif not metadata_only:
+            raise SourceError(f"{path}: no key 'data' (the pixels); to work from the labels alone pass "
+                              f"metadata_only=True (CLI: --metadata-only)")
+        image_id = [f"{batch_name}#{i}" for i in range(len(values))]
+        tables.append(canonical(name, image_id=image_id, path=[f"{path}#{i}" for i in range(len(values))],
+                                patient_id=image_id, study_id=image_id, view="OTHER", split=split,
+                                label=[class_names[v] for v in values]))  # fmt: skip
+    return pd.concat(tables, ignore_index=True)
+
+
+@register("cifar10", multilabel=False, modality="natural", layout=CIFAR10_LAYOUT)
+def read_cifar10(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
+    batches = [(f"data_batch_{i}", "train") for i in range(1, 6)] + [("test_batch", "test")]
+    return _read_cifar(name, root, metadata_only, folder="cifar-10-batches-py", meta="batches.meta",
+                       names_key="label_names", labels_key="labels", batches=batches)
+
+
+@register("cifar100", multilabel=False, modality="natural", layout=CIFAR100_LAYOUT)
+def read_cifar100(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
+    """CIFAR-100 with its 100 fine labels (the coarse super-classes are not used by the study)."""
+    return _read_cifar(name, root, metadata_only, folder="cifar-100-python", meta="meta",
+                       names_key="fine_label_names", labels_key="fine_labels",
+                       batches=[("train", "train"), ("test", "test")])
+
+
+# ---- Oxford-IIIT Pets ---------------------------------------------------------------------------------
+PETS_LAYOUT = "annotations/trainval.txt and annotations/test.txt ('Abyssinian_100 1 1 1' lines) beside images/"
+PETS_LINE = re.compile(r"^(?P<image>(?P<cls>\S+)_\d+)\s+(?P<id>\d+)\s+(?P<species>\d+)\s+(?P<breed>\d+)$")
+
+
+@register("pets", multilabel=False, modality="natural", layout=PETS_LAYOUT)
+def read_pets(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
+    """Oxford-IIIT Pets, 37 breeds; the class name is the image name without its trailing _NNN
+    (cat breeds are capitalised in the originals, dog breeds are not: kept as distributed)."""
+    expected = "'<Breed>_<N> CLASS-ID SPECIES BREED-ID', e.g. 'Abyssinian_100 1 1 1'"
+    rows = []  # (split, image, class, path, line)
+    first_of_id: dict[int, tuple[str, Path, int]] = {}  # class id -> (breed, file, line) where first seen
+    first_of_breed: dict[str, tuple[int, Path, int]] = {}
+    for file, split in (("trainval.txt", "train"), ("test.txt", "test")):
+        path = find_file(root, [f"annotations/{file}"], f"Oxford-IIIT Pets {file}")
+        for line, text in _text_lines(path, expected, comments=True):
+            match = PETS_LINE.match(text)
+            if match is None or int(match["id"]) < 1 or match["species"] not in ("1", "2"):
+                raise SourceError(f"{path}, line {line}: {text!r}; expected {expected} "
+                                  f"(CLASS-ID 1..37, SPECIES 1 = cat or 2 = dog)")
+            class_id, breed = int(match["id"]), match["cls"]
+            seen_breed, seen_path, seen_line = first_of_id.setdefault(class_id, (breed, path, line))
+            seen_id, other_path, other_line = first_of_breed.setdefault(breed, (class_id, path, line))
+            if seen_breed != breed or seen_id != class_id:
+                raise SourceError(f"{path}, line {line}: {text!r} gives breed {breed!r} CLASS-ID {class_id}, but "
+                                  f"{seen_path.name} line {seen_line} gives id {class_id} to {seen_breed!r} and "
+                                  f"{other_path.name} line {other_line} gives {breed!r} id {seen_id}; "
+                                  f"expected one CLASS-ID per breed")
+            rows.append((split, match["image"], breed, path, line))
+    require_images(root, "images", name, metadata_only)
+    split, image, cls, path, line = zip(*rows)
+    _unique_lines(image, list(zip(path, line)), "image")
+    return canonical(name, image_id=list(image), path=[str(root / "images" / f"{i}.jpg") for i in image],
+                     patient_id=list(image), study_id=list(image), view="OTHER", split=list(split), label=list(cls))
+
+
+# ---- Oxford Flowers-102 ------------------------------------------------------------------------------
+FLOWERS_LAYOUT = "imagelabels.mat and setid.mat (trnid, valid, tstid) beside jpg/image_00001.jpg ..."
+FLOWERS_SETS = ("trnid", "valid", "tstid")
+
+
+def _mat_vector(path: Path, key: str) -> np.ndarray:
+    from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
+
+    try:
+        content = loadmat(path)
+    except (OSError, ValueError, TypeError, NotImplementedError, MatReadError) as err:
+        raise SourceError(f"{path}: cannot read as a MATLAB .mat file ({err}); expected a variable {key!r}") from None
+    if key not in content:
+        found = [k for k in content if not k.startswith("__")]
+        raise SourceError(f"{path}: no variable {key!r}; expected {key!r}, found {found}")
+    values = np.asarray(content[key]).ravel()
+    if values.dtype.kind not in "iuf" or (values.dtype.kind == "f" and not np.all(values == np.round(values))):
+        raise SourceError(f"{path}, variable {key!r}: {values.dtype} values; expected whole 1-based numbers")
+    return values.astype(np.int64)
+
+
+def _read_flowers(name: str, root: Path, metadata_only: bool, split_of: dict[str, str]) -> pd.DataFrame:
+    label_path = find_file(root, ["imagelabels.mat"], "Flowers-102 label file")
+    set_path = find_file(root, ["setid.mat"], "Flowers-102 split file")
+    classes = _mat_vector(label_path, "labels")
+    if len(classes) == 0 or classes.min() < 1:
+        raise SourceError(f"{label_path}, variable 'labels': smallest value {classes.min(initial=0)}; "
+                          f"expected class numbers from 1 (1..102)")
+    split = np.full(len(classes), "", dtype=object)
+    for key in FLOWERS_SETS:
+        ids = _mat_vector(set_path, key)
+        outside = (ids < 1) | (ids > len(classes))
+        if outside.any():
+            i = int(np.argmax(outside))
+            raise SourceError(f"{set_path}, variable {key!r}, entry {i}: image {ids[i]}; expected 1.."
+                              f"{len(classes)} (the images of {label_path.name})")
+        taken = split[ids - 1] != ""
+        if taken.any() or len(np.unique(ids)) < len(ids):
+            i = int(np.argmax(taken)) if taken.any() else int(np.argmax(pd.Series(ids).duplicated().to_numpy()))
+            raise SourceError(f"{set_path}, variable {key!r}, entry {i}: image {ids[i]} is listed twice; "
+                              f"expected {list(FLOWERS_SETS)} to be disjoint")
+        split[ids - 1] = key
+    require_images(root, "jpg", name, metadata_only)
+    listed = np.flatnonzero(split != "")
+    if len(listed) < len(classes):
+        warnings.warn(f"{name}: {len(classes) - len(listed)} of the {len(classes)} images of {label_path.name} "
+                      f"are in none of {list(FLOWERS_SETS)} of {set_path.name}; left out", stacklevel=3)
+    image_id = [f"image_{i + 1:05d}.jpg" for i in listed]
+    return canonical(name, image_id=image_id, path=[str(root / "jpg" / i) for i in image_id], patient_id=image_id,
+                     study_id=image_id, view="OTHER", split=[split_of[s] for s in split[listed]],
+                     label=[str(c) for c in classes[listed]])
+
+
+@register("flowers102", multilabel=False, modality="natural", layout=FLOWERS_LAYOUT)
+def read_flowers102(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
+    """Flowers-102 as the paper uses it: official train and test swapped, i.e. train = tstid (6,149
+    images), valid = valid (1,020), test = trnid (1,020). `flowers102-official` keeps the official split."""
+    return _read_flowers(name, root, metadata_only, {"trnid": "test", "valid": "valid", "tstid": "train"})
+
+
+@register("flowers102-official", multilabel=False, modality="natural", layout=FLOWERS_LAYOUT)
+def read_flowers102_official(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
+    """Flowers-102 with the official split: train = trnid (1,020), valid = valid (1,020), test = tstid (6,149)."""
+    return _read_flowers(name, root, metadata_only, {"trnid": "train", "valid": "valid", "tstid": "test"})
 
 
 __all__ = ["SOURCES", "Source", "SourceError", "register", "read_source", "source_of", "canonical", "read_table",
