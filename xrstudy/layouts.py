@@ -193,3 +193,164 @@ def write_imagefolder(root: Path, records: list[Record]) -> None:
 def _as_uint8(image: np.ndarray) -> np.ndarray:
     return image if image.dtype == np.uint8 else np.round(image / 257.0).astype(np.uint8)
 
+
+
+# ---- transfer targets: COVIDx, Tuberculosis, CIFAR-10/100, Oxford-IIIT Pets, Flowers-102 ---------
+# `Record.label` is the class; `Record.split` the official split (train / valid / test) the writer
+# files it under. Every writer checks the labels it can write and raises ValueError otherwise.
+import pickle  # noqa: E402 - imports of the transfer-target writers, kept with them
+
+
+def _rgb(image: np.ndarray, size: int | None = None) -> np.ndarray:
+    """An RGB uint8 copy of a grey or colour image, optionally resized to size x size."""
+    picture = Image.fromarray(_as_uint8(image)).convert("RGB")
+    if size is not None and picture.size != (size, size):
+        picture = picture.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(picture)
+
+
+def _check_labels(name: str, records: list[Record], allowed: Iterable[str] | None = None) -> None:
+    allowed = set(allowed) if allowed is not None else None
+    bad = sorted({r.label for r in records if not r.label or (allowed is not None and r.label not in allowed)})
+    if bad:
+        raise ValueError(f"{name} writer: labels {bad}; expected {sorted(allowed) if allowed else 'non-empty class names'}")
+
+
+# ---- COVIDx CXR-2: train.txt / val.txt / test.txt ('patient file class source') + train/ val/ test/ --
+@register_writer("covidx")
+def write_covidx(root: Path, records: list[Record]) -> None:
+    """Labels positive / negative; a `valid` record goes to val.txt + val/ (newer releases)."""
+    _check_labels("covidx", records, ("positive", "negative"))
+    folders = {"train": "train", "valid": "val", "test": "test"}
+    lines: dict[str, list[str]] = {"train": [], "test": []}
+    for i, record in enumerate(records):
+        folder = folders[record.split]
+        filename = f"{record.patient:06d}-{record.study}-{i:05d}.png"
+        save_image(root / folder / filename, _as_uint8(record.image))
+        lines.setdefault(folder, []).append(f"{record.patient:06d} {filename} {record.label} demo\n")
+    for folder, entries in lines.items():
+        (root / f"{folder}.txt").write_text("".join(entries))
+
+
+# ---- Tuberculosis: ChinaSet_AllFiles/CXR_png/CHNCXR_NNNN_L.png + MontgomerySet/CXR_png/MCUCXR_NNNN_L.png --
+TUBERCULOSIS_SUFFIX = {"normal": 0, "tuberculosis": 1}
+
+
+@register_writer("tuberculosis")
+def write_tuberculosis(root: Path, records: list[Record]) -> None:
+    """Alternately Shenzhen and Montgomery images, with what else the sets hold beside them:
+    Shenzhen's ClinicalReadings/*.txt and Montgomery's ManualMask/{left,right}Mask/ PNGs of the same
+    names (which the adapter must skip). `Record.split` is ignored: the sets have no split."""
+    _check_labels("tuberculosis", records, TUBERCULOSIS_SUFFIX)
+    sets = (("ChinaSet_AllFiles", "CHNCXR"), ("MontgomerySet", "MCUCXR"))
+    numbers = [0, 0]
+    for i, record in enumerate(records):
+        folder, prefix = sets[i % 2]
+        numbers[i % 2] += 1
+        stem = f"{prefix}_{numbers[i % 2]:04d}_{TUBERCULOSIS_SUFFIX[record.label]}"
+        save_image(root / folder / "CXR_png" / f"{stem}.png", _as_uint8(record.image))
+        sex = {"M": "male", "F": "female"}.get(record.sex, "male")
+        if prefix == "CHNCXR":
+            reading = f"{sex} {record.age}yrs\n{'normal' if record.label == 'normal' else 'PTB in the right upper field'}\n"
+            (root / folder / "ClinicalReadings").mkdir(parents=True, exist_ok=True)
+            (root / folder / "ClinicalReadings" / f"{stem}.txt").write_text(reading)
+        else:
+            reading = f"Patient's Sex: {sex[0].upper()}\nPatient's Age: {record.age:03d}Y\n{record.label}\n"
+            (root / folder / "ClinicalReadings").mkdir(parents=True, exist_ok=True)
+            (root / folder / "ClinicalReadings" / f"{stem}.txt").write_text(reading)
+            mask = np.zeros(record.image.shape[:2], np.uint8)
+            mask[:, : mask.shape[1] // 2] = 255
+            for side in ("leftMask", "rightMask"):
+                save_image(root / folder / "ManualMask" / side / f"{stem}.png", mask)
+
+
+# ---- CIFAR-10 / CIFAR-100, python version: pickled dicts with bytes keys, data N x 3072 uint8 -------
+def _cifar_batch(records: list[Record], names: list[str], labels_key: bytes, batch_label: str) -> dict:
+    data = np.stack([_rgb(r.image, 32).transpose(2, 0, 1).reshape(-1) for r in records]) if records \
+        else np.zeros((0, 3072), np.uint8)
+    return {b"batch_label": batch_label.encode(), labels_key: [names.index(r.label) for r in records],
+            b"data": data, b"filenames": [f"{r.label}_s_{r.patient:06d}.png".encode() for r in records]}
+
+
+def _dump(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        pickle.dump(value, handle, protocol=2)  # the originals are Python 2 pickles
+
+
+@register_writer("cifar10")
+def write_cifar10(root: Path, records: list[Record]) -> None:
+    """cifar-10-batches-py/: train (and valid) records dealt over data_batch_1..5, test in test_batch;
+    batches.meta lists the classes present, sorted (the real file lists airplane..truck)."""
+    _check_labels("cifar10", records)
+    names = sorted({r.label for r in records})
+    folder = root / "cifar-10-batches-py"
+    train = [r for r in records if r.split != "test"]
+    for b in range(5):
+        _dump(folder / f"data_batch_{b + 1}", _cifar_batch(train[b::5], names, b"labels", f"training batch {b + 1} of 5"))
+    _dump(folder / "test_batch", _cifar_batch([r for r in records if r.split == "test"], names, b"labels", "testing batch 1 of 1"))
+    _dump(folder / "batches.meta", {b"num_cases_per_batch": 10000, b"label_names": [n.encode() for n in names],
+                                    b"num_vis": 3072})
+
+
+@register_writer("cifar100")
+def write_cifar100(root: Path, records: list[Record]) -> None:
+    """cifar-100-python/{train, test, meta}; every class in one coarse super-class "demo"."""
+    _check_labels("cifar100", records)
+    names = sorted({r.label for r in records})
+    folder = root / "cifar-100-python"
+    for split, subset in (("train", [r for r in records if r.split != "test"]),
+                          ("test", [r for r in records if r.split == "test"])):
+        batch = _cifar_batch(subset, names, b"fine_labels", f"{split}ing batch 1 of 1")
+        batch[b"coarse_labels"] = [0] * len(subset)
+        _dump(folder / split, batch)
+    _dump(folder / "meta", {b"fine_label_names": [n.encode() for n in names], b"coarse_label_names": [b"demo"]})
+
+
+# ---- Oxford-IIIT Pets: annotations/{list,trainval,test}.txt + images/<Breed>_<N>.jpg ----------------
+@register_writer("pets")
+def write_pets(root: Path, records: list[Record]) -> None:
+    """Labels are breed names; capitalised = cat (species 1), else dog (2), as in the originals.
+    Class ids follow the case-insensitive alphabetical order, as in the originals; valid -> trainval."""
+    _check_labels("pets", records)
+    if any(not r.label.replace("_", "").isalpha() for r in records):
+        raise ValueError("pets writer: breed names must be letters and '_' (the image name is <breed>_<N>)")
+    breeds = sorted({r.label for r in records}, key=str.lower)
+    species = {b: 1 if b[0].isupper() else 2 for b in breeds}
+    breed_id = {b: 1 + [c for c in breeds if species[c] == species[b]].index(b) for b in breeds}
+    counter: dict[str, int] = {}
+    lines: dict[str, list[str]] = {"trainval": [], "test": []}
+    for record in records:
+        counter[record.label] = counter.get(record.label, 0) + 1
+        image = f"{record.label}_{counter[record.label]}"
+        save_image(root / "images" / f"{image}.jpg", _rgb(record.image))
+        line = f"{image} {breeds.index(record.label) + 1} {species[record.label]} {breed_id[record.label]}\n"
+        lines["test" if record.split == "test" else "trainval"].append(line)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    header = ("#Image CLASS-ID SPECIES BREED ID\n#ID: 1:37 Class ids\n#SPECIES: 1:Cat 2:Dog\n"
+              "#BREED ID: 1-25:Cat 1:12:Dog\n#All images with 1st letter as captial are cat images\n"
+              "#images with small first letter are dog images\n")
+    (root / "annotations" / "list.txt").write_text(header + "".join(lines["trainval"] + lines["test"]))
+    for split, entries in lines.items():
+        (root / "annotations" / f"{split}.txt").write_text("".join(entries))
+
+
+# ---- Oxford Flowers-102: imagelabels.mat + setid.mat + jpg/image_NNNNN.jpg --------------------------
+@register_writer("flowers102")
+def write_flowers102(root: Path, records: list[Record]) -> None:
+    """Labels are class numbers "1".."102"; `Record.split` is the official split (train -> trnid,
+    valid -> valid, test -> tstid), which the `flowers102` adapter then swaps as the paper did."""
+    from scipy.io import savemat
+
+    bad = sorted({r.label for r in records if not r.label.isdigit() or not 1 <= int(r.label) <= 102})
+    if bad:
+        raise ValueError(f"flowers102 writer: labels {bad}; expected class numbers '1'..'102'")
+    ids: dict[str, list[int]] = {"trnid": [], "valid": [], "tstid": []}
+    for number, record in enumerate(records, start=1):
+        save_image(root / "jpg" / f"image_{number:05d}.jpg", _rgb(record.image))
+        ids[{"train": "trnid", "valid": "valid", "test": "tstid"}[record.split]].append(number)
+    savemat(root / "imagelabels.mat", {"labels": np.array([[int(r.label) for r in records]], np.uint8)})
+    savemat(root / "setid.mat", {key: np.array([values], np.uint16) for key, values in ids.items()})
+
+
+WRITERS["flowers102-official"] = write_flowers102  # the same files; only the adapters differ

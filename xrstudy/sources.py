@@ -599,7 +599,8 @@ def _read_cifar(name: str, root: Path, metadata_only: bool, *, folder: str, meta
             raise SourceError(f"{base}: no {batch_name}; expected {[b for b, _ in batches] + [meta]}")
         batch = _cifar_pickle(path, [labels_key, "data"])
         try:
-            values = np.asarray(batch[labels_key]).astype(np.int64, casting="safe").ravel()
+            values = np.asarray(batch[labels_key]).ravel()
+            values = values.astype(np.int64, casting="safe" if len(values) else "unsafe")
         except (TypeError, ValueError) as err:
             raise SourceError(f"{path}, key {labels_key!r}: {err}; expected integer class indices") from None
         bad = (values < 0) | (values >= len(class_names))
