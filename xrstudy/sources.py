@@ -67,7 +67,7 @@ def read_source(name: str, root: str | Path, metadata_only: bool = False) -> pd.
     if not root.is_dir():
         raise SourceError(f"{name}: root {root} is not a directory; expected {source_of(name).layout}")
     source = source_of(name)
-    if source.read is read_imagefolder:  # its contents lie too deep for the cheap signature below
+    if name not in _CACHED_READS or (name == "nih" and not metadata_only):
         return source.read(name, root, metadata_only)
     key = (name, str(root), metadata_only, _root_signature(root))
     if key not in _READ_CACHE:
@@ -79,8 +79,11 @@ def read_source(name: str, root: str | Path, metadata_only: bool = False) -> pd.
 
 # Sweeps in a warm kernel and notebooks read the same label files again and again; parsing the
 # real ones takes seconds. Keyed by the size and mtime of the files at the top of the root, so an
-# edited label file (or an image folder gaining files) is read afresh.
+# edited label file is read afresh.
+# Only sources whose label files lie at the top of the root and whose image paths follow from the
+# labels (NIH scans its image folders, so only its metadata-only reads are kept).
 _READ_CACHE: dict[tuple, pd.DataFrame] = {}
+_CACHED_READS = frozenset({"chexpert", "mimic", "nih", "padchest", "padchest-cl", "covidx"})
 _READ_CACHE_SIZE = 4
 
 
