@@ -103,7 +103,8 @@ def write_chexpert(root: Path, records: list[Record]) -> None:
         })  # fmt: skip
     columns = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "No Finding", *labels.CHEXPERT_FINDINGS]
     for split, split_rows in rows.items():
-        pd.DataFrame(split_rows, columns=columns).to_csv(root / f"{split}.csv", index=False)
+        if split_rows:
+            pd.DataFrame(split_rows, columns=columns).to_csv(root / f"{split}.csv", index=False)
 
 
 # ---- MIMIC-CXR-JPG 2.0: three csv.gz files + files/pXX/pNNNNNNNN/sNNNNNNNN/<dicom_id>.jpg -------
