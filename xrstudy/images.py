@@ -1,0 +1,483 @@
+"""Image decoding (8/16-bit, DICOM, CIFAR batch members) and the pre-resized uint8 image cache.
+
+Study preprocessing: grayscale scaled to [0, 1] (8-bit / 255, 16-bit / 65535, DICOM by BitsStored),
+centre crop to a square, antialiased resize. Training reads the result from a memory-mapped uint8
+cache so that each image is decoded once per (path set, size, mode), not once per epoch.
+
+Cache layout, under ``cache_dir/{key[:16]}/``:
+
+- ``images.u8``       N x size x size (x 3) uint8, ``np.memmap``-able, in ``paths.txt`` order
+- ``paths.txt``       one path per line
+- ``done.npy``        bool per index: the slot holds a finished image
+- ``quarantine.json`` {path: reason} of unreadable files (their slots stay zeros)
+- ``meta.json``       key, size, mode, shape, format version
+
+Writers hold an exclusive ``flock`` on ``cache_dir/{key[:16]}.lock``; readers of a finished cache
+take no lock, because a finished cache is never written again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import pickle
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+FORMAT_VERSION = 1  # bump when the stored pixels would change (decoding, resampling, layout)
+MODES = ("L", "RGB")
+RESAMPLE = Image.Resampling.BILINEAR  # PIL's reducing BILINEAR is antialiased, like torchvision's Resize
+DICOM_SUFFIXES = (".dcm", ".dicom")
+CIFAR_SIDE = 32
+
+_EIGHT_BIT_GREY = ("1", "L", "LA")
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_COLOUR = ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+class ImageError(ValueError):
+    """An input that cannot be decoded as an image; names the file and what was expected."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+# ---- decoding ---------------------------------------------------------------------------------
+def _member(path: str) -> tuple[str, int] | None:
+    """("batch file", index) for a CIFAR member path ``FILE#N``; None for an ordinary file."""
+    base, sep, index = path.rpartition("#")
+    # A real file whose name contains '#' wins over the member reading.
+    if not sep or not index.isdigit() or os.path.exists(path):
+        return None
+    return base, int(index)
+
+
+@functools.lru_cache(maxsize=4)
+def _cifar_batch(path: str) -> np.ndarray:
+    """The b"data" array (N x 3072, channel-major) of one CIFAR python batch, once per process."""
+    with open(path, "rb") as handle:
+        batch = pickle.load(handle, encoding="bytes")  # the CIFAR format is a pickle; trusted input
+    data = np.asarray(batch[b"data"], dtype=np.uint8)
+    if data.ndim != 2 or data.shape[1] != 3 * CIFAR_SIDE * CIFAR_SIDE:
+        raise ValueError(f"b'data' has shape {data.shape}, expected N x {3 * CIFAR_SIDE * CIFAR_SIDE}")
+    return data
+
+
+def _decode_member(path: str, base: str, index: int) -> Image.Image:
+    if not os.path.exists(base):
+        raise ImageError(path, f"CIFAR batch file {base} not found (expected FILE#N with FILE a CIFAR python batch)")
+    try:
+        data = _cifar_batch(base)
+    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ImageError(path, f"expected a CIFAR python batch with key b'data' in {base}: {error}") from error
+    if index >= len(data):
+        raise ImageError(path, f"index {index} out of range: the CIFAR batch {base} holds {len(data)} images")
+    pixels = data[index].reshape(3, CIFAR_SIDE, CIFAR_SIDE).transpose(1, 2, 0)
+    return Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+
+
+def _is_dicom(path: str) -> bool:
+    if path.lower().endswith(DICOM_SUFFIXES):
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(132)[128:] == b"DICM"  # DICOM Part 10: 128-byte preamble, then "DICM"
+
+
+def _decode_dicom(path: str) -> Image.Image:
+    """Float image in [0, 1]: stored values / (2**BitsStored - 1), MONOCHROME1 inverted, no window."""
+    import pydicom  # only X-ray sources in DICOM need it
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        dataset = pydicom.dcmread(path)
+        pixels = dataset.pixel_array
+        photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
+        bits = int(dataset.get("BitsStored", 8 * pixels.itemsize))
+        signed = int(dataset.get("PixelRepresentation", 0)) == 1
+    except (InvalidDicomError, AttributeError, KeyError, ValueError, RuntimeError, OSError, EOFError) as error:
+        raise ImageError(path, f"expected a DICOM file with pixel data: {error}") from error
+    if pixels.ndim != 2 or not photometric.startswith("MONOCHROME"):
+        raise ImageError(path, f"expected a single-frame MONOCHROME1/2 DICOM, got {photometric} {pixels.shape}")
+    values = pixels.astype(np.float32)
+    if signed:  # shift two's complement values to the unsigned range so 0 stays the darkest value
+        values += 2.0 ** (bits - 1)
+    values = np.clip(values / (2.0**bits - 1.0), 0.0, 1.0)
+    if photometric == "MONOCHROME1":  # 0 is white in MONOCHROME1
+        values = 1.0 - values
+    return Image.fromarray(values.astype(np.float32), "F")
+
+
+def _decode_pil(path: str) -> Image.Image:
+    """PIL image in mode L, RGB, or I;16/I (16-bit grayscale, kept at full depth)."""
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now so truncated files fail here, not later
+            if image.mode in _SIXTEEN_BIT or image.mode in ("L", "RGB"):
+                return image.copy()
+            if image.mode in _EIGHT_BIT_GREY:
+                return image.convert("L")
+            if image.mode in _COLOUR:
+                return image.convert("RGB")
+            raise ImageError(path, f"unsupported PIL mode {image.mode!r}; expected 8-bit L/RGB/P or 16-bit grayscale")
+    except UnidentifiedImageError as error:
+        raise ImageError(path, "not an image: expected a JPEG, PNG or DICOM file") from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        if isinstance(error, ImageError):
+            raise
+        raise ImageError(path, f"corrupt or truncated image (expected a readable JPEG/PNG): {error}") from error
+
+
+def _decode(path: str | os.PathLike[str]) -> Image.Image:
+    """One image as PIL: L or RGB (8-bit), I;16 or I (16-bit grey), or F (float in [0, 1], DICOM)."""
+    path = str(path)
+    member = _member(path)
+    if member is not None:
+        return _decode_member(path, *member)
+    if not os.path.isfile(path):
+        raise ImageError(path, "file not found (expected an image file, or FILE#N for a CIFAR batch member)")
+    try:
+        if os.path.getsize(path) == 0:
+            raise ImageError(path, "empty file (0 bytes); expected a JPEG, PNG or DICOM image")
+        dicom = _is_dicom(path)
+    except OSError as error:
+        raise ImageError(path, f"cannot read the file (expected an image file): {error}") from error
+    return _decode_dicom(path) if dicom else _decode_pil(path)
+
+
+def _scaled(image: Image.Image) -> np.ndarray:
+    """float32 pixels in [0, 1] of a decoded image: 8-bit / 255, 16-bit / 65535, float as is."""
+    if image.mode in ("L", "RGB"):
+        return np.asarray(image, dtype=np.float32) / 255.0
+    if image.mode in _SIXTEEN_BIT:
+        return np.asarray(image, dtype=np.float32) / 65535.0
+    return np.asarray(image, dtype=np.float32)
+
+
+def load_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """float32 in [0, 1]: H x W for a grayscale source, H x W x 3 for a colour one."""
+    return _scaled(_decode(path))
+
+
+def centre_square(width: int, height: int) -> tuple[int, int, int, int]:
+    """PIL box (left, top, right, bottom) of the largest centred square."""
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
+
+
+def prepare_image(path: str | os.PathLike[str], size: int, mode: str) -> np.ndarray:
+    """Decode, centre crop to a square, antialiased resize to size x size, uint8.
+
+    mode "L" gives size x size (a colour source becomes luminance), "RGB" size x size x 3 (a grayscale
+    source is copied to 3 channels). 16-bit and DICOM sources are resized in float, so their extra
+    depth contributes to the rounded 8-bit result.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    image = _decode(path)
+    if mode == "L" and image.mode == "RGB":
+        image = image.convert("L")  # ITU-R 601-2 luminance
+    # Crop, then resize: resize(box=...) would let the filter reach past the square into the sides.
+    image = image.crop(centre_square(*image.size))
+    if image.mode in ("L", "RGB"):
+        pixels = np.asarray(image.resize((size, size), RESAMPLE))
+    else:  # 16-bit or float: resize in float so no depth is lost before the final rounding
+        grey = Image.fromarray(_scaled(image), "F")
+        pixels = _to_uint8(np.asarray(grey.resize((size, size), RESAMPLE)))
+    if mode == "RGB" and pixels.ndim == 2:
+        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(pixels, dtype=np.uint8)
+
+
+# ---- cache files ------------------------------------------------------------------------------
+def cache_key(paths: Iterable[str], size: int, mode: str) -> str:
+    """sha256 over (sorted unique paths, size, mode, format version)."""
+    spec = {"format": FORMAT_VERSION, "size": int(size), "mode": mode, "paths": sorted({str(p) for p in paths})}
+    return hashlib.sha256(json.dumps(spec, separators=(",", ":")).encode()).hexdigest()
+
+
+def _image_shape(count: int, size: int, mode: str) -> tuple[int, ...]:
+    return (count, size, size) if mode == "L" else (count, size, size, 3)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write via a temp file in the same folder + os.replace, so readers see old or new, never half."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, value: Any) -> None:
+    _atomic_write(path, lambda handle: handle.write(json.dumps(value, indent=1, sort_keys=True).encode()))
+
+
+def _write_done(path: Path, done: np.ndarray) -> None:
+    _atomic_write(path, lambda handle: np.save(handle, done))
+
+
+def _read_done(path: Path, count: int) -> np.ndarray:
+    """The done bitmap; all False when missing or unreadable (its slots are then decoded again)."""
+    try:
+        done = np.load(path)
+    except (OSError, ValueError, EOFError):
+        return np.zeros(count, dtype=bool)
+    if done.shape != (count,) or done.dtype != bool:
+        return np.zeros(count, dtype=bool)
+    return done
+
+
+def _read_quarantine(path: Path) -> dict[str, str]:
+    try:
+        return {str(k): str(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        return {}  # missing (deleted by the user to ask for a retry) or damaged: retry those files
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Exclusive flock; the kernel releases it if the holder dies, so a kill -9 leaves no stale lock."""
+    with open(lock_path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@dataclass
+class ImageCache:
+    """A finished cache: ``cache[i]`` is a read-only uint8 view; ``index_of(path)`` gives i."""
+
+    folder: Path
+    key: str
+    paths: tuple[str, ...]
+    size: int
+    mode: str
+    images: np.ndarray
+    quarantined: dict[str, str]
+    built: int = 0
+    reused: int = 0
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index = {path: i for i, path in enumerate(self.paths)}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return self.images[index]
+
+    def index_of(self, path: str | os.PathLike[str]) -> int:
+        try:
+            return self._index[str(path)]
+        except KeyError:
+            raise KeyError(f"{path} is not in the image cache {self.folder}") from None
+
+    @property
+    def quarantine_file(self) -> Path:
+        return self.folder / "quarantine.json"
+
+    def report(self) -> str:
+        return (
+            f"image cache {self.folder} ({len(self)} images, {self.size}px {self.mode}): "
+            f"built {self.built}, reused {self.reused}, quarantined {len(self.quarantined)}"
+            f" (see {self.quarantine_file})"
+        )
+
+
+class _CacheFiles:
+    """The files of one cache folder; every write happens under the build lock."""
+
+    def __init__(self, folder: Path, key: str, paths: Sequence[str], size: int, mode: str) -> None:
+        self.folder, self.key, self.paths, self.size, self.mode = folder, key, tuple(paths), size, mode
+        self.shape = _image_shape(len(paths), size, mode)
+        self.images_path = folder / "images.u8"
+        self.done_path = folder / "done.npy"
+        self.quarantine_path = folder / "quarantine.json"
+
+    def state(self) -> tuple[np.ndarray, dict[str, str]]:
+        """(done bitmap, quarantine), both as last flushed."""
+        return _read_done(self.done_path, len(self.paths)), _read_quarantine(self.quarantine_path)
+
+    def pending(self, done: np.ndarray, quarantine: dict[str, str]) -> np.ndarray:
+        """Indices neither finished nor quarantined."""
+        failed = np.array([path in quarantine for path in self.paths], dtype=bool)
+        return np.flatnonzero(~done & ~failed)
+
+    def finished(self) -> bool:
+        """Every slot done or quarantined, and the quarantine on disk (deleting it asks for a retry)."""
+        expected = int(np.prod(self.shape))
+        if not self.images_path.exists() or self.images_path.stat().st_size != expected:
+            return False
+        if not self.quarantine_path.exists():
+            return False
+        return len(self.pending(*self.state())) == 0
+
+    def prepare(self) -> None:
+        """Create or check the folder; a missing or wrong-sized images.u8 resets all progress."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        paths_file = self.folder / "paths.txt"
+        listed = "".join(f"{path}\n" for path in self.paths)
+        if paths_file.exists() and paths_file.read_text() != listed:
+            raise RuntimeError(f"{paths_file} lists other paths than key {self.key} (a 64-bit prefix collision?)")
+        expected = int(np.prod(self.shape))
+        if not self.images_path.exists() or self.images_path.stat().st_size != expected:
+            self.done_path.unlink(missing_ok=True)
+            # A sparse file of the final size; untouched slots read as zeros.
+            _atomic_write(self.images_path, lambda handle: handle.truncate(expected))
+        if not paths_file.exists():
+            _atomic_write(paths_file, lambda handle: handle.write(listed.encode()))
+        meta = {"format": FORMAT_VERSION, "key": self.key, "size": self.size, "mode": self.mode,
+                "count": len(self.paths), "shape": list(self.shape), "dtype": "uint8",
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        if not (self.folder / "meta.json").exists():
+            _write_json(self.folder / "meta.json", meta)
+
+    def open(self, writable: bool) -> np.ndarray:
+        if self.shape[0] == 0:  # mmap cannot map an empty file
+            return np.zeros(self.shape, dtype=np.uint8)
+        return np.memmap(self.images_path, dtype=np.uint8, mode="r+" if writable else "r", shape=self.shape)
+
+
+# ---- building ---------------------------------------------------------------------------------
+def _fill(images: np.ndarray, size: int, mode: str, items: Sequence[tuple[int, str]]) -> list[tuple[int, str | None]]:
+    """Decode items into their slots, flush them, and say which failed (index, reason) or not (None)."""
+    outcome: list[tuple[int, str | None]] = []
+    for index, path in items:
+        try:
+            images[index] = prepare_image(path, size, mode)
+            outcome.append((index, None))
+        except ImageError as error:
+            outcome.append((index, error.reason))
+        except Exception as error:  # noqa: BLE001 - one odd file must not kill a 400k-image build
+            outcome.append((index, f"unexpected {type(error).__name__}: {error}"))
+    if isinstance(images, np.memmap):
+        images.flush()  # pixels reach the file before the main process marks them done
+    return outcome
+
+
+_WORKER: tuple[np.ndarray, int, str] | None = None  # (writable memmap, size, mode) of a pool worker
+
+
+def _init_worker(images_path: str, shape: tuple[int, ...], size: int, mode: str) -> None:
+    global _WORKER
+    _WORKER = (np.memmap(images_path, dtype=np.uint8, mode="r+", shape=shape), size, mode)
+
+
+def _worker_fill(items: Sequence[tuple[int, str]]) -> list[tuple[int, str | None]]:
+    assert _WORKER is not None, "pool worker started without _init_worker"
+    return _fill(*_WORKER, items)
+
+
+def _chunks(indices: np.ndarray, paths: Sequence[str], chunk_size: int) -> list[list[tuple[int, str]]]:
+    items = [(int(i), paths[i]) for i in indices]
+    return [items[start:start + chunk_size] for start in range(0, len(items), chunk_size)]
+
+
+def _default_chunk_size(pending: int, workers: int) -> int:
+    # Small enough that a kill loses little and the bar moves; large enough that rewriting done.npy
+    # (one byte per image) after each chunk stays cheap next to decoding it.
+    return max(16, min(512, math.ceil(pending / (8 * max(workers, 1)))))
+
+
+def _show_progress() -> bool:
+    return sys.stderr.isatty() and os.environ.get("XRSTUDY_NO_PROGRESS") != "1"
+
+
+def _run_chunks(files: _CacheFiles, chunks: list[list[tuple[int, str]]], workers: int) -> Iterator[list[tuple[int, str | None]]]:
+    """Outcome of each chunk, as it finishes, from this process or a pool of workers."""
+    if workers <= 1 or len(chunks) <= 1:
+        images = files.open(writable=True)
+        for chunk in chunks:
+            yield _fill(images, files.size, files.mode, chunk)
+        return
+    # fork where there is one (as torch's DataLoader does): spawn/forkserver re-import __main__, which
+    # fails for code run from stdin and re-runs unguarded scripts. Workers only use PIL and numpy.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    init = (str(files.images_path), files.shape, files.size, files.mode)
+    with context.Pool(min(workers, len(chunks)), initializer=_init_worker, initargs=init) as pool:
+        yield from pool.imap_unordered(_worker_fill, chunks)
+
+
+def _build(files: _CacheFiles, workers: int, chunk_size: int | None) -> tuple[int, int]:
+    """Decode the pending slots; returns (built, reused). Caller holds the lock."""
+    files.prepare()
+    done, quarantine = files.state()
+    pending = files.pending(done, quarantine)
+    reused = int(done.sum())
+    if len(pending) == 0:
+        _write_json(files.quarantine_path, quarantine)
+        return 0, reused
+    from tqdm import tqdm
+
+    chunks = _chunks(pending, files.paths, chunk_size or _default_chunk_size(len(pending), workers))
+    built = 0
+    with tqdm(total=len(pending), desc=f"caching images at {files.size}px", unit="img",
+              disable=not _show_progress()) as bar:
+        for outcome in _run_chunks(files, chunks, workers):
+            for index, reason in outcome:
+                if reason is None:
+                    done[index] = True
+                    built += 1
+                else:
+                    quarantine[files.paths[index]] = reason
+            # Quarantine before done: a kill in between only re-decodes good images, never loses a failure.
+            _write_json(files.quarantine_path, quarantine)
+            _write_done(files.done_path, done)
+            bar.update(len(outcome))
+    return built, reused
+
+
+def build_cache(paths: Iterable[str | os.PathLike[str]], size: int, cache_dir: str | os.PathLike[str],
+                mode: str = "L", workers: int = 1, *, chunk_size: int | None = None) -> ImageCache:
+    """Open the uint8 cache of `paths` at size x size, decoding only what is not there yet.
+
+    Resumable (progress is flushed after each chunk), safe when several processes build the same
+    key (an exclusive lock), and unreadable files are quarantined rather than fatal.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if int(size) < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    size = int(size)
+    unique = sorted({str(p) for p in paths})
+    key = cache_key(unique, size, mode)
+    cache_dir = Path(cache_dir)
+    files = _CacheFiles(cache_dir / key[:16], key, unique, size, mode)
+    built = 0
+    # A finished cache is only read: no lock, no decoding.
+    if not files.finished():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with _exclusive(cache_dir / f"{key[:16]}.lock"):
+            built, _ = _build(files, workers, chunk_size)  # re-checks under the lock: another may have finished
+    done, quarantine = files.state()
+    reused = int(done.sum()) - built
+    return ImageCache(files.folder, key, files.paths, size, mode, files.open(writable=False),
+                      {p: quarantine[p] for p in files.paths if p in quarantine}, built, reused)
