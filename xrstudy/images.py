@@ -407,7 +407,9 @@ def _default_chunk_size(pending: int, workers: int) -> int:
 
 
 def _show_progress() -> bool:
-    return sys.stderr.isatty() and os.environ.get("XRSTUDY_NO_PROGRESS") != "1"
+    # Not in logs, notebooks or SLURM output files: a bar there is just noise.
+    is_tty = getattr(sys.stderr, "isatty", lambda: False)()
+    return bool(is_tty) and os.environ.get("XRSTUDY_NO_PROGRESS") != "1"
 
 
 def _run_chunks(files: _CacheFiles, chunks: list[list[tuple[int, str]]], workers: int) -> Iterator[list[tuple[int, str | None]]]:
