@@ -255,3 +255,16 @@ def test_unknown_terms_duplicates_and_bad_values_name_the_line(roots, tmp_path):
 def test_record_writer_registry_rejects_unknown_layout(tmp_path):
     with pytest.raises(ValueError, match="no layout writer"):
         layouts.write_layout("nope", tmp_path, [Record(1, 1, "PA", "M", 40, {}, "train", np.zeros((4, 4), np.uint8))])
+
+
+def test_cli_cache_builds_then_reuses(roots, tmp_path, capsys):
+    from xrstudy import cli
+
+    args = ["data", "cache", "nih", "--root", str(roots["nih"]), "--size", "16", "--workers", "1",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert cli.main(args) == 0
+    first = capsys.readouterr().out
+    images = len(sources.read_source("nih", roots["nih"]))
+    assert f"({images} images, 16px L)" in first and f"built {images}" in first and "quarantined 0" in first
+    assert cli.main(args) == 0
+    assert f"reused {images}" in capsys.readouterr().out
