@@ -37,10 +37,15 @@ class StudyData:
     shots_ids: tuple[str, ...] = ()
     dropped: dict[str, int] = field(default_factory=dict)
     split_path: str = ""
+    # Every image of the dataset before the data fraction / k-shot selection: caching this set
+    # once lets all cells of a target (every shot count and seed) share one image cache.
+    universe: tuple[str, ...] = ()
 
     @property
     def paths(self) -> list[str]:
-        """Every image path of the three splits (what the image cache must hold)."""
+        """The image paths the image cache must hold."""
+        if self.universe:
+            return list(self.universe)
         return sorted({str(p) for t in (self.train, self.valid, self.test) for p in t["path"]})
 
 
@@ -84,6 +89,7 @@ def prepare(cfg: RunConfig) -> StudyData:
     table = splits.assign_splits(table, cfg.split_mode, seed=_split_seed(cfg.split_mode))
     split_path, split_sha = splits.save_split_by_content(table, Path(cfg.out_dir) / "splits")
     train, valid, test = (table[table["split"] == s].reset_index(drop=True) for s in splits.SPLITS)
+    universe = tuple(sorted(set(table["path"].astype(str))))
 
     if multilabel:  # rows without a single known label add nothing to a masked loss
         unlabelled = train[list(classes)].isna().all(axis=1)
@@ -103,7 +109,8 @@ def prepare(cfg: RunConfig) -> StudyData:
         train = train.reset_index(drop=True)
         shots_ids = tuple(train["image_id"])
     return StudyData(train=train, valid=valid, test=test, classes=classes, multilabel=multilabel,
-                     split_sha256=split_sha, shots_ids=shots_ids, dropped=dropped, split_path=str(split_path))
+                     split_sha256=split_sha, shots_ids=shots_ids, dropped=dropped, split_path=str(split_path),
+                     universe=universe)
 
 
 # ---- summaries (the JSON of `xrstudy data inspect / merge`) ---------------------------------
