@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import timm
 import torch
 from fastai.callback.core import Callback
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -338,11 +337,58 @@ def test_restore_refuses_another_schedule(tmp_path):
         restore(other, state)
 
 
-def test_gpu_path_options_build_on_cpu():
-    """bf16 autocast and channels_last are wired as callbacks / memory format (speed needs a GPU)."""
-    setup = toy_setup(steps=2, precision="bf16", channels_last=True)
-    learn = make_learner(toy_model(), toy_split(), setup)
+def test_gpu_path_options_are_wired():
+    """bf16 autocast (a callback) and channels_last are in place; their speed needs a GPU.
+
+    Only the wiring is checked on CPU: CPU bf16 autocast of this model gives intermittent NaN
+    gradients in torch 2.14 (seen in ~1 of 4 two-step runs, also in a plain loop without fastai),
+    which is why precision "auto" means fp32 on CPU."""
+
+    class SeePred(Callback):
+        order = 5  # before Autocast.after_pred casts back to fp32
+
+        def after_pred(self) -> None:
+            self.dtypes.append(self.learn.pred.dtype)
+
+    seen = SeePred()
+    seen.dtypes = []
+    setup = toy_setup(steps=1, precision="bf16", channels_last=True)
+    learn = make_learner(toy_model(), toy_split(), setup, [seen])
     assert any(type(cb).__name__ == "Autocast" for cb in learn.cbs)
-    fit(learn)  # CPU autocast in bf16 runs too
-    assert all(torch.isfinite(p).all() for p in learn.model.parameters())
-    assert timm.create_model(TINY).stem.conv.weight.dtype == torch.float32
+    assert learn.model.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    fit(learn)
+    assert seen.dtypes == [torch.bfloat16]
+    plain = make_learner(toy_model(), toy_split(), toy_setup(steps=1))
+    assert not any(type(cb).__name__ == "Autocast" for cb in plain.cbs)
+
+
+def test_cached_dispatch_calls_the_same_events_as_fastai():
+    """LeanLearner only skips callbacks without a handler; added callbacks are seen at once."""
+    from fastai.learner import Learner
+
+    class Log(Callback):
+        order = 50
+
+        def __init__(self):
+            self.events = []
+
+        def before_batch(self):
+            self.events.append(("before_batch", self.learn.training))
+
+        def after_step(self):
+            self.events.append(("after_step", self.learn.step))
+
+        def after_fit(self):
+            self.events.append(("after_fit", None))
+
+    learn = make_learner(toy_model(), toy_split(), toy_setup(steps=2))
+    fit(learn)  # builds the dispatch cache
+    log = Log()
+    learn.add_cb(log)
+    learn.fit(1)
+    expected = [("before_batch", True), ("after_step", 0), ("before_batch", True), ("after_step", 1), ("after_fit", None)]
+    assert log.events == expected
+    learn.remove_cb(log)
+    learn.fit(1)
+    assert log.events == expected
+    assert type(learn).__mro__[1] is Learner
