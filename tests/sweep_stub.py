@@ -1,7 +1,8 @@
 """A cell executor for sweep tests: writes a result instead of training (imported by sweep workers).
 
 Behaviour from the environment (the runner passes its environment to every worker):
-XRSTUDY_STUB_LOG   append "{run_id} {pid}" per execution (to count executions across runners)
+XRSTUDY_STUB_LOG   append "{run_id} {pid} start" per execution and "{run_id} {pid} done" once its result is
+                   saved (to count executions across runners and kernels)
 XRSTUDY_STUB_SLEEP seconds to sleep before saving
 XRSTUDY_STUB_FAIL  glob over cell names that raise
 XRSTUDY_STUB_DIE   glob over cell names whose first attempt dies by SIGKILL (a dead kernel)
@@ -19,11 +20,15 @@ from xrstudy import results
 from xrstudy.config import RunConfig
 
 
-def execute(cfg: RunConfig, notebook: Path, output: Path) -> None:
+def _log(cfg: RunConfig, event: str) -> None:
     log = os.environ.get("XRSTUDY_STUB_LOG")
     if log:
         with open(log, "a") as handle:
-            handle.write(f"{cfg.run_id} {os.getpid()}\n")
+            handle.write(f"{cfg.run_id} {os.getpid()} {event}\n")
+
+
+def execute(cfg: RunConfig, notebook: Path | None, output: Path) -> None:
+    _log(cfg, "start")
     time.sleep(float(os.environ.get("XRSTUDY_STUB_SLEEP", "0")))
     if fnmatch.fnmatch(cfg.name, os.environ.get("XRSTUDY_STUB_FAIL", "\0")):
         raise RuntimeError(f"stub failure for {cfg.name}")
@@ -36,3 +41,15 @@ def execute(cfg: RunConfig, notebook: Path, output: Path) -> None:
         assert results.load(parent)["status"] == "ok", "pretrain cell must finish first"
     output.write_text("{}")
     results.save(results.new_result(cfg, {"test/acc": 0.5 + 0.01 * cfg.seed}, last_step=1), cfg.results_dir)
+    _log(cfg, "done")
+
+
+# The body of the stub cell notebooks (tests write 10_pretrain / 20_transfer with it): the same stub,
+# run inside the sweep's warm kernels.
+NOTEBOOK_BODY = """
+from pathlib import Path
+import sweep_stub
+from xrstudy.config import RunConfig
+cfg = RunConfig.from_parameters(globals())
+sweep_stub.execute(cfg, None, cfg.run_dir / "stub-output.json")
+"""

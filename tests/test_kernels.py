@@ -43,3 +43,19 @@ def test_namespace_is_fresh_each_notebook_and_a_dead_kernel_is_replaced(tmp_path
         kernel.execute(notebook, tmp_path / "c.ipynb", {"x": 3})
         pid_c, x_c, _ = _printed(tmp_path / "c.ipynb")
         assert pid_c != pid_a and x_c == "3" and kernel.restarts == 1
+
+
+def test_a_kernel_dying_mid_cell_raises_instead_of_hanging(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("x = 0")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell("import os, signal, time\nif x:\n    os.kill(os.getpid(), signal.SIGKILL)\ntime.sleep(0.1)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "die.ipynb")
+    with WarmKernel(cwd=tmp_path) as kernel:
+        with pytest.raises(Exception) as err:
+            kernel.execute(tmp_path / "die.ipynb", tmp_path / "a.ipynb", {"x": 1})
+        assert "DeadKernel" in type(err.value).__name__ or "died" in str(err.value).lower()
+        assert not kernel.alive()
+        kernel.execute(tmp_path / "die.ipynb", tmp_path / "b.ipynb", {"x": 0})  # a fresh kernel takes over
+        assert kernel.restarts == 1

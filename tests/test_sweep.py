@@ -41,15 +41,51 @@ def _sweep(out_dir: Path) -> dict:
 
 @pytest.fixture
 def stub_env(tmp_path, monkeypatch):
-    """Workers import the stub executor from tests/ and log every execution."""
+    """Workers and kernels import the stub executor from tests/ and log every execution."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
     log = tmp_path / "executions.log"
     monkeypatch.setenv("XRSTUDY_STUB_LOG", str(log))
     return log
 
 
-def _executions(log: Path) -> collections.Counter:
-    return collections.Counter(line.split()[0] for line in log.read_text().splitlines()) if log.exists() else collections.Counter()
+def _stub_notebook(path: Path, body: str) -> None:
+    params = nbformat.v4.new_code_cell("\n".join(f"{name} = None" for name in FIELD_NAMES))
+    params.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(body)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def _stub_notebooks(folder: Path, body: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in sweep.NOTEBOOKS.values():
+        _stub_notebook(folder / name, body)
+    return folder
+
+
+# Two ways to execute the stub: inside warm kernels (papermill on stub notebooks; the default mode),
+# or a worker process per attempt calling the stub directly (--isolate).
+MODES = [pytest.param("isolate", id="isolate"), pytest.param("warm", id="warm", marks=pytest.mark.slow)]
+
+
+@pytest.fixture
+def mode_kwargs(request, tmp_path, stub_env, monkeypatch):
+    if request.param == "isolate":
+        return {"executor": STUB, "isolate": True}
+    import sweep_stub
+
+    monkeypatch.setenv("XRSTUDY_NOTEBOOKS", str(_stub_notebooks(tmp_path / "stub-notebooks", sweep_stub.NOTEBOOK_BODY)))
+    return {"executor": "papermill"}
+
+
+def _executions(log: Path, event: str = "start") -> collections.Counter:
+    if not log.exists():
+        return collections.Counter()
+    return collections.Counter(line.split()[0] for line in log.read_text().splitlines() if line.split()[-1] == event)
+
+
+def _pids(log: Path) -> set[str]:
+    return {line.split()[1] for line in log.read_text().splitlines()}
 
 
 # ---- expansion --------------------------------------------------------------------------------
@@ -115,24 +151,30 @@ def test_paper_sweep_expands():
 
 
 # ---- execution with the stub executor --------------------------------------------------------
-def test_run_order_skip_and_summary(tmp_path, stub_env):
+@pytest.mark.parametrize("mode_kwargs", MODES, indirect=True)
+def test_run_order_skip_and_summary(tmp_path, stub_env, mode_kwargs):
     cells = sweep.load_sweep(_sweep(tmp_path))[:5]  # 3 pretrain + 2 transfer that need them
-    summary = sweep.run(cells, workers=2, executor=STUB, progress=False, poll_s=0.2)
+    summary = sweep.run(cells, workers=2, progress=False, poll_s=0.2, **mode_kwargs)
     assert summary.ok and len(summary.done) == 5, summary.report()
     assert all(results.is_done(c) for c in cells)
-    again = sweep.run(cells, workers=2, executor=STUB, progress=False, poll_s=0.2)
+    assert all((c.run_dir / "worker.log").is_file() for c in cells)
+    again = sweep.run(cells, workers=2, progress=False, poll_s=0.2, **mode_kwargs)
     assert sorted(again.skipped) == sorted(c.run_id for c in cells) and not again.done
     assert set(_executions(stub_env).values()) == {1}
     assert not list(tmp_path.rglob("cell.lock")), "locks released"
+    if "isolate" not in mode_kwargs:  # two warm kernels ran the five cells; notebooks kept per run
+        assert summary.mode == "warm" and len(_pids(stub_env)) == 2
+        assert all((c.run_dir / "notebook.ipynb").is_file() for c in cells)
 
 
-def test_failures_listed_dependants_not_run_and_dead_kernel_retried(tmp_path, stub_env, monkeypatch):
+@pytest.mark.parametrize("mode_kwargs", MODES, indirect=True)
+def test_failures_listed_dependants_not_run_and_dead_kernel_retried(tmp_path, stub_env, monkeypatch, mode_kwargs):
     monkeypatch.setenv("XRSTUDY_STUB_FAIL", "c+m")
     monkeypatch.setenv("XRSTUDY_STUB_DIE", "t-in21k")
     spec = _sweep(tmp_path)
     spec["transfer"].append({"target": "cifar10", "init": "pretrain:c+m", "name": "t-cm", "arch": "resnetv2_50x1_bit"})
     cells = [c for c in sweep.load_sweep(spec) if c.name in ("c+m", "t-cm", "t-in21k")]
-    summary = sweep.run(cells, workers=2, executor=STUB, progress=False, retries=1, poll_s=0.2)
+    summary = sweep.run(cells, workers=2, progress=False, retries=1, poll_s=0.2, **mode_kwargs)
     failed = {f.name: f for f in summary.failed}
     assert set(failed) == {"c+m", "t-cm"}
     assert "cell raised" in failed["c+m"].reason and failed["c+m"].notebook.endswith("notebook.ipynb")
@@ -140,6 +182,9 @@ def test_failures_listed_dependants_not_run_and_dead_kernel_retried(tmp_path, st
     dying = next(c for c in cells if c.name == "t-in21k")
     assert summary.done == [dying.run_id] and _executions(stub_env)[dying.run_id] == 2
     assert "FAILED c+m" in summary.report()
+    if "isolate" not in mode_kwargs:
+        assert "stub failure for c+m" in Path(failed["c+m"].notebook).read_text()
+    assert "stub failure for c+m" in (next(c for c in cells if c.name == "c+m").run_dir / "worker.log").read_text()
 
 
 def test_dead_kernel_without_retries_fails(tmp_path, stub_env, monkeypatch):
@@ -153,6 +198,20 @@ def test_dry_run_runs_nothing(tmp_path, stub_env):
     cells = sweep.load_sweep(_sweep(tmp_path))
     summary = sweep.run(cells, dry_run=True, executor=STUB)
     assert len(summary.planned) == len(cells) and not _executions(stub_env)
+
+
+def test_truncated_or_edited_result_is_run_again(tmp_path, stub_env):
+    cells = [c for c in sweep.load_sweep(_sweep(tmp_path)) if c.name in ("c+m", "t-in21k")]
+    assert sweep.run(cells, executor=STUB, progress=False, poll_s=0.2).ok
+    truncated, edited = (results.result_path(c.run_id, c.results_dir) for c in cells)
+    truncated.write_text(truncated.read_text()[:40])
+    edited.write_text(edited.read_text().replace('"test/acc": 0.5', '"test/acc": 0.99'))
+    plan = sweep.run(cells, dry_run=True, executor=STUB)
+    assert sorted(plan.planned) == sorted(c.run_id for c in cells), "damaged results do not count as done"
+    summary = sweep.run(cells, executor=STUB, progress=False, poll_s=0.2)
+    assert sorted(summary.done) == sorted(c.run_id for c in cells)
+    assert all(results.load(results.result_path(c.run_id, c.results_dir))["metrics"]["test/acc"] < 0.9 for c in cells)
+    assert set(_executions(stub_env).values()) == {2}
 
 
 def test_stale_lock_of_dead_process_is_broken(tmp_path):
@@ -170,6 +229,24 @@ def test_stale_lock_of_dead_process_is_broken(tmp_path):
     assert not path.exists()
 
 
+def test_lock_is_held_while_any_of_its_processes_lives(tmp_path):
+    """A warm kernel outliving its runner (for the second its parent poller needs) keeps the cell locked."""
+    path = tmp_path / "cell.lock"
+    lock = sweep.CellLock(path)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert lock.acquire(pids=[sleeper.pid])
+        info = json.loads(path.read_text())
+        info["pid"], info["pids"] = 0, [0, sleeper.pid]  # the runner is gone, the kernel is not
+        path.write_text(json.dumps(info))
+        assert sweep.CellLock(path).held()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not sweep.CellLock(path).held()
+    lock.set_pids([os.getpid()])  # a holder updating a lock it no longer owns changes nothing
+
+
 def _write_sweep_file(tmp_path: Path, n_seeds: int) -> Path:
     spec = {
         "defaults": {"out_dir": str(tmp_path / "out")},
@@ -181,11 +258,11 @@ def _write_sweep_file(tmp_path: Path, n_seeds: int) -> Path:
     return path
 
 
-def _runner(sweep_file: Path, env: dict) -> subprocess.Popen:
+def _runner(sweep_file: Path, env: dict, kwargs: dict) -> subprocess.Popen:
     code = textwrap.dedent(
         f"""
         from xrstudy import sweep
-        s = sweep.run(sweep.load_sweep({str(sweep_file)!r}), workers=2, executor={STUB!r}, progress=False, poll_s=0.2)
+        s = sweep.run(sweep.load_sweep({str(sweep_file)!r}), workers=2, progress=False, poll_s=0.2, **{kwargs!r})
         print("SUMMARY", len(s.done), len(s.skipped), len(s.failed))
         """
     )
@@ -193,30 +270,38 @@ def _runner(sweep_file: Path, env: dict) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_kill_9_runner_then_resume_runs_every_cell_once(tmp_path, stub_env, monkeypatch):
+@pytest.mark.parametrize("mode_kwargs", MODES, indirect=True)
+def test_kill_9_runner_then_resume_runs_every_cell_once(tmp_path, stub_env, monkeypatch, mode_kwargs):
     monkeypatch.setenv("XRSTUDY_STUB_SLEEP", "1.0")
     sweep_file = _write_sweep_file(tmp_path, n_seeds=5)
     cells = sweep.load_sweep(sweep_file)
-    runner = _runner(sweep_file, dict(os.environ))
-    deadline = time.time() + 60
+    runner = _runner(sweep_file, dict(os.environ), mode_kwargs)
+    deadline = time.time() + 90
     while len(_executions(stub_env)) < 3 and time.time() < deadline:  # pretrain + two transfers started
         time.sleep(0.1)
     runner.send_signal(signal.SIGKILL)
     runner.wait()
-    resumed = _runner(sweep_file, dict(os.environ))
+    resumed = _runner(sweep_file, dict(os.environ), mode_kwargs)
     out, _ = resumed.communicate(timeout=120)
     assert "SUMMARY" in out and out.split()[-1] == "0", out
     assert all(results.is_done(c) for c in cells)
-    counts = _executions(stub_env)
-    assert set(counts) == {c.run_id for c in cells} and set(counts.values()) == {1}, counts
+    done, started = _executions(stub_env, "done"), _executions(stub_env, "start")
+    # No cell lost, none finished twice.
+    assert set(done) == {c.run_id for c in cells} and set(done.values()) == {1}, done
+    if "isolate" in mode_kwargs:  # orphaned workers finish their cells; the resumed runner waits for them
+        assert set(started.values()) == {1}, started
+    else:  # the killed runner's kernels end with it: only the cells they were running start again
+        assert sum(started.values()) - len(cells) <= 2, started
+    assert not list(tmp_path.rglob("cell.lock"))
 
 
 @pytest.mark.slow
-def test_two_runners_on_one_store_run_each_cell_once(tmp_path, stub_env, monkeypatch):
+@pytest.mark.parametrize("mode_kwargs", MODES, indirect=True)
+def test_two_runners_on_one_store_run_each_cell_once(tmp_path, stub_env, monkeypatch, mode_kwargs):
     monkeypatch.setenv("XRSTUDY_STUB_SLEEP", "0.3")
     sweep_file = _write_sweep_file(tmp_path, n_seeds=6)
     cells = sweep.load_sweep(sweep_file)
-    first, second = _runner(sweep_file, dict(os.environ)), _runner(sweep_file, dict(os.environ))
+    first, second = (_runner(sweep_file, dict(os.environ), mode_kwargs) for _ in range(2))
     outs = [p.communicate(timeout=120)[0] for p in (first, second)]
     for out in outs:
         assert out.split()[-1] == "0", outs
@@ -224,19 +309,28 @@ def test_two_runners_on_one_store_run_each_cell_once(tmp_path, stub_env, monkeyp
     assert set(counts) == {c.run_id for c in cells} and set(counts.values()) == {1}, counts
 
 
-# ---- papermill on a stub notebook --------------------------------------------------------------
-def _stub_notebook(path: Path, body: str) -> None:
-    params = nbformat.v4.new_code_cell("\n".join(f"{name} = None" for name in FIELD_NAMES))
-    params.metadata["tags"] = ["parameters"]
-    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(body)])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-
-
 @pytest.mark.slow
-def test_papermill_cells_and_dead_kernel(tmp_path, monkeypatch):
-    notebooks = tmp_path / "notebooks"
-    notebooks.mkdir()
+def test_gpus_pin_each_warm_kernel(tmp_path, stub_env, monkeypatch):
+    import sweep_stub
+
+    body = sweep_stub.NOTEBOOK_BODY + "\nimport os\nprint('CUDA', os.environ.get('CUDA_VISIBLE_DEVICES'), os.getpid())"
+    monkeypatch.setenv("XRSTUDY_NOTEBOOKS", str(_stub_notebooks(tmp_path / "nb", body)))
+    cells = [c for c in sweep.load_sweep(_sweep(tmp_path)) if c.kind == "pretrain"]
+    summary = sweep.run(cells, gpus=["3", "5"], workers=2, progress=False, poll_s=0.2)
+    assert summary.ok, summary.report()
+    seen = set()
+    for cell in cells:
+        text = "".join(o.get("text", "") for c in nbformat.read(cell.run_dir / "notebook.ipynb", as_version=4).cells
+                       for o in c.get("outputs", []))  # fmt: skip
+        gpu, pid = text.split("CUDA ")[1].split()[:2]
+        seen.add((gpu, pid))
+    assert {gpu for gpu, _ in seen} <= {"3", "5"} and len({pid for _, pid in seen}) <= 2
+
+
+# ---- papermill on a stub notebook --------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("isolate", [False, True], ids=["warm", "isolate"])
+def test_papermill_cells_and_dead_kernel(tmp_path, monkeypatch, isolate):
     body = textwrap.dedent(
         """
         import os, signal
@@ -252,21 +346,32 @@ def test_papermill_cells_and_dead_kernel(tmp_path, monkeypatch):
         results.save(results.new_result(cfg, {"test/acc": 0.5}), cfg.results_dir)
         """
     )
-    for name in sweep.NOTEBOOKS.values():
-        _stub_notebook(notebooks / name, body)
-    monkeypatch.setenv("XRSTUDY_NOTEBOOKS", str(notebooks))
+    monkeypatch.setenv("XRSTUDY_NOTEBOOKS", str(_stub_notebooks(tmp_path / "notebooks", body)))
     spec = {
         "defaults": {"out_dir": str(tmp_path / "out")},
         "pretrain": [{"name": "c", "sources": ["chexpert"]}],
         "transfer": [{"target": "cifar10", "init": "pretrain:c", "grid": {"seed": [1, 2]}}],
     }
     cells = sweep.load_sweep(spec)
-    summary = sweep.run(cells, workers=2, retries=1, progress=False, poll_s=0.2)
+    summary = sweep.run(cells, workers=2, retries=1, progress=False, poll_s=0.2, isolate=isolate)
     assert len(summary.done) == 2 and len(summary.failed) == 1, summary.report()
     failed = summary.failed[0]
     assert "cell raised" in failed.reason and Path(failed.notebook).is_file()
     assert "broken cell" in Path(failed.notebook).read_text()
     assert (cells[0].run_dir / "notebook.ipynb").is_file()
+
+
+def test_cli_run_flags(tmp_path, stub_env, monkeypatch, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    sweep.add_commands(parser.add_subparsers(dest="command"))
+    sweep_file = _write_sweep_file(tmp_path, n_seeds=2)
+    args = parser.parse_args(["sweep", "run", str(sweep_file), "--gpus", "0,1", "--isolate", "--only", "t", "--retries", "2", "--dry-run"])
+    assert (args.gpus, args.isolate, args.retries, args.workers) == (["0", "1"], True, 2, None)
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("would run  ") == 3 and "dry run: 3 cell(s)" in out
 
 
 def test_notebook_path_errors_clearly(monkeypatch, tmp_path):

@@ -9,11 +9,30 @@ the kernel when it died. Executed notebooks are still plain papermill outputs.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
 import papermill
 from jupyter_client.manager import KernelManager
+from jupyter_core.utils import run_sync
+
+
+ASYNC_CLIENT = "jupyter_client.asynchronous.AsyncKernelClient"
+RESET = "get_ipython().run_line_magic('reset', '-f')"
+
+
+async def _reset(km: KernelManager) -> None:
+    """`%reset -f` in the kernel: no variable of one notebook reaches the next."""
+    client = km.client()
+    client.start_channels()
+    try:
+        await client.wait_for_ready(timeout=60)
+        reply = await client.execute_interactive(RESET, timeout=60, store_history=False, output_hook=lambda msg: None)
+        if reply["content"].get("status") != "ok":
+            raise RuntimeError(f"could not reset the kernel namespace: {reply['content']}")
+    finally:
+        client.stop_channels()
 
 
 class WarmKernel:
@@ -32,18 +51,45 @@ class WarmKernel:
         if self.km is not None:  # it died: a fresh kernel, never a half-dead one
             self.km.cleanup_resources()
             self.restarts += 1
-        self.km = KernelManager(kernel_name=self.kernel_name)
+        # papermill/nbclient take their client from km.client(). A blocking client waits for a cell's
+        # reply with no timeout and blocks nbclient's event loop, so a kernel that dies mid-cell is never
+        # noticed (the execution hangs); an async client lets nbclient poll liveness and raise
+        # DeadKernelError.
+        self.km = KernelManager(kernel_name=self.kernel_name, client_class=ASYNC_CLIENT)
         self.km.start_kernel(env=self.env, cwd=self.cwd)
         return self.km
 
+    def start(self) -> int:
+        """Start the kernel unless it is alive already (a dead one is replaced); returns its pid."""
+        self._ensure_started()
+        return self.pid or 0
+
+    @property
+    def pid(self) -> int | None:
+        """The kernel process id (None before the first start)."""
+        process = getattr(getattr(self.km, "provisioner", None), "process", None)
+        return getattr(process, "pid", None)
+
+    def alive(self) -> bool:
+        return self.km is not None and self.km.is_alive()
+
+    def restart(self) -> None:
+        """A fresh process (after a failed cell: CUDA contexts and stray threads do not survive it)."""
+        self.close()
+        self.restarts += 1
+        self._ensure_started()
+
+    def kill(self) -> None:
+        """SIGKILL the kernel from any thread (Ctrl-C of the runner); a running execute sees a dead kernel."""
+        pid = self.pid
+        if pid is not None and self.alive():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
     def _reset_namespace(self, km: KernelManager) -> None:
-        client = km.client()
-        client.start_channels()
-        try:
-            client.wait_for_ready(timeout=60)
-            client.execute_interactive("get_ipython().run_line_magic('reset', '-f')", timeout=60, store_history=False)
-        finally:
-            client.stop_channels()
+        run_sync(_reset)(km)
 
     def execute(self, notebook: str | Path, output: str | Path, parameters: dict[str, Any], **papermill_kwargs: Any):
         """papermill.execute_notebook in this kernel; raises what papermill raises."""
@@ -55,8 +101,11 @@ class WarmKernel:
         )
 
     def close(self) -> None:
-        if self.km is not None and self.km.has_kernel:
-            self.km.shutdown_kernel(now=True)
+        if self.km is not None:
+            if self.km.has_kernel:
+                self.km.shutdown_kernel(now=True)  # cleans up its ports and files too
+            else:
+                self.km.cleanup_resources()
         self.km = None
 
     def __enter__(self) -> "WarmKernel":
