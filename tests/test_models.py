@@ -133,3 +133,14 @@ def test_wrong_architecture_and_missing_checkpoints(pretrained, tmp_path):
     torch.save(timm.create_model(TINY).state_dict(), bare)
     with pytest.raises(CheckpointError, match="no sidecar"):
         create_model(transfer_cfg(init=str(bare)), 3)
+
+
+def test_scratch_init_is_seeded_without_touching_the_global_rng():
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a, b = create_model(pretrain_cfg(seed=0), 5), create_model(pretrain_cfg(seed=0), 5)
+    c = create_model(pretrain_cfg(seed=1), 5)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.stem.conv.weight, c.stem.conv.weight)
+    assert torch.equal(create_model(pretrain_cfg(), 5, seed=1).stem.conv.weight, c.stem.conv.weight)

@@ -285,21 +285,25 @@ def init_kind(init: str) -> str:
 
 
 # ---- the one entry point --------------------------------------------------------------------
-def create_model(cfg: RunConfig, num_classes: int, head: str = "linear") -> nn.Module:
+def create_model(cfg: RunConfig, num_classes: int, head: str = "linear", seed: int | None = None) -> nn.Module:
     """The network of a cell: `cfg.arch` from timm, weights from `cfg.init`, then its head.
 
     Pre-training keeps timm's classifier with `num_classes` multi-label outputs; transfer swaps in
-    `HEADS[head]` (default: BiT's zero-initialised linear head).
+    `HEADS[head]` (default: BiT's zero-initialised linear head). Random initialisation draws from a
+    generator seeded with `seed` (default `cfg.seed`) inside `torch.random.fork_rng`, so the same
+    cell always starts from the same weights and the caller's global RNG state is left untouched.
     """
     if head not in HEADS:
         raise ValueError(f"head={head!r}; expected one of {sorted(HEADS)}")
-    try:
-        model = timm.create_model(base_arch(cfg.arch), pretrained=False, num_classes=num_classes)
-    except RuntimeError as err:
-        raise ValueError(f"arch={cfg.arch!r}: {err}") from None
-    INITS[init_kind(cfg.init)](model, cfg, cfg.init)
-    if cfg.kind == "transfer":
-        model = HEADS[head](model, num_classes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed if seed is None else seed)
+        try:
+            model = timm.create_model(base_arch(cfg.arch), pretrained=False, num_classes=num_classes)
+        except RuntimeError as err:
+            raise ValueError(f"arch={cfg.arch!r}: {err}") from None
+        INITS[init_kind(cfg.init)](model, cfg, cfg.init)
+        if cfg.kind == "transfer":
+            model = HEADS[head](model, num_classes)
     return model
 
 

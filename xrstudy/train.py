@@ -180,7 +180,8 @@ def targets_of(table: pd.DataFrame, classes: Sequence[str], multilabel: bool) ->
 def load_splits(cfg: RunConfig, study: Any, size: int, mode: str) -> tuple[dict[str, Split], dict[str, int]]:
     """Each split as uint8 images N x C x H x W + targets; quarantined images are dropped and counted."""
     tables = {"train": study.train, "valid": study.valid, "test": study.test}
-    paths = sorted({str(p) for t in tables.values() for p in t["path"]})
+    # StudyData.paths: the whole dataset (all shot counts and seeds of a target share one cache).
+    paths = list(getattr(study, "paths", None) or sorted({str(p) for t in tables.values() for p in t["path"]}))
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out_dir) / "cache"
     cache = _build_cache(paths, size, cache_dir, mode, cfg.workers)
     quarantined = set(getattr(cache, "quarantined", {}) or {})

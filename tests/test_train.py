@@ -1,0 +1,220 @@
+"""train.run end to end on CPU: real image cache, pre-training -> checkpoint -> transfer, result JSON,
+resume after a kill (in-process and SIGKILL'd subprocess), and `xrstudy train cfg.yaml` via data.prepare."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from fastai.callback.core import Callback
+from PIL import Image
+
+from xrstudy import train
+from xrstudy.config import RunConfig
+from xrstudy.data import StudyData
+from xrstudy.learner import load_train_state
+from xrstudy.models import read_checkpoint
+
+FINDINGS = ("Cardiomegaly", "Effusion")
+SHAPES = ("disc", "bar", "ring")
+TINY = "resnetv2_tiny_bit"
+
+
+# ---- a StudyData built directly from PNGs ----------------------------------------------------------
+def _xray(findings: set[str], rng: np.random.Generator) -> np.ndarray:
+    image = rng.normal(60, 12, (40, 36))
+    if "Cardiomegaly" in findings:
+        image[14:34, 10:28] += 110
+    if "Effusion" in findings:
+        image[30:, :] += 80
+    return image.clip(0, 255).astype(np.uint8)
+
+
+def _shape(name: str, rng: np.random.Generator) -> np.ndarray:
+    y, x = np.mgrid[0:24, 0:24]
+    r = np.hypot(y - 12 - rng.integers(-2, 3), x - 12 - rng.integers(-2, 3))
+    mask = {"disc": r < 7, "ring": (r > 5) & (r < 8), "bar": (abs(y - 12) < 3)}[name]
+    image = np.stack([mask * 200, mask * (100 + rng.integers(0, 100)), np.full_like(mask, 40, dtype=int)], -1)
+    return (image + rng.integers(0, 30, image.shape)).clip(0, 255).astype(np.uint8)
+
+
+def xray_study(folder: Path, n: int = 30, seed: int = 0) -> StudyData:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        findings = {f for f in FINDINGS if rng.random() < 0.5}
+        path = folder / f"x{i:03d}.png"
+        Image.fromarray(_xray(findings, rng)).save(path)
+        row = {"image_id": f"x{i}", "path": str(path), **{f: float(f in findings) for f in FINDINGS}}
+        if rng.random() < 0.2:
+            row[FINDINGS[int(rng.integers(0, 2))]] = np.nan  # unknown
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    cut = (n * 6 // 10, n * 8 // 10)
+    return StudyData(train=table[:cut[0]], valid=table[cut[0]:cut[1]], test=table[cut[1]:], classes=FINDINGS,
+                     multilabel=True, split_sha256="xray-split", dropped={"view": 1})
+
+
+def shapes_study(folder: Path, per_class: int = 6, seed: int = 1) -> StudyData:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in SHAPES:
+        for i in range(per_class):
+            path = folder / f"{name}{i}.png"
+            Image.fromarray(_shape(name, rng)).save(path)
+            rows.append({"image_id": f"{name}{i}", "path": str(path), "label": name})
+    table = pd.DataFrame(rows).sample(frac=1.0, random_state=0).reset_index(drop=True)
+    cut = len(table) * 2 // 3
+    return StudyData(train=table[:cut], valid=table[:0], test=table[cut:], classes=SHAPES, multilabel=False,
+                     split_sha256="shapes-split", shots_ids=tuple(table["image_id"][:3]))
+
+
+def pretrain_cfg(out: Path, **changes) -> RunConfig:
+    return RunConfig(**{"kind": "pretrain", "sources": ("demo",), "arch": TINY, "image_size": 24, "steps": 6,
+                        "batch_size": 8, "out_dir": str(out), **changes})
+
+
+def transfer_cfg(out: Path, **changes) -> RunConfig:
+    return RunConfig(**{"kind": "transfer", "target": "shapes", "arch": TINY, "image_size": 24, "steps": 4,
+                        "batch_size": 6, "out_dir": str(out), **changes})
+
+
+class Stop(Exception):
+    pass
+
+
+class StopAfter(Callback):
+    order = 99
+
+    def __init__(self, step: int):
+        self.stop_step = step
+
+    def after_step(self) -> None:
+        if self.learn.step + 1 == self.stop_step:
+            raise Stop(self.stop_step)
+
+
+def checkpoint_weights(result: dict) -> dict[str, torch.Tensor]:
+    return read_checkpoint(result["checkpoint"]["path"]).state
+
+
+# ---- tests ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_pretrain_then_transfer_through_the_real_cache(tmp_path):
+    out = tmp_path / "out"
+    xray = xray_study(tmp_path / "xray")
+    pre = train.run(pretrain_cfg(out), study=xray)
+    assert pre["status"] == "ok" and pre["last_step"] == 6
+    assert set(pre["metrics"]) >= {"test/acc", "test/auc", "test/ap", "valid/auc"}
+    assert set(pre["per_class"]["auc"]) == set(FINDINGS) and "test/ap" in pre["ci"]
+    assert pre["counts"]["train"] == 18 and pre["counts"]["dropped"] == {"view": 1}
+    assert pre["split_sha256"] == "xray-split" and pre["device"] == "cpu"
+    assert (out / "cache").is_dir()  # the real uint8 cache was built
+    ckpt = read_checkpoint(pre["checkpoint"]["path"], arch=TINY)
+    assert ckpt.sidecar["split_sha256"] == "xray-split" and ckpt.sidecar["config"]["kind"] == "pretrain"
+    assert ckpt.sidecar["sha256"] == pre["checkpoint"]["sha256"] and ckpt.sidecar["classes"] == list(FINDINGS)
+    assert not (Path(pre["checkpoint"]["path"]).parent / train.TRAIN_STATE).exists()
+    saved = json.loads((out / "results" / f"{pretrain_cfg(out).run_id}.json").read_text())
+    assert saved["run_id"] == pre["run_id"]
+
+    cfg = transfer_cfg(out, init=f"run:{pre['run_id']}")
+    result = train.run(cfg, study=shapes_study(tmp_path / "shapes"))
+    assert result["status"] == "ok" and result["checkpoint"] is None
+    assert 0.0 <= result["metrics"]["test/acc"] <= 1.0 and "valid/acc" not in result["metrics"]
+    assert result["counts"]["shots_ids"] == 3 and set(result["per_class"]["auc"]) == set(SHAPES)
+
+
+def test_transfer_recipe_follows_the_hyperrule():
+    recipe = train.transfer_recipe(RunConfig(kind="transfer", target="t", image_size=128), 5_000, (32, 32))
+    assert recipe.cache_size == 160 and recipe.eval_size == 128 and recipe.mixup_alpha == 0.0
+    assert recipe.schedule.steps == 500 and recipe.schedule.warmup == 100 and recipe.schedule.decays == (200, 300, 400)
+    assert recipe.weight_decay == 0.0 and recipe.schedule.base_lr == pytest.approx(0.001)
+    big = train.transfer_recipe(RunConfig(kind="transfer", target="t", image_size=480), 50_000, (500, 400))
+    assert big.cache_size == 512 and big.mixup_alpha == 0.1 and big.schedule.steps == 10_000
+    pre = train.pretrain_recipe(RunConfig(kind="pretrain", sources=("c",), batch_size=256), 2560, (64, 64))
+    assert pre.schedule.steps == 900 and pre.schedule.warmup == 150 and pre.weight_decay == 1e-4
+    assert pre.augment.rotate_deg == 45 and pre.augment.shift == 0.25 and pre.augment.scale == 0.1
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    study = xray_study(tmp_path / "xray")
+    straight = train.run(pretrain_cfg(tmp_path / "a", mixup=0.2), study=study)
+
+    cfg = pretrain_cfg(tmp_path / "b", mixup=0.2)
+    with pytest.raises(Stop):
+        train.run(cfg, study=study, callbacks=[StopAfter(5)], checkpoint_every_steps=2)
+    assert load_train_state(cfg.run_dir / train.TRAIN_STATE)["step"] == 4
+    resumed = train.run(cfg, study=study, resume=True)
+    assert resumed["metrics"] == straight["metrics"] and resumed["ci"] == straight["ci"]
+    a, b = checkpoint_weights(straight), checkpoint_weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (cfg.run_dir / train.TRAIN_STATE).exists()
+
+
+def test_resume_refuses_another_runs_state(tmp_path):
+    study = xray_study(tmp_path / "xray", n=20)
+    cfg = pretrain_cfg(tmp_path / "o", steps=3)
+    with pytest.raises(Stop):
+        train.run(cfg, study=study, callbacks=[StopAfter(2)], checkpoint_every_steps=1)
+    other = cfg.replace(seed=1)
+    other.run_dir.mkdir(parents=True)
+    (cfg.run_dir / train.TRAIN_STATE).rename(other.run_dir / train.TRAIN_STATE)
+    with pytest.raises(ValueError, match="training state of run"):
+        train.run(other, study=study, resume=True)
+
+
+_CHILD = textwrap.dedent("""
+    import sys, time
+    from fastai.callback.core import Callback
+    from test_train import pretrain_cfg, xray_study
+    from xrstudy import train
+    from pathlib import Path
+
+    class Slow(Callback):
+        order = 99
+        def after_step(self):
+            if self.learn.step + 1 >= 4:
+                time.sleep(60)  # killed here
+
+    tmp = Path(sys.argv[1])
+    train.run(pretrain_cfg(tmp / "b"), study=xray_study(tmp / "xray"), callbacks=[Slow()], checkpoint_every_steps=2)
+""")
+
+
+@pytest.mark.slow
+def test_sigkilled_process_resumes_to_the_same_weights(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path)], env=env)
+    cfg = pretrain_cfg(tmp_path / "b")
+    state_path = cfg.run_dir / train.TRAIN_STATE
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and child.poll() is None:
+            if state_path.is_file() and load_train_state(state_path)["step"] == 4:
+                break
+            time.sleep(0.2)
+        assert child.poll() is None, "the child ended before it was killed"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert load_train_state(state_path)["step"] == 4
+    study = xray_study(tmp_path / "xray")
+    resumed = train.run(cfg, study=study, resume=True)
+    straight = train.run(pretrain_cfg(tmp_path / "a"), study=study)
+    a, b = checkpoint_weights(straight), checkpoint_weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["metrics"] == straight["metrics"]
