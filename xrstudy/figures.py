@@ -184,7 +184,7 @@ def fewshot_curves(table: pd.DataFrame, target: str, metric: str) -> tuple[plt.F
             ax.set_xticks(ks, [str(k) for k in ks])
             ax.minorticks_off()
         ax.set(xlabel="shots per class (k)", ylabel=_metric_label(metric), title=f"{target}: few-shot")
-        ax_full.set(title="full", xticks=[])
+        ax_full.set(title="full", xticks=[], xlim=(-0.7, max(len(order), 1) - 0.3))
         fig.legend(*_unique([ax, ax_full]), loc="outside right upper", frameon=False, title="pre-trained model")
     return fig, data
 
@@ -197,7 +197,7 @@ def scale_curve(table: pd.DataFrame, target: str, metric: str, *, scale: str, n_
     x = {"data": "data_fraction", "model": "params_m"}[scale]
     data = data.assign(params_m=data.arch.map(lambda a: ARCH_PARAMS_M.get(results.arch_short(a), np.nan)),
                        error=1.0 - data.value).dropna(subset=["params_m", "error"])  # fmt: skip
-    group_by = ["init_label", "shot"] + (["arch"] if scale == "data" else [])
+    group_by = ["init_label", "shot"] + (["arch"] if scale == "data" else ["data_fraction"])
     groups = [(key, part) for key, part in data.groupby(group_by, sort=True) if part[x].nunique() >= 2]
     if not groups:
         return None
@@ -292,16 +292,54 @@ def render_table(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     return written
 
 
-def render_all(results_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Every figure for every (target, test metric) in the store; default out: `<results parent>/figures`."""
+# ---- tables beside the figures ----------------------------------------------------------------
+def full_shot_means(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± SD over seeds of every full-shot transfer result: target, metric, pretrained model, origin."""
+    data = table[(table.kind == "transfer") & (table.shot == "full_shot") & table.metric.str.startswith("test/")]
+    keys = ["target", "metric", "pretrained_model", "init_label", "arch", "origin"]
+    stats = data.groupby(keys, sort=True).value.agg(mean="mean", sd="std", seeds="count").reset_index()
+    return stats.assign(sd=stats.sd.fillna(0.0))
+
+
+SCALES = {"data": "data_fraction", "model": "params_m"}
+
+
+def scaling_fits(table: pd.DataFrame, *, n_boot: int = 100, seed: int = 0) -> pd.DataFrame:
+    """Power-law fits of the error (1 − metric) against pre-training data fraction and model size, per
+    target / metric / source / shot (and arch, for data scale), for every group with ≥ 3 scale points."""
+    data = table[(table.kind == "transfer") & table.metric.str.startswith("test/")]
+    data = data.assign(params_m=data.arch.map(lambda a: ARCH_PARAMS_M.get(results.arch_short(a), np.nan)),
+                       error=1.0 - data.value).dropna(subset=["params_m", "error"])  # fmt: skip
+    frames = []
+    for scale, x in SCALES.items():
+        by = ["target", "metric", "init_label", "shot"] + (["arch"] if scale == "data" else ["data_fraction"])
+        fits = scaling.fit_table(data, x=x, y="error", by=by, n_boot=n_boot, seed=seed)
+        if len(fits):
+            frames.append(fits.assign(scale=scale, x=x))
+    columns = ["scale", "x", "target", "metric", "init_label", "shot", "arch", "data_fraction", "a", "alpha", "e_inf", "rss", "n",
+               "a_lo", "a_hi", "alpha_lo", "alpha_hi", "e_inf_lo", "e_inf_hi", "n_boot"]  # fmt: skip
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True).reindex(columns=columns)
+
+
+def render_all(results_dir: str | Path, out_dir: str | Path | None = None, *, n_boot: int = 100) -> list[Path]:
+    """Every figure for every (target, test metric) in the store, plus `results_table.csv`,
+    `full_shot_means.csv` and `scaling_fits.csv`; default out: `<results parent>/figures`.
+
+    Invalid result files (truncated, edited, off-schema) are left out with a warning, never drawn."""
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir.resolve().parent / "figures"
     table = results.table(results_dir)
     if table.empty:
         raise results.ResultError(f"{results_dir}: no valid results to draw")
     written = render_table(table, out_dir)
-    table.to_csv(Path(out_dir) / "results_table.csv", index=False)
-    return [*written, Path(out_dir) / "results_table.csv"]
+    tables = {"results_table.csv": table, "full_shot_means.csv": full_shot_means(table),
+              "scaling_fits.csv": scaling_fits(table, n_boot=n_boot)}  # fmt: skip
+    for name, frame in tables.items():
+        frame.to_csv(Path(out_dir) / name, index=False)
+        written.append(Path(out_dir) / name)
+    return written
 
 
 # ---- exploring sources (notebooks/00_explore_sources) ----------------------------------------
@@ -407,12 +445,17 @@ def _cmd_figures(args: Any) -> int:
     start = time.perf_counter()
     written = render_all(args.results, args.out)
     pngs = [p for p in written if p.suffix == ".png"]
-    print(f"{len(pngs)} figures in {pngs[0].parent if pngs else args.out} ({time.perf_counter() - start:.1f} s)")
+    print(f"{len(pngs)} figures (PNG + PDF + CSV each) in {written[0].parent} ({time.perf_counter() - start:.1f} s)")
+    means = pd.read_csv(written[0].parent / "full_shot_means.csv")
+    if len(means):
+        print("\nfull-shot mean ± SD over seeds:")
+        for row in means.itertuples():
+            print(f"  {row.target:14s} {row.metric:9s} {row.pretrained_model:34s} {row.mean:.4f} ± {row.sd:.4f} (n={row.seeds})")
     return 0
 
 
 __all__ = [
     "SOURCE_COLOURS", "source_colour", "model_colour", "shots_bar", "model_size", "fewshot_curves", "scale_curve",
-    "save_figure", "render_table", "render_all", "source_counts", "finding_counts", "plot_finding_counts",
+    "save_figure", "render_table", "render_all", "full_shot_means", "scaling_fits", "source_counts", "finding_counts", "plot_finding_counts",
     "plot_cooccurrence", "plot_uncertain_shares", "plot_sample_grid", "add_commands",
 ]  # fmt: skip

@@ -1,0 +1,38 @@
+"""Figure redraw time: import the paper-format CSVs (tests/data/legacy or DIR) and draw every figure.
+
+    python benchmarks/bench_figures.py [--legacy DIR] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from xrstudy import figures, results
+
+LEGACY = Path(__file__).resolve().parents[1] / "tests" / "data" / "legacy"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--legacy", type=Path, default=LEGACY)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-figures-"))
+    start = time.perf_counter()
+    results.import_legacy(args.legacy, work / "results")
+    imported = time.perf_counter() - start
+    times = []
+    for i in range(args.repeat):
+        start = time.perf_counter()
+        written = figures.render_all(work / "results", work / f"figures{i}")
+        times.append(time.perf_counter() - start)
+    pngs = sum(p.suffix == ".png" for p in written)
+    print(f"import-legacy {imported:.2f} s; redraw {pngs} figures (PNG+PDF+CSV) + tables: "
+          f"best {min(times):.2f} s, median {sorted(times)[len(times) // 2]:.2f} s over {args.repeat}")
+
+
+if __name__ == "__main__":
+    main()
