@@ -218,3 +218,34 @@ def test_sigkilled_process_resumes_to_the_same_weights(tmp_path):
     a, b = checkpoint_weights(straight), checkpoint_weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["metrics"] == straight["metrics"]
+
+
+@pytest.mark.slow
+def test_cli_trains_a_pretraining_and_a_transfer_cell_from_yaml(tmp_path):
+    """`xrstudy train cfg.yaml`: data.prepare reads phantom sources in their real layouts."""
+    from xrstudy import layouts, phantoms
+
+    style = phantoms.PhantomStyle(height=40, width=36)
+    chexpert = layouts.write_layout("chexpert", tmp_path / "CheXpert-v1.0-small", phantoms.xray_records(
+        16, seed=1, style=style, splits=(("train", 0.8), ("valid", 0.2))))
+    padchest = layouts.write_layout("padchest", tmp_path / "PadChest", phantoms.single_finding_records(
+        6, seed=3, classes=("normal", "Cardiomegaly", "Effusion"), style=style))
+    out = tmp_path / "out"
+    common = {"arch": TINY, "image_size": 24, "batch_size": 8, "out_dir": str(out),
+              "roots": [f"chexpert={chexpert}", f"padchest-cl={padchest}"]}
+    pre = RunConfig(kind="pretrain", sources=("chexpert",), steps=3, **common)
+    pre.to_yaml(tmp_path / "pre.yaml")
+    transfer = RunConfig(kind="transfer", target="padchest-cl", steps=3, shots=2, init=f"run:{pre.run_id}", **common)
+    transfer.to_yaml(tmp_path / "transfer.yaml")
+    for name, cfg in (("pre", pre), ("transfer", transfer)):
+        done = subprocess.run([sys.executable, "-m", "xrstudy.cli", "train", str(tmp_path / f"{name}.yaml")],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert cfg.run_id in done.stdout
+        result = json.loads((out / "results" / f"{cfg.run_id}.json").read_text())
+        assert result["status"] == "ok" and result["last_step"] == 3 and "test/auc" in result["metrics"]
+    assert result["counts"]["train"] == 6 and result["counts"]["shots_ids"] == 6  # 2 shots x 3 classes
+    assert (out / "runs" / pre.run_id / "checkpoint.json").is_file()
+    missing = subprocess.run([sys.executable, "-m", "xrstudy.cli", "train", str(tmp_path / "nope.yaml")],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "nope.yaml" in missing.stderr
