@@ -41,3 +41,4 @@ def test_readme_leads_with_the_two_commands_ci_runs():
     demo, tests = blocks[0], blocks[1]
     assert "xrstudy demo" in demo and 'pip install -e ".[test]"' in tests and "pytest" in tests
     assert 'pip install -q -e ".[test]"' in ci and "python -m pytest" in ci and "xrstudy demo" in ci
+    assert "pip install -q -e .\n" in ci  # command 1 installs without the test extras

@@ -1,0 +1,81 @@
+"""`xrstudy demo` end to end at its smallest size, and its handling of bad output directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from xrstudy import cli, demo, results
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    return demo.run_demo(out, "tiny", workers=2, progress=False)
+
+
+@pytest.mark.slow
+def test_tiny_demo_writes_results_notebooks_and_figures(tiny_demo):
+    out = tiny_demo["out"]
+    summary = tiny_demo["summary"]
+    assert summary.ok, summary.report()
+    size = demo.SIZES["tiny"]
+    expected_cells = 2 + 2 * 3 * len(size.shots) * len(size.seeds)
+    stored = sorted((out / "results").glob("*.json"))
+    assert len(stored) == expected_cells
+    for path in stored:
+        result = results.load(path)  # schema + digest checked
+        assert result["status"] == "ok" and result["metrics"]
+        notebook = out / "runs" / result["run_id"] / "notebook.ipynb"
+        assert notebook.is_file() and json.loads(notebook.read_text())["cells"]
+    pretrain = [results.load(p) for p in stored if p.name.startswith("pretrain-")]
+    assert all(r["checkpoint"]["sha256"] and (out / "runs" / r["run_id"] / "checkpoint.pt").is_file() for r in pretrain)
+    pngs, pdfs = sorted((out / "figures").rglob("*.png")), sorted((out / "figures").rglob("*.pdf"))
+    assert pngs and len(pngs) == len(pdfs)
+    assert all(p.stat().st_size > 1000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert all(p.read_bytes()[:5] == b"%PDF-" for p in pdfs)
+    table = tiny_demo["table"]
+    assert set(table.index.get_level_values("target")) == {"padchest-cl", "digits"}
+    assert set(table.index.get_level_values("init_label")) >= {"scratch"}
+
+
+@pytest.mark.slow
+def test_rerun_reuses_every_finished_cell(tiny_demo):
+    again = demo.run_demo(tiny_demo["out"], "tiny", workers=2, progress=False)
+    assert not again["summary"].done and not again["summary"].failed
+    assert len(again["summary"].skipped) == len(tiny_demo["summary"].done) + len(tiny_demo["summary"].skipped)
+
+
+def test_bad_output_directories_give_clear_messages(tmp_path, capsys):
+    assert cli.main(["demo", "--size", "tiny", "--out", str(tmp_path / "missing" / "out")]) == 2
+    assert "parent directory" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["demo", "--size", "tiny", "--out", str(tmp_path / "file")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    if os.geteuid() != 0:  # root writes anywhere; the check is meaningful for normal users only
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        assert cli.main(["demo", "--size", "tiny", "--out", str(locked / "out")]) == 2
+        assert "cannot write" in capsys.readouterr().err
+
+
+def test_read_only_output_dir_is_detected_even_as_root(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(demo.tempfile, "NamedTemporaryFile", refuse)
+    with pytest.raises(demo.DemoError, match="cannot write into"):
+        demo.check_out_dir(tmp_path / "out")
+
+
+def test_interrupted_demo_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "write_sources", interrupted)
+    assert cli.main(["demo", "--size", "tiny", "--out", str(tmp_path / "out")]) == 130
+    assert "run the same command again to continue" in capsys.readouterr().err
