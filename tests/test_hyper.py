@@ -68,3 +68,13 @@ def test_lr_scaling():
     assert pretrain_lr(256) == pytest.approx(0.01) and pretrain_lr(4096) == pytest.approx(0.16)
     assert transfer_lr(128) == pytest.approx(0.001) and transfer_lr(512) == pytest.approx(0.004)
     assert steps_per_epoch(1000, 256) == 4 and steps_per_epoch(3, 256) == 1
+
+
+def test_hyperrule_is_a_pure_function_of_its_inputs():
+    assert bit_hyperrule(19_999, (96, 96)) == bit_hyperrule(19_999, (96, 96))
+    rule = bit_hyperrule(0, (28, 28))
+    assert (rule.steps, rule.resize, rule.crop, rule.mixup_alpha) == (500, 160, 128, 0.0)
+    with pytest.raises(ValueError, match="train_size"):
+        bit_hyperrule(-1, (32, 32))
+    with pytest.raises(ValueError, match="total_steps"):
+        pretrain_schedule(0, 0.1)

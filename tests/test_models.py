@@ -144,3 +144,25 @@ def test_scratch_init_is_seeded_without_touching_the_global_rng():
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a.stem.conv.weight, c.stem.conv.weight)
     assert torch.equal(create_model(pretrain_cfg(), 5, seed=1).stem.conv.weight, c.stem.conv.weight)
+
+
+def test_truncated_timm_file_is_a_clear_error_naming_it(tmp_path):
+    path = tmp_path / f"{TINY}.cut.pth"
+    torch.save(timm.create_model(TINY).state_dict(), path)
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match=f"{path}: cannot read weights"):
+        create_model(transfer_cfg(arch=f"{TINY}.cut", init="timm", weights_dir=str(tmp_path)), 2)
+
+
+def test_checkpoint_loads_with_weights_only(pretrained, monkeypatch):
+    cfg, _, info = pretrained
+    seen = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    read_checkpoint(info["path"], arch=TINY)
+    assert seen == [True]
