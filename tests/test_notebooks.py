@@ -35,3 +35,92 @@ def test_parameters_cell_names_are_the_runconfig_fields(name):
 def test_cell_notebooks_are_stored_without_outputs(name):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+
+
+# ---- the study notebooks: thin, parameterised, executed at tiny sizes -------------------------
+STUDY_PARAMETERS = {
+    "00_explore_sources.ipynb": ["sources", "metadata_only", "out_dir"],
+    "30_figures.ipynb": ["results_dir", "out_dir"],
+    "40_scaling.ipynb": ["results_dir", "out_dir", "n_boot"],
+}
+LEGACY = Path(__file__).resolve().parent / "data" / "legacy"
+
+
+@pytest.mark.parametrize("name", sorted(STUDY_PARAMETERS))
+def test_study_notebook_parameters_and_no_logic(name):
+    assert list(parameters_of(NOTEBOOKS / name)) == STUDY_PARAMETERS[name]
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "def " not in code and "class " not in code and "import *" not in code, "thin: logic lives in xrstudy"
+    assert "savefig" not in code, "figures are written by xrstudy into out_dir"
+
+
+def test_example_results_are_the_imported_fixtures(tmp_path):
+    from xrstudy import results
+
+    results.import_legacy(LEGACY, tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted(p.name for p in (NOTEBOOKS / "example-results").glob("*.json"))
+    assert not results.scan(NOTEBOOKS / "example-results").invalid
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory):
+    from xrstudy.kernels import WarmKernel
+
+    with WarmKernel(cwd=tmp_path_factory.mktemp("cwd")) as warm:
+        yield warm
+
+
+def _outputs(path: Path) -> str:
+    nb = nbformat.read(path, as_version=4)
+    return "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for c in nb.cells for o in c.get("outputs", []))
+
+
+@pytest.mark.slow
+def test_figures_and_scaling_notebooks_on_generated_stores(tmp_path, kernel):
+    from test_figures import synthetic_store
+
+    from xrstudy import results
+
+    paper = tmp_path / "paper"
+    results.import_legacy(LEGACY, paper)
+    kernel.execute(NOTEBOOKS / "30_figures.ipynb", tmp_path / "30.ipynb", {"results_dir": str(paper), "out_dir": str(tmp_path / "f30")})
+    assert (tmp_path / "f30" / "bars_padchest_auc.png").is_file() and (tmp_path / "f30" / "full_shot_means.csv").is_file()
+    assert "imagenet21k_bit152x4" in _outputs(tmp_path / "30.ipynb")
+
+    store = synthetic_store(tmp_path / "synthetic")
+    kernel.execute(NOTEBOOKS / "40_scaling.ipynb", tmp_path / "40.ipynb",
+                   {"results_dir": str(store), "out_dir": str(tmp_path / "f40"), "n_boot": 10})  # fmt: skip
+    fits = (tmp_path / "f40" / "scaling_fits.csv").read_text()
+    assert fits.count("\n") > 1 and (tmp_path / "f40" / "data_scale_padchest-cl_auc.png").is_file()
+
+
+@pytest.mark.slow
+def test_explore_sources_notebook_on_demo_sources_metadata_only(tmp_path, kernel):
+    demo = pytest.importorskip("xrstudy.demo")
+    roots = demo.write_sources(tmp_path / "data", demo.SIZES["tiny"])
+    entries = [f"{name}={roots[name]}" for name in ("chexpert", "nih", "padchest-cl")]
+    kernel.execute(NOTEBOOKS / "00_explore_sources.ipynb", tmp_path / "00.ipynb",
+                   {"sources": entries, "metadata_only": True, "out_dir": str(tmp_path / "explore")})  # fmt: skip
+    out = tmp_path / "explore"
+    for name in ("finding_counts", "label_cooccurrence", "uncertain_shares", "sample_grid"):
+        assert (out / f"{name}.png").is_file()
+    assert "chexpert" in (out / "source_counts.csv").read_text()
+
+
+@pytest.mark.slow
+def test_figures_notebook_passes_nbval(tmp_path):
+    """30_figures with its defaults (notebooks/example-results), outputs checked where marked."""
+    import os
+    import subprocess
+    import sys
+
+    repo = NOTEBOOKS.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q", "--rootdir", str(tmp_path),
+         str(NOTEBOOKS / "30_figures.ipynb")],
+        cwd=tmp_path, env={**os.environ, "PYTHONWARNINGS": "ignore"}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "passed" in done.stdout
+    assert not list(repo.glob("*.png")) and not list(NOTEBOOKS.glob("*.png")), "no figures in the working tree"

@@ -274,13 +274,15 @@ def needs(kind: FigureKind, part: pd.DataFrame) -> bool:
     return True
 
 
-def render_table(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+def render_table(table: pd.DataFrame, out_dir: str | Path, kinds: Iterable[str] | None = None) -> list[Path]:
+    """Every figure kind (or those named in `kinds`, e.g. data_scale) per (target, test metric)."""
     written: list[Path] = []
     transfer = table[table.kind == "transfer"]
+    chosen = [k for k in FIGURE_KINDS if kinds is None or k.prefix in set(kinds)]
     for (target, metric), part in transfer.groupby(["target", "metric"], sort=True):
         if not metric.startswith("test/"):
             continue
-        for kind in FIGURE_KINDS:
+        for kind in chosen:
             if not needs(kind, part):
                 continue
             drawn = kind.draw(table, target, metric)
@@ -432,6 +434,40 @@ def plot_sample_grid(frame: pd.DataFrame, per_source: int = 4, seed: int = 0) ->
     return fig
 
 
+def read_sources(entries: Iterable[str], metadata_only: bool = False) -> pd.DataFrame:
+    """`["chexpert=/data/CheXpert-v1.0-small", ...]` → one canonical table of all of them."""
+    from xrstudy import sources
+
+    tables = []
+    for entry in entries:
+        name, sep, root = str(entry).partition("=")
+        if not sep:
+            raise ValueError(f"source entry {entry!r}; expected 'name=DIR'")
+        tables.append(sources.read_source(name.strip(), root.strip(), metadata_only=metadata_only))
+    if not tables:
+        raise ValueError("no sources given; expected a list of 'name=DIR' entries")
+    return pd.concat(tables, ignore_index=True)
+
+
+def explore_sources(frame: pd.DataFrame, out_dir: str | Path, *, per_source: int = 4) -> dict[str, Any]:
+    """Counts per source / view / finding and the exploration figures (PNG + PDF + CSV) under out_dir."""
+    out_dir = Path(out_dir)
+    counts, findings = source_counts(frame), finding_counts(frame)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts.to_csv(out_dir / "source_counts.csv")
+    written: list[Path] = [out_dir / "source_counts.csv"]
+    drawn = {"sample_grid": (plot_sample_grid, frame[["source", "view", "path"]].head(0))}
+    if len(findings):
+        drawn = {"finding_counts": (plot_finding_counts, findings),
+                 "label_cooccurrence": (plot_cooccurrence, findings),
+                 "uncertain_shares": (plot_uncertain_shares, findings), **drawn}  # fmt: skip
+    for name, (plot, rows) in drawn.items():
+        fig = plot_sample_grid(frame, per_source=per_source) if plot is plot_sample_grid else plot(frame)
+        written += save_figure(fig, rows, out_dir, name)
+    return {"counts": counts, "findings": findings, "files": written,
+            "figures": [p for p in written if p.suffix == ".png"]}  # fmt: skip
+
+
 # ---- CLI --------------------------------------------------------------------------------------
 def add_commands(subparsers: Any) -> None:
     """Register `xrstudy figures [--results DIR] [--out DIR]`."""
@@ -457,5 +493,5 @@ def _cmd_figures(args: Any) -> int:
 __all__ = [
     "SOURCE_COLOURS", "source_colour", "model_colour", "shots_bar", "model_size", "fewshot_curves", "scale_curve",
     "save_figure", "render_table", "render_all", "full_shot_means", "scaling_fits", "source_counts", "finding_counts", "plot_finding_counts",
-    "plot_cooccurrence", "plot_uncertain_shares", "plot_sample_grid", "add_commands",
+    "plot_cooccurrence", "plot_uncertain_shares", "plot_sample_grid", "read_sources", "explore_sources", "add_commands",
 ]  # fmt: skip
