@@ -15,7 +15,15 @@ Design notes
   affine_grid/grid_sample) and normalisation on the device. No fastai Datasets, no per-item Python,
   no per-batch host syncs (fastai's Recorder/Progress callbacks are left out for that reason).
 - Callbacks, in the order they act on a batch: StepCounter, PrepareBatch, MaskedMixUp, Autocast,
-  StepSchedule, AdaptiveGradClip, PeriodicCheckpoint (`learn.cbs` lists them).
+  StepSchedule, AdaptiveGradClip, PeriodicCheckpoint (`learn.cbs` lists them). `LeanLearner` is
+  fastai's Learner with its per-event dispatch cached (only callbacks that handle an event are
+  called); benchmarks/bench_learner.py compares it with a plain PyTorch loop doing the same steps.
+- DDP (world > 1): each rank takes its slice of the global batch, augmentation is drawn for the
+  global batch, the masked BCE divides by the global count of known targets, so N processes compute
+  the 1-process step up to float summation order (tests/test_ddp.py). MixUp pairs within a
+  device's batch (one lambda per global step), so with MixUp on the pairing differs from 1 process.
+- Precision: "bf16" = autocast on the device (CUDA; CPU bf16 autocast of BiT gives intermittent NaN
+  gradients in torch 2.14, so CPU runs fp32), channels_last and torch.compile are TrainSetup options.
 """
 
 from __future__ import annotations
@@ -702,4 +710,5 @@ __all__ = [
     "AdaptiveGradClip",
     "PeriodicCheckpoint",
     "unwrap",
+    "LeanLearner",
 ]
