@@ -149,21 +149,23 @@ def _build_cache(paths: Sequence[str], size: int, cache_dir: Path, mode: str, wo
 
 
 def probe_image(path: str) -> tuple[str, tuple[int, int]]:
-    """(cache mode "L" or "RGB", original (height, width)) of one image, from its header."""
-    from PIL import Image
+    """(cache mode "L" or "RGB", original (height, width)) of one image, decoded by xrstudy.images
+    (so DICOM, 16-bit PNG and CIFAR `FILE#N` members are probed like any JPEG)."""
+    from xrstudy.images import load_image
 
-    try:
-        with Image.open(path) as image:
-            mode = "RGB" if image.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr") else "L"
-            return mode, (image.height, image.width)
-    except Exception:  # noqa: BLE001 - DICOM and friends: X-rays, large
-        return "L", (1024, 1024)
+    pixels = load_image(path)
+    return ("RGB" if pixels.ndim == 3 else "L"), (int(pixels.shape[0]), int(pixels.shape[1]))
 
 
 def image_mode(cfg: RunConfig, table: pd.DataFrame) -> str:
-    """X-ray pre-training is grayscale; a transfer target is probed (natural images are RGB)."""
-    if cfg.kind == "pretrain" or table.empty:
+    """X-ray sources are cached grayscale, natural images in colour; an ImageFolder is probed."""
+    from xrstudy import sources
+
+    name = cfg.sources[0] if cfg.kind == "pretrain" else cfg.target
+    if name in sources.SOURCES and sources.SOURCES[name].modality == "xray":
         return "L"
+    if table.empty:
+        return "RGB"
     return probe_image(str(table["path"].iloc[0]))[0]
 
 
