@@ -245,6 +245,7 @@ def test_cli_trains_a_pretraining_and_a_transfer_cell_from_yaml(tmp_path):
         result = json.loads((out / "results" / f"{cfg.run_id}.json").read_text())
         assert result["status"] == "ok" and result["last_step"] == 3 and "test/auc" in result["metrics"]
     assert result["counts"]["train"] == 6 and result["counts"]["shots_ids"] == 6  # 2 shots x 3 classes
+    assert len(set(result["shots_ids"])) == 6 and result["split_file"].endswith(".csv")
     assert (out / "runs" / pre.run_id / "checkpoint.json").is_file()
     missing = subprocess.run([sys.executable, "-m", "xrstudy.cli", "train", str(tmp_path / "nope.yaml")],
                              capture_output=True, text=True, timeout=120)

@@ -354,6 +354,8 @@ def _result(cfg: RunConfig, study: Any, splits: dict[str, Split], quarantined: d
         per_class=per_class,
         ci=ci,
         split_sha256=study.split_sha256,
+        split_file=getattr(study, "split_path", ""),
+        shots_ids=list(study.shots_ids),  # the k-shot training images, so a cell can be audited / redone
         checkpoint=checkpoint,
         counts={**{name: len(split) for name, split in splits.items()}, "dropped": dropped,
                 "shots_ids": len(study.shots_ids)},
