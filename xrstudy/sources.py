@@ -163,11 +163,13 @@ def canonical(source: str, *, image_id, path, patient_id, study_id, view, sex=""
         if np.isscalar(values) or values is None:
             return np.full(n, values, dtype=object if dtype is str else dtype)
         values = pd.Series(values).reset_index(drop=True)
-        return values.fillna("").astype(str).to_numpy() if dtype is str else values.to_numpy(dtype=dtype)
+        # Strings stay a pandas string Series: a round trip through numpy objects costs seconds on
+        # the real files.
+        return values.fillna("").astype(str) if dtype is str else values.to_numpy(dtype=dtype)
 
     table = pd.DataFrame({
         "image_id": image_id.to_numpy(), "path": column(path), "source": source,
-        "patient_id": f"{source}:" + pd.Series(column(patient_id)), "study_id": column(study_id),
+        "patient_id": f"{source}:" + column(patient_id), "study_id": column(study_id),
         "view": column(view), "sex": column(sex), "age": column(age, np.float32), "split": column(split),
         "raw_labels": column(raw_labels),
     })  # fmt: skip

@@ -148,13 +148,22 @@ def _build_cache(paths: Sequence[str], size: int, cache_dir: Path, mode: str, wo
     return build_cache(paths, size, cache_dir, mode, workers)
 
 
-def probe_image(path: str) -> tuple[str, tuple[int, int]]:
-    """(cache mode "L" or "RGB", original (height, width)) of one image, decoded by xrstudy.images
-    (so DICOM, 16-bit PNG and CIFAR `FILE#N` members are probed like any JPEG)."""
-    from xrstudy.images import load_image
+def probe_image(paths: Sequence[str]) -> tuple[str, tuple[int, int]]:
+    """(cache mode "L" or "RGB", original (height, width)) of the first readable image, decoded by
+    xrstudy.images (so DICOM, 16-bit PNG and CIFAR `FILE#N` members are probed like any JPEG).
+    Unreadable files are skipped here; the image cache quarantines and counts them."""
+    from xrstudy.images import ImageError, load_image
 
-    pixels = load_image(path)
-    return ("RGB" if pixels.ndim == 3 else "L"), (int(pixels.shape[0]), int(pixels.shape[1]))
+    for path in list(paths)[:PROBE_ATTEMPTS]:
+        try:
+            pixels = load_image(str(path))
+        except ImageError:
+            continue
+        return ("RGB" if pixels.ndim == 3 else "L"), (int(pixels.shape[0]), int(pixels.shape[1]))
+    raise ConfigError(f"none of the first {PROBE_ATTEMPTS} training images is readable (first: {list(paths)[:1]})")
+
+
+PROBE_ATTEMPTS = 20
 
 
 def image_mode(cfg: RunConfig, table: pd.DataFrame) -> str:
@@ -166,7 +175,7 @@ def image_mode(cfg: RunConfig, table: pd.DataFrame) -> str:
         return "L"
     if table.empty:
         return "RGB"
-    return probe_image(str(table["path"].iloc[0]))[0]
+    return probe_image(table["path"])[0]
 
 
 def targets_of(table: pd.DataFrame, classes: Sequence[str], multilabel: bool) -> torch.Tensor:
@@ -273,7 +282,7 @@ def _run(cfg: RunConfig, proc: Process, resume: bool, callbacks: Sequence[Any], 
 
     # Recipe first (it fixes the cache size), then the images at that size.
     mode = image_mode(cfg, study.train)
-    original_hw = probe_image(str(study.train["path"].iloc[0]))[1]
+    original_hw = probe_image(study.train["path"])[1]
     recipe = RECIPES[cfg.kind](cfg, len(study.train), original_hw)
     splits, quarantined = load_splits(cfg, study, recipe.cache_size, mode)
 
