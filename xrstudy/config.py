@@ -21,6 +21,7 @@ LABEL_SETS = ("intersection", "union")
 UNCERTAIN_POLICIES = ("ignore", "ones", "zeros")
 SPLIT_MODES = ("official", "patient", "paper")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+HEADS = ("linear", "concat")  # xrstudy.models.HEADS
 
 # Fields that do not change what a run computes: where files go, how many loader workers,
 # whether the graph is compiled. Everything else feeds `run_id`.
@@ -56,6 +57,7 @@ class RunConfig:
     arch: str = "resnetv2_50x1_bit"  # any timm name; BiT ResNet-v2 in the paper
     init: str = "scratch"  # scratch | timm (pretrained tag of `arch`, local file) | run:<run_id> | path.pt
     init_label: str = ""  # how figures name the init, e.g. "chexpert_mimic"; derived when empty
+    head: str = "linear"  # transfer head: linear (BiT: zero-initialised, on pooled features) | concat (fastai's)
 
     # Recipe (0 = the paper's default for this kind; see xrstudy.hyper).
     seed: int = 0
@@ -92,6 +94,7 @@ class RunConfig:
             "uncertain": UNCERTAIN_POLICIES,
             "split_mode": SPLIT_MODES,
             "precision": PRECISIONS,
+            "head": HEADS,
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

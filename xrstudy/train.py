@@ -287,7 +287,7 @@ def _run(cfg: RunConfig, proc: Process, resume: bool, callbacks: Sequence[Any], 
     splits, quarantined = load_splits(cfg, study, recipe.cache_size, mode)
 
     # Model, and the training state to resume from.
-    model = create_model(cfg, num_classes=len(classes))
+    model = create_model(cfg, num_classes=len(classes), head=cfg.head)
     run_dir = cfg.run_dir
     state_path = run_dir / TRAIN_STATE
     state = load_train_state(state_path) if resume and state_path.is_file() else None
