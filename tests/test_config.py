@@ -83,3 +83,10 @@ def test_root_lookup_error_names_the_missing_source():
     assert str(cfg.root_of("cifar10")) == "/data/cifar"
     with pytest.raises(ConfigError, match="no root given for 'covidx'"):
         cfg.root_of("covidx")
+
+
+def test_head_is_a_checked_choice_that_feeds_run_id():
+    base = RunConfig(target="digits")
+    assert base.head == "linear" and RunConfig(target="digits", head="concat").run_id != base.run_id
+    with pytest.raises(ConfigError, match="head"):
+        RunConfig(target="digits", head="mlp")
