@@ -122,7 +122,7 @@ def filter_views(table: pd.DataFrame, views: Sequence[str]) -> pd.DataFrame:
         raise ValueError(f"unknown view(s) {unknown}; canonical views are {list(VIEWS)}")
     if not views:
         return table.copy()
-    return table[table["view"].isin(list(views))].copy()
+    return table[table["view"].isin(list(views))]  # boolean indexing already returns a new table
 
 
 def label_counts(table: pd.DataFrame, findings: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
