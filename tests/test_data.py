@@ -268,3 +268,18 @@ def test_cli_cache_builds_then_reuses(roots, tmp_path, capsys):
     assert f"({images} images, 16px L)" in first and f"built {images}" in first and "quarantined 0" in first
     assert cli.main(args) == 0
     assert f"reused {images}" in capsys.readouterr().out
+
+
+def test_unknown_nih_term_and_old_style_ages(roots, tmp_path):
+    copy = tmp_path / "nih"
+    shutil.copytree(roots["nih"], copy)
+    entry = copy / "Data_Entry_2017_v2020.csv"
+    frame = pd.read_csv(entry)
+    frame["Patient Age"] = frame["Patient Age"].map(lambda a: f"{a:03d}Y")  # the 2017 file's style
+    frame.to_csv(entry, index=False)
+    ages = sources.read_source("nih", copy)["age"]
+    assert ages.tolist() == pd.read_csv(roots["nih"] / "Data_Entry_2017_v2020.csv")["Patient Age"].astype(float).tolist()
+    frame.loc[2, "Finding Labels"] = "Effusion|Dragon"
+    frame.to_csv(entry, index=False)
+    with pytest.raises(sources.SourceError, match=r"line 4, column 'Finding Labels': unknown term 'Dragon'"):
+        sources.read_source("nih", copy)
