@@ -108,16 +108,6 @@ def save_split_by_content(table: pd.DataFrame, folder: str | Path) -> tuple[Path
     return path, sha
 
 
-def load_split(path: str | Path, table: pd.DataFrame) -> pd.DataFrame:
-    """Apply a saved split file to a table (rows the file does not list are an error)."""
-    saved = pd.read_csv(path, dtype=str, keep_default_na=False)
-    merged = table.drop(columns="split").merge(saved, on=["source", "image_id"], how="left", validate="one_to_one")
-    if merged["split"].isna().any():
-        first = merged.loc[merged["split"].isna(), "image_id"].iloc[0]
-        raise ValueError(f"{path}: image {first!r} is not in the split file ({int(merged['split'].isna().sum())} missing)")
-    return merged[table.columns]
-
-
 def fraction_subset(table: pd.DataFrame, fraction: float, seed: int = 0) -> pd.DataFrame:
     """Patient-grouped subset of about `fraction` of the rows; a smaller fraction gives a subset."""
     if not 0 < fraction <= 1:
@@ -127,5 +117,5 @@ def fraction_subset(table: pd.DataFrame, fraction: float, seed: int = 0) -> pd.D
     return table[patient_uniform(table["patient_id"], seed + 1000) < fraction].copy()
 
 
-__all__ = ["assign_splits", "patient_overlap", "save_split", "save_split_by_content", "load_split",
+__all__ = ["assign_splits", "patient_overlap", "save_split", "save_split_by_content",
            "split_bytes", "fraction_subset", "patient_uniform", "SPLIT_MODES"]

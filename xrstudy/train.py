@@ -148,6 +148,9 @@ def _build_cache(paths: Sequence[str], size: int, cache_dir: Path, mode: str, wo
     return build_cache(paths, size, cache_dir, mode, workers)
 
 
+PROBE_ATTEMPTS = 20  # unreadable leading images are skipped (the cache quarantines them)
+
+
 def probe_image(paths: Sequence[str]) -> tuple[str, tuple[int, int]]:
     """(cache mode "L" or "RGB", original (height, width)) of the first readable image, decoded by
     xrstudy.images (so DICOM, 16-bit PNG and CIFAR `FILE#N` members are probed like any JPEG).
@@ -161,9 +164,6 @@ def probe_image(paths: Sequence[str]) -> tuple[str, tuple[int, int]]:
             continue
         return ("RGB" if pixels.ndim == 3 else "L"), (int(pixels.shape[0]), int(pixels.shape[1]))
     raise ConfigError(f"none of the first {PROBE_ATTEMPTS} training images is readable (first: {list(paths)[:1]})")
-
-
-PROBE_ATTEMPTS = 20
 
 
 def image_mode(cfg: RunConfig, table: pd.DataFrame) -> str:
