@@ -366,23 +366,37 @@ def _is_dead_kernel(err: BaseException | None) -> bool:
     return False
 
 
-def _worker(cfg: RunConfig, executor: str, notebook: Path) -> int:
-    """Runs in its own process (--isolate, SLURM): lock, execute, release. Returns an exit code."""
+def _locked_attempt(cfg: RunConfig, execute: Callable[[CellLock], int | None], pids: Iterable[int] = ()) -> int:
+    """Every attempt's protocol: take the cell's lock, skip a cell finished elsewhere, execute under a
+    heartbeat, and call the cell done only when its result verifies. `execute` returns an exit code
+    on failure, None otherwise."""
     lock = CellLock(lock_path(cfg))
-    if not lock.acquire():
+    if not lock.acquire(pids=pids):
         return EXIT_BUSY
     try:
         if results.is_done(cfg):
             return EXIT_DONE_ELSEWHERE
         with _heartbeat(lock):
-            try:
-                _executor(executor)(cfg, notebook, cfg.run_dir / "notebook.ipynb")
-            except BaseException as err:  # noqa: BLE001 - report every failure to the runner
-                traceback.print_exc()
-                return EXIT_DEAD_KERNEL if _is_dead_kernel(err) else EXIT_FAILED
+            failed = execute(lock)
+        if failed is not None:
+            return failed
         return EXIT_OK if results.is_done(cfg) else EXIT_NO_RESULT
     finally:
         lock.release()
+
+
+def _worker(cfg: RunConfig, executor: str, notebook: Path) -> int:
+    """Runs in its own process (--isolate, SLURM): lock, execute, release. Returns an exit code."""
+
+    def execute(_lock: CellLock) -> int | None:
+        try:
+            _executor(executor)(cfg, notebook, cfg.run_dir / "notebook.ipynb")
+        except BaseException as err:  # noqa: BLE001 - report every failure to the runner
+            traceback.print_exc()
+            return EXIT_DEAD_KERNEL if _is_dead_kernel(err) else EXIT_FAILED
+        return None
+
+    return _locked_attempt(cfg, execute)
 
 
 # ---- worker slots: where a cell executes ------------------------------------------------------
@@ -433,28 +447,23 @@ class KernelSlot:
     def attempt(self, cfg: RunConfig, notebook: Path, log: IO[str]) -> int:
         kernel = self.kernel
         kernel.start()
-        lock = CellLock(lock_path(cfg))
-        if not lock.acquire(pids=[kernel.pid or 0]):
-            return EXIT_BUSY
-        try:
-            if results.is_done(cfg):
-                return EXIT_DONE_ELSEWHERE
-            with _heartbeat(lock):
-                try:
-                    kernel.start()
-                    lock.set_pids([kernel.pid or 0])
-                    log.write(f"kernel pid {kernel.pid}\n")
-                    log.flush()
-                    kernel.execute(notebook, cfg.run_dir / "notebook.ipynb", cfg.to_dict(), log_output=False)
-                except Exception as err:  # noqa: BLE001 - every failure goes to the summary
-                    traceback.print_exc(file=log)
-                    if _is_dead_kernel(err) or not kernel.alive():
-                        return EXIT_DEAD_KERNEL
-                    kernel.restart()
-                    return EXIT_FAILED
-            return EXIT_OK if results.is_done(cfg) else EXIT_NO_RESULT
-        finally:
-            lock.release()
+
+        def execute(lock: CellLock) -> int | None:
+            try:
+                kernel.start()  # again: a kernel that died since is replaced, and the lock follows it
+                lock.set_pids([kernel.pid or 0])
+                log.write(f"kernel pid {kernel.pid}\n")
+                log.flush()
+                kernel.execute(notebook, cfg.run_dir / "notebook.ipynb", cfg.to_dict(), log_output=False)
+            except Exception as err:  # noqa: BLE001 - every failure goes to the summary
+                traceback.print_exc(file=log)
+                if _is_dead_kernel(err) or not kernel.alive():
+                    return EXIT_DEAD_KERNEL
+                kernel.restart()
+                return EXIT_FAILED
+            return None
+
+        return _locked_attempt(cfg, execute, pids=[kernel.pid or 0])
 
     def interrupt(self) -> None:
         self.kernel.kill()
