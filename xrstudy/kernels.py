@@ -20,6 +20,9 @@ from jupyter_core.utils import run_sync
 
 ASYNC_CLIENT = "jupyter_client.asynchronous.AsyncKernelClient"
 RESET = "get_ipython().run_line_magic('reset', '-f')"
+# The kernel app's own log (not a cell's output, which papermill records): at WARNING it prints, for
+# every kernel start, that loopback TCP is unencrypted, noise in every sweep's terminal.
+IPYKERNEL_QUIET = ["--IPKernelApp.log_level=ERROR"]
 
 
 async def _reset(km: KernelManager) -> None:
@@ -56,7 +59,8 @@ class WarmKernel:
         # noticed (the execution hangs); an async client lets nbclient poll liveness and raise
         # DeadKernelError.
         self.km = KernelManager(kernel_name=self.kernel_name, client_class=ASYNC_CLIENT)
-        self.km.start_kernel(env=self.env, cwd=self.cwd)
+        quiet = IPYKERNEL_QUIET if self.kernel_name == "python3" else []
+        self.km.start_kernel(env=self.env, cwd=self.cwd, extra_arguments=quiet)
         return self.km
 
     def start(self) -> int:

@@ -32,6 +32,7 @@ import hashlib
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -41,10 +42,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from fastai.callback.core import Callback, TrainEvalCallback
-from fastai.callback.core import event as _fastai_event
-from fastai.learner import Learner
-from fastai.optimizer import OptimWrapper
+
+# fastai.layers decorates helpers with torch.jit.script at import, which torch >= 2.10 flags as
+# deprecated: a warning the user can do nothing about, printed at the top of every cell.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    from fastai.callback.core import Callback, TrainEvalCallback
+    from fastai.callback.core import event as _fastai_event
+    from fastai.learner import Learner
+    from fastai.optimizer import OptimWrapper
 from sklearn.metrics import average_precision_score, roc_auc_score
 from timm.utils import adaptive_clip_grad
 from torch import nn
