@@ -20,18 +20,19 @@ def main() -> None:
     parser.add_argument("--legacy", type=Path, default=LEGACY)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-figures-"))
-    start = time.perf_counter()
-    results.import_legacy(args.legacy, work / "results")
-    imported = time.perf_counter() - start
-    times = []
-    for i in range(args.repeat):
+    with tempfile.TemporaryDirectory(prefix="bench-figures-") as scratch:
+        work = Path(scratch)
         start = time.perf_counter()
-        written = figures.render_all(work / "results", work / f"figures{i}")
-        times.append(time.perf_counter() - start)
-    pngs = sum(p.suffix == ".png" for p in written)
-    print(f"import-legacy {imported:.2f} s; redraw {pngs} figures (PNG+PDF+CSV) + tables: "
-          f"best {min(times):.2f} s, median {sorted(times)[len(times) // 2]:.2f} s over {args.repeat}")
+        results.import_legacy(args.legacy, work / "results")
+        imported = time.perf_counter() - start
+        times = []
+        for i in range(args.repeat):
+            start = time.perf_counter()
+            written = figures.render_all(work / "results", work / f"figures{i}")
+            times.append(time.perf_counter() - start)
+        pngs = sum(p.suffix == ".png" for p in written)
+        print(f"import-legacy {imported:.2f} s; redraw {pngs} figures (PNG+PDF+CSV) + tables: "
+              f"best {min(times):.2f} s, median {sorted(times)[len(times) // 2]:.2f} s over {args.repeat}")
 
 
 if __name__ == "__main__":

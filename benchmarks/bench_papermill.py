@@ -41,29 +41,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=4)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-papermill-"))
-    notebook = write_notebook(work / "cell.ipynb")
+    with tempfile.TemporaryDirectory(prefix="bench-papermill-") as scratch:
+        work = Path(scratch)
+        notebook = write_notebook(work / "cell.ipynb")
 
-    start = time.perf_counter()
-    for i in range(args.cells):
-        papermill.execute_notebook(str(notebook), str(work / f"fresh{i}.ipynb"), parameters={"x": i}, progress_bar=False)
-    fresh = (time.perf_counter() - start) / args.cells
-
-    with WarmKernel(cwd=work) as kernel:
-        kernel.execute(notebook, work / "warmup.ipynb", {"x": -1})  # the one import every worker pays
         start = time.perf_counter()
         for i in range(args.cells):
-            kernel.execute(notebook, work / f"warm{i}.ipynb", {"x": i})
-        warm = (time.perf_counter() - start) / args.cells
+            papermill.execute_notebook(str(notebook), str(work / f"fresh{i}.ipynb"), parameters={"x": i}, progress_bar=False)
+        fresh = (time.perf_counter() - start) / args.cells
 
-    direct_call(0)
-    start = time.perf_counter()
-    for i in range(args.cells):
-        direct_call(i)
-    direct = (time.perf_counter() - start) / args.cells
+        with WarmKernel(cwd=work) as kernel:
+            kernel.execute(notebook, work / "warmup.ipynb", {"x": -1})  # the one import every worker pays
+            start = time.perf_counter()
+            for i in range(args.cells):
+                kernel.execute(notebook, work / f"warm{i}.ipynb", {"x": i})
+            warm = (time.perf_counter() - start) / args.cells
 
-    print(f"per cell: fresh kernel {fresh:.2f} s, warm kernel {warm:.2f} s, direct call {direct * 1e3:.2f} ms")
-    print(f"ratio fresh/warm: {fresh / warm:.1f}x; warm-kernel overhead per cell: {warm - direct:.2f} s")
+        direct_call(0)
+        start = time.perf_counter()
+        for i in range(args.cells):
+            direct_call(i)
+        direct = (time.perf_counter() - start) / args.cells
+
+        print(f"per cell: fresh kernel {fresh:.2f} s, warm kernel {warm:.2f} s, direct call {direct * 1e3:.2f} ms")
+        print(f"ratio fresh/warm: {fresh / warm:.1f}x; warm-kernel overhead per cell: {warm - direct:.2f} s")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 
 # Set before anything imports huggingface_hub, matplotlib or jupyter.
 _SCRATCH = Path(tempfile.mkdtemp(prefix="xrstudy-tests-home-"))
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 for _var, _sub in {
     "MPLCONFIGDIR": "mpl",
     "HF_HOME": "hf",
