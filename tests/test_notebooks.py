@@ -55,12 +55,44 @@ def test_study_notebook_parameters_and_no_logic(name):
     assert "savefig" not in code, "figures are written by xrstudy into out_dir"
 
 
-def test_example_results_are_the_imported_fixtures(tmp_path):
+@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
+def test_papermill_sees_every_parameter(name):
+    """papermill parses the parameters cell itself (for `--help-notebook` and to tell known `-p` names
+    from unknown ones); a quote in a comment makes it skip that line and warn 'unknown parameter'."""
+    import papermill
+
+    assert list(papermill.inspect_notebook(str(NOTEBOOKS / name))) == list(parameters_of(NOTEBOOKS / name))
+
+
+def test_paper_format_results_are_the_imported_fixtures(tmp_path):
     from xrstudy import results
 
     results.import_legacy(LEGACY, tmp_path)
-    assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted(p.name for p in (NOTEBOOKS / "example-results").glob("*.json"))
-    assert not results.scan(NOTEBOOKS / "example-results").invalid
+    bundled = NOTEBOOKS / "paper-format-results"
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted(p.name for p in bundled.glob("*.json"))
+    assert not results.scan(bundled).invalid
+
+
+def test_example_results_are_the_demo_cells_of_today():
+    """The bundled store is exactly the demo's grid (a changed grid or run_id must refresh it)."""
+    from xrstudy import demo, results, sweep
+
+    roots = {name: Path("/anywhere") / name for name in ("chexpert", "nih", "padchest-cl", "shapes", "digits")}
+    cells = sweep.load_sweep(demo.demo_sweep(Path("/anywhere"), roots, demo.SIZES["small"]))
+    bundled = NOTEBOOKS / "example-results"
+    assert sorted(f"{c.run_id}.json" for c in cells) == sorted(p.name for p in bundled.glob("*.json"))
+    scan = results.scan(bundled)
+    assert not scan.invalid and all(r["origin"] == "xrstudy" and r["status"] == "ok" for r in scan.results)
+
+
+def test_reference_figures_are_what_the_example_results_draw(tmp_path):
+    from xrstudy import figures
+
+    reference = NOTEBOOKS.parent / "figures"
+    written = figures.render_all(NOTEBOOKS / "example-results", tmp_path)
+    assert sorted(p.name for p in written) == sorted(p.name for p in reference.iterdir() if p.name != "README.md")
+    for csv in sorted(tmp_path.glob("*.csv")):
+        assert csv.read_text() == (reference / csv.name).read_text(), f"figures/{csv.name} is stale"
 
 
 @pytest.fixture(scope="module")

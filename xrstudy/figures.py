@@ -39,6 +39,9 @@ SOURCE_COLOURS = {
     "chexpert_mimic": "#fd8d3c",
     "chexpert_mimic_nih": "#bd9e39",
     "chexpert_mimic_nih_padchest": "#843c39",
+    # the demo's generic inits: natural images in the ImageNet blues, X-ray in the X-ray reds
+    "natural": "#2b8cbe",
+    "xray": "#cb181d",
     "scratch": "#7f7f7f",
 }
 # Model sizes in backbone parameters (millions), for ordering and model-scale curves.
