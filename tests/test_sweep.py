@@ -194,6 +194,20 @@ def test_dead_kernel_without_retries_fails(tmp_path, stub_env, monkeypatch):
     assert "worker died" in summary.failed[0].reason
 
 
+def test_a_kernel_that_never_starts_counts_as_dead_a_cell_error_does_not():
+    """With --isolate two workers can pick the same kernel port; that start failure is retried."""
+    try:
+        try:
+            raise RuntimeError("Kernel died before replying to kernel_info")
+        except RuntimeError as start_failure:
+            raise ValueError("papermill wrapped it") from start_failure
+    except ValueError as wrapped:
+        assert sweep._is_dead_kernel(wrapped)
+    assert sweep._is_dead_kernel(RuntimeError("Kernel didn't respond in 60 seconds"))
+    assert not sweep._is_dead_kernel(RuntimeError("broken cell"))
+    assert not sweep._is_dead_kernel(ValueError("Kernel died before replying to kernel_info"))
+
+
 def test_dry_run_runs_nothing(tmp_path, stub_env):
     cells = sweep.load_sweep(_sweep(tmp_path))
     summary = sweep.run(cells, dry_run=True, executor=STUB)

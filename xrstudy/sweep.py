@@ -358,9 +358,18 @@ def _executor(spec: str) -> Callable[[RunConfig, Path, Path], None]:
 EXIT_OK, EXIT_FAILED, EXIT_BUSY, EXIT_DONE_ELSEWHERE, EXIT_DEAD_KERNEL, EXIT_NO_RESULT = 0, 1, 75, 76, 77, 78
 
 
+# jupyter_client's RuntimeErrors when a new kernel never comes up. With --isolate, workers in
+# separate processes pick kernel ports independently and now and then two pick the same one
+# (zmq "Address already in use"): the kernel dies at start, and another attempt fixes it.
+KERNEL_START_FAILURES = ("Kernel died before replying to kernel_info", "Kernel didn't respond in")
+
+
 def _is_dead_kernel(err: BaseException | None) -> bool:
+    """The kernel died (mid-cell, or at start): worth another attempt, unlike a cell that raised."""
     while err is not None:
         if type(err).__name__ == "DeadKernelError":
+            return True
+        if isinstance(err, RuntimeError) and str(err).startswith(KERNEL_START_FAILURES):
             return True
         err = err.__cause__ or err.__context__
     return False
