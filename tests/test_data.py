@@ -235,12 +235,15 @@ def test_unknown_terms_duplicates_and_bad_values_name_the_line(roots, tmp_path):
     frame = pd.read_csv(csv)
     frame.loc[3, "Labels"] = "['pleural effusion', 'dragon scales']"
     frame.to_csv(csv, index=False)
-    with pytest.raises(sources.SourceError, match=r"line 5, column 'Labels': unknown PadChest term 'dragon scales'"):
+    # Row 1's LocalizationsCUIS spans two lines (as in the real file), so row 3 starts on line 6, not 5.
+    line = 1 + next(i for i, text in enumerate(csv.read_text().splitlines()) if "dragon scales" in text)
+    assert line == 6
+    with pytest.raises(sources.SourceError, match=rf"line {line}, column 'Labels': unknown PadChest term 'dragon scales'"):
         sources.read_source("padchest", copy)
     frame.loc[3, "Labels"] = "['normal']"
     frame.loc[4, "ImageID"] = frame.loc[1, "ImageID"]
     frame.to_csv(csv, index=False)
-    with pytest.raises(sources.SourceError, match=r"duplicate ImageID .* on lines \[3, 6\]"):
+    with pytest.raises(sources.SourceError, match=r"duplicate ImageID .* on lines \[3, 7\]"):
         sources.read_source("padchest", copy)
 
     chexpert = tmp_path / "chexpert"

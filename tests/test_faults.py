@@ -62,3 +62,24 @@ def test_cli_reports_bad_input_clearly_and_exits_2(tmp_path, capsys):
 def test_network_is_blocked_in_tests():
     with pytest.raises(OSError, match="network access blocked"):
         socket.create_connection(("93.184.216.34", 80), timeout=1)
+
+
+def test_label_csv_reader_reads_what_pandas_reads(tmp_path):
+    """read_table's Arrow reader matches pd.read_csv: NA-like cells, text ids, dates kept as text,
+    booleans, and a quoted value over two lines."""
+    import pandas as pd
+
+    path = tmp_path / "labels.csv"
+    path.write_text('id,date,flag,score,note\n007,2015-01-02,True,1.0,"two\nlines"\n008,2016-03-04,False,NA,\n'
+                    "009,2017-05-06,True,-1.0,None\n")  # fmt: skip
+    ours = sources.read_table(path, ["id", "date", "flag", "score", "note"], dtype={"id": str})
+    theirs = pd.read_csv(path, dtype={"id": str})
+    pd.testing.assert_frame_equal(ours, theirs, check_dtype=False)
+    assert list(ours["id"]) == ["007", "008", "009"] and ours["date"].iloc[0] == "2015-01-02"
+
+
+def test_malformed_label_csv_names_the_file(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("Path,Sex\na.jpg,M\nb.jpg,F,extra\n")
+    with pytest.raises(sources.SourceError, match=r"train\.csv: cannot read as CSV .*Expected 2 columns, got 3"):
+        sources.read_table(path, ["Path", "Sex"])

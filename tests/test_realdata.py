@@ -178,3 +178,22 @@ def test_cli_inspect_and_merge_json(roots, capsys):
     merged = json.loads(capsys.readouterr().out)
     assert set(merged) == {"images", "patients", "labels", "per_source", "counts"}
     assert len(merged["labels"]) == 7 and merged["per_source"]["chexpert"] == 161590 + 29420
+
+
+def test_error_lines_of_the_real_padchest_file_count_its_multiline_values():
+    """5,214 PadChest rows have a LocalizationsCUIS value over two lines: row + 2 is the wrong line."""
+    import gzip
+
+    from xrstudy import sources
+
+    path = DATA / FILES["padchest"][0]
+    with gzip.open(path, "rt", newline="") as handle:
+        physical = handle.read().split("\n")
+    frame = pd.read_csv(path, usecols=[0, 1])  # the unnamed leading index and ImageID
+    rows = [0, 13, 14, 50_000, len(frame) - 1]
+    expected = []
+    for row in rows:  # the line where the row starts is the one that opens with its leading index column
+        prefix = f"{frame.iloc[row, 0]},{frame.iloc[row, 1]},"
+        expected.append(1 + next(i for i, text in enumerate(physical) if text.startswith(prefix)))
+    assert sources.lines_of(path, rows) == expected
+    assert expected[-1] > len(frame) + 1 + 5000  # far from row + 2

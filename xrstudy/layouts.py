@@ -158,6 +158,8 @@ def write_nih(root: Path, records: list[Record]) -> None:
 
 # ---- PadChest: PADCHEST_..._160K_01.02.19.csv + <ImageDir>/<ImageID> 16-bit PNGs -----------------
 PADCHEST_PROJECTIONS = {"PA": "PA", "AP": "AP", "AP_SUPINE": "AP_horizontal", "LATERAL": "L", "OTHER": "COSTAL"}
+# A value spanning two lines, as 5,214 rows of the real file have: line numbers are not row + 2.
+LONG_CUIS = "['C0262950' 'C0223683' 'C0020164' 'C0003483' 'C0444532' 'C0448034'\n 'C0920882' 'C0025066']"
 
 
 @register_writer("padchest")
@@ -177,6 +179,9 @@ def write_padchest(root: Path, records: list[Record]) -> None:
             "PatientBirth": 2015 - record.age, "PatientSex_DICOM": record.sex or "O",
             "Projection": PADCHEST_PROJECTIONS[record.view], "MethodLabel": "Physician",
             "Labels": repr(terms or ["normal"]),
+            # numpy-style reprs as in the real file, where long ones break over two lines
+            "labelCUIS": "[" + " ".join(f"'C{i:07d}'" for _ in terms) + "]",
+            "LocalizationsCUIS": LONG_CUIS if i % 4 == 1 else "[]",
         })  # fmt: skip
     pd.DataFrame(rows).to_csv(root / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv", index=False)
 

@@ -15,6 +15,8 @@ and the column, with what was expected.
 
 from __future__ import annotations
 
+import csv
+import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,22 +122,69 @@ def read_table(path: Path, required: Iterable[str], *, optional: Iterable[str] =
     if missing:
         raise SourceError(f"{path}: missing column(s) {missing}; expected columns {required}, found {list(header)}")
     wanted = required + [c for c in optional if c in header]
-    frame = pd.read_csv(path, usecols=wanted, dtype=dtype, low_memory=False)
+    frame = _read_csv_columns(path, wanted, [c for c, kind in (dtype or {}).items() if kind is str and c in wanted])
     if frame.empty:
         raise SourceError(f"{path}: no rows below the header")
     return frame
 
 
-def line_of(index: int) -> int:
-    """Line number in the file of a row read by pandas (the header is line 1)."""
-    return int(index) + 2
+def _read_csv_columns(path: Path, columns: list[str], text_columns: list[str]) -> pd.DataFrame:
+    """What `pd.read_csv(path, usecols=columns, dtype={c: str for c in text_columns})` gives, read by
+    pyarrow's CSV reader: 2.3x faster on the PadChest file (0.35 s vs 0.8 s), the largest share of
+    reading the real label files. Quoted values may span lines (PadChest's do); empty and NA-like
+    cells are missing as in pandas; a column pyarrow would read as dates stays text, as in pandas."""
+    import pyarrow.csv as arrow_csv
+    from pandas._libs.parsers import STR_NA_VALUES
+
+    def read(text: list[str]) -> pa.Table:
+        options = arrow_csv.ConvertOptions(include_columns=columns, column_types={c: pa.string() for c in text},
+                                           null_values=sorted(STR_NA_VALUES), strings_can_be_null=True)  # fmt: skip
+        return arrow_csv.read_csv(path, parse_options=arrow_csv.ParseOptions(newlines_in_values=True),
+                                  convert_options=options)  # fmt: skip
+
+    try:
+        table = read(text_columns)
+        temporal = [f.name for f in table.schema if pa.types.is_temporal(f.type)]
+        if temporal:
+            table = read(text_columns + temporal)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise SourceError(f"{path}: cannot read as CSV ({err})") from None
+    return table.to_pandas()
+
+
+def lines_of(path: Path, indices: Iterable[int]) -> list[int]:
+    """The line in `path` (header = line 1) where each data row read by pandas starts.
+
+    Not simply row + 2: quoted values may span lines (PadChest's LocalizationsCUIS holds numpy-style
+    lists broken over lines; 5,214 of its 160,861 rows do), so the file is re-read with the csv
+    module, counting physical lines. Only error messages call this, so its cost does not matter."""
+    wanted = sorted({int(i) for i in indices})
+    found: dict[int, int] = {}
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="", encoding="utf-8", errors="replace") as handle:
+        reader = csv.reader(handle)
+        next(reader, None)  # the header
+        row, start = 0, reader.line_num + 1
+        for record in reader:
+            if record:  # pandas skips blank lines, so they are not rows
+                if wanted and row == wanted[len(found)]:
+                    found[row] = start
+                    if len(found) == len(wanted):
+                        break
+                row += 1
+            start = reader.line_num + 1
+    return [found.get(int(i), int(i) + 2) for i in indices]
+
+
+def line_of(path: Path, index: int) -> int:
+    return lines_of(path, [index])[0]
 
 
 def check_unique(ids: pd.Series, path: Path, column: str) -> None:
     duplicated = ids.duplicated(keep=False)
     if duplicated.any():
         first = ids[duplicated].iloc[0]
-        rows = [line_of(i) for i in ids.index[ids == first][:5]]
+        rows = lines_of(path, ids.index[ids == first][:5])
         raise SourceError(f"{path}: duplicate {column} {first!r} on lines {rows} "
                           f"({int(ids.duplicated().sum())} duplicates in all); each image must appear once")
 
@@ -147,7 +196,7 @@ def check_values(frame: pd.DataFrame, columns: Sequence[str], path: Path, allowe
         bad = (values.isna() & frame[column].notna()) | ~(values.isna() | values.isin(allowed))
         if bad.any():
             index = bad.idxmax()
-            raise SourceError(f"{path}, line {line_of(index)}, column {column!r}: value {str(frame[column][index])!r}; "
+            raise SourceError(f"{path}, line {line_of(path, index)}, column {column!r}: value {str(frame[column][index])!r}; "
                               f"expected one of {list(allowed)} or blank")
 
 
@@ -217,7 +266,7 @@ def read_chexpert(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
         parts = _regex_groups(frame["Path"], r"(?P<patient>patient\d+)/(?P<study>study\d+)/")
         if parts["patient"].isna().any():
             index = parts["patient"].isna().idxmax()
-            raise SourceError(f"{path}, line {line_of(index)}, column 'Path': {frame['Path'][index]!r}; "
+            raise SourceError(f"{path}, line {line_of(path, index)}, column 'Path': {frame['Path'][index]!r}; "
                               f"expected '<folder>/{split}/patientNNNNN/studyN/viewN_<frontal|lateral>.jpg'")
         frames.append((split, path, frame, parts))
     require_images(root, "train", name, metadata_only)
@@ -301,7 +350,7 @@ def read_nih(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     if len(bad):
         first = frame.index[frame["Finding Labels"].fillna("") == bad.iloc[0]][0]
         term = next(t for t in bad.iloc[0].split("|") if t not in known)
-        raise SourceError(f"{path}, line {line_of(first)}, column 'Finding Labels': unknown term "
+        raise SourceError(f"{path}, line {line_of(path, first)}, column 'Finding Labels': unknown term "
                           f"{term!r}; expected '|'-separated terms from {sorted(known)}")
     # NIH has no uncertain or unknown labels: a finding not listed is absent (0).
     wrapped = "|" + frame["Finding Labels"] + "|"
@@ -359,13 +408,18 @@ def _read_padchest_terms(root: Path) -> PadchestFrame:
     malformed = ~listed.str.strip().str.match(r"^\[.*\]$")
     if malformed.any():
         index = malformed.idxmax()
-        raise SourceError(f"{path}, line {line_of(index)}, column 'Labels': {listed[index]!r}; "
+        raise SourceError(f"{path}, line {line_of(path, index)}, column 'Labels': {listed[index]!r}; "
                           f"expected a Python-list string such as ['pleural effusion', 'cardiomegaly']")
-    terms = listed.str.findall(r"'([^']*)'").explode().dropna().str.strip()
+    # "['pleural effusion', 'cardiomegaly']" -> one row per term, in Arrow (str.findall + explode
+    # loops in Python: 0.2 s on the real file)
+    inner = pc.replace_substring_regex(pa.array(listed, type=pa.string()), r"^\s*\[\s*'?|'?\s*\]\s*$", "")
+    parts = pc.split_pattern_regex(inner, r"'\s*,\s*'")
+    terms = pd.Series(pc.utf8_trim_whitespace(pc.list_flatten(parts)), dtype="str",
+                      index=listed.index[pc.list_parent_indices(parts).to_numpy()])  # fmt: skip
     terms = terms[terms != ""]
     unknown = terms[~terms.isin(labels.padchest_vocabulary())]
     if len(unknown):
-        raise SourceError(f"{path}, line {line_of(unknown.index[0])}, column 'Labels': unknown PadChest term "
+        raise SourceError(f"{path}, line {line_of(path, unknown.index[0])}, column 'Labels': unknown PadChest term "
                           f"{unknown.iloc[0]!r}; known terms are listed in xrstudy/padchest_terms.txt "
                           f"(add a mapping in xrstudy.labels.PADCHEST_TERMS_OF if it is a synonym)")
     return PadchestFrame(frame, terms, path)
@@ -464,7 +518,6 @@ def read_imagefolder(name: str, root: Path, metadata_only: bool) -> pd.DataFrame
 #                       split (train = tstid, 6,149 images; valid = valid; test = trnid), `flowers102-official`
 #                       the official one (train = trnid, valid = valid, test = tstid). Classes "1".."102".
 # Every image is its own patient except in COVIDx, whose patient ids group its splits.
-import gzip  # noqa: E402 - imports of this block, kept with it
 import pickle  # noqa: E402 - the CIFAR batches are pickles (trusted input, as distributed)
 import re  # noqa: E402
 import warnings  # noqa: E402
@@ -767,4 +820,4 @@ def read_flowers102_official(name: str, root: Path, metadata_only: bool) -> pd.D
 
 
 __all__ = ["SOURCES", "Source", "SourceError", "register", "read_source", "source_of", "canonical", "read_table",
-           "find_file", "check_unique", "line_of"]
+           "find_file", "check_unique", "line_of", "lines_of"]
