@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import re
-import tomllib
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the test extra installs tomli there
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,3 +48,12 @@ def test_readme_leads_with_the_two_commands_ci_runs():
     assert "xrstudy demo" in demo and 'pip install -e ".[test]"' in tests and "pytest" in tests
     assert 'pip install -q -e ".[test]"' in ci and "python -m pytest" in ci and "xrstudy demo" in ci
     assert "pip install -q -e .\n" in ci  # command 1 installs without the test extras
+
+
+def test_version_is_the_projects(capsys):
+    from xrstudy import cli
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"xrstudy {version}"

@@ -33,7 +33,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from xrstudy import __version__
+
     parser = argparse.ArgumentParser(prog="xrstudy", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser("demo", help="run the whole study loop in miniature on a CPU, offline")
     demo.add_argument("--out", type=Path, default=Path("xrstudy-demo"), help="output directory (default: %(default)s)")
