@@ -3,7 +3,6 @@ damaged results never drawn, redraw time."""
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xrstudy import figures, results
+from xrstudy import cli, figures, results
 from xrstudy.config import RunConfig
 
 LEGACY = Path(__file__).parent / "data" / "legacy"
@@ -38,12 +37,7 @@ def synthetic_store(results_dir: Path, seeds=(0, 1, 2)) -> Path:
 
 
 def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    results.add_commands(sub)
-    figures.add_commands(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return cli.main(argv)
 
 
 def test_import_legacy_then_figures_reproduce_the_per_target_plots(tmp_path, capsys):

@@ -38,8 +38,10 @@ def test_tiny_bit_is_a_timm_model():
     assert type(model.stem.conv).__name__ == "StdConv2d"
 
 
-def test_transfer_head_is_zero_and_pretrain_head_is_not():
-    model = create_model(transfer_cfg(), 3)
+def test_transfer_head_is_fresh_default_or_zero_and_pretrain_head_is_not():
+    fresh = create_model(transfer_cfg(), 3).get_classifier()  # the authors': torch's default init
+    assert all(torch.count_nonzero(p) > 0 for p in fresh.parameters())
+    model = create_model(transfer_cfg().replace(head_init="zero"), 3)  # BiT's
     head = model.get_classifier()
     assert all(torch.count_nonzero(p) == 0 for p in head.parameters())
     assert torch.count_nonzero(model(torch.randn(2, 3, 32, 32))) == 0
@@ -67,7 +69,7 @@ def test_timm_init_reads_a_local_file_offline(tmp_path, suffix):
     model = create_model(transfer_cfg(arch=f"{TINY}.local_test", init="timm", weights_dir=str(tmp_path)), 7)
     assert same_backbone(model, source)
     assert model.get_classifier().out_channels == 7
-    assert torch.count_nonzero(model.get_classifier().weight) == 0
+    assert torch.count_nonzero(model.get_classifier().weight) > 0  # a fresh head, not the 1000-class one
 
 
 def test_timm_init_missing_file_names_the_path(tmp_path):

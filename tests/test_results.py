@@ -140,14 +140,10 @@ def test_legacy_bad_columns_are_named(tmp_path):
 
 
 def test_cli_table_and_import(tmp_path, capsys):
-    import argparse
+    from xrstudy import cli
 
-    parser = argparse.ArgumentParser()
-    results.add_commands(parser.add_subparsers(dest="command"))
     store = tmp_path / "results"
-    args = parser.parse_args(["results", "import-legacy", str(LEGACY), "--results", str(store)])
-    assert args.func(args) == 0
+    assert cli.main(["results", "import-legacy", str(LEGACY), "--results", str(store)]) == 0
     out = tmp_path / "t.csv"
-    args = parser.parse_args(["results", "table", "--results", str(store), "--out", str(out)])
-    args.func(args)
+    assert cli.main(["results", "table", "--results", str(store), "--out", str(out)]) == 0
     assert len(pd.read_csv(out)) == 3 * 45  # three files, 5 models x 3 shots x 3 seeds each

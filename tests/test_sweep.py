@@ -376,14 +376,13 @@ def test_papermill_cells_and_dead_kernel(tmp_path, monkeypatch, isolate):
 
 
 def test_cli_run_flags(tmp_path, stub_env, monkeypatch, capsys):
-    import argparse
+    from xrstudy import cli
 
-    parser = argparse.ArgumentParser()
-    sweep.add_commands(parser.add_subparsers(dest="command"))
+    parser = cli.build_parser()
     sweep_file = _write_sweep_file(tmp_path, n_seeds=2)
     args = parser.parse_args(["sweep", "run", str(sweep_file), "--gpus", "0,1", "--isolate", "--only", "t", "--retries", "2", "--dry-run"])
     assert (args.gpus, args.isolate, args.retries, args.workers) == (["0", "1"], True, 2, None)
-    assert args.func(args) == 0
+    assert cli.resolve_handler(args.handler)(args) == 0
     out = capsys.readouterr().out
     assert out.count("would run  ") == 3 and "dry run: 3 cell(s)" in out
 

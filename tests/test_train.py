@@ -137,15 +137,16 @@ def test_pretrain_then_transfer_through_the_real_cache(tmp_path):
 
 
 def test_transfer_recipe_follows_the_hyperrule():
-    recipe = train.transfer_recipe(RunConfig(kind="transfer", target="t", image_size=128), 5_000, (32, 32))
-    assert recipe.cache_size == 160 and recipe.eval_size == 128 and recipe.mixup_alpha == 0.0
-    assert recipe.schedule.steps == 500 and recipe.schedule.warmup == 100 and recipe.schedule.decays == (200, 300, 400)
-    assert recipe.weight_decay == 0.0 and recipe.schedule.base_lr == pytest.approx(0.001)
-    big = train.transfer_recipe(RunConfig(kind="transfer", target="t", image_size=480), 50_000, (500, 400))
-    assert big.cache_size == 512 and big.mixup_alpha == 0.1 and big.schedule.steps == 10_000
-    pre = train.pretrain_recipe(RunConfig(kind="pretrain", sources=("c",), batch_size=256), 2560, (64, 64))
-    assert pre.schedule.steps == 900 and pre.schedule.warmup == 150 and pre.weight_decay == 1e-4
-    assert pre.augment.rotate_deg == 45 and pre.augment.shift == 0.25 and pre.augment.scale == 0.1
+    recipe = train.recipe_of(RunConfig(kind="transfer", target="t"), 5_000, (32, 32))
+    assert recipe.resize == 160 and recipe.crop == recipe.eval_size == 128 and recipe.mixup_alpha == 0.0
+    assert recipe.steps == 500 and recipe.warmup == 100 and recipe.decays == (200, 300, 400)
+    assert recipe.weight_decay == 0.0 and recipe.base_lr == pytest.approx(0.001)
+    big = train.recipe_of(RunConfig(kind="transfer", target="t"), 50_000, (500, 400))
+    assert big.resize == 512 and big.crop == 480 and big.mixup_alpha == 0.1 and big.steps == 10_000
+    pre = train.recipe_of(RunConfig(kind="pretrain", sources=("c",), batch_size=256), 2560, (64, 64))
+    assert pre.steps == 900 and pre.warmup == 150 and pre.weight_decay == 1e-4 and pre.crop == 224
+    augment = train.AUGMENTS[pre.augment](pre)
+    assert augment.rotate_deg == 45 and augment.shift == 0.25 and augment.scale == 0.1
 
 
 @pytest.mark.slow

@@ -12,21 +12,41 @@ import hashlib
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
-KINDS = ("pretrain", "transfer")
-LABEL_SETS = ("intersection", "union")
-UNCERTAIN_POLICIES = ("ignore", "ones", "zeros")
-SPLIT_MODES = ("official", "patient", "paper")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-HEADS = ("linear", "concat")  # xrstudy.models.HEADS
+# The allowed values of every choice, defined once: RunConfig's annotations, the CLI's `choices`
+# and the modules that act on them (labels, merge, splits, fewshot, models, learner) all read these.
+# This module imports nothing heavy, so `xrstudy --help` can build its parser from it.
+Kind = Literal["pretrain", "transfer"]
+LabelSet = Literal["intersection", "union"]
+Uncertain = Literal["ignore", "ones", "zeros"]
+SplitMode = Literal["official", "patient", "paper"]
+LabelMode = Literal["terms", "paper"]  # PadChest: exact term vocabulary | the authors' 27 substring pathologies
+ShotsMode = Literal["exact", "paper"]  # exactly k per class | the authors' k-shot sets (fewer when a class is short)
+Sampler = Literal["shuffle", "oversample"]  # training order: plain shuffle | class-balanced, with replacement
+Head = Literal["linear", "concat"]  # xrstudy.models.HEADS
+HeadInit = Literal["default", "zero"]  # fresh head: torch's default init (the authors') | zero (BiT)
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+View = Literal["PA", "AP", "AP_SUPINE", "LATERAL", "COSTAL", "OTHER"]
+
+KINDS: tuple[str, ...] = get_args(Kind)
+LABEL_SETS: tuple[str, ...] = get_args(LabelSet)
+UNCERTAIN_POLICIES: tuple[str, ...] = get_args(Uncertain)
+SPLIT_MODES: tuple[str, ...] = get_args(SplitMode)
+LABEL_MODES: tuple[str, ...] = get_args(LabelMode)
+SHOTS_MODES: tuple[str, ...] = get_args(ShotsMode)
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
+HEADS: tuple[str, ...] = get_args(Head)
+HEAD_INITS: tuple[str, ...] = get_args(HeadInit)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+VIEWS: tuple[str, ...] = get_args(View)
 
 # Fields that do not change what a run computes: where files go, how many loader workers,
 # whether the graph is compiled. Everything else feeds `run_id`.
 EXECUTION_FIELDS = frozenset(
-    {"name", "roots", "out_dir", "cache_dir", "weights_dir", "workers", "compile", "device"}
+    {"name", "roots", "out_dir", "cache_dir", "weights_dir", "workers", "compile", "device", "micro_batch"}
 )
 
 
@@ -39,40 +59,45 @@ class RunConfig:
     """A study cell: a pre-training run or a transfer run (one init, target, shot count, seed)."""
 
     name: str = "cell"
-    kind: str = "transfer"  # pretrain | transfer
+    kind: Kind = "transfer"
 
     # Data. Sources and targets are registry names (xrstudy.sources.SOURCES).
     sources: tuple[str, ...] = ()  # pretrain: e.g. ("chexpert", "mimic", "nih", "padchest")
     roots: tuple[str, ...] = ()  # "name=DIR" for every source / target read by this cell
-    labels: str = "intersection"  # multi-source label set: intersection | union
-    views: tuple[str, ...] = ("PA", "AP")
-    uncertain: str = "ignore"  # CheXpert/MIMIC -1: ignore (NaN, the paper's) | ones | zeros
-    split_mode: str = "official"  # official | patient | paper (PadChest image-level 90/10, seed 42)
+    labels: LabelSet = "intersection"  # multi-source label set
+    views: tuple[View, ...] = ("PA", "AP")
+    uncertain: Uncertain = "ignore"  # CheXpert/MIMIC -1: ignore (NaN, the paper's) | ones | zeros
+    label_mode: LabelMode = "terms"  # PadChest labels: exact terms | paper (27 pathologies, substrings + synonyms)
+    split_mode: SplitMode = "official"  # official | patient | paper (the authors' splits, e.g. PadChest 90/10, seed 42)
     data_fraction: float = 1.0  # nested patient-grouped pre-training subset (data-scale curves)
     metadata_only: bool = False  # read label files only (exploration, counting); no training
     target: str = ""  # transfer: target name, e.g. "cifar10", "padchest-cl"
     shots: int = 0  # transfer: images per class; 0 = full training set
+    shots_mode: ShotsMode = "exact"  # exact k per class | paper (the authors' sampler: their sets, short classes allowed)
+    sampler: Sampler = "shuffle"  # training order: shuffle | oversample (class-balanced, the authors' full-shot COVIDx/Flowers)
 
     # Model and initialisation.
     arch: str = "resnetv2_50x1_bit"  # any timm name; BiT ResNet-v2 in the paper
-    init: str = "scratch"  # scratch | timm (pretrained tag of `arch`, local file) | run:<run_id> | path.pt
+    init: str = "scratch"  # scratch | timm (tag of `arch`, local file) | paper (the authors' checkpoint) | run:<run_id> | path.pt
     init_label: str = ""  # how figures name the init, e.g. "chexpert_mimic"; derived when empty
-    head: str = "linear"  # transfer head: linear (BiT: zero-initialised, on pooled features) | concat (fastai's)
+    head: Head = "linear"  # transfer head: linear (1x1 conv / linear on pooled features) | concat (fastai's)
+    head_init: HeadInit = "default"  # fresh head weights: default (torch's init, the authors') | zero (BiT)
 
     # Recipe (0 = the paper's default for this kind; see xrstudy.hyper).
     seed: int = 0
-    image_size: int = 224
+    image_size: int = 0  # training crop; 0 = the recipe's (pretrain 224; transfer BiT-HyperRule 128 / 480)
     epochs: int = 0  # pretrain: 0 = 90
     steps: int = 0  # transfer: 0 = BiT-HyperRule
-    batch_size: int = 128
+    batch_size: int = 128  # the global batch (split over processes)
     lr: float = 0.0
     mixup: float = -1.0  # -1 = BiT-HyperRule decides
 
     # Execution: how, not what.
-    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    precision: Precision = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False
     device: str = "auto"
     workers: int = 0
+    micro_batch: int = 0  # most images per device per forward pass; > 0 accumulates gradients to the global batch
     out_dir: str = "xrstudy-out"
     cache_dir: str = ""
     weights_dir: str = ""
@@ -88,17 +113,14 @@ class RunConfig:
         self._check()
 
     def _check(self) -> None:
-        choices = {
-            "kind": KINDS,
-            "labels": LABEL_SETS,
-            "uncertain": UNCERTAIN_POLICIES,
-            "split_mode": SPLIT_MODES,
-            "precision": PRECISIONS,
-            "head": HEADS,
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"RunConfig.{key} = {getattr(self, key)!r}; expected one of {allowed}")
+        for f in fields(self):  # every Literal-typed field holds one of its values
+            allowed = _CHOICES.get(f.name)
+            if allowed is None:
+                continue
+            values = getattr(self, f.name)
+            for value in values if isinstance(values, tuple) else (values,):
+                if value not in allowed:
+                    raise ConfigError(f"RunConfig.{f.name} = {getattr(self, f.name)!r}; expected one of {allowed}")
         if self.shots < 0:
             raise ConfigError(f"RunConfig.shots = {self.shots}; expected 0 (full) or a positive count")
         if not 0.0 < self.data_fraction <= 1.0:
@@ -189,5 +211,18 @@ class RunConfig:
         return path
 
 
+def _literal_values(annotation: str) -> tuple[str, ...] | None:
+    """The allowed values of a Literal field (annotations are strings under `from __future__`)."""
+    inner = annotation.removeprefix("tuple[").removesuffix(", ...]")
+    alias = globals().get(inner)
+    return get_args(alias) if alias is not None and getattr(alias, "__origin__", None) is Literal else None
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    f.name: values for f in fields(RunConfig) if (values := _literal_values(str(f.type))) is not None
+}
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
-__all__ = ["RunConfig", "ConfigError", "FIELD_NAMES", "EXECUTION_FIELDS"]
+__all__ = [
+    "RunConfig", "ConfigError", "FIELD_NAMES", "EXECUTION_FIELDS", "KINDS", "LABEL_SETS", "UNCERTAIN_POLICIES",
+    "SPLIT_MODES", "LABEL_MODES", "SHOTS_MODES", "SAMPLERS", "HEADS", "HEAD_INITS", "PRECISIONS", "VIEWS",
+]  # fmt: skip

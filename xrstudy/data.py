@@ -40,6 +40,7 @@ class StudyData:
     # Every image of the dataset before the data fraction / k-shot selection: caching this set
     # once lets all cells of a target (every shot count and seed) share one image cache.
     universe: tuple[str, ...] = ()
+    modality: str = "natural"  # "xray" (cached grayscale) or "natural" (colour), from the source registry
 
     @property
     def paths(self) -> list[str]:
@@ -108,9 +109,10 @@ def prepare(cfg: RunConfig) -> StudyData:
             raise ConfigError(f"{cfg.name}: {err}") from None
         train = train.reset_index(drop=True)
         shots_ids = tuple(train["image_id"])
+    modality = "xray" if all(sources.source_of(n).modality == "xray" for n in names) else "natural"
     return StudyData(train=train, valid=valid, test=test, classes=classes, multilabel=multilabel,
                      split_sha256=split_sha, shots_ids=shots_ids, dropped=dropped, split_path=str(split_path),
-                     universe=universe)
+                     universe=universe, modality=modality)
 
 
 # ---- summaries (the JSON of `xrstudy data inspect / merge`) ---------------------------------
@@ -166,63 +168,7 @@ def write_table(table: pd.DataFrame, path: Path) -> None:
         table.to_csv(path, index=False)
 
 
-# ---- command line -------------------------------------------------------------------------
-def _views(text: str) -> tuple[str, ...]:
-    views = tuple(v.strip() for v in text.split(",") if v.strip())
-    unknown = sorted(set(views) - set(labels.VIEWS))
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown view(s) {unknown}; choose from {','.join(labels.VIEWS)}")
-    return views
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--views", type=_views, default=(), help="keep these views, e.g. PA,AP (default: all)")
-    parser.add_argument("--uncertain", choices=sorted(labels.UNCERTAIN_POLICIES), default="ignore",
-                        help="uncertain (-1) labels become NaN (ignore, the paper's), 1 (ones) or 0 (zeros)")
-    parser.add_argument("--metadata-only", action="store_true", help="read the label files alone (images may be absent)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-
-
-def add_commands(subparsers: Any) -> None:
-    data = subparsers.add_parser("data", help="inspect, merge, split and cache the data sources")
-    sub = data.add_subparsers(dest="data_command", required=True)
-
-    inspect = sub.add_parser("inspect", help="counts of one source: images, patients, views, labels")
-    inspect.add_argument("source", help=f"registry name ({', '.join(sorted(sources.SOURCES))}) or an ImageFolder name")
-    inspect.add_argument("--root", type=Path, required=True, help="the source's folder as distributed")
-    _common(inspect)
-    inspect.set_defaults(func=_cmd_inspect)
-
-    merged = sub.add_parser("merge", help="merge sources into one canonical table")
-    merged.add_argument("--source", action="append", required=True, metavar="NAME=DIR", help="repeat per source")
-    merged.add_argument("--labels", choices=merge.LABEL_SETS, default="intersection")
-    merged.add_argument("--out", type=Path, help="write the merged table (.csv or .parquet)")
-    _common(merged)
-    merged.set_defaults(func=_cmd_merge)
-
-    split = sub.add_parser("split", help="write a split file and print its SHA-256")
-    split.add_argument("source")
-    split.add_argument("--root", type=Path, required=True)
-    split.add_argument("--metadata-only", action="store_true")
-    split.add_argument("--mode", choices=("patient", "paper"), default="patient",
-                       help="patient-grouped, or the paper's image-level split (patients leak)")
-    split.add_argument("--test-fraction", type=float, default=0.1)
-    split.add_argument("--valid-fraction", type=float, default=0.1)
-    split.add_argument("--seed", type=int, default=None, help="default: 0 (patient), 42 (paper)")
-    split.add_argument("--out", type=Path, required=True)
-    split.set_defaults(func=_cmd_split)
-
-    cache = sub.add_parser("cache", help="build the pre-resized uint8 image cache of a source")
-    cache.add_argument("source")
-    cache.add_argument("--root", type=Path, required=True)
-    cache.add_argument("--size", type=int, default=224, help="side length in pixels")
-    cache.add_argument("--mode", choices=("L", "RGB"), default=None, help="default: L for X-rays, RGB otherwise")
-    cache.add_argument("--views", type=_views, default=())
-    cache.add_argument("--workers", type=int, default=0, help="decoding processes (default: all cores)")
-    cache.add_argument("--cache-dir", type=Path, default=Path("xrstudy-out/cache"))
-    cache.set_defaults(func=_cmd_cache)
-
-
+# ---- command handlers (the parser is xrstudy.cli) ----------------------------------------
 def _print(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary, indent=None if len(json.dumps(summary)) < 200 else 1))
@@ -235,12 +181,12 @@ def _print(summary: dict[str, Any], as_json: bool) -> None:
             print(f"{key}: {value}")
 
 
-def _cmd_inspect(args: argparse.Namespace) -> int:
+def cmd_inspect(args: argparse.Namespace) -> int:
     _print(inspect_source(args.source, args.root, args.views, args.uncertain, args.metadata_only), args.json)
     return 0
 
 
-def _cmd_merge(args: argparse.Namespace) -> int:
+def cmd_merge(args: argparse.Namespace) -> int:
     table = merge_entries(args.source, label_set=args.labels, views=args.views, uncertain=args.uncertain,
                           metadata_only=args.metadata_only)
     if args.out:
@@ -250,7 +196,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_split(args: argparse.Namespace) -> int:
+def cmd_split(args: argparse.Namespace) -> int:
     table = sources.read_source(args.source, args.root, args.metadata_only)
     seed = args.seed if args.seed is not None else _split_seed(args.mode)
     table = splits.assign_splits(table, args.mode, seed=seed, valid_fraction=args.valid_fraction,
@@ -262,7 +208,7 @@ def _cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_cache(args: argparse.Namespace) -> int:
+def cmd_cache(args: argparse.Namespace) -> int:
     import os
 
     from xrstudy import images
@@ -275,4 +221,5 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["StudyData", "prepare", "inspect_source", "merge_entries", "merge_summary", "read_labelled", "add_commands"]
+__all__ = ["StudyData", "prepare", "inspect_source", "merge_entries", "merge_summary", "read_labelled", "cmd_inspect", "cmd_merge",
+           "cmd_split", "cmd_cache"]

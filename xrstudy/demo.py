@@ -15,6 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -171,3 +172,17 @@ def run_demo(out: str | Path, size: str = "small", *, workers: int = 2, progress
     return {"out": out, "sweep": sweep_path, "summary": summary, "figures": figure_paths,
             "table": table, "seconds": elapsed}
 
+
+
+def cmd_demo(args: Any) -> int:
+    """`xrstudy demo`: run the miniature study and print where everything went."""
+    outcome = run_demo(args.out, args.size, workers=args.workers, progress=not args.no_progress)
+    print(f"\nresults:   {outcome['out'] / 'results'}")
+    print(f"notebooks: {outcome['out'] / 'runs'}/<run_id>/notebook.ipynb")
+    print(f"figures:   {outcome['out'] / 'figures'}")
+    for path in outcome["figures"]:
+        print(f"  {path}")
+    if not outcome["table"].empty:
+        print("\nmean ± SD over seeds (×100): PadChest-Cl mean AUC, digits accuracy")
+        print(outcome["table"].to_string())
+    return 1 if outcome["summary"].failed else 0

@@ -472,15 +472,7 @@ def explore_sources(frame: pd.DataFrame, out_dir: str | Path, *, per_source: int
 
 
 # ---- CLI --------------------------------------------------------------------------------------
-def add_commands(subparsers: Any) -> None:
-    """Register `xrstudy figures [--results DIR] [--out DIR]`."""
-    parser = subparsers.add_parser("figures", help="draw the paper's figures from a results store")
-    parser.add_argument("--results", default="xrstudy-out/results", help="results directory")
-    parser.add_argument("--out", default=None, help="output directory (default: <results parent>/figures)")
-    parser.set_defaults(func=_cmd_figures)
-
-
-def _cmd_figures(args: Any) -> int:
+def cmd_figures(args: Any) -> int:
     start = time.perf_counter()
     written = render_all(args.results, args.out)
     pngs = [p for p in written if p.suffix == ".png"]
@@ -496,5 +488,5 @@ def _cmd_figures(args: Any) -> int:
 __all__ = [
     "SOURCE_COLOURS", "source_colour", "model_colour", "shots_bar", "model_size", "fewshot_curves", "scale_curve",
     "save_figure", "render_table", "render_all", "full_shot_means", "scaling_fits", "source_counts", "finding_counts", "plot_finding_counts",
-    "plot_cooccurrence", "plot_uncertain_shares", "plot_sample_grid", "read_sources", "explore_sources", "add_commands",
+    "plot_cooccurrence", "plot_uncertain_shares", "plot_sample_grid", "read_sources", "explore_sources", "cmd_figures",
 ]  # fmt: skip

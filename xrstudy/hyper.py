@@ -7,6 +7,10 @@ STUDY.md can be unit-tested without a model, and the fastai schedule callback ju
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from xrstudy.config import RunConfig
 
 # BiT-HyperRule schedule table: (train-size upper bound, total steps, boundaries).
 # The first boundary ends the linear warm-up; the LR is divided by 10 at every later one
@@ -123,7 +127,70 @@ def steps_per_epoch(train_size: int, global_batch: int) -> int:
     return max(1, -(-train_size // global_batch))
 
 
+# ---- the resolved recipe of one cell -----------------------------------------------------------
+PRETRAIN_IMAGE_SIZE = 224  # the X-ray pre-training pipeline (and PadChest-Cl's transfer)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every number of a cell's recipe, resolved from its RunConfig and training-set size. Pure:
+    `xrstudy sweep plan` prints it, `xrstudy.train` runs it, so the plan is what runs."""
+
+    kind: str  # pretrain | transfer
+    steps: int
+    warmup: int
+    decays: tuple[int, ...]
+    base_lr: float
+    global_batch: int
+    weight_decay: float
+    mixup_alpha: float
+    resize: int  # images are cached at this side length
+    crop: int  # training crop side
+    eval_size: int  # evaluation images are resized to eval_size x eval_size
+    augment: str  # "bit" (random crop + flip) | "xray" (the authors' X-ray augmentation)
+    epochs: int = 0  # pre-training epochs (0 for transfers)
+
+    @property
+    def boundaries(self) -> tuple[int, ...]:
+        """BiT's notation: the end of the warm-up, then every decay step."""
+        return (self.warmup, *self.decays)
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(steps=self.steps, warmup=self.warmup, decays=self.decays, base_lr=self.base_lr)
+
+
+def recipe_for(cfg: RunConfig, train_size: int, image_hw: tuple[int, int], *, pipeline: str = "bit") -> Recipe:
+    """The recipe of `cfg` for a training set of `train_size` images of original size `image_hw`.
+
+    pipeline: the target's transfer pipeline (`xrstudy.sources.Source.transfer_pipeline`): "bit"
+    (BiT-HyperRule resolution) or "xray" (the pre-training pipeline at 224 px, PadChest-Cl).
+    """
+    if cfg.kind == "pretrain":
+        epochs = cfg.epochs or PRETRAIN_EPOCHS
+        steps = cfg.steps or epochs * steps_per_epoch(train_size, cfg.batch_size)
+        schedule = pretrain_schedule(steps, cfg.lr or pretrain_lr(cfg.batch_size))
+        size = cfg.image_size or PRETRAIN_IMAGE_SIZE
+        return Recipe(kind="pretrain", steps=schedule.steps, warmup=schedule.warmup, decays=schedule.decays,
+                      base_lr=schedule.base_lr, global_batch=cfg.batch_size, weight_decay=PRETRAIN_WEIGHT_DECAY,
+                      mixup_alpha=max(cfg.mixup, 0.0), resize=size, crop=size, eval_size=size, augment="xray",
+                      epochs=epochs)  # fmt: skip
+    rule = bit_hyperrule(train_size, image_hw, steps=cfg.steps)
+    if pipeline == "xray":
+        crop = cfg.image_size or PRETRAIN_IMAGE_SIZE
+        resize, augment = crop, "xray"
+    else:
+        crop = cfg.image_size or rule.crop
+        resize, augment = round(crop * rule.resize / rule.crop), "bit"
+    return Recipe(kind="transfer", steps=rule.steps, warmup=rule.warmup, decays=rule.decays,
+                  base_lr=cfg.lr or transfer_lr(cfg.batch_size), global_batch=cfg.batch_size,
+                  weight_decay=TRANSFER_WEIGHT_DECAY, mixup_alpha=rule.mixup_alpha if cfg.mixup < 0 else cfg.mixup,
+                  resize=resize, crop=crop, eval_size=crop, augment=augment)  # fmt: skip
+
+
 __all__ = [
+    "Recipe",
+    "recipe_for",
     "HyperRule",
     "Schedule",
     "bit_hyperrule",

@@ -14,8 +14,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from xrstudy.config import VIEWS
+
 META_COLUMNS = ("image_id", "path", "source", "patient_id", "study_id", "view", "sex", "age", "split", "raw_labels")
-VIEWS = ("PA", "AP", "AP_SUPINE", "LATERAL", "OTHER")
 UNCERTAIN_POLICIES = {"ignore": np.nan, "ones": 1.0, "zeros": 0.0}
 
 # "No Finding" is a CheXpert/MIMIC column, not a class: the policy reads it, then drops it.

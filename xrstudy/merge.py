@@ -14,9 +14,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from xrstudy.config import LABEL_SETS
 from xrstudy.labels import META_COLUMNS, finding_columns
-
-LABEL_SETS = ("intersection", "union")
 
 
 def merged_findings(tables: Sequence[pd.DataFrame], labels: str = "intersection") -> list[str]:

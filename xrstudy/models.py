@@ -10,8 +10,9 @@ Inits (`cfg.init`), resolved through the `INITS` registry:
   <path>.pt      an xrstudy checkpoint file (weights + `checkpoint.json` sidecar with its RunConfig,
                  split hash and the file's SHA-256)
 
-Heads (`HEADS`): "linear" (BiT: zero-initialised linear layer on the pooled features; the default for
-transfer and, with timm's init, the multi-label head of pre-training) or "concat" (fastai's
+Heads (`HEADS`): "linear" (a fresh linear / 1x1-conv layer on the pooled features, torch's default
+init as in the authors' code, or zero with `head_init: zero` as in BiT; with timm's init it is also
+the multi-label head of pre-training) or "concat" (fastai's
 concat-pool head).
 """
 
@@ -111,11 +112,10 @@ class ConcatPoolClassifier(nn.Module):
         return self.head
 
 
-def zero_linear_head(model: nn.Module, num_classes: int) -> nn.Module:
-    """BiT transfer head: a fresh linear classifier on pooled features, weights and bias zero."""
+def linear_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """A fresh classifier on pooled features (BiT ResNet-v2: a 1x1 conv), torch's default init --
+    what the authors' finetune.py builds; `head_init: zero` zeroes it afterwards, as BiT does."""
     model.reset_classifier(num_classes)
-    for param in model.get_classifier().parameters():
-        nn.init.zeros_(param)
     return model
 
 
@@ -125,7 +125,7 @@ def concat_pool_head(model: nn.Module, num_classes: int) -> nn.Module:
 
 
 HEADS: dict[str, Callable[[nn.Module, int], nn.Module]] = {
-    "linear": zero_linear_head,
+    "linear": linear_head,
     "concat": concat_pool_head,
 }
 
@@ -289,7 +289,7 @@ def create_model(cfg: RunConfig, num_classes: int, head: str = "linear", seed: i
     """The network of a cell: `cfg.arch` from timm, weights from `cfg.init`, then its head.
 
     Pre-training keeps timm's classifier with `num_classes` multi-label outputs; transfer swaps in
-    `HEADS[head]` (default: BiT's zero-initialised linear head). Random initialisation draws from a
+    `HEADS[head]` (default: a fresh linear / 1x1-conv head; `cfg.head_init` = zero gives BiT's zero head). Random initialisation draws from a
     generator seeded with `seed` (default `cfg.seed`) inside `torch.random.fork_rng`, so the same
     cell always starts from the same weights and the caller's global RNG state is left untouched.
     """
@@ -304,6 +304,9 @@ def create_model(cfg: RunConfig, num_classes: int, head: str = "linear", seed: i
         INITS[init_kind(cfg.init)](model, cfg, cfg.init)
         if cfg.kind == "transfer":
             model = HEADS[head](model, num_classes)
+            if cfg.head_init == "zero":
+                for param in model.get_classifier().parameters():
+                    nn.init.zeros_(param)
     return model
 
 

@@ -438,24 +438,7 @@ def import_legacy(legacy_dir: str | Path, results_dir: str | Path) -> list[Path]
 
 
 # ---- CLI --------------------------------------------------------------------------------------
-def add_commands(subparsers: Any) -> None:
-    """Register `xrstudy results table|import-legacy`."""
-    parser = subparsers.add_parser("results", help="the results store: tidy table, legacy import")
-    commands = parser.add_subparsers(dest="results_command", required=True)
-
-    show = commands.add_parser("table", help="all valid results as one tidy table")
-    show.add_argument("--results", default="xrstudy-out/results", help="results directory")
-    show.add_argument("--format", choices=("csv", "parquet"), default="csv")
-    show.add_argument("--out", default=None, help="write here instead of printing CSV to stdout")
-    show.set_defaults(func=_cmd_table)
-
-    legacy = commands.add_parser("import-legacy", help="import the paper's finetuning_results_*.csv")
-    legacy.add_argument("dir", help="directory with finetuning_results_{target}_{metric}.csv files")
-    legacy.add_argument("--results", default="xrstudy-out/results", help="results directory to write to")
-    legacy.set_defaults(func=_cmd_import_legacy)
-
-
-def _cmd_table(args: Any) -> int:
+def cmd_table(args: Any) -> int:
     frame = table(args.results)
     if args.out:
         print(write_table(frame, args.out, args.format))
@@ -466,7 +449,7 @@ def _cmd_table(args: Any) -> int:
     return 0
 
 
-def _cmd_import_legacy(args: Any) -> int:
+def cmd_import_legacy(args: Any) -> int:
     written = import_legacy(args.dir, args.results)
     print(f"imported {len(written)} paper runs into {args.results}")
     return 0
@@ -474,5 +457,6 @@ def _cmd_import_legacy(args: Any) -> int:
 
 __all__ = [
     "SCHEMA", "ResultError", "validate", "new_result", "save", "load", "is_done", "scan", "table",
-    "table_from_results", "write_table", "read_legacy", "legacy_results", "import_legacy", "add_commands",
+    "table_from_results", "write_table", "read_legacy", "legacy_results", "import_legacy", "cmd_table",
+    "cmd_import_legacy",
 ]  # fmt: skip

@@ -44,14 +44,20 @@ class Source:
     multilabel: bool  # multi-label findings (X-ray pre-training sources) or one `label` per image
     modality: str  # "xray" or "natural": images are grayscale or colour
     layout: str  # what `root` must hold, for error messages and the README
+    # What a plan needs without the files (xrstudy sweep plan with no roots):
+    published_train_size: int | None = None  # training images of the paper's split, as published
+    native_hw: tuple[int, int] | None = None  # typical original (height, width); None = large (>= 96 px)
+    transfer_pipeline: str = "bit"  # "bit": BiT-HyperRule resolution | "xray": the pre-training X-ray pipeline
+    shares_images_with: tuple[str, ...] = ()  # sources whose images this one contains (leak check)
 
 
 SOURCES: dict[str, Source] = {}
 
 
-def register(name: str, *, multilabel: bool, modality: str, layout: str) -> Callable[[Reader], Reader]:
+def register(name: str, *, multilabel: bool, modality: str, layout: str, **facts: object) -> Callable[[Reader], Reader]:
+    """Register an adapter; `facts` fill the optional Source fields (published sizes, pipeline, ...)."""
     def add(read: Reader) -> Reader:
-        SOURCES[name] = Source(name, read, multilabel, modality, layout)
+        SOURCES[name] = Source(name, read, multilabel, modality, layout, **facts)  # type: ignore[arg-type]
         return read
 
     return add
@@ -460,7 +466,8 @@ def read_padchest(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
                      **_padchest_meta(name, root, pc, metadata_only))
 
 
-@register("padchest-cl", multilabel=False, modality="xray", layout=PADCHEST_LAYOUT)
+@register("padchest-cl", multilabel=False, modality="xray", layout=PADCHEST_LAYOUT, published_train_size=37_387,
+          transfer_pipeline="xray", shares_images_with=("padchest",))
 def read_padchest_cl(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """PadChest-Cl: images whose label list holds exactly one term, that term (or "normal") as the class."""
     pc = _read_padchest_terms(root)
@@ -592,7 +599,7 @@ TUBERCULOSIS_LAYOUT = ("Shenzhen (CHNCXR_NNNN_L.png) and/or Montgomery (MCUCXR_N
                        "the root, e.g. ChinaSet_AllFiles/CXR_png/ and MontgomerySet/CXR_png/; L = 0 normal, 1 TB")
 
 
-@register("tuberculosis", multilabel=False, modality="xray", layout=TUBERCULOSIS_LAYOUT)
+@register("tuberculosis", multilabel=False, modality="xray", layout=TUBERCULOSIS_LAYOUT, published_train_size=679)
 def read_tuberculosis(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """Shenzhen + Montgomery TB sets; the label is the file-name suffix. The file names are the labels,
     so `metadata_only` reads the same files. Masks (any folder named *mask*, e.g. Montgomery's
@@ -701,14 +708,16 @@ def _read_cifar(name: str, root: Path, metadata_only: bool, *, folder: str, meta
     return pd.concat(tables, ignore_index=True)
 
 
-@register("cifar10", multilabel=False, modality="natural", layout=CIFAR10_LAYOUT)
+@register("cifar10", multilabel=False, modality="natural", layout=CIFAR10_LAYOUT, published_train_size=50_000,
+          native_hw=(32, 32))
 def read_cifar10(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     batches = [(f"data_batch_{i}", "train") for i in range(1, 6)] + [("test_batch", "test")]
     return _read_cifar(name, root, metadata_only, folder="cifar-10-batches-py", meta="batches.meta",
                        names_key="label_names", labels_key="labels", batches=batches)
 
 
-@register("cifar100", multilabel=False, modality="natural", layout=CIFAR100_LAYOUT)
+@register("cifar100", multilabel=False, modality="natural", layout=CIFAR100_LAYOUT, published_train_size=50_000,
+          native_hw=(32, 32))
 def read_cifar100(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """CIFAR-100 with its 100 fine labels (the coarse super-classes are not used by the study)."""
     return _read_cifar(name, root, metadata_only, folder="cifar-100-python", meta="meta",
@@ -721,7 +730,7 @@ PETS_LAYOUT = "annotations/trainval.txt and annotations/test.txt ('Abyssinian_10
 PETS_LINE = re.compile(r"^(?P<image>(?P<cls>\S+)_\d+)\s+(?P<id>\d+)\s+(?P<species>\d+)\s+(?P<breed>\d+)$")
 
 
-@register("pets", multilabel=False, modality="natural", layout=PETS_LAYOUT)
+@register("pets", multilabel=False, modality="natural", layout=PETS_LAYOUT, published_train_size=3_680)
 def read_pets(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """Oxford-IIIT Pets, 37 breeds; the class name is the image name without its trailing _NNN
     (cat breeds are capitalised in the originals, dog breeds are not: kept as distributed)."""
@@ -806,14 +815,15 @@ def _read_flowers(name: str, root: Path, metadata_only: bool, split_of: dict[str
                      label=[str(c) for c in classes[listed]])
 
 
-@register("flowers102", multilabel=False, modality="natural", layout=FLOWERS_LAYOUT)
+@register("flowers102", multilabel=False, modality="natural", layout=FLOWERS_LAYOUT, published_train_size=6_149)
 def read_flowers102(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """Flowers-102 as the paper uses it: official train and test swapped, i.e. train = tstid (6,149
     images), valid = valid (1,020), test = trnid (1,020). `flowers102-official` keeps the official split."""
     return _read_flowers(name, root, metadata_only, {"trnid": "test", "valid": "valid", "tstid": "train"})
 
 
-@register("flowers102-official", multilabel=False, modality="natural", layout=FLOWERS_LAYOUT)
+@register("flowers102-official", multilabel=False, modality="natural", layout=FLOWERS_LAYOUT,
+          published_train_size=1_020)
 def read_flowers102_official(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """Flowers-102 with the official split: train = trnid (1,020), valid = valid (1,020), test = tstid (6,149)."""
     return _read_flowers(name, root, metadata_only, {"trnid": "train", "valid": "valid", "tstid": "test"})

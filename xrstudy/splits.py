@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-SPLIT_MODES = ("official", "patient", "paper")
+from xrstudy.config import SPLIT_MODES
+
 SPLITS = ("train", "valid", "test")
 PAPER_SEED = 42
 PAPER_TEST_FRACTION = 0.1

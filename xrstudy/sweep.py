@@ -811,41 +811,7 @@ def _write_sbatch_scripts(folder, pretrain, transfer, params, executor, pretrain
 
 
 # ---- CLI --------------------------------------------------------------------------------------
-def _gpu_list(text: str) -> list[str]:
-    return [g.strip() for g in text.split(",") if g.strip()]
-
-
-def add_commands(subparsers: Any) -> None:
-    """Register `xrstudy sweep run|submit`."""
-    parser = subparsers.add_parser("sweep", help="run a sweep file: locally with papermill, or on SLURM")
-    commands = parser.add_subparsers(dest="sweep_command", required=True)
-
-    local = commands.add_parser("run", help="execute every unfinished cell here")
-    local.add_argument("sweep", help="sweep YAML")
-    local.add_argument("--workers", type=int, default=None, help="cells at once (default: one per GPU, else 1)")
-    local.add_argument("--gpus", type=_gpu_list, default=None, help="e.g. 0,1 (one cell per GPU at a time)")
-    local.add_argument("--only", default=None, help="glob over cell names / run ids (deps included)")
-    local.add_argument("--retries", type=int, default=1, help="retries when a kernel dies")
-    local.add_argument("--isolate", action="store_true",
-                       help="a fresh worker process (and kernel) per cell instead of one warm kernel per worker")
-    local.add_argument("--dry-run", action="store_true", help="list what would run")
-    local.add_argument("--no-progress", dest="progress", action="store_false")
-    local.set_defaults(func=_cmd_run)
-
-    cluster = commands.add_parser("submit", help="submit to SLURM through submitit")
-    cluster.add_argument("sweep", help="sweep YAML")
-    cluster.add_argument("--backend", choices=("slurm", "local", "debug"), default="slurm")
-    cluster.add_argument("--folder", default=None, help="submitit folder (default: <out_dir>/slurm)")
-    cluster.add_argument("--partition", default=None)
-    cluster.add_argument("--timeout-min", type=int, default=24 * 60)
-    cluster.add_argument("--gpus-per-node", type=int, default=1)
-    cluster.add_argument("--pretrain-nodes", type=int, default=1)
-    cluster.add_argument("--only", default=None)
-    cluster.add_argument("--dry-run", action="store_true", help="write the sbatch scripts for review")
-    cluster.set_defaults(func=_cmd_submit)
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
     cells = load_sweep(args.sweep)
     workers = args.workers if args.workers is not None else max(1, len(args.gpus or []))
     summary = run(cells, workers=workers, gpus=args.gpus, only=args.only, retries=args.retries,
@@ -858,7 +824,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
-def _cmd_submit(args: argparse.Namespace) -> int:
+def cmd_submit(args: argparse.Namespace) -> int:
     cells = load_sweep(args.sweep)
     folder = args.folder or str(Path(cells[0].out_dir if cells else "xrstudy-out") / "slurm")
     info = submit(cells, backend=args.backend, folder=folder, dry_run=args.dry_run, only=args.only,

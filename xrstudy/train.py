@@ -3,7 +3,7 @@
 Read it top to bottom -- it is the whole path from a RunConfig to a result JSON:
 
     study   = data.prepare(cfg)                      tables, classes, split hash
-    recipe  = RECIPES[cfg.kind](cfg, study, ...)     steps, LR schedule, augmentation, sizes
+    recipe  = recipe_of(cfg, len(study.train), ...)  steps, LR schedule, sizes (xrstudy.hyper.recipe_for)
     splits  = load_splits(cfg, study, size)          uint8 images from the image cache + targets
     model   = create_model(cfg, num_classes)         timm network, init, head
     learn   = make_learner(model, splits.train, setup)
@@ -89,56 +89,20 @@ def start_process(cfg: RunConfig) -> Process:
 
 
 # ---- the recipe of a cell ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class Recipe:
-    schedule: hyper.Schedule
-    augment: Augment
-    eval_size: int
-    cache_size: int  # images are cached (and kept in memory) at this side length
-    weight_decay: float
-    mixup_alpha: float
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-def pretrain_recipe(cfg: RunConfig, train_size: int, image_hw: tuple[int, int]) -> Recipe:
-    """The paper's X-ray pre-training: 90 epochs (15 warm-up, x0.1 at 30/60/80), SGD wd 1e-4, AGC."""
-    epochs = cfg.epochs or hyper.PRETRAIN_EPOCHS
-    steps = cfg.steps or epochs * hyper.steps_per_epoch(train_size, cfg.batch_size)
-    lr = cfg.lr or hyper.pretrain_lr(cfg.batch_size)
-    size = cfg.image_size
-    return Recipe(
-        schedule=hyper.pretrain_schedule(steps, lr),
-        augment=Augment(out_size=size, shift=0.25, scale=0.1, rotate_deg=45.0, flip=True),
-        eval_size=size,
-        cache_size=size,
-        weight_decay=hyper.PRETRAIN_WEIGHT_DECAY,
-        mixup_alpha=max(cfg.mixup, 0.0),
-        details={"epochs": epochs},
-    )
-
-
-def transfer_recipe(cfg: RunConfig, train_size: int, image_hw: tuple[int, int]) -> Recipe:
-    """BiT-HyperRule; `image_size` is the crop, cached at the HyperRule's resize:crop ratio."""
-    rule = hyper.bit_hyperrule(train_size, image_hw, steps=cfg.steps)
-    lr = cfg.lr or hyper.transfer_lr(cfg.batch_size)
-    crop = cfg.image_size
-    resize = round(crop * rule.resize / rule.crop)
-    return Recipe(
-        schedule=hyper.transfer_schedule(rule, lr),
-        augment=Augment(out_size=crop, crop_fraction=crop / resize, flip=True),
-        eval_size=crop,
-        cache_size=resize,
-        weight_decay=hyper.TRANSFER_WEIGHT_DECAY,
-        mixup_alpha=rule.mixup_alpha if cfg.mixup < 0 else cfg.mixup,
-        details={"hyperrule": {"steps": rule.steps, "boundaries": list(rule.boundaries),
-                               "resize": rule.resize, "crop": rule.crop}},
-    )
-
-
-RECIPES: dict[str, Callable[[RunConfig, int, tuple[int, int]], Recipe]] = {
-    "pretrain": pretrain_recipe,
-    "transfer": transfer_recipe,
+# The numbers come from xrstudy.hyper.recipe_for (pure, shared with `xrstudy sweep plan`); here they
+# become the learner's augmentation.
+AUGMENTS: dict[str, Callable[[hyper.Recipe], Augment]] = {
+    "bit": lambda r: Augment(out_size=r.crop, crop_fraction=r.crop / r.resize, flip=True),
+    "xray": lambda r: Augment(out_size=r.crop, shift=0.25, scale=0.1, rotate_deg=45.0, flip=True),
 }
+
+
+def recipe_of(cfg: RunConfig, train_size: int, image_hw: tuple[int, int]) -> hyper.Recipe:
+    from xrstudy import sources
+
+    name = cfg.target if cfg.kind == "transfer" else ""
+    pipeline = sources.source_of(name).transfer_pipeline if name else "xray"
+    return hyper.recipe_for(cfg, train_size, image_hw, pipeline=pipeline)
 
 
 # ---- images and targets -----------------------------------------------------------------------
@@ -283,8 +247,8 @@ def _run(cfg: RunConfig, proc: Process, resume: bool, callbacks: Sequence[Any], 
     # Recipe first (it fixes the cache size), then the images at that size.
     mode = image_mode(cfg, study.train)
     original_hw = probe_image(study.train["path"])[1]
-    recipe = RECIPES[cfg.kind](cfg, len(study.train), original_hw)
-    splits, quarantined = load_splits(cfg, study, recipe.cache_size, mode)
+    recipe = recipe_of(cfg, len(study.train), original_hw)
+    splits, quarantined = load_splits(cfg, study, recipe.resize, mode)
 
     # Model, and the training state to resume from.
     model = create_model(cfg, num_classes=len(classes), head=cfg.head)
@@ -301,7 +265,7 @@ def _run(cfg: RunConfig, proc: Process, resume: bool, callbacks: Sequence[Any], 
         schedule=recipe.schedule,
         per_device_batch=cfg.batch_size // proc.world,
         seed=cfg.seed,
-        augment=recipe.augment,
+        augment=AUGMENTS[recipe.augment](recipe),
         eval_size=recipe.eval_size,
         weight_decay=recipe.weight_decay,
         mixup_alpha=recipe.mixup_alpha,
@@ -340,7 +304,7 @@ def _run(cfg: RunConfig, proc: Process, resume: bool, callbacks: Sequence[Any], 
         checkpoint = write_checkpoint(run_dir / CHECKPOINT, learn.model, {
             "arch": base_arch(cfg.arch), "run_id": cfg.run_id, "config": cfg.to_dict(),
             "split_sha256": study.split_sha256, "classes": list(classes), "multilabel": multilabel,
-            "step": recipe.schedule.steps,
+            "step": recipe.steps,
         })
     state_path.unlink(missing_ok=True)  # finished: the result (and checkpoint) supersede it
 
@@ -352,7 +316,7 @@ def _run(cfg: RunConfig, proc: Process, resume: bool, callbacks: Sequence[Any], 
 
 def _result(cfg: RunConfig, study: Any, splits: dict[str, Split], quarantined: dict[str, int],
             metrics: dict[str, float], per_class: dict[str, Any], ci: dict[str, Any], checkpoint: Any,
-            proc: Process, timings: dict[str, float], recipe: Recipe) -> dict[str, Any]:
+            proc: Process, timings: dict[str, float], recipe: hyper.Recipe) -> dict[str, Any]:
     from xrstudy import results
 
     dropped = dict(study.dropped)
@@ -372,7 +336,7 @@ def _result(cfg: RunConfig, study: Any, splits: dict[str, Split], quarantined: d
         git_commit=_git_commit(),
         device=_device_name(proc.device) + (f" x{proc.world}" if proc.world > 1 else ""),
         timings=timings,
-        last_step=recipe.schedule.steps,
+        last_step=recipe.steps,
     )
 
 
@@ -383,17 +347,7 @@ def save_result(result: dict[str, Any], cfg: RunConfig) -> Path:
 
 
 # ---- command line -----------------------------------------------------------------------------
-def add_commands(subparsers: Any) -> None:
-    """`xrstudy train CONFIG.yaml [--resume]` (works under torchrun)."""
-    parser = subparsers.add_parser("train", help="run one study cell from a RunConfig YAML")
-    parser.add_argument("config", type=Path, help="RunConfig YAML (the fields of xrstudy.config.RunConfig)")
-    parser.add_argument("--resume", action="store_true", help="continue from {run_dir}/train_state.pt if present")
-    parser.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
-                        help="also save the training state every STEPS steps (default: every 10 minutes)")
-    parser.set_defaults(func=_cmd_train)
-
-
-def _cmd_train(args: Any) -> int:
+def cmd_train(args: Any) -> int:
     cfg = RunConfig.from_yaml(args.config)
     result = run(cfg, resume=args.resume, checkpoint_every_steps=args.checkpoint_every)
     if result:
@@ -402,5 +356,5 @@ def _cmd_train(args: Any) -> int:
     return 0
 
 
-__all__ = ["run", "RECIPES", "Recipe", "pretrain_recipe", "transfer_recipe", "load_splits", "evaluate",
-           "add_commands", "start_process"]
+__all__ = ["run", "recipe_of", "AUGMENTS", "load_splits", "evaluate",
+           "cmd_train", "start_process"]
