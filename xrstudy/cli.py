@@ -144,10 +144,10 @@ def _add_results(sub: Any) -> None:
     show.add_argument("--out", default=None, help="write here instead of printing CSV to stdout")
     _handler(show, "xrstudy.results:cmd_table")
 
-    legacy = commands.add_parser("import-legacy", help="import the paper's finetuning_results_*.csv")
+    legacy = commands.add_parser("import-legacy", help="import the paper's finetuning_results_*.csv in xrstudy's names")
     legacy.add_argument("dir", help="directory with finetuning_results_{target}_{metric}.csv files")
     legacy.add_argument("--results", default="xrstudy-out/results", help="results directory to write to")
-    _handler(legacy, "xrstudy.results:cmd_import_legacy")
+    _handler(legacy, "xrstudy.legacy:cmd_import_legacy")
 
 
 def _add_models(sub: Any) -> None:
