@@ -329,12 +329,14 @@ def scan(results_dir: str | Path) -> Scan:
 
 
 # ---- tidy table -------------------------------------------------------------------------------
-# timm pretrained tags → the paper's source names.
+# timm pretrained tags → default init labels. Google's BiT-M weights are not the authors' ImageNet
+# models (those are `init: paper`, label imagenet1k / imagenet21k): the "google_" prefix keeps their
+# bars apart from the paper's unless a sweep sets `init_label` on purpose.
 TIMM_TAG_LABELS = {
-    "goog_in21k": "imagenet21k",
-    "goog_in21k_ft_in1k": "imagenet21k_ft_imagenet1k",
-    "goog_distilled_in1k": "imagenet1k_distilled",
-    "goog_teacher_in21k_ft_in1k": "imagenet21k_ft_imagenet1k",
+    "goog_in21k": "google_imagenet21k",
+    "goog_in21k_ft_in1k": "google_imagenet21k_ft_imagenet1k",
+    "goog_distilled_in1k": "google_imagenet1k_distilled",
+    "goog_teacher_in21k_ft_in1k": "google_imagenet21k_ft_imagenet1k",
 }
 _BIT_ARCH = re.compile(r"resnetv2_(\d+x\d+)_bit")
 
