@@ -101,7 +101,8 @@ def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
 
 
 def test_table_resolves_pretrain_inits(tmp_path):
-    pre = RunConfig(kind="pretrain", sources=("chexpert", "mimic"), arch="resnetv2_152x4_bit", data_fraction=0.5)
+    # Sources listed in any order still name the model as the paper does (chexpert_mimic).
+    pre = RunConfig(kind="pretrain", sources=("mimic", "chexpert"), arch="resnetv2_152x4_bit", data_fraction=0.5)
     results.save(results.new_result(pre, {"valid/auc": 0.7}), tmp_path)
     transfer = _cfg(init=f"run:{pre.run_id}", arch="resnetv2_152x4_bit", target="padchest-cl", shots=0)
     results.save(results.new_result(transfer, {"test/auc": 0.83}, last_step=500), tmp_path)

@@ -348,6 +348,16 @@ def arch_short(arch: str) -> str:
     return match.group(1) if match else base
 
 
+PAPER_SOURCE_ORDER = ("chexpert", "mimic", "nih", "padchest")  # as the authors name their models
+
+
+def source_label(sources: Iterable[str]) -> str:
+    """Pre-training sources -> the paper's label: ("nih", "chexpert") -> `chexpert_nih` (their order, then
+    any other source alphabetically), so a model lines up with the paper's whatever order a sweep lists."""
+    rank = {name: i for i, name in enumerate(PAPER_SOURCE_ORDER)}
+    return "_".join(sorted(sources, key=lambda name: (rank.get(name, len(rank)), name)))
+
+
 def default_init_label(config: dict[str, Any], pretrain_configs: dict[str, dict[str, Any]]) -> str:
     """How figures name an init when the config leaves `init_label` empty."""
     init = config.get("init", "scratch")
@@ -357,7 +367,7 @@ def default_init_label(config: dict[str, Any], pretrain_configs: dict[str, dict[
     if init.startswith("run:"):
         parent = pretrain_configs.get(init[4:])
         if parent is not None:
-            return parent.get("init_label") or "_".join(parent.get("sources", [])) or parent.get("name", init)
+            return parent.get("init_label") or source_label(parent.get("sources", [])) or parent.get("name", init)
         return init
     if init == "paper":  # the authors' released checkpoint needs init_label; say so when it is missing
         return "paper"
@@ -389,9 +399,9 @@ def _rows(result: dict[str, Any], pretrain_configs: dict[str, dict[str, Any]]) -
             "target": config.get("target", "") if kind == "transfer" else "+".join(sources),
             "arch": config.get("arch", ""),
             "init": init,
-            "init_label": init_label if kind == "transfer" else (config.get("init_label") or "_".join(sources)),
+            "init_label": init_label if kind == "transfer" else (config.get("init_label") or source_label(sources)),
             "pretrained_model": pretrained_model_name(
-                init_label if kind == "transfer" else "_".join(sources), config.get("arch", "")
+                init_label if kind == "transfer" else source_label(sources), config.get("arch", "")
             ),
             "shots": shots,
             "shot": "full_shot" if shots == 0 else f"{shots}_shot",
