@@ -168,3 +168,209 @@ def test_checkpoint_loads_with_weights_only(pretrained, monkeypatch):
     monkeypatch.setattr(torch, "load", spy)
     read_checkpoint(info["path"], arch=TINY)
     assert seen == [True]
+
+
+# ---- init: paper -- the authors' released checkpoints (big_transfer naming) ------------------------
+def bit_reference_forward(state: dict[str, torch.Tensor], x: torch.Tensor, groups: int = 32,
+                          eps: float = 1e-10) -> torch.Tensor:
+    """BiT ResNet-v2 computed straight from big_transfer-named tensors, as their bit.py wires it:
+    weight-standardised convs, pre-activation units with the stride on the 3x3 conv and the projection
+    on the pre-activated input, stem conv -> pad 1 -> max-pool 3/2, head GN -> ReLU -> mean -> 1x1 conv."""
+    import torch.nn.functional as F
+
+    def conv(inp, weight, stride=1, padding=0):
+        var, mean = torch.var_mean(weight, dim=(1, 2, 3), keepdim=True, unbiased=False)
+        return F.conv2d(inp, (weight - mean) / torch.sqrt(var + eps), stride=stride, padding=padding)
+
+    def gn_relu(inp, name):
+        return F.relu(F.group_norm(inp, groups, state[f"{name}.weight"], state[f"{name}.bias"]))
+
+    x = conv(x, state["root.conv.weight"], stride=2, padding=3)
+    x = F.max_pool2d(F.pad(x, (1, 1, 1, 1)), 3, stride=2)
+    for block in sorted({k.split(".")[1] for k in state if k.startswith("body.")}):
+        for unit in sorted({k.split(".")[2] for k in state if k.startswith(f"body.{block}.")}):
+            name = f"body.{block}.{unit}"
+            stride = 2 if unit == "unit01" and block != "block1" else 1
+            out = gn_relu(x, f"{name}.gn1")
+            projection = state.get(f"{name}.downsample.weight")
+            shortcut = x if projection is None else conv(out, projection, stride)
+            out = conv(out, state[f"{name}.conv1.weight"])
+            out = conv(gn_relu(out, f"{name}.gn2"), state[f"{name}.conv2.weight"], stride, padding=1)
+            x = conv(gn_relu(out, f"{name}.gn3"), state[f"{name}.conv3.weight"]) + shortcut
+    x = gn_relu(x, "head.gn").mean(dim=(2, 3), keepdim=True)
+    return F.conv2d(x, state["head.conv.weight"], state["head.conv.bias"]).flatten(1)
+
+
+def randomised(arch: str, num_classes: int, seed: int = 0) -> torch.nn.Module:
+    """A timm BiT with every tensor random (GroupNorm gammas/betas too, so a swapped name shows)."""
+    model = timm.create_model(arch, num_classes=num_classes)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            scale = 0.1 if name.endswith("bias") else 1.0
+            offset = 1.0 if "norm" in name and name.endswith("weight") else 0.0  # GroupNorm gammas around 1
+            param.copy_(torch.randn(param.shape, generator=generator) * scale + offset)
+    return model.eval()
+
+
+def save_in_authors_format(model: torch.nn.Module, path, prefix: str = "") -> None:
+    """What their pretrain.py saves: {"model": state dict, "optimizer": ..., "epoch": ...}."""
+    from xrstudy.paper_weights import to_paper_state
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {prefix + k: v.clone() for k, v in to_paper_state(model.state_dict()).items()}
+    optimizer = {"state": {}, "param_groups": [{"lr": 0.04, "momentum": 0.9, "nesterov": True, "params": [0, 1]}]}
+    torch.save({"model": state, "optimizer": optimizer, "epoch": 41}, path)
+
+
+def test_key_map_covers_every_tensor_of_both_released_sizes_one_to_one():
+    from xrstudy.paper_weights import key_map
+
+    small, large = key_map("resnetv2_50x1_bit"), key_map("resnetv2_152x4_bit")  # meta device: no memory
+    assert len(small) == 153 and len(large) == 459
+    assert small["root.conv.weight"] == ("stem.conv.weight", (64, 3, 7, 7))
+    downsample = ("stages.0.blocks.0.downsample.conv.weight", (256, 64, 1, 1))
+    assert small["body.block1.unit01.downsample.weight"] == downsample
+    assert small["body.block4.unit03.gn3.bias"] == ("stages.3.blocks.2.norm3.bias", (512,))
+    assert large["body.block3.unit36.conv2.weight"] == ("stages.2.blocks.35.conv2.weight", (1024, 1024, 3, 3))
+    assert large["head.gn.weight"] == ("norm.weight", (8192,)) and large["head.conv.bias"][0] == "head.fc.bias"
+    backbone_params = sum(torch.Size(shape).numel() for name, (_, shape) in large.items()
+                          if not name.startswith("head.conv"))
+    assert backbone_params == 928_340_224  # R152x4, ~928M as the paper says
+    assert len({timm_name for timm_name, _ in large.values()}) == len(large)
+
+
+@pytest.mark.parametrize("arch, groups, size", [(TINY, 8, 32), ("resnetv2_50x1_bit", 32, 64)])
+def test_init_paper_computes_what_big_transfer_computes(tmp_path, arch, groups, size):
+    """Not just names: the model `init: paper` builds from the authors' file gives the logits that the
+    same tensors give in big_transfer's wiring (pre-training kind: their head is kept when it fits)."""
+    from xrstudy.paper_weights import to_paper_state
+
+    source = randomised(arch, 5)
+    save_in_authors_format(source, tmp_path / f"chexpert_bit{'tiny' if arch == TINY else '50x1'}" / "model.pth.tar")
+    model = create_model(pretrain_cfg(arch=arch, init="paper", init_label="chexpert", weights_dir=str(tmp_path)), 5)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    reference = bit_reference_forward(to_paper_state(source.state_dict()), x, groups=groups)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_import_paper_round_trips_a_full_size_r50x1(tmp_path, capsys):
+    """timm R50x1 -> the authors' names and file format -> `xrstudy models import-paper` -> every tensor back."""
+    from xrstudy import cli
+
+    source = randomised("resnetv2_50x1_bit", 13)  # a CheXpert-like 13-class pre-training head
+    path = tmp_path / "chexpert_bit50x1" / "model.pth.tar"
+    save_in_authors_format(source, path)
+    out = tmp_path / "converted.pth"
+    command = ["models", "import-paper", str(path), "--arch", "resnetv2_50x1_bit", "--out", str(out)]
+    assert cli.main([*command, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["tensors"] == 153 and report["backbone_parameters"] == 23_500_352 and report["head_classes"] == 13
+    assert {"from": "body.block2.unit01.downsample.weight", "to": "stages.1.blocks.0.downsample.conv.weight",
+            "shape": [512, 256, 1, 1]} in report["loaded"]
+    converted = torch.load(out, weights_only=True)
+    original = source.state_dict()
+    assert converted.keys() == original.keys()
+    assert all(torch.equal(converted[k], original[k]) for k in original)
+    rebuilt = timm.create_model("resnetv2_50x1_bit", num_classes=13)
+    rebuilt.load_state_dict(converted)  # strict: a complete timm state dict
+    assert cli.main(command) == 0
+    printed = capsys.readouterr().out
+    assert "root.conv.weight" in printed and "stem.conv.weight" in printed and "23,500,352" in printed
+
+
+def test_init_paper_loads_the_backbone_and_builds_a_fresh_head(tmp_path, monkeypatch):
+    source = randomised(TINY, 13)
+    save_in_authors_format(source, tmp_path / "chexpert_mimic_bittiny" / "model.pth.tar", prefix="module.")
+    seen = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: seen.append(kw.get("weights_only")) or real_load(*a, **kw))
+    cfg = transfer_cfg(init="paper", init_label="chexpert_mimic", weights_dir=str(tmp_path))
+    model = create_model(cfg, 3)
+    assert seen == [True] and same_backbone(model, source)
+    head = model.get_classifier()
+    assert head.out_channels == 3 and torch.count_nonzero(head.weight) > 0  # the authors' fresh default-init conv
+    again = create_model(cfg, 3)  # the head's init is seeded by the cell, not by what was loaded before
+    assert torch.equal(again.get_classifier().weight, head.weight)
+
+
+def test_paper_checkpoint_errors_name_the_file_the_arch_and_the_keys(tmp_path):
+    from xrstudy.paper_weights import read_paper_checkpoint, to_paper_state
+
+    cfg = transfer_cfg(init="paper", init_label="chexpert", weights_dir=str(tmp_path))
+    with pytest.raises(CheckpointError) as err:  # missing: where it was looked for and how to get it
+        create_model(cfg, 2)
+    assert str(tmp_path / "chexpert_bittiny" / "model.pth.tar") in str(err.value)
+    assert "download_model.sh chexpert_bittiny" in str(err.value) and "resnetv2_tiny_bit" in str(err.value)
+    with pytest.raises(CheckpointError, match="needs init_label"):
+        create_model(transfer_cfg(init="paper", weights_dir=str(tmp_path)), 2)
+    with pytest.raises(CheckpointError, match="needs a BiT ResNet-v2 arch"):
+        create_model(transfer_cfg(init="paper", init_label="chexpert", arch="resnet18"), 2)
+
+    path = tmp_path / "chexpert_bittiny" / "model.pth.tar"
+    save_in_authors_format(randomised(TINY, 13), path)
+    full = path.read_bytes()
+    path.write_bytes(full[: len(full) // 2])  # truncated download
+    with pytest.raises(CheckpointError, match=rf"{path}: cannot read the authors' checkpoint for arch '{TINY}'"):
+        create_model(cfg, 2)
+
+    model = randomised(TINY, 13)
+    bit_state = to_paper_state(model.state_dict())
+    del bit_state["body.block2.unit01.gn1.weight"]
+    bit_state["body.block5.unit01.conv1.weight"] = torch.zeros(1)
+    torch.save({"model": bit_state}, path)
+    with pytest.raises(CheckpointError) as err:
+        read_paper_checkpoint(path, TINY)
+    message = str(err.value)
+    assert str(path) in message and "'resnetv2_tiny_bit'" in message
+    assert "1 missing, first: body.block2.unit01.gn1.weight" in message
+    assert "1 unexpected, first: body.block5.unit01.conv1.weight" in message
+
+    save_in_authors_format(model, path)  # the tiny model's file read as an R50x1: shapes and keys disagree
+    with pytest.raises(CheckpointError, match=r"does not fit arch 'resnetv2_50x1_bit'.*missing.*with another shape"):
+        read_paper_checkpoint(path, "resnetv2_50x1_bit")
+    torch.save({"model": model.state_dict()}, path)  # already in timm names
+    with pytest.raises(CheckpointError, match="already converted"):
+        read_paper_checkpoint(path, TINY)
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(CheckpointError, match="expected a dict with a 'model' state dict"):
+        read_paper_checkpoint(path, TINY)
+
+
+def test_released_names_follow_the_authors_folders():
+    from xrstudy.paper_weights import RELEASED, paper_model_name
+
+    assert len(RELEASED) == 12 and "chexpert_mimic_nih_padchest_bit152x4" in RELEASED
+    assert paper_model_name("imagenet21k", "resnetv2_50x1_bit") == "imagenet21k_bit50x1"
+    assert paper_model_name("chexpert_mimic", "resnetv2_152x4_bit.some_tag") == "chexpert_mimic_bit152x4"
+
+
+@pytest.mark.slow
+def test_tiny_paper_init_transfer_runs_end_to_end(tmp_path):
+    """A transfer cell with `init: paper` on CPU: the authors' file format in, a result JSON out."""
+    from test_train import shapes_study
+    from test_train import transfer_cfg as train_transfer_cfg
+
+    from xrstudy import results, train
+
+    save_in_authors_format(randomised(TINY, 13), tmp_path / "weights" / "chexpert_mimic_bittiny" / "model.pth.tar")
+    cfg = train_transfer_cfg(tmp_path / "out", init="paper", init_label="chexpert_mimic",
+                             weights_dir=str(tmp_path / "weights"))
+    result = train.run(cfg, study=shapes_study(tmp_path / "shapes"))
+    assert result["status"] == "ok" and result["last_step"] == cfg.steps
+    assert 0.0 <= result["metrics"]["test/acc"] <= 1.0
+    row = results.table(cfg.results_dir).iloc[0]
+    assert (row.init, row.init_label, row.origin) == ("paper", "chexpert_mimic", "xrstudy")
+
+
+def test_import_paper_cli_bad_file_is_one_line_and_exit_2(tmp_path, capsys):
+    from xrstudy import cli
+
+    missing = tmp_path / "imagenet21k_bit152x4" / "model.pth.tar"
+    out = tmp_path / "o.pth"
+    code = cli.main(["models", "import-paper", str(missing), "--arch", "resnetv2_152x4_bit", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"{missing}: no such checkpoint file (arch 'resnetv2_152x4_bit')" in err
+    assert not out.exists()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from xrstudy import results
+from xrstudy import legacy, results
 from xrstudy.config import RunConfig
 
 LEGACY = Path(__file__).parent / "data" / "legacy"
@@ -20,8 +21,10 @@ def _cfg(**changes) -> RunConfig:
     return RunConfig(**{**base, **changes})
 
 
-def _result(cfg: RunConfig, status: str = "ok", **metrics) -> dict:
-    return results.new_result(cfg, metrics or {"test/acc": 0.9, "test/auc": 0.8}, status=status)
+def _result(cfg: RunConfig, status: str = "ok", per_class: dict | None = None, ci: dict | None = None,
+            **metrics) -> dict:
+    extra = {k: v for k, v in (("per_class", per_class), ("ci", ci)) if v is not None}
+    return results.new_result(cfg, metrics or {"test/acc": 0.9, "test/auc": 0.8}, status=status, **extra)
 
 
 def test_save_load_round_trip(tmp_path):
@@ -98,7 +101,8 @@ def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
 
 
 def test_table_resolves_pretrain_inits(tmp_path):
-    pre = RunConfig(kind="pretrain", sources=("chexpert", "mimic"), arch="resnetv2_152x4_bit", data_fraction=0.5)
+    # Sources listed in any order still name the model as the paper does (chexpert_mimic).
+    pre = RunConfig(kind="pretrain", sources=("mimic", "chexpert"), arch="resnetv2_152x4_bit", data_fraction=0.5)
     results.save(results.new_result(pre, {"valid/auc": 0.7}), tmp_path)
     transfer = _cfg(init=f"run:{pre.run_id}", arch="resnetv2_152x4_bit", target="padchest-cl", shots=0)
     results.save(results.new_result(transfer, {"test/auc": 0.83}, last_step=500), tmp_path)
@@ -112,7 +116,8 @@ def test_table_resolves_pretrain_inits(tmp_path):
         "chexpert_mimic", "chexpert_mimic_bit152x4", "full_shot", 0,
     )  # fmt: skip
     assert row.data_fraction == 0.5 and row.last_step == 500 and row.origin == "xrstudy"
-    assert frame[frame.run_id == timm.run_id].iloc[0].pretrained_model == "imagenet21k_bit50x1"
+    # Google's BiT-M weights are not the authors' ImageNet-21k model: their own name unless labelled.
+    assert frame[frame.run_id == timm.run_id].iloc[0].pretrained_model == "google_imagenet21k_bit50x1"
 
 
 def test_import_legacy_drops_duplicates_and_keeps_values(tmp_path):
@@ -136,7 +141,7 @@ def test_import_legacy_drops_duplicates_and_keeps_values(tmp_path):
 def test_legacy_bad_columns_are_named(tmp_path):
     (tmp_path / "finetuning_results_x_acc.csv").write_text("value,metric\n1,test/acc\n")
     with pytest.raises(results.ResultError, match="missing columns"):
-        results.read_legacy(tmp_path)
+        legacy.read_legacy(tmp_path)
 
 
 def test_cli_table_and_import(tmp_path, capsys):
@@ -147,3 +152,171 @@ def test_cli_table_and_import(tmp_path, capsys):
     out = tmp_path / "t.csv"
     assert cli.main(["results", "table", "--results", str(store), "--out", str(out)]) == 0
     assert len(pd.read_csv(out)) == 3 * 45  # three files, 5 models x 3 shots x 3 seeds each
+
+
+# ---- the paper's CSVs in xrstudy's names -------------------------------------------------------------
+PUBLISHED = Path(__file__).parent / "data" / "legacy-published"  # real rows of the authors' results/
+
+
+def test_import_legacy_records_the_papers_cell_in_xrstudy_names(tmp_path):
+    results.import_legacy(LEGACY, tmp_path)
+    found = results.scan(tmp_path).results
+    padchest = [r for r in found if r["legacy"]["dataset"] == "padchest"]
+    assert padchest and all(r["config"]["target"] == "padchest-cl" for r in padchest)
+    one = next(r for r in padchest if r["legacy"]["pretrained_model"] == "chexpert_bit50x1"
+               and r["legacy"]["shot"] == "10_shot" and r["config"]["seed"] == 1)
+    config = one["config"]
+    assert (config["kind"], config["init"], config["init_label"], config["arch"], config["shots"]) == (
+        "transfer", "paper", "chexpert", "resnetv2_50x1_bit", 10)
+    assert one["last_step"] == 500 and one["origin"] == "paper" and set(one["metrics"]) == {"test/auc", "test/ap"}
+    # Paper runs never take a new run's id: the same cell run by xrstudy is still to do.
+    assert one["run_id"].startswith("paper-") and not results.is_done(RunConfig.from_dict(config), tmp_path)
+
+
+def test_published_csvs_import_with_every_row_accounted_for(tmp_path, capsys):
+    from xrstudy import cli
+
+    assert cli.main(["results", "import-legacy", str(PUBLISHED), "--results", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    raw = pd.concat([pd.read_csv(p) for p in PUBLISHED.glob("*.csv")])
+    assert f"{len(raw)} rows from 13 files ({len(raw.drop_duplicates())} distinct" in printed
+    assert "all stored" in printed
+    found = results.scan(tmp_path).results
+    stored_lines = sum(len(lines) for r in found for lines in r["legacy"]["rows"].values())
+    assert stored_lines == len(raw)
+
+    frame = results.table(tmp_path)
+    assert set(frame.target) == {"padchest-cl", "covidx", "tuberculosis", "flowers102", "cifar10"}
+    assert set(frame.metric) == {"test/acc", "test/auc", "test/ap"}  # per-class files are not headline metrics
+    # The paper's PadChest-Cl numbers (mean AUC x 100 over 5 seeds): full shot and 10-shot.
+    auc = frame[(frame.target == "padchest-cl") & (frame.metric == "test/auc")]
+    means = (auc.groupby(["shot", "pretrained_model"]).value.mean() * 100).round(1)
+    assert means["full_shot"][["imagenet21k_bit152x4", "chexpert_mimic_bit152x4", "chexpert_bit152x4",
+                                "chexpert_bit50x1"]].tolist() == [84.0, 83.1, 81.8, 73.0]
+    assert (means["10_shot", "chexpert_mimic_nih_bit152x4"], means["10_shot", "imagenet21k_bit152x4"]) == (69.1, 63.6)
+    cifar = frame[(frame.target == "cifar10") & (frame.pretrained_model == "imagenet21k_bit152x4")]
+    assert round(cifar.value.mean() * 100, 1) == 97.8 and set(cifar.last_step) == {10_000}
+    nih = frame[(frame.pretrained_model == "nih_bit152x4") & (frame.shot == "1_shot")]
+    assert dict(zip(nih.seed, nih.last_step)) == {0: 400, 1: 400, 2: 500, 3: 400, 4: 400}  # as published
+
+    per_class = [r for r in found if r.get("per_class")]
+    assert {r["config"]["target"] for r in per_class} == {"padchest-cl"} and len(per_class) == 5
+    assert all(set(r["per_class"]) == {"ap", "f1", "recall"} and set(r["per_class"]["ap"]) == {"0"} for r in per_class)
+
+
+def test_paper_rows_and_new_runs_line_up_in_one_table(tmp_path):
+    """New runs of the paper's cells share target, metric, pretrained_model and shot with the paper's rows."""
+    results.import_legacy(PUBLISHED, tmp_path)
+    pre = RunConfig(kind="pretrain", sources=("chexpert",), arch="resnetv2_50x1_bit")
+    new = [
+        _cfg(target="padchest-cl", shots=10, seed=0, init="paper", init_label="chexpert_mimic_nih",
+             arch="resnetv2_152x4_bit"),
+        _cfg(target="padchest-cl", shots=0, seed=0, init="paper", init_label="imagenet21k", arch="resnetv2_152x4_bit"),
+        _cfg(target="padchest-cl", shots=0, seed=0, init=f"run:{pre.run_id}", arch="resnetv2_50x1_bit"),
+        _cfg(target="covidx", shots=0, seed=0, init="paper", init_label="imagenet21k", arch="resnetv2_152x4_bit"),
+    ]
+    assert not any(results.is_done(cfg, tmp_path) for cfg in new)
+    results.save(results.new_result(pre, {"valid/auc": 0.7}), tmp_path)
+    for cfg in new:  # the sample holds COVIDx acc and AUC only
+        metrics = {"test/auc": 0.8, "test/acc": 0.7, **({"test/ap": 0.6} if cfg.target == "padchest-cl" else {})}
+        results.save(results.new_result(cfg, metrics), tmp_path)
+    frame = results.table(tmp_path)
+    key = ["target", "metric", "pretrained_model", "shot"]
+    ours = frame[(frame.origin == "xrstudy") & (frame.kind == "transfer")]
+    paper = frame[frame.origin == "paper"]
+    joined = ours.merge(paper, on=key, suffixes=("", "_paper"))
+    assert set(map(tuple, joined[key].values)) == set(map(tuple, ours[key].values))  # every new row has paper rows
+    assert set(ours.pretrained_model) == {"chexpert_mimic_nih_bit152x4", "imagenet21k_bit152x4", "chexpert_bit50x1"}
+    bitm = _cfg(target="padchest-cl", shots=0, init="timm", arch="resnetv2_152x4_bit.goog_in21k")  # not theirs
+    results.save(results.new_result(bitm, {"test/auc": 0.8}), tmp_path)
+    assert set(results.table(tmp_path).query("run_id == @bitm.run_id").pretrained_model) == {
+        "google_imagenet21k_bit152x4"}
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("0.5,test/acc,p,,1_shot,chexpert_bit50x1,cifar10,500", "blank 'seed'"),
+    ("0.5,test/acc,p,1,1_shot,,cifar10,500", "blank 'pretrained_model'"),
+    ("0.5,test/acc,p,one,1_shot,chexpert_bit50x1,cifar10,500", "could not convert string to float: 'one'"),
+    ("0.5,test/acc,p,1,one_shot,chexpert_bit50x1,cifar10,500", "shot 'one_shot'"),
+    ("0.5,test/acc,p,1,1_shot,chexpert_bit50x1,cifar10,500,9", "more fields than the header"),
+])
+def test_legacy_row_that_cannot_be_stored_is_an_error_naming_file_and_line(tmp_path, line, problem):
+    """Issue 13 item 5: a blank seed or key used to vanish in a groupby while the import said success."""
+    source = tmp_path / "csv"
+    source.mkdir()
+    header = "metric_value,metric,path,seed,shot,pretrained_model,dataset,last_step\n"
+    good = "0.4,test/acc,p,0,1_shot,chexpert_bit50x1,cifar10,500\n"
+    (source / "finetuning_results_cifar10_test_acc.csv").write_text(header + good + good + line + "\n")
+    with pytest.raises(results.ResultError) as err:
+        results.import_legacy(source, tmp_path / "store")
+    assert "finetuning_results_cifar10_test_acc.csv:4" in str(err.value) and problem in str(err.value)
+    assert not (tmp_path / "store").exists(), "nothing written"
+
+
+def test_legacy_run_metric_with_two_values_names_both_lines(tmp_path):
+    header = "metric_value,metric,path,seed,shot,pretrained_model,dataset,last_step\n"
+    (tmp_path / "finetuning_results_padchest_test_mean_auc.csv").write_text(
+        header + "0.7,test/mean_auc,p,0,full_shot,chexpert_bit50x1,padchest,500\n"
+        "0.8,test/mean_auc,p,0,full_shot,chexpert_bit50x1,padchest,500\n")
+    with pytest.raises(results.ResultError, match=r"test/auc has 2 values \(finetuning_results_padchest_test_mean_auc"
+                                                  r"\.csv:2, finetuning_results_padchest_test_mean_auc\.csv:3\)"):
+        legacy.legacy_results(legacy.read_legacy(tmp_path))
+
+
+# ---- store faults (issue 13) ------------------------------------------------------------------------
+def test_table_of_a_missing_store_or_a_file_is_an_error(tmp_path, capsys):
+    """Issue 13 item 6: a missing store used to print a header and exit 0."""
+    from xrstudy import cli
+
+    cases = ((tmp_path / "nope", "no such results directory"), (tmp_path / "file.json", "not a directory"))
+    for where, reason in cases:
+        if where.suffix:
+            where.write_text("{}")
+        assert cli.main(["results", "table", "--results", str(where)]) == 2
+        assert f"{where}: {reason}" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["results", "table", "--results", str(tmp_path / "empty")]) == 0  # empty, but there
+
+
+def test_special_files_in_the_store_are_reported_not_waited_on(tmp_path):
+    """Issue 13 item 7: a FIFO named *.json used to block `results table` forever."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = _cfg()
+    results.save(_result(cfg), tmp_path)
+    os.mkfifo(tmp_path / "transfer-fifo.json")
+    (tmp_path / "folder.json").mkdir()
+    done = subprocess.run([sys.executable, "-m", "xrstudy.cli", "results", "table", "--results", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and cfg.run_id in done.stdout
+    assert "transfer-fifo.json: a FIFO, not a result file" in done.stderr
+    assert "folder.json: a directory, not a result file" in done.stderr
+    with pytest.raises(results.ResultError, match="a FIFO"):
+        results.load(tmp_path / "transfer-fifo.json")
+    assert not results.is_done(cfg.replace(seed=9), tmp_path)
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    (("config", "seed"), "abc", "config.seed should be int, got str"),
+    (("config", "arch"), 5, "config.arch should be str, got int"),
+    (("config", "shots"), True, "config.shots should be int, got bool"),
+    (("config", "sources"), "chexpert", "config.sources should be a list of strings"),
+    (("per_class", "auc"), 0.5, "per_class['auc'] should map class names"),
+    (("ci", "test/auc"), "wide", "ci['test/auc'] should be [low, high]"),
+])
+def test_result_with_matching_digest_but_wrong_types_is_left_out(tmp_path, field, value, reason):
+    """Issue 13: a well-formed, digest-matching file with wrong types used to crash `results table`."""
+    good = _cfg(seed=1)
+    results.save(_result(good), tmp_path)
+    bad = results.load(results.save(_result(_cfg(seed=2), per_class={"auc": {"a": 0.5}}, ci={}), tmp_path))
+    section, key = field
+    bad.setdefault(section, {})[key] = value
+    bad["digest"] = results._digest(bad)  # a digest that matches: only the types are wrong
+    (tmp_path / f"{bad['run_id']}.json").write_text(json.dumps(bad))
+    with pytest.raises(results.ResultError, match=re.escape(reason)):
+        results.load(tmp_path / f"{bad['run_id']}.json")
+    with pytest.warns(UserWarning, match=re.escape(reason)):
+        frame = results.table(tmp_path)
+    assert set(frame.run_id) == {good.run_id}

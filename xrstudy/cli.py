@@ -1,4 +1,4 @@
-"""`xrstudy` command line: demo, data, train, sweep, results, figures.
+"""`xrstudy` command line: demo, data, train, sweep, models, results, figures.
 
 The whole parser is built here from light modules only (`xrstudy.config` holds every allowed
 value), so `xrstudy --help` and every command's `--help` answer without importing torch, timm,
@@ -144,10 +144,23 @@ def _add_results(sub: Any) -> None:
     show.add_argument("--out", default=None, help="write here instead of printing CSV to stdout")
     _handler(show, "xrstudy.results:cmd_table")
 
-    legacy = commands.add_parser("import-legacy", help="import the paper's finetuning_results_*.csv")
+    legacy = commands.add_parser("import-legacy", help="import the paper's finetuning_results_*.csv in xrstudy's names")
     legacy.add_argument("dir", help="directory with finetuning_results_{target}_{metric}.csv files")
     legacy.add_argument("--results", default="xrstudy-out/results", help="results directory to write to")
-    _handler(legacy, "xrstudy.results:cmd_import_legacy")
+    _handler(legacy, "xrstudy.legacy:cmd_import_legacy")
+
+
+def _add_models(sub: Any) -> None:
+    models = sub.add_parser("models", help="model weights: convert the authors' released checkpoints")
+    commands = models.add_subparsers(dest="models_command", required=True)
+
+    convert = commands.add_parser(
+        "import-paper", help="convert one of the authors' model.pth.tar (big_transfer naming) to a timm state dict")
+    convert.add_argument("file", type=Path, help="e.g. pretrained_models/chexpert_mimic_bit152x4/model.pth.tar")
+    convert.add_argument("--arch", required=True, help="timm BiT ResNet-v2: resnetv2_50x1_bit or resnetv2_152x4_bit")
+    convert.add_argument("--out", type=Path, required=True, help="output file (torch.save of name -> tensor)")
+    convert.add_argument("--json", action="store_true", help="print one JSON object (every tensor renamed)")
+    _handler(convert, "xrstudy.paper_weights:cmd_import_paper")
 
 
 def _add_figures(sub: Any) -> None:
@@ -157,8 +170,8 @@ def _add_figures(sub: Any) -> None:
     _handler(figures, "xrstudy.figures:cmd_figures")
 
 
-COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (_add_demo, _add_data, _add_train, _add_sweep, _add_results,
-                                                     _add_figures)  # fmt: skip
+COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (_add_demo, _add_data, _add_train, _add_sweep, _add_models,
+                                                     _add_results, _add_figures)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

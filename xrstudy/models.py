@@ -6,6 +6,8 @@ Inits (`cfg.init`), resolved through the `INITS` registry:
   scratch        timm's own initialisation
   timm           the pretrained tag in `cfg.arch` (e.g. resnetv2_50x1_bit.goog_in21k), read from a local
                  file under `cfg.weights_dir` -- never downloaded
+  paper          the authors' released checkpoint `{weights_dir}/{init_label}_bit{50x1|152x4}/model.pth.tar`,
+                 renamed from big_transfer's naming to timm's (xrstudy.paper_weights)
   run:<run_id>   the xrstudy checkpoint of an earlier pre-training cell, `{out_dir}/runs/<run_id>/checkpoint.pt`
   <path>.pt      an xrstudy checkpoint file (weights + `checkpoint.json` sidecar with its RunConfig,
                  split hash and the file's SHA-256)
@@ -272,9 +274,19 @@ def init_checkpoint(model: nn.Module, cfg: RunConfig, arg: str) -> None:
     load_backbone(model, ckpt.state, origin=str(ckpt.path))
 
 
+def init_paper(model: nn.Module, cfg: RunConfig, arg: str) -> None:
+    """The authors' released checkpoint `{weights_dir}/{init_label}_bit{size}/model.pth.tar`."""
+    from xrstudy import paper_weights  # imported here: it builds on this module
+
+    path = paper_weights.paper_weight_file(cfg)
+    load_backbone(model, paper_weights.read_paper_checkpoint(path, cfg.arch), origin=str(path))
+    paper_weights.use_bit_numerics(model)  # their weights were trained with big_transfer's standardisation eps
+
+
 INITS: dict[str, Callable[[nn.Module, RunConfig, str], None]] = {
     "scratch": init_scratch,
     "timm": init_timm,
+    "paper": init_paper,  # the authors' released checkpoints (big_transfer naming, xrstudy.paper_weights)
     "checkpoint": init_checkpoint,  # run:<run_id> or a path
 }
 

@@ -5,8 +5,13 @@ A result file is `{results_dir}/{run_id}.json` (schema in docs/design.md). `save
 file from a truncated or hand-edited one; such files raise `ResultError` and `table` leaves them out
 with a warning instead of plotting them.
 
-The paper's published CSVs are imported into the same schema (`origin: "paper"`), so the paper's
-numbers and new runs sit in one table and one figure.
+`load` opens only regular files (a FIFO or directory named `*.json` is reported, never waited on);
+`scan` / `table` refuse a store that is missing or not a directory. `validate` checks types down to the
+config's fields, so a result with a matching digest but wrong types is reported and left out too.
+
+The paper's published CSVs are imported into the same schema (`origin: "paper"`, xrstudy.legacy), so
+the paper's numbers and new runs sit in one table and one figure. (About 470 lines: the schema, the
+file rules and the tidy table are one contract; the legacy import lives in xrstudy.legacy.)
 """
 
 from __future__ import annotations
@@ -16,15 +21,17 @@ import json
 import math
 import os
 import re
+import stat
 import uuid
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal, get_origin
 
 import pandas as pd
 
+from xrstudy import config as config_module
 from xrstudy.config import ConfigError, RunConfig
 
 SCHEMA = "xrstudy.result/1"
@@ -107,16 +114,66 @@ def validate(result: Any) -> dict[str, Any]:
             problems.append(f"metric {name!r} should be a number or null, got {type(value).__name__}")
     config = result.get("config")
     if isinstance(config, dict):
-        try:
-            RunConfig.from_dict(config, origin="config")
-        except (ConfigError, TypeError) as err:
-            problems.append(f"config is not a RunConfig: {err}")
-    if result.get("status") == "ok" and isinstance(result.get("metrics"), dict) and not result["metrics"]:
+        typed = _config_type_problems(config)
+        problems += typed
+        if not typed:
+            try:
+                RunConfig.from_dict(config, origin="config")
+            except (ConfigError, TypeError, ValueError) as err:
+                problems.append(f"config is not a RunConfig: {err}")
+    problems += _nested_type_problems(result)
+    if result.get("status") == "ok" and isinstance(result.get("metrics"), dict) and not result["metrics"] \
+            and not result.get("per_class"):
         problems.append("status 'ok' with no metrics")
     if problems:
         label = run_id if isinstance(run_id, str) else "<no run_id>"
         raise ResultError(f"result {label}: " + "; ".join(problems))
     return result
+
+
+# JSON types of RunConfig fields by annotation (Literal choices are strings; tuples are JSON lists of strings).
+_CONFIG_JSON_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    return isinstance(value, types) and (bool in types or not isinstance(value, bool))
+
+
+def _config_type_problems(config: dict[str, Any]) -> list[str]:
+    """Each stored config field has its RunConfig type (a `seed: "abc"` would crash the table later)."""
+    problems = []
+    for f in fields(RunConfig):
+        if f.name not in config:
+            continue
+        value, annotation = config[f.name], str(f.type)
+        if annotation.startswith("tuple["):
+            ok, wanted = isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of strings"
+        else:
+            alias = getattr(config_module, annotation, None)  # Kind, Head, ...: Literal choices of strings
+            types = (str,) if get_origin(alias) is Literal else _CONFIG_JSON_TYPES.get(annotation)
+            if types is None:  # a type this check does not know: RunConfig itself decides
+                continue
+            ok, wanted = _is(value, types), " or ".join(t.__name__ for t in types)
+        if not ok:
+            problems.append(f"config.{f.name} should be {wanted}, got {type(value).__name__} {value!r}"[:200])
+    return problems
+
+
+def _nested_type_problems(result: dict[str, Any]) -> list[str]:
+    """per_class: {measure: {class: number|null}}; ci: {metric: [lo, hi]}."""
+    problems = []
+    per_class = result.get("per_class")
+    if isinstance(per_class, dict):
+        for measure, values in per_class.items():
+            if not isinstance(values, dict) or not all(v is None or _is(v, _NUMBER) for v in values.values()):
+                problems.append(f"per_class[{measure!r}] should map class names to numbers or null")
+    ci = result.get("ci")
+    if isinstance(ci, dict):
+        for metric, bounds in ci.items():
+            if bounds is not None and not (isinstance(bounds, list) and len(bounds) == 2
+                                           and all(b is None or _is(b, _NUMBER) for b in bounds)):
+                problems.append(f"ci[{metric!r}] should be [low, high]")
+    return problems
 
 
 def _digest(result: dict[str, Any]) -> str:
@@ -194,7 +251,7 @@ def load(path: str | Path) -> dict[str, Any]:
     """Read and check one result file; ResultError when it is unreadable, truncated, edited or off-schema."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_regular_file(path).decode("utf-8")
     except FileNotFoundError:
         raise ResultError(f"{path}: no such result file") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -214,6 +271,25 @@ def load(path: str | Path) -> dict[str, Any]:
     if path.stem != result["run_id"]:
         raise ResultError(f"{path}: file name does not match run_id {result['run_id']!r}")
     return result
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of `path` if it is a regular file (symlinks followed); opened non-blocking and checked
+    on the open descriptor, so a FIFO named *.json is refused instead of waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+            raise ResultError(f"{path}: {kind}, not a result file; only regular files are read")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read()
+    finally:
+        os.close(fd)
 
 
 def _is_ok(path: Path) -> bool:
@@ -237,8 +313,14 @@ class Scan:
 
 
 def scan(results_dir: str | Path) -> Scan:
+    """Every `*.json` of the store, loaded or with the reason it was not; a missing store is an error."""
+    results_dir = Path(results_dir)
+    if not results_dir.exists():
+        raise ResultError(f"{results_dir}: no such results directory")
+    if not results_dir.is_dir():
+        raise ResultError(f"{results_dir}: not a directory; --results takes the folder of result JSONs")
     results, invalid = [], []
-    for path in sorted(Path(results_dir).glob("*.json")):
+    for path in sorted(results_dir.glob("*.json")):
         try:
             results.append(load(path))
         except ResultError as err:
@@ -247,12 +329,14 @@ def scan(results_dir: str | Path) -> Scan:
 
 
 # ---- tidy table -------------------------------------------------------------------------------
-# timm pretrained tags → the paper's source names.
+# timm pretrained tags → default init labels. Google's BiT-M weights are not the authors' ImageNet
+# models (those are `init: paper`, label imagenet1k / imagenet21k): the "google_" prefix keeps their
+# bars apart from the paper's unless a sweep sets `init_label` on purpose.
 TIMM_TAG_LABELS = {
-    "goog_in21k": "imagenet21k",
-    "goog_in21k_ft_in1k": "imagenet21k_ft_imagenet1k",
-    "goog_distilled_in1k": "imagenet1k_distilled",
-    "goog_teacher_in21k_ft_in1k": "imagenet21k_ft_imagenet1k",
+    "goog_in21k": "google_imagenet21k",
+    "goog_in21k_ft_in1k": "google_imagenet21k_ft_imagenet1k",
+    "goog_distilled_in1k": "google_imagenet1k_distilled",
+    "goog_teacher_in21k_ft_in1k": "google_imagenet21k_ft_imagenet1k",
 }
 _BIT_ARCH = re.compile(r"resnetv2_(\d+x\d+)_bit")
 
@@ -264,6 +348,16 @@ def arch_short(arch: str) -> str:
     return match.group(1) if match else base
 
 
+PAPER_SOURCE_ORDER = ("chexpert", "mimic", "nih", "padchest")  # as the authors name their models
+
+
+def source_label(sources: Iterable[str]) -> str:
+    """Pre-training sources -> the paper's label: ("nih", "chexpert") -> `chexpert_nih` (their order, then
+    any other source alphabetically), so a model lines up with the paper's whatever order a sweep lists."""
+    rank = {name: i for i, name in enumerate(PAPER_SOURCE_ORDER)}
+    return "_".join(sorted(sources, key=lambda name: (rank.get(name, len(rank)), name)))
+
+
 def default_init_label(config: dict[str, Any], pretrain_configs: dict[str, dict[str, Any]]) -> str:
     """How figures name an init when the config leaves `init_label` empty."""
     init = config.get("init", "scratch")
@@ -273,8 +367,10 @@ def default_init_label(config: dict[str, Any], pretrain_configs: dict[str, dict[
     if init.startswith("run:"):
         parent = pretrain_configs.get(init[4:])
         if parent is not None:
-            return parent.get("init_label") or "_".join(parent.get("sources", [])) or parent.get("name", init)
+            return parent.get("init_label") or source_label(parent.get("sources", [])) or parent.get("name", init)
         return init
+    if init == "paper":  # the authors' released checkpoint needs init_label; say so when it is missing
+        return "paper"
     if init.startswith("paper:"):
         return init[len("paper:") :]
     if init == "scratch":
@@ -303,9 +399,9 @@ def _rows(result: dict[str, Any], pretrain_configs: dict[str, dict[str, Any]]) -
             "target": config.get("target", "") if kind == "transfer" else "+".join(sources),
             "arch": config.get("arch", ""),
             "init": init,
-            "init_label": init_label if kind == "transfer" else (config.get("init_label") or "_".join(sources)),
+            "init_label": init_label if kind == "transfer" else (config.get("init_label") or source_label(sources)),
             "pretrained_model": pretrained_model_name(
-                init_label if kind == "transfer" else "_".join(sources), config.get("arch", "")
+                init_label if kind == "transfer" else source_label(sources), config.get("arch", "")
             ),
             "shots": shots,
             "shot": "full_shot" if shots == 0 else f"{shots}_shot",
@@ -331,7 +427,13 @@ def table(results_dir: str | Path, *, status: str = "ok") -> pd.DataFrame:
 def table_from_results(results: Iterable[dict[str, Any]], *, status: str = "ok") -> pd.DataFrame:
     results = list(results)
     pretrain_configs = {r["run_id"]: r["config"] for r in results if r["config"].get("kind") == "pretrain"}
-    rows = [row for r in results if r["status"] == status for row in _rows(r, pretrain_configs)]
+    rows = []
+    for result in (r for r in results if r["status"] == status):
+        try:  # validate() has checked the types; this is the last guard for one odd result
+            rows += list(_rows(result, pretrain_configs))
+        except (TypeError, ValueError, AttributeError, KeyError) as err:
+            warnings.warn(f"left out of the table: result {result.get('run_id')!r}: {type(err).__name__}: {err}",
+                          stacklevel=2)
     frame = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     frame = frame.astype({"shots": "int64", "seed": "int64", "value": "float64", "data_fraction": "float64"})
     frame["last_step"] = frame["last_step"].astype("Int64")
@@ -355,86 +457,12 @@ def write_table(frame: pd.DataFrame, out: str | Path, fmt: str | None = None) ->
     return out
 
 
-# ---- the paper's published CSVs ---------------------------------------------------------------
-LEGACY_COLUMNS = ("metric_value", "metric", "path", "seed", "shot", "pretrained_model", "dataset", "last_step")
-_LEGACY_FILE = re.compile(r"finetuning_results_(?P<target>.+)_(?P<metric>[^_]+)\.csv")
-
-
-def parse_shot(shot: str) -> int:
-    """`500_shot` → 500, `full_shot` → 0."""
-    if shot == "full_shot":
-        return 0
-    match = re.fullmatch(r"(\d+)_shot", str(shot))
-    if not match:
-        raise ResultError(f"shot {shot!r}; expected '<k>_shot' or 'full_shot'")
-    return int(match.group(1))
-
-
-def parse_pretrained_model(name: str) -> tuple[str, str]:
-    """`imagenet21k_bit152x4` → (`imagenet21k`, `resnetv2_152x4_bit`)."""
-    source, sep, size = str(name).rpartition("_bit")
-    if not sep or not re.fullmatch(r"\d+x\d+", size):
-        raise ResultError(f"pretrained_model {name!r}; expected '{{source}}_bit{{50x1|152x4|...}}'")
-    return source, f"resnetv2_{size}_bit"
-
-
-def read_legacy(legacy_dir: str | Path) -> pd.DataFrame:
-    """All `finetuning_results_{target}_{metric}.csv` under `legacy_dir`, duplicates dropped."""
-    paths = sorted(p for p in Path(legacy_dir).rglob("finetuning_results_*.csv") if _LEGACY_FILE.fullmatch(p.name))
-    if not paths:
-        raise ResultError(f"{legacy_dir}: no finetuning_results_{{target}}_{{metric}}.csv files")
-    frames = []
-    for path in paths:
-        frame = pd.read_csv(path)
-        missing = set(LEGACY_COLUMNS) - set(frame.columns)
-        if missing:
-            raise ResultError(f"{path}: missing columns {sorted(missing)}; expected {list(LEGACY_COLUMNS)}")
-        frames.append(frame[list(LEGACY_COLUMNS)].assign(file=path.name))
-    rows = pd.concat(frames, ignore_index=True).drop_duplicates(subset=list(LEGACY_COLUMNS))
-    # The same (run, metric) with different values: keep the first, but say so.
-    key = ["dataset", "pretrained_model", "shot", "seed", "metric"]
-    conflicts = rows.duplicated(subset=key, keep="first")
-    if conflicts.any():
-        warnings.warn(f"{int(conflicts.sum())} legacy rows repeat a (run, metric) with another value; kept the first")
-    return rows.loc[~conflicts].reset_index(drop=True)
-
-
-def legacy_results(rows: pd.DataFrame) -> list[dict[str, Any]]:
-    """Legacy rows → result dicts (one per dataset / model / shot / seed), `origin: "paper"`."""
-    results = []
-    for (dataset, model, shot, seed), group in rows.groupby(
-        ["dataset", "pretrained_model", "shot", "seed"], sort=True
-    ):
-        source, arch = parse_pretrained_model(model)
-        cfg = RunConfig(
-            name=f"paper:{dataset}/{model}/{shot}/seed_{seed}",
-            kind="transfer",
-            target=str(dataset),
-            shots=parse_shot(shot),
-            seed=int(seed),
-            arch=arch,
-            init=f"paper:{source}",
-            init_label=source,
-        )
-        steps = pd.to_numeric(group["last_step"], errors="coerce").dropna()
-        results.append(
-            {
-                "schema": SCHEMA,
-                "run_id": cfg.run_id,
-                "status": "ok",
-                "config": cfg.to_dict(),
-                "metrics": {str(m): float(v) for m, v in zip(group["metric"], group["metric_value"])},
-                "origin": "paper",
-                "last_step": int(steps.max()) if len(steps) else None,
-                "legacy": {"paths": sorted(set(group["path"].astype(str))), "files": sorted(set(group["file"]))},
-            }
-        )
-    return results
-
-
+# ---- the paper's published CSVs (xrstudy.legacy) --------------------------------------------
 def import_legacy(legacy_dir: str | Path, results_dir: str | Path) -> list[Path]:
-    """Store the paper's published CSVs as result JSONs in `results_dir`; returns the files written."""
-    return [save(result, results_dir) for result in legacy_results(read_legacy(legacy_dir))]
+    """Store the paper's published CSVs as result JSONs in `results_dir` (see xrstudy.legacy)."""
+    from xrstudy import legacy  # imported here: it builds on this module
+
+    return legacy.import_legacy(legacy_dir, results_dir)
 
 
 # ---- CLI --------------------------------------------------------------------------------------
@@ -449,14 +477,7 @@ def cmd_table(args: Any) -> int:
     return 0
 
 
-def cmd_import_legacy(args: Any) -> int:
-    written = import_legacy(args.dir, args.results)
-    print(f"imported {len(written)} paper runs into {args.results}")
-    return 0
-
-
 __all__ = [
     "SCHEMA", "ResultError", "validate", "new_result", "save", "load", "is_done", "scan", "table",
-    "table_from_results", "write_table", "read_legacy", "legacy_results", "import_legacy", "cmd_table",
-    "cmd_import_legacy",
+    "table_from_results", "write_table", "import_legacy", "cmd_table",
 ]  # fmt: skip
