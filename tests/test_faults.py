@@ -20,10 +20,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
-from xrstudy import cli, images, io, layouts, models, phantoms, sources, train
+from xrstudy import cli, images, io, layouts, models, phantoms, sources, splits, train
 from xrstudy.config import ConfigError, RunConfig, parent_run_id, parse_root
 
 SMALL = phantoms.PhantomStyle(height=24, width=20)
@@ -121,7 +122,6 @@ def test_cli_reports_bad_input_clearly_and_exits_2(tmp_path, capsys):
 def test_label_csv_reader_reads_what_pandas_reads(tmp_path):
     """read_table's Arrow reader matches pd.read_csv: NA-like cells, text ids, dates kept as text,
     booleans, and a quoted value over two lines."""
-    import pandas as pd
 
     path = tmp_path / "labels.csv"
     path.write_text('id,date,flag,score,note\n007,2015-01-02,True,1.0,"two\nlines"\n008,2016-03-04,False,NA,\n'
@@ -434,6 +434,9 @@ def test_enospc_in_the_shared_writers_and_the_cli_names_the_path(tmp_path, monke
     cfg = RunConfig(target="t")
     with pytest.raises(io.DiskFullError, match=r"cell\.yaml"):
         cfg.to_yaml(tmp_path / "cell.yaml")
+    table = pd.DataFrame({"source": ["s"], "image_id": ["a"], "split": ["train"]})
+    with pytest.raises(io.DiskFullError, match=r"no space left on device writing .*splits/s\.csv"):
+        splits.save_split(table, tmp_path / "splits" / "s.csv")
 
     def handler(_args):
         raise OSError(errno.ENOSPC, "No space left on device")  # a writer that did not say which file

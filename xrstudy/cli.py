@@ -209,11 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("XRSTUDY_DEBUG"):
             raise
         # Our errors (ConfigError, SourceError, DiskFullError, ...) carry the file/field at fault.
-        print(f"xrstudy: error: {_one_line(err)}", file=sys.stderr)
+        print(f"xrstudy: error: {_message(err)}", file=sys.stderr)
         return 2
 
 
-def _one_line(err: BaseException) -> str:
+def _message(err: BaseException) -> str:
     """The error's message; a full disk says so and names the file when the OS gave one."""
     from xrstudy.io import DiskFullError, is_disk_full
 
