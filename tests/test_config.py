@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+from typing import Literal, get_origin
 
 import pytest
 
+from xrstudy import config
 from xrstudy.config import EXECUTION_FIELDS, FIELD_NAMES, ConfigError, RunConfig
 
 
@@ -90,3 +93,34 @@ def test_head_is_a_checked_choice_that_feeds_run_id():
     assert base.head == "linear" and RunConfig(target="digits", head="concat").run_id != base.run_id
     with pytest.raises(ConfigError, match="head"):
         RunConfig(target="digits", head="mlp")
+
+
+# ---- every field is checked by its annotation (a field added later is covered without an entry) ----
+_WRONG_TYPE = {int: "1", float: "fast", bool: "yes", str: ["a", "b"]}
+
+
+def _wrong_value(name):
+    hint = config._HINTS[name]
+    origin = get_origin(hint)
+    if origin is tuple:
+        return 5
+    if origin is Literal:
+        return "no-such-choice"
+    return _WRONG_TYPE[hint]
+
+
+@pytest.mark.parametrize("name", FIELD_NAMES)
+def test_every_field_rejects_a_value_of_the_wrong_type_naming_field_and_value(name):
+    wrong = _wrong_value(name)
+    with pytest.raises(ConfigError, match=rf"^notebook parameters: RunConfig\.{name} = {re.escape(repr(wrong))}; "
+                                          rf"expected "):
+        RunConfig.from_parameters({"target": "cifar10", name: wrong})
+
+
+def test_checks_are_built_from_annotations_so_new_fields_are_covered():
+    check = config._field_check("new_count", int)  # a field nobody listed in RANGES
+    assert check(3) == 3
+    with pytest.raises(ConfigError, match=r"RunConfig\.new_count = '3'; expected an integer"):
+        check("3")
+    assert set(config.RANGES) <= set(FIELD_NAMES) and set(config.ONLY_FOR_KIND) <= set(FIELD_NAMES)
+    assert set(config.ONLY_FOR_KIND.values()) <= set(config.KINDS)

@@ -170,7 +170,8 @@ def test_cli_inspect_and_merge_json(roots, capsys):
     assert cli.main(["data", "inspect", "nih", "--root", str(roots["nih"]), "--views", "PA", "--metadata-only",
                      "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert set(summary) == {"source", "images", "patients", "views", "labels"}
+    assert set(summary) == {"source", "images", "patients", "views", "labels", "notes"}
+    assert summary["notes"]["age_unreadable"] == 0 and "no official split" in summary["notes"]["official_split"]
     assert summary["images"] == 67310 and summary["views"] == {"AP": 44810, "PA": 67310}
     assert set(summary["labels"]["Effusion"]) == {"positive", "negative", "unknown"}
     entries = [f"--source=nih={roots['nih']}", f"--source=chexpert={roots['chexpert']}"]

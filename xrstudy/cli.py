@@ -4,6 +4,9 @@ The whole parser is built here from light modules only (`xrstudy.config` holds e
 value), so `xrstudy --help` and every command's `--help` answer without importing torch, timm,
 fastai or pandas. Each command names its handler as "module:function"; the module is imported
 only when that command runs.
+
+Importing this module loads the standard library alone: everything else is imported inside `main`,
+so Ctrl-C at any moment of start-up ends with one line and exit status 130, not a traceback.
 """
 
 from __future__ import annotations
@@ -15,17 +18,30 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from xrstudy.config import LABEL_SETS, UNCERTAIN_POLICIES, VIEWS
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 # ---- argument types -------------------------------------------------------------------------
 def views_arg(text: str) -> tuple[str, ...]:
     """`PA,AP` -> ("PA", "AP"); the canonical view names of xrstudy.config.VIEWS."""
+    from xrstudy.config import VIEWS
+
     views = tuple(v.strip() for v in text.split(",") if v.strip())
     unknown = sorted(set(views) - set(VIEWS))
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown view(s) {unknown}; choose from {','.join(VIEWS)}")
     return views
+
+
+def root_entry_arg(text: str) -> str:
+    """`NAME=DIR`, checked by xrstudy.config.parse_root (the one parser of root entries)."""
+    from xrstudy.config import ConfigError, parse_root
+
+    try:
+        parse_root(text, origin="--source")
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def gpu_list_arg(text: str) -> list[str]:
@@ -48,6 +64,8 @@ def _add_demo(sub: Any) -> None:
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
+    from xrstudy.config import UNCERTAIN_POLICIES
+
     parser.add_argument("--views", type=views_arg, default=(), help="keep these views, e.g. PA,AP (default: all)")
     parser.add_argument("--uncertain", choices=UNCERTAIN_POLICIES, default="ignore",
                         help="uncertain (-1) labels become NaN (ignore, the paper's), 1 (ones) or 0 (zeros)")
@@ -56,6 +74,8 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_data(sub: Any) -> None:
+    from xrstudy.config import LABEL_SETS
+
     data = sub.add_parser("data", help="inspect, merge, split and cache the data sources")
     commands = data.add_subparsers(dest="data_command", required=True)
 
@@ -67,7 +87,8 @@ def _add_data(sub: Any) -> None:
     _handler(inspect, "xrstudy.data:cmd_inspect")
 
     merged = commands.add_parser("merge", help="merge sources into one canonical table")
-    merged.add_argument("--source", action="append", required=True, metavar="NAME=DIR", help="repeat per source")
+    merged.add_argument("--source", action="append", required=True, type=root_entry_arg, metavar="NAME=DIR",
+                        help="repeat per source")
     merged.add_argument("--labels", choices=LABEL_SETS, default="intersection")
     merged.add_argument("--out", type=Path, help="write the merged table (.csv or .parquet)")
     _data_options(merged)
@@ -191,18 +212,29 @@ def resolve_handler(target: str) -> Callable[[argparse.Namespace], int | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return int(resolve_handler(args.handler)(args) or 0)
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished cells are kept; run the same command again to continue.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # during the imports, the parser or the command
+        print("\nxrstudy: interrupted; finished work is kept: run the same command again to continue", file=sys.stderr)
+        return INTERRUPTED
     except (ValueError, RuntimeError, OSError) as err:
         if os.environ.get("XRSTUDY_DEBUG"):
             raise
-        # Our errors (ConfigError, SourceLayoutError, DemoError, ...) carry the file/field at fault.
-        print(f"xrstudy: error: {err}", file=sys.stderr)
+        # Our errors (ConfigError, SourceError, DiskFullError, ...) carry the file/field at fault.
+        print(f"xrstudy: error: {_message(err)}", file=sys.stderr)
         return 2
+
+
+def _message(err: BaseException) -> str:
+    """The error's message; a full disk says so and names the file when the OS gave one."""
+    from xrstudy.io import DiskFullError, is_disk_full
+
+    if is_disk_full(err) and not isinstance(err, DiskFullError):
+        filename = getattr(err, "filename", None)
+        where = f"writing {filename}" if filename else "(the writer did not say which file)"
+        return f"no space left on device {where}; free some space and run the same command again"
+    return str(err)
 
 
 if __name__ == "__main__":

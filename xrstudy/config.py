@@ -10,11 +10,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
+import re
+import stat
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Callable, Literal, get_args, get_origin, get_type_hints
 
 import yaml
+
+from xrstudy.io import atomic_write_text
 
 # The allowed values of every choice, defined once: RunConfig's annotations, the CLI's `choices`
 # and the modules that act on them (labels, merge, splits, fewshot, models, learner) all read these.
@@ -103,35 +109,36 @@ class RunConfig:
     weights_dir: str = ""
 
     def __post_init__(self) -> None:
-        # YAML and papermill hand over lists; keep the frozen object hashable.
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type.startswith("tuple") and not isinstance(value, tuple):
-                if isinstance(value, str):
-                    value = tuple(v for v in value.split(",") if v)
-                object.__setattr__(self, f.name, tuple(value))
-        self._check()
+        for f in fields(self):  # one check per field, from its annotation and the tables below
+            object.__setattr__(self, f.name, _FIELD_CHECKS[f.name](getattr(self, f.name)))
+        self._check_kind()
 
-    def _check(self) -> None:
-        for f in fields(self):  # every Literal-typed field holds one of its values
-            allowed = _CHOICES.get(f.name)
-            if allowed is None:
-                continue
-            values = getattr(self, f.name)
-            for value in values if isinstance(values, tuple) else (values,):
-                if value not in allowed:
-                    raise ConfigError(f"RunConfig.{f.name} = {getattr(self, f.name)!r}; expected one of {allowed}")
-        if self.shots < 0:
-            raise ConfigError(f"RunConfig.shots = {self.shots}; expected 0 (full) or a positive count")
-        if not 0.0 < self.data_fraction <= 1.0:
-            raise ConfigError(f"RunConfig.data_fraction = {self.data_fraction}; expected 0 < f <= 1")
+    def _check_kind(self) -> None:
+        """Rules between fields: what each kind needs, and no ignored value that would change `run_id`."""
         if self.kind == "pretrain" and not self.sources:
             raise ConfigError("RunConfig.kind = 'pretrain' needs at least one entry in `sources`")
         if self.kind == "transfer" and not self.target:
             raise ConfigError("RunConfig.kind = 'transfer' needs a `target`")
+        # A value a kind ignores would still be hashed into run_id: the same computation stored as two
+        # runs, one seed counted twice in the figures. So it is refused, not ignored.
+        for name, kind in ONLY_FOR_KIND.items():
+            value = getattr(self, name)
+            if kind != self.kind and value != _DEFAULTS[name]:
+                raise ConfigError(f"RunConfig.{name} = {_shown(value)} on a {self.kind} cell; {name} only acts on "
+                                  f"{kind} cells (leave it at its default {_shown(_DEFAULTS[name])})")
+        if self.kind == "pretrain" and self.epochs and self.steps:
+            raise ConfigError(f"RunConfig.epochs = {self.epochs} and RunConfig.steps = {self.steps} on a pretrain "
+                              f"cell; steps overrides epochs, so set one of them")
+        seen: set[str] = set()
         for entry in self.roots:
-            if "=" not in entry:
-                raise ConfigError(f"RunConfig.roots entry {entry!r}; expected 'name=DIR'")
+            name, _ = parse_root(entry, origin="RunConfig.roots")
+            if name in seen:
+                raise ConfigError(f"RunConfig.roots names {name!r} twice ({list(self.roots)}); expected one DIR per name")
+            seen.add(name)
+        parent_run_id(self.init)  # a malformed `run:<id>` fails here, not when the checkpoint is looked up
+        if self.init.startswith(PRETRAIN_REFERENCE):
+            raise ConfigError(f"RunConfig.init = {self.init!r} names a pre-training cell of a sweep file; only "
+                              f"`xrstudy sweep` resolves it (to run:<run id>); in a single config use run:<run id>")
 
     # ---- identity -------------------------------------------------------------------------
     @property
@@ -143,7 +150,7 @@ class RunConfig:
 
     @property
     def root_map(self) -> dict[str, Path]:
-        return {name: Path(path) for name, path in (e.split("=", 1) for e in self.roots)}
+        return dict(parse_root(entry, origin="RunConfig.roots") for entry in self.roots)
 
     def root_of(self, name: str) -> Path:
         try:
@@ -183,7 +190,7 @@ class RunConfig:
             raise ConfigError(f"{origin}: unknown RunConfig field(s) {unknown}; known: {sorted(known)}")
         try:
             return cls(**data)
-        except TypeError as err:
+        except (TypeError, ConfigError) as err:
             raise ConfigError(f"{origin}: {err}") from None
 
     @classmethod
@@ -196,9 +203,17 @@ class RunConfig:
     def from_yaml(cls, path: str | Path) -> "RunConfig":
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text())
+            if not stat.S_ISREG(path.stat().st_mode):  # stat first: opening a FIFO would block
+                raise ConfigError(f"{path}: not a regular file; expected a YAML file of RunConfig fields")
+            data = yaml.safe_load(path.read_bytes().decode("utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read the config file ({err.strerror})") from None
+        except UnicodeDecodeError as err:
+            line = err.object[: err.start].count(b"\n") + 1
+            raise ConfigError(f"{path}, line {line}: byte {err.object[err.start]:#04x} is not UTF-8; "
+                              f"expected a UTF-8 YAML file") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML ({err})") from None
         if not isinstance(data, dict):
@@ -206,23 +221,124 @@ class RunConfig:
         return cls.from_dict(data, origin=str(path))
 
     def to_yaml(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        return path
+        return atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-def _literal_values(annotation: str) -> tuple[str, ...] | None:
-    """The allowed values of a Literal field (annotations are strings under `from __future__`)."""
-    inner = annotation.removeprefix("tuple[").removesuffix(", ...]")
-    alias = globals().get(inner)
-    return get_args(alias) if alias is not None and getattr(alias, "__origin__", None) is Literal else None
-
-
-_CHOICES: dict[str, tuple[str, ...]] = {
-    f.name: values for f in fields(RunConfig) if (values := _literal_values(str(f.type))) is not None
+# ---- validation: every field checked once, by its annotation + the two tables below ------------
+# Ranges beyond the type, with what is expected (the message names the field and the value).
+# A field added without an entry here is still checked against its annotation.
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "shots": (lambda v: v >= 0, "an integer >= 0 (0 = the full training set)"),
+    "data_fraction": (lambda v: 0.0 < v <= 1.0, "a number with 0 < f <= 1"),
+    "seed": (lambda v: 0 <= v < 2**32, "an integer from 0 to 2**32 - 1"),
+    "image_size": (lambda v: v >= 0, "an integer >= 0 (0 = the recipe's)"),
+    "epochs": (lambda v: v >= 0, "an integer >= 0 (0 = the recipe's)"),
+    "steps": (lambda v: v >= 0, "an integer >= 0 (0 = the recipe's)"),
+    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "lr": (lambda v: v >= 0.0, "a number >= 0 (0 = the recipe's)"),
+    "mixup": (lambda v: v == -1.0 or v >= 0.0, "-1 (BiT-HyperRule decides) or a MixUp alpha >= 0"),
+    "workers": (lambda v: v >= 0, "an integer >= 0"),
+    "micro_batch": (lambda v: v >= 0, "an integer >= 0 (0 = the whole per-device batch at once)"),
+    "arch": (bool, "a non-empty string: a timm model name"),
+    "init": (bool, "a non-empty string: scratch, timm, paper, run:<run id> or a checkpoint path"),
+    "device": (bool, "a non-empty string: auto, cpu, cuda or cuda:N"),
+    "out_dir": (bool, "a non-empty string: a folder"),
 }
+# Fields that act on one kind of cell only (xrstudy.data.prepare, xrstudy.hyper.recipe_for,
+# xrstudy.models.create_model). On the other kind they must keep their default: see _check_kind.
+ONLY_FOR_KIND: dict[str, str] = {
+    "sources": "pretrain", "views": "pretrain", "labels": "pretrain", "data_fraction": "pretrain", "epochs": "pretrain",
+    "target": "transfer", "shots": "transfer", "shots_mode": "transfer", "sampler": "transfer", "head": "transfer",
+    "head_init": "transfer",
+}  # fmt: skip
+PRETRAIN_REFERENCE = "pretrain:"  # a sweep file's `init: pretrain:<cell name>`, resolved by xrstudy.sweep
+RUN_REFERENCE = "run:"  # `init: run:<run id>`, the checkpoint of an earlier cell in the same out_dir
+_RUN_ID = re.compile(rf"(?:{'|'.join(KINDS)})-[0-9a-f]{{12}}")
+
+
+def parse_root(entry: str, *, origin: str = "root") -> tuple[str, Path]:
+    """`"name=DIR"` -> (name, Path(DIR)): the one parser of root entries (RunConfig.roots, `--source`)."""
+    name, sep, folder = str(entry).partition("=")
+    name, folder = name.strip(), folder.strip()
+    if not (sep and name and folder):
+        raise ConfigError(f"{origin} entry {entry!r}; expected 'name=DIR', e.g. 'chexpert=/data/CheXpert-v1.0-small'")
+    return name, Path(folder)
+
+
+def parent_run_id(init: str) -> str | None:
+    """The run id of `init: run:<run id>`; None for every other init. The one parser of that reference."""
+    if not str(init).startswith(RUN_REFERENCE):
+        return None
+    run_id = init[len(RUN_REFERENCE):]
+    if not _RUN_ID.fullmatch(run_id):
+        raise ConfigError(f"RunConfig.init = {init!r}; expected run:<run id>, a run id being "
+                          f"'{{kind}}-{{12 hex digits}}' such as run:pretrain-0123456789ab")
+    return run_id
+
+
+def _shown(value: Any) -> str:
+    return repr(list(value) if isinstance(value, tuple) else value)
+
+
+def _type_check(hint: Any) -> tuple[Callable[[Any], Any], str]:
+    """(convert or raise TypeError, what is expected) for one annotation. Strict: YAML's `'10'` is not 10,
+    `true` is not 1, and a float field takes whole numbers as floats, so `lr: 1` and `lr: 1.0` share a run id."""
+    origin = get_origin(hint)
+
+    def fail(value: Any) -> Any:
+        raise TypeError(value)
+
+    if hint is bool:
+        return (lambda v: v if isinstance(v, bool) else fail(v)), "true or false"
+    if hint is int:  # numbers.Integral: numpy integers from a notebook loop are integers too
+        return (lambda v: int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else fail(v)), \
+            "an integer"
+    if hint is float:
+        return (lambda v: float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+                else fail(v)), "a finite number"  # fmt: skip
+    if hint is str:
+        return (lambda v: v if isinstance(v, str) else fail(v)), "a string"
+    if origin is Literal:
+        allowed = get_args(hint)
+        return (lambda v: v if isinstance(v, str) and v in allowed else fail(v)), f"one of {list(allowed)}"
+    if origin is tuple:
+        item, what = _type_check(get_args(hint)[0])
+
+        def items(value: Any) -> tuple:
+            if isinstance(value, str):  # "PA,AP", as the CLI and papermill's -p may hand it over
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)):
+                fail(value)
+            return tuple(item(v) for v in value)
+
+        return items, f"a list whose entries are each {what}"
+    raise TypeError(f"RunConfig has a field of type {hint!r}; add it to xrstudy.config._type_check")
+
+
+def _field_check(name: str, hint: Any) -> Callable[[Any], Any]:
+    convert, what = _type_check(hint)
+    in_range, expected = RANGES.get(name, (None, what))
+
+    def check(value: Any) -> Any:
+        try:
+            converted = convert(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"RunConfig.{name} = {_shown(value)}; expected {expected}") from None
+        if in_range is not None and not in_range(converted):
+            raise ConfigError(f"RunConfig.{name} = {_shown(value)}; expected {expected}")
+        return converted
+
+    return check
+
+
+_HINTS = get_type_hints(RunConfig)
+_FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {f.name: _field_check(f.name, _HINTS[f.name]) for f in fields(RunConfig)}
+_DEFAULTS: dict[str, Any] = {f.name: _FIELD_CHECKS[f.name](f.default) for f in fields(RunConfig)}
+_unknown = (set(RANGES) | set(ONLY_FOR_KIND)) - set(_FIELD_CHECKS)
+assert not _unknown, f"xrstudy.config tables name fields RunConfig does not have: {sorted(_unknown)}"
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
 __all__ = [
     "RunConfig", "ConfigError", "FIELD_NAMES", "EXECUTION_FIELDS", "KINDS", "LABEL_SETS", "UNCERTAIN_POLICIES",
     "SPLIT_MODES", "LABEL_MODES", "SHOTS_MODES", "SAMPLERS", "HEADS", "HEAD_INITS", "PRECISIONS", "VIEWS",
+    "RANGES", "ONLY_FOR_KIND", "parse_root", "parent_run_id",
 ]  # fmt: skip

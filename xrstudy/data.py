@@ -135,6 +135,7 @@ def inspect_source(name: str, root: str | Path, views: Sequence[str] = (), uncer
         "patients": int(table["patient_id"].nunique()),
         "views": {str(v): int(n) for v, n in raw["view"].value_counts().sort_index().items()},
         "labels": class_counts(table),
+        "notes": sources.notes_of(raw),  # what the reader counted or fell back to, e.g. age_unreadable
     }
 
 

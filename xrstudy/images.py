@@ -12,13 +12,17 @@ Cache layout, under ``cache_dir/{key[:16]}/``:
 - ``quarantine.json`` {path: reason} of unreadable files (their slots stay zeros)
 - ``meta.json``       key, size, mode, shape, format version
 
-Writers hold an exclusive ``flock`` on ``cache_dir/{key[:16]}.lock``; readers of a finished cache
-take no lock, because a finished cache is never written again.
+Writers hold an exclusive lock (``xrstudy.io.file_lock``: flock, dropped by the OS if the holder
+dies) on ``cache_dir/{key[:16]}.lock``; readers of a finished cache take no lock, because a finished
+cache is never written again. Every small file is written atomically (``xrstudy.io``). Before the
+pixels are written through the memory map, the free space is checked (``check_free_space``, also
+callable by the training path before it builds) and ``images.u8``'s blocks are reserved, so a full
+disk is an error naming the path and the sizes, never a SIGBUS.
 """
 
 from __future__ import annotations
 
-import fcntl
+import errno
 import functools
 import hashlib
 import json
@@ -27,9 +31,7 @@ import multiprocessing
 import os
 import pickle
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +39,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from xrstudy.io import DiskFullError, atomic_path, atomic_write_text, check_free_space, file_lock, is_disk_full
 
 FORMAT_VERSION = 1  # bump when the stored pixels would change (decoding, resampling, layout)
 MODES = ("L", "RGB")
@@ -149,8 +153,9 @@ def _decode(path: str | os.PathLike[str]) -> Image.Image:
     member = _member(path)
     if member is not None:
         return _decode_member(path, *member)
-    if not os.path.isfile(path):
-        raise ImageError(path, "file not found (expected an image file, or FILE#N for a CIFAR batch member)")
+    if not os.path.isfile(path):  # stat only: opening a FIFO would block
+        found = "file not found" if not os.path.exists(path) else "not a regular file"
+        raise ImageError(path, f"{found} (expected an image file, or FILE#N for a CIFAR batch member)")
     try:
         if os.path.getsize(path) == 0:
             raise ImageError(path, "empty file (0 bytes); expected a JPEG, PNG or DICOM image")
@@ -220,24 +225,13 @@ def _image_shape(count: int, size: int, mode: str) -> tuple[int, ...]:
     return (count, size, size) if mode == "L" else (count, size, size, 3)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write via a temp file in the same folder + os.replace, so readers see old or new, never half."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, value: Any) -> None:
-    _atomic_write(path, lambda handle: handle.write(json.dumps(value, indent=1, sort_keys=True).encode()))
+    atomic_write_text(path, json.dumps(value, indent=1, sort_keys=True))
 
 
 def _write_done(path: Path, done: np.ndarray) -> None:
-    _atomic_write(path, lambda handle: np.save(handle, done))
+    with atomic_path(path) as temp, open(temp, "wb") as handle:  # a handle: np.save would add ".npy" to a name
+        np.save(handle, done)
 
 
 def _read_done(path: Path, count: int) -> np.ndarray:
@@ -256,17 +250,6 @@ def _read_quarantine(path: Path) -> dict[str, str]:
         return {str(k): str(v) for k, v in json.loads(path.read_text()).items()}
     except (OSError, ValueError, AttributeError):
         return {}  # missing (deleted by the user to ask for a retry) or damaged: retry those files
-
-
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Exclusive flock; the kernel releases it if the holder dies, so a kill -9 leaves no stale lock."""
-    with open(lock_path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 @dataclass
@@ -347,12 +330,26 @@ class _CacheFiles:
         if paths_file.exists() and paths_file.read_text() != listed:
             raise RuntimeError(f"{paths_file} lists other paths than key {self.key} (a 64-bit prefix collision?)")
         expected = int(np.prod(self.shape))
-        if not self.images_path.exists() or self.images_path.stat().st_size != expected:
+        fresh = not self.images_path.exists() or self.images_path.stat().st_size != expected
+        allocated = 0 if fresh else self.images_path.stat().st_blocks * 512
+        # The pixels are written through a memory map, where a full disk is a SIGBUS, not an error:
+        # check the space first, then reserve the file's blocks (ENOSPC here, with the path).
+        small_files = 2 * len(listed.encode()) + 4 * len(self.paths) + 2**20  # paths, done, quarantine, meta
+        check_free_space(self.folder, max(0, expected - allocated) + small_files,
+                         f"the image cache ({len(self.paths)} images at {self.size}px {self.mode})")
+        if fresh:
             self.done_path.unlink(missing_ok=True)
-            # A sparse file of the final size; untouched slots read as zeros.
-            _atomic_write(self.images_path, lambda handle: handle.truncate(expected))
+            with atomic_path(self.images_path) as temp, open(temp, "r+b") as handle:
+                handle.truncate(expected)  # untouched slots read as zeros
+                _reserve(handle.fileno(), expected)
+        elif allocated < expected:  # resuming a cache begun as a sparse file (or before the disk filled)
+            with open(self.images_path, "r+b") as handle:
+                try:
+                    _reserve(handle.fileno(), expected)
+                except OSError as err:
+                    raise (DiskFullError(self.images_path) if is_disk_full(err) else err) from err
         if not paths_file.exists():
-            _atomic_write(paths_file, lambda handle: handle.write(listed.encode()))
+            atomic_write_text(paths_file, listed)
         meta = {"format": FORMAT_VERSION, "key": self.key, "size": self.size, "mode": self.mode,
                 "count": len(self.paths), "shape": list(self.shape), "dtype": "uint8",
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -363,6 +360,20 @@ class _CacheFiles:
         if self.shape[0] == 0:  # mmap cannot map an empty file
             return np.zeros(self.shape, dtype=np.uint8)
         return np.memmap(self.images_path, dtype=np.uint8, mode="r+" if writable else "r", shape=self.shape)
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the blocks of a file of `size` bytes now (its bytes stay as they are), so that writing
+    through a memory map can no longer run out of space. File systems without fallocate rely on the
+    free-space check alone."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None or size == 0:
+        return
+    try:
+        fallocate(fd, 0, size)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
 
 
 # ---- building ---------------------------------------------------------------------------------
@@ -476,8 +487,7 @@ def build_cache(paths: Iterable[str | os.PathLike[str]], size: int, cache_dir: s
     built = 0
     # A finished cache is only read: no lock, no decoding.
     if not files.finished():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        with _exclusive(cache_dir / f"{key[:16]}.lock"):
+        with file_lock(cache_dir / f"{key[:16]}.lock"):
             built, _ = _build(files, workers, chunk_size)  # re-checks under the lock: another may have finished
     done, quarantine = files.state()
     reused = int(done.sum()) - built

@@ -35,7 +35,7 @@ from timm.layers import GroupNormAct, StdConv2d
 from timm.models import register_model
 from timm.models.resnetv2 import ResNetV2
 
-from xrstudy.config import RunConfig
+from xrstudy.config import RunConfig, parent_run_id
 
 CHECKPOINT_FORMAT = "xrstudy.checkpoint/1"
 WEIGHT_FILE_PATTERNS = ("{tag}.safetensors", "{tag}.pth", "{tag}.bin", "{tag}.npz",
@@ -264,9 +264,8 @@ def write_checkpoint(path: str | Path, model: nn.Module, sidecar: dict[str, Any]
 
 
 def checkpoint_path(cfg: RunConfig, init: str) -> Path:
-    if init.startswith("run:"):
-        return Path(cfg.out_dir) / "runs" / init[len("run:"):] / "checkpoint.pt"
-    return Path(init)
+    parent = parent_run_id(init)
+    return Path(init) if parent is None else Path(cfg.out_dir) / "runs" / parent / "checkpoint.pt"
 
 
 def init_checkpoint(model: nn.Module, cfg: RunConfig, arg: str) -> None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -100,18 +102,104 @@ _COPY_ON_WRITE = int(pd.__version__.split(".")[0]) >= 3
 
 
 def _root_signature(root: Path) -> tuple:
+    def signature(entry: os.DirEntry) -> tuple:
+        try:
+            info = entry.stat()
+        except OSError:  # a broken link: the adapter says what is wrong with it
+            info = entry.stat(follow_symlinks=False)
+        return entry.name, info.st_size, info.st_mtime_ns
+
     with os.scandir(root) as entries:
-        return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries))
+        return tuple(sorted(signature(e) for e in entries))
 
 
 # ---- shared helpers ------------------------------------------------------------------------
-def find_file(root: Path, names: Sequence[str], what: str) -> Path:
-    """The first of `names` (each also as .gz) under root; a clear error when none is there."""
+# The rules every label file is read by (one place, so every adapter follows them):
+# - Special files are not absent. Only a path with no directory entry at all counts as "not there";
+#   a folder, FIFO, socket, device or broken link where a label file belongs is an error (examined
+#   with stat, never opened: opening a FIFO would block). Where an adapter may do without a file
+#   (CheXpert's valid.csv, NIH's split lists), the fallback is warned about and recorded in the
+#   table's notes (`notes_of`).
+# - Label files are UTF-8 (every supported source is distributed so). A byte that is not UTF-8 in a
+#   column we read stops the read with the file, the physical line and the column; it is never
+#   decoded some other way and never reaches an adapter as bytes (`_check_utf8`).
+NOTES = "notes"  # DataFrame.attrs key: what the reader counted or decided, e.g. {"age_unreadable": 3}
+
+
+def notes_of(table: pd.DataFrame) -> dict[str, object]:
+    """What the reader of `table` counted or fell back to (unreadable ages, a missing optional file)."""
+    return dict(table.attrs.get(NOTES, {}))
+
+
+def _with_notes(table: pd.DataFrame, notes: dict[str, object]) -> pd.DataFrame:
+    table.attrs[NOTES] = {**notes_of(table), **notes}
+    return table
+
+
+def _concat(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """pd.concat of one source's parts, notes merged (counts added): pandas drops differing attrs."""
+    notes: dict[str, object] = {}
+    for table in tables:
+        for key, value in notes_of(table).items():
+            notes[key] = notes.get(key, 0) + value if isinstance(value, int) else value  # type: ignore[operator]
+    return _with_notes(pd.concat(tables, ignore_index=True), notes)
+
+
+def _entry_kind(path: Path) -> str:
+    """"file", "absent", or what else is there (a folder, a FIFO, ...), from stat alone."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "broken symbolic link" if os.path.islink(path) else "absent"
+    except OSError as err:
+        return f"path that cannot be examined ({err.strerror})"
+    if stat.S_ISREG(mode):
+        return "file"
+    return {stat.S_IFDIR: "directory", stat.S_IFIFO: "FIFO (named pipe)", stat.S_IFSOCK: "socket",
+            stat.S_IFCHR: "character device", stat.S_IFBLK: "block device"}.get(stat.S_IFMT(mode), "special file")  # fmt: skip
+
+
+def optional_file(root: Path, names: Sequence[str], what: str) -> Path | None:
+    """The first of `names` (each also as .gz) under root; None only when none of them exists at all.
+    One that exists but is not a regular file is an error: absent and unreadable are different."""
     for name in names:
         for candidate in (root / name, root / f"{name}.gz"):
-            if candidate.is_file():
+            kind = _entry_kind(candidate)
+            if kind == "file":
                 return candidate
-    raise SourceError(f"{root}: no {what} found; expected one of {[str(n) for n in names]} (plain or .gz)")
+            if kind != "absent":
+                raise SourceError(f"{candidate}: is a {kind}; expected the {what} as a regular file (plain or .gz)")
+    return None
+
+
+def _fallback(name: str, message: str) -> str:
+    """Say on stderr (a warning) what is done instead of reading an absent optional file; the adapter
+    also records the returned message in the table's notes."""
+    warnings.warn(f"{name}: {message}", stacklevel=3)
+    return message
+
+
+def find_file(root: Path, names: Sequence[str], what: str) -> Path:
+    """The first of `names` (each also as .gz) under root; a clear error when none is there."""
+    found = optional_file(root, names, what)
+    if found is None:
+        raise SourceError(f"{root}: no {what} found; expected one of {[str(n) for n in names]} (plain or .gz)")
+    return found
+
+
+def read_text(path: Path, expected: str) -> str:
+    """A text file (plain or .gz) as UTF-8; an error names the physical line of the first bad byte."""
+    try:
+        raw = path.read_bytes()
+        raw = gzip.decompress(raw) if path.suffix == ".gz" else raw
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        raise SourceError(f"{path}: cannot read as a text file ({err}); expected {expected}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise SourceError(f"{path}, line {line}: byte {raw[err.start]:#04x} is not UTF-8; expected {expected} "
+                          f"in UTF-8") from None
 
 
 def read_table(path: Path, required: Iterable[str], *, optional: Iterable[str] = (),
@@ -122,7 +210,10 @@ def read_table(path: Path, required: Iterable[str], *, optional: Iterable[str] =
         header = pd.read_csv(path, nrows=0).columns
     except pd.errors.EmptyDataError:
         raise SourceError(f"{path}: the file is empty; expected a header with columns {required}") from None
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
+    except UnicodeDecodeError as err:
+        raise SourceError(f"{path}, line 1 (the header): byte {err.object[err.start]:#04x} is not UTF-8; "
+                          f"label files are read as UTF-8, as distributed") from None
+    except (OSError, EOFError, pd.errors.ParserError) as err:
         raise SourceError(f"{path}: cannot read as CSV ({err})") from None
     missing = [c for c in required if c not in header]
     if missing:
@@ -138,24 +229,75 @@ def _read_csv_columns(path: Path, columns: list[str], text_columns: list[str]) -
     """What `pd.read_csv(path, usecols=columns, dtype={c: str for c in text_columns})` gives, read by
     pyarrow's CSV reader: 2.3x faster on the PadChest file (0.35 s vs 0.8 s), the largest share of
     reading the real label files. Quoted values may span lines (PadChest's do); empty and NA-like
-    cells are missing as in pandas; a column pyarrow would read as dates stays text, as in pandas."""
+    cells are missing as in pandas; a column pyarrow would read as dates stays text, as in pandas.
+    A column holding bytes that are not UTF-8 stops the read (pyarrow would hand it over as bytes)."""
     import pyarrow.csv as arrow_csv
     from pandas._libs.parsers import STR_NA_VALUES
 
-    def read(text: list[str]) -> pa.Table:
-        options = arrow_csv.ConvertOptions(include_columns=columns, column_types={c: pa.string() for c in text},
+    def read(text: list[str], binary: Sequence[str] = ()) -> pa.Table:
+        types = {**{c: pa.string() for c in text}, **{c: pa.binary() for c in binary}}
+        options = arrow_csv.ConvertOptions(include_columns=columns, column_types=types,
                                            null_values=sorted(STR_NA_VALUES), strings_can_be_null=True)  # fmt: skip
         return arrow_csv.read_csv(path, parse_options=arrow_csv.ParseOptions(newlines_in_values=True),
                                   convert_options=options)  # fmt: skip
 
     try:
-        table = read(text_columns)
+        try:
+            table = read(text_columns)
+        except pa.ArrowInvalid as err:
+            if "UTF8" in str(err):  # a text column: read it as bytes to say where
+                _check_utf8(path, read([], binary=text_columns))
+            raise
+        _check_utf8(path, table)
         temporal = [f.name for f in table.schema if pa.types.is_temporal(f.type)]
         if temporal:
             table = read(text_columns + temporal)
-    except (pa.ArrowInvalid, OSError) as err:
+    except (pa.ArrowInvalid, OSError, EOFError) as err:
         raise SourceError(f"{path}: cannot read as CSV ({err})") from None
     return table.to_pandas()
+
+
+def _check_utf8(path: Path, table: pa.Table) -> None:
+    """Stop at the first value that is not UTF-8 (pyarrow reads such a column as bytes): name the
+    physical line of the first bad byte, the column, and how many rows hold such bytes."""
+    first_row, bad_columns, bad_rows = None, {}, set()
+    for field in table.schema:
+        if not (pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type)):
+            continue
+        rows = [i for i, value in enumerate(table.column(field.name).to_pylist()) if value is not None and not _is_utf8(value)]
+        if rows:
+            bad_columns[field.name] = len(rows)
+            bad_rows.update(rows)
+            first_row = rows[0] if first_row is None else min(first_row, rows[0])
+    if first_row is None:
+        return
+    column = next(c for c in bad_columns if not _is_utf8(table.column(c)[first_row].as_py() or b""))
+    value = table.column(column)[first_row].as_py()
+    line, byte = _first_bad_byte(path, line_of(path, first_row))
+    raise SourceError(f"{path}, line {line}, column {column!r}: byte {byte:#04x} is not UTF-8 (value {value!r}); "
+                      f"{len(bad_rows)} row(s) hold such bytes (per column: {bad_columns}). Label files are read as "
+                      f"UTF-8, as distributed: convert this one (e.g. iconv -f latin1 -t utf-8)")
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _first_bad_byte(path: Path, from_line: int) -> tuple[int, int]:
+    """(physical line, byte) of the first byte that is not UTF-8 at or after line `from_line`."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):  # a UTF-8 sequence never holds a newline byte
+            if number >= from_line:
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    return number, raw[err.start]
+    return from_line, 0
 
 
 def lines_of(path: Path, indices: Iterable[int]) -> list[int]:
@@ -214,9 +356,13 @@ def require_images(root: Path, folder: str, name: str, metadata_only: bool) -> N
 
 def canonical(source: str, *, image_id, path, patient_id, study_id, view, sex="", age=np.nan, split="",
               raw_labels="", findings: pd.DataFrame | None = None, label=None) -> pd.DataFrame:
-    """Assemble a canonical table (META_COLUMNS, then findings or `label`)."""
+    """Assemble a canonical table (META_COLUMNS, then findings or `label`). `age` may be raw text:
+    values that are neither blank nor a number become NaN and are counted in the notes."""
     image_id = pd.Series(image_id).astype(str).reset_index(drop=True)
     n = len(image_id)
+    notes: dict[str, object] = {}
+    if not (np.isscalar(age) or age is None):
+        age, notes["age_unreadable"] = _numbers(age)
 
     def column(values, dtype=str):
         if np.isscalar(values) or values is None:
@@ -237,7 +383,18 @@ def canonical(source: str, *, image_id, path, patient_id, study_id, view, sex=""
         table = pd.concat([table, pd.DataFrame(values, columns=list(findings.columns), copy=False)], axis=1)
     if label is not None:
         table["label"] = column(label)
-    return table
+    return _with_notes(table, notes)
+
+
+def _numbers(values) -> tuple[pd.Series, int]:
+    """A column as numbers (NaN where blank or unreadable) and how many were unreadable: neither
+    blank nor a number (e.g. 'abc'), so the NaNs they become are counted, not silent."""
+    values = pd.Series(values).reset_index(drop=True)
+    if pd.api.types.is_numeric_dtype(values):
+        return values, 0
+    numbers = pd.to_numeric(values, errors="coerce")
+    unreadable = numbers.isna() & values.notna() & values.astype("str").str.strip().ne("")
+    return numbers, int(unreadable.sum())
 
 
 def _regex_groups(series: pd.Series, pattern: str) -> pd.DataFrame:
@@ -259,14 +416,14 @@ CHEXPERT_LAYOUT = "train.csv and valid.csv (CheXpert v1.0 or v1.0-small) beside 
 @register("chexpert", multilabel=True, modality="xray", layout=CHEXPERT_LAYOUT)
 def read_chexpert(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     required = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", labels.NO_FINDING, *labels.CHEXPERT_FINDINGS]
-    frames = []
+    frames, notes = [], {}
     for split in ("train", "valid"):
-        try:
-            path = find_file(root, [f"{split}.csv"], f"CheXpert {split} label file")
-        except SourceError:
-            if split == "valid":  # some copies ship train.csv alone
-                continue
-            raise
+        path = optional_file(root, [f"{split}.csv"], f"CheXpert {split} label file")
+        if path is None and split == "valid":  # some copies ship train.csv alone: say so, and record it
+            notes["valid_split"] = _fallback(name, f"{root}/valid.csv is absent: the valid split is carved "
+                                                   f"from train by patient (xrstudy.splits)")
+            continue
+        path = path or find_file(root, [f"{split}.csv"], f"CheXpert {split} label file")
         frame = read_table(path, required)
         check_values(frame, [labels.NO_FINDING, *labels.CHEXPERT_FINDINGS], path)
         parts = _regex_groups(frame["Path"], r"(?P<patient>patient\d+)/(?P<study>study\d+)/")
@@ -291,9 +448,9 @@ def read_chexpert(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
         tables.append(canonical(
             name, image_id=frame["Path"], path=str(root) + os.sep + relative, patient_id=parts["patient"],
             study_id=parts["patient"] + "/" + parts["study"], view=view,
-            sex=frame["Sex"].map({"Male": "M", "Female": "F"}), age=pd.to_numeric(frame["Age"], errors="coerce"),
-            split=split, findings=findings))  # fmt: skip
-    return pd.concat(tables, ignore_index=True)
+            sex=frame["Sex"].map({"Male": "M", "Female": "F"}), age=frame["Age"], split=split,
+            findings=findings))  # fmt: skip
+    return _with_notes(_concat(tables), notes)
 
 
 # ---- MIMIC-CXR-JPG 2.0 ---------------------------------------------------------------------------
@@ -343,6 +500,39 @@ def _nih_image_index(root: Path) -> dict[str, str]:
     return index
 
 
+NIH_LISTS = {"train_val_list.txt": "train", "test_list.txt": "test"}
+
+
+def _nih_official_split(name: str, root: Path, entry_path: Path, images: pd.Series) -> tuple[pd.Series, dict]:
+    """The official split from train_val_list.txt / test_list.txt, and the notes. Both lists absent:
+    no official split (warned, recorded; xrstudy.splits splits NIH by patient). Anything partial -- one
+    list alone, an image in neither list or in both -- is an error: a quiet re-split by patient would
+    move unlisted images into the test set and put one patient in train and test."""
+    lists = {file: optional_file(root, [file], f"NIH official split list {file}") for file in NIH_LISTS}
+    split = pd.Series("", index=images.index)
+    if not any(lists.values()):
+        message = f"{' and '.join(NIH_LISTS)} are absent under {root}: no official split, NIH is split by patient"
+        return split, {"official_split": _fallback(name, message)}
+    absent = [file for file, path in lists.items() if path is None]
+    if absent:
+        raise SourceError(f"{root}: {absent[0]} is absent but {[f for f in lists if f not in absent][0]} is "
+                          f"there; expected both official NIH split lists (or neither, to split by patient)")
+    listed = {file: set(read_text(path, "image file names").split()) for file, path in lists.items()}
+    in_both = sorted(set.intersection(*listed.values()) & set(images))
+    if in_both:
+        raise SourceError(f"{' and '.join(str(p) for p in lists.values())}: {len(in_both)} image(s) are in both "
+                          f"lists, e.g. {in_both[:3]}; expected each image of {entry_path.name} in exactly one")
+    for file, split_name in NIH_LISTS.items():
+        split[images.isin(listed[file])] = split_name
+    unlisted = images[split == ""]
+    if len(unlisted):
+        raise SourceError(f"{' and '.join(str(p) for p in lists.values())}: {len(unlisted)} of the {len(images)} "
+                          f"images of {entry_path.name} are in neither list, e.g. {unlisted.iloc[:3].tolist()} "
+                          f"(line(s) {lines_of(entry_path, unlisted.index[:3])}); expected every image in exactly "
+                          f"one of them (a truncated list?). Restore the lists, or remove both to split NIH by patient")
+    return split, {}
+
+
 @register("nih", multilabel=True, modality="xray", layout=NIH_LAYOUT)
 def read_nih(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     path = find_file(root, ["Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv"], "NIH Data_Entry file")
@@ -363,11 +553,7 @@ def read_nih(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     findings = pd.DataFrame({labels.NIH_SYNONYMS.get(f, f): wrapped.str.contains(f"|{f}|", regex=False).astype(np.float32)
                              for f in labels.NIH_FINDINGS})  # fmt: skip
 
-    split = pd.Series("", index=frame.index)
-    for list_name, split_name in (("train_val_list.txt", "train"), ("test_list.txt", "test")):
-        if (root / list_name).is_file():
-            listed = set((root / list_name).read_text().split())
-            split[frame["Image Index"].isin(listed)] = split_name
+    split, notes = _nih_official_split(name, root, path, frame["Image Index"])
     if metadata_only:
         paths = str(root / "images") + os.sep + frame["Image Index"]
     else:
@@ -379,16 +565,16 @@ def read_nih(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
         paths = [index.get(image, fallback + image) for image in frame["Image Index"]]
     age = np.nan
     if "Patient Age" in frame:  # integers in the v2020 file; strings like "058Y" in some older copies
-        age = pd.to_numeric(frame["Patient Age"], errors="coerce")
-        if age.isna().any():
-            age = pd.to_numeric(frame["Patient Age"].astype(str).str.extract(r"(\d+)")[0], errors="coerce")
+        age = frame["Patient Age"]
+        if not pd.api.types.is_numeric_dtype(age):  # "058Y" -> "058"; anything else is counted as unreadable
+            age = age.str.replace(r"^\s*(\d+)\s*[Yy]?\s*$", r"\1", regex=True)
     follow = frame["Follow-up #"].astype(str) if "Follow-up #" in frame else frame["Image Index"]
     patient = frame["Patient ID"].astype(str)
     return canonical(
         name, image_id=frame["Image Index"], path=paths, patient_id=patient, study_id=patient + "/" + follow,
         view=frame["View Position"].where(frame["View Position"].isin(["PA", "AP"]), "OTHER"),
-        sex=frame.get("Patient Gender", ""), age=pd.to_numeric(age, errors="coerce"), split=split,
-        raw_labels=frame["Finding Labels"], findings=findings)  # fmt: skip
+        sex=frame.get("Patient Gender", ""), age=age, split=split, raw_labels=frame["Finding Labels"],
+        findings=findings).pipe(_with_notes, notes)  # fmt: skip
 
 
 # ---- PadChest -------------------------------------------------------------------------------------
@@ -532,11 +718,7 @@ import warnings  # noqa: E402
 
 def _text_lines(path: Path, expected: str, *, comments: bool = False) -> list[tuple[int, str]]:
     """(line number, stripped text) of every non-blank line (and, with `comments`, not '#...')."""
-    try:
-        raw = path.read_bytes()
-        text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode("utf-8")
-    except (OSError, UnicodeDecodeError, EOFError) as err:
-        raise SourceError(f"{path}: cannot read as a text file ({err}); expected lines {expected}") from None
+    text = read_text(path, f"lines {expected}")
     lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1)
              if line.strip() and not (comments and line.lstrip().startswith("#"))]  # fmt: skip
     if not lines:
@@ -567,8 +749,8 @@ def read_covidx(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """COVIDx CXR-2: binary COVID-19 positive vs negative, official train / (val /) test files."""
     files = {"train": find_file(root, ["train.txt"], "COVIDx train list"),
              "test": find_file(root, ["test.txt"], "COVIDx test list")}  # fmt: skip
-    if (root / "val.txt").is_file() or (root / "val.txt.gz").is_file():
-        files["valid"] = find_file(root, ["val.txt"], "COVIDx val list")
+    if (val := optional_file(root, ["val.txt"], "COVIDx val list")) is not None:  # older releases have none
+        files["valid"] = val
     folders = {"train": "train", "valid": "val", "test": "test"}
     expected = "'patient_id filename class data_source', class one of " + "/".join(COVIDX_CLASSES)
     rows = []  # (split, patient, filename, class, class as written, path, line)

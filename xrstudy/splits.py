@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from xrstudy.config import SPLIT_MODES
+from xrstudy.io import atomic_write_bytes
 
 SPLITS = ("train", "valid", "test")
 PAPER_SEED = 42
@@ -91,11 +92,7 @@ def split_bytes(table: pd.DataFrame) -> bytes:
 def save_split(table: pd.DataFrame, path: str | Path) -> str:
     """Write the split file atomically; return its SHA-256."""
     data = split_bytes(table)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    atomic_write_bytes(path, data)  # unique temp + fsync + replace; a full disk names the file
     return hashlib.sha256(data).hexdigest()
 
 
