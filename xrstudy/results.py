@@ -32,7 +32,7 @@ from typing import Any, Iterable, Literal, get_origin
 import pandas as pd
 
 from xrstudy import config as config_module
-from xrstudy.config import ConfigError, RunConfig
+from xrstudy.config import ConfigError, RunConfig, parent_run_id
 
 SCHEMA = "xrstudy.result/1"
 STATUSES = ("ok", "failed")
@@ -358,14 +358,22 @@ def source_label(sources: Iterable[str]) -> str:
     return "_".join(sorted(sources, key=lambda name: (rank.get(name, len(rank)), name)))
 
 
+def _parent_id(init: str) -> str | None:
+    """The pre-training run a stored config's `init: run:<id>` names (None if it names none or is malformed)."""
+    try:
+        return parent_run_id(init)
+    except ConfigError:
+        return None
+
+
 def default_init_label(config: dict[str, Any], pretrain_configs: dict[str, dict[str, Any]]) -> str:
     """How figures name an init when the config leaves `init_label` empty."""
     init = config.get("init", "scratch")
     if init == "timm":
         tag = config.get("arch", "").partition(".")[2]
         return TIMM_TAG_LABELS.get(tag, tag or "timm")
-    if init.startswith("run:"):
-        parent = pretrain_configs.get(init[4:])
+    if parent_id := _parent_id(init):
+        parent = pretrain_configs.get(parent_id)
         if parent is not None:
             return parent.get("init_label") or source_label(parent.get("sources", [])) or parent.get("name", init)
         return init
@@ -387,7 +395,7 @@ def pretrained_model_name(init_label: str, arch: str) -> str:
 def _rows(result: dict[str, Any], pretrain_configs: dict[str, dict[str, Any]]) -> Iterable[dict[str, Any]]:
     config = result["config"]
     init = config.get("init", "scratch")
-    parent = pretrain_configs.get(init[4:], {}) if init.startswith("run:") else {}
+    parent = pretrain_configs.get(_parent_id(init) or "", {})
     init_label = config.get("init_label") or default_init_label(config, pretrain_configs)
     kind = config.get("kind", "transfer")
     sources = config.get("sources") or parent.get("sources") or []
