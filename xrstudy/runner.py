@@ -21,6 +21,7 @@ result, an architecture timm does not know, GPUs asked for that this machine doe
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import queue
 import shutil
@@ -102,10 +103,10 @@ def unknown_archs(cells: Iterable[RunConfig]) -> dict[str, str]:
     for arch in archs:
         base = sweep.arch_size(arch)
         if not timm.is_model(base):
-            close = timm.list_models(f"{base.split('_')[0]}*")[:8]
-            bad[arch] = f"timm has no model {base!r} (e.g. {close})"
-        elif arch != base and not timm.is_model(arch):
-            bad[arch] = f"timm has no pretrained tag {arch.partition('.')[2]!r} for {base!r}"
+            close = difflib.get_close_matches(base, timm.list_models(), n=4)
+            bad[arch] = f"timm has no model {base!r} (closest: {close})"
+        elif arch != base and arch not in (tags := timm.list_pretrained(f"{base}.*")):
+            bad[arch] = f"timm has no pretrained tag {arch.partition('.')[2]!r} for {base!r} (has: {tags})"
     return bad
 
 

@@ -52,7 +52,8 @@ class Outcome(enum.IntEnum):
 
     @property
     def status(self) -> str:
-        """How the summary counts it: done | skipped | failed | planned (| busy | retry while running)."""
+        """How the summary counts it: done | skipped | failed | planned (| busy: ask again later). A dead
+        kernel is retried by the runner; once the retries are spent it counts as failed."""
         return _STATUS.get(self, "failed")
 
     @classmethod
@@ -66,7 +67,7 @@ class Outcome(enum.IntEnum):
 
 
 _STATUS = {Outcome.DONE: "done", Outcome.DONE_ELSEWHERE: "skipped", Outcome.SKIPPED: "skipped",
-           Outcome.PLANNED: "planned", Outcome.BUSY: "busy", Outcome.DEAD_KERNEL: "retry"}  # fmt: skip
+           Outcome.PLANNED: "planned", Outcome.BUSY: "busy"}  # fmt: skip
 
 
 @dataclass(frozen=True)
