@@ -274,8 +274,9 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 COLUMNS = (("kind", 8), ("pretrained_model", 36), ("target", 13), ("shots", 5), ("seed", 4), ("train_size", 10),
-           ("steps", 6), ("crop", 4), ("mixup_alpha", 5), ("sampler", 10), ("lr", 7), ("gpu_hours", 8),
-           ("leak", 5))  # fmt: skip
+           ("steps", 6), ("resize", 6), ("crop", 4), ("mixup_alpha", 5), ("sampler", 10), ("lr", 7),
+           ("gpu_hours", 9), ("leak", 5))  # fmt: skip
+HEADINGS = {"mixup_alpha": "mixup", "pretrained_model": "model", "train_size": "train"}
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -286,7 +287,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             return f"{value:.4g}"
         return str(value)
 
-    lines = ["  ".join(name[:width].ljust(width) for name, width in COLUMNS)]
+    lines = ["  ".join(HEADINGS.get(name, name)[:width].ljust(width) for name, width in COLUMNS).rstrip()]
     for row in rows:
         lines.append("  ".join(cell(row[name]).ljust(width) for name, width in COLUMNS).rstrip())
     info = summary(rows)
@@ -298,6 +299,17 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _report(label: str, items: list[tuple[dict[str, Any], str]]) -> None:
+    """One stderr line per distinct message, with how many cells it concerns and the first of them."""
+    seen: dict[str, list[dict[str, Any]]] = {}
+    for row, message in items:
+        seen.setdefault(message, []).append(row)
+    for message, rows in seen.items():
+        first = rows[0]
+        print(f"xrstudy: {label} ({len(rows)} cell(s), e.g. {first['name']} [{first['run_id']}]): {message}",
+              file=sys.stderr)
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     cells = sweep.select(sweep.load_sweep(args.sweep), args.only)
     roots = dict(args.root or [])
@@ -307,13 +319,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print(format_table(rows))
-    for row in rows:
-        for warning in row["warnings"]:
-            print(f"xrstudy: warning: {row['name']} [{row['run_id']}]: {warning}", file=sys.stderr)
+    _report("warning", [(row, w) for row in rows for w in row["warnings"]])
     unresolved = [r for r in rows if r["errors"] or r["steps"] is None]
-    for row in unresolved:
-        print(f"xrstudy: unresolved: {row['name']} [{row['run_id']}]: {row['errors'] or row['train_size_from']}",
-              file=sys.stderr)
+    _report("unresolved", [(r, "; ".join(r["errors"]) or r["train_size_from"].removeprefix("unresolved: "))
+                           for r in unresolved])  # fmt: skip
     return 1 if unresolved else 0
 
 
