@@ -139,6 +139,7 @@ def test_plan_and_run_agree_on_cells_and_run_ids(tmp_path):
     assert [r["run_id"] for r in plan.plan_cells(cells)] == planned == [c.run_id for c in cells]
 
 
+@pytest.mark.slow  # imports torch and fastai (xrstudy.train)
 def test_plan_recipes_are_what_training_computes():
     train = pytest.importorskip("xrstudy.train")
     cells = sweep.load_sweep(SWEEPS / "paper.yaml") + sweep.load_sweep(SWEEPS / "extended.yaml")
@@ -163,6 +164,7 @@ def test_plan_imports_no_torch():
 
 
 # ---- sizes from the label files ---------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_roots_that_exist_are_read_and_others_count_as_absent(tmp_path):
     txv = pytest.importorskip("torchxrayvision")

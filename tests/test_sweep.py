@@ -17,7 +17,7 @@ import nbformat
 import pytest
 import yaml
 
-from xrstudy import results, runner, slurm, sweep
+from xrstudy import preflight, results, runner, slurm, sweep
 from xrstudy.celllock import CellLock
 from xrstudy.config import FIELD_NAMES, RunConfig
 from xrstudy.worker import Outcome, failure_cause, is_dead_kernel, lock_path
@@ -426,7 +426,7 @@ def test_papermill_cells_and_dead_kernel(tmp_path, monkeypatch, isolate):
 def test_cli_run_flags(tmp_path, stub_env, monkeypatch, capsys):
     from xrstudy import cli
 
-    monkeypatch.setattr(runner, "visible_gpus", lambda: 0)
+    monkeypatch.setattr(preflight, "visible_gpus", lambda: 0)
     parser = cli.build_parser()
     sweep_file = _write_sweep_file(tmp_path, n_seeds=2)
     argv = ["sweep", "run", str(sweep_file), "--gpus", "0,1", "--isolate", "--only", "t", "--retries", "2", "--dry-run"]
@@ -441,16 +441,16 @@ def test_cli_run_flags(tmp_path, stub_env, monkeypatch, capsys):
 
 
 def test_gpus_that_exist_pass_and_missing_ids_are_named(monkeypatch):
-    assert runner.check_gpus(["0", "1"], allow_cpu=False, count=2) == []
-    assert runner.check_gpus(["GPU-6f1c", "MIG-1"], allow_cpu=False, count=1) == [], "uuids are the driver's"
+    assert preflight.check_gpus(["0", "1"], allow_cpu=False, count=2) == []
+    assert preflight.check_gpus(["GPU-6f1c", "MIG-1"], allow_cpu=False, count=1) == [], "uuids are the driver's"
     with pytest.raises(sweep.SweepError, match="cells pinned to 2,3 would run on the CPU"):
-        runner.check_gpus(["0", "1", "2", "3"], allow_cpu=False, count=2)
-    assert "--allow-cpu" in runner.check_gpus(["0"], allow_cpu=True, count=0)[0]
+        preflight.check_gpus(["0", "1", "2", "3"], allow_cpu=False, count=2)
+    assert "--allow-cpu" in preflight.check_gpus(["0"], allow_cpu=True, count=0)[0]
 
 
 @pytest.mark.slow
 def test_a_run_with_missing_gpus_records_the_warning_in_each_worker_log(tmp_path, stub_env, monkeypatch):
-    monkeypatch.setattr(runner, "visible_gpus", lambda: 0)
+    monkeypatch.setattr(preflight, "visible_gpus", lambda: 0)
     cells = [c for c in sweep.load_sweep(_sweep(tmp_path)) if c.name == "t-in21k"]
     summary = runner.run(cells, gpus=["0"], executor=STUB, progress=False, poll_s=0.2, allow_cpu=True)
     assert summary.ok and summary.warnings and "WARNING --gpus 0" in (cells[0].run_dir / "worker.log").read_text()
