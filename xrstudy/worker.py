@@ -265,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     if rank != 0:
         # Multi-GPU cells under torchrun: every rank executes the cell; rank 0 alone holds the claim
-        # and writes the result.
+        # and writes the result. A cell finished before the job started is left alone by every rank.
+        if results.is_done(cfg):
+            return int(Outcome.DONE_ELSEWHERE)
         executor_of(args.executor)(cfg, notebook, cfg.run_dir / f"notebook.rank{rank}.ipynb")
         return int(Outcome.DONE)
     return int(run_in_process(cfg, args.executor, notebook).outcome)
