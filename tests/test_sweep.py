@@ -482,6 +482,28 @@ def test_init_of_a_run_that_is_nowhere_fails_the_dry_run(tmp_path, stub_env):
     assert runner.run([child], dry_run=True, executor=STUB).planned == [child.run_id]
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s["transfer"][1].update(init="pretrain:nih"), "init 'pretrain:nih' matches 0 pretrain cells"),
+        (lambda s: s["pretrain"][1].update(arch="resnetv2_152x4_bit") or s["transfer"].append(
+            {"target": "cifar10", "init": "pretrain:c+m", "arch": "resnetv2_50x1_bit"}),
+         "matches 0 pretrain cells for arch 'resnetv2_50x1_bit'; pretrain 'c+m' exists for ['resnetv2_152x4_bit']"),
+        (lambda s: s["transfer"][1].update(arch="resnetv2_50x7_bit"), "timm has no model 'resnetv2_50x7_bit'"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("command", ["run", "submit"])
+def test_cli_dry_runs_fail_on_what_the_real_run_fails_on(tmp_path, capsys, change, message, command):
+    from xrstudy import cli
+
+    spec = _sweep(tmp_path)
+    change(spec)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert cli.main(["sweep", command, str(path), "--dry-run"]) == 2
+    assert message in capsys.readouterr().err
+
+
 # ---- failure causes reach the summary ---------------------------------------------------------
 @pytest.mark.parametrize("mode_kwargs", MODES, indirect=True)
 def test_a_full_disk_is_named_in_the_failure_list(tmp_path, stub_env, monkeypatch, mode_kwargs):

@@ -32,6 +32,7 @@ from typing import Any
 from xrstudy import results, sweep
 from xrstudy.config import RunConfig
 from xrstudy.io import atomic_write_text
+from xrstudy.preflight import preflight
 from xrstudy.sweep import SweepError
 from xrstudy.worker import worker_command
 
@@ -267,6 +268,7 @@ def submit(
     if backend not in ("slurm", "local"):
         raise SweepError(f"backend {backend!r}; expected slurm or local")
     cells = [c for c in sweep.select(list(cells), only) if not results.is_done(c)]
+    preflight(cells, executor=executor)  # what would fail on the cluster fails here, dry run or not
     limit = parse_time(time_limit)
     jobs = plan_jobs(cells, estimates(cells, device), limit_min=limit, gpus_per_node=gpus_per_node,
                      max_nodes=max_nodes, pretrain_nodes=pretrain_nodes)  # fmt: skip
