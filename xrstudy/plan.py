@@ -1,7 +1,9 @@
 """`xrstudy sweep plan`: every cell of a sweep with everything that decides its numbers, before any GPU hour.
 
 No image and no model is loaded (and neither torch nor timm imported). Per cell:
-- train_size from the label files when the cell's roots exist here (`train_size_from: "label files"`),
+- train_size from the label files when the cell's roots exist here (`train_size_from: "label files"`:
+  `xrstudy.data.train_size` once the data layer has it, until then the length of `data.prepare`'s
+  training table, few-shot cells from its class counts),
   else from the registry's published facts (`Source.published_train_size`, per-view counts of the
   pre-training sources); few-shot cells k x classes (capped by the full set), or the class counts of
   the label files. A root that does not exist on this machine counts as not given.
@@ -90,12 +92,18 @@ class _Files:
     metadata_only: bool
     out_dir: str
     full: dict[tuple, Any] = field(default_factory=dict)
+    sizes: dict[tuple, int] = field(default_factory=dict)
+
+    @staticmethod
+    def _key(cfg: RunConfig) -> tuple:
+        """The fields that decide a cell's full training table (not its shots or seed)."""
+        return (cfg.kind, _sources_of(cfg), cfg.roots, tuple(cfg.views) if cfg.kind == "pretrain" else (),
+                cfg.labels, cfg.uncertain, cfg.label_mode, cfg.split_mode, cfg.data_fraction, cfg.metadata_only)
 
     def study(self, cfg: RunConfig) -> Any:
         from xrstudy import data
 
-        key = (cfg.kind, _sources_of(cfg), cfg.roots, tuple(cfg.views) if cfg.kind == "pretrain" else (),
-               cfg.labels, cfg.uncertain, cfg.label_mode, cfg.split_mode, cfg.data_fraction, cfg.metadata_only)
+        key = self._key(cfg)
         if key not in self.full:
             self.full[key] = data.prepare(cfg.replace(shots=0, seed=0, out_dir=self.out_dir))
         return self.full[key]
@@ -106,11 +114,16 @@ class _Files:
         full = len(study.train)
         evaluated = len(study.valid) + len(study.test)
         universe = len(study.universe) or full + evaluated
+        from xrstudy import data
+
+        if hasattr(data, "train_size"):  # the data layer's own count, once it has one
+            key = (cfg.run_id if study.multilabel and cfg.shots else "", self._key(cfg), cfg.shots, cfg.shots_mode)
+            if key not in self.sizes:
+                self.sizes[key] = int(data.train_size(cfg.replace(out_dir=self.out_dir)))
+            return self.sizes[key], universe, self.sizes[key] + evaluated
         if cfg.kind == "pretrain" or cfg.shots == 0:
             return full, universe, full + evaluated
         if study.multilabel:  # the greedy multi-label sampler depends on the seed: run it
-            from xrstudy import data
-
             size = len(data.prepare(cfg.replace(out_dir=self.out_dir)).train)
         else:
             counts = study.train["label"].value_counts()
