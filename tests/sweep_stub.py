@@ -6,10 +6,12 @@ XRSTUDY_STUB_LOG   append "{run_id} {pid} start" per execution and "{run_id} {pi
 XRSTUDY_STUB_SLEEP seconds to sleep before saving
 XRSTUDY_STUB_FAIL  glob over cell names that raise
 XRSTUDY_STUB_DIE   glob over cell names whose first attempt dies by SIGKILL (a dead kernel)
+XRSTUDY_STUB_ENOSPC glob over cell names that fail as a full disk does (OSError ENOSPC naming a cache file)
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import signal
@@ -32,6 +34,8 @@ def execute(cfg: RunConfig, notebook: Path | None, output: Path) -> None:
     time.sleep(float(os.environ.get("XRSTUDY_STUB_SLEEP", "0")))
     if fnmatch.fnmatch(cfg.name, os.environ.get("XRSTUDY_STUB_FAIL", "\0")):
         raise RuntimeError(f"stub failure for {cfg.name}")
+    if fnmatch.fnmatch(cfg.name, os.environ.get("XRSTUDY_STUB_ENOSPC", "\0")):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(cfg.out_dir) / "cache" / "images.u8"))
     marker = cfg.run_dir / "died-once"
     if fnmatch.fnmatch(cfg.name, os.environ.get("XRSTUDY_STUB_DIE", "\0")) and not marker.exists():
         marker.write_text("x")

@@ -7,6 +7,7 @@ import signal
 
 import nbformat
 import pytest
+from nbclient.exceptions import DeadKernelError
 
 from xrstudy.kernels import WarmKernel
 
@@ -53,9 +54,8 @@ def test_a_kernel_dying_mid_cell_raises_instead_of_hanging(tmp_path):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, tmp_path / "die.ipynb")
     with WarmKernel(cwd=tmp_path) as kernel:
-        with pytest.raises(Exception) as err:
+        with pytest.raises(DeadKernelError, match="Kernel died"):
             kernel.execute(tmp_path / "die.ipynb", tmp_path / "a.ipynb", {"x": 1})
-        assert "DeadKernel" in type(err.value).__name__ or "died" in str(err.value).lower()
-        assert not kernel.alive()
+        assert not kernel.alive() and kernel.returncode == -signal.SIGKILL
         kernel.execute(tmp_path / "die.ipynb", tmp_path / "b.ipynb", {"x": 0})  # a fresh kernel takes over
         assert kernel.restarts == 1

@@ -1,4 +1,5 @@
-"""Sweeps: YAML expansion, dependency order, skip / retry / failure listing, kill -9 resume, two runners."""
+"""Sweeps: YAML expansion, dependency order, skip / retry / failure listing, kill -9 resume, two runners,
+failure causes, what a dry run refuses, GPUs asked for but absent, and SLURM scripts as sent."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import nbformat
 import pytest
 import yaml
 
-from xrstudy import results, sweep
+from xrstudy import preflight, results, runner, slurm, sweep
+from xrstudy.celllock import CellLock
 from xrstudy.config import FIELD_NAMES, RunConfig
+from xrstudy.worker import Outcome, failure_cause, is_dead_kernel, lock_path
 
 TESTS = Path(__file__).parent
 STUB = "sweep_stub:execute"
@@ -143,11 +146,27 @@ def test_only_includes_dependencies(tmp_path):
 def test_paper_sweep_expands():
     cells = sweep.load_sweep(TESTS.parent / "sweeps" / "paper.yaml")
     pre = [c for c in cells if c.kind == "pretrain"]
-    assert {c.name for c in pre} >= {"chexpert", "mimic", "nih", "padchest", "chexpert_mimic",
+    assert {c.name for c in pre} == {"chexpert", "mimic", "nih", "padchest", "chexpert_mimic",
                                      "chexpert_mimic_nih", "chexpert_mimic_nih_padchest"}  # fmt: skip
     transfer = [c for c in cells if c.kind == "transfer"]
     assert {c.shots for c in transfer} == {1, 5, 10, 100, 500, 0} and {c.seed for c in transfer} == set(range(5))
     assert len({c.run_id for c in cells}) == len(cells)
+
+
+def test_a_pretrain_reference_never_loads_another_size():
+    """`init: pretrain:mimic` at R50x1 when mimic is pre-trained at R152x4 only: an error, not the big checkpoint."""
+    spec = {"pretrain": [{"name": "mimic", "sources": ["mimic"], "arch": "resnetv2_152x4_bit"}],
+            "transfer": [{"target": "covidx", "init": "pretrain:mimic", "arch": "resnetv2_50x1_bit"}]}  # fmt: skip
+    with pytest.raises(sweep.SweepError, match=r"matches 0 pretrain cells for arch 'resnetv2_50x1_bit'.*152x4"):
+        sweep.load_sweep(spec)
+
+
+def test_dependency_graph_orders_parents_first(tmp_path):
+    cells = sweep.load_sweep(_sweep(tmp_path))
+    order = list(sweep.graph(reversed(cells)).static_order())
+    for cell in cells:
+        for parent in sweep.dependencies(cells)[cell.run_id]:
+            assert order.index(parent) < order.index(cell.run_id)
 
 
 # ---- execution with the stub executor --------------------------------------------------------
@@ -177,8 +196,9 @@ def test_failures_listed_dependants_not_run_and_dead_kernel_retried(tmp_path, st
     summary = sweep.run(cells, workers=2, progress=False, retries=1, poll_s=0.2, **mode_kwargs)
     failed = {f.name: f for f in summary.failed}
     assert set(failed) == {"c+m", "t-cm"}
-    assert "cell raised" in failed["c+m"].reason and failed["c+m"].notebook.endswith("notebook.ipynb")
-    assert "dependency failed" in failed["t-cm"].reason
+    assert "cell raised RuntimeError: stub failure for c+m" in failed["c+m"].reason
+    assert failed["c+m"].notebook.endswith("notebook.ipynb") and failed["c+m"].outcome == Outcome.FAILED
+    assert "dependency failed" in failed["t-cm"].reason and failed["t-cm"].outcome == Outcome.DEPENDENCY_FAILED
     dying = next(c for c in cells if c.name == "t-in21k")
     assert summary.done == [dying.run_id] and _executions(stub_env)[dying.run_id] == 2
     assert "FAILED c+m" in summary.report()
@@ -202,10 +222,38 @@ def test_a_kernel_that_never_starts_counts_as_dead_a_cell_error_does_not():
         except RuntimeError as start_failure:
             raise ValueError("papermill wrapped it") from start_failure
     except ValueError as wrapped:
-        assert sweep._is_dead_kernel(wrapped)
-    assert sweep._is_dead_kernel(RuntimeError("Kernel didn't respond in 60 seconds"))
-    assert not sweep._is_dead_kernel(RuntimeError("broken cell"))
-    assert not sweep._is_dead_kernel(ValueError("Kernel died before replying to kernel_info"))
+        assert is_dead_kernel(wrapped)
+    assert is_dead_kernel(RuntimeError("Kernel didn't respond in 60 seconds"))
+    assert not is_dead_kernel(RuntimeError("broken cell"))
+    assert not is_dead_kernel(ValueError("Kernel died before replying to kernel_info"))
+
+
+def test_outcomes_are_one_encoding():
+    """Exit codes, summary statuses and reasons all come from one Outcome enum."""
+    assert Outcome.of_exit(0) == Outcome.DONE and Outcome.of_exit(79) == Outcome.DISK_FULL
+    assert Outcome.of_exit(-9) == Outcome.of_exit(3) == Outcome.DEAD_KERNEL
+    assert Outcome.of_exit(int(Outcome.SKIPPED)) == Outcome.DEAD_KERNEL  # runner-only outcomes are no exit codes
+    statuses = {o: o.status for o in Outcome}
+    assert statuses[Outcome.DONE_ELSEWHERE] == statuses[Outcome.SKIPPED] == "skipped"
+    assert {statuses[o] for o in (Outcome.FAILED, Outcome.NO_RESULT, Outcome.DISK_FULL, Outcome.DEPENDENCY_FAILED,
+                                  Outcome.INTERRUPTED)} == {"failed"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "make, outcome, cause",
+    [
+        (lambda: OSError(28, "No space left on device", "/scratch/cache/images.u8"), Outcome.DISK_FULL,
+         "disk full at /scratch/cache/images.u8"),
+        (lambda: type("PapermillExecutionError", (Exception,), {"ename": "OSError",
+                      "evalue": "[Errno 28] No space left on device: '/scratch/out/runs/x/ckpt.pt'"})("x"),
+         Outcome.DISK_FULL, "disk full at /scratch/out/runs/x/ckpt.pt"),
+        (lambda: type("PapermillExecutionError", (Exception,), {"ename": "ValueError", "evalue": "broken cell"})("x"),
+         Outcome.FAILED, "ValueError: broken cell"),
+        (lambda: RuntimeError("bad\nsecond line"), Outcome.FAILED, "RuntimeError: bad"),
+    ],
+)  # fmt: skip
+def test_failure_cause_names_a_full_disk_and_its_path(make, outcome, cause):
+    assert failure_cause(make()) == (outcome, cause)
 
 
 def test_dry_run_runs_nothing(tmp_path, stub_env):
@@ -231,14 +279,14 @@ def test_truncated_or_edited_result_is_run_again(tmp_path, stub_env):
 def test_stale_lock_of_dead_process_is_broken(tmp_path):
     cfg = RunConfig(target="cifar10", out_dir=str(tmp_path))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    path = sweep.lock_path(cfg)
+    path = lock_path(cfg)
     path.parent.mkdir(parents=True)
     import socket
 
     path.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "token": "old"}))
-    lock = sweep.CellLock(path)
+    lock = CellLock(path)
     assert not lock.held() and lock.acquire()
-    assert not sweep.CellLock(path).acquire(), "a live holder keeps it"
+    assert not CellLock(path).acquire(), "a live holder keeps it"
     lock.release()
     assert not path.exists()
 
@@ -246,18 +294,18 @@ def test_stale_lock_of_dead_process_is_broken(tmp_path):
 def test_lock_is_held_while_any_of_its_processes_lives(tmp_path):
     """A warm kernel outliving its runner (for the second its parent poller needs) keeps the cell locked."""
     path = tmp_path / "cell.lock"
-    lock = sweep.CellLock(path)
+    lock = CellLock(path)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         assert lock.acquire(pids=[sleeper.pid])
         info = json.loads(path.read_text())
         info["pid"], info["pids"] = 0, [0, sleeper.pid]  # the runner is gone, the kernel is not
         path.write_text(json.dumps(info))
-        assert sweep.CellLock(path).held()
+        assert CellLock(path).held()
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert not sweep.CellLock(path).held()
+    assert not CellLock(path).held()
     lock.set_pids([os.getpid()])  # a holder updating a lock it no longer owns changes nothing
 
 
@@ -330,7 +378,7 @@ def test_gpus_pin_each_warm_kernel(tmp_path, stub_env, monkeypatch):
     body = sweep_stub.NOTEBOOK_BODY + "\nimport os\nprint('CUDA', os.environ.get('CUDA_VISIBLE_DEVICES'), os.getpid())"
     monkeypatch.setenv("XRSTUDY_NOTEBOOKS", str(_stub_notebooks(tmp_path / "nb", body)))
     cells = [c for c in sweep.load_sweep(_sweep(tmp_path)) if c.kind == "pretrain"]
-    summary = sweep.run(cells, gpus=["3", "5"], workers=2, progress=False, poll_s=0.2)
+    summary = sweep.run(cells, gpus=["3", "5"], workers=2, progress=False, poll_s=0.2, allow_cpu=True)
     assert summary.ok, summary.report()
     seen = set()
     for cell in cells:
@@ -378,13 +426,94 @@ def test_papermill_cells_and_dead_kernel(tmp_path, monkeypatch, isolate):
 def test_cli_run_flags(tmp_path, stub_env, monkeypatch, capsys):
     from xrstudy import cli
 
+    monkeypatch.setattr(preflight, "visible_gpus", lambda: 0)
     parser = cli.build_parser()
     sweep_file = _write_sweep_file(tmp_path, n_seeds=2)
-    args = parser.parse_args(["sweep", "run", str(sweep_file), "--gpus", "0,1", "--isolate", "--only", "t", "--retries", "2", "--dry-run"])
-    assert (args.gpus, args.isolate, args.retries, args.workers) == (["0", "1"], True, 2, None)
-    assert cli.resolve_handler(args.handler)(args) == 0
-    out = capsys.readouterr().out
+    argv = ["sweep", "run", str(sweep_file), "--gpus", "0,1", "--isolate", "--only", "t", "--retries", "2", "--dry-run"]
+    args = parser.parse_args(argv)
+    assert (args.gpus, args.isolate, args.retries, args.workers, args.allow_cpu) == (["0", "1"], True, 2, None, False)
+    assert cli.main(argv) == 2, "GPUs asked for but absent: refused, before anything runs"
+    assert "--gpus 0,1: this machine shows 0 GPU(s)" in capsys.readouterr().err
+    assert cli.main([*argv, "--allow-cpu"]) == 0
+    out, err = capsys.readouterr()
     assert out.count("would run  ") == 3 and "dry run: 3 cell(s)" in out
+    assert "WARNING --gpus 0,1" in out and "warning: --gpus 0,1" in err, "allowed, and recorded in the summary"
+
+
+def test_gpus_that_exist_pass_and_missing_ids_are_named(monkeypatch):
+    assert preflight.check_gpus(["0", "1"], allow_cpu=False, count=2) == []
+    assert preflight.check_gpus(["GPU-6f1c", "MIG-1"], allow_cpu=False, count=1) == [], "uuids are the driver's"
+    with pytest.raises(sweep.SweepError, match="cells pinned to 2,3 would run on the CPU"):
+        preflight.check_gpus(["0", "1", "2", "3"], allow_cpu=False, count=2)
+    assert "--allow-cpu" in preflight.check_gpus(["0"], allow_cpu=True, count=0)[0]
+
+
+@pytest.mark.slow
+def test_a_run_with_missing_gpus_records_the_warning_in_each_worker_log(tmp_path, stub_env, monkeypatch):
+    monkeypatch.setattr(preflight, "visible_gpus", lambda: 0)
+    cells = [c for c in sweep.load_sweep(_sweep(tmp_path)) if c.name == "t-in21k"]
+    summary = runner.run(cells, gpus=["0"], executor=STUB, progress=False, poll_s=0.2, allow_cpu=True)
+    assert summary.ok and summary.warnings and "WARNING --gpus 0" in (cells[0].run_dir / "worker.log").read_text()
+
+
+# ---- what a dry run refuses (the real run refuses the same, before starting) -------------------
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+def test_unknown_arch_fails_before_anything_runs(tmp_path, stub_env, dry_run):
+    spec = _sweep(tmp_path)
+    spec["transfer"][1]["arch"] = "resnetv2_77x9_bit"
+    spec["transfer"].append({"target": "cifar10", "init": "timm", "arch": "resnetv2_50x1_bit.no_such_tag", "name": "t"})
+    cells = sweep.load_sweep(spec)
+    with pytest.raises(sweep.SweepError) as err:
+        runner.run(cells, dry_run=dry_run, executor=STUB, progress=False)
+    assert "arch 'resnetv2_77x9_bit' (1 cell(s), e.g. t-in21k): timm has no model 'resnetv2_77x9_bit'" in str(err.value)
+    assert "timm has no pretrained tag 'no_such_tag'" in str(err.value)
+    assert not _executions(stub_env)
+
+
+def test_init_of_a_run_that_is_nowhere_fails_the_dry_run(tmp_path, stub_env):
+    spec = _sweep(tmp_path)
+    spec["transfer"].append({"target": "cifar10", "init": "run:pretrain-000000000000", "name": "orphan"})
+    cells = sweep.load_sweep(spec)
+    with pytest.raises(sweep.SweepError, match=r"orphan \[transfer-\w+\]: init run:pretrain-000000000000 is neither"):
+        runner.run(cells, dry_run=True, executor=STUB)
+    parent = next(c for c in cells if c.name == "c+m")  # a finished result in the store is a valid init
+    child = RunConfig.from_dict({**cells[-1].to_dict(), "init": f"run:{parent.run_id}"})
+    results.save(results.new_result(parent, {"test/acc": 0.5}), parent.results_dir)
+    assert runner.run([child], dry_run=True, executor=STUB).planned == [child.run_id]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s["transfer"][1].update(init="pretrain:nih"), "init 'pretrain:nih' matches 0 pretrain cells"),
+        (lambda s: s["pretrain"][1].update(arch="resnetv2_152x4_bit") or s["transfer"].append(
+            {"target": "cifar10", "init": "pretrain:c+m", "arch": "resnetv2_50x1_bit"}),
+         "matches 0 pretrain cells for arch 'resnetv2_50x1_bit'; pretrain 'c+m' exists for ['resnetv2_152x4_bit']"),
+        (lambda s: s["transfer"][1].update(arch="resnetv2_50x7_bit"), "timm has no model 'resnetv2_50x7_bit'"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("command", ["run", "submit"])
+def test_cli_dry_runs_fail_on_what_the_real_run_fails_on(tmp_path, capsys, change, message, command):
+    from xrstudy import cli
+
+    spec = _sweep(tmp_path)
+    change(spec)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert cli.main(["sweep", command, str(path), "--dry-run"]) == 2
+    assert message in capsys.readouterr().err
+
+
+# ---- failure causes reach the summary ---------------------------------------------------------
+@pytest.mark.parametrize("mode_kwargs", MODES, indirect=True)
+def test_a_full_disk_is_named_in_the_failure_list(tmp_path, stub_env, monkeypatch, mode_kwargs):
+    monkeypatch.setenv("XRSTUDY_STUB_ENOSPC", "t-in21k")
+    cells = [c for c in sweep.load_sweep(_sweep(tmp_path)) if c.name == "t-in21k"]
+    summary = sweep.run(cells, progress=False, poll_s=0.2, **mode_kwargs)
+    [failure] = summary.failed
+    assert failure.outcome == Outcome.DISK_FULL
+    assert failure.reason.startswith(f"disk full at {tmp_path / 'cache' / 'images.u8'}"), failure.reason
+    assert f"disk full at {tmp_path / 'cache' / 'images.u8'}" in summary.report()
 
 
 def test_notebook_path_errors_clearly(monkeypatch, tmp_path):
@@ -393,22 +522,74 @@ def test_notebook_path_errors_clearly(monkeypatch, tmp_path):
         sweep.notebook_path("no_such_notebook")
 
 
-# ---- submitit ---------------------------------------------------------------------------------
-def test_submit_dry_run_writes_sbatch_scripts(tmp_path):
+# ---- SLURM ------------------------------------------------------------------------------------
+def test_submit_dry_run_writes_what_submit_sends(tmp_path, monkeypatch):
+    """A fake sbatch records what it receives: the very files the dry run wrote, in dependency order."""
     cells = sweep.load_sweep(_sweep(tmp_path))
-    info = sweep.submit(cells, folder=tmp_path / "slurm", dry_run=True, partition="gpu", pretrain_nodes=4, gpus_per_node=4)
-    scripts = {Path(p).name: Path(p).read_text() for p in info["scripts"]}
-    assert set(scripts) == {"pretrain.sbatch", "transfer.sbatch"}
-    assert "#SBATCH --array=0-2%" in scripts["pretrain.sbatch"] and "torch.distributed.run" in scripts["pretrain.sbatch"]
-    assert "--nodes=4" in scripts["pretrain.sbatch"] and "#SBATCH --array=0-8%" in scripts["transfer.sbatch"]
-    assert len((tmp_path / "slurm" / "transfer_cells.jsonl").read_text().splitlines()) == 9
+    dry = slurm.submit(cells, folder=tmp_path / "dry", dry_run=True, partition="gpu", pretrain_nodes=4, gpus_per_node=4)
+    scripts = {Path(p).name: Path(p).read_text() for p in dry["scripts"]}
+    pretrain = scripts["pretrain.sbatch"]
+    assert "#SBATCH --array=0-2%" in pretrain and "--nodes=4" in pretrain and "torch.distributed.run" in pretrain
+    assert "--rdzv_endpoint=$MASTER_ADDR:29500" in pretrain and "srun --ntasks-per-node=1" in pretrain
+    assert set(scripts) == {"pretrain.sbatch", "transfer.sbatch", "transfer-after-chexpert-50x1.sbatch",
+                            "transfer-after-chexpert-152x4.sbatch"}, "each transfer array waits for its own parent"
+    assert "#SBATCH --array=0-3%" in scripts["transfer-after-chexpert-50x1.sbatch"]
+    lines = {name: len((tmp_path / "dry" / f"{name}_cells.jsonl").read_text().splitlines()) for name in dry["sizes"]}
+    assert lines == {"pretrain": 3, "transfer-after-chexpert-50x1": 4, "transfer-after-chexpert-152x4": 4, "transfer": 1}
+    assert not dry["jobs"]
+
+    bin_dir, sent = tmp_path / "bin", tmp_path / "sent"
+    bin_dir.mkdir()
+    sent.mkdir()
+    (bin_dir / "sbatch").write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        n=$(ls {sent} | wc -l); id=$((1000 + n / 2))
+        echo "$@" > {sent}/$n.args; cp "${{@: -1}}" {sent}/$n.script; echo "$id;cluster"
+        """))
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    real = slurm.submit(cells, folder=tmp_path / "dry", partition="gpu", pretrain_nodes=4, gpus_per_node=4)
+    assert real["jobs"] == {"pretrain": "1000", "transfer-after-chexpert-50x1": "1001",
+                            "transfer-after-chexpert-152x4": "1002", "transfer": "1003"}  # fmt: skip
+    received = [(sent / f"{2 * i}.script").read_text() for i in range(4)]
+    assert received == [scripts[f"{name}.sbatch"] for name in real["jobs"]], "sent byte for byte what was reviewed"
+    args = [(sent / f"{2 * i}.args").read_text().split() for i in range(4)]
+    assert args[0] == ["--parsable", "pretrain.sbatch"]
+    chexpert_50 = next(i for i, c in enumerate(c for c in cells if c.kind == "pretrain") if c.arch == "resnetv2_50x1_bit")
+    assert args[1] == ["--parsable", f"--dependency=afterany:1000_{chexpert_50}", "transfer-after-chexpert-50x1.sbatch"]
+    assert args[3] == ["--parsable", "transfer.sbatch"], "ImageNet inits wait for nothing"
+
+
+def test_sizing_fits_the_estimate_into_the_time_limit():
+    one = slurm.size_cell(5.0, slurm.parse_time("24:00:00"), gpus_per_node=4, max_nodes=16, global_batch=128)
+    assert (one.nodes, one.gpus_per_node) == (1, 1) and one.minutes == 6 * 60 + 30  # 5 h / 0.8 + 15 min
+    big = slurm.size_cell(100.0, slurm.parse_time("1-00:00:00"), gpus_per_node=4, max_nodes=16, global_batch=1024)
+    assert (big.nodes, big.gpus_per_node) == (2, 4) and big.estimate_h == pytest.approx(100 / 8 / 0.9)
+    odd = slurm.size_cell(150.0, slurm.parse_time("1-00:00:00"), gpus_per_node=4, max_nodes=16, global_batch=1024)
+    assert odd.gpus == 16, "12 GPUs would fit the time but do not divide the global batch of 1,024"
+    with pytest.raises(sweep.SweepError, match="do not fit 02:00:00 on up to 1 node"):
+        slurm.size_cell(150.0, 120, gpus_per_node=4, max_nodes=1, global_batch=1024, name="cmnp")
+    assert slurm.parse_time("90") == 90 and slurm.parse_time("2-03:04:30") == 2 * 1440 + 3 * 60 + 5
+    assert slurm.format_time(2 * 1440 + 185) == "2-03:05:00"
+    with pytest.raises(sweep.SweepError, match="expected minutes or"):
+        slurm.parse_time("soon")
+
+
+def test_paper_pretraining_is_sized_by_the_plan(tmp_path):
+    cells = [c for c in sweep.load_sweep(TESTS.parent / "sweeps" / "paper.yaml") if c.kind == "pretrain"]
+    cells = [c.replace(out_dir=str(tmp_path)) for c in cells]
+    info = slurm.submit(cells, folder=tmp_path / "slurm", dry_run=True, time_limit="24:00:00", gpus_per_node=4)
+    sizes = info["sizes"]
+    assert sum(s["cells"] for s in sizes.values()) == 11 and len(sizes) > 1, "not one size for all"
+    assert max(s["nodes"] for s in sizes.values()) > 1, "the 4-source R152x4 (~140 GPU-hours) needs several nodes"
+    assert all(s["estimate_h"] <= 24 * slurm.SAFETY - slurm.STARTUP_H for s in sizes.values()), sizes
 
 
 @pytest.mark.slow
-def test_submit_local_executor_runs_cells(tmp_path, stub_env):
+def test_submit_local_backend_runs_the_scripts(tmp_path, stub_env):
     cells = [c for c in sweep.load_sweep(_sweep(tmp_path)) if c.name in ("c+m", "t-in21k")]
-    info = sweep.submit(cells, backend="local", folder=tmp_path / "slurm", executor=STUB)
-    assert len(info["jobs"]["pretrain"]) == 1 and len(info["jobs"]["transfer"]) == 1
+    info = slurm.submit(cells, backend="local", folder=tmp_path / "slurm", executor=STUB)
+    assert set(info["jobs"]) == {"pretrain", "transfer"}
     assert all(results.is_done(c) for c in cells)
 
 

@@ -126,33 +126,60 @@ def _add_train(sub: Any) -> None:
     _handler(train, "xrstudy.train:cmd_train")
 
 
+def root_arg(text: str) -> tuple[str, str]:
+    """`padchest=/data/PadChest` -> ("padchest", "/data/PadChest")."""
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}; expected NAME=DIR, e.g. padchest=/data/PadChest")
+    return name.strip(), path.strip()
+
+
 def _add_sweep(sub: Any) -> None:
-    sweep = sub.add_parser("sweep", help="run a sweep file: locally with papermill, or on SLURM")
+    sweep = sub.add_parser("sweep", help="plan a sweep file, run it here with papermill, or send it to SLURM")
     commands = sweep.add_subparsers(dest="sweep_command", required=True)
+
+    plan = commands.add_parser("plan", help="every cell's resolved recipe, sizes and cost, without images or models")
+    plan.add_argument("sweep", help="sweep YAML")
+    plan.add_argument("--root", type=root_arg, action="append", metavar="NAME=DIR",
+                      help="read NAME's label files from DIR (repeat; overrides the sweep's roots); a root that "
+                           "does not exist here counts as not given")
+    plan.add_argument("--metadata-only", action="store_true", help="read label files only (images may be absent)")
+    plan.add_argument("--json", action="store_true", help="print a JSON array, one object per cell")
+    plan.add_argument("--device", default="H100", help="throughput table rows to estimate GPU-hours with")
+    plan.add_argument("--only", default=None, help="glob over cell names / run ids (deps included)")
+    _handler(plan, "xrstudy.plan:cmd_plan")
 
     local = commands.add_parser("run", help="execute every unfinished cell here")
     local.add_argument("sweep", help="sweep YAML")
     local.add_argument("--workers", type=int, default=None, help="cells at once (default: one per GPU, else 1)")
     local.add_argument("--gpus", type=gpu_list_arg, default=None, help="e.g. 0,1 (one cell per GPU at a time)")
+    local.add_argument("--allow-cpu", action="store_true",
+                       help="run even when --gpus names GPUs this machine does not show (recorded)")
     local.add_argument("--only", default=None, help="glob over cell names / run ids (deps included)")
     local.add_argument("--retries", type=int, default=1, help="retries when a kernel dies")
     local.add_argument("--isolate", action="store_true",
                        help="a fresh worker process (and kernel) per cell instead of one warm kernel per worker")
-    local.add_argument("--dry-run", action="store_true", help="list what would run")
+    local.add_argument("--dry-run", action="store_true", help="check the cells and list what would run")
     local.add_argument("--no-progress", dest="progress", action="store_false")
-    _handler(local, "xrstudy.sweep:cmd_run")
+    _handler(local, "xrstudy.runner:cmd_run")
 
-    cluster = commands.add_parser("submit", help="submit to SLURM through submitit")
+    cluster = commands.add_parser("submit", help="write sbatch scripts (sized by the plan) and submit them")
     cluster.add_argument("sweep", help="sweep YAML")
-    cluster.add_argument("--backend", choices=("slurm", "local", "debug"), default="slurm")
-    cluster.add_argument("--folder", default=None, help="submitit folder (default: <out_dir>/slurm)")
+    cluster.add_argument("--backend", choices=("slurm", "local"), default="slurm",
+                         help="slurm: sbatch; local: run the same scripts here, one array task after another")
+    cluster.add_argument("--folder", default=None, help="where scripts, cell lists and logs go (default: <out_dir>/slurm)")
     cluster.add_argument("--partition", default=None)
-    cluster.add_argument("--timeout-min", type=int, default=24 * 60)
-    cluster.add_argument("--gpus-per-node", type=int, default=1)
-    cluster.add_argument("--pretrain-nodes", type=int, default=1)
+    cluster.add_argument("--time-limit", default=None, metavar="[D-]HH:MM:SS",
+                         help="wall time per job; cells get the GPUs their estimate needs to fit it (default 24:00:00)")
+    cluster.add_argument("--timeout-min", type=int, default=24 * 60, help=argparse.SUPPRESS)  # older spelling
+    cluster.add_argument("--gpus-per-node", type=int, default=4, help="GPUs of one node (default: %(default)s)")
+    cluster.add_argument("--max-nodes", type=int, default=16, help="most nodes one cell may take (default: %(default)s)")
+    cluster.add_argument("--pretrain-nodes", type=int, default=None,
+                         help="fixed nodes per pre-training cell instead of sizing by the estimate")
+    cluster.add_argument("--device", default="H100", help="throughput table rows for the estimates")
     cluster.add_argument("--only", default=None)
-    cluster.add_argument("--dry-run", action="store_true", help="write the sbatch scripts for review")
-    _handler(cluster, "xrstudy.sweep:cmd_submit")
+    cluster.add_argument("--dry-run", action="store_true", help="write everything submit would send, send nothing")
+    _handler(cluster, "xrstudy.slurm:cmd_submit")
 
 
 def _add_results(sub: Any) -> None:

@@ -74,6 +74,12 @@ class WarmKernel:
         process = getattr(getattr(self.km, "provisioner", None), "process", None)
         return getattr(process, "pid", None)
 
+    @property
+    def returncode(self) -> int | None:
+        """The kernel process's exit status once it ended (negative: killed by that signal), else None."""
+        process = getattr(getattr(self.km, "provisioner", None), "process", None)
+        return process.poll() if process is not None and hasattr(process, "poll") else None
+
     def alive(self) -> bool:
         return self.km is not None and self.km.is_alive()
 

@@ -51,6 +51,9 @@ class Source:
     native_hw: tuple[int, int] | None = None  # typical original (height, width); None = large (>= 96 px)
     transfer_pipeline: str = "bit"  # "bit": BiT-HyperRule resolution | "xray": the pre-training X-ray pipeline
     shares_images_with: tuple[str, ...] = ()  # sources whose images this one contains (leak check)
+    # Pre-training sources: training images per canonical view in the paper's split, as published
+    # (the plan sums the views a cell keeps); ((view, images), ...).
+    published_train_by_view: tuple[tuple[str, int], ...] = ()
 
 
 SOURCES: dict[str, Source] = {}
@@ -413,7 +416,9 @@ def _split_names(series: pd.Series) -> pd.Series:
 CHEXPERT_LAYOUT = "train.csv and valid.csv (CheXpert v1.0 or v1.0-small) beside train/ and valid/ image folders"
 
 
-@register("chexpert", multilabel=True, modality="xray", layout=CHEXPERT_LAYOUT)
+# train.csv of CheXpert v1.0 (the torchxrayvision wheel's copy): Frontal rows by AP/PA (LL, RL -> OTHER), Lateral.
+@register("chexpert", multilabel=True, modality="xray", layout=CHEXPERT_LAYOUT,
+          published_train_by_view=(("PA", 29_420), ("AP", 161_590), ("LATERAL", 32_387), ("OTHER", 17)))
 def read_chexpert(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     required = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", labels.NO_FINDING, *labels.CHEXPERT_FINDINGS]
     frames, notes = [], {}
@@ -457,7 +462,10 @@ def read_chexpert(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
 MIMIC_LAYOUT = "mimic-cxr-2.0.0-{chexpert,metadata,split}.csv.gz and files/pXX/pNNNNNNNN/sNNNNNNNN/*.jpg"
 
 
-@register("mimic", multilabel=True, modality="xray", layout=MIMIC_LAYOUT)
+# Not in any wheel: MIMIC-CXR-JPG 2.0.0 metadata ViewPosition counts over all splits (PA 96,161, AP 147,173,
+# LATERAL + LL 117,985) times the official train share 368,960 / 377,110 images; estimates.
+@register("mimic", multilabel=True, modality="xray", layout=MIMIC_LAYOUT,
+          published_train_by_view=(("PA", 94_083), ("AP", 143_992), ("LATERAL", 115_435)))
 def read_mimic(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     label_path = find_file(root, ["mimic-cxr-2.0.0-chexpert.csv"], "MIMIC-CXR-JPG CheXpert label file")
     meta_path = find_file(root, ["mimic-cxr-2.0.0-metadata.csv"], "MIMIC-CXR-JPG metadata file")
@@ -533,7 +541,10 @@ def _nih_official_split(name: str, root: Path, entry_path: Path, images: pd.Seri
     return split, {}
 
 
-@register("nih", multilabel=True, modality="xray", layout=NIH_LAYOUT)
+# train_val_list.txt holds 86,524 images (not in the wheel); split by view with the whole file's shares
+# (Data_Entry_2017_v2020: PA 67,310, AP 44,810 of 112,120), so the per-view numbers are estimates.
+@register("nih", multilabel=True, modality="xray", layout=NIH_LAYOUT,
+          published_train_by_view=(("PA", 51_944), ("AP", 34_580)))
 def read_nih(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     path = find_file(root, ["Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv"], "NIH Data_Entry file")
     frame = read_table(path, ["Image Index", "Finding Labels", "Patient ID", "View Position"],
@@ -633,7 +644,10 @@ def _padchest_meta(name: str, root: Path, pc: PadchestFrame, metadata_only: bool
     )  # fmt: skip
 
 
-@register("padchest", multilabel=True, modality="xray", layout=PADCHEST_LAYOUT)
+# The authors' split of the 160K file (wheel copy): their filters, 5 views, RandomState(42), first 90 % train.
+@register("padchest", multilabel=True, modality="xray", layout=PADCHEST_LAYOUT,
+          published_train_by_view=(("PA", 82_484), ("LATERAL", 44_620), ("AP_SUPINE", 12_899), ("AP", 4_060),
+                                   ("COSTAL", 575)))
 def read_padchest(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     pc = _read_padchest_terms(root)
     frame, terms = pc.frame, pc.terms

@@ -1,0 +1,343 @@
+"""`xrstudy sweep plan`: every cell of a sweep with everything that decides its numbers, before any GPU hour.
+
+No image and no model is loaded (and neither torch nor timm imported). Per cell:
+- train_size from the label files when the cell's roots exist here (`train_size_from: "label files"`:
+  `xrstudy.data.train_size` once the data layer has it, until then the length of `data.prepare`'s
+  training table, few-shot cells from its class counts),
+  else from the registry's published facts (`Source.published_train_size`, per-view counts of the
+  pre-training sources); few-shot cells k x classes (capped by the full set), or the class counts of
+  the label files. A root that does not exist on this machine counts as not given.
+- the recipe from `xrstudy.hyper.recipe_for(cfg, train_size, image_hw, pipeline=...)`, the function
+  training calls (`xrstudy.train.recipe_of`), so the plan is what runs.
+- the init's input statistics, the paper's model name, dependencies, and a `leak` flag when the
+  target's test images were seen by the init's pre-training (`Source.shares_images_with`).
+- cost: image-steps, an estimated GPU-hours figure from the throughput table (`xrstudy.cost`), the
+  image cache on disk and the images each rank holds in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from xrstudy import cost, hyper, results, sweep
+from xrstudy.config import RunConfig
+from xrstudy.sources import Source, source_of
+
+XRAY_STATS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+LARGE_HW = (1024, 1024)  # "larger than 96 x 96": the HyperRule only asks whether images are small
+
+# Facts the registry does not hold yet on this branch (the data helper adds COVIDx's pinned size and
+# may move the class counts to the registry): used only where `Source` lacks them.
+PROVISIONAL_TRAIN_SIZES = {"covidx": 15_951}  # COVIDx CXR-2 train.txt (< 20k: 500 steps, as in the authors' CSVs)
+PUBLISHED_CLASSES = {"cifar10": 10, "cifar100": 100, "pets": 37, "flowers102": 102, "flowers102-official": 102,
+                     "covidx": 2, "tuberculosis": 2, "padchest-cl": 27}  # fmt: skip
+
+
+# ---- pieces of a cell's plan ----------------------------------------------------------------------
+def input_stats(cfg: RunConfig) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None, str]:
+    """(mean, std, why) the cell normalises with. The rule of the authors' code, written here without
+    torch: 0.5 / 0.5 for scratch and X-ray inits; ImageNet mean / std for the authors' ImageNet
+    checkpoints (`init: paper`, init_label imagenet*); BiT tags of timm carry 0.5 / 0.5 in their
+    pretrained cfg."""
+    init = cfg.init
+    if init == "paper":
+        if cfg.init_label.startswith("imagenet"):
+            return (*IMAGENET_STATS, f"the authors' {cfg.init_label} checkpoint: ImageNet mean / std")
+        return (*XRAY_STATS, f"the authors' {cfg.init_label or 'X-ray'} checkpoint: 0.5 / 0.5")
+    if init == "timm":
+        tag = cfg.arch.partition(".")[2]
+        if tag.startswith("goog_"):
+            return (*XRAY_STATS, f"timm pretrained cfg of {cfg.arch}: 0.5 / 0.5")
+        return None, None, f"timm pretrained cfg of {cfg.arch} (read at run time)"
+    if init == "scratch":
+        return (*XRAY_STATS, "scratch: 0.5 / 0.5")
+    return (*XRAY_STATS, "xrstudy checkpoint: 0.5 / 0.5 (pre-training normalises so)")
+
+
+def init_sources(cfg: RunConfig, by_id: dict[str, RunConfig]) -> tuple[str, ...]:
+    """The datasets the init was pre-trained on, as far as the sweep says (empty when unknown)."""
+    parent = sweep.parent_id(cfg)
+    if parent is not None:
+        return tuple(by_id[parent].sources) if parent in by_id else ()
+    if cfg.init == "paper":
+        return tuple(cfg.init_label.split("_"))
+    return ()
+
+
+def pretrained_model(cfg: RunConfig, pretrain_configs: dict[str, dict[str, Any]]) -> str:
+    """The paper's name of the model a cell trains from (transfer) or produces (pretrain)."""
+    if cfg.kind == "pretrain":
+        return results.pretrained_model_name(cfg.init_label or cfg.name, cfg.arch)
+    label = cfg.init_label or results.default_init_label(cfg.to_dict(), pretrain_configs)
+    return results.pretrained_model_name(label, cfg.arch)
+
+
+def _sources_of(cfg: RunConfig) -> tuple[str, ...]:
+    return tuple(cfg.sources) if cfg.kind == "pretrain" else (cfg.target,)
+
+
+@dataclass
+class _Files:
+    """Label-file reads shared by the cells of one plan (every shot and seed of a target reads the
+    same full training table once)."""
+
+    metadata_only: bool
+    out_dir: str
+    full: dict[tuple, Any] = field(default_factory=dict)
+    sizes: dict[tuple, int] = field(default_factory=dict)
+
+    @staticmethod
+    def _key(cfg: RunConfig) -> tuple:
+        """The fields that decide a cell's full training table (not its shots or seed)."""
+        return (cfg.kind, _sources_of(cfg), cfg.roots, tuple(cfg.views) if cfg.kind == "pretrain" else (),
+                cfg.labels, cfg.uncertain, cfg.label_mode, cfg.split_mode, cfg.data_fraction, cfg.metadata_only)
+
+    def study(self, cfg: RunConfig) -> Any:
+        from xrstudy import data
+
+        key = self._key(cfg)
+        if key not in self.full:
+            self.full[key] = data.prepare(cfg.replace(shots=0, seed=0, out_dir=self.out_dir))
+        return self.full[key]
+
+    def train_size(self, cfg: RunConfig) -> tuple[int, int, int]:
+        """(training images of this cell, images of the dataset (cache), train + valid + test images)."""
+        study = self.study(cfg)
+        full = len(study.train)
+        evaluated = len(study.valid) + len(study.test)
+        universe = len(study.universe) or full + evaluated
+        from xrstudy import data
+
+        if hasattr(data, "train_size"):  # the data layer's own count, once it has one
+            key = (cfg.run_id if study.multilabel and cfg.shots else "", self._key(cfg), cfg.shots, cfg.shots_mode)
+            if key not in self.sizes:
+                self.sizes[key] = int(data.train_size(cfg.replace(out_dir=self.out_dir)))
+            return self.sizes[key], universe, self.sizes[key] + evaluated
+        if cfg.kind == "pretrain" or cfg.shots == 0:
+            return full, universe, full + evaluated
+        if study.multilabel:  # the greedy multi-label sampler depends on the seed: run it
+            size = len(data.prepare(cfg.replace(out_dir=self.out_dir)).train)
+        else:
+            counts = study.train["label"].value_counts()
+            size = int(counts.clip(upper=cfg.shots).sum()) if cfg.shots_mode == "paper" else cfg.shots * len(counts)
+            short = counts[counts < cfg.shots]
+            if cfg.shots_mode != "paper" and len(short):
+                raise ValueError(f"class {short.index[0]!r} has {int(short.iloc[0])} training images; "
+                                 f"{cfg.shots}-shot (shots_mode exact) needs {cfg.shots}")
+        return size, universe, size + evaluated
+
+
+def _published_size(cfg: RunConfig) -> tuple[int | None, str]:
+    if cfg.kind == "pretrain":
+        total, missing = 0, []
+        for name in cfg.sources:
+            by_view = dict(source_of(name).published_train_by_view)
+            if not by_view:
+                missing.append(name)
+            total += sum(by_view.get(view, 0) for view in cfg.views)
+        if missing:
+            return None, f"unresolved: no published per-view counts for {missing} (give their roots)"
+        how = "published per-view counts (xrstudy.sources)"
+        if cfg.data_fraction < 1:
+            total, how = int(total * cfg.data_fraction), how + f" x data_fraction {cfg.data_fraction}"
+        return total, how
+    source = source_of(cfg.target)
+    full = source.published_train_size or PROVISIONAL_TRAIN_SIZES.get(cfg.target)
+    where = "published (registry)" if source.published_train_size else "published (xrstudy.plan, provisional)"
+    if full is None:
+        return None, f"unresolved: {cfg.target!r} has no published train size (give its root)"
+    if cfg.shots == 0:
+        return full, where
+    classes = PUBLISHED_CLASSES.get(cfg.target)
+    if classes is None:
+        return None, f"unresolved: class count of {cfg.target!r} unknown (give its root)"
+    return min(full, cfg.shots * classes), f"{cfg.shots} x {classes} classes (capped by the {where} full size)"
+
+
+def _image_hw(cfg: RunConfig, source: Source, table: Any) -> tuple[tuple[int, int], str]:
+    if cfg.kind == "pretrain":
+        return (hyper.PRETRAIN_IMAGE_SIZE,) * 2, "pre-training pipeline"
+    if source.native_hw is not None:
+        return source.native_hw, "registry (native_hw)"
+    if table is not None and len(table):
+        from PIL import Image
+
+        try:
+            with Image.open(str(table["path"].iloc[0])) as image:  # the header only, no pixels decoded
+                return (image.height, image.width), "first training image's header"
+        except (OSError, ValueError):
+            pass
+    return LARGE_HW, "assumed larger than 96 x 96 px"
+
+
+# ---- one cell ------------------------------------------------------------------------------------
+def plan_cell(cfg: RunConfig, by_id: dict[str, RunConfig], files: _Files | None, device: str,
+              pretrain_configs: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The plan of one cell; `by_id`: the sweep's cells (parents), `files`: label-file reads or None."""
+    if pretrain_configs is None:
+        pretrain_configs = {c.run_id: c.to_dict() for c in by_id.values() if c.kind == "pretrain"}
+    source = source_of(cfg.target) if cfg.kind == "transfer" else source_of(cfg.sources[0])
+    warnings: list[str] = []
+    errors: list[str] = []
+    table = None
+    n_cache = n_ram = None
+    memory_from = "published train size only (valid / test sizes not recorded)"
+    if files is not None:
+        try:
+            size, n_cache, n_ram = files.train_size(cfg)
+            table = files.study(cfg).train
+            size_from, memory_from = "label files", "label files"
+        except (ValueError, OSError) as err:  # ConfigError, SourceError, FewShotError
+            errors.append(str(err))
+            size, size_from = None, f"unresolved: {err}"
+    else:
+        size, size_from = _published_size(cfg)
+    if size is not None and n_cache is None:  # published: the full training set is the cache we know of
+        full = size if cfg.kind == "pretrain" or cfg.shots == 0 else _published_size(cfg.replace(shots=0))[0]
+        n_cache, n_ram = full, size
+    image_hw, hw_from = _image_hw(cfg, source, table)
+    pipeline = source.transfer_pipeline if cfg.kind == "transfer" else "xray"
+    recipe = hyper.recipe_for(cfg, size, image_hw, pipeline=pipeline) if size is not None else None
+    mean, std, stats_from = input_stats(cfg)
+    seen = set(init_sources(cfg, by_id))
+    leak = None
+    if cfg.kind == "transfer":
+        overlap = sorted(seen & ({cfg.target} | set(source.shares_images_with)))
+        leak = bool(overlap)
+        if leak:
+            warnings.append(f"leak: {cfg.target} test images were seen in the pre-training of its init "
+                            f"({', '.join(overlap)})")
+    parent = sweep.parent_id(cfg)
+    image_steps = recipe.steps * recipe.global_batch if recipe else None
+    speed = cost.throughput(cfg.arch, recipe.crop, device, compiled=cfg.compile) if recipe else None
+    side = recipe.resize if recipe else None
+    return {
+        "kind": cfg.kind, "run_id": cfg.run_id, "name": cfg.name,
+        "target": cfg.target if cfg.kind == "transfer" else None,
+        "sources": list(cfg.sources) if cfg.kind == "pretrain" else None,
+        "pretrained_model": pretrained_model(cfg, pretrain_configs),
+        "init": cfg.init, "init_label": cfg.init_label, "arch": cfg.arch, "shots": cfg.shots, "seed": cfg.seed,
+        "train_size": size, "train_size_from": size_from, "image_hw": list(image_hw), "image_hw_from": hw_from,
+        "pipeline": pipeline,
+        "steps": recipe.steps if recipe else None, "epochs": recipe.epochs if recipe and cfg.kind == "pretrain" else None,
+        "boundaries": list(recipe.boundaries) if recipe else None, "warmup": recipe.warmup if recipe else None,
+        "resize": recipe.resize if recipe else None, "crop": recipe.crop if recipe else None,
+        "eval_resize": recipe.eval_size if recipe else None, "augment": recipe.augment if recipe else None,
+        "mixup_alpha": recipe.mixup_alpha if recipe else None, "lr": recipe.base_lr if recipe else None,
+        "global_batch": cfg.batch_size, "weight_decay": recipe.weight_decay if recipe else None,
+        "sampler": cfg.sampler, "head_init": cfg.head_init if cfg.kind == "transfer" else None,
+        "mean": list(mean) if mean else None, "std": list(std) if std else None, "stats_from": stats_from,
+        "views": list(cfg.views) if cfg.kind == "pretrain" else None,
+        "labels": cfg.labels if cfg.kind == "pretrain" else None,
+        "uncertain": cfg.uncertain, "split_mode": cfg.split_mode, "label_mode": cfg.label_mode,
+        "shots_mode": cfg.shots_mode if cfg.kind == "transfer" else None,
+        "depends_on": [parent] if parent in by_id else [],
+        "image_steps": image_steps, "images_per_s": round(speed.images_per_s, 1) if speed else None,
+        "throughput_from": f"{device} bf16: {speed.how}" if speed else f"no throughput for {cfg.arch} on {device}",
+        "gpu_hours": round(cost.gpu_hours(image_steps, speed), 3) if speed and image_steps else None,
+        "cache_images": n_cache, "cache_bytes": cost.cache_bytes(n_cache, side, source.modality) if side and n_cache else None,
+        "ram_images": n_ram, "ram_per_rank_bytes": cost.ram_per_rank_bytes(n_ram, side, source.modality) if side and n_ram else None,
+        "memory_from": f"{memory_from}; xrstudy.cost (uint8 cache at the resize side; loaders copy every split per rank)",
+        "leak": leak, "warnings": warnings, "errors": errors,
+    }  # fmt: skip
+
+
+def _with_roots(cfg: RunConfig, roots: dict[str, str], metadata_only: bool) -> RunConfig | None:
+    """The cell reading its files, when every dataset it reads has a root that exists here."""
+    merged = {**{k: str(v) for k, v in cfg.root_map.items()}, **roots}
+    needed = _sources_of(cfg)
+    if not all(name in merged and Path(merged[name]).is_dir() for name in needed):
+        return None
+    return cfg.replace(roots=tuple(f"{k}={v}" for k, v in merged.items()),
+                       metadata_only=metadata_only or cfg.metadata_only)  # fmt: skip
+
+
+def plan_cells(cells: Iterable[RunConfig], *, roots: dict[str, str] | None = None, metadata_only: bool = False,
+               use_roots: bool = True, device: str = cost.DEFAULT_DEVICE) -> list[dict[str, Any]]:
+    """The plan of every cell, in the sweep's order. `use_roots=False` plans from published facts alone."""
+    cells = list(cells)
+    by_id = {c.run_id: c for c in cells}
+    pretrain_configs = {c.run_id: c.to_dict() for c in cells if c.kind == "pretrain"}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="xrstudy-plan-") as scratch:  # split files of the reads land here
+        files = _Files(metadata_only, scratch)
+        for cfg in cells:
+            reading = _with_roots(cfg, roots or {}, metadata_only) if use_roots else None
+            rows.append(plan_cell(reading or cfg, by_id, files if reading else None, device, pretrain_configs))
+            rows[-1]["run_id"] = cfg.run_id  # roots are execution fields: the id does not change
+    return rows
+
+
+# ---- summaries and the CLI -----------------------------------------------------------------------
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    kinds = Counter(r["kind"] for r in rows)
+    targets = Counter(r["target"] for r in rows if r["kind"] == "transfer")
+    hours = {kind: round(sum(r["gpu_hours"] or 0 for r in rows if r["kind"] == kind), 1) for kind in kinds}
+    return {"cells": len(rows), "per_kind": dict(kinds), "per_target": dict(targets), "gpu_hours": hours,
+            "unresolved": sum(r["steps"] is None for r in rows), "leaks": sum(bool(r["leak"]) for r in rows),
+            "no_estimate": sum(r["gpu_hours"] is None for r in rows)}  # fmt: skip
+
+
+COLUMNS = (("kind", 8), ("pretrained_model", 36), ("target", 13), ("shots", 5), ("seed", 4), ("train_size", 10),
+           ("steps", 6), ("resize", 6), ("crop", 4), ("mixup_alpha", 5), ("sampler", 10), ("lr", 7),
+           ("gpu_hours", 9), ("leak", 5))  # fmt: skip
+HEADINGS = {"mixup_alpha": "mixup", "pretrained_model": "model", "train_size": "train"}
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    lines = ["  ".join(HEADINGS.get(name, name)[:width].ljust(width) for name, width in COLUMNS).rstrip()]
+    for row in rows:
+        lines.append("  ".join(cell(row[name]).ljust(width) for name, width in COLUMNS).rstrip())
+    info = summary(rows)
+    per_target = ", ".join(f"{t} {n}" for t, n in info["per_target"].items())
+    hours = ", ".join(f"{k} {h:,.1f}" for k, h in info["gpu_hours"].items())
+    lines.append(f"{info['cells']} cells: " + ", ".join(f"{k} {n}" for k, n in info["per_kind"].items())
+                 + (f" (transfer: {per_target})" if per_target else "")
+                 + f"; estimated GPU-hours: {hours}; unresolved {info['unresolved']}, leaks {info['leaks']}")
+    return "\n".join(lines)
+
+
+def _report(label: str, items: list[tuple[dict[str, Any], str]]) -> None:
+    """One stderr line per distinct message, with how many cells it concerns and the first of them."""
+    seen: dict[str, list[dict[str, Any]]] = {}
+    for row, message in items:
+        seen.setdefault(message, []).append(row)
+    for message, rows in seen.items():
+        first = rows[0]
+        print(f"xrstudy: {label} ({len(rows)} cell(s), e.g. {first['name']} [{first['run_id']}]): {message}",
+              file=sys.stderr)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    cells = sweep.select(sweep.load_sweep(args.sweep), args.only)
+    roots = dict(args.root or [])
+    rows = plan_cells(cells, roots=roots, metadata_only=args.metadata_only, device=args.device)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print(format_table(rows))
+    _report("warning", [(row, w) for row in rows for w in row["warnings"]])
+    unresolved = [r for r in rows if r["errors"] or r["steps"] is None]
+    _report("unresolved", [(r, "; ".join(r["errors"]) or r["train_size_from"].removeprefix("unresolved: "))
+                           for r in unresolved])  # fmt: skip
+    return 1 if unresolved else 0
+
+
+__all__ = ["plan_cells", "plan_cell", "input_stats", "init_sources", "pretrained_model", "summary", "format_table",
+           "cmd_plan", "PROVISIONAL_TRAIN_SIZES", "PUBLISHED_CLASSES"]  # fmt: skip
