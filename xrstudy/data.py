@@ -141,8 +141,17 @@ class _Tables:
     modality: str
 
 
-def _tables(cfg: RunConfig) -> _Tables:
-    """Everything of `prepare` but the split file: pure, no file written."""
+@dataclass(frozen=True)
+class _Split:
+    table: pd.DataFrame  # every row with its split, in the split's order
+    classes: tuple[str, ...]
+    multilabel: bool
+    dropped: dict[str, int]
+    modality: str
+
+
+def _split_stage(cfg: RunConfig) -> _Split:
+    """Read, relabel, filter, merge and split the cell's data (no data fraction, no k-shot yet)."""
     names = tuple(cfg.sources) if cfg.kind == "pretrain" else (cfg.target,)
     if cfg.kind == "pretrain" and cfg.split_mode == "paper":
         names = paper_order(names)
@@ -150,11 +159,10 @@ def _tables(cfg: RunConfig) -> _Tables:
     if len(kinds) > 1:
         raise ConfigError(f"{cfg.name}: sources {list(names)} mix multi-label and single-label datasets")
     multilabel = kinds.pop()
-    paper_labels = cfg.label_mode == "paper"
     dropped: dict[str, int] = {}
     reads = []
     for name in names:
-        # Views select pre-training images; a transfer target keeps its images (the authors' its configured views).
+        # Views select pre-training images; a transfer target keeps its images (the authors': its configured views).
         views = cfg.views if cfg.kind == "pretrain" else ()
         read = labelled(name, cfg.root_of(name), views=views, uncertain=cfg.uncertain, label_mode=cfg.label_mode,
                         metadata_only=cfg.metadata_only)
@@ -175,9 +183,16 @@ def _tables(cfg: RunConfig) -> _Tables:
         classes = tuple(labels.finding_columns(table))
     else:
         classes = tuple(sorted(table["label"].unique()))
-    train, valid, test = (table[(table["split"] == s).to_numpy()].reset_index(drop=True) for s in splits.SPLITS)
+    modality = "xray" if all(sources.source_of(n).modality == "xray" for n in names) else "natural"
+    return _Split(table, classes, multilabel, dropped, modality)
 
-    if multilabel and not paper_labels:  # rows without a single known label add nothing to a masked loss
+
+def _tables(cfg: RunConfig, stage: _Split | None = None) -> _Tables:
+    """Everything of `prepare` but the split file: pure, no file written (`stage`: a ready split stage)."""
+    stage = stage or _split_stage(cfg)
+    table, classes, multilabel, dropped = stage.table, stage.classes, stage.multilabel, dict(stage.dropped)
+    train, valid, test = (table[(table["split"] == s).to_numpy()].reset_index(drop=True) for s in splits.SPLITS)
+    if multilabel and cfg.label_mode != "paper":  # rows without a single known label add nothing to a masked loss
         unlabelled = train[list(classes)].isna().all(axis=1)
         if unlabelled.any():
             dropped["train:no_known_label"] = int(unlabelled.sum())
@@ -190,8 +205,7 @@ def _tables(cfg: RunConfig) -> _Tables:
     if cfg.kind == "transfer" and cfg.shots > 0:
         train = _shots(cfg, train, classes, multilabel).reset_index(drop=True)
         shots_ids = tuple(train["image_id"])
-    modality = "xray" if all(sources.source_of(n).modality == "xray" for n in names) else "natural"
-    return _Tables(table, train, valid, test, classes, multilabel, dropped, shots_ids, modality)
+    return _Tables(table, train, valid, test, classes, multilabel, dropped, shots_ids, stage.modality)
 
 
 def _held_out_is_valid(table: pd.DataFrame) -> pd.DataFrame:
@@ -230,20 +244,27 @@ def prepare(cfg: RunConfig) -> StudyData:
 
 
 # ---- training-set sizes for the planner -----------------------------------------------------------
+_STAGES: dict[tuple, _Split] = {}  # split stages by data key (a few: the real tables are large)
+_STAGES_KEPT = 4
 _TRAIN_SIZES: dict[tuple, int] = {}
-_TRAIN_SIZE_FIELDS = ("kind", "sources", "target", "roots", "labels", "views", "uncertain", "label_mode", "split_mode",
-                      "data_fraction", "shots", "shots_mode")
+_STAGE_FIELDS = ("kind", "sources", "target", "roots", "labels", "views", "uncertain", "label_mode", "split_mode")
 
 
 def train_size(cfg: RunConfig) -> int:
     """`len(prepare(cfg.replace(metadata_only=True)).train)` from the label files alone, without writing a
-    split file; remembered per data fields and label-file signature (the tables are cached by
-    `sources.read_source`, so every cell of a target reads its files once)."""
+    split file. The split stage is kept per data fields and label-file signature, so every shot count
+    and seed of a target reads, relabels and splits its files once."""
+    cfg = cfg.replace(metadata_only=True)
     roots = tuple(sorted((name, sources._root_signature(path) if path.is_dir() else ())
                          for name, path in cfg.root_map.items()))
-    key = (*(getattr(cfg, f) for f in _TRAIN_SIZE_FIELDS), cfg.seed if cfg.shots else 0, roots)
+    data_key = (*(getattr(cfg, f) for f in _STAGE_FIELDS), roots)
+    key = (data_key, cfg.data_fraction, cfg.shots, cfg.shots_mode, cfg.seed if cfg.shots else 0)
     if key not in _TRAIN_SIZES:
-        _TRAIN_SIZES[key] = len(_tables(cfg.replace(metadata_only=True)).train)
+        if data_key not in _STAGES:
+            if len(_STAGES) >= _STAGES_KEPT:
+                _STAGES.pop(next(iter(_STAGES)))
+            _STAGES[data_key] = _split_stage(cfg)
+        _TRAIN_SIZES[key] = len(_tables(cfg, _STAGES[data_key]).train)
     return _TRAIN_SIZES[key]
 
 

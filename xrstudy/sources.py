@@ -779,7 +779,8 @@ def read_pets(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
 
 
 # ---- Oxford Flowers-102 ------------------------------------------------------------------------------
-FLOWERS_LAYOUT = "imagelabels.mat and setid.mat (trnid, valid, tstid) beside jpg/image_00001.jpg ..."
+FLOWERS_LAYOUT = ("imagelabels.mat and setid.mat (trnid, valid, tstid) beside jpg/image_00001.jpg ..., or fast.ai's "
+                  "copy: train.txt, valid.txt, test.txt ('jpg/image_00001.jpg 76', classes from 0) beside jpg/")
 FLOWERS_SETS = ("trnid", "valid", "tstid")
 
 
@@ -800,7 +801,32 @@ def _mat_vector(path: Path, key: str) -> np.ndarray:
     return values.astype(np.int64)
 
 
+FLOWERS_FASTAI_LISTS = {"train.txt": "trnid", "valid.txt": "valid", "test.txt": "tstid"}
+FLOWERS_FASTAI_LINE = re.compile(r"^(?P<file>jpg/image_\d{5}\.jpg)\s+(?P<cls>\d+)$")
+
+
+def _read_flowers_fastai(name: str, root: Path, metadata_only: bool, split_of: dict[str, str]) -> pd.DataFrame:
+    """fast.ai's copy (the authors' download): train.txt / valid.txt / test.txt with lines
+    'jpg/image_06734.jpg 0', classes counted from 0 (class "1" of the .mat files is 0 here)."""
+    expected = "'jpg/image_NNNNN.jpg CLASS' with CLASS 0..101"
+    rows = []  # (image, class as 1..102, set, path, line)
+    for file, key in FLOWERS_FASTAI_LISTS.items():
+        path = find_file(root, [file], f"Flowers-102 (fast.ai) {file}")
+        for line, text in _text_lines(path, expected):
+            match = FLOWERS_FASTAI_LINE.match(text)
+            if match is None or int(match["cls"]) > 101:
+                raise SourceError(f"{path}, line {line}: {text!r}; expected {expected}")
+            rows.append((match["file"].removeprefix("jpg/"), str(int(match["cls"]) + 1), key, path, line))
+    require_images(root, "jpg", name, metadata_only)
+    image, label, key, path, line = zip(*rows)
+    _unique_lines(image, list(zip(path, line)), "image")
+    return canonical(name, image_id=list(image), path=[str(root / "jpg" / i) for i in image], patient_id=list(image),
+                     study_id=list(image), view="OTHER", split=[split_of[k] for k in key], label=list(label))
+
+
 def _read_flowers(name: str, root: Path, metadata_only: bool, split_of: dict[str, str]) -> pd.DataFrame:
+    if not any((root / f).is_file() for f in ("imagelabels.mat", "imagelabels.mat.gz")) and (root / "train.txt").is_file():
+        return _read_flowers_fastai(name, root, metadata_only, split_of)
     label_path = find_file(root, ["imagelabels.mat"], "Flowers-102 label file")
     set_path = find_file(root, ["setid.mat"], "Flowers-102 split file")
     classes = _mat_vector(label_path, "labels")

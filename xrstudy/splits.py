@@ -161,8 +161,11 @@ def _covidx(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """train.txt / test.txt of COVIDx CXR-2 as pinned by the authors; another release is an error."""
     counts = rows["split"].value_counts().to_dict()
     if counts != COVIDX_PAPER_SIZES:
-        found = ", ".join(f"{s} {n:,}" for s, n in sorted(counts.items()))
-        raise ValueError(f"covidx: the files list {found} images; split_mode paper reads COVIDx CXR-2 as the authors "
+        lists = {"train": "train.txt", "valid": "val.txt", "test": "test.txt"}
+        found = ", ".join(f"{lists.get(s, s)} {n:,}" for s, n in sorted(counts.items()))
+        path, image = str(rows["path"].iloc[0]), str(rows["image_id"].iloc[0])
+        root = path[: -len(image)].rstrip("/\\") if path.endswith(image) else path
+        raise ValueError(f"covidx: {root} lists {found} images; split_mode paper reads COVIDx CXR-2 as the authors "
                          f"downloaded it (Kaggle andyczhao/covidx-cxr2, version 3: train.txt "
                          f"{COVIDX_PAPER_SIZES['train']:,} and test.txt {COVIDX_PAPER_SIZES['test']} images, no "
                          f"val.txt); point the covidx root at that release, or read this one with split_mode official")
@@ -181,18 +184,21 @@ def _official(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 def paper_splits(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     """The authors' split of every source of `table` (rules in PAPER_RULES, else the official split);
     a new table in their datasets' order, and the rows their splits leave out, by source."""
-    parts, dropped = [], {}
-    for source in pd.unique(table["source"]):
-        rows = table[(table["source"] == source).to_numpy()].reset_index(drop=True)
-        positions, split = PAPER_RULES.get(str(source), _official)(rows)
-        if len(positions) < len(rows):
-            dropped[f"{source}:outside_paper_split"] = len(rows) - len(positions)
-        parts.append(rows.iloc[positions].assign(split=np.asarray(split, dtype=object).astype(str)))
-    out = pd.concat(parts, ignore_index=True) if parts else table.iloc[:0].copy()
-    unknown = sorted(set(out["split"]) - set(SPLITS))
+    keys = table[[c for c in ("source", "image_id", "path", "split", "label") if c in table.columns]]
+    order, names, dropped = [], [], {}
+    for source in pd.unique(keys["source"]):
+        where = np.flatnonzero((keys["source"] == source).to_numpy())
+        positions, split = PAPER_RULES.get(str(source), _official)(keys.iloc[where].reset_index(drop=True))
+        if len(positions) < len(where):
+            dropped[f"{source}:outside_paper_split"] = len(where) - len(positions)
+        order.append(where[np.asarray(positions, dtype=np.int64)])
+        names.append(np.asarray(split, dtype=object).astype(str))
+    rows = np.concatenate(order) if order else np.zeros(0, np.int64)
+    split = np.concatenate(names) if names else np.zeros(0, str)
+    unknown = sorted(set(split) - set(SPLITS))
     if unknown:
         raise ValueError(f"unknown split name(s) {unknown}; expected {SPLITS}")
-    return out, dropped
+    return table.iloc[rows].reset_index(drop=True).assign(split=split), dropped
 
 
 def patient_overlap(table: pd.DataFrame) -> dict[str, int]:
