@@ -6,9 +6,7 @@ and the planner's training-set sizes. Every expectation is computed here indepen
 from __future__ import annotations
 
 import json
-import os
 from collections import deque
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,8 +14,8 @@ import pytest
 import torch
 from scipy.io import savemat
 
-from xrstudy import cli, data, fewshot, labels, layouts, phantoms, sources, splits
-from xrstudy.config import ConfigError, RunConfig
+from xrstudy import cli, data, fewshot, labels, layouts, phantoms, sources
+from xrstudy.config import RunConfig
 from xrstudy.layouts import Record
 
 FIVE_VIEWS = ("PA", "AP", "AP_SUPINE", "LATERAL", "COSTAL")

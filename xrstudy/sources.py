@@ -529,13 +529,15 @@ def read_imagefolder(name: str, root: Path, metadata_only: bool) -> pd.DataFrame
 #   tuberculosis        Shenzhen + Montgomery PNGs named CHNCXR_0001_0.png / MCUCXR_0001_0.png anywhere
 #                       under root (ChinaSet_AllFiles/CXR_png/, MontgomerySet/CXR_png/); suffix _0 normal,
 #                       _1 tuberculosis; masks (folders named *mask*) and other files are skipped with a
-#                       warning that counts them. No official split (the study's 85/15 is made by patient).
+#                       warning that counts them. No official split: split_mode paper is the authors' 85/15 per
+#                       folder (xrstudy.splits), the other modes split by patient.
 #   cifar10, cifar100   the python pickles: cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}
 #                       and cifar-100-python/{train, test, meta}; root is that folder or its parent. Image
 #                       paths are batch members `FILE#N` (decoded by xrstudy.images). Official train/test.
 #   pets                Oxford-IIIT Pets: annotations/{trainval,test}.txt (`Abyssinian_100 1 1 1`), images/
 #                       {name}.jpg; class = name without the trailing _NNN. trainval -> train, test -> test.
-#   flowers102          imagelabels.mat, setid.mat, jpg/image_00001.jpg. `flowers102` is the paper's swapped
+#   flowers102          imagelabels.mat, setid.mat, jpg/image_00001.jpg (or fast.ai's train.txt / valid.txt /
+#                       test.txt, classes from 0, which the authors downloaded). `flowers102` is the paper's swapped
 #                       split (train = tstid, 6,149 images; valid = valid; test = trnid), `flowers102-official`
 #                       the official one (train = trnid, valid = valid, test = tstid). Classes "1".."102".
 # Every image is its own patient except in COVIDx, whose patient ids group its splits.
