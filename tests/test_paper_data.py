@@ -260,6 +260,19 @@ def test_flowers_fastai_copy_reads_as_the_mat_files(tmp_path):
     assert "jpg/image_00003.jpg 101" in (tmp_path / "fast" / "test.txt").read_text()
 
 
+def test_flowers_fastai_lists_with_bad_lines_name_file_and_line(tmp_path):
+    root = tmp_path / "fast"
+    (root / "jpg").mkdir(parents=True)
+    (root / "train.txt").write_text("jpg/image_00001.jpg 0\n")
+    (root / "valid.txt").write_text("jpg/image_00002.jpg 102\n")
+    (root / "test.txt").write_text("jpg/image_00003.jpg 4\n")
+    with pytest.raises(sources.SourceError, match=r"valid.txt, line 1: .*CLASS 0..101"):
+        sources.read_source("flowers102", root)
+    (root / "valid.txt").write_text("jpg/image_00001.jpg 3\n")
+    with pytest.raises(sources.SourceError, match="duplicate image 'image_00001.jpg'"):
+        sources.read_source("flowers102", root)
+
+
 def test_covidx_is_pinned_to_the_authors_release(tmp_path):
     records = [Record(i, 1, "PA", "", 0, {}, split, _image(i), label)
                for i, (split, label) in enumerate([("train", "positive"), ("train", "negative"), ("test", "negative")])]

@@ -255,6 +255,15 @@ def test_padchest_cl_paper_shots_are_deterministic_and_from_train(roots, tmp_pat
     assert data.train_size(cfg) == 130 and data.train_size(cfg.replace(shots=0)) == 37_387
 
 
+def test_nih_reads_the_same_in_paper_mode(roots, raw):
+    """nih.py marks a finding by `str.contains(name)` over `Finding Labels`: the same as xrstudy's terms."""
+    paper = data.read_labelled("nih", roots["nih"], label_mode="paper", metadata_only=True)[1]
+    nih = raw["nih"]
+    for finding in labels.NIH_FINDINGS:
+        expected = nih["Finding Labels"].str.contains(finding).to_numpy(dtype=np.float32)
+        np.testing.assert_array_equal(paper[labels.NIH_SYNONYMS.get(finding, finding)].to_numpy(), expected)
+
+
 def test_chexpert_as_the_authors_read_it(roots, raw, tmp_path):
     chexpert = raw["chexpert"]
     view = chexpert["Frontal/Lateral"].where(chexpert["Frontal/Lateral"] != "Frontal", chexpert["AP/PA"])

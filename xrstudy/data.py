@@ -13,6 +13,8 @@ Three RunConfig fields choose between the corrected protocol and the authors' (`
 - `split_mode`: `paper` splits and orders each dataset as they did (`xrstudy.splits.paper_splits`);
   a pre-training source's held-out part is its validation set, as in their pre-training.
 - `shots_mode`: `paper` draws their k-shot sets (`xrstudy.fewshot.sample_shots_paper`).
+
+Slightly over ~400 lines: the `xrstudy data` command handlers live here with the functions they call.
 """
 
 from __future__ import annotations
