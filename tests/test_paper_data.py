@@ -14,7 +14,7 @@ import pytest
 import torch
 from scipy.io import savemat
 
-from xrstudy import cli, data, fewshot, labels, layouts, phantoms, sources
+from xrstudy import cli, data, fewshot, labels, layouts, phantoms, sources, splits
 from xrstudy.config import RunConfig
 from xrstudy.layouts import Record
 
@@ -157,8 +157,6 @@ def xray_roots(tmp_path_factory):
     out = {name: layouts.write_layout(name, base / name, records) for name in ("chexpert", "nih")}
     out["mimic"] = layouts.write_layout("mimic", base / "mimic", mimic)
     out["padchest"] = layouts.write_layout("padchest", base / "padchest", layouts.padchest_paper_records(3))
-    listed = (out["nih"] / "train_val_list.txt").read_text().split()
-    (out["nih"] / "train_val_list.txt").write_text("\n".join(listed[1:]) + "\n")  # one image in no list
     return out, records, mimic
 
 
@@ -184,11 +182,10 @@ def test_pretraining_data_as_the_authors_used_it(xray_roots, tmp_path):
     assert study.classes == ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Pneumonia",
                              "Pneumothorax")
     assert list(pd.unique(study.train["source"])) == ["chexpert", "mimic", "nih", "padchest"]  # their merge order
-    nih = sources.read_source("nih", roots["nih"])
     test_list = set((roots["nih"] / "test_list.txt").read_text().split())
+    train_list = set((roots["nih"] / "train_val_list.txt").read_text().split())
     assert set(study.valid.loc[study.valid["source"] == "nih", "image_id"]) == test_list  # their NIH validation
-    assert study.dropped["nih:outside_paper_split"] == 1 and len(nih) - 1 == (study.train["source"] == "nih").sum() \
-        + len(test_list)
+    assert set(study.train.loc[study.train["source"] == "nih", "image_id"]) == train_list
     assert not (study.test["source"].isin(["chexpert", "nih", "padchest"])).any()
     assert (study.valid["source"] == "padchest").sum() > 0  # PadChest's 10 %: their validation set
     assert "train:no_known_label" not in study.dropped  # the authors keep rows with no known label
@@ -196,6 +193,15 @@ def test_pretraining_data_as_the_authors_used_it(xray_roots, tmp_path):
     pair = RunConfig(kind="pretrain", sources=("chexpert", "mimic"), roots=entries, split_mode="paper",
                      label_mode="paper", out_dir=str(tmp_path))
     assert list(pd.unique(data.prepare(pair).train["source"])) == ["mimic", "chexpert"]  # type: chexpert_mimic
+
+
+def test_nih_paper_split_is_an_inner_join_with_the_lists():
+    table = pd.DataFrame({"source": "nih", "image_id": list("abcd"), "path": list("abcd"),
+                          "split": ["train", "", "test", "train"]})
+    out, dropped = splits.paper_splits(table)
+    assert list(out["image_id"]) == ["a", "c", "d"] and dropped == {"nih:outside_paper_split": 1}
+    with pytest.raises(ValueError, match="train_val_list.txt and test_list.txt"):
+        splits.paper_splits(table.assign(split=""))
 
 
 # ---- targets as the authors split and order them ----------------------------------------------------

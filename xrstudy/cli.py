@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from xrstudy.config import LABEL_MODES, LABEL_SETS, SHOTS_MODES, SPLIT_MODES, UNCERTAIN_POLICIES, VIEWS
+from xrstudy.config import LABEL_SETS, UNCERTAIN_POLICIES, VIEWS
 
 
 # ---- argument types -------------------------------------------------------------------------
@@ -51,6 +51,8 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--views", type=views_arg, default=(), help="keep these views, e.g. PA,AP (default: all)")
     parser.add_argument("--uncertain", choices=UNCERTAIN_POLICIES, default="ignore",
                         help="uncertain (-1) labels become NaN (ignore, the paper's), 1 (ones) or 0 (zeros)")
+    from xrstudy.config import LABEL_MODES
+
     parser.add_argument("--label-mode", choices=LABEL_MODES, default="paper",
                         help="paper: each dataset as the authors' code reads it (PadChest's 27 pathologies, "
                              "PadChest-Cl their 27-class task); terms: the exact-term vocabulary (default: %(default)s)")
@@ -59,8 +61,10 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_data(sub: Any) -> None:
-    data = sub.add_parser("data", help="inspect, merge, split, sample and cache the data sources")
+    data = sub.add_parser("data", help="inspect, merge, split and cache the data sources")
     commands = data.add_subparsers(dest="data_command", required=True)
+    from xrstudy.config import LABEL_MODES, SHOTS_MODES, SPLIT_MODES
+
 
     inspect = commands.add_parser("inspect", help="counts of one source: images, patients, views, labels, classes")
     inspect.add_argument("source", help="registry name (chexpert, mimic, nih, padchest, padchest-cl, covidx, ...) "

@@ -286,7 +286,7 @@ def inspect_source(name: str, root: str | Path, views: Sequence[str] = (), uncer
     single-label targets add `classes` (every class, in class order) and images per class; a
     `split_mode` adds images per split and per class of each split."""
     read = labelled(name, root, views=views, uncertain=uncertain, label_mode=label_mode, metadata_only=metadata_only)
-    table, classes = read.table, ()
+    raw, table, classes = read.raw, read.table, ()
     if split_mode is not None:
         table = split_table(table, split_mode)[0]
     if read.single_label_of:
@@ -298,7 +298,7 @@ def inspect_source(name: str, root: str | Path, views: Sequence[str] = (), uncer
         "source": name,
         "images": int(len(table)),
         "patients": int(table["patient_id"].nunique()),
-        "views": {str(v): int(n) for v, n in read.raw["view"].value_counts().sort_index().items()},
+        "views": {str(v): int(n) for v, n in raw["view"].value_counts().sort_index().items()},
         "labels": class_counts(table),
     }
     if classes:

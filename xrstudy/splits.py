@@ -153,6 +153,9 @@ def _flowers(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 def _nih(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """train_val_list.txt and test_list.txt (the authors join each list: images in neither are left out)."""
     positions = np.flatnonzero(rows["split"].isin(["train", "test"]).to_numpy())
+    if len(rows) and not len(positions):
+        raise ValueError("nih: split_mode paper reads train_val_list.txt and test_list.txt (the authors' split); "
+                         "no image is listed in either: add both lists beside the Data_Entry file")
     return positions, rows["split"].to_numpy()[positions]
 
 
