@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from xrstudy import cli, data, labels, merge, splits
+from xrstudy.config import RunConfig
 
 txv = pytest.importorskip("torchxrayvision")
 pytestmark = pytest.mark.realdata
@@ -158,7 +159,7 @@ def test_patient_splits_of_real_files_do_not_leak_and_are_byte_identical(roots, 
 def test_paper_split_of_padchest_leaks_patients(roots, tmp_path, capsys):
     out = tmp_path / "paper.csv"
     cli.main(["data", "split", "padchest", "--root", str(roots["padchest"]), "--metadata-only", "--mode", "paper",
-              "--valid-fraction", "0", "--out", str(out)])
+              "--out", str(out)])
     capsys.readouterr()
     split = pd.read_csv(out, dtype=str)
     table = data.read_labelled("padchest", roots["padchest"], metadata_only=True)[0]
@@ -166,13 +167,130 @@ def test_paper_split_of_padchest_leaks_patients(roots, tmp_path, capsys):
     assert leak["patients"] > 1000  # the paper's image-level split puts thousands of patients on both sides
 
 
+# ---- the authors' PadChest (label_mode / split_mode / shots_mode paper) ---------------------------------
+PADCHEST_PATHOLOGIES = {  # transfer_learning/datasets/padchest.py, written out again for an independent check
+    "Atelectasis": [], "Consolidation": ["air bronchogram"], "Pneumothorax": [], "Edema": [], "Emphysema": [],
+    "Fibrosis": [], "Effusion": [], "Pneumonia": [], "Pleural_Thickening": ["pleural thickening"],
+    "Cardiomegaly": [], "Nodule": [], "Mass": [], "Hernia": [], "Fracture": [], "Granuloma": [],
+    "Flattened Diaphragm": [], "Bronchiectasis": [], "Aortic Elongation": [], "Scoliosis": [],
+    "Hilar Enlargement": ["adenopathy", "pulmonary artery enlargement"], "Support Devices": ["device", "pacemaker"],
+    "Tuberculosis": [], "Air Trapping": [], "Costophrenic Angle Blunting": [], "Aortic Atheromatosis": [],
+    "Hemidiaphragm Elevation": [],
+    "Infiltration": ["infiltrates", "interstitial pattern", "ground glass pattern", "reticular interstitial pattern",
+                     "reticulonodular interstitial pattern", "alveolar pattern", "consolidation", "air bronchogram"],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def authors_padchest():
+    """The authors' filters, labels and split with pandas, as their class does them."""
+    csv = pd.read_csv(DATA / FILES["padchest"][0], low_memory=False)
+    csv.loc[csv["Projection"].isin(["AP_horizontal"]), "Projection"] = "AP Supine"
+    out = {}
+    for views in (["PA", "AP"], ["PA", "AP", "AP Supine", "L", "COSTAL"]):
+        part = csv[csv["Projection"].isin(views)]
+        part = part[~part["Labels"].isnull()]
+        part = part[~part["ImageID"].isin(labels.PADCHEST_EXCLUDED_IMAGES)]
+        marks = []
+        for pathology in sorted(PADCHEST_PATHOLOGIES):
+            mask = part["Labels"].str.contains(pathology.lower())
+            for synonym in PADCHEST_PATHOLOGIES[pathology]:
+                mask |= part["Labels"].str.contains(synonym.lower())
+            marks.append(mask.values)
+        inds = np.arange(len(part))
+        np.random.RandomState(42).shuffle(inds)
+        n = int(len(inds) * 0.9)
+        out[len(views)] = (part.iloc[inds[:n]], part.iloc[inds[n:]], np.asarray(marks).T[inds[:n]],
+                           np.asarray(marks).T[inds[n:]])
+    return out
+
+
+@pytest.mark.parametrize("views, counts", [("PA,AP", (86_578, 9_620)),
+                                           ("PA,AP,AP_SUPINE,LATERAL,COSTAL", (144_638, 16_071))])
+def test_padchest_paper_split_is_the_authors(roots, authors_padchest, tmp_path, capsys, views, counts):
+    shas = []
+    for run in range(2):
+        out = tmp_path / f"split{run}.csv"
+        assert cli.main(["data", "split", "padchest", "--root", str(roots["padchest"]), "--metadata-only", "--mode",
+                         "paper", "--views", views, "--out", str(out)]) == 0
+        shas.append(capsys.readouterr().out.strip())
+    assert shas[0] == shas[1] and (tmp_path / "split0.csv").read_bytes() == (tmp_path / "split1.csv").read_bytes()
+    split = pd.read_csv(tmp_path / "split0.csv", dtype=str)
+    train, test, _, _ = authors_padchest[len(views.split(","))]
+    assert ((split["split"] == "train").sum(), (split["split"] == "test").sum()) == counts == (len(train), len(test))
+    assert set(split.loc[split["split"] == "train", "image_id"]) == set(train["ImageID"])
+
+
+def test_padchest_cl_is_the_authors_27_class_task(roots, authors_padchest, tmp_path, capsys):
+    _, _, train_marks, test_marks = authors_padchest[5]
+    out = tmp_path / "cl.csv"
+    assert cli.main(["data", "split", "padchest-cl", "--root", str(roots["padchest"]), "--metadata-only", "--mode",
+                     "paper", "--out", str(out)]) == 0
+    capsys.readouterr()
+    split = pd.read_csv(out, dtype=str)
+    single_train, single_test = train_marks.sum(1) == 1, test_marks.sum(1) == 1
+    assert (split["split"] == "train").sum() == single_train.sum() == 37_387
+    assert (split["split"] == "test").sum() == single_test.sum() == 4_153
+    assert cli.main(["data", "inspect", "padchest-cl", "--root", str(roots["padchest"]), "--metadata-only", "--json",
+                     "--split-mode", "paper"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert len(summary["classes"]) == 27 and summary["classes"][6] == "Consolidation"
+    authors_counts = np.bincount(train_marks[single_train].argmax(1), minlength=27).tolist()
+    assert list(summary["per_class_per_split"]["train"].values()) == authors_counts
+    assert summary["per_class"]["Consolidation"] == 0  # "consolidation" also marks Infiltration: never single
+
+
+def test_padchest_cl_paper_shots_are_deterministic_and_from_train(roots, tmp_path, capsys):
+    args = ["data", "shots", "padchest-cl", "--root", str(roots["padchest"]), "--metadata-only", "--shots", "5"]
+    assert cli.main([*args, "--seed", "1"]) == 0
+    first = capsys.readouterr().out.split()
+    assert cli.main([*args, "--seed", "1"]) == 0 and capsys.readouterr().out.split() == first
+    assert cli.main([*args, "--seed", "2"]) == 0 and capsys.readouterr().out.split() != first
+    cfg = RunConfig(kind="transfer", target="padchest-cl", roots=(f"padchest-cl={roots['padchest']}",),
+                    metadata_only=True, label_mode="paper", split_mode="paper", shots_mode="paper", shots=5, seed=1,
+                    out_dir=str(tmp_path))
+    study = data.prepare(cfg)
+    assert list(study.shots_ids) == first and len(first) == 26 * 5  # Consolidation has no image: fewer, no error
+    assert not set(first) & set(study.test["image_id"])
+    assert data.train_size(cfg) == 130 and data.train_size(cfg.replace(shots=0)) == 37_387
+
+
+def test_nih_reads_the_same_in_paper_mode(roots, raw):
+    """nih.py marks a finding by `str.contains(name)` over `Finding Labels`: the same as xrstudy's terms."""
+    paper = data.read_labelled("nih", roots["nih"], label_mode="paper", metadata_only=True)[1]
+    nih = raw["nih"]
+    for finding in labels.NIH_FINDINGS:
+        expected = nih["Finding Labels"].str.contains(finding).to_numpy(dtype=np.float32)
+        np.testing.assert_array_equal(paper[labels.NIH_SYNONYMS.get(finding, finding)].to_numpy(), expected)
+
+
+def test_chexpert_as_the_authors_read_it(roots, raw, tmp_path):
+    chexpert = raw["chexpert"]
+    view = chexpert["Frontal/Lateral"].where(chexpert["Frontal/Lateral"] != "Frontal", chexpert["AP/PA"])
+    frontal = chexpert[view.isin(["PA", "AP"])]
+    cfg = RunConfig(kind="pretrain", sources=("chexpert",), roots=(f"chexpert={roots['chexpert']}",),
+                    metadata_only=True, label_mode="paper", split_mode="paper", out_dir=str(tmp_path))
+    assert data.train_size(cfg) == len(frontal) == 191_010  # rows without a known label are kept, as theirs
+    assert data.train_size(cfg.replace(views=("PA", "AP", "AP_SUPINE", "LATERAL", "COSTAL"))) == 223_397
+    table = data.read_labelled("chexpert", roots["chexpert"], views=("PA", "AP"), label_mode="paper",
+                               metadata_only=True)[1]
+    healthy = (frontal["No Finding"] == 1).to_numpy()
+    for column in labels.CHEXPERT_FINDINGS:
+        values = frontal[column].to_numpy(dtype=np.float32, copy=True)
+        values[healthy] = 0.0
+        values[values == -1] = np.nan
+        ours = table[labels.CHEXPERT_SYNONYMS.get(column, column)].to_numpy()
+        np.testing.assert_array_equal(ours, values, err_msg=column)
+
+
 def test_cli_inspect_and_merge_json(roots, capsys):
     assert cli.main(["data", "inspect", "nih", "--root", str(roots["nih"]), "--views", "PA", "--metadata-only",
                      "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert set(summary) == {"source", "images", "patients", "views", "labels", "notes"}
+    assert set(summary) == {"source", "images", "patients", "views", "labels", "notes", "dropped"}
     assert summary["notes"]["age_unreadable"] == 0 and "no official split" in summary["notes"]["official_split"]
     assert summary["images"] == 67310 and summary["views"] == {"AP": 44810, "PA": 67310}
+    assert summary["dropped"] == {"nih:view": 44810}  # rows left out, by reason
     assert set(summary["labels"]["Effusion"]) == {"positive", "negative", "unknown"}
     entries = [f"--source=nih={roots['nih']}", f"--source=chexpert={roots['chexpert']}"]
     assert cli.main(["data", "merge", *entries, "--views", "PA,AP", "--metadata-only", "--json"]) == 0

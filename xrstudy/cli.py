@@ -69,6 +69,11 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--views", type=views_arg, default=(), help="keep these views, e.g. PA,AP (default: all)")
     parser.add_argument("--uncertain", choices=UNCERTAIN_POLICIES, default="ignore",
                         help="uncertain (-1) labels become NaN (ignore, the paper's), 1 (ones) or 0 (zeros)")
+    from xrstudy.config import LABEL_MODES
+
+    parser.add_argument("--label-mode", choices=LABEL_MODES, default="paper",
+                        help="paper: each dataset as the authors' code reads it (PadChest's 27 pathologies, "
+                             "PadChest-Cl their 27-class task); terms: the exact-term vocabulary (default: %(default)s)")
     parser.add_argument("--metadata-only", action="store_true", help="read the label files alone (images may be absent)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -78,11 +83,15 @@ def _add_data(sub: Any) -> None:
 
     data = sub.add_parser("data", help="inspect, merge, split and cache the data sources")
     commands = data.add_subparsers(dest="data_command", required=True)
+    from xrstudy.config import LABEL_MODES, SHOTS_MODES, SPLIT_MODES
 
-    inspect = commands.add_parser("inspect", help="counts of one source: images, patients, views, labels")
+
+    inspect = commands.add_parser("inspect", help="counts of one source: images, patients, views, labels, classes")
     inspect.add_argument("source", help="registry name (chexpert, mimic, nih, padchest, padchest-cl, covidx, ...) "
                                         "or an ImageFolder name")
     inspect.add_argument("--root", type=Path, required=True, help="the source's folder as distributed")
+    inspect.add_argument("--split-mode", choices=SPLIT_MODES, default=None,
+                         help="also count images per split (and per class of each split)")
     _data_options(inspect)
     _handler(inspect, "xrstudy.data:cmd_inspect")
 
@@ -94,17 +103,38 @@ def _add_data(sub: Any) -> None:
     _data_options(merged)
     _handler(merged, "xrstudy.data:cmd_merge")
 
-    split = commands.add_parser("split", help="write a split file and print its SHA-256")
+    split = commands.add_parser("split", help="write a split file (source,image_id,split) and print its SHA-256")
     split.add_argument("source")
     split.add_argument("--root", type=Path, required=True)
     split.add_argument("--metadata-only", action="store_true")
-    split.add_argument("--mode", choices=("patient", "paper"), default="patient",
-                       help="patient-grouped, or the paper's image-level split (patients leak)")
-    split.add_argument("--test-fraction", type=float, default=0.1)
-    split.add_argument("--valid-fraction", type=float, default=0.1)
-    split.add_argument("--seed", type=int, default=None, help="default: 0 (patient), 42 (paper)")
+    split.add_argument("--mode", choices=SPLIT_MODES, default="patient",
+                       help="patient-grouped, official, or the authors' split (paper: e.g. PadChest's image-level "
+                            "90/10 of RandomState(42), patients leak)")
+    split.add_argument("--views", type=views_arg, default=(),
+                       help="keep these views first, e.g. PA,AP,AP_SUPINE,LATERAL,COSTAL (default: all; "
+                            "padchest-cl in paper label mode: the authors' five)")
+    split.add_argument("--label-mode", choices=LABEL_MODES, default=None,
+                       help="default: paper with --mode paper, else terms")
+    split.add_argument("--test-fraction", type=float, default=0.1, help="patient / official modes")
+    split.add_argument("--valid-fraction", type=float, default=0.1, help="patient / official modes")
+    split.add_argument("--seed", type=int, default=None, help="patient / official modes (default: 0)")
     split.add_argument("--out", type=Path, required=True)
     _handler(split, "xrstudy.data:cmd_split")
+
+    shots = commands.add_parser("shots", help="print the image ids of a k-shot training set, one per line")
+    shots.add_argument("target", help="transfer target (cifar10, pets, flowers102, covidx, tuberculosis, padchest-cl, ...)")
+    shots.add_argument("--root", type=Path, required=True)
+    shots.add_argument("--metadata-only", action="store_true")
+    shots.add_argument("--mode", choices=SHOTS_MODES, default="paper",
+                       help="paper: the authors' sampler on their split and order; exact: exactly k per class "
+                            "(default: %(default)s)")
+    shots.add_argument("--shots", type=int, required=True, help="images per class")
+    shots.add_argument("--seed", type=int, default=0)
+    shots.add_argument("--split-mode", choices=SPLIT_MODES, default=None,
+                       help="default: paper with --mode paper, else official")
+    shots.add_argument("--label-mode", choices=LABEL_MODES, default=None,
+                       help="default: paper with --mode paper, else terms")
+    _handler(shots, "xrstudy.data:cmd_shots")
 
     cache = commands.add_parser("cache", help="build the pre-resized uint8 image cache of a source")
     cache.add_argument("source")

@@ -73,7 +73,7 @@ class RunConfig:
     labels: LabelSet = "intersection"  # multi-source label set
     views: tuple[View, ...] = ("PA", "AP")
     uncertain: Uncertain = "ignore"  # CheXpert/MIMIC -1: ignore (NaN, the paper's) | ones | zeros
-    label_mode: LabelMode = "terms"  # PadChest labels: exact terms | paper (27 pathologies, substrings + synonyms)
+    label_mode: LabelMode = "paper"  # the authors' label rules (PadChest: 27 pathologies by substring) | terms (exact terms)
     split_mode: SplitMode = "official"  # official | patient | paper (the authors' splits, e.g. PadChest 90/10, seed 42)
     data_fraction: float = 1.0  # nested patient-grouped pre-training subset (data-scale curves)
     metadata_only: bool = False  # read label files only (exploration, counting); no training

@@ -1,13 +1,24 @@
 """Few-shot training sets: k images per class, deterministic per seed, never from the test split.
 
-Single-label targets: exactly k images of every class. Multi-label: a small set with at least k
-positives of every class, built greedily (rarest class first; among its positives, prefer images
-that are also positive for other classes still short of k) -- the smallest set this finds, not a
-proven minimum. The chosen `image_id`s go into the result (`StudyData.shots_ids`).
+`shots_mode: exact` -- single-label targets: exactly k images of every class. Multi-label: a small
+set with at least k positives of every class, built greedily (rarest class first; among its
+positives, prefer images that are also positive for other classes still short of k) -- the smallest
+set this finds, not a proven minimum.
+
+`shots_mode: paper` -- the authors' sets (`finetune.py`, `mktrainval`), over the training set in
+their dataset's order (`xrstudy.splits.paper_splits`), by the kind their dataset class allows
+(`Source.paper_fewshot`):
+- "label_array": per class in class order, `RandomState(seed)` shuffles the class's positions and
+  keeps the first k (fewer when the class is short), then shuffles the concatenation;
+- "kshot_finder": BiT's `find_fewshot_indices` (`transfer_learning/finetuning/fewshot.py`): a DataLoader
+  shuffled by a `torch.Generator` seeded with the seed, keeping per class the last k positions seen
+  until every class has k, then `RandomState(seed)` shuffles them.
+The chosen `image_id`s go into the result (`StudyData.shots_ids`), in the sampler's order.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Sequence
 
 import numpy as np
@@ -68,4 +79,76 @@ def sample_shots(pool: pd.DataFrame, k: int, seed: int, *, classes: Sequence[str
     return sample_multi_label(pool, k, seed, classes)
 
 
-__all__ = ["sample_shots", "sample_single_label", "sample_multi_label", "FewShotError"]
+# ---- the authors' samplers (shots_mode: paper) ----------------------------------------------------
+PAPER_KINDS = ("label_array", "kshot_finder")
+FINDER_BATCH = 1024  # the finder's DataLoader batch size (its order does not depend on it)
+
+
+def label_array_shots(labels: np.ndarray, n_classes: int, k: int, seed: int) -> np.ndarray:
+    """Positions chosen by finetune.py's branch for datasets with a `labels` array (class indices)."""
+    rng = np.random.RandomState(seed)
+    positions = np.arange(len(labels))
+    chosen = []
+    for cls in range(n_classes):
+        of_class = positions[np.asarray(labels) == cls]
+        rng.shuffle(of_class)
+        chosen.append(of_class[:k])
+    picked = np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
+    rng.shuffle(picked)
+    return picked
+
+
+def finder_order(n: int, seed: int) -> list[int]:
+    """The order in which a DataLoader(shuffle=True, generator=Generator().manual_seed(seed)) visits
+    0..n-1: building its iterator draws the worker base seed from the generator first, then the
+    RandomSampler draws one randperm (torch 1.7, the authors' pin, and later releases)."""
+    import torch
+
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    torch.empty((), dtype=torch.int64).random_(generator=generator)  # _BaseDataLoaderIter's _base_seed
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def kshot_finder_shots(labels: Sequence[int], n_classes: int, k: int, seed: int) -> list[int]:
+    """Positions chosen by BiT's find_fewshot_indices (the authors' fewshot.py) for classes 0..n_classes-1."""
+    kept: dict[int, deque] = {}
+    found = 0
+    for position in finder_order(len(labels), seed):
+        queue = kept.setdefault(int(labels[position]), deque(maxlen=k))
+        found += len(queue) < k
+        queue.append(position)
+        if found == k * n_classes:
+            break
+    else:
+        short = {c: len(kept.get(c, ())) for c in range(n_classes) if len(kept.get(c, ())) < k}
+        raise FewShotError(f"the k-shot finder needs {k} training images of each of {n_classes} classes; "
+                           f"short: {short} (class index: images)")
+    chosen = [position for queue in kept.values() for position in queue]
+    np.random.RandomState(seed).shuffle(chosen)
+    return chosen
+
+
+def sample_shots_paper(pool: pd.DataFrame, k: int, seed: int, classes: Sequence[str], kind: str,
+                       label_column: str = "label") -> pd.DataFrame:
+    """The authors' k-shot rows of a single-label training pool (rows in their dataset's order), in the
+    order their sampler returns them; `classes` gives the class indices."""
+    _check_pool(pool)
+    if k <= 0:
+        raise FewShotError(f"k={k}; expected a positive number of shots (0 = full is handled by the caller)")
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(pool[label_column]) - set(index))
+    if unknown:
+        raise FewShotError(f"labels {unknown[:5]} are not among the classes {list(classes)[:10]}")
+    labels = pool[label_column].map(index).to_numpy(dtype=np.int64)
+    if kind == "label_array":
+        positions = label_array_shots(labels, len(classes), k, seed)
+    elif kind == "kshot_finder":
+        positions = kshot_finder_shots(labels, len(classes), k, seed)
+    else:
+        raise FewShotError(f"paper few-shot kind {kind!r}; expected one of {PAPER_KINDS}")
+    return pool.iloc[np.asarray(positions, dtype=np.int64)]
+
+
+__all__ = ["sample_shots", "sample_single_label", "sample_multi_label", "sample_shots_paper", "label_array_shots",
+           "kshot_finder_shots", "finder_order", "PAPER_KINDS", "FewShotError"]

@@ -6,6 +6,9 @@ real datasets. A `Record` is one image with its patient, study, view and labels 
 terms; each writer translates it into its source's own file names, columns and vocabulary.
 
     layouts.write_layout("chexpert", root, records)
+
+One writer per distributed layout (11 datasets, plus the paper modes' PadChest cases and pinned COVIDx
+release), each next to the others it mirrors: longer than ~400 lines on purpose, as `sources.py` is.
 """
 
 from __future__ import annotations
@@ -28,13 +31,17 @@ class Record:
 
     patient: int
     study: int
-    view: str  # canonical: PA, AP, AP_SUPINE, LATERAL, OTHER
+    view: str  # canonical: PA, AP, AP_SUPINE, LATERAL, COSTAL, OTHER
     sex: str  # "M", "F" or ""
     age: int
     findings: dict[str, float | None]
     split: str  # train, valid, test
     image: np.ndarray = field(repr=False)
     label: str = ""  # single-label targets: the class name
+    # The source's own label text, written as it is (None: made from `findings`). PadChest: the `Labels`
+    # cell ("" = empty, as in 103 rows of the real file); MIMIC: "" = the study has no label row.
+    raw: str | None = None
+    file: str = ""  # the image's file name where a writer takes it from the record (PadChest ImageID)
 
 
 Writer = Callable[[Path, list[Record]], None]
@@ -117,12 +124,12 @@ def write_mimic(root: Path, records: list[Record]) -> None:
         dicom = f"{i:08x}-{subject:08d}-{study:08d}"
         path = root / "files" / f"p{str(subject)[:2]}" / f"p{subject}" / f"s{study}" / f"{dicom}.jpg"
         save_image(path, _as_uint8(record.image))
-        view = {"AP_SUPINE": "AP", "OTHER": "LL"}.get(record.view, record.view)
+        view = {"AP_SUPINE": "AP", "OTHER": "LL", "COSTAL": "LL"}.get(record.view, record.view)
         meta_rows.append({"dicom_id": dicom, "subject_id": subject, "study_id": study, "PerformedProcedureStepDescription": "CHEST (PA AND LAT)",
                           "ViewPosition": view, "Rows": record.image.shape[0], "Columns": record.image.shape[1]})  # fmt: skip
         split_rows.append({"dicom_id": dicom, "study_id": study, "subject_id": subject,
                            "split": {"valid": "validate"}.get(record.split, record.split)})
-        if (subject, study) not in seen_studies:  # one label row per study
+        if (subject, study) not in seen_studies and record.raw != "":  # one label row per study (if any)
             seen_studies.add((subject, study))
             label_rows.append({"subject_id": subject, "study_id": study, **_chexpert_values(record)})
     columns = ["subject_id", "study_id", *sorted(["No Finding", *labels.CHEXPERT_FINDINGS])]
@@ -157,33 +164,77 @@ def write_nih(root: Path, records: list[Record]) -> None:
 
 
 # ---- PadChest: PADCHEST_..._160K_01.02.19.csv + <ImageDir>/<ImageID> 16-bit PNGs -----------------
-PADCHEST_PROJECTIONS = {"PA": "PA", "AP": "AP", "AP_SUPINE": "AP_horizontal", "LATERAL": "L", "OTHER": "COSTAL"}
+PADCHEST_PROJECTIONS = {"PA": "PA", "AP": "AP", "AP_SUPINE": "AP_horizontal", "LATERAL": "L", "COSTAL": "COSTAL",
+                        "OTHER": "UNK"}
 # A value spanning two lines, as 5,214 rows of the real file have: line numbers are not row + 2.
 LONG_CUIS = "['C0262950' 'C0223683' 'C0020164' 'C0003483' 'C0444532' 'C0448034'\n 'C0920882' 'C0025066']"
 
 
 @register_writer("padchest")
 def write_padchest(root: Path, records: list[Record]) -> None:
+    """Findings are canonical names (written as their plain PadChest term) or PadChest terms as they
+    are; `Record.raw` gives the `Labels` text itself ("" = empty) and `Record.file` the ImageID."""
     term_of = {canonical: terms[0] for canonical, terms in labels.PADCHEST_TERMS_OF.items()}
     rows = []
     for i, record in enumerate(records):
-        image_id = f"{record.patient:06d}{record.study:02d}{i:06d}_demo.png"
+        image_id = record.file or f"{record.patient:06d}{record.study:02d}{i:06d}_demo.png"
         image_dir = i % 3
         save_image(root / str(image_dir) / image_id, record.image)
-        terms = [term_of[k] for k, v in sorted(record.findings.items()) if v in (1.0, -1.0)]
+        terms = [term_of.get(k, k) for k, v in sorted(record.findings.items()) if v in (1.0, -1.0)]
         if record.label and record.label != "normal":
             terms = [term_of.get(record.label, record.label.lower())]  # PadChest-Cl: exactly one term
+        text = repr(terms or ["normal"]) if record.raw is None else (record.raw or None)
         rows.append({
             "ImageID": image_id, "ImageDir": image_dir, "StudyDate_DICOM": 20150101 + record.study,
             "StudyID": f"{record.patient:06d}-{record.study}", "PatientID": f"{record.patient:06d}",
             "PatientBirth": 2015 - record.age, "PatientSex_DICOM": record.sex or "O",
             "Projection": PADCHEST_PROJECTIONS[record.view], "MethodLabel": "Physician",
-            "Labels": repr(terms or ["normal"]),
+            "Labels": text,
             # numpy-style reprs as in the real file, where long ones break over two lines
             "labelCUIS": "[" + " ".join(f"'C{i:07d}'" for _ in terms) + "]",
             "LocalizationsCUIS": LONG_CUIS if i % 4 == 1 else "[]",
         })  # fmt: skip
     pd.DataFrame(rows).to_csv(root / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv", index=False)
+
+
+# Rows that tell the authors' PadChest reading (label_mode paper) from the term vocabulary: their
+# substring tests and synonyms, the rows they drop, the projections they read. (Labels text, view,
+# file name, the 27 pathologies the authors' class marks; "" file = a made-up name.)
+PADCHEST_PAPER_CASES = (
+    ("['pleural effusion']", "PA", "", {"Effusion"}),
+    ("['pericardial effusion']", "PA", "", {"Effusion"}),  # a substring, not the finding
+    ("['consolidation']", "AP", "", {"Consolidation", "Infiltration"}),  # two pathologies: not PadChest-Cl
+    ("['air bronchogram']", "PA", "", {"Consolidation", "Infiltration"}),
+    ("['interstitial pattern']", "LATERAL", "", {"Infiltration"}),
+    ("['electrical device']", "AP_SUPINE", "", {"Support Devices"}),
+    ("['pacemaker', 'cardiomegaly']", "PA", "", {"Support Devices", "Cardiomegaly"}),
+    ("['apical pleural thickening']", "COSTAL", "", {"Pleural Thickening"}),
+    ("['adenopathy']", "PA", "", {"Hilar Enlargement"}),
+    ("['subcutaneous emphysema']", "AP", "", {"Emphysema"}),
+    ("['normal']", "PA", "", set()),
+    ("['exclude']", "PA", "", set()),  # the vocabulary's unknown; the authors read it as no pathology
+    ("['COPD signs']", "PA", "", set()),  # upper case: "copd" would not match
+    ("['calcified granuloma']", "OTHER", "", {"Granuloma"}),  # an unknown projection: never read
+    ("", "PA", "", set()),  # no labels: dropped
+    ("['nodule']", "PA", "216840111366964012819207061112010307142602253_04-014-084.png", {"Nodule"}),  # excluded
+    ("['scoliosis']", "LATERAL", "269300710246070740096540277379121868595_e7zsan.png", {"Scoliosis"}),  # excluded
+)
+
+
+def padchest_paper_records(repeat: int = 1, *, size: int = 16) -> list[Record]:
+    """`PADCHEST_PAPER_CASES` as PadChest records, `repeat` times (new patients and file names each
+    time, except the excluded files, which occur once): a miniature for the paper modes."""
+    records = []
+    for r in range(repeat):
+        for i, (text, view, file, _) in enumerate(PADCHEST_PAPER_CASES):
+            if file and r:
+                continue
+            patient = r * len(PADCHEST_PAPER_CASES) + i + 1
+            image = (np.arange(size * size, dtype=np.uint32).reshape(size, size) * 257 + patient * 911) % 65535
+            records.append(Record(patient=patient, study=1, view=view, sex="F",
+                                  age=60, findings={}, split="", image=image.astype(np.uint16), raw=text,
+                                  file=file))  # fmt: skip
+    return records
 
 
 # ---- any ImageFolder tree: <split>/<class>/<image>.png --------------------------------------------
@@ -236,6 +287,29 @@ def write_covidx(root: Path, records: list[Record]) -> None:
         lines.setdefault(folder, []).append(f"{record.patient:06d} {filename} {record.label} demo\n")
     for folder, entries in lines.items():
         (root / f"{folder}.txt").write_text("".join(entries))
+
+
+# COVIDx CXR-2 as the authors pinned it (xrstudy.splits.COVIDX_PAPER_SIZES; no val.txt): the class mix of
+# COVID-Net's V8B lists (train 13,794 negative + 2,158 positive, test 200 + 200).
+COVIDX_V3_CLASSES = {"train": {"negative": 13_794, "positive": 2_158}, "test": {"negative": 200, "positive": 200}}
+
+
+@register_writer("covidx-v3")
+def write_covidx_v3(root: Path, records: list[Record]) -> None:
+    """`covidx`'s files at the pinned release's size: the records (train / test) with their images, then
+    label-only lines (no image: for metadata-only reads) up to its counts per split and class."""
+    _check_labels("covidx-v3", records, ("positive", "negative"))
+    if any(r.split not in ("train", "test") for r in records):
+        raise ValueError("covidx-v3 writer: splits train and test only (the pinned release has no val.txt)")
+    write_covidx(root, records)
+    for split, classes in COVIDX_V3_CLASSES.items():
+        lines = (root / f"{split}.txt").read_text().splitlines(keepends=True) if (root / f"{split}.txt").is_file() else []
+        for cls, count in classes.items():
+            have = sum(r.split == split and r.label == cls for r in records)
+            if have > count:
+                raise ValueError(f"covidx-v3 writer: {have} {split} {cls} records; the release has {count}")
+            lines += [f"{900000 + n} {split}-{cls}-{n:05d}.png {cls} rsna\n" for n in range(count - have)]
+        (root / f"{split}.txt").write_text("".join(lines))
 
 
 # ---- Tuberculosis: ChinaSet_AllFiles/CXR_png/CHNCXR_NNNN_L.png + MontgomerySet/CXR_png/MCUCXR_NNNN_L.png --
@@ -357,6 +431,21 @@ def write_flowers102(root: Path, records: list[Record]) -> None:
         ids[{"train": "trnid", "valid": "valid", "test": "tstid"}[record.split]].append(number)
     savemat(root / "imagelabels.mat", {"labels": np.array([[int(r.label) for r in records]], np.uint8)})
     savemat(root / "setid.mat", {key: np.array([values], np.uint16) for key, values in ids.items()})
+
+
+@register_writer("flowers102-fastai")
+def write_flowers102_fastai(root: Path, records: list[Record]) -> None:
+    """fast.ai's copy, which the authors downloaded: train.txt / valid.txt / test.txt ('jpg/image_NNNNN.jpg
+    CLASS', CLASS = the .mat class number - 1) beside jpg/; labels "1".."102" as for `flowers102`."""
+    bad = sorted({r.label for r in records if not r.label.isdigit() or not 1 <= int(r.label) <= 102})
+    if bad:
+        raise ValueError(f"flowers102-fastai writer: labels {bad}; expected class numbers '1'..'102'")
+    lines: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
+    for number, record in enumerate(records, start=1):
+        save_image(root / "jpg" / f"image_{number:05d}.jpg", _rgb(record.image))
+        lines[record.split].append(f"jpg/image_{number:05d}.jpg {int(record.label) - 1}\n")
+    for split, entries in lines.items():
+        (root / f"{split}.txt").write_text("".join(entries))
 
 
 WRITERS["flowers102-official"] = write_flowers102  # the same files; only the adapters differ

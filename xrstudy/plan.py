@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from xrstudy import cost, hyper, results, sweep
+from xrstudy import cost, hyper, labels, results, sweep
 from xrstudy.config import RunConfig
 from xrstudy.sources import Source, source_of
 
@@ -34,11 +34,6 @@ XRAY_STATS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 LARGE_HW = (1024, 1024)  # "larger than 96 x 96": the HyperRule only asks whether images are small
 
-# Facts the registry does not hold yet on this branch (the data helper adds COVIDx's pinned size and
-# may move the class counts to the registry): used only where `Source` lacks them.
-PROVISIONAL_TRAIN_SIZES = {"covidx": 15_951}  # COVIDx CXR-2 train.txt (< 20k: 500 steps, as in the authors' CSVs)
-PUBLISHED_CLASSES = {"cifar10": 10, "cifar100": 100, "pets": 37, "flowers102": 102, "flowers102-official": 102,
-                     "covidx": 2, "tuberculosis": 2, "padchest-cl": 27}  # fmt: skip
 
 
 # ---- pieces of a cell's plan ----------------------------------------------------------------------
@@ -142,7 +137,10 @@ def _published_size(cfg: RunConfig) -> tuple[int | None, str]:
             by_view = dict(source_of(name).published_train_by_view)
             if not by_view:
                 missing.append(name)
-            total += sum(by_view.get(view, 0) for view in cfg.views)
+            views = set(cfg.views)
+            if cfg.label_mode == "paper":  # the authors' view names (e.g. MIMIC has no "L"), as data.prepare reads
+                views &= labels.SOURCE_VIEWS_NAMED_AS_AUTHORS.get(name, set(labels.AUTHORS_VIEW_NAMES))
+            total += sum(by_view.get(view, 0) for view in views)
         if missing:
             return None, f"unresolved: no published per-view counts for {missing} (give their roots)"
         how = "published per-view counts (xrstudy.sources)"
@@ -150,16 +148,16 @@ def _published_size(cfg: RunConfig) -> tuple[int | None, str]:
             total, how = int(total * cfg.data_fraction), how + f" x data_fraction {cfg.data_fraction}"
         return total, how
     source = source_of(cfg.target)
-    full = source.published_train_size or PROVISIONAL_TRAIN_SIZES.get(cfg.target)
-    where = "published (registry)" if source.published_train_size else "published (xrstudy.plan, provisional)"
+    full, where = source.published_train_size, "published (registry)"
     if full is None:
         return None, f"unresolved: {cfg.target!r} has no published train size (give its root)"
     if cfg.shots == 0:
         return full, where
-    classes = PUBLISHED_CLASSES.get(cfg.target)
+    classes = source.published_classes
     if classes is None:
         return None, f"unresolved: class count of {cfg.target!r} unknown (give its root)"
-    return min(full, cfg.shots * classes), f"{cfg.shots} x {classes} classes (capped by the {where} full size)"
+    # At most: a class shorter than k gives fewer (paper k-shot sets); the HyperRule only asks < 20k.
+    return min(full, cfg.shots * classes), f"at most {cfg.shots} x {classes} classes (capped by the {where} full size)"
 
 
 def _image_hw(cfg: RunConfig, source: Source, table: Any) -> tuple[tuple[int, int], str]:
@@ -213,8 +211,8 @@ def plan_cell(cfg: RunConfig, by_id: dict[str, RunConfig], files: _Files | None,
         overlap = sorted(seen & ({cfg.target} | set(source.shares_images_with)))
         leak = bool(overlap)
         if leak:
-            warnings.append(f"leak: {cfg.target} test images were seen in the pre-training of its init "
-                            f"({', '.join(overlap)})")
+            warnings.append(f"leak: {cfg.target} holds images of {', '.join(overlap)}, which the pre-training of "
+                            f"its init read: its test images may have been seen in pre-training")
     parent = sweep.parent_id(cfg)
     image_steps = recipe.steps * recipe.global_batch if recipe else None
     speed = cost.throughput(cfg.arch, recipe.crop, device, compiled=cfg.compile) if recipe else None
@@ -340,4 +338,4 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 __all__ = ["plan_cells", "plan_cell", "input_stats", "init_sources", "pretrained_model", "summary", "format_table",
-           "cmd_plan", "PROVISIONAL_TRAIN_SIZES", "PUBLISHED_CLASSES"]  # fmt: skip
+           "cmd_plan"]  # fmt: skip

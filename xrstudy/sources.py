@@ -16,6 +16,7 @@ and the column, with what was expected.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import os
 import stat
@@ -48,12 +49,21 @@ class Source:
     layout: str  # what `root` must hold, for error messages and the README
     # What a plan needs without the files (xrstudy sweep plan with no roots):
     published_train_size: int | None = None  # training images of the paper's split, as published
+    published_classes: int | None = None  # classes of a single-label target (few-shot sizes without the files)
     native_hw: tuple[int, int] | None = None  # typical original (height, width); None = large (>= 96 px)
     transfer_pipeline: str = "bit"  # "bit": BiT-HyperRule resolution | "xray": the pre-training X-ray pipeline
     shares_images_with: tuple[str, ...] = ()  # sources whose images this one contains (leak check)
     # Pre-training sources: training images per canonical view in the paper's split, as published
     # (the plan sums the views a cell keeps); ((view, images), ...).
     published_train_by_view: tuple[tuple[str, int], ...] = ()
+    # How the authors' code builds this target's k-shot set (shots_mode: paper), from the dataset class it
+    # uses: "label_array" (it has a `labels` array: finetune.py draws per class) or "kshot_finder" (BiT's
+    # fewshot.find_fewshot_indices over a seeded shuffled DataLoader); "" for pre-training sources.
+    paper_fewshot: str = ""
+    # label_mode: paper builds this single-label target from that multi-label source: its images with
+    # exactly one finding positive (the authors' --multilabel-force-classification), read in `paper_views`.
+    paper_single_label_of: str = ""
+    paper_views: tuple[str, ...] = ()
 
 
 SOURCES: dict[str, Source] = {}
@@ -72,8 +82,7 @@ def source_of(name: str) -> Source:
     """The adapter of `name`; a name outside the registry is read as an ImageFolder tree."""
     if name in SOURCES:
         return SOURCES[name]
-    folder = SOURCES["imagefolder"]
-    return Source(name, folder.read, folder.multilabel, folder.modality, folder.layout)
+    return dataclasses.replace(SOURCES["imagefolder"], name=name)
 
 
 def read_source(name: str, root: str | Path, metadata_only: bool = False) -> pd.DataFrame:
@@ -482,15 +491,19 @@ def read_mimic(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
 
     # One row per image; studies without a label row keep unknown (NaN) findings.
     images = meta.merge(split, on="dicom_id", how="left", validate="one_to_one")
-    images = images.merge(study_labels, on=["subject_id", "study_id"], how="left", validate="many_to_one")
+    images = images.merge(study_labels, on=["subject_id", "study_id"], how="left", validate="many_to_one",
+                          indicator="label_row")
     subject, study = images["subject_id"].astype(str), images["study_id"].astype(str)
     relative = "files/p" + subject.str[:2] + "/p" + subject + "/s" + study + "/" + images["dicom_id"] + ".jpg"
     position = images["ViewPosition"]
     view = np.select([position.eq("PA"), position.eq("AP"), position.isin(["LATERAL", "LL"])],
                      ["PA", "AP", "LATERAL"], "OTHER")
     findings = images[finding_columns].rename(columns=labels.CHEXPERT_SYNONYMS)
+    # Which images have a row in the label file (the authors read only those: label_mode paper).
+    raw_labels = np.where((images["label_row"] == "both").to_numpy(), labels.MIMIC_LABEL_FILE, "")
     return canonical(name, image_id=images["dicom_id"], path=str(root) + os.sep + relative, patient_id=subject,
-                     study_id=study, view=view, split=_split_names(images["split"]), findings=findings)
+                     study_id=study, view=view, split=_split_names(images["split"]), raw_labels=raw_labels,
+                     findings=findings)
 
 
 # ---- NIH ChestX-ray14 ------------------------------------------------------------------------------
@@ -591,7 +604,8 @@ def read_nih(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
 # ---- PadChest -------------------------------------------------------------------------------------
 PADCHEST_FILE = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 PADCHEST_LAYOUT = f"{PADCHEST_FILE}(.gz) and the numbered ImageDir folders of 16-bit PNGs"
-PADCHEST_VIEWS = {"PA": "PA", "L": "LATERAL", "AP": "AP", "AP_horizontal": "AP_SUPINE", "COSTAL": "OTHER"}
+# Projection -> canonical view; the rest (EXCLUDE, UNK) is OTHER. The authors call AP_horizontal "AP Supine".
+PADCHEST_VIEWS = {"PA": "PA", "L": "LATERAL", "AP": "AP", "AP_horizontal": "AP_SUPINE", "COSTAL": "COSTAL"}
 
 
 @dataclass(frozen=True)
@@ -666,8 +680,9 @@ def read_padchest(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
                      **_padchest_meta(name, root, pc, metadata_only))
 
 
-@register("padchest-cl", multilabel=False, modality="xray", layout=PADCHEST_LAYOUT, published_train_size=37_387,
-          transfer_pipeline="xray", shares_images_with=("padchest",))
+@register("padchest-cl", multilabel=False, modality="xray", layout=PADCHEST_LAYOUT, published_classes=27, published_train_size=37_387,
+          transfer_pipeline="xray", shares_images_with=("padchest",), paper_fewshot="label_array",
+          paper_single_label_of="padchest", paper_views=labels.PADCHEST_PAPER_VIEWS)
 def read_padchest_cl(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """PadChest-Cl: images whose label list holds exactly one term, that term (or "normal") as the class."""
     pc = _read_padchest_terms(root)
@@ -692,7 +707,7 @@ def _class_images(folder: Path) -> Iterable[tuple[str, str]]:
                 yield class_dir.name, str(file)
 
 
-@register("imagefolder", multilabel=False, modality="natural", layout=IMAGEFOLDER_LAYOUT)
+@register("imagefolder", multilabel=False, modality="natural", layout=IMAGEFOLDER_LAYOUT, paper_fewshot="kshot_finder")
 def read_imagefolder(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     split_dirs = {SPLIT_FOLDERS[p.name.lower()]: p for p in sorted(root.iterdir())
                   if p.is_dir() and p.name.lower() in SPLIT_FOLDERS}  # fmt: skip
@@ -715,13 +730,15 @@ def read_imagefolder(name: str, root: Path, metadata_only: bool) -> pd.DataFrame
 #   tuberculosis        Shenzhen + Montgomery PNGs named CHNCXR_0001_0.png / MCUCXR_0001_0.png anywhere
 #                       under root (ChinaSet_AllFiles/CXR_png/, MontgomerySet/CXR_png/); suffix _0 normal,
 #                       _1 tuberculosis; masks (folders named *mask*) and other files are skipped with a
-#                       warning that counts them. No official split (the study's 85/15 is made by patient).
+#                       warning that counts them. No official split: split_mode paper is the authors' 85/15 per
+#                       folder (xrstudy.splits), the other modes split by patient.
 #   cifar10, cifar100   the python pickles: cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}
 #                       and cifar-100-python/{train, test, meta}; root is that folder or its parent. Image
 #                       paths are batch members `FILE#N` (decoded by xrstudy.images). Official train/test.
 #   pets                Oxford-IIIT Pets: annotations/{trainval,test}.txt (`Abyssinian_100 1 1 1`), images/
 #                       {name}.jpg; class = name without the trailing _NNN. trainval -> train, test -> test.
-#   flowers102          imagelabels.mat, setid.mat, jpg/image_00001.jpg. `flowers102` is the paper's swapped
+#   flowers102          imagelabels.mat, setid.mat, jpg/image_00001.jpg (or fast.ai's train.txt / valid.txt /
+#                       test.txt, classes from 0, which the authors downloaded). `flowers102` is the paper's swapped
 #                       split (train = tstid, 6,149 images; valid = valid; test = trnid), `flowers102-official`
 #                       the official one (train = trnid, valid = valid, test = tstid). Classes "1".."102".
 # Every image is its own patient except in COVIDx, whose patient ids group its splits.
@@ -758,7 +775,8 @@ COVIDX_LINE = re.compile(r"^(?P<patient>\S+)\s+(?P<file>\S.*?)\s+(?P<cls>\S+)\s+
 COVIDX_CLASSES = ("negative", "positive")
 
 
-@register("covidx", multilabel=False, modality="xray", layout=COVIDX_LAYOUT)
+@register("covidx", multilabel=False, modality="xray", layout=COVIDX_LAYOUT, published_classes=2, published_train_size=15_952,
+          shares_images_with=("nih",), paper_fewshot="kshot_finder")
 def read_covidx(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """COVIDx CXR-2: binary COVID-19 positive vs negative, official train / (val /) test files."""
     files = {"train": find_file(root, ["train.txt"], "COVIDx train list"),
@@ -795,7 +813,8 @@ TUBERCULOSIS_LAYOUT = ("Shenzhen (CHNCXR_NNNN_L.png) and/or Montgomery (MCUCXR_N
                        "the root, e.g. ChinaSet_AllFiles/CXR_png/ and MontgomerySet/CXR_png/; L = 0 normal, 1 TB")
 
 
-@register("tuberculosis", multilabel=False, modality="xray", layout=TUBERCULOSIS_LAYOUT, published_train_size=679)
+@register("tuberculosis", multilabel=False, modality="xray", layout=TUBERCULOSIS_LAYOUT, published_classes=2, published_train_size=679,
+          paper_fewshot="kshot_finder")
 def read_tuberculosis(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """Shenzhen + Montgomery TB sets; the label is the file-name suffix. The file names are the labels,
     so `metadata_only` reads the same files. Masks (any folder named *mask*, e.g. Montgomery's
@@ -904,16 +923,16 @@ def _read_cifar(name: str, root: Path, metadata_only: bool, *, folder: str, meta
     return pd.concat(tables, ignore_index=True)
 
 
-@register("cifar10", multilabel=False, modality="natural", layout=CIFAR10_LAYOUT, published_train_size=50_000,
-          native_hw=(32, 32))
+@register("cifar10", multilabel=False, modality="natural", layout=CIFAR10_LAYOUT, published_classes=10, published_train_size=50_000,
+          native_hw=(32, 32), paper_fewshot="kshot_finder")
 def read_cifar10(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     batches = [(f"data_batch_{i}", "train") for i in range(1, 6)] + [("test_batch", "test")]
     return _read_cifar(name, root, metadata_only, folder="cifar-10-batches-py", meta="batches.meta",
                        names_key="label_names", labels_key="labels", batches=batches)
 
 
-@register("cifar100", multilabel=False, modality="natural", layout=CIFAR100_LAYOUT, published_train_size=50_000,
-          native_hw=(32, 32))
+@register("cifar100", multilabel=False, modality="natural", layout=CIFAR100_LAYOUT, published_classes=100, published_train_size=50_000,
+          native_hw=(32, 32), paper_fewshot="kshot_finder")
 def read_cifar100(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """CIFAR-100 with its 100 fine labels (the coarse super-classes are not used by the study)."""
     return _read_cifar(name, root, metadata_only, folder="cifar-100-python", meta="meta",
@@ -926,7 +945,8 @@ PETS_LAYOUT = "annotations/trainval.txt and annotations/test.txt ('Abyssinian_10
 PETS_LINE = re.compile(r"^(?P<image>(?P<cls>\S+)_\d+)\s+(?P<id>\d+)\s+(?P<species>\d+)\s+(?P<breed>\d+)$")
 
 
-@register("pets", multilabel=False, modality="natural", layout=PETS_LAYOUT, published_train_size=3_680)
+@register("pets", multilabel=False, modality="natural", layout=PETS_LAYOUT, published_classes=37, published_train_size=3_680,
+          paper_fewshot="kshot_finder")
 def read_pets(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """Oxford-IIIT Pets, 37 breeds; the class name is the image name without its trailing _NNN
     (cat breeds are capitalised in the originals, dog breeds are not: kept as distributed)."""
@@ -958,7 +978,8 @@ def read_pets(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
 
 
 # ---- Oxford Flowers-102 ------------------------------------------------------------------------------
-FLOWERS_LAYOUT = "imagelabels.mat and setid.mat (trnid, valid, tstid) beside jpg/image_00001.jpg ..."
+FLOWERS_LAYOUT = ("imagelabels.mat and setid.mat (trnid, valid, tstid) beside jpg/image_00001.jpg ..., or fast.ai's "
+                  "copy: train.txt, valid.txt, test.txt ('jpg/image_00001.jpg 76', classes from 0) beside jpg/")
 FLOWERS_SETS = ("trnid", "valid", "tstid")
 
 
@@ -979,7 +1000,32 @@ def _mat_vector(path: Path, key: str) -> np.ndarray:
     return values.astype(np.int64)
 
 
+FLOWERS_FASTAI_LISTS = {"train.txt": "trnid", "valid.txt": "valid", "test.txt": "tstid"}
+FLOWERS_FASTAI_LINE = re.compile(r"^(?P<file>jpg/image_\d{5}\.jpg)\s+(?P<cls>\d+)$")
+
+
+def _read_flowers_fastai(name: str, root: Path, metadata_only: bool, split_of: dict[str, str]) -> pd.DataFrame:
+    """fast.ai's copy (the authors' download): train.txt / valid.txt / test.txt with lines
+    'jpg/image_06734.jpg 0', classes counted from 0 (class "1" of the .mat files is 0 here)."""
+    expected = "'jpg/image_NNNNN.jpg CLASS' with CLASS 0..101"
+    rows = []  # (image, class as 1..102, set, path, line)
+    for file, key in FLOWERS_FASTAI_LISTS.items():
+        path = find_file(root, [file], f"Flowers-102 (fast.ai) {file}")
+        for line, text in _text_lines(path, expected):
+            match = FLOWERS_FASTAI_LINE.match(text)
+            if match is None or int(match["cls"]) > 101:
+                raise SourceError(f"{path}, line {line}: {text!r}; expected {expected}")
+            rows.append((match["file"].removeprefix("jpg/"), str(int(match["cls"]) + 1), key, path, line))
+    require_images(root, "jpg", name, metadata_only)
+    image, label, key, path, line = zip(*rows)
+    _unique_lines(image, list(zip(path, line)), "image")
+    return canonical(name, image_id=list(image), path=[str(root / "jpg" / i) for i in image], patient_id=list(image),
+                     study_id=list(image), view="OTHER", split=[split_of[k] for k in key], label=list(label))
+
+
 def _read_flowers(name: str, root: Path, metadata_only: bool, split_of: dict[str, str]) -> pd.DataFrame:
+    if not any((root / f).is_file() for f in ("imagelabels.mat", "imagelabels.mat.gz")) and (root / "train.txt").is_file():
+        return _read_flowers_fastai(name, root, metadata_only, split_of)
     label_path = find_file(root, ["imagelabels.mat"], "Flowers-102 label file")
     set_path = find_file(root, ["setid.mat"], "Flowers-102 split file")
     classes = _mat_vector(label_path, "labels")
@@ -1011,7 +1057,8 @@ def _read_flowers(name: str, root: Path, metadata_only: bool, split_of: dict[str
                      label=[str(c) for c in classes[listed]])
 
 
-@register("flowers102", multilabel=False, modality="natural", layout=FLOWERS_LAYOUT, published_train_size=6_149)
+@register("flowers102", multilabel=False, modality="natural", layout=FLOWERS_LAYOUT, published_classes=102, published_train_size=6_149,
+          paper_fewshot="kshot_finder")
 def read_flowers102(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """Flowers-102 as the paper uses it: official train and test swapped, i.e. train = tstid (6,149
     images), valid = valid (1,020), test = trnid (1,020). `flowers102-official` keeps the official split."""
@@ -1019,7 +1066,7 @@ def read_flowers102(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
 
 
 @register("flowers102-official", multilabel=False, modality="natural", layout=FLOWERS_LAYOUT,
-          published_train_size=1_020)
+          published_classes=102, published_train_size=1_020, paper_fewshot="kshot_finder")
 def read_flowers102_official(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """Flowers-102 with the official split: train = trnid (1,020), valid = valid (1,020), test = tstid (6,149)."""
     return _read_flowers(name, root, metadata_only, {"trnid": "train", "valid": "valid", "tstid": "test"})
