@@ -17,7 +17,8 @@ Check against facts: the authors trained R152x4 on A100-40GB at 16 images per GP
 (`train_local_batch_size: 16` in every X-ray pre-training config), 4 at 480 px (`batch: 128`,
 `batch_split: 32` in `configs/finetune/*.yaml`) and 64 at 128 px (CIFAR: `batch_split: 2`). The model
 must give at least those on that card; it gives exactly those (the authors' R152x4 choices are the
-largest powers of two that fit; their R50x1 runs used the same micro-batches, far below what fits). Not measured on a GPU: no GPU was available to this project when it was written.
+largest powers of two that fit; their R50x1 runs used the same micro-batches, far below what fits).
+Not measured on a GPU: none was available to this project when it was written.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from typing import Any
 from xrstudy import cost, results, sweep
 from xrstudy.config import RunConfig
 from xrstudy.io import atomic_write_json, atomic_write_text
+from xrstudy.plan import plan_cells
 from xrstudy.preflight import preflight
 from xrstudy.sweep import SweepError
 from xrstudy.worker import Outcome, worker_command
@@ -82,6 +83,9 @@ def size_cell(gpu_hours: float | None, limit_min: int, *, gpus_per_node: int, ma
               fixed_nodes: int | None = None, name: str = "cell") -> Size:
     """The fewest GPUs on which `gpu_hours` fits the limit (powers of two dividing the global batch)."""
     if fixed_nodes:
+        if global_batch % (fixed_nodes * gpus_per_node):
+            raise SweepError(f"{name}: {fixed_nodes} node(s) x {gpus_per_node} GPU(s) do not divide its global batch "
+                             f"of {global_batch}; choose another --pretrain-nodes")
         return Size(fixed_nodes, gpus_per_node, limit_min, _wall(gpu_hours, fixed_nodes * gpus_per_node))
     if gpu_hours is None:
         return Size(1, 1, limit_min, None)
@@ -197,16 +201,12 @@ class JobSpec:
     def to_dict(self, dependency: str | None) -> dict[str, Any]:
         return {
             "name": self.name, "kind": self.kind, "nodes": self.nodes, "gpus_per_node": self.gpus_per_node,
-            "time": format_time(self.timeout_min), "estimate_h": _round(self.estimate_h),
+            "time": format_time(self.timeout_min), "estimate_h": self.estimate_h,
             "after": [f"{name}[{index}]" for name, index in self.after],
             "cells": [{"run_id": c.run_id, "name": c.name, "micro_batch": c.micro_batch} for c in self.cells],
             "commands": [shlex.join(command) for command in self.commands],
             "slurm_parameters": self.slurm_parameters(dependency),
         }  # fmt: skip
-
-
-def _round(hours: float | None) -> float | None:
-    return None if hours is None else round(hours, 2)
 
 
 def cell_list_path(folder: Path, name: str) -> Path:
@@ -238,13 +238,13 @@ def job_specs(cells: list[RunConfig], plan: Mapping[str, Mapping[str, Any]], clu
         for part, start in enumerate(range(0, len(members), MAX_ARRAY)):
             name = stem if len(members) <= MAX_ARRAY else f"{stem}-part{part + 1}"
             chunk = [_with_micro_batch(c, sizes[c.run_id], plan[c.run_id]) for c in members[start : start + MAX_ARRAY]]
+            longest = max((sizes[c.run_id].estimate_h or 0.0) for c in chunk)
+            size = Size(shape[0], shape[1], max(sizes[c.run_id].minutes for c in chunk), round(longest, 2) or None)
             cell_list = cell_list_path(cluster.folder, name)
-            size = Size(shape[0], shape[1], max(sizes[c.run_id].minutes for c in chunk),
-                        max((sizes[c.run_id].estimate_h or 0.0) for c in chunk) or None)  # fmt: skip
-            specs.append(JobSpec(
-                name, kind, tuple(chunk), tuple(cell_command(cell_list, i, c, size, cluster.executor) for i, c in enumerate(chunk)),
-                size.nodes, size.gpus_per_node, size.minutes, cluster.cpus_per_task, cluster.partition,
-                cluster.array_parallelism, (where[parent],) if parent else (), size.estimate_h))  # fmt: skip
+            commands = tuple(cell_command(cell_list, i, c, size, cluster.executor) for i, c in enumerate(chunk))
+            specs.append(JobSpec(name, kind, tuple(chunk), commands, size.nodes, size.gpus_per_node, size.minutes,
+                                 cluster.cpus_per_task, cluster.partition, cluster.array_parallelism,
+                                 (where[parent],) if parent else (), size.estimate_h))  # fmt: skip
             if kind == "pretrain":
                 where.update({c.run_id: (name, i) for i, c in enumerate(chunk)})
     return specs
@@ -305,8 +305,10 @@ def write_specs(specs: list[JobSpec], folder: Path) -> dict[str, Path]:
     ids = pending_ids(specs)
     scripts = {}
     for spec in specs:
-        atomic_write_text(cell_list_path(folder, spec.name), "".join(json.dumps(c.to_dict()) + "\n" for c in spec.cells))
-        scripts[spec.name] = atomic_write_text(folder / f"{spec.name}.sbatch", sbatch_script(spec, folder, dependency(spec, ids)))
+        lines = "".join(json.dumps(c.to_dict()) + "\n" for c in spec.cells)
+        atomic_write_text(cell_list_path(folder, spec.name), lines)
+        script = sbatch_script(spec, folder, dependency(spec, ids))
+        scripts[spec.name] = atomic_write_text(folder / f"{spec.name}.sbatch", script)
     atomic_write_json(folder / "jobs.json", [s.to_dict(dependency(s, ids)) for s in specs], sort_keys=False)
     return scripts
 
@@ -344,13 +346,6 @@ def run_local(specs: list[JobSpec], folder: Path) -> dict[str, list[str]]:
 
 
 # ---- submit -------------------------------------------------------------------------------------
-def plan_rows(cells: list[RunConfig], device: str) -> dict[str, dict[str, Any]]:
-    """run id -> the cell's plan (published sizes where the roots are absent here)."""
-    from xrstudy.plan import plan_cells
-
-    return {row["run_id"]: row for row in plan_cells(cells, device=device)}
-
-
 def submit(cells: Iterable[RunConfig], *, backend: str = "slurm", folder: str | Path = "xrstudy-out/slurm",
            dry_run: bool = False, only: str | None = None, partition: str | None = None,
            time_limit: str | int = "24:00:00", gpus_per_node: int = 4, max_nodes: int = 16,
@@ -365,11 +360,12 @@ def submit(cells: Iterable[RunConfig], *, backend: str = "slurm", folder: str | 
     preflight(cells, executor=executor)  # what would fail on the cluster fails here, dry run or not
     cluster = Cluster(Path(folder).absolute(), parse_time(time_limit), gpus_per_node, max_nodes, pretrain_nodes,
                       cpus_per_task, partition, array_parallelism, executor)  # fmt: skip
-    specs = job_specs(cells, plan_rows(cells, device), cluster)
+    plan = {row["run_id"]: row for row in plan_cells(cells, device=device)}  # published sizes without roots
+    specs = job_specs(cells, plan, cluster)
     scripts = write_specs(specs, cluster.folder)
     info: dict[str, Any] = {"folder": str(cluster.folder), "specs": str(cluster.folder / "jobs.json"), "jobs": {
-        s.name: {"cells": len(s.cells), "nodes": s.nodes, "gpus_per_node": s.gpus_per_node, "time": format_time(s.timeout_min),
-                 "estimate_h": _round(s.estimate_h), "after": [f"{n}[{i}]" for n, i in s.after],
+        s.name: {"cells": len(s.cells), "nodes": s.nodes, "gpus_per_node": s.gpus_per_node,
+                 "time": format_time(s.timeout_min), "estimate_h": s.estimate_h, "after": [f"{n}[{i}]" for n, i in s.after],
                  "micro_batch": sorted({c.micro_batch for c in s.cells}), "script": str(scripts[s.name])}
         for s in specs}}  # fmt: skip
     if dry_run or not specs:
