@@ -581,6 +581,16 @@ def test_submit_sends_what_the_dry_run_shows(tmp_path, monkeypatch):
         assert [shlex.join(call.args[0]) for call in calls] == spec["commands"]
 
 
+def test_torchrun_reads_the_rendezvous_host_the_job_exports(monkeypatch):
+    from torch.distributed.run import parse_args
+
+    assert slurm.RENDEZVOUS_SETUP[0].startswith("export PET_RDZV_ENDPOINT=")
+    monkeypatch.setenv("PET_RDZV_ENDPOINT", "node7:29500")  # what the setup line exports on the first node
+    args = parse_args([*slurm.torchrun_command(4, 4, "pretrain-x")[3:], "-m", "xrstudy.worker", "--index", "2"])
+    assert (args.rdzv_endpoint, args.rdzv_backend, args.rdzv_id, args.nnodes) == ("node7:29500", "c10d", "pretrain-x", "4")
+    assert (args.module, args.training_script, args.training_script_args) == (True, "xrstudy.worker", ["--index", "2"])
+
+
 def test_micro_batches_reach_the_global_batch_on_the_gpus_given(tmp_path):
     cells = [c.replace(out_dir=str(tmp_path)) for c in sweep.load_sweep(TESTS.parent / "sweeps" / "paper.yaml")
              if c.kind == "pretrain" and c.arch == "resnetv2_152x4_bit"][:1]  # fmt: skip
