@@ -38,7 +38,7 @@ PAPER_STEPS = {("cifar100", 500): 10_000, ("cifar100", 0): 10_000, ("cifar10", 0
 REQUIRED = ("kind", "run_id", "name", "pretrained_model", "arch", "shots", "seed", "train_size", "train_size_from",
             "steps", "boundaries", "warmup", "resize", "crop", "eval_resize", "mixup_alpha", "lr", "global_batch",
             "sampler", "mean", "std", "split_mode", "depends_on", "image_steps", "gpu_hours", "cache_bytes",
-            "ram_per_rank_bytes", "leak")  # fmt: skip
+            "ram_per_rank_bytes", "leak", "images_per_gpu", "micro_batch")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +275,33 @@ def test_extended_sweep_resolves_and_holds_no_paper_transfer():
 def test_submit_sizes_come_from_the_plan(tmp_path):
     cells = [c.replace(out_dir=str(tmp_path)) for c in sweep.load_sweep(SWEEPS / "paper.yaml")]
     info = slurm.submit(cells, folder=tmp_path / "slurm", dry_run=True, time_limit="24:00:00")
-    assert sum(s["cells"] for s in info["sizes"].values()) == 1456
-    transfer = [s for name, s in info["sizes"].items() if name.startswith("transfer")]
-    assert all((s["nodes"], s["gpus_per_node"]) == (1, 1) for s in transfer)
+    assert sum(j["cells"] for j in info["jobs"].values()) == 1456
+    transfer = [j for name, j in info["jobs"].items() if name.startswith("transfer")]
+    assert all((j["nodes"], j["gpus_per_node"]) == (1, 1) for j in transfer)
+    rows = {r["run_id"]: r for r in plan.plan_cells(cells)}
+    listed = [json.loads(line) for path in (tmp_path / "slurm").glob("transfer*_cells.jsonl")
+              for line in path.read_text().splitlines()]  # fmt: skip
+    assert len(listed) == 1445 and all(c["micro_batch"] == rows[RunConfig.from_dict(c).run_id]["micro_batch"]
+                                       for c in listed), "one GPU: the plan's micro-batch is what submit sends"
+
+
+# ---- memory: micro-batches ----------------------------------------------------------------------
+def test_micro_batches_follow_the_memory_table(rows):
+    pre = _by(rows, kind="pretrain", pretrained_model="chexpert_mimic_nih_padchest_bit152x4")[0]
+    assert (pre["images_per_gpu"], pre["micro_batch"], pre["global_batch"]) == (64, 64, 1024), "16 passes on one H100"
+    assert "estimate" in pre["images_per_gpu_from"]
+    big = _by(rows, target="pets", shots=0, pretrained_model="imagenet21k_bit152x4")[0]
+    assert (big["crop"], big["micro_batch"]) == (480, 16), "R152x4 at 480 px: 8 passes of 16 for a batch of 128"
+    small = _by(rows, target="pets", shots=0, pretrained_model="imagenet21k_bit50x1")[0]
+    assert small["micro_batch"] == 0, "R50x1 holds the whole batch of 128 at 480 px"
+    assert len({r["run_id"] for r in rows}) == len(rows), "micro_batch is an execution field"
+
+
+def test_micro_batch_divides_the_per_device_batch():
+    assert cost.micro_batch(64, 1024) == 64 and cost.micro_batch(64, 64) == 0 and cost.micro_batch(None, 1024) == 0
+    assert cost.micro_batch(64, 1000) == 50, "the largest divisor that fits: accumulation reaches 1,000 exactly"
+    fit = cost.images_per_gpu("resnetv2_152x4_bit", 224, "A100-40GB")
+    assert fit.images == 16 and "train_local_batch_size" in fit.how, "the authors' own micro-batch"
+    scaled = cost.images_per_gpu("resnetv2_152x4_bit", 512, "H100")
+    assert scaled.images == 8 and "scaled by pixel count from 480 px" in scaled.how
+    assert cost.images_per_gpu("resnetv2_tiny_bit", 224) is None

@@ -1,11 +1,12 @@
 """Sweeps: YAML expansion, dependency order, skip / retry / failure listing, kill -9 resume, two runners,
-failure causes, what a dry run refuses, GPUs asked for but absent, and SLURM scripts as sent."""
+failure causes, what a dry run refuses, GPUs asked for but absent, and SLURM jobs as submitit sends them."""
 
 from __future__ import annotations
 
 import collections
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -523,41 +524,82 @@ def test_notebook_path_errors_clearly(monkeypatch, tmp_path):
 
 
 # ---- SLURM ------------------------------------------------------------------------------------
-def test_submit_dry_run_writes_what_submit_sends(tmp_path, monkeypatch):
-    """A fake sbatch records what it receives: the very files the dry run wrote, in dependency order."""
-    cells = sweep.load_sweep(_sweep(tmp_path))
-    dry = slurm.submit(cells, folder=tmp_path / "dry", dry_run=True, partition="gpu", pretrain_nodes=4, gpus_per_node=4)
-    scripts = {Path(p).name: Path(p).read_text() for p in dry["scripts"]}
-    pretrain = scripts["pretrain.sbatch"]
-    assert "#SBATCH --array=0-2%" in pretrain and "--nodes=4" in pretrain and "torch.distributed.run" in pretrain
-    assert "--rdzv_endpoint=$MASTER_ADDR:29500" in pretrain and "srun --ntasks-per-node=1" in pretrain
-    assert set(scripts) == {"pretrain.sbatch", "transfer.sbatch", "transfer-after-chexpert-50x1.sbatch",
-                            "transfer-after-chexpert-152x4.sbatch"}, "each transfer array waits for its own parent"
-    assert "#SBATCH --array=0-3%" in scripts["transfer-after-chexpert-50x1.sbatch"]
-    lines = {name: len((tmp_path / "dry" / f"{name}_cells.jsonl").read_text().splitlines()) for name in dry["sizes"]}
-    assert lines == {"pretrain": 3, "transfer-after-chexpert-50x1": 4, "transfer-after-chexpert-152x4": 4, "transfer": 1}
-    assert not dry["jobs"]
-
+def _fake_slurm(tmp_path: Path, monkeypatch) -> Path:
+    """sbatch that keeps each script it receives and answers as SLURM does; srun only needs to exist."""
     bin_dir, sent = tmp_path / "bin", tmp_path / "sent"
     bin_dir.mkdir()
     sent.mkdir()
     (bin_dir / "sbatch").write_text(textwrap.dedent(f"""\
         #!/bin/bash
-        n=$(ls {sent} | wc -l); id=$((1000 + n / 2))
-        echo "$@" > {sent}/$n.args; cp "${{@: -1}}" {sent}/$n.script; echo "$id;cluster"
+        n=$(ls {sent} | wc -l); cp "${{@: -1}}" {sent}/$n.sh; echo "Submitted batch job $((1000 + n))"
         """))
-    (bin_dir / "sbatch").chmod(0o755)
+    (bin_dir / "srun").write_text("#!/bin/bash\nexit 1\n")
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    real = slurm.submit(cells, folder=tmp_path / "dry", partition="gpu", pretrain_nodes=4, gpus_per_node=4)
-    assert real["jobs"] == {"pretrain": "1000", "transfer-after-chexpert-50x1": "1001",
-                            "transfer-after-chexpert-152x4": "1002", "transfer": "1003"}  # fmt: skip
-    received = [(sent / f"{2 * i}.script").read_text() for i in range(4)]
-    assert received == [scripts[f"{name}.sbatch"] for name in real["jobs"]], "sent byte for byte what was reviewed"
-    args = [(sent / f"{2 * i}.args").read_text().split() for i in range(4)]
-    assert args[0] == ["--parsable", "pretrain.sbatch"]
+    return sent
+
+
+def test_submit_sends_what_the_dry_run_shows(tmp_path, monkeypatch):
+    """submitit receives the dry run's specs and sends its sbatch scripts byte for byte (the dependency's job
+    ids, unknown before sbatch answers, are the one difference: `slurm.pending_ids`)."""
+    import submitit
+
+    cells = sweep.load_sweep(_sweep(tmp_path))
+    options = {"folder": tmp_path / "slurm", "partition": "gpu", "pretrain_nodes": 4, "gpus_per_node": 4}
+    dry = slurm.submit(cells, dry_run=True, **options)
+    assert list(dry["jobs"]) == ["pretrain", "transfer-after-chexpert-50x1", "transfer-after-chexpert-152x4", "transfer"]
+    assert {name: job["cells"] for name, job in dry["jobs"].items()} == {
+        "pretrain": 3, "transfer-after-chexpert-50x1": 4, "transfer-after-chexpert-152x4": 4, "transfer": 1}
+    scripts = {name: Path(job["script"]).read_text() for name, job in dry["jobs"].items()}
+    specs = {spec["name"]: spec for spec in json.loads(Path(dry["specs"]).read_text())}
+    pretrain = scripts["pretrain"]
+    assert "#SBATCH --array=0-2%3" in pretrain and "#SBATCH --nodes=4" in pretrain and "--partition=gpu" in pretrain
+    assert slurm.RENDEZVOUS_SETUP[0] in pretrain, "several nodes: torchrun's rendezvous host exported before srun"
+    command = specs["pretrain"]["commands"][1]
+    assert "torch.distributed.run --nproc_per_node=4 --nnodes=4 --rdzv_backend=c10d" in command
+    assert command.endswith(f"-m xrstudy.worker --executor papermill --from-list {tmp_path}/slurm/pretrain_cells.jsonl --index 1")
     chexpert_50 = next(i for i, c in enumerate(c for c in cells if c.kind == "pretrain") if c.arch == "resnetv2_50x1_bit")
-    assert args[1] == ["--parsable", f"--dependency=afterany:1000_{chexpert_50}", "transfer-after-chexpert-50x1.sbatch"]
-    assert args[3] == ["--parsable", "transfer.sbatch"], "ImageNet inits wait for nothing"
+    assert f"#SBATCH --dependency=afterany:@pretrain@_{chexpert_50}" in scripts["transfer-after-chexpert-50x1"]
+    assert "--dependency" not in scripts["transfer"] and "--array" not in scripts["transfer"], "one cell: a plain job"
+    assert specs["transfer"]["commands"][0].split()[1:3] == ["-m", "xrstudy.worker"], "one GPU: no torchrun"
+
+    sent = _fake_slurm(tmp_path, monkeypatch)
+    real = slurm.submit(cells, **options)
+    ids = {name: job["job_id"] for name, job in real["jobs"].items()}
+    assert ids == {"pretrain": "1000", "transfer-after-chexpert-50x1": "1001",
+                   "transfer-after-chexpert-152x4": "1002", "transfer": "1003"}  # fmt: skip
+    for n, name in enumerate(ids):
+        expected = scripts[name]
+        for other, job_id in ids.items():
+            expected = expected.replace(f"@{other}@", job_id)
+        assert (sent / f"{n}.sh").read_text() == expected, f"{name}: sbatch received what the dry run showed"
+    for name, spec in specs.items():  # and every task runs the command the dry run listed
+        pickles = sorted((tmp_path / "slurm" / name).glob("*_submitted.pkl"), key=lambda p: p.name)
+        calls = [submitit.core.utils.DelayedSubmission.load(p) for p in pickles]
+        assert all(call.function is slurm.run_cell for call in calls)
+        assert [shlex.join(call.args[0]) for call in calls] == spec["commands"]
+
+
+def test_torchrun_reads_the_rendezvous_host_the_job_exports(monkeypatch):
+    from torch.distributed.run import parse_args
+
+    assert slurm.RENDEZVOUS_SETUP[0].startswith("export PET_RDZV_ENDPOINT=")
+    monkeypatch.setenv("PET_RDZV_ENDPOINT", "node7:29500")  # what the setup line exports on the first node
+    args = parse_args([*slurm.torchrun_command(4, 4, "pretrain-x")[3:], "-m", "xrstudy.worker", "--index", "2"])
+    assert (args.rdzv_endpoint, args.rdzv_backend, args.rdzv_id, args.nnodes) == ("node7:29500", "c10d", "pretrain-x", "4")
+    assert (args.module, args.training_script, args.training_script_args) == (True, "xrstudy.worker", ["--index", "2"])
+
+
+def test_micro_batches_reach_the_global_batch_on_the_gpus_given(tmp_path):
+    cells = [c.replace(out_dir=str(tmp_path)) for c in sweep.load_sweep(TESTS.parent / "sweeps" / "paper.yaml")
+             if c.kind == "pretrain" and c.arch == "resnetv2_152x4_bit"][:1]  # fmt: skip
+    one_gpu = slurm.submit(cells, folder=tmp_path / "a", dry_run=True, time_limit="60-00:00:00")
+    assert one_gpu["jobs"]["pretrain"]["micro_batch"] == [64], "1,024 images a step: 16 passes of the 64 that fit"
+    sixteen = slurm.submit(cells, folder=tmp_path / "b", dry_run=True, pretrain_nodes=4)
+    assert sixteen["jobs"]["pretrain"]["micro_batch"] == [0], "64 per GPU on 16 GPUs: no accumulation needed"
+    listed = RunConfig.from_dict(json.loads((tmp_path / "a" / "pretrain_cells.jsonl").read_text().splitlines()[0]))
+    assert listed.micro_batch == 64 and listed.run_id == cells[0].run_id, "an execution field: same run id"
 
 
 def test_sizing_fits_the_estimate_into_the_time_limit():
@@ -569,6 +611,8 @@ def test_sizing_fits_the_estimate_into_the_time_limit():
     assert odd.gpus == 16, "12 GPUs would fit the time but do not divide the global batch of 1,024"
     with pytest.raises(sweep.SweepError, match="do not fit 02:00:00 on up to 1 node"):
         slurm.size_cell(150.0, 120, gpus_per_node=4, max_nodes=1, global_batch=1024, name="cmnp")
+    with pytest.raises(sweep.SweepError, match="3 node.s. x 4 GPU.s. do not divide its global batch of 1024"):
+        slurm.size_cell(150.0, 120, gpus_per_node=4, max_nodes=16, global_batch=1024, fixed_nodes=3)
     assert slurm.parse_time("90") == 90 and slurm.parse_time("2-03:04:30") == 2 * 1440 + 3 * 60 + 5
     assert slurm.format_time(2 * 1440 + 185) == "2-03:05:00"
     with pytest.raises(sweep.SweepError, match="expected minutes or"):
@@ -579,18 +623,26 @@ def test_paper_pretraining_is_sized_by_the_plan(tmp_path):
     cells = [c for c in sweep.load_sweep(TESTS.parent / "sweeps" / "paper.yaml") if c.kind == "pretrain"]
     cells = [c.replace(out_dir=str(tmp_path)) for c in cells]
     info = slurm.submit(cells, folder=tmp_path / "slurm", dry_run=True, time_limit="24:00:00", gpus_per_node=4)
-    sizes = info["sizes"]
-    assert sum(s["cells"] for s in sizes.values()) == 11 and len(sizes) > 1, "not one size for all"
-    assert max(s["nodes"] for s in sizes.values()) > 1, "the 4-source R152x4 (~140 GPU-hours) needs several nodes"
-    assert all(s["estimate_h"] <= 24 * slurm.SAFETY - slurm.STARTUP_H for s in sizes.values()), sizes
+    jobs = info["jobs"]
+    assert sum(j["cells"] for j in jobs.values()) == 11 and len(jobs) > 1, "not one size for all"
+    assert max(j["nodes"] for j in jobs.values()) > 1, "the 4-source R152x4 (~140 GPU-hours) needs several nodes"
+    assert all(j["estimate_h"] <= 24 * slurm.SAFETY - slurm.STARTUP_H for j in jobs.values()), jobs
 
 
-@pytest.mark.slow
-def test_submit_local_backend_runs_the_scripts(tmp_path, stub_env):
-    cells = [c for c in sweep.load_sweep(_sweep(tmp_path)) if c.name in ("c+m", "t-in21k")]
+def test_local_backend_runs_every_cell_once_in_dependency_order(tmp_path, stub_env):
+    """submitit's LocalExecutor gets the same specs; each transfer runs after the pre-training it loads."""
+    picked = ("chexpert", "t-chexpert")
+    cells = [c for c in sweep.load_sweep(_sweep(tmp_path))
+             if c.name == "t-in21k" or (c.arch == "resnetv2_50x1_bit" and c.name in picked and c.seed == 0)]
+    assert len(cells) == 4
     info = slurm.submit(cells, backend="local", folder=tmp_path / "slurm", executor=STUB)
-    assert set(info["jobs"]) == {"pretrain", "transfer"}
+    assert {name: job["outcomes"] for name, job in info["jobs"].items()} == {
+        "pretrain": ["DONE"], "transfer-after-chexpert-50x1": ["DONE", "DONE"], "transfer": ["DONE"]}
+    done = collections.Counter(line.split()[0] for line in stub_env.read_text().splitlines() if line.endswith("done"))
+    assert done == {c.run_id: 1 for c in cells}, "every cell exactly once"
     assert all(results.is_done(c) for c in cells)
+    again = slurm.submit(cells, backend="local", folder=tmp_path / "slurm", executor=STUB)
+    assert again["jobs"] == {}, "finished cells are not sent again"
 
 
 def test_demo_sweep_file_is_the_demo_grid(tmp_path):

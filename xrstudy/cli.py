@@ -193,11 +193,11 @@ def _add_sweep(sub: Any) -> None:
     local.add_argument("--no-progress", dest="progress", action="store_false")
     _handler(local, "xrstudy.runner:cmd_run")
 
-    cluster = commands.add_parser("submit", help="write sbatch scripts (sized by the plan) and submit them")
+    cluster = commands.add_parser("submit", help="size the cells by the plan and hand their jobs to submitit (SLURM)")
     cluster.add_argument("sweep", help="sweep YAML")
     cluster.add_argument("--backend", choices=("slurm", "local"), default="slurm",
-                         help="slurm: sbatch; local: run the same scripts here, one array task after another")
-    cluster.add_argument("--folder", default=None, help="where scripts, cell lists and logs go (default: <out_dir>/slurm)")
+                         help="slurm: submitit sends the jobs to sbatch; local: submitit runs the same jobs here")
+    cluster.add_argument("--folder", default=None, help="jobs.json, cell lists, sbatch scripts and submitit's logs (default: <out_dir>/slurm)")
     cluster.add_argument("--partition", default=None)
     cluster.add_argument("--time-limit", default=None, metavar="[D-]HH:MM:SS",
                          help="wall time per job; cells get the GPUs their estimate needs to fit it (default 24:00:00)")
@@ -206,9 +206,9 @@ def _add_sweep(sub: Any) -> None:
     cluster.add_argument("--max-nodes", type=int, default=16, help="most nodes one cell may take (default: %(default)s)")
     cluster.add_argument("--pretrain-nodes", type=int, default=None,
                          help="fixed nodes per pre-training cell instead of sizing by the estimate")
-    cluster.add_argument("--device", default="H100", help="throughput table rows for the estimates")
+    cluster.add_argument("--device", default="H100", help="rows of the throughput and memory tables (benchmarks/)")
     cluster.add_argument("--only", default=None)
-    cluster.add_argument("--dry-run", action="store_true", help="write everything submit would send, send nothing")
+    cluster.add_argument("--dry-run", action="store_true", help="write the jobs (jobs.json) and the sbatch scripts submitit would send; send nothing")
     _handler(cluster, "xrstudy.slurm:cmd_submit")
 
 

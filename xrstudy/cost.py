@@ -1,4 +1,5 @@
-"""What a cell costs, as pure functions: throughput, GPU-hours, cache bytes on disk, RAM per rank.
+"""What a cell costs, as pure functions: throughput, GPU-hours, images per GPU and the micro-batch, cache bytes
+on disk, RAM per rank.
 
 Throughput comes from `benchmarks/throughput.csv` (images/s per device, precision, arch, resolution,
 eager or compiled: measured training steps). A pair not in the table is estimated from the nearest
@@ -6,6 +7,12 @@ measured one: by pixel count (images/s ~ 1 / side^2) for the same arch, and also
 (`benchmarks/arch_params.csv`; images/s ~ 1 / params) for another arch. Both are first-order models:
 the measured R50x1 480-px figure is 14 % above the pixel-scaled 224-px one, and R152x4 runs 2.6x
 slower than R152x2, not the 4.0x of their parameter counts, so every estimate says how it was made.
+
+Images per GPU come from `benchmarks/memory.csv`: per (device, arch, resolution) the most training
+images one GPU holds (H100 bf16: estimates of `benchmarks/bench_memory.py`, a model that reproduces the
+authors' own R152x4 micro-batches on A100-40GB; A100-40GB rows: the authors' choices). A resolution not
+in the table is scaled from the nearest one by pixel count. `micro_batch` turns that into the cell's
+execution field: the global batch is then reached by gradient accumulation (the training side).
 
 Memory: `cache_bytes` and `ram_per_rank_bytes` are written here until the training side exposes its
 own (`xrstudy.hyper` / loaders): the uint8 cache holds every image of a dataset once at the recipe's
@@ -83,6 +90,41 @@ def _nearest_resolution(rows: list[dict[str, str]], resolution: int) -> dict[str
     return min(rows, key=lambda r: abs(math.log(int(r["resolution"]) / resolution)))
 
 
+@dataclass(frozen=True)
+class Fit:
+    images: int  # most training images per GPU (a power of two)
+    how: str
+
+
+def memory_table() -> tuple[dict[str, str], ...]:
+    return _read(str(_table_path("memory.csv", "XRSTUDY_MEMORY")))
+
+
+def images_per_gpu(arch: str, resolution: int, device: str = DEFAULT_DEVICE,
+                   table: tuple[dict[str, str], ...] | None = None) -> Fit | None:
+    """Most training images of `arch` at `resolution` px one `device` holds; None when the table has no row."""
+    base = arch.split(".", 1)[0]
+    rows = [r for r in (memory_table() if table is None else table) if r["device"] == device and r["arch"] == base]
+    if not rows:
+        return None
+    row = _nearest_resolution(rows, resolution)
+    images = int(row["images_per_gpu"])
+    if int(row["resolution"]) == resolution:
+        return Fit(images, f"{device} {row['precision']}: {row['source']}")
+    scaled = images * (int(row["resolution"]) / resolution) ** 2  # activations grow with the pixels
+    images = 1 << max(0, int(math.floor(math.log2(max(scaled, 1)))))
+    return Fit(images, f"{device} {row['precision']}: scaled by pixel count from {row['resolution']} px ({row['source']})")
+
+
+def micro_batch(images_per_gpu: int | None, per_device_batch: int) -> int:
+    """The `micro_batch` of a cell whose devices each take `per_device_batch` images per step: 0 (the whole
+    per-device batch at once) when it fits or nothing is known, else the largest divisor of the per-device
+    batch that fits, so that accumulation reaches the global batch exactly."""
+    if not images_per_gpu or per_device_batch <= images_per_gpu:
+        return 0
+    return max(d for d in range(1, images_per_gpu + 1) if per_device_batch % d == 0)
+
+
 def gpu_hours(image_steps: int, speed: Throughput | None) -> float | None:
     """Hours on one GPU for `image_steps` training images (forward + backward + update)."""
     return None if speed is None or speed.images_per_s <= 0 else image_steps / speed.images_per_s / 3600
@@ -102,5 +144,5 @@ def ram_per_rank_bytes(n_images_in_memory: int, side: int, modality: str) -> int
     return int(n_images_in_memory) * side * side * channels(modality)
 
 
-__all__ = ["Throughput", "throughput", "throughput_table", "arch_params", "gpu_hours", "cache_bytes",
-           "ram_per_rank_bytes", "channels", "DEFAULT_DEVICE"]  # fmt: skip
+__all__ = ["Throughput", "throughput", "throughput_table", "arch_params", "Fit", "images_per_gpu", "memory_table",
+           "micro_batch", "gpu_hours", "cache_bytes", "ram_per_rank_bytes", "channels", "DEFAULT_DEVICE"]  # fmt: skip

@@ -13,6 +13,9 @@ No image and no model is loaded (and neither torch nor timm imported). Per cell:
   target's test images were seen by the init's pre-training (`Source.shares_images_with`).
 - cost: image-steps, an estimated GPU-hours figure from the throughput table (`xrstudy.cost`), the
   image cache on disk and the images each rank holds in memory.
+- memory: the images one GPU holds at the cell's crop (`benchmarks/memory.csv`) and the `micro_batch`
+  the cell runs with on one GPU (gradient accumulation up to the global batch); `sweep submit` sets it
+  per cell for the GPUs it gives the cell, by the same function (`xrstudy.cost.micro_batch`).
 """
 
 from __future__ import annotations
@@ -217,6 +220,10 @@ def plan_cell(cfg: RunConfig, by_id: dict[str, RunConfig], files: _Files | None,
     image_steps = recipe.steps * recipe.global_batch if recipe else None
     speed = cost.throughput(cfg.arch, recipe.crop, device, compiled=cfg.compile) if recipe else None
     side = recipe.resize if recipe else None
+    fit = cost.images_per_gpu(cfg.arch, recipe.crop, device) if recipe else None
+    micro = cfg.micro_batch or cost.micro_batch(fit.images if fit else None, cfg.batch_size)
+    micro_from = ("the sweep file" if cfg.micro_batch else f"on one GPU ({fit.images} images fit)" if fit
+                  else f"no memory entry for {cfg.arch} on {device}: the whole batch at once")  # fmt: skip
     return {
         "kind": cfg.kind, "run_id": cfg.run_id, "name": cfg.name,
         "target": cfg.target if cfg.kind == "transfer" else None,
@@ -241,6 +248,8 @@ def plan_cell(cfg: RunConfig, by_id: dict[str, RunConfig], files: _Files | None,
         "image_steps": image_steps, "images_per_s": round(speed.images_per_s, 1) if speed else None,
         "throughput_from": f"{device} bf16: {speed.how}" if speed else f"no throughput for {cfg.arch} on {device}",
         "gpu_hours": round(cost.gpu_hours(image_steps, speed), 3) if speed and image_steps else None,
+        "images_per_gpu": fit.images if fit else None, "images_per_gpu_from": fit.how if fit else None,
+        "micro_batch": micro, "micro_batch_from": micro_from,
         "cache_images": n_cache, "cache_bytes": cost.cache_bytes(n_cache, side, source.modality) if side and n_cache else None,
         "ram_images": n_ram, "ram_per_rank_bytes": cost.ram_per_rank_bytes(n_ram, side, source.modality) if side and n_ram else None,
         "memory_from": f"{memory_from}; xrstudy.cost (uint8 cache at the resize side; loaders copy every split per rank)",
@@ -286,8 +295,8 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 COLUMNS = (("kind", 8), ("pretrained_model", 36), ("target", 13), ("shots", 5), ("seed", 4), ("train_size", 10),
            ("steps", 6), ("resize", 6), ("crop", 4), ("mixup_alpha", 5), ("sampler", 10), ("lr", 7),
-           ("gpu_hours", 9), ("leak", 5))  # fmt: skip
-HEADINGS = {"mixup_alpha": "mixup", "pretrained_model": "model", "train_size": "train"}
+           ("micro_batch", 5), ("gpu_hours", 9), ("leak", 5))  # fmt: skip
+HEADINGS = {"mixup_alpha": "mixup", "pretrained_model": "model", "train_size": "train", "micro_batch": "micro"}
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

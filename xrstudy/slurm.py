@@ -1,16 +1,20 @@
-"""SLURM: one launcher. `submit` writes sbatch scripts and a `submit.sh` that sends them; `--dry-run`
-stops after writing, so what you review is byte for byte what `submit` sends (it runs that `submit.sh`).
+"""SLURM through submitit: one description per job (`JobSpec`), built once (`job_specs`), shown by
+`--dry-run` and handed as it is to submitit by `submit`.
 
 Sizing: each cell gets the fewest GPUs (1, 2, 4, ... up to `max_nodes` x `gpus_per_node`, dividing its
 global batch) whose estimated wall time (`xrstudy.plan`: image-steps / throughput, a scaling
-efficiency for several GPUs, a safety margin and start-up time) fits the wall-time limit you set.
-Cells with the same size (and, for transfers, the same parent pre-training cell) share one job array;
-a transfer array waits for exactly the pre-training array task its cells load (`afterany:JOB_TASK`),
-so transfers from ImageNet inits start at once.
+efficiency for several GPUs, a safety margin and start-up time) fits the wall-time limit you set, and
+the `micro_batch` its devices can hold (`xrstudy.cost.micro_batch`: gradient accumulation reaches the
+global batch). Cells with the same size (and, for transfers, the same parent pre-training cell) share
+one job array; a transfer array waits for exactly the pre-training array task its cells load
+(`afterany:JOB_TASK`), so transfers from ImageNet inits start at once.
 
-Every job runs `python -m xrstudy.worker --from-list CELLS --index $SLURM_ARRAY_TASK_ID`; a cell on
-several GPUs runs it under torchrun (`torchrun_command`, the one place that command is built).
-`--backend local` runs the same scripts here, one array task after another (offline tests).
+Every array task calls `run_cell(command)`: the cell's command, `python -m xrstudy.worker --from-list
+CELLS --index I` (the worker entry point of `sweep run --isolate`), under torchrun on several GPUs
+(`torchrun_command`, the one place that command is built). `--dry-run` writes `jobs.json` (the specs),
+the cell lists the commands read and, per job, the sbatch script submitit sends (`sbatch_script`: its
+own text, job ids of dependencies written `@job@` until sbatch gives numbers). `--backend local` hands
+the same specs to submitit's LocalExecutor (one node), one job after another.
 """
 
 from __future__ import annotations
@@ -18,23 +22,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xrstudy import results, sweep
+from xrstudy import cost, results, sweep
 from xrstudy.config import RunConfig
-from xrstudy.io import atomic_write_text
+from xrstudy.io import atomic_write_json, atomic_write_text
+from xrstudy.plan import plan_cells
 from xrstudy.preflight import preflight
 from xrstudy.sweep import SweepError
-from xrstudy.worker import worker_command
+from xrstudy.worker import Outcome, worker_command
 
 SAFETY = 0.8  # plan for 80 % of the limit: the estimate is a model, not a measurement of this cell
 STARTUP_H = 0.25  # queue-to-first-step: environment, kernel, label files, image cache
@@ -80,16 +83,17 @@ def size_cell(gpu_hours: float | None, limit_min: int, *, gpus_per_node: int, ma
               fixed_nodes: int | None = None, name: str = "cell") -> Size:
     """The fewest GPUs on which `gpu_hours` fits the limit (powers of two dividing the global batch)."""
     if fixed_nodes:
-        gpus = fixed_nodes * gpus_per_node
-        wall = _wall(gpu_hours, gpus)
-        return Size(fixed_nodes, gpus_per_node, limit_min, wall)
+        if global_batch % (fixed_nodes * gpus_per_node):
+            raise SweepError(f"{name}: {fixed_nodes} node(s) x {gpus_per_node} GPU(s) do not divide its global batch "
+                             f"of {global_batch}; choose another --pretrain-nodes")
+        return Size(fixed_nodes, gpus_per_node, limit_min, _wall(gpu_hours, fixed_nodes * gpus_per_node))
     if gpu_hours is None:
         return Size(1, 1, limit_min, None)
     budget_h = limit_min / 60 * SAFETY - STARTUP_H
     for gpus in _gpu_counts(gpus_per_node, max_nodes):
         wall = _wall(gpu_hours, gpus)
         if global_batch % gpus == 0 and wall is not None and wall <= budget_h:
-            minutes = min(limit_min, _round_up(60 * (wall / SAFETY + STARTUP_H), 15))
+            minutes = min(limit_min, int(math.ceil(60 * (wall / SAFETY + STARTUP_H) / 15) * 15))
             return Size(max(1, gpus // gpus_per_node), min(gpus, gpus_per_node), minutes, wall)
     most = max_nodes * gpus_per_node
     raise SweepError(f"{name}: ~{gpu_hours:.0f} GPU-hours do not fit {format_time(limit_min)} on up to {max_nodes} "
@@ -109,204 +113,272 @@ def _wall(gpu_hours: float | None, gpus: int) -> float | None:
     return gpu_hours / (gpus * (SCALING_EFFICIENCY if gpus > 1 else 1.0))
 
 
-def _round_up(minutes: float, step: int) -> int:
-    return int(math.ceil(minutes / step) * step)
+# ---- the command of one cell ----------------------------------------------------------------------
+# Several nodes rendezvous (c10d) at the job's first node, whose name is known only inside the job: the
+# job's setup lines export it as PET_RDZV_ENDPOINT, torchrun's environment spelling of --rdzv_endpoint.
+RENDEZVOUS_SETUP = (f'export PET_RDZV_ENDPOINT="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
+                    f':{RENDEZVOUS_PORT}"',)  # fmt: skip
+
+
+def torchrun_command(nodes: int, gpus_per_node: int, rdzv_id: str) -> list[str]:
+    """torchrun for one cell on `nodes` x `gpus_per_node` GPUs (srun starts one per node)."""
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus_per_node}"]
+    if nodes == 1:
+        return command + ["--standalone", "--nnodes=1"]
+    return command + [f"--nnodes={nodes}", "--rdzv_backend=c10d", f"--rdzv_id={rdzv_id}"]
+
+
+def cell_command(cell_list: Path, index: int, cell: RunConfig, size: Size, executor: str) -> tuple[str, ...]:
+    """What array task `index` runs: the worker on line `index` of `cell_list`, under torchrun on several GPUs."""
+    worker = ["-m", "xrstudy.worker", *worker_command(executor, cell_list=str(cell_list), index=str(index))]
+    if size.gpus == 1:
+        return (sys.executable, *worker)
+    return (*torchrun_command(size.nodes, size.gpus_per_node, cell.run_id), *worker)
+
+
+def run_cell(command: tuple[str, ...]) -> str:
+    """What every submitit task calls: the cell's command, its output in the task's log. The worker's exit
+    status is its Outcome; a failure raises, so submitit (and `sacct`) record the task as failed."""
+    code = subprocess.run(list(command), check=False).returncode
+    outcome = Outcome.of_exit(code)
+    if outcome.status == "failed":
+        raise SweepError(f"{' '.join(command[-4:])}: {outcome.name} (exit {code}); see this task's log")
+    return outcome.name
 
 
 # ---- jobs ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Job:
-    name: str  # file stem and SLURM job name suffix
+class Cluster:
+    """What `sweep submit` may ask for (its flags)."""
+
+    folder: Path
+    limit_min: int = 24 * 60
+    gpus_per_node: int = 4
+    max_nodes: int = 16
+    pretrain_nodes: int | None = None
+    cpus_per_task: int = 8
+    partition: str | None = None
+    array_parallelism: int = 64
+    executor: str = "papermill"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One submitit job: an array whose task i runs cells[i] through commands[i]."""
+
+    name: str  # SLURM job name xrstudy-{name}; its files in the submit folder start with it
     kind: str
-    cells: tuple[RunConfig, ...]
-    size: Size
-    after: tuple[tuple[str, int], ...] = ()  # (job name, array index) this job waits for
+    cells: tuple[RunConfig, ...]  # with the micro_batch of this size
+    commands: tuple[tuple[str, ...], ...]
+    nodes: int
+    gpus_per_node: int
+    timeout_min: int
+    cpus_per_task: int
+    partition: str | None
+    array_parallelism: int
+    after: tuple[tuple[str, int], ...] = ()  # (job name, array task) whose end this job waits for
+    estimate_h: float | None = None  # the longest cell's estimated wall hours on this size
+
+    @property
+    def setup(self) -> tuple[str, ...]:
+        return RENDEZVOUS_SETUP if self.nodes > 1 else ()
+
+    def slurm_parameters(self, dependency: str | None) -> dict[str, Any]:
+        """The arguments of submitit's `SlurmExecutor.update_parameters` for this job."""
+        params: dict[str, Any] = {
+            "job_name": f"xrstudy-{self.name}", "time": self.timeout_min, "nodes": self.nodes, "ntasks_per_node": 1,
+            "gpus_per_node": self.gpus_per_node, "cpus_per_task": self.cpus_per_task,
+            "array_parallelism": self.array_parallelism, "stderr_to_stdout": True,
+        }  # fmt: skip
+        optional = {"partition": self.partition, "setup": list(self.setup) or None, "dependency": dependency}
+        return params | {key: value for key, value in optional.items() if value}
+
+    def local_parameters(self) -> dict[str, Any]:
+        """The same job for submitit's LocalExecutor (one node; no partition, array or dependency)."""
+        return {"timeout_min": self.timeout_min, "nodes": self.nodes, "tasks_per_node": 1,
+                "gpus_per_node": self.gpus_per_node}  # fmt: skip
+
+    def to_dict(self, dependency: str | None) -> dict[str, Any]:
+        return {
+            "name": self.name, "kind": self.kind, "nodes": self.nodes, "gpus_per_node": self.gpus_per_node,
+            "time": format_time(self.timeout_min), "estimate_h": self.estimate_h,
+            "after": [f"{name}[{index}]" for name, index in self.after],
+            "cells": [{"run_id": c.run_id, "name": c.name, "micro_batch": c.micro_batch} for c in self.cells],
+            "commands": [shlex.join(command) for command in self.commands],
+            "slurm_parameters": self.slurm_parameters(dependency),
+        }  # fmt: skip
 
 
-def plan_jobs(cells: list[RunConfig], gpu_hours: dict[str, float | None], *, limit_min: int, gpus_per_node: int,
-              max_nodes: int, pretrain_nodes: int | None = None) -> list[Job]:
-    """Group cells into array jobs: pre-training by size; transfers by size and parent cell."""
-    sizes = {c.run_id: size_cell(gpu_hours.get(c.run_id), limit_min, gpus_per_node=gpus_per_node,
-                                 max_nodes=max_nodes, global_batch=c.batch_size, name=f"{c.name} [{c.run_id}]",
-                                 fixed_nodes=pretrain_nodes if c.kind == "pretrain" else None)
+def cell_list_path(folder: Path, name: str) -> Path:
+    return folder / f"{name}_cells.jsonl"
+
+
+def job_specs(cells: list[RunConfig], plan: Mapping[str, Mapping[str, Any]], cluster: Cluster) -> list[JobSpec]:
+    """Every job of the sweep, built once: cells sized by their plan rows (`gpu_hours`, `images_per_gpu`),
+    grouped into arrays (pre-training by size; transfers by size and parent cell), commands built."""
+    sizes = {c.run_id: size_cell(plan[c.run_id]["gpu_hours"], cluster.limit_min, gpus_per_node=cluster.gpus_per_node,
+                                 max_nodes=cluster.max_nodes, global_batch=c.batch_size, name=f"{c.name} [{c.run_id}]",
+                                 fixed_nodes=cluster.pretrain_nodes if c.kind == "pretrain" else None)
              for c in cells}  # fmt: skip
-    jobs: list[Job] = []
-    where: dict[str, tuple[str, int]] = {}  # pretrain run id -> (job, index)
-    groups: dict[tuple, list[RunConfig]] = {}
-    for cell in (c for c in cells if c.kind == "pretrain"):
-        groups.setdefault(("pretrain", _shape(sizes[cell.run_id]), ""), []).append(cell)
     by_id = {c.run_id: c for c in cells}
-    for cell in (c for c in cells if c.kind == "transfer"):
-        parent = sweep.parent_id(cell)
-        groups.setdefault(("transfer", _shape(sizes[cell.run_id]), parent if parent in by_id else ""), []).append(cell)
+    groups: dict[tuple, list[RunConfig]] = {}
+    for cell in sorted(cells, key=lambda c: c.kind != "pretrain"):  # pre-training groups first
+        parent = sweep.parent_id(cell) if cell.kind == "transfer" else None
+        shape = (sizes[cell.run_id].nodes, sizes[cell.run_id].gpus_per_node)
+        groups.setdefault((cell.kind, shape, parent if parent in by_id else ""), []).append(cell)
     shapes = {kind: {shape for k, shape, _ in groups if k == kind} for kind in ("pretrain", "transfer")}
-    for (kind, shape, parent), members in groups.items():  # pretrain groups first (inserted first)
+    specs: list[JobSpec] = []
+    where: dict[str, tuple[str, int]] = {}  # pre-training run id -> (job, array task)
+    for (kind, shape, parent), members in groups.items():
         stem = kind
         if parent:
             stem += f"-after-{_slug(by_id[parent].name)}-{results.arch_short(by_id[parent].arch)}"
         if len(shapes[kind]) > 1:
             stem += f"-{shape[0]}x{shape[1]}"
         for part, start in enumerate(range(0, len(members), MAX_ARRAY)):
-            chunk = tuple(members[start : start + MAX_ARRAY])
             name = stem if len(members) <= MAX_ARRAY else f"{stem}-part{part + 1}"
-            size = Size(shape[0], shape[1], max(sizes[c.run_id].minutes for c in chunk),
-                        max((sizes[c.run_id].estimate_h or 0.0) for c in chunk) or None)  # fmt: skip
-            after = (where[parent],) if parent else ()
-            jobs.append(Job(name, kind, chunk, size, after))
+            chunk = [_with_micro_batch(c, sizes[c.run_id], plan[c.run_id]) for c in members[start : start + MAX_ARRAY]]
+            longest = max((sizes[c.run_id].estimate_h or 0.0) for c in chunk)
+            size = Size(shape[0], shape[1], max(sizes[c.run_id].minutes for c in chunk), round(longest, 2) or None)
+            cell_list = cell_list_path(cluster.folder, name)
+            commands = tuple(cell_command(cell_list, i, c, size, cluster.executor) for i, c in enumerate(chunk))
+            specs.append(JobSpec(name, kind, tuple(chunk), commands, size.nodes, size.gpus_per_node, size.minutes,
+                                 cluster.cpus_per_task, cluster.partition, cluster.array_parallelism,
+                                 (where[parent],) if parent else (), size.estimate_h))  # fmt: skip
             if kind == "pretrain":
                 where.update({c.run_id: (name, i) for i, c in enumerate(chunk)})
-    return jobs
+    return specs
 
 
-def _shape(size: Size) -> tuple[int, int]:
-    return size.nodes, size.gpus_per_node
+def _with_micro_batch(cell: RunConfig, size: Size, row: Mapping[str, Any]) -> RunConfig:
+    """The cell as it runs on `size`: a micro-batch its devices hold, unless the sweep file sets one."""
+    if cell.micro_batch:
+        return cell
+    return cell.replace(micro_batch=cost.micro_batch(row.get("images_per_gpu"), cell.batch_size // size.gpus))
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_") or "cell"
 
 
-# ---- scripts ------------------------------------------------------------------------------------
-def torchrun_command(nodes: int, gpus_per_node: int) -> list[str]:
-    """torchrun for one cell on `nodes` x `gpus_per_node` GPUs (rendezvous on the job's first node)."""
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus_per_node}"]
-    if nodes == 1:
-        return command + ["--standalone", "--nnodes=1"]
-    return command + [f"--nnodes={nodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint=$MASTER_ADDR:{RENDEZVOUS_PORT}",
-                      "--rdzv_id=$SLURM_JOB_ID"]  # fmt: skip
+# ---- submitit -----------------------------------------------------------------------------------
+def pending_ids(specs: Iterable[JobSpec]) -> dict[str, list[str]]:
+    """Job ids before sbatch answers: `@name@`, and `@name@_i` for array tasks as submitit names them. The
+    one place a dry run's script differs from the one sent (tests substitute the numbers and compare)."""
+    return {s.name: [f"@{s.name}@_{i}" for i in range(len(s.commands))] if len(s.commands) > 1 else [f"@{s.name}@"]
+            for s in specs}  # fmt: skip
 
 
-def launch_line(job: Job, cell_list: Path, executor: str) -> str:
-    worker = worker_command(executor, cell_list=str(cell_list), index="$INDEX")
-    if job.size.gpus == 1:
-        command = [sys.executable, "-m", "xrstudy.worker", *worker]
-    else:
-        command = [*torchrun_command(job.size.nodes, job.size.gpus_per_node), "-m", "xrstudy.worker", *worker]
-    text = " ".join(a if a.startswith(("$", "--rdzv")) else shlex.quote(a) for a in command)
-    return f"srun --ntasks-per-node=1 {text}" if job.size.nodes > 1 else text
+def dependency(spec: JobSpec, ids: Mapping[str, list[str]]) -> str | None:
+    return "afterany:" + ":".join(ids[name][index] for name, index in spec.after) if spec.after else None
 
 
-def render_script(job: Job, folder: Path, *, executor: str, cpus_per_task: int, partition: str | None,
-                  parallelism: int) -> str:
-    cell_list = folder / f"{job.name}_cells.jsonl"
-    est = f"~{job.size.estimate_h:.1f} h per cell on this size" if job.size.estimate_h else "no estimate"
-    lines = [
-        "#!/bin/bash",
-        f"# xrstudy sweep submit: {len(job.cells)} {job.kind} cell(s), {est}; sent by submit.sh beside this file.",
-        f"#SBATCH --job-name=xrstudy-{job.name}",
-        f"#SBATCH --nodes={job.size.nodes}",
-        "#SBATCH --ntasks-per-node=1",
-        f"#SBATCH --gpus-per-node={job.size.gpus_per_node}",
-        f"#SBATCH --cpus-per-task={cpus_per_task}",
-        f"#SBATCH --time={format_time(job.size.minutes)}",
-        f"#SBATCH --array=0-{len(job.cells) - 1}%{parallelism}",
-        f"#SBATCH --output={folder / 'logs'}/%x-%A_%a.out",
-    ]
-    if partition:
-        lines.append(f"#SBATCH --partition={partition}")
-    lines += ["set -euo pipefail", "INDEX=${SLURM_ARRAY_TASK_ID:-0}"]
-    if job.size.nodes > 1:
-        lines.append('export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)')
-    lines.append(launch_line(job, cell_list, executor))
-    return "\n".join(lines) + "\n"
+def job_folder(folder: Path, spec: JobSpec) -> Path:
+    """submitit's folder for one job: its submission script, pickles and logs."""
+    return folder / spec.name
 
 
-def render_submit(jobs: list[Job]) -> str:
-    """The submission itself: one `sbatch` per job, each dependant waiting for its parents' array tasks."""
-    lines = ["#!/bin/bash", "# Written by `xrstudy sweep submit`; --dry-run stops here, submit runs this file.",
-             "set -euo pipefail", 'cd "$(dirname "$0")"']  # fmt: skip
-    for job in jobs:
-        variable = "JOB_" + _slug(job.name)
-        dependency = ""
-        if job.after:
-            dependency = " --dependency=afterany:" + ":".join(f"${{JOB_{_slug(n)}}}_{i}" for n, i in job.after)
-        lines.append(f"{variable}=$(sbatch --parsable{dependency} {job.name}.sbatch)")
-        lines.append(f"{variable}=${{{variable}%%;*}}")
-        lines.append(f'echo "{job.name} ${variable}"')
-    return "\n".join(lines) + "\n"
+def sbatch_script(spec: JobSpec, folder: Path, dependency: str | None) -> str:
+    """The sbatch script submitit's SlurmExecutor writes and sends for `spec`. submitit has no public dry
+    run, so this takes its steps, private ones included (pinned by tests/test_sweep.py with a fake sbatch
+    that keeps what it receives): the executor with `spec`'s parameters, `map_count` for several tasks
+    (as `_internal_process_submissions` does; one task is a plain job), `_make_submission_file_text`
+    of `_submitit_command_str`. The subclass exists because SlurmExecutor's constructor refuses to run
+    without `srun` on PATH, and a dry run happens anywhere."""
+    import submitit
+
+    class ScriptOnly(submitit.SlurmExecutor):
+        @classmethod
+        def affinity(cls) -> int:
+            return 2
+
+    executor = ScriptOnly(folder=job_folder(folder, spec))
+    executor.update_parameters(**spec.slurm_parameters(dependency))
+    if len(spec.commands) > 1:
+        executor.parameters["map_count"] = len(spec.commands)
+    return executor._make_submission_file_text(executor._submitit_command_str, "")
 
 
-def write_jobs(jobs: list[Job], folder: Path, **script_options: Any) -> list[Path]:
+def write_specs(specs: list[JobSpec], folder: Path) -> dict[str, Path]:
+    """What `--dry-run` shows and `submit` sends from: jobs.json, each job's cell list and sbatch script."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "logs").mkdir(exist_ok=True)
-    written = []
-    for job in jobs:
-        atomic_write_text(folder / f"{job.name}_cells.jsonl", "".join(json.dumps(c.to_dict()) + "\n" for c in job.cells))
-        atomic_write_text(folder / f"{job.name}.sbatch", render_script(job, folder, **script_options))
-        written.append(folder / f"{job.name}.sbatch")
-    atomic_write_text(folder / "submit.sh", render_submit(jobs))
-    return written
+    ids = pending_ids(specs)
+    scripts = {}
+    for spec in specs:
+        lines = "".join(json.dumps(c.to_dict()) + "\n" for c in spec.cells)
+        atomic_write_text(cell_list_path(folder, spec.name), lines)
+        script = sbatch_script(spec, folder, dependency(spec, ids))
+        scripts[spec.name] = atomic_write_text(folder / f"{spec.name}.sbatch", script)
+    atomic_write_json(folder / "jobs.json", [s.to_dict(dependency(s, ids)) for s in specs], sort_keys=False)
+    return scripts
+
+
+def send(specs: list[JobSpec], folder: Path) -> dict[str, list[str]]:
+    """Hand every spec to submitit's SlurmExecutor, in order, each dependant naming its parents' job ids."""
+    import submitit
+
+    ids: dict[str, list[str]] = {}
+    for spec in specs:
+        executor = submitit.SlurmExecutor(folder=job_folder(folder, spec))
+        executor.update_parameters(**spec.slurm_parameters(dependency(spec, ids)))
+        ids[spec.name] = [job.job_id for job in executor.map_array(run_cell, spec.commands)]
+    return ids
+
+
+def run_local(specs: list[JobSpec], folder: Path) -> dict[str, list[str]]:
+    """The same specs through submitit's LocalExecutor: a job's tasks at once, the next job after them
+    (which keeps every dependency). Returns each task's outcome."""
+    import submitit
+
+    outcomes: dict[str, list[str]] = {}
+    for spec in specs:
+        if spec.nodes > 1:
+            raise SweepError(f"{spec.name}: {spec.nodes} nodes; the local backend runs single-node jobs only")
+        executor = submitit.LocalExecutor(folder=job_folder(folder, spec))
+        executor.update_parameters(**spec.local_parameters())
+        jobs = executor.map_array(run_cell, spec.commands)
+        outcomes[spec.name] = []
+        for job in jobs:
+            job.wait()
+            error = job.exception()
+            outcomes[spec.name].append(job.result() if error is None else f"FAILED: {str(error).strip()[-300:]}")
+    return outcomes
 
 
 # ---- submit -------------------------------------------------------------------------------------
-def estimates(cells: list[RunConfig], device: str) -> dict[str, float | None]:
-    """run id -> estimated GPU-hours from the plan (published sizes where the roots are absent here)."""
-    from xrstudy.plan import plan_cells
-
-    return {row["run_id"]: row["gpu_hours"] for row in plan_cells(cells, device=device)}
-
-
-def submit(
-    cells: Iterable[RunConfig],
-    *,
-    backend: str = "slurm",
-    folder: str | Path = "xrstudy-out/slurm",
-    dry_run: bool = False,
-    only: str | None = None,
-    partition: str | None = None,
-    time_limit: str | int = "24:00:00",
-    gpus_per_node: int = 4,
-    max_nodes: int = 16,
-    pretrain_nodes: int | None = None,
-    cpus_per_task: int = 8,
-    array_parallelism: int = 64,
-    executor: str = "papermill",
-    device: str = "H100",
-) -> dict[str, Any]:
-    """Write the jobs of every unfinished cell under `folder` (scripts, cell lists, submit.sh); then, unless
-    `dry_run`, send them: `slurm` runs submit.sh (sbatch), `local` runs each array task here in order."""
+def submit(cells: Iterable[RunConfig], *, backend: str = "slurm", folder: str | Path = "xrstudy-out/slurm",
+           dry_run: bool = False, only: str | None = None, partition: str | None = None,
+           time_limit: str | int = "24:00:00", gpus_per_node: int = 4, max_nodes: int = 16,
+           pretrain_nodes: int | None = None, cpus_per_task: int = 8, array_parallelism: int = 64,
+           executor: str = "papermill", device: str = cost.DEFAULT_DEVICE) -> dict[str, Any]:
+    """Build the jobs of every unfinished cell and write them under `folder` (jobs.json, cell lists, sbatch
+    scripts); then, unless `dry_run`, hand them to submitit: `slurm` sends them to sbatch, `local` runs them
+    here."""
     if backend not in ("slurm", "local"):
         raise SweepError(f"backend {backend!r}; expected slurm or local")
     cells = [c for c in sweep.select(list(cells), only) if not results.is_done(c)]
     preflight(cells, executor=executor)  # what would fail on the cluster fails here, dry run or not
-    limit = parse_time(time_limit)
-    jobs = plan_jobs(cells, estimates(cells, device), limit_min=limit, gpus_per_node=gpus_per_node,
-                     max_nodes=max_nodes, pretrain_nodes=pretrain_nodes)  # fmt: skip
-    folder = Path(folder).absolute()
-    scripts = write_jobs(jobs, folder, executor=executor, cpus_per_task=cpus_per_task, partition=partition,
-                         parallelism=array_parallelism)  # fmt: skip
-    info: dict[str, Any] = {
-        "folder": str(folder), "submit": str(folder / "submit.sh"), "scripts": [str(s) for s in scripts],
-        "jobs": {}, "sizes": {j.name: {"cells": len(j.cells), "nodes": j.size.nodes, "gpus_per_node": j.size.gpus_per_node,
-                                        "time": format_time(j.size.minutes), "estimate_h": j.size.estimate_h,
-                                        "after": [f"{n}[{i}]" for n, i in j.after]} for j in jobs},
-    }  # fmt: skip
-    if dry_run or not jobs:
+    cluster = Cluster(Path(folder).absolute(), parse_time(time_limit), gpus_per_node, max_nodes, pretrain_nodes,
+                      cpus_per_task, partition, array_parallelism, executor)  # fmt: skip
+    plan = {row["run_id"]: row for row in plan_cells(cells, device=device)}  # published sizes without roots
+    specs = job_specs(cells, plan, cluster)
+    scripts = write_specs(specs, cluster.folder)
+    info: dict[str, Any] = {"folder": str(cluster.folder), "specs": str(cluster.folder / "jobs.json"), "jobs": {
+        s.name: {"cells": len(s.cells), "nodes": s.nodes, "gpus_per_node": s.gpus_per_node,
+                 "time": format_time(s.timeout_min), "estimate_h": s.estimate_h, "after": [f"{n}[{i}]" for n, i in s.after],
+                 "micro_batch": sorted({c.micro_batch for c in s.cells}), "script": str(scripts[s.name])}
+        for s in specs}}  # fmt: skip
+    if dry_run or not specs:
         return info
     if backend == "local":
-        info["jobs"] = _run_local(jobs, folder)
+        for name, outcomes in run_local(specs, cluster.folder).items():
+            info["jobs"][name]["outcomes"] = outcomes
         return info
-    sent = subprocess.run(["bash", str(folder / "submit.sh")], capture_output=True, text=True, check=False)
-    if sent.returncode != 0:
-        raise SweepError(f"{folder / 'submit.sh'} failed (exit {sent.returncode}): {sent.stderr.strip()[-2000:]}")
-    info["jobs"] = dict(line.split(" ", 1) for line in sent.stdout.splitlines() if " " in line)
+    ids = send(specs, cluster.folder)
+    for name, job_ids in ids.items():
+        info["jobs"][name]["job_id"] = job_ids[0].split("_")[0]
+    atomic_write_json(cluster.folder / "submitted.json", ids)
     return info
-
-
-def _run_local(jobs: list[Job], folder: Path) -> dict[str, str]:
-    """Each job's array tasks, one after another, with the environment SLURM would give them."""
-    ids = {}
-    for number, job in enumerate(jobs):
-        if job.size.nodes > 1:
-            raise SweepError(f"{job.name}: {job.size.nodes} nodes; the local backend runs single-node jobs only")
-        ids[job.name] = f"local{number}"
-        for index in range(len(job.cells)):
-            env = {**os.environ, "SLURM_ARRAY_TASK_ID": str(index), "SLURM_JOB_ID": ids[job.name],
-                   "SLURM_JOB_NODELIST": socket.gethostname()}  # fmt: skip
-            with open(folder / "logs" / f"{job.name}-{index}.out", "w") as log:
-                subprocess.run(["bash", str(folder / f"{job.name}.sbatch")], env=env, stdout=log,
-                               stderr=subprocess.STDOUT, check=False)  # fmt: skip
-    return ids
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -318,10 +390,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
                   max_nodes=args.max_nodes, pretrain_nodes=args.pretrain_nodes, device=args.device)  # fmt: skip
     print(json.dumps(info, indent=1))
     if args.dry_run:
-        print(f"review {info['submit']} and the scripts beside it; without --dry-run, submit runs that file",
-              file=sys.stderr)
+        print(f"review {info['specs']} and the .sbatch scripts beside it: without --dry-run, submit hands these "
+              f"jobs to submitit, which sends these scripts", file=sys.stderr)
     return 0
 
 
-__all__ = ["submit", "plan_jobs", "size_cell", "Size", "Job", "torchrun_command", "launch_line", "render_script",
-           "render_submit", "parse_time", "format_time", "cmd_submit"]  # fmt: skip
+__all__ = ["submit", "job_specs", "JobSpec", "Cluster", "size_cell", "Size", "torchrun_command", "cell_command",
+           "run_cell", "sbatch_script", "pending_ids", "dependency", "write_specs", "send", "run_local", "parse_time",
+           "format_time", "cmd_submit", "RENDEZVOUS_SETUP"]  # fmt: skip
