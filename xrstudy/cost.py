@@ -9,7 +9,7 @@ the measured R50x1 480-px figure is 14 % above the pixel-scaled 224-px one, and 
 slower than R152x2, not the 4.0x of their parameter counts, so every estimate says how it was made.
 
 Images per GPU come from `benchmarks/memory.csv`: per (device, arch, resolution) the most training
-images one GPU holds (H100 bf16: estimates of `benchmarks/bench_memory.py`, a model that reproduces the
+images one GPU holds (H100 bf16: estimates of `benchmarks/bench_gpu_fit.py`, a model that reproduces the
 authors' own R152x4 micro-batches on A100-40GB; A100-40GB rows: the authors' choices). A resolution not
 in the table is scaled from the nearest one by pixel count. `micro_batch` turns that into the cell's
 execution field: the global batch is then reached by gradient accumulation (the training side).

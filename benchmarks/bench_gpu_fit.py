@@ -1,7 +1,7 @@
 """Images per GPU that fit in training memory: the estimate behind `benchmarks/memory.csv` (no GPU needed).
 
-    python benchmarks/bench_memory.py            # print the estimate and the check against the authors
-    python benchmarks/bench_memory.py --write    # also rewrite the H100 rows of benchmarks/memory.csv
+    python benchmarks/bench_gpu_fit.py            # print the estimate and the check against the authors
+    python benchmarks/bench_gpu_fit.py --write    # also rewrite the H100 rows of benchmarks/memory.csv
 
 The model, per (arch, resolution), one training step with SGD + momentum under bf16 autocast:
 - fixed: fp32 weights, gradients and momentum (12 bytes per parameter), autocast's bf16 weight copies
@@ -33,7 +33,7 @@ CARDS_MIB = {"A100-40GB": 40_536, "H100": 81_559}  # memory.total that nvidia-sm
 ARCHS = ("resnetv2_50x1_bit", "resnetv2_152x2_bit", "resnetv2_152x4_bit")
 RESOLUTIONS = (128, 224, 480)
 AUTHORS = {("resnetv2_152x4_bit", 128): 64, ("resnetv2_152x4_bit", 224): 16, ("resnetv2_152x4_bit", 480): 4}
-SOURCE = (f"estimate (benchmarks/bench_memory.py): 18 B per parameter + autograd's saved bytes per image (meta "
+SOURCE = (f"estimate (benchmarks/bench_gpu_fit.py): 18 B per parameter + autograd's saved bytes per image (meta "
           f"device, fp32) within {HEADROOM:.0%} of the card, power of two; the same model gives the authors' "
           f"R152x4 A100-40GB micro-batches (64 / 16 / 4 at 128 / 224 / 480 px)")
 
