@@ -256,7 +256,7 @@ def train_size(cfg: RunConfig) -> int:
     split file. The split stage is kept per data fields and label-file signature, so every shot count
     and seed of a target reads, relabels and splits its files once."""
     cfg = cfg.replace(metadata_only=True)
-    roots = tuple(sorted((name, sources._root_signature(path) if path.is_dir() else ())
+    roots = tuple(sorted((name, sources.root_signature(path) if path.is_dir() else ())
                          for name, path in cfg.root_map.items()))
     data_key = (*(getattr(cfg, f) for f in _STAGE_FIELDS), roots)
     key = (data_key, cfg.data_fraction, cfg.shots, cfg.shots_mode, cfg.seed if cfg.shots else 0)
