@@ -154,6 +154,21 @@ def test_cli_table_and_import(tmp_path, capsys):
     assert len(pd.read_csv(out)) == 3 * 45  # three files, 5 models x 3 shots x 3 seeds each
 
 
+def test_table_files_are_written_atomically_in_each_format(tmp_path):
+    """One writer (xrstudy.io.atomic_write_table) for every table: CSV (compressed as its name says),
+    Parquet; no temporary file left beside it; an unknown format is refused before anything is written."""
+    frame = pd.DataFrame({"target": ["a", "b"], "value": [0.5, 0.25]})
+    for name in ("t.csv", "t.csv.gz", "t.csv.zip", "t.parquet"):
+        out = results.write_table(frame, tmp_path / name)
+        back = pd.read_parquet(out) if name.endswith(".parquet") else pd.read_csv(out)
+        pd.testing.assert_frame_equal(back, frame)
+    assert (tmp_path / "t.csv.gz").read_bytes()[:2] == b"\x1f\x8b"  # gzip, as pandas infers from the name
+    assert not list(tmp_path.glob(".*.tmp"))
+    with pytest.raises(results.ResultError, match="unknown table format 'xlsx'"):
+        results.write_table(frame, tmp_path / "t.xlsx", "xlsx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.csv.gz", "t.csv.zip", "t.parquet"]
+
+
 # ---- the paper's CSVs in xrstudy's names -------------------------------------------------------------
 PUBLISHED = Path(__file__).parent / "data" / "legacy-published"  # real rows of the authors' results/
 
@@ -291,7 +306,7 @@ def test_special_files_in_the_store_are_reported_not_waited_on(tmp_path):
     done = subprocess.run([sys.executable, "-m", "xrstudy.cli", "results", "table", "--results", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and cfg.run_id in done.stdout
-    assert "transfer-fifo.json: a FIFO, not a result file" in done.stderr
+    assert "transfer-fifo.json: a FIFO (named pipe), not a result file" in done.stderr
     assert "folder.json: a directory, not a result file" in done.stderr
     with pytest.raises(results.ResultError, match="a FIFO"):
         results.load(tmp_path / "transfer-fifo.json")

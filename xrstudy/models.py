@@ -20,7 +20,6 @@ concat-pool head).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from timm.models import register_model
 from timm.models.resnetv2 import ResNetV2
 
 from xrstudy.config import RunConfig, parent_run_id
+from xrstudy.io import atomic_path, atomic_write_json, sha256_file
 
 CHECKPOINT_FORMAT = "xrstudy.checkpoint/1"
 WEIGHT_FILE_PATTERNS = ("{tag}.safetensors", "{tag}.pth", "{tag}.bin", "{tag}.npz",
@@ -86,14 +86,6 @@ def classifier_parameters(model: nn.Module) -> set[nn.Parameter]:
     would otherwise be clipped to ~1e-5 per step and never learn)."""
     model = getattr(model, "module", model)  # DDP
     return set(model.get_classifier().parameters())
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---- heads ----------------------------------------------------------------------------------
@@ -245,21 +237,22 @@ def read_checkpoint(path: str | Path, arch: str | None = None) -> Checkpoint:
     return Checkpoint(path=path, state=state, sidecar=sidecar)
 
 
+def tensor_bytes(state: dict[str, torch.Tensor]) -> int:
+    """The bytes of a state dict's tensors: about what torch.save writes."""
+    return sum(v.numel() * v.element_size() for v in state.values())
+
+
 def write_checkpoint(path: str | Path, model: nn.Module, sidecar: dict[str, Any]) -> dict[str, str]:
-    """Atomically write weights + sidecar; returns {"path", "sha256"} for the result JSON."""
+    """Atomically write weights + sidecar (xrstudy.io); returns {"path", "sha256"} for the result JSON.
+    A full disk is a DiskFullError naming the file, also where torch reports it as a bare RuntimeError."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)  # DDP
     model = getattr(model, "_orig_mod", model)  # torch.compile
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, "model": state}, tmp)
-    digest = sha256_file(tmp)
-    os.replace(tmp, path)
-    meta = {"format": CHECKPOINT_FORMAT, **sidecar, "sha256": digest}
-    side_tmp = path.with_suffix(".json.tmp")
-    side_tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
-    os.replace(side_tmp, path.with_suffix(".json"))
+    with atomic_path(path, needed_bytes=tensor_bytes(state)) as temp:
+        torch.save({"format": CHECKPOINT_FORMAT, "model": state}, temp)
+        digest = sha256_file(temp)
+    atomic_write_json(path.with_suffix(".json"), {"format": CHECKPOINT_FORMAT, **sidecar, "sha256": digest})
     return {"path": str(path), "sha256": digest}
 
 
@@ -329,6 +322,7 @@ __all__ = [
     "Checkpoint",
     "read_checkpoint",
     "write_checkpoint",
+    "tensor_bytes",
     "load_backbone",
     "timm_weight_file",
     "classifier_parameters",

@@ -39,8 +39,8 @@ import timm
 import torch
 
 from xrstudy.config import RunConfig
-from xrstudy.io import atomic_path
-from xrstudy.models import CheckpointError, base_arch, sha256_file
+from xrstudy.io import atomic_path, sha256_file
+from xrstudy.models import CheckpointError, base_arch, tensor_bytes
 
 PAPER_FILE = "model.pth.tar"
 RELEASED = tuple(
@@ -207,8 +207,9 @@ def import_paper(path: str | Path, arch: str, out: str | Path) -> dict[str, Any]
     path, out = Path(path), Path(out)
     state = read_paper_checkpoint(path, arch)
     mapping = {timm_key: bit_key for bit_key, (timm_key, _) in key_map(base_arch(arch)).items()}
-    with atomic_path(out) as temp:
-        torch.save({k: v.contiguous() for k, v in state.items()}, temp)
+    state = {k: v.contiguous() for k, v in state.items()}
+    with atomic_path(out, needed_bytes=tensor_bytes(state)) as temp:  # a full disk names `out`
+        torch.save(state, temp)
     head = state.get("head.fc.weight")
     return {
         "file": str(path),
