@@ -123,7 +123,7 @@ def test_table_resolves_pretrain_inits(tmp_path):
 def test_import_legacy_drops_duplicates_and_keeps_values(tmp_path):
     raw = pd.concat([pd.read_csv(p) for p in LEGACY.glob("*.csv")])
     assert raw.duplicated().any(), "the fixture repeats rows like the published CSVs"
-    written = results.import_legacy(LEGACY, tmp_path)
+    written = legacy.import_legacy(LEGACY, tmp_path)
     # 2 targets x 5 models x 3 shots x 3 seeds runs; padchest has auc + ap in one result.
     assert len(written) == 90
     frame = results.table(tmp_path)
@@ -134,7 +134,7 @@ def test_import_legacy_drops_duplicates_and_keeps_values(tmp_path):
     assert means["imagenet21k_bit152x4"] == 0.88 and means["chexpert_bit50x1"] == 0.70
     assert set(frame.arch) == {"resnetv2_50x1_bit", "resnetv2_152x4_bit"}
     # Re-importing overwrites the same files: nothing duplicated.
-    results.import_legacy(LEGACY, tmp_path)
+    legacy.import_legacy(LEGACY, tmp_path)
     assert len(list(tmp_path.glob("*.json"))) == 90
 
 
@@ -174,7 +174,7 @@ PUBLISHED = Path(__file__).parent / "data" / "legacy-published"  # real rows of 
 
 
 def test_import_legacy_records_the_papers_cell_in_xrstudy_names(tmp_path):
-    results.import_legacy(LEGACY, tmp_path)
+    legacy.import_legacy(LEGACY, tmp_path)
     found = results.scan(tmp_path).results
     padchest = [r for r in found if r["legacy"]["dataset"] == "padchest"]
     assert padchest and all(r["config"]["target"] == "padchest-cl" for r in padchest)
@@ -221,7 +221,7 @@ def test_published_csvs_import_with_every_row_accounted_for(tmp_path, capsys):
 
 def test_paper_rows_and_new_runs_line_up_in_one_table(tmp_path):
     """New runs of the paper's cells share target, metric, pretrained_model and shot with the paper's rows."""
-    results.import_legacy(PUBLISHED, tmp_path)
+    legacy.import_legacy(PUBLISHED, tmp_path)
     pre = RunConfig(kind="pretrain", sources=("chexpert",), arch="resnetv2_50x1_bit")
     new = [
         _cfg(target="padchest-cl", shots=10, seed=0, init="paper", init_label="chexpert_mimic_nih",
@@ -263,7 +263,7 @@ def test_legacy_row_that_cannot_be_stored_is_an_error_naming_file_and_line(tmp_p
     good = "0.4,test/acc,p,0,1_shot,chexpert_bit50x1,cifar10,500\n"
     (source / "finetuning_results_cifar10_test_acc.csv").write_text(header + good + good + line + "\n")
     with pytest.raises(results.ResultError) as err:
-        results.import_legacy(source, tmp_path / "store")
+        legacy.import_legacy(source, tmp_path / "store")
     assert "finetuning_results_cifar10_test_acc.csv:4" in str(err.value) and problem in str(err.value)
     assert not (tmp_path / "store").exists(), "nothing written"
 
@@ -311,6 +311,11 @@ def test_special_files_in_the_store_are_reported_not_waited_on(tmp_path):
     with pytest.raises(results.ResultError, match="a FIFO"):
         results.load(tmp_path / "transfer-fifo.json")
     assert not results.is_done(cfg.replace(seed=9), tmp_path)
+    legacy_dir = tmp_path / "legacy"  # the same rule for the paper's CSVs (xrstudy.io.read_regular_file)
+    legacy_dir.mkdir()
+    os.mkfifo(legacy_dir / "finetuning_results_x_acc.csv")
+    with pytest.raises(results.ResultError, match=r"finetuning_results_x_acc\.csv: a FIFO \(named pipe\), not a legacy"):
+        legacy.read_legacy(legacy_dir)
 
 
 @pytest.mark.parametrize("field, value, reason", [

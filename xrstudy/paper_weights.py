@@ -40,7 +40,8 @@ import torch
 
 from xrstudy.config import RunConfig
 from xrstudy.io import atomic_path, sha256_file
-from xrstudy.models import CheckpointError, base_arch, tensor_bytes
+from xrstudy import archs  # noqa: F401 - registers resnetv2_tiny_bit (key_map builds it)
+from xrstudy.checkpoints import CheckpointError, base_arch, tensor_bytes
 
 PAPER_FILE = "model.pth.tar"
 RELEASED = tuple(
@@ -112,8 +113,6 @@ def bit_name(timm_name: str) -> str:
 def key_map(arch: str) -> dict[str, tuple[str, tuple[int, ...]]]:
     """big_transfer name -> (timm name, shape) for every tensor of `arch` (built on the meta device:
     no memory, R152x4 included). The pre-training head's shape is the default's, never checked."""
-    import xrstudy.models  # noqa: F401 - registers resnetv2_tiny_bit
-
     if _BIT_ARCH.fullmatch(base_arch(arch)) is None:
         raise CheckpointError(f"arch {arch!r} is not a BiT ResNet-v2; the authors' checkpoints are "
                               f"resnetv2_50x1_bit and resnetv2_152x4_bit")

@@ -154,12 +154,11 @@ def write_tuberculosis(root: Path, records: list[Record]) -> None:
         sex = {"M": "male", "F": "female"}.get(record.sex, "male")
         if prefix == "CHNCXR":
             reading = f"{sex} {record.age}yrs\n{'normal' if record.label == 'normal' else 'PTB in the right upper field'}\n"
-            (root / folder / "ClinicalReadings").mkdir(parents=True, exist_ok=True)
-            (root / folder / "ClinicalReadings" / f"{stem}.txt").write_text(reading)
         else:
             reading = f"Patient's Sex: {sex[0].upper()}\nPatient's Age: {record.age:03d}Y\n{record.label}\n"
-            (root / folder / "ClinicalReadings").mkdir(parents=True, exist_ok=True)
-            (root / folder / "ClinicalReadings" / f"{stem}.txt").write_text(reading)
+        (root / folder / "ClinicalReadings").mkdir(parents=True, exist_ok=True)
+        (root / folder / "ClinicalReadings" / f"{stem}.txt").write_text(reading)
+        if prefix == "MCUCXR":
             mask = np.zeros(record.image.shape[:2], np.uint8)
             mask[:, : mask.shape[1] // 2] = 255
             for side in ("leftMask", "rightMask"):
