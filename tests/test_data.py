@@ -256,6 +256,45 @@ def test_unknown_terms_duplicates_and_bad_values_name_the_line(roots, tmp_path):
         sources.read_source("chexpert", chexpert)
 
 
+def test_read_cache_follows_each_entrys_policy(roots, tmp_path, monkeypatch):
+    """`Source.cache_reads`: CheXpert reads are kept, NIH's only when metadata-only (a full read scans its
+    image folders), an ImageFolder tree's never; an edited label file is read afresh; every call gets its
+    own copy."""
+    import dataclasses
+
+    calls: list[tuple[str, bool]] = []
+    for name in ("chexpert", "nih", "imagefolder"):
+        entry = sources.SOURCES[name]
+        counted = (lambda read: lambda n, root, meta: calls.append((n, meta)) or read(n, root, meta))(entry.read)
+        monkeypatch.setitem(sources.SOURCES, name, dataclasses.replace(entry, read=counted))
+    assert {n: sources.SOURCES[n].cache_reads for n in ("chexpert", "nih", "imagefolder")} == \
+        {"chexpert": "always", "nih": "metadata_only", "imagefolder": "never"}
+    copies = {name: tmp_path / name for name in ("chexpert", "nih", "shapes")}
+    for name, copy in copies.items():
+        shutil.copytree(roots[name], copy)
+
+    def read_twice(name, root, metadata_only=False):
+        calls.clear()
+        first = sources.read_source(name, root, metadata_only)
+        first.loc[0, "view"] = "edited by a caller"
+        second = sources.read_source(name, root, metadata_only)
+        assert second.loc[0, "view"] != "edited by a caller"  # the cache hands out copies
+        return len(calls)
+
+    assert read_twice("chexpert", copies["chexpert"]) == 1
+    assert read_twice("chexpert", copies["chexpert"], metadata_only=True) == 1
+    assert read_twice("nih", copies["nih"], metadata_only=True) == 1
+    assert read_twice("nih", copies["nih"]) == 2
+    assert read_twice("imagefolder", copies["shapes"]) == 2
+    with open(copies["chexpert"] / "train.csv", "a") as handle:  # an edited label file is read afresh
+        handle.write("\n")
+    calls.clear()
+    sources.read_source("chexpert", copies["chexpert"])
+    assert calls == [("chexpert", False)]
+    with pytest.raises(ValueError, match=r"cache_reads = 'sometimes'; expected one of"):
+        dataclasses.replace(sources.SOURCES["nih"], cache_reads="sometimes")
+
+
 def test_record_writer_registry_rejects_unknown_layout(tmp_path):
     with pytest.raises(ValueError, match="no layout writer"):
         layouts.write_layout("nope", tmp_path, [Record(1, 1, "PA", "M", 40, {}, "train", np.zeros((4, 4), np.uint8))])

@@ -447,6 +447,32 @@ def test_enospc_in_the_shared_writers_and_the_cli_names_the_path(tmp_path, monke
                                                         "say which file); free some space and run the same command again")
 
 
+def test_a_full_disk_in_torch_save_names_the_checkpoint(tmp_path, monkeypatch):
+    """torch.save to a file name reports a full disk as a bare RuntimeError ("unexpected pos"): the
+    checkpoint writer says which file and how much space, and leaves neither a temp file nor a sidecar.
+    The same RuntimeError with room to spare is not called a full disk."""
+    import torch
+
+    model = torch.nn.Linear(64, 64)  # 16.6 kB of tensors
+    target = tmp_path / "runs" / "r" / "checkpoint.pt"
+
+    def failing_save(obj, file, *args, **kwargs):
+        Path(file).write_bytes(b"PK partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: SimpleNamespace(total=10**6, used=10**6 - 1000, free=1000))
+    with pytest.raises(io.DiskFullError, match=rf"no space left on device writing {target} \(1000 B free there, "
+                                               rf"about 16\.\d KiB to write; the writer said: .*unexpected pos"):
+        models.write_checkpoint(target, model, {"arch": "linear"})
+    assert not list(target.parent.iterdir())  # no temp file, no sidecar
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: SimpleNamespace(total=10**12, used=0, free=10**12))
+    with pytest.raises(RuntimeError, match="unexpected pos") as err:
+        models.write_checkpoint(target, model, {"arch": "linear"})
+    assert not isinstance(err.value, io.DiskFullError) and not list(target.parent.iterdir())
+
+
 def _mount_tmpfs(folder: Path, size: str) -> bool:
     folder.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0 or shutil.which("mount") is None:

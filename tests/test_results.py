@@ -123,7 +123,7 @@ def test_table_resolves_pretrain_inits(tmp_path):
 def test_import_legacy_drops_duplicates_and_keeps_values(tmp_path):
     raw = pd.concat([pd.read_csv(p) for p in LEGACY.glob("*.csv")])
     assert raw.duplicated().any(), "the fixture repeats rows like the published CSVs"
-    written = results.import_legacy(LEGACY, tmp_path)
+    written = legacy.import_legacy(LEGACY, tmp_path)
     # 2 targets x 5 models x 3 shots x 3 seeds runs; padchest has auc + ap in one result.
     assert len(written) == 90
     frame = results.table(tmp_path)
@@ -134,7 +134,7 @@ def test_import_legacy_drops_duplicates_and_keeps_values(tmp_path):
     assert means["imagenet21k_bit152x4"] == 0.88 and means["chexpert_bit50x1"] == 0.70
     assert set(frame.arch) == {"resnetv2_50x1_bit", "resnetv2_152x4_bit"}
     # Re-importing overwrites the same files: nothing duplicated.
-    results.import_legacy(LEGACY, tmp_path)
+    legacy.import_legacy(LEGACY, tmp_path)
     assert len(list(tmp_path.glob("*.json"))) == 90
 
 
@@ -154,12 +154,27 @@ def test_cli_table_and_import(tmp_path, capsys):
     assert len(pd.read_csv(out)) == 3 * 45  # three files, 5 models x 3 shots x 3 seeds each
 
 
+def test_table_files_are_written_atomically_in_each_format(tmp_path):
+    """One writer (xrstudy.io.atomic_write_table) for every table: CSV (compressed as its name says),
+    Parquet; no temporary file left beside it; an unknown format is refused before anything is written."""
+    frame = pd.DataFrame({"target": ["a", "b"], "value": [0.5, 0.25]})
+    for name in ("t.csv", "t.csv.gz", "t.csv.zip", "t.parquet"):
+        out = results.write_table(frame, tmp_path / name)
+        back = pd.read_parquet(out) if name.endswith(".parquet") else pd.read_csv(out)
+        pd.testing.assert_frame_equal(back, frame)
+    assert (tmp_path / "t.csv.gz").read_bytes()[:2] == b"\x1f\x8b"  # gzip, as pandas infers from the name
+    assert not list(tmp_path.glob(".*.tmp"))
+    with pytest.raises(results.ResultError, match="unknown table format 'xlsx'"):
+        results.write_table(frame, tmp_path / "t.xlsx", "xlsx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.csv.gz", "t.csv.zip", "t.parquet"]
+
+
 # ---- the paper's CSVs in xrstudy's names -------------------------------------------------------------
 PUBLISHED = Path(__file__).parent / "data" / "legacy-published"  # real rows of the authors' results/
 
 
 def test_import_legacy_records_the_papers_cell_in_xrstudy_names(tmp_path):
-    results.import_legacy(LEGACY, tmp_path)
+    legacy.import_legacy(LEGACY, tmp_path)
     found = results.scan(tmp_path).results
     padchest = [r for r in found if r["legacy"]["dataset"] == "padchest"]
     assert padchest and all(r["config"]["target"] == "padchest-cl" for r in padchest)
@@ -206,7 +221,7 @@ def test_published_csvs_import_with_every_row_accounted_for(tmp_path, capsys):
 
 def test_paper_rows_and_new_runs_line_up_in_one_table(tmp_path):
     """New runs of the paper's cells share target, metric, pretrained_model and shot with the paper's rows."""
-    results.import_legacy(PUBLISHED, tmp_path)
+    legacy.import_legacy(PUBLISHED, tmp_path)
     pre = RunConfig(kind="pretrain", sources=("chexpert",), arch="resnetv2_50x1_bit")
     new = [
         _cfg(target="padchest-cl", shots=10, seed=0, init="paper", init_label="chexpert_mimic_nih",
@@ -248,7 +263,7 @@ def test_legacy_row_that_cannot_be_stored_is_an_error_naming_file_and_line(tmp_p
     good = "0.4,test/acc,p,0,1_shot,chexpert_bit50x1,cifar10,500\n"
     (source / "finetuning_results_cifar10_test_acc.csv").write_text(header + good + good + line + "\n")
     with pytest.raises(results.ResultError) as err:
-        results.import_legacy(source, tmp_path / "store")
+        legacy.import_legacy(source, tmp_path / "store")
     assert "finetuning_results_cifar10_test_acc.csv:4" in str(err.value) and problem in str(err.value)
     assert not (tmp_path / "store").exists(), "nothing written"
 
@@ -291,11 +306,16 @@ def test_special_files_in_the_store_are_reported_not_waited_on(tmp_path):
     done = subprocess.run([sys.executable, "-m", "xrstudy.cli", "results", "table", "--results", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and cfg.run_id in done.stdout
-    assert "transfer-fifo.json: a FIFO, not a result file" in done.stderr
+    assert "transfer-fifo.json: a FIFO (named pipe), not a result file" in done.stderr
     assert "folder.json: a directory, not a result file" in done.stderr
     with pytest.raises(results.ResultError, match="a FIFO"):
         results.load(tmp_path / "transfer-fifo.json")
     assert not results.is_done(cfg.replace(seed=9), tmp_path)
+    legacy_dir = tmp_path / "legacy"  # the same rule for the paper's CSVs (xrstudy.io.read_regular_file)
+    legacy_dir.mkdir()
+    os.mkfifo(legacy_dir / "finetuning_results_x_acc.csv")
+    with pytest.raises(results.ResultError, match=r"finetuning_results_x_acc\.csv: a FIFO \(named pipe\), not a legacy"):
+        legacy.read_legacy(legacy_dir)
 
 
 @pytest.mark.parametrize("field, value, reason", [

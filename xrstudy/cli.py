@@ -33,14 +33,19 @@ def views_arg(text: str) -> tuple[str, ...]:
     return views
 
 
-def root_entry_arg(text: str) -> str:
-    """`NAME=DIR`, checked by xrstudy.config.parse_root (the one parser of root entries)."""
+def _parsed_root(text: str, origin: str) -> tuple[str, Path]:
+    """`NAME=DIR` parsed by xrstudy.config.parse_root (the one parser of root entries), as an argparse error."""
     from xrstudy.config import ConfigError, parse_root
 
     try:
-        parse_root(text, origin="--source")
+        return parse_root(text, origin=origin)
     except ConfigError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def root_entry_arg(text: str) -> str:
+    """`NAME=DIR`, checked (kept as written: the handler parses it again with the same parser)."""
+    _parsed_root(text, "--source")
     return text
 
 
@@ -158,10 +163,8 @@ def _add_train(sub: Any) -> None:
 
 def root_arg(text: str) -> tuple[str, str]:
     """`padchest=/data/PadChest` -> ("padchest", "/data/PadChest")."""
-    name, sep, path = text.partition("=")
-    if not sep or not name.strip() or not path.strip():
-        raise argparse.ArgumentTypeError(f"{text!r}; expected NAME=DIR, e.g. padchest=/data/PadChest")
-    return name.strip(), path.strip()
+    name, folder = _parsed_root(text, "--root")
+    return name, str(folder)
 
 
 def _add_sweep(sub: Any) -> None:

@@ -13,14 +13,13 @@ import json
 import math
 import numbers
 import re
-import stat
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from xrstudy.io import atomic_write_text
+from xrstudy.io import NotRegularFileError, atomic_write_text, read_regular_file
 
 # The allowed values of every choice, defined once: RunConfig's annotations, the CLI's `choices`
 # and the modules that act on them (labels, merge, splits, fewshot, models, learner) all read these.
@@ -203,9 +202,9 @@ class RunConfig:
     def from_yaml(cls, path: str | Path) -> "RunConfig":
         path = Path(path)
         try:
-            if not stat.S_ISREG(path.stat().st_mode):  # stat first: opening a FIFO would block
-                raise ConfigError(f"{path}: not a regular file; expected a YAML file of RunConfig fields")
-            data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+            data = yaml.safe_load(read_regular_file(path).decode("utf-8"))  # a FIFO is refused, not waited on
+        except NotRegularFileError as err:
+            raise ConfigError(f"{path}: not a regular file (a {err.kind}); expected a YAML file of RunConfig fields") from None
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
         except OSError as err:

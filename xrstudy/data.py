@@ -29,7 +29,8 @@ from typing import Any, Sequence
 import pandas as pd
 
 from xrstudy import fewshot, labels, merge, sources, splits
-from xrstudy.config import ConfigError, RunConfig
+from xrstudy.config import ConfigError, RunConfig, parse_root
+from xrstudy.io import atomic_write_table
 
 SPLIT_SEED = 0  # splits do not change with the training seed: every seed sees the same test set
 # The authors' dataset order for merged pre-training sets: configs list chexpert, mimic, nih, padchest
@@ -256,7 +257,7 @@ def train_size(cfg: RunConfig) -> int:
     split file. The split stage is kept per data fields and label-file signature, so every shot count
     and seed of a target reads, relabels and splits its files once."""
     cfg = cfg.replace(metadata_only=True)
-    roots = tuple(sorted((name, sources._root_signature(path) if path.is_dir() else ())
+    roots = tuple(sorted((name, sources.root_signature(path) if path.is_dir() else ())
                          for name, path in cfg.root_map.items()))
     data_key = (*(getattr(cfg, f) for f in _STAGE_FIELDS), roots)
     key = (data_key, cfg.data_fraction, cfg.shots, cfg.shots_mode, cfg.seed if cfg.shots else 0)
@@ -324,9 +325,7 @@ def merge_entries(entries: Sequence[str], *, label_set: str = "intersection", vi
     """Read NAME=DIR entries, apply the label mode, filter, apply the policy, merge."""
     tables = []
     for entry in entries:
-        name, sep, root = entry.partition("=")
-        if not sep:
-            raise ValueError(f"--source {entry!r}; expected NAME=DIR")
+        name, root = parse_root(entry, origin="--source")
         tables.append(labelled(name, root, views=views, uncertain=uncertain, label_mode=label_mode,
                                metadata_only=metadata_only).table)
     return merge.merge_sources(tables, label_set)
@@ -340,14 +339,6 @@ def merge_summary(table: pd.DataFrame) -> dict[str, Any]:
         "per_source": {str(s): int(n) for s, n in table["source"].value_counts().sort_index().items()},
         "counts": labels.label_counts(table),
     }
-
-
-def write_table(table: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".parquet":
-        table.to_parquet(path, index=False)
-    else:
-        table.to_csv(path, index=False)
 
 
 # ---- command handlers (the parser is xrstudy.cli) ----------------------------------------
@@ -373,7 +364,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     table = merge_entries(args.source, label_set=args.labels, views=args.views, uncertain=args.uncertain,
                           metadata_only=args.metadata_only, label_mode=args.label_mode)
     if args.out:
-        write_table(table, args.out)
+        atomic_write_table(table, args.out)  # Parquet for a .parquet name, else CSV
         print(f"wrote {len(table)} rows to {args.out}", file=sys.stderr)
     _print(merge_summary(table), args.json)
     return 0

@@ -34,6 +34,11 @@ def _check_pool(pool: pd.DataFrame) -> None:
         raise FewShotError("few-shot sampling draws from the training split only; the pool holds valid/test rows")
 
 
+def _check_shots(k: int) -> None:
+    if k <= 0:
+        raise FewShotError(f"k={k}; expected a positive number of shots (0 = full is handled by the caller)")
+
+
 def sample_single_label(pool: pd.DataFrame, k: int, seed: int, label_column: str = "label") -> pd.DataFrame:
     """Exactly k rows per class (classes sorted; rows ordered by image_id before drawing)."""
     _check_pool(pool)
@@ -72,15 +77,13 @@ def sample_multi_label(pool: pd.DataFrame, k: int, seed: int, classes: Sequence[
 
 def sample_shots(pool: pd.DataFrame, k: int, seed: int, *, classes: Sequence[str] | None = None) -> pd.DataFrame:
     """k-shot subset of the training pool; `classes` given = multi-label finding columns."""
-    if k <= 0:
-        raise FewShotError(f"k={k}; expected a positive number of shots (0 = full is handled by the caller)")
+    _check_shots(k)
     if classes is None:
         return sample_single_label(pool, k, seed)
     return sample_multi_label(pool, k, seed, classes)
 
 
 # ---- the authors' samplers (shots_mode: paper) ----------------------------------------------------
-PAPER_KINDS = ("label_array", "kshot_finder")
 FINDER_BATCH = 1024  # the finder's DataLoader batch size (its order does not depend on it)
 
 
@@ -129,26 +132,27 @@ def kshot_finder_shots(labels: Sequence[int], n_classes: int, k: int, seed: int)
     return chosen
 
 
+# `Source.paper_fewshot` -> the sampler of the authors' dataset class: (labels, n_classes, k, seed) -> positions
+PAPER_SAMPLERS = {"label_array": label_array_shots, "kshot_finder": kshot_finder_shots}
+PAPER_KINDS = tuple(PAPER_SAMPLERS)
+
+
 def sample_shots_paper(pool: pd.DataFrame, k: int, seed: int, classes: Sequence[str], kind: str,
                        label_column: str = "label") -> pd.DataFrame:
     """The authors' k-shot rows of a single-label training pool (rows in their dataset's order), in the
     order their sampler returns them; `classes` gives the class indices."""
     _check_pool(pool)
-    if k <= 0:
-        raise FewShotError(f"k={k}; expected a positive number of shots (0 = full is handled by the caller)")
+    _check_shots(k)
+    if kind not in PAPER_SAMPLERS:
+        raise FewShotError(f"paper few-shot kind {kind!r}; expected one of {PAPER_KINDS}")
     index = {name: i for i, name in enumerate(classes)}
     unknown = sorted(set(pool[label_column]) - set(index))
     if unknown:
         raise FewShotError(f"labels {unknown[:5]} are not among the classes {list(classes)[:10]}")
     labels = pool[label_column].map(index).to_numpy(dtype=np.int64)
-    if kind == "label_array":
-        positions = label_array_shots(labels, len(classes), k, seed)
-    elif kind == "kshot_finder":
-        positions = kshot_finder_shots(labels, len(classes), k, seed)
-    else:
-        raise FewShotError(f"paper few-shot kind {kind!r}; expected one of {PAPER_KINDS}")
+    positions = PAPER_SAMPLERS[kind](labels, len(classes), k, seed)
     return pool.iloc[np.asarray(positions, dtype=np.int64)]
 
 
 __all__ = ["sample_shots", "sample_single_label", "sample_multi_label", "sample_shots_paper", "label_array_shots",
-           "kshot_finder_shots", "finder_order", "PAPER_KINDS", "FewShotError"]
+           "kshot_finder_shots", "finder_order", "PAPER_KINDS", "PAPER_SAMPLERS", "FewShotError"]

@@ -23,12 +23,14 @@ import csv
 import math
 import re
 from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from xrstudy.config import RunConfig
+from xrstudy.io import NotRegularFileError, read_regular_file
 from xrstudy.results import SCHEMA, ResultError, save
 
 LEGACY_COLUMNS = ("metric_value", "metric", "path", "seed", "shot", "pretrained_model", "dataset", "last_step")
@@ -115,16 +117,17 @@ def _parse(record: dict[str | None, Any], where: str) -> tuple[dict[str, Any] | 
 def _read_file(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     rows, problems = [], []
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            missing = set(LEGACY_COLUMNS) - set(reader.fieldnames or ())
-            if missing:
-                raise ResultError(f"{path}: missing columns {sorted(missing)}; expected {list(LEGACY_COLUMNS)}")
-            for record in reader:  # csv skips empty lines; a line of empty fields is reported as blank
-                row, found = _parse(record, f"{path.name}:{reader.line_num}")
-                problems += found
-                if row is not None:
-                    rows.append({**row, "file": path.name, "line": reader.line_num})
+        reader = csv.DictReader(StringIO(read_regular_file(path).decode("utf-8"), newline=""))
+        missing = set(LEGACY_COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise ResultError(f"{path}: missing columns {sorted(missing)}; expected {list(LEGACY_COLUMNS)}")
+        for record in reader:  # csv skips empty lines; a line of empty fields is reported as blank
+            row, found = _parse(record, f"{path.name}:{reader.line_num}")
+            problems += found
+            if row is not None:
+                rows.append({**row, "file": path.name, "line": reader.line_num})
+    except NotRegularFileError as err:  # a FIFO named *.csv is refused, not waited on (as results.load)
+        raise ResultError(f"{path}: a {err.kind}, not a legacy results file; only regular files are read") from None
     except UnicodeDecodeError as err:
         raise ResultError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     except csv.Error as err:

@@ -16,65 +16,33 @@ Heads (`HEADS`): "linear" (a fresh linear / 1x1-conv layer on the pooled feature
 init as in the authors' code, or zero with `head_init: zero` as in BiT; with timm's init it is also
 the multi-label head of pre-training) or "concat" (fastai's
 concat-pool head).
+
+Checkpoint files (xrstudy's own and any state-dict file) are `xrstudy.checkpoints`, the authors' files
+`xrstudy.paper_weights`, the tiny test architecture `xrstudy.archs`; their public names are re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import timm
 import torch
 from torch import nn
-from timm.layers import GroupNormAct, StdConv2d
-from timm.models import register_model
-from timm.models.resnetv2 import ResNetV2
 
-from xrstudy.config import RunConfig, parent_run_id
+from xrstudy import paper_weights
+from xrstudy.archs import resnetv2_tiny_bit
+from xrstudy.checkpoints import (CHECKPOINT_FORMAT, Checkpoint, CheckpointError, base_arch, checkpoint_path,
+                                 read_checkpoint, read_state_dict, tensor_bytes, unwrap, write_checkpoint)
+from xrstudy.config import RunConfig
+from xrstudy.io import sha256_file
 
-CHECKPOINT_FORMAT = "xrstudy.checkpoint/1"
 WEIGHT_FILE_PATTERNS = ("{tag}.safetensors", "{tag}.pth", "{tag}.bin", "{tag}.npz",
                         "{tag}/model.safetensors", "{tag}/pytorch_model.bin", "{tag}/model.npz")
 
 
-class CheckpointError(RuntimeError):
-    """A weight file is missing, unreadable, altered, or for another architecture."""
-
-
-# ---- a tiny BiT-style ResNet-v2 for CPU demos and tests --------------------------------------
-@register_model
-def resnetv2_tiny_bit(pretrained: bool = False, **kwargs: Any) -> ResNetV2:
-    """BiT ResNet-v2 in miniature: one pre-activation bottleneck per stage, GroupNorm + StdConv2d.
-
-    ~0.3M parameters; `timm.create_model("resnetv2_tiny_bit")` works once xrstudy.models is imported.
-    """
-    if pretrained:
-        raise CheckpointError("resnetv2_tiny_bit has no published weights; use init=scratch or a local file")
-    kwargs.pop("pretrained_cfg", None)
-    kwargs.pop("pretrained_cfg_overlay", None)
-    kwargs.pop("cache_dir", None)
-    return ResNetV2(
-        layers=[1, 1, 1, 1],
-        channels=(32, 64, 128, 256),  # bottleneck widths 8, 16, 32, 64
-        stem_chs=16,
-        stem_type="fixed",
-        conv_layer=partial(StdConv2d, eps=1e-8),
-        norm_layer=partial(GroupNormAct, num_groups=8),  # 8 divides every width above
-        **kwargs,
-    )
-
-
 # ---- names ----------------------------------------------------------------------------------
-def base_arch(arch: str) -> str:
-    """`resnetv2_50x1_bit.goog_in21k` -> `resnetv2_50x1_bit` (the tag only names weights)."""
-    return arch.split(".", 1)[0]
-
-
 def classifier_prefix(model: nn.Module) -> str:
     """State-dict prefix of the classifier (e.g. `head.fc`), the part a transfer replaces."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
@@ -84,16 +52,7 @@ def classifier_prefix(model: nn.Module) -> str:
 def classifier_parameters(model: nn.Module) -> set[nn.Parameter]:
     """Parameters of the final classifier (AGC leaves them alone, as in NFNets: a zero head
     would otherwise be clipped to ~1e-5 per step and never learn)."""
-    model = getattr(model, "module", model)  # DDP
-    return set(model.get_classifier().parameters())
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    return set(unwrap(model).get_classifier().parameters())
 
 
 # ---- heads ----------------------------------------------------------------------------------
@@ -152,24 +111,6 @@ def load_backbone(model: nn.Module, state: dict[str, torch.Tensor], origin: str)
     model.load_state_dict(keep, strict=False)
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A timm-format weight file: safetensors, or a torch pickle read with weights_only=True."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any reader failure means the same thing here
-        raise CheckpointError(f"{path}: cannot read weights ({type(err).__name__}: {err}); corrupt file?") from None
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return state
-
-
 def timm_weight_file(cfg: RunConfig) -> Path:
     """The local file holding `cfg.arch`'s pretrained tag; a clear error when it is not there."""
     if "." not in cfg.arch:
@@ -202,70 +143,7 @@ def init_timm(model: nn.Module, cfg: RunConfig, arg: str) -> None:
             raise CheckpointError(f"{path}: .npz weights need a model with load_pretrained (BiT ResNet-v2)")
         model.load_pretrained(str(path))
         return
-    load_backbone(model, _read_state_dict(path), origin=str(path))
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """An xrstudy checkpoint as read back: weights plus its sidecar."""
-
-    path: Path
-    state: dict[str, torch.Tensor]
-    sidecar: dict[str, Any]
-
-
-def read_checkpoint(path: str | Path, arch: str | None = None) -> Checkpoint:
-    """Read an xrstudy checkpoint, checking its sidecar, SHA-256 and (optionally) its architecture."""
-    path = Path(path)
-    sidecar_path = path.with_suffix(".json")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    if not sidecar_path.is_file():
-        raise CheckpointError(
-            f"{path}: no sidecar {sidecar_path.name} next to it; an xrstudy checkpoint is written by a "
-            f"pre-training cell (for timm weight files use init='timm' and weights_dir)"
-        )
-    try:
-        sidecar = json.loads(sidecar_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{sidecar_path}: not valid JSON ({err})") from None
-    if sidecar.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{sidecar_path}: format {sidecar.get('format')!r}; expected {CHECKPOINT_FORMAT!r}")
-    actual = sha256_file(path)
-    if actual != sidecar.get("sha256"):
-        raise CheckpointError(
-            f"{path}: SHA-256 {actual[:12]}… does not match its sidecar ({str(sidecar.get('sha256'))[:12]}…); "
-            "the file is corrupt or was replaced"
-        )
-    if arch is not None and base_arch(arch) != sidecar.get("arch"):
-        raise CheckpointError(
-            f"{path}: checkpoint of architecture {sidecar.get('arch')!r}, but this cell builds {base_arch(arch)!r}"
-        )
-    state = _read_state_dict(path)
-    return Checkpoint(path=path, state=state, sidecar=sidecar)
-
-
-def write_checkpoint(path: str | Path, model: nn.Module, sidecar: dict[str, Any]) -> dict[str, str]:
-    """Atomically write weights + sidecar; returns {"path", "sha256"} for the result JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = getattr(model, "module", model)  # DDP
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, "model": state}, tmp)
-    digest = sha256_file(tmp)
-    os.replace(tmp, path)
-    meta = {"format": CHECKPOINT_FORMAT, **sidecar, "sha256": digest}
-    side_tmp = path.with_suffix(".json.tmp")
-    side_tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
-    os.replace(side_tmp, path.with_suffix(".json"))
-    return {"path": str(path), "sha256": digest}
-
-
-def checkpoint_path(cfg: RunConfig, init: str) -> Path:
-    parent = parent_run_id(init)
-    return Path(init) if parent is None else Path(cfg.out_dir) / "runs" / parent / "checkpoint.pt"
+    load_backbone(model, read_state_dict(path), origin=str(path))
 
 
 def init_checkpoint(model: nn.Module, cfg: RunConfig, arg: str) -> None:
@@ -275,8 +153,6 @@ def init_checkpoint(model: nn.Module, cfg: RunConfig, arg: str) -> None:
 
 def init_paper(model: nn.Module, cfg: RunConfig, arg: str) -> None:
     """The authors' released checkpoint `{weights_dir}/{init_label}_bit{size}/model.pth.tar`."""
-    from xrstudy import paper_weights  # imported here: it builds on this module
-
     path = paper_weights.paper_weight_file(cfg)
     load_backbone(model, paper_weights.read_paper_checkpoint(path, cfg.arch), origin=str(path))
     paper_weights.use_bit_numerics(model)  # their weights were trained with big_transfer's standardisation eps
@@ -329,9 +205,14 @@ __all__ = [
     "Checkpoint",
     "read_checkpoint",
     "write_checkpoint",
+    "checkpoint_path",
+    "read_state_dict",
+    "CHECKPOINT_FORMAT",
+    "tensor_bytes",
     "load_backbone",
     "timm_weight_file",
     "classifier_parameters",
+    "unwrap",
     "base_arch",
     "sha256_file",
     "resnetv2_tiny_bit",

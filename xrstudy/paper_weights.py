@@ -39,8 +39,9 @@ import timm
 import torch
 
 from xrstudy.config import RunConfig
-from xrstudy.io import atomic_path
-from xrstudy.models import CheckpointError, base_arch, sha256_file
+from xrstudy.io import atomic_path, sha256_file
+from xrstudy import archs  # noqa: F401 - registers resnetv2_tiny_bit (key_map builds it)
+from xrstudy.checkpoints import CheckpointError, base_arch, tensor_bytes
 
 PAPER_FILE = "model.pth.tar"
 RELEASED = tuple(
@@ -112,8 +113,6 @@ def bit_name(timm_name: str) -> str:
 def key_map(arch: str) -> dict[str, tuple[str, tuple[int, ...]]]:
     """big_transfer name -> (timm name, shape) for every tensor of `arch` (built on the meta device:
     no memory, R152x4 included). The pre-training head's shape is the default's, never checked."""
-    import xrstudy.models  # noqa: F401 - registers resnetv2_tiny_bit
-
     if _BIT_ARCH.fullmatch(base_arch(arch)) is None:
         raise CheckpointError(f"arch {arch!r} is not a BiT ResNet-v2; the authors' checkpoints are "
                               f"resnetv2_50x1_bit and resnetv2_152x4_bit")
@@ -207,8 +206,9 @@ def import_paper(path: str | Path, arch: str, out: str | Path) -> dict[str, Any]
     path, out = Path(path), Path(out)
     state = read_paper_checkpoint(path, arch)
     mapping = {timm_key: bit_key for bit_key, (timm_key, _) in key_map(base_arch(arch)).items()}
-    with atomic_path(out) as temp:
-        torch.save({k: v.contiguous() for k, v in state.items()}, temp)
+    state = {k: v.contiguous() for k, v in state.items()}
+    with atomic_path(out, needed_bytes=tensor_bytes(state)) as temp:  # a full disk names `out`
+        torch.save(state, temp)
     head = state.get("head.fc.weight")
     return {
         "file": str(path),

@@ -10,7 +10,7 @@ with a warning instead of plotting them.
 config's fields, so a result with a matching digest but wrong types is reported and left out too.
 
 The paper's published CSVs are imported into the same schema (`origin: "paper"`, xrstudy.legacy), so
-the paper's numbers and new runs sit in one table and one figure. (About 470 lines: the schema, the
+the paper's numbers and new runs sit in one table and one figure. (About 460 lines: the schema, the
 file rules and the tidy table are one contract; the legacy import lives in xrstudy.legacy.)
 """
 
@@ -19,10 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import stat
-import uuid
 import warnings
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
@@ -33,6 +30,7 @@ import pandas as pd
 
 from xrstudy import config as config_module
 from xrstudy.config import ConfigError, RunConfig, parent_run_id
+from xrstudy.io import TABLE_FORMATS, NotRegularFileError, atomic_write_json, atomic_write_table, read_regular_file
 
 SCHEMA = "xrstudy.result/1"
 STATUSES = ("ok", "failed")
@@ -216,7 +214,7 @@ def result_path(run_id: str, results_dir: str | Path) -> Path:
 
 
 def save(result: dict[str, Any], results_dir: str | Path) -> Path:
-    """Validate and write `{results_dir}/{run_id}.json` atomically (temp file + fsync + rename).
+    """Validate and write `{results_dir}/{run_id}.json` atomically (xrstudy.io: unique temp + fsync + replace).
 
     Concurrent writers of different runs never interfere; writers of the same run each leave a
     complete file (last rename wins), except that an `ok` result is never replaced by a `failed` one.
@@ -229,22 +227,10 @@ def save(result: dict[str, Any], results_dir: str | Path) -> Path:
     validate(result)
     result["digest"] = _digest(result)
 
-    results_dir = Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
     final = result_path(result["run_id"], results_dir)
     if result["status"] == "failed" and _is_ok(final):
         return final
-    temp = results_dir / f".{result['run_id']}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(temp, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=1, sort_keys=False, allow_nan=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, final)
-    finally:
-        temp.unlink(missing_ok=True)
-    return final
+    return atomic_write_json(final, result, sort_keys=False, allow_nan=False)
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -273,23 +259,12 @@ def load(path: str | Path) -> dict[str, Any]:
     return result
 
 
-_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
-
 def _read_regular_file(path: Path) -> bytes:
-    """The bytes of `path` if it is a regular file (symlinks followed); opened non-blocking and checked
-    on the open descriptor, so a FIFO named *.json is refused instead of waited on."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    """The bytes of `path` if it is a regular file: a FIFO named *.json is refused instead of waited on."""
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-            raise ResultError(f"{path}: {kind}, not a result file; only regular files are read")
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            return handle.read()
-    finally:
-        os.close(fd)
+        return read_regular_file(path)
+    except NotRegularFileError as err:
+        raise ResultError(f"{path}: a {err.kind}, not a result file; only regular files are read") from None
 
 
 def _is_ok(path: Path) -> bool:
@@ -449,26 +424,20 @@ def table_from_results(results: Iterable[dict[str, Any]], *, status: str = "ok")
 
 
 def write_table(frame: pd.DataFrame, out: str | Path, fmt: str | None = None) -> Path:
-    """Write the tidy table as CSV or Parquet (Parquet needs pyarrow or fastparquet)."""
-    out = Path(out)
-    fmt = fmt or ("parquet" if out.suffix == ".parquet" else "csv")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "parquet":
-        try:
-            frame.to_parquet(out, index=False)
-        except ImportError as err:
-            raise ResultError(f"--format parquet needs pyarrow or fastparquet installed ({err})") from None
-    elif fmt == "csv":
-        frame.to_csv(out, index=False)
-    else:
+    """Write the tidy table as CSV or Parquet, atomically (Parquet needs pyarrow or fastparquet)."""
+    if fmt is not None and fmt not in TABLE_FORMATS:
         raise ResultError(f"unknown table format {fmt!r}; expected csv or parquet")
-    return out
+    try:
+        return atomic_write_table(frame, out, fmt)
+    except ImportError as err:
+        raise ResultError(f"--format parquet needs pyarrow or fastparquet installed ({err})") from None
 
 
 # ---- the paper's published CSVs (xrstudy.legacy) --------------------------------------------
 def import_legacy(legacy_dir: str | Path, results_dir: str | Path) -> list[Path]:
-    """Store the paper's published CSVs as result JSONs in `results_dir` (see xrstudy.legacy)."""
-    from xrstudy import legacy  # imported here: it builds on this module
+    """Old name of `xrstudy.legacy.import_legacy` (the module that builds on this one). It reaches back up,
+    so new code calls xrstudy.legacy; kept until tests/test_notebooks.py and tests/test_figures.py do."""
+    from xrstudy import legacy
 
     return legacy.import_legacy(legacy_dir, results_dir)
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from xrstudy.config import SPLIT_MODES
-from xrstudy.io import atomic_write_bytes
+from xrstudy.io import atomic_write_bytes, sha256_file
 
 SPLITS = ("train", "valid", "test")
 PAPER_SEED = 42
@@ -230,8 +230,8 @@ def save_split_by_content(table: pd.DataFrame, folder: str | Path) -> tuple[Path
     data = split_bytes(table)
     sha = hashlib.sha256(data).hexdigest()
     path = Path(folder) / f"{sha[:16]}.csv"
-    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != sha:
-        save_split(table, path)
+    if not path.is_file() or sha256_file(path) != sha:
+        atomic_write_bytes(path, data)
     return path, sha
 
 
