@@ -236,7 +236,8 @@ def test_cli_trains_a_pretraining_and_a_transfer_cell_from_yaml(tmp_path):
               "roots": [f"chexpert={chexpert}", f"padchest-cl={padchest}"]}
     pre = RunConfig(kind="pretrain", sources=("chexpert",), steps=3, **common)
     pre.to_yaml(tmp_path / "pre.yaml")
-    transfer = RunConfig(kind="transfer", target="padchest-cl", steps=3, shots=2, init=f"run:{pre.run_id}", **common)
+    transfer = RunConfig(kind="transfer", target="padchest-cl", steps=3, shots=2, init=f"run:{pre.run_id}",
+                         label_mode="terms", **common)  # the term task: "normal" is a class
     transfer.to_yaml(tmp_path / "transfer.yaml")
     for name, cfg in (("pre", pre), ("transfer", transfer)):
         done = subprocess.run([sys.executable, "-m", "xrstudy.cli", "train", str(tmp_path / f"{name}.yaml")],
