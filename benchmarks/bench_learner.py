@@ -3,10 +3,11 @@
     python benchmarks/bench_learner.py                      # resnetv2_tiny_bit, 32 px, batch 8, 20 steps x 7 repeats
     python benchmarks/bench_learner.py --arch resnetv2_50x1_bit --size 32 --batch 4 --steps 4 --repeats 4
 
-Both sides: uint8 images pre-loaded, the same step-indexed batches (`StepLoader`), the same
-augmentation on the device (one affine_grid / grid_sample), normalisation, masked BCE, SGD Nesterov
-with AGC, the same LR schedule, no host syncs per step. The learner adds only fastai's callback
-dispatch and its Learner / optimiser set-up (timed too). Runs alternate (learner, raw, raw,
+Both sides: the same step-indexed batches gathered from one uint8 image array (`StepLoader`, with its
+background prefetch), the same augmentation on the device (one affine_grid / grid_sample),
+normalisation, masked BCE, SGD Nesterov with AGC, the same LR schedule, no host syncs per step. The
+learner (fastai's own Learner and DataLoaders) adds only fastai's callback dispatch and its
+Learner / optimiser set-up (timed too). Runs alternate (learner, raw, raw,
 learner, ...) after a warm-up. Shared machines are noisy and noise only ever adds time, so the ratio
 is taken from the fastest repeat of each side (medians and process CPU time are printed too);
 ratio = raw / learner time per step (= learner throughput relative to the plain loop; 1.0 = no
@@ -25,28 +26,20 @@ import torch
 import torch.nn.functional as F
 from timm.utils import adaptive_clip_grad
 
+from xrstudy.callbacks import normalise
 from xrstudy.config import RunConfig
 from xrstudy.hyper import AGC_CLIP, MOMENTUM, Schedule
-from xrstudy.learner import (
-    Augment,
-    Split,
-    StepLoader,
-    TrainSetup,
-    counter_rng,
-    fit,
-    make_learner,
-    masked_bce_with_logits,
-    normalise,
-)
+from xrstudy.learner import TrainSetup, fit, make_learner, masked_bce_with_logits
+from xrstudy.loaders import Augment, Split, StepLoader
 from xrstudy.models import create_model
 
 
 def make_data(n: int, size: int, classes: int, seed: int = 0) -> Split:
     rng = np.random.default_rng(seed)
-    images = torch.from_numpy(rng.integers(0, 256, (n, 1, size, size), dtype=np.uint8))
+    images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
     targets = rng.integers(0, 2, (n, classes)).astype(np.float32)
     targets[rng.random((n, classes)) < 0.2] = np.nan
-    return Split(images, torch.from_numpy(targets))
+    return Split.of(images, torch.from_numpy(targets))
 
 
 def make_model(arch: str, classes: int) -> torch.nn.Module:
@@ -62,17 +55,18 @@ def raw_loop(model: torch.nn.Module, split: Split, setup: TrainSetup) -> None:
     clipped = [p for p in model.parameters() if p not in head]
     opt = torch.optim.SGD(model.parameters(), lr=setup.schedule.base_lr, momentum=MOMENTUM, nesterov=True,
                           weight_decay=setup.weight_decay)
-    loader = StepLoader(split, setup.per_device_batch, setup.seed, 0, setup.schedule.steps, device)
+    loader = StepLoader(split, setup.batching, 0, setup.schedule.steps, device)
     size = setup.augment.out_size
-    for step, (images, targets) in enumerate(loader):
-        images = images.float()
-        theta = setup.augment.thetas(len(images), counter_rng(setup.seed, "augment", step)).to(device)
-        grid = F.affine_grid(theta, [len(images), images.shape[1], size, size], align_corners=False)
-        images = normalise(F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros",
-                                         align_corners=False), setup.channels_last)
+    for step, (images, draws, targets, denominator) in enumerate(loader):
+        images = images.to(torch.float32, memory_format=torch.contiguous_format)
+        grid = F.affine_grid(draws["theta"], [len(images), images.shape[1], size, size], align_corners=False)
+        images = normalise(F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False),
+                           setup.mean, setup.std, setup.channels_last)
         for group in opt.param_groups:
             group["lr"] = setup.schedule.lr_at(step)
-        loss = masked_bce_with_logits(model(images), targets)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=setup.precision == "bf16"):
+            logits = model(images)
+        loss = masked_bce_with_logits(logits.float(), targets, denominator)
         loss.backward()
         adaptive_clip_grad(clipped, clip_factor=AGC_CLIP)
         opt.step()

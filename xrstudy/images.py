@@ -26,6 +26,7 @@ import math
 import multiprocessing
 import os
 import pickle
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -282,10 +283,7 @@ class ImageCache:
     quarantined: dict[str, str]
     built: int = 0
     reused: int = 0
-    _index: dict[str, int] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        self._index = {path: i for i, path in enumerate(self.paths)}
+    _index: Any = field(default=None, repr=False)  # pandas.Index of `paths`, built on first lookup
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -293,9 +291,24 @@ class ImageCache:
     def __getitem__(self, index: Any) -> np.ndarray:
         return self.images[index]
 
+    def _path_index(self) -> Any:
+        if self._index is None:
+            import pandas as pd  # a hash index over the paths: one vectorised lookup per split
+
+            self._index = pd.Index(self.paths)
+        return self._index
+
+    def rows_of(self, paths: Sequence[str]) -> np.ndarray:
+        """Cache rows (int64) of `paths`, in their order; a path outside the cache is a KeyError."""
+        rows = self._path_index().get_indexer([str(p) for p in paths])
+        if (rows < 0).any():
+            missing = [str(p) for p, r in zip(paths, rows) if r < 0]
+            raise KeyError(f"{len(missing)} paths are not in the image cache {self.folder}, e.g. {missing[:3]}")
+        return rows.astype(np.int64)
+
     def index_of(self, path: str | os.PathLike[str]) -> int:
         try:
-            return self._index[str(path)]
+            return int(self.rows_of([str(path)])[0])
         except KeyError:
             raise KeyError(f"{path} is not in the image cache {self.folder}") from None
 
@@ -483,3 +496,33 @@ def build_cache(paths: Iterable[str | os.PathLike[str]], size: int, cache_dir: s
     reused = int(done.sum()) - built
     return ImageCache(files.folder, key, files.paths, size, mode, files.open(writable=False),
                       {p: quarantine[p] for p in files.paths if p in quarantine}, built, reused)
+
+
+# ---- before a build: will it fit? ----------------------------------------------------------------
+def bytes_to_build(paths: Iterable[str | os.PathLike[str]], size: int, cache_dir: str | os.PathLike[str],
+                   mode: str = "L") -> tuple[Path, int]:
+    """(cache folder, bytes the build still has to allocate on its disk): 0 for a finished cache."""
+    unique = sorted({str(p) for p in paths})
+    key = cache_key(unique, size, mode)
+    files = _CacheFiles(Path(cache_dir) / key[:16], key, unique, int(size), mode)
+    if files.finished():
+        return files.folder, 0
+    allocated = files.images_path.stat().st_blocks * 512 if files.images_path.exists() else 0  # sparse file
+    return files.folder, max(0, int(np.prod(files.shape)) - allocated)
+
+
+class CacheSpaceError(OSError):
+    """The image cache does not fit on the disk it is to be built on."""
+
+
+def check_free_space(folder: str | os.PathLike[str], needed_bytes: int) -> None:
+    """Refuse, with a clear message, a build that needs more bytes than the disk under `folder` has free."""
+    probe = Path(folder).absolute()
+    while not probe.exists():  # the folder may not exist yet: ask the disk of its nearest ancestor
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed_bytes > free:
+        raise CacheSpaceError(
+            f"{folder}: the image cache needs {needed_bytes / 1e9:.2f} GB more, but the disk holding {probe} has "
+            f"{free / 1e9:.2f} GB free; point cache_dir at a larger disk or free space"
+        )
