@@ -95,7 +95,7 @@ def synthetic_study(paths: list[str], seed: int = 0):  # -> xrstudy.data.StudyDa
     cut = len(paths) - 2 * HELD_OUT
     return StudyData(train=table[:cut], valid=table[cut:cut + HELD_OUT].reset_index(drop=True),
                      test=table[cut + HELD_OUT:].reset_index(drop=True), classes=FINDINGS, multilabel=True,
-                     split_sha256="synthetic", modality="xray")
+                     split_sha256="synthetic", modality="xray", universe=tuple(sorted(paths)))
 
 
 # ---- measuring a process --------------------------------------------------------------------------
@@ -158,14 +158,17 @@ def child(args: argparse.Namespace) -> None:
     cfg = RunConfig(kind="pretrain", sources=("synthetic",), arch="resnetv2_tiny_bit", image_size=args.px,
                     steps=args.steps, batch_size=args.batch, mixup=0.0, out_dir=str(folder / f"out{args.world}"),
                     cache_dir=str(Path(args.dir) / "cache"), device="cpu")
-    before = rss_anon()
+    before, error = rss_anon(), ""
     with PeakSampler() as sampler:
         started = time.perf_counter()
-        train.run(cfg, study=study, callbacks=[clock])
+        try:
+            train.run(cfg, study=study, callbacks=[clock])
+        except Exception as err:  # noqa: BLE001 - reported: code under test may fail after training
+            error = f"{type(err).__name__}: {str(err).splitlines()[-1][:80]}"
     timed = clock.times[2:]
     rate = (len(timed) - 1) * args.batch / (timed[-1] - timed[0]) if len(timed) > 1 else float("nan")
     print(json.dumps({"rank": int(os.environ.get("RANK", "0")), "before": before, "peak": sampler.peak,
-                      "first_step_s": clock.first - started, "images_per_s": rate}))
+                      "first_step_s": clock.first - started, "images_per_s": rate, "error": error}))
 
 
 def run_cell(args: argparse.Namespace, count: int, world: int) -> list[dict]:
@@ -229,6 +232,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="global batch")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "xrstudy-bench-memory"))
+    parser.add_argument("--skip-prefetch", action="store_true",
+                        help="leave out the prefetch off/on line (e.g. for code without xrstudy.loaders)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--world", type=int, default=1, help=argparse.SUPPRESS)
@@ -259,13 +264,15 @@ def main() -> None:
             peaks[(world, count)] = peak
             first = max(r["first_step_s"] for r in reports)
             rate = reports[0]["images_per_s"]
+            errors = "; ".join(sorted({r["error"] for r in reports if r.get("error")}))
             print(f"| {count} | {cache_bytes[count] / 1e6:.0f} | {world} | {peak / 1e6:.0f} ({growth / 1e6:+.0f}) "
-                  f"| {first:.2f} | {rate:.0f} |")
+                  f"| {first:.2f} | {rate:.0f} |" + (f" after training: {errors}" if errors else ""))
     small, large = args.sizes
     for world in args.worlds:
         ratio = (peaks[(world, large)] - peaks[(world, small)]) / (cache_bytes[large] - cache_bytes[small])
         print(f"{world} process(es): peak RssAnon growth / cache growth = {ratio:.3f} (goal <= 0.1)")
-    print(prefetch_line(args, large))
+    if not args.skip_prefetch:
+        print(prefetch_line(args, large))
 
 
 if __name__ == "__main__":

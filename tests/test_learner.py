@@ -255,7 +255,7 @@ def test_schedule_callback_sets_every_step_lr():
     fit(learn)
     assert recorder.steps == list(range(6))
     assert recorder.lrs == pytest.approx([setup.schedule.lr_at(s) for s in range(6)])
-    assert recorder.lrs == pytest.approx([0.025, 0.05, 0.05, 0.05, 0.005, 0.005])
+    assert recorder.lrs == pytest.approx([0.0, 0.025, 0.05, 0.05, 0.05, 0.005])  # BiT: step 0 at LR 0, decay after 4
 
 
 def test_training_learns_and_predict_is_nan_safe():
@@ -460,3 +460,40 @@ def test_eval_batches_cover_the_split_in_order():
     seen = list(EvalLoader(split, 4))
     assert [len(b[0]) for b in seen] == [4, 4, 3]
     assert torch.equal(torch.cat([b[0][:, 0] for b in seen]), torch.from_numpy(split.images))
+
+
+# ---- augmentation: the authors' views ---------------------------------------------------------------
+def _view(augment: Augment, image: torch.Tensor, u: list[float], hw=None) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    theta = augment.thetas(torch.tensor([u], dtype=torch.float32), hw)
+    grid = F.affine_grid(theta, [1, 1, augment.out_size, augment.out_size], align_corners=False)
+    return F.grid_sample(image[None, None], grid, mode="bilinear", padding_mode=augment.padding, align_corners=False)[0, 0]
+
+
+def test_xray_shift_is_applied_after_rotation_and_zoom_like_albumentations():
+    """ShiftScaleRotate shifts in output coordinates: the image centre lands at centre + shift *
+    size whatever the rotation and zoom (a shift applied before rotating would move it elsewhere)."""
+    size = 41
+    dot = torch.zeros(size, size)
+    dot[20, 20] = 1.0
+    augment = Augment(out_size=size, shift=0.25, scale=0.1, rotate_deg=45.0, flip=False, padding="reflection")
+    for rotation in (-1.0, 0.0, 0.7):
+        out = _view(augment, dot, [0.5, rotation, 0.4, -0.8, 1.0])  # zoom 1.05, shift (+0.1, -0.2) of the side
+        y, x = divmod(int(out.argmax()), size)
+        assert (x - 20, y - 20) == (round(0.1 * size), round(-0.2 * size)), rotation
+
+
+def test_xray_borders_are_reflected_and_bit_crops_are_aspect_true():
+    ramp = torch.arange(20, dtype=torch.float32).repeat(20, 1)  # brightness grows to the right
+    augment = Augment(out_size=20, shift=0.25, flip=False, padding="reflection")
+    shifted = _view(augment, ramp, [0.0, 0.0, -1.0, 0.0, 1.0])  # half the side to the left: no zeros
+    assert shifted.min() > 0.0
+    # BiT: shorter side 512, random 480 crop of a 375 x 500 image cached as a square: the crop spans
+    # 480/512 of the height and 480/(512 * 500/375) of the width, uniformly placed.
+    bit = Augment(out_size=480, crop_fraction=480 / 512)
+    theta = bit.thetas(torch.tensor([[0.0, 0.0, 1.0, -1.0, 1.0]]), np.array([[375, 500]]))[0]
+    assert theta[1, 1].item() == pytest.approx(480 / 512) and theta[0, 0].item() == pytest.approx(480 / 512 * 375 / 500)
+    assert theta[0, 2].item() == pytest.approx(1 - 480 / 512 * 375 / 500) and theta[1, 2].item() == pytest.approx(-(1 - 480 / 512))
+    square = bit.thetas(torch.tensor([[0.0, 0.0, 0.3, 0.3, -1.0]]))[0]
+    assert square[0, 0].item() == pytest.approx(-480 / 512) and square[1, 1].item() == pytest.approx(480 / 512)

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,9 @@ from xrstudy import hyper, train
 from xrstudy.callbacks import load_train_state
 from xrstudy.config import RunConfig
 from xrstudy.data import StudyData
-from xrstudy.models import read_checkpoint
+from xrstudy.learner import TrainSetup, make_learner, mean_loss
+from xrstudy.loaders import Augment
+from xrstudy.models import create_model, read_checkpoint
 
 FINDINGS = ("Cardiomegaly", "Effusion")
 SHAPES = ("disc", "bar", "ring")
@@ -259,3 +262,70 @@ def test_cli_trains_a_pretraining_and_a_transfer_cell_from_yaml(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "xrstudy.cli", "train", str(tmp_path / "nope.yaml")],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "nope.yaml" in missing.stderr
+
+
+# ---- the recipes as the authors ran them ------------------------------------------------------------
+def test_pretraining_keeps_the_best_validation_checkpoint_and_the_last(tmp_path, xray):
+    """pretrain.py saves model.pth.tar when an epoch's validation loss improves; that is the file
+    transfers load. Here: checkpoint.pt = the best of the epoch ends (steps 3, 6, 9), last.pt = the end."""
+    cfg = pretrain_cfg(tmp_path / "o", steps=9, lr=0.5)  # a large LR: the loss moves between epochs
+    result = train.run(cfg, study=xray)
+    best = read_checkpoint(cfg.run_dir / train.CHECKPOINT)
+    last = read_checkpoint(cfg.run_dir / train.LAST_CHECKPOINT)
+    assert result["checkpoint"]["sha256"] == best.sidecar["sha256"]
+    assert best.sidecar["step"] in (3, 6, 9) and last.sidecar["step"] == 9
+    assert np.isfinite(best.sidecar["valid_loss"])
+
+    # The validation loss of each set of weights, through the same code path.
+    splits, _ = train.open_splits(cfg, xray, 24, "L")
+    setup = TrainSetup(multilabel=True, num_classes=2, schedule=hyper.Schedule(1, 0, (), 0.0), per_device_batch=8, seed=0,
+                       augment=Augment(out_size=24), eval_size=24, weight_decay=0.0)
+    losses = {}
+    for name, ckpt in (("best", best), ("last", last)):
+        model = create_model(cfg, 2)
+        model.load_state_dict(ckpt.state)
+        losses[name] = mean_loss(make_learner(model, splits["train"], setup), splits["valid"], 16)
+    assert losses["best"] == pytest.approx(best.sidecar["valid_loss"], rel=1e-6)
+    assert losses["best"] <= losses["last"] + 1e-9
+
+
+def test_inputs_are_normalised_with_the_inits_statistics():
+    from xrstudy.models import IMAGENET_STATS, XRAY_STATS, input_stats
+
+    assert input_stats(RunConfig(kind="transfer", target="t")) == XRAY_STATS  # scratch
+    assert input_stats(RunConfig(kind="transfer", target="t", init="run:abc")) == XRAY_STATS
+    assert input_stats(RunConfig(kind="transfer", target="t", init="paper", init_label="chexpert_mimic")) == XRAY_STATS
+    assert input_stats(RunConfig(kind="transfer", target="t", init="paper", init_label="imagenet21k")) == IMAGENET_STATS
+    assert IMAGENET_STATS == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    timm_bit = RunConfig(kind="transfer", target="t", init="timm", arch="resnetv2_50x1_bit.goog_in21k")
+    assert input_stats(timm_bit) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # timm's pretrained_cfg of the tag
+
+
+def test_a_cell_whose_cache_cannot_fit_refuses_to_start(tmp_path, xray, monkeypatch):
+    from xrstudy import images
+
+    monkeypatch.setattr(images.shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))
+    with pytest.raises(train.ConfigError, match="image cache needs .* GB more.*cache_dir"):
+        train.run(pretrain_cfg(tmp_path / "o"), study=xray)
+
+
+@pytest.mark.slow
+def test_memory_stays_bounded_when_the_dataset_grows(tmp_path):
+    """benchmarks/bench_memory.py's method at test size: peak anonymous memory (RssAnon, which leaves
+    out the memory-mapped cache's shared page-cache pages) of a pre-training process on a 2,000 and a
+    20,000-image synthetic cache at 96 px. Loading the split would grow it by the cache growth (ratio
+    >= 1); streaming keeps a rank's share to its per-image metadata (tables, path index, targets)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_memory", Path(__file__).parents[1] / "benchmarks" / "bench_memory.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = SimpleNamespace(dir=str(tmp_path), px=96, steps=4, batch=16, threads=1)
+    peaks, sizes = {}, {}
+    for count in (2_000, 20_000):
+        paths = bench.synthetic_paths(tmp_path / f"n{count}", count)
+        sizes[count] = (bench.write_synthetic_cache(tmp_path / "cache", paths, 96) / "images.u8").stat().st_size
+        (report,) = bench.run_cell(args, count, 1)
+        peaks[count] = report["peak"]
+    ratio = (peaks[20_000] - peaks[2_000]) / (sizes[20_000] - sizes[2_000])
+    assert ratio < 0.3, (ratio, peaks, sizes)

@@ -80,9 +80,9 @@ class PrepareBatch(Callback):
     order = -5
 
     def __init__(self, out_size: int, eval_size: int, mean: tuple[float, ...] = (0.5, 0.5, 0.5),
-                 std: tuple[float, ...] = (0.5, 0.5, 0.5), channels_last: bool = False):
+                 std: tuple[float, ...] = (0.5, 0.5, 0.5), channels_last: bool = False, padding: str = "zeros"):
         self.out_size, self.eval_size, self.mean, self.std = out_size, eval_size, tuple(mean), tuple(std)
-        self.channels_last = channels_last
+        self.channels_last, self.padding = channels_last, padding
 
     def before_batch(self) -> None:
         raw, draws = self.learn.xb
@@ -90,7 +90,7 @@ class PrepareBatch(Callback):
         if self.learn.training:
             size = self.out_size
             grid = F.affine_grid(draws["theta"], [len(images), images.shape[1], size, size], align_corners=False)
-            images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            images = F.grid_sample(images, grid, mode="bilinear", padding_mode=self.padding, align_corners=False)
         elif images.shape[-1] != self.eval_size or images.shape[-2] != self.eval_size:
             images = F.interpolate(images, size=(self.eval_size, self.eval_size), mode="bilinear", antialias=True)
         self.learn.xb = (normalise(images, self.mean, self.std, self.channels_last),)

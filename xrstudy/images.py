@@ -1,8 +1,12 @@
 """Image decoding (8/16-bit, DICOM, CIFAR batch members) and the pre-resized uint8 image cache.
 
 Study preprocessing: grayscale scaled to [0, 1] (8-bit / 255, 16-bit / 65535, DICOM by BitsStored),
-centre crop to a square, antialiased resize. Training reads the result from a memory-mapped uint8
-cache so that each image is decoded once per (path set, size, mode), not once per epoch.
+centre crop to a square (the X-ray pipeline: torchxrayvision's XRayCenterCrop), antialiased resize.
+Modes "L:squash" / "RGB:squash" resize the whole image to the square instead (aspect not kept): the
+BiT pipeline's evaluation view (`Resize((crop, crop))` in the authors' build_transforms), from which
+training takes aspect-true random crops with the original sizes (`original_sizes`). Training reads
+the result from a memory-mapped uint8 cache so that each image is decoded once per (path set, size,
+mode), not once per epoch.
 
 Cache layout, under ``cache_dir/{key[:16]}/``:
 
@@ -11,6 +15,7 @@ Cache layout, under ``cache_dir/{key[:16]}/``:
 - ``done.npy``        bool per index: the slot holds a finished image
 - ``quarantine.json`` {path: reason} of unreadable files (their slots stay zeros)
 - ``meta.json``       key, size, mode, shape, format version
+- ``sizes.npy``       original (height, width) per index, written by the first reader that asks
 
 Writers hold an exclusive ``flock`` on ``cache_dir/{key[:16]}.lock``; readers of a finished cache
 take no lock, because a finished cache is never written again.
@@ -40,7 +45,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 FORMAT_VERSION = 1  # bump when the stored pixels would change (decoding, resampling, layout)
-MODES = ("L", "RGB")
+MODES = ("L", "RGB", "L:squash", "RGB:squash")  # colour, then ":squash" = whole image, aspect not kept
 RESAMPLE = Image.Resampling.BILINEAR  # PIL's reducing BILINEAR is antialiased, like torchvision's Resize
 DICOM_SUFFIXES = (".dcm", ".dicom")
 CIFAR_SIDE = 32
@@ -190,24 +195,43 @@ def prepare_image(path: str | os.PathLike[str], size: int, mode: str) -> np.ndar
     """Decode, centre crop to a square, antialiased resize to size x size, uint8.
 
     mode "L" gives size x size (a colour source becomes luminance), "RGB" size x size x 3 (a grayscale
-    source is copied to 3 channels). 16-bit and DICOM sources are resized in float, so their extra
-    depth contributes to the rounded 8-bit result.
+    source is copied to 3 channels); with ":squash" the whole image is resized (no crop). 16-bit and
+    DICOM sources are resized in float, so their extra depth contributes to the rounded 8-bit result.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    colour, _, fit = mode.partition(":")
     image = _decode(path)
-    if mode == "L" and image.mode == "RGB":
+    if colour == "L" and image.mode == "RGB":
         image = image.convert("L")  # ITU-R 601-2 luminance
-    # Crop, then resize: resize(box=...) would let the filter reach past the square into the sides.
-    image = image.crop(centre_square(*image.size))
+    if fit != "squash":
+        # Crop, then resize: resize(box=...) would let the filter reach past the square into the sides.
+        image = image.crop(centre_square(*image.size))
     if image.mode in ("L", "RGB"):
         pixels = np.asarray(image.resize((size, size), RESAMPLE))
     else:  # 16-bit or float: resize in float so no depth is lost before the final rounding
         grey = Image.fromarray(_scaled(image), "F")
         pixels = _to_uint8(np.asarray(grey.resize((size, size), RESAMPLE)))
-    if mode == "RGB" and pixels.ndim == 2:
+    if colour == "RGB" and pixels.ndim == 2:
         pixels = np.repeat(pixels[:, :, None], 3, axis=2)
     return np.ascontiguousarray(pixels, dtype=np.uint8)
+
+
+def original_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(height, width) of an image from its header (no pixel decoding); (0, 0) when unreadable."""
+    path = str(path)
+    if _member(path) is not None:
+        return CIFAR_SIDE, CIFAR_SIDE
+    try:
+        if _is_dicom(path):
+            import pydicom
+
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+            return int(header.Rows), int(header.Columns)
+        with Image.open(path) as image:
+            return image.height, image.width
+    except Exception:  # noqa: BLE001 - an unreadable file is quarantined by the build; here it is square
+        return 0, 0
 
 
 # ---- cache files ------------------------------------------------------------------------------
@@ -218,7 +242,7 @@ def cache_key(paths: Iterable[str], size: int, mode: str) -> str:
 
 
 def _image_shape(count: int, size: int, mode: str) -> tuple[int, ...]:
-    return (count, size, size) if mode == "L" else (count, size, size, 3)
+    return (count, size, size) if mode.partition(":")[0] == "L" else (count, size, size, 3)
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -311,6 +335,23 @@ class ImageCache:
             return int(self.rows_of([str(path)])[0])
         except KeyError:
             raise KeyError(f"{path} is not in the image cache {self.folder}") from None
+
+    def original_sizes(self) -> np.ndarray:
+        """Original (height, width) per cache row, int32, read from the image headers once and kept
+        in ``sizes.npy`` beside the cache (atomically written; every reader computes the same)."""
+        from xrstudy.io import atomic_path
+
+        path = self.folder / "sizes.npy"
+        try:
+            sizes = np.load(path)
+            if sizes.shape == (len(self.paths), 2):
+                return sizes
+        except (OSError, ValueError, EOFError):
+            pass
+        sizes = np.array([original_size(p) for p in self.paths], dtype=np.int32).reshape(len(self.paths), 2)
+        with atomic_path(path) as temp, open(temp, "wb") as handle:
+            np.save(handle, sizes)
+        return sizes
 
     @property
     def quarantine_file(self) -> Path:

@@ -4,6 +4,8 @@ loaders (xrstudy.loaders) and callbacks (xrstudy.callbacks) together.
     learn = make_learner(model, train_split, setup)     # setup: TrainSetup, one dataclass
     fit(learn)                                          # the remaining optimiser steps (or fit(learn, stop))
     probs, targets = predict(learn, test_split, batch)
+    best = BestCheckpoint(path, sidecar, valid_split, batch, resumed)   # pre-training: after each epoch,
+    best.update(learn, step)                                           # keep the lowest validation loss
 
 It is fastai's own `Learner` and `DataLoaders`, with `default_cbs=False`: fastai's Recorder and
 progress bar are left out, because they read the loss back to the host every batch.
@@ -19,6 +21,7 @@ so that the step equals the one of the whole batch).
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 from functools import partial
@@ -168,7 +171,8 @@ def make_learner(model: nn.Module, train: Split, setup: TrainSetup, callbacks: S
     cbs: list[Callback] = [
         TrainEvalCallback(),
         StepCounter(),
-        PrepareBatch(setup.augment.out_size, setup.eval_size, setup.mean, setup.std, setup.channels_last),
+        PrepareBatch(setup.augment.out_size, setup.eval_size, setup.mean, setup.std, setup.channels_last,
+                     setup.augment.padding),
         MaskedMixUp(setup.num_classes, setup.multilabel),
         *precision_callbacks(setup.precision, setup.device),
         StepSchedule(setup.schedule),
@@ -251,5 +255,42 @@ def mean_loss(learn: Learner, split: Split, batch: int) -> float:
     return float(loss)
 
 
-__all__ = ["TrainSetup", "make_learner", "fit", "next_step", "predict", "mean_loss", "restore", "precision_callbacks",
+# ---- pre-training: validate every epoch, keep the best checkpoint ---------------------------------
+def epoch_ends(start: int, stop: int, every: int) -> list[int]:
+    """The steps after which to validate: every `every` steps from 0 (data epochs), and the last."""
+    if every <= 0:
+        return [stop]
+    return [*range((start // every + 1) * every, stop, every), stop]
+
+
+class BestCheckpoint:
+    """The checkpoint transfers load: the weights with the lowest validation loss so far, as the
+    authors' pretrain.py keeps `model.pth.tar` (`save_best` when the epoch's val loss improves).
+    Rank 0 validates the plain model; the loss and step go into the checkpoint's sidecar, so a
+    resumed run compares with the same best."""
+
+    def __init__(self, path: Path, sidecar: dict[str, Any], valid: Split, batch: int, resumed: bool):
+        self.path, self.sidecar, self.valid, self.batch = path, sidecar, valid, batch
+        self.loss, self.step = float("inf"), -1
+        sidecar_path = path.with_suffix(".json")
+        if resumed and sidecar_path.is_file():  # a fresh start ignores an old file, a resume continues it
+            saved = json.loads(sidecar_path.read_text())
+            if saved.get("run_id") == sidecar["run_id"] and "valid_loss" in saved:
+                self.loss, self.step = float(saved["valid_loss"]), int(saved["step"])
+
+    def update(self, learn: Learner, step: int) -> None:
+        model = learn.model
+        learn.model = unwrap(model)  # rank 0 alone: not through DDP
+        try:
+            loss = mean_loss(learn, self.valid, self.batch)
+        finally:
+            learn.model = model
+        if loss < self.loss:
+            self.loss, self.step = loss, step
+            from xrstudy.models import write_checkpoint
+
+            write_checkpoint(self.path, unwrap(model), {**self.sidecar, "step": step, "valid_loss": loss})
+
+
+__all__ = ["TrainSetup", "BestCheckpoint", "epoch_ends", "make_learner", "fit", "next_step", "predict", "mean_loss", "restore", "precision_callbacks",
            "masked_bce_with_logits", "MaskedBCE", "SoftCrossEntropy", "loss_for", "sgd"]

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import queue
 import threading
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Literal
@@ -39,8 +38,9 @@ import numpy as np
 import torch
 from fastai.torch_core import to_detach
 
+from xrstudy.prefetch import Prefetcher
+
 Sampler = Literal["shuffle", "oversample"]
-HostBatch = tuple[Any, ...]
 DEFAULT_PREFETCH = 2  # batches gathered ahead of the step (benchmarks/bench_memory.py: 0 vs 2)
 
 
@@ -108,10 +108,17 @@ def empty_like(split: Split) -> Split:
 # ---- augmentation draws --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Augment:
-    """Random affine view of each image, drawn per sample; sizes in pixels, shifts as image fractions.
+    """A random affine view of each image (sampled on the device by grid_sample), drawn per sample.
 
-    Transfer (BiT): `crop_fraction` = crop / resize, random position, horizontal flip.
-    Pre-training (paper): shift 0.25, scale 0.1, rotate 45 deg, horizontal flip.
+    BiT transfer (the authors' build_transforms "bit": Resize(resize) of the shorter side, aspect kept,
+    RandomCrop(crop), RandomHorizontalFlip): `crop_fraction` = crop / resize of the shorter side,
+    uniform crop position. The cache holds the whole image squashed to a square, so with the
+    original (height, width) of each image the crop is taken aspect-true: along the longer side it
+    covers crop / (resize * long / short) of the image.
+    X-ray (their cohen_aug: albumentations ShiftScaleRotate(shift_limit=0.25, scale_limit=0.1,
+    rotate_limit=45), then HorizontalFlip(p=0.5)): zoom 1 +- scale, rotation +- rotate_deg, a shift of
+    up to `shift` of the image side applied after rotation and zoom (in output coordinates, as
+    cv2.warpAffine does), borders reflected.
     """
 
     out_size: int
@@ -120,17 +127,25 @@ class Augment:
     scale: float = 0.0
     rotate_deg: float = 0.0
     flip: bool = True
+    padding: str = "zeros"  # grid_sample padding_mode for pixels the view takes from outside the image
 
-    def thetas(self, batch: int, rng: np.random.Generator) -> torch.Tensor:
-        u = torch.from_numpy(rng.uniform(-1.0, 1.0, size=(batch, 5)).astype(np.float32))
+    def thetas(self, u: torch.Tensor, hw: np.ndarray | None = None) -> torch.Tensor:
+        """B x 2 x 3 affine matrices (affine_grid's) from B x 5 uniform draws in [-1, 1]."""
         zoom = 1.0 + self.scale * u[:, 0]
         angle = math.radians(self.rotate_deg) * u[:, 1]
-        side = self.crop_fraction / zoom
-        room = abs(1.0 - self.crop_fraction) + 2 * self.shift  # how far the view centre may move
-        tx, ty = room * u[:, 2], room * u[:, 3]
-        flip = torch.where(u[:, 4] < 0, -1.0, 1.0) if self.flip else torch.ones(batch)
-        cos, sin = torch.cos(angle) * side, torch.sin(angle) * side
-        return torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+        fx = fy = torch.full((len(u),), self.crop_fraction)
+        if hw is not None:  # aspect-true crop fractions of a squashed image
+            h, w = (torch.from_numpy(np.maximum(hw[:, i], 1).astype(np.float32)) for i in (0, 1))
+            short = torch.minimum(h, w)
+            fy, fx = self.crop_fraction * short / h, self.crop_fraction * short / w
+        sx, sy = fx / zoom, fy / zoom
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        flip = torch.where(u[:, 4] < 0, -1.0, 1.0) if self.flip else torch.ones(len(u))
+        dx, dy = 2 * self.shift * u[:, 2], 2 * self.shift * u[:, 3]  # shift in output coordinates
+        tx = (1.0 - fx) * u[:, 2] - (cos * sx * dx - sin * sy * dy)  # crop position + rotated shift
+        ty = (1.0 - fy) * u[:, 3] - (sin * sx * dx + cos * sy * dy)
+        return torch.stack([torch.stack([cos * sx * flip, -sin * sy, tx], 1),
+                            torch.stack([sin * sx * flip, cos * sy, ty], 1)], 1)
 
 
 # ---- samplers: the order of one data epoch ---------------------------------------------------------
@@ -152,102 +167,6 @@ SAMPLERS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
     "shuffle": shuffled,
     "oversample": class_balanced,
 }
-
-
-# ---- the background gatherer --------------------------------------------------------------------------
-_DONE = object()
-
-
-class Prefetcher:
-    """Runs `produce(i, buffer)` for i in range(count) in a background thread, `depth` items ahead,
-    and yields each result moved to `device` by `to_device(result, buffer)`.
-
-    On CUDA the buffers are a small ring of page-locked staging arrays of `buffer_shape`; a buffer
-    is handed back for reuse with a CUDA event recorded after its copy to the device was queued.
-    On the CPU `produce` gets None and allocates (the step uses its result directly). depth 0 runs
-    `produce` in the caller's thread (no background work).
-    """
-
-    def __init__(self, count: int, produce: Callable[[int, np.ndarray | None], HostBatch],
-                 to_device: Callable[[HostBatch, torch.Tensor | None], tuple[Any, ...]], device: torch.device,
-                 depth: int, buffer_shape: tuple[int, ...]):
-        self.count, self.produce, self.to_device, self.device = count, produce, to_device, device
-        self.depth, self.buffer_shape = depth, buffer_shape
-
-    def _buffers(self, n: int) -> list[torch.Tensor | None]:
-        if self.device.type != "cuda":
-            return [None] * n
-        return [torch.empty(self.buffer_shape, dtype=torch.uint8, pin_memory=True) for _ in range(n)]
-
-    def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        if self.count == 0:
-            return
-        if self.depth <= 0:
-            (buffer,) = self._buffers(1)
-            for i in range(self.count):
-                batch = self.to_device(self.produce(i, None if buffer is None else buffer.numpy()), buffer)
-                if buffer is not None:
-                    torch.cuda.current_stream(self.device).synchronize()  # the buffer is refilled next
-                yield batch
-            return
-        yield from self._threaded()
-
-    def _threaded(self) -> Iterator[tuple[Any, ...]]:
-        ready: queue.Queue = queue.Queue(maxsize=self.depth)
-        free: queue.Queue = queue.Queue()
-        for buffer in self._buffers(self.depth + 2):
-            free.put((buffer, None))
-        stop = threading.Event()
-
-        def put(item: Any) -> bool:
-            while not stop.is_set():
-                try:
-                    ready.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def work() -> None:
-            try:
-                for i in range(self.count):
-                    while True:
-                        if stop.is_set():
-                            return
-                        try:
-                            buffer, copied = free.get(timeout=0.1)
-                            break
-                        except queue.Empty:
-                            continue
-                    if copied is not None:
-                        copied.synchronize()  # the last copy out of this buffer has finished
-                    host = self.produce(i, None if buffer is None else buffer.numpy())
-                    if not put((host, buffer)):
-                        return
-                put(_DONE)
-            except BaseException as error:  # noqa: BLE001 - re-raised in the consuming thread
-                put(error)
-
-        thread = threading.Thread(target=work, name="xrstudy-prefetch", daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = ready.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                host, buffer = item
-                batch = self.to_device(host, buffer)
-                event = None
-                if buffer is not None:
-                    event = torch.cuda.Event()
-                    event.record(torch.cuda.current_stream(self.device))
-                free.put((buffer, event))
-                yield batch
-        finally:
-            stop.set()
-            thread.join(timeout=10)
 
 
 def _device_images(images: np.ndarray, buffer: torch.Tensor | None, device: torch.device) -> torch.Tensor:
@@ -304,10 +223,11 @@ class StepLoader:
     n_inp = 2
 
     def __init__(self, split: Split, batching: Batching, start: int, stop: int,
-                 device: torch.device = torch.device("cpu")):
+                 device: torch.device = torch.device("cpu"), stats: dict[str, float] | None = None):
         if len(split) == 0:
             raise ValueError("StepLoader: empty training split")
         self.split, self.batching, self.start, self.stop, self.device = split, batching, start, stop, device
+        self.stats = stats if stats is not None else {"wait_s": 0.0}  # shared by the loaders of one run
         self._targets = split.targets.numpy()
         self._orders: dict[int, np.ndarray] = {}
         self._count: tuple[int, float] | None = None  # (step, known targets of its global batch)
@@ -322,7 +242,7 @@ class StepLoader:
 
     def between(self, start: int, stop: int) -> "StepLoader":
         """The same stream, for steps [start, stop)."""
-        return StepLoader(self.split, self.batching, start, stop, self.device)
+        return StepLoader(self.split, self.batching, start, stop, self.device, self.stats)
 
     # -- which images ---------------------------------------------------------------------------
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -362,7 +282,9 @@ class StepLoader:
         b = self.batching
         rng = counter_rng(b.seed, "augment", step)
         first = rank * b.per_device_batch + micro * b.micro
-        return b.augment.thetas(b.per_device_batch * b.world, rng)[first:first + b.micro]
+        u = torch.from_numpy(rng.uniform(-1.0, 1.0, size=(b.per_device_batch * b.world, 5)).astype(np.float32))
+        hw = None if self.split.hw is None else self.split.hw[self.positions(step, rank, micro)]
+        return b.augment.thetas(u[first:first + b.micro], hw)
 
     def known_targets(self, step: int) -> float:
         """Known (non-NaN) targets of the whole global batch of `step`, after MixUp masking."""
@@ -383,7 +305,7 @@ class StepLoader:
             self._count = (step, count)
         return count
 
-    def host_batch(self, step: int, micro: int, out: np.ndarray | None = None) -> HostBatch:
+    def host_batch(self, step: int, micro: int, out: np.ndarray | None = None) -> tuple[Any, ...]:
         b = self.batching
         positions = self.positions(step, b.rank, micro)
         images = self.split.gather(positions, out)
@@ -401,7 +323,7 @@ class StepLoader:
             denominator = float(b.micro)
         return images, draws, targets, torch.tensor(denominator, dtype=torch.float32)
 
-    def _to_device(self, host: HostBatch, buffer: torch.Tensor | None) -> tuple[Any, ...]:
+    def _to_device(self, host: tuple[Any, ...], buffer: torch.Tensor | None) -> tuple[Any, ...]:
         images, draws, targets, denominator = host
         return (_device_images(images, buffer, self.device), {k: _move(v, self.device) for k, v in draws.items()},
                 _move(targets, self.device), _move(denominator, self.device))
@@ -410,7 +332,8 @@ class StepLoader:
         micro_steps = self.batching.micro_steps
         items = [(step, micro) for step in range(self.start, self.stop) for micro in range(micro_steps)]
         return iter(Prefetcher(len(items), lambda i, out: self.host_batch(*items[i], out), self._to_device,
-                               self.device, self.batching.prefetch, (self.batching.micro, *self.split.image_shape)))
+                               self.device, self.batching.prefetch, (self.batching.micro, *self.split.image_shape),
+                               self.stats))
 
 
 # ---- evaluation: the split in order ---------------------------------------------------------------
@@ -438,11 +361,11 @@ class EvalLoader:
     def to_detach(self, batch: Any, cpu: bool = True, gather: bool = True) -> Any:
         return to_detach(batch, cpu=cpu, gather=False)
 
-    def host_batch(self, i: int, out: np.ndarray | None = None) -> HostBatch:
+    def host_batch(self, i: int, out: np.ndarray | None = None) -> tuple[Any, ...]:
         positions = np.arange(i * self.batch, min((i + 1) * self.batch, len(self.split)))
         return self.split.gather(positions, out), self.split.targets[torch.from_numpy(positions)]
 
-    def _to_device(self, host: HostBatch, buffer: torch.Tensor | None) -> tuple[Any, ...]:
+    def _to_device(self, host: tuple[Any, ...], buffer: torch.Tensor | None) -> tuple[Any, ...]:
         images, targets = host
         return _device_images(images, buffer, self.device), {}, _move(targets, self.device)
 
@@ -451,5 +374,5 @@ class EvalLoader:
                                (self.batch, *self.split.image_shape)))
 
 
-__all__ = ["Split", "Augment", "Batching", "StepLoader", "EvalLoader", "Prefetcher", "SAMPLERS",
+__all__ = ["Split", "Augment", "Batching", "StepLoader", "EvalLoader", "SAMPLERS",
            "class_balanced", "shuffled", "counter_rng", "empty_like", "DEFAULT_PREFETCH"]

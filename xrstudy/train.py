@@ -7,7 +7,8 @@ Read it top to bottom -- it is the whole path from a RunConfig to a result JSON:
     splits  = open_splits(cfg, study, recipe)        cache rows + targets (the pixels stay in the memmap)
     model   = create_model(cfg, num_classes)         timm network, init, head
     learn   = make_learner(model, splits.train, setup)
-    fit(learn)                                       (resumes from {run_dir}/train_state.pt)
+    fit(learn, epoch_end) ...                        (resumes from {run_dir}/train_state.pt); pre-training
+                                                     validates every epoch and keeps the best checkpoint
     metrics = evaluate on valid and test             NaN-safe metrics + bootstrap CIs
     checkpoint (pre-training cells) + results.save
 
@@ -35,13 +36,14 @@ from xrstudy import hyper
 from xrstudy.callbacks import load_train_state, unwrap
 from xrstudy.config import ConfigError, RunConfig
 from xrstudy.data import StudyData
-from xrstudy.learner import TrainSetup, fit, make_learner, predict, restore
+from xrstudy.learner import BestCheckpoint, TrainSetup, epoch_ends, fit, make_learner, next_step, predict, restore
 from xrstudy.loaders import Augment, Split
 from xrstudy.metrics import bootstrap_ci, classification_metrics
-from xrstudy.models import base_arch, create_model, input_stats, write_checkpoint
+from xrstudy.models import base_arch, create_model, input_stats, read_checkpoint, write_checkpoint
 
 TRAIN_STATE = "train_state.pt"
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.pt"  # pre-training: the best validation loss (what transfers load)
+LAST_CHECKPOINT = "last.pt"  # pre-training: the final weights
 BOOTSTRAP_SAMPLES = 200
 
 
@@ -86,7 +88,9 @@ def start_process(cfg: RunConfig) -> Process:
 # become the learner's augmentation.
 AUGMENTS: dict[str, Callable[[hyper.Recipe], Augment]] = {
     "bit": lambda r: Augment(out_size=r.crop, crop_fraction=r.crop / r.resize, flip=True),
-    "xray": lambda r: Augment(out_size=r.crop, shift=0.25, scale=0.1, rotate_deg=45.0, flip=True),
+    # cohen_aug (transfer_learning/datasets/chexpert.py): ShiftScaleRotate(shift 0.25, scale 0.1, rotate 45,
+    # albumentations' default border BORDER_REFLECT_101 ~ grid_sample "reflection"), HorizontalFlip(0.5).
+    "xray": lambda r: Augment(out_size=r.crop, shift=0.25, scale=0.1, rotate_deg=45.0, flip=True, padding="reflection"),
 }
 PROBE_ATTEMPTS = 20  # unreadable leading images are skipped (the cache quarantines them)
 
@@ -120,9 +124,11 @@ def recipe_of(cfg: RunConfig, study: StudyData) -> hyper.Recipe:
     return hyper.recipe_for(cfg, len(study.train), image_hw, pipeline=pipeline)
 
 
-def image_mode(study: StudyData) -> str:
-    """X-ray images are cached grayscale, natural images in colour (as `xrstudy data cache` does)."""
-    return "L" if study.modality == "xray" else "RGB"
+def image_mode(study: StudyData, recipe: hyper.Recipe) -> str:
+    """X-ray images are cached grayscale, natural images in colour (as `xrstudy data cache` does); the
+    BiT pipeline caches the whole image squashed to a square (its evaluation view)."""
+    colour = "L" if study.modality == "xray" else "RGB"
+    return colour + (":squash" if recipe.cache_fit == "squash" else "")
 
 
 # ---- images and targets -----------------------------------------------------------------------
@@ -161,8 +167,10 @@ def open_splits(cfg: RunConfig, study: StudyData, size: int, mode: str) -> tuple
         keep = ~table["path"].astype(str).isin(quarantined)
         dropped[name] = int((~keep).sum())
         table = table[keep]
-        splits[name] = Split(cache.images, cache.rows_of(table["path"].astype(str).tolist()),
-                             targets_of(table, study.classes, study.multilabel))
+        rows = cache.rows_of(table["path"].astype(str).tolist())
+        # A squashed image is cropped aspect-true in training: it needs the original sizes.
+        hw = cache.original_sizes()[rows] if name == "train" and mode.endswith(":squash") else None
+        splits[name] = Split(cache.images, rows, targets_of(table, study.classes, study.multilabel), hw)
     return splits, dropped
 
 
@@ -253,7 +261,7 @@ def _run(cfg: RunConfig, proc: Process, resume: bool, callbacks: Sequence[Any], 
 
     # Recipe first (it fixes the cache size), then the cache rows of each split.
     recipe = recipe_of(cfg, study)
-    splits, quarantined = open_splits(cfg, study, recipe.resize, image_mode(study))
+    splits, quarantined = open_splits(cfg, study, recipe.resize, image_mode(study, recipe))
 
     # Model, and the training state to resume from.
     model = create_model(cfg, num_classes=len(study.classes), head=cfg.head)
@@ -292,25 +300,37 @@ def _run(cfg: RunConfig, proc: Process, resume: bool, callbacks: Sequence[Any], 
     learn = make_learner(model, splits["train"], setup, callbacks)
     if state is not None:
         restore(learn, state, setup)
+    eval_batch = 2 * min(cfg.micro_batch or per_device, per_device)
+    sidecar = {"arch": base_arch(cfg.arch), "run_id": cfg.run_id, "config": cfg.to_dict(),
+               "split_sha256": study.split_sha256, "classes": list(study.classes), "multilabel": study.multilabel}
+    best = None
+    if cfg.kind == "pretrain" and len(splits["valid"]) and proc.is_main:
+        best = BestCheckpoint(cfg.run_dir / CHECKPOINT, sidecar, splits["valid"], eval_batch, state is not None)
 
     started = time.perf_counter()
-    fit(learn)
+    for stop in epoch_ends(next_step(learn), recipe.steps, recipe.valid_every if cfg.kind == "pretrain" else 0):
+        fit(learn, stop)
+        if best is not None:
+            best.update(learn, stop)
     train_s = time.perf_counter() - started
     if proc.world > 1:
         dist.barrier()
     if not proc.is_main:
         return {}
 
-    # Evaluate the plain model (not the DDP wrapper: rank 0 alone), then write the outputs.
+    # Evaluate the plain model (not the DDP wrapper: rank 0 alone) -- for a pre-training cell the
+    # best-validation weights, the ones transfers load -- then write the outputs.
     learn.model = unwrap(learn.model)
-    evaluation = evaluate(learn, splits, study, 2 * min(cfg.micro_batch or per_device, per_device), cfg.seed)
     checkpoint = None
     if cfg.kind == "pretrain":
-        checkpoint = write_checkpoint(cfg.run_dir / CHECKPOINT, learn.model, {
-            "arch": base_arch(cfg.arch), "run_id": cfg.run_id, "config": cfg.to_dict(),
-            "split_sha256": study.split_sha256, "classes": list(study.classes), "multilabel": study.multilabel,
-            "step": recipe.steps,
-        })
+        write_checkpoint(cfg.run_dir / LAST_CHECKPOINT, learn.model, {**sidecar, "step": recipe.steps})
+        if best is not None and best.step >= 0:
+            kept = read_checkpoint(best.path)
+            learn.model.load_state_dict(kept.state)
+            checkpoint = {"path": str(kept.path), "sha256": kept.sidecar["sha256"]}
+        else:  # no validation split (or no finite loss): the final weights
+            checkpoint = write_checkpoint(cfg.run_dir / CHECKPOINT, learn.model, {**sidecar, "step": recipe.steps})
+    evaluation = evaluate(learn, splits, study, eval_batch, cfg.seed)
     state_path.unlink(missing_ok=True)  # finished: the result (and checkpoint) supersede it
 
     outcome = Outcome(evaluation=evaluation, checkpoint=checkpoint, train_s=train_s, last_step=recipe.steps,
