@@ -1,17 +1,18 @@
 """The behaviour of a training step, as fastai callbacks you can list and read (`learn.cbs`).
 
 In the order they act on a batch:
-  StepCounter          learn.step = the optimiser step of the micro-batch in flight (continues across resumes)
+  StepSchedule         learn.step = the optimiser step of the micro-batch in flight (continues across
+                       resumes), and its LR from a pure xrstudy.hyper.Schedule
   PrepareBatch         uint8 -> float on the device, the drawn affine view (training) or the evaluation
                        resize, normalisation with the init's statistics, channels_last
   MaskedMixUp          the drawn MixUp pairing / lambda; unknown (NaN) targets stay unknown
   (fastai's GradientAccumulation and MixedPrecision, when the cell uses them)
-  StepSchedule         the LR of every optimiser step from a pure xrstudy.hyper.Schedule
   AdaptiveGradClip     AGC (timm), the classifier exempt
   PeriodicCheckpoint   atomic training state every N steps / T seconds (rank 0)
 
 The training state (`save_train_state` / `load_train_state`) lives here too: it is what
-PeriodicCheckpoint writes and xrstudy.learner.restore reads.
+PeriodicCheckpoint writes and xrstudy.learner.restore reads. fastai calls every callback for every
+event, so the step's work sits in few callbacks (benchmarks/bench_learner.py measures the overhead).
 """
 
 from __future__ import annotations
@@ -45,18 +46,6 @@ def unwrap(model: nn.Module) -> nn.Module:
     model = getattr(model, "_orig_mod", model)  # torch.compile
     model = getattr(model, "module", model)  # DDP
     return getattr(model, "_orig_mod", model)
-
-
-class StepCounter(Callback):
-    """`learn.step`: the global optimiser step of the batch in flight (the loader knows where its
-    range starts and how many micro-batches make a step)."""
-
-    order = -9
-
-    def before_batch(self) -> None:
-        if self.learn.training:
-            loader = self.learn.dl
-            self.learn.step = loader.start + self.learn.train_iter // loader.batching.micro_steps
 
 
 def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
@@ -125,17 +114,22 @@ class MaskedMixUp(Callback):
 
 
 class StepSchedule(Callback):
-    """Sets the LR of every optimiser step from a pure `Schedule` (warm-up + step decay)."""
+    """`learn.step`, the global optimiser step of the micro-batch in flight (the loader knows where
+    its range starts and how many micro-batches make a step), and its LR from a pure `Schedule`
+    (warm-up + step decay)."""
 
-    order = 20
+    order = -9
 
     def __init__(self, schedule: Schedule):
         self.schedule = schedule
 
     def before_batch(self) -> None:
-        if self.learn.training:
-            lr = self.schedule.lr_at(self.learn.step)
-            for group in self.learn.opt.opt.param_groups:
+        learn = self.learn
+        if learn.training:
+            loader = learn.dl
+            learn.step = loader.start + learn.train_iter // loader.batching.micro_steps
+            lr = self.schedule.lr_at(learn.step)
+            for group in learn.opt.opt.param_groups:
                 group["lr"] = lr
 
 
@@ -217,5 +211,5 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
-__all__ = ["StepCounter", "PrepareBatch", "MaskedMixUp", "StepSchedule", "AdaptiveGradClip", "PeriodicCheckpoint",
+__all__ = ["PrepareBatch", "MaskedMixUp", "StepSchedule", "AdaptiveGradClip", "PeriodicCheckpoint",
            "save_train_state", "load_train_state", "normalise", "mix_targets", "unwrap", "TRAIN_STATE_FORMAT"]

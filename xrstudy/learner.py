@@ -42,15 +42,7 @@ with warnings.catch_warnings():
     from fastai.optimizer import OptimWrapper
 from torch import nn
 
-from xrstudy.callbacks import (
-    AdaptiveGradClip,
-    MaskedMixUp,
-    PeriodicCheckpoint,
-    PrepareBatch,
-    StepCounter,
-    StepSchedule,
-    unwrap,
-)
+from xrstudy.callbacks import AdaptiveGradClip, MaskedMixUp, PeriodicCheckpoint, PrepareBatch, StepSchedule, unwrap
 from xrstudy.hyper import AGC_CLIP, MOMENTUM, Schedule
 from xrstudy.loaders import DEFAULT_PREFETCH, Augment, Batching, EvalLoader, Sampler, Split, StepLoader, empty_like
 
@@ -170,12 +162,11 @@ def make_learner(model: nn.Module, train: Split, setup: TrainSetup, callbacks: S
     )
     cbs: list[Callback] = [
         TrainEvalCallback(),
-        StepCounter(),
+        StepSchedule(setup.schedule),
         PrepareBatch(setup.augment.out_size, setup.eval_size, setup.mean, setup.std, setup.channels_last,
                      setup.augment.padding),
-        MaskedMixUp(setup.num_classes, setup.multilabel),
+        *([MaskedMixUp(setup.num_classes, setup.multilabel)] if setup.mixup_alpha > 0 else []),
         *precision_callbacks(setup.precision, setup.device),
-        StepSchedule(setup.schedule),
         AdaptiveGradClip(setup.agc),
     ]
     if batching.micro_steps > 1:
