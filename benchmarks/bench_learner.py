@@ -158,6 +158,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model on both sides")
     parser.add_argument("--resident", action="store_true", help="both sides on device-resident batches")
     parser.add_argument("--stream", action="store_true", help="learner: memory-mapped uint8 file vs resident batches")
+    parser.add_argument("--prefetch", type=int, default=2, help="batches gathered ahead by the loader's thread "
+                        "(0: in the step's thread, as a loop without a data thread)")
     parser.add_argument("--images", type=int, default=0, help="--stream: images in the file (default 32 x batch)")
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="--stream: where the uint8 file goes")
     args = parser.parse_args()
@@ -172,7 +174,7 @@ def main() -> None:
         per_device_batch=args.batch, seed=0,
         augment=Augment(out_size=args.size, crop_fraction=1 / 1.1, flip=True),
         eval_size=args.size, weight_decay=1e-4, device=device,
-        precision="bf16" if cuda else "fp32", channels_last=cuda, compile=args.compile,
+        precision="bf16" if cuda else "fp32", channels_last=cuda, compile=args.compile, prefetch=args.prefetch,
     )
     side = round(args.size * 1.1)
     in_memory = make_data(max(4 * args.batch, 64), side, args.classes)
@@ -191,12 +193,21 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in loops}
     cpu: dict[str, list[float]] = {name: [] for name in loops}
     waits: list[float] = []
+    # One model per side, reset to the same initial weights before every run: a compiled graph is then
+    # reused (torch.compile of the same module object hits dynamo's cache instead of recompiling).
+    models = {name: make_model(args.arch, args.classes) for name in loops}
+    initial = {k: v.detach().clone() for k, v in models["raw"].state_dict().items()}
+
+    def fresh(name: str) -> torch.nn.Module:
+        models[name].load_state_dict(initial)
+        return models[name]
+
     for name, loop in loops.items():  # warm-up (allocator, cuDNN autotuning, compilation)
-        loop(make_model(args.arch, args.classes))
+        loop(fresh(name))
     for repeat in range(args.repeats):
         order = list(loops.items()) if repeat % 2 == 0 else list(loops.items())[::-1]  # no first-mover bias
         for name, loop in order:
-            model = make_model(args.arch, args.classes)
+            model = fresh(name)
             per_step, cpu_step, stats = timed(lambda: loop(model), device, args.steps)
             times[name].append(per_step)
             cpu[name].append(cpu_step)

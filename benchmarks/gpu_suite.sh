@@ -26,6 +26,7 @@ MODE=gpu
 if [[ "${1:-}" == "--cpu-smoke" ]]; then MODE=cpu; fi
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 WORK=$(mktemp -d)
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 XRSTUDY_NO_PROGRESS=1
 cd "$ROOT"
@@ -45,13 +46,13 @@ if [[ $MODE == gpu ]]; then
   DEVICE=cuda; R50=resnetv2_50x1_bit; R152=resnetv2_152x4_bit
   SIZES="128 224 480"; STEPS=${STEPS:-20}; REPEATS=${REPEATS:-3}
   declare -A BATCH=([128]=128 [224]=128 [480]=32)
-  BIG_BATCH=32; STREAM_SIZE=224; STREAM_BATCH=128; COMPILE=(--compile)
+  BIG_SIZE=224; BIG_BATCH=32; STREAM_SIZE=224; STREAM_BATCH=128; COMPILE=(--compile)
   SMOKE_ARCH=$R50; SMOKE_SIZE=64; SMOKE_DEVICE=auto
 else
   DEVICE=cpu; R50=resnetv2_tiny_bit; R152=resnetv2_tiny_bit
   SIZES="32"; STEPS=${STEPS:-3}; REPEATS=${REPEATS:-1}
   declare -A BATCH=([32]=8)
-  BIG_BATCH=4; STREAM_SIZE=32; STREAM_BATCH=8
+  BIG_SIZE=32; BIG_BATCH=4; STREAM_SIZE=32; STREAM_BATCH=8
   COMPILE=()  # inductor on this CPU takes minutes; set CPU_COMPILE=1 to include it
   if [[ "${CPU_COMPILE:-0}" == 1 ]]; then COMPILE=(--compile); fi
   SMOKE_ARCH=resnetv2_tiny_bit; SMOKE_SIZE=32; SMOKE_DEVICE=cpu
@@ -80,7 +81,7 @@ for size in $SIZES; do
     bench --resident "${COMPILE[@]}" --arch "$R50" --size "$size" --batch "${BATCH[$size]}"
   fi
 done
-bench --resident --arch "$R152" --size "${SIZES%% *}" --batch "$BIG_BATCH" --repeats 2
+bench --resident --arch "$R152" --size "$BIG_SIZE" --batch "$BIG_BATCH" --repeats 2
 
 echo "== 2. streamed from the uint8 memmap vs resident batches" | tee -a "$LOG"
 bench --stream "${COMPILE[@]}" --arch "$R50" --size "$STREAM_SIZE" --batch "$STREAM_BATCH" --dir "$WORK" \

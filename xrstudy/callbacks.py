@@ -41,6 +41,18 @@ from xrstudy.io import atomic_path
 TRAIN_STATE_FORMAT = "xrstudy.train_state/1"
 
 
+class LocalCallback(Callback):
+    """A fastai Callback whose attribute lookups stay local, except `training`.
+
+    fastai asks every callback for every event's handler; a fastai Callback delegates a name it
+    lacks to the learner, which delegates it to the model, so each (callback, missing handler) pair
+    walks that chain. fastcore's GetAttr `_xtra` limits delegation to the names listed. These
+    callbacks use `self.learn.<name>` explicitly.
+    """
+
+    _xtra = ("training",)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model inside torch.compile and DDP wrappers."""
     model = getattr(model, "_orig_mod", model)  # torch.compile
@@ -62,7 +74,7 @@ def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, .
     return images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-class PrepareBatch(Callback):
+class PrepareBatch(LocalCallback):
     """uint8 batch -> float on the device, the loader's affine view (training) or a resize to the
     evaluation size, normalised with the init's mean / std; replaces xb by (images,)."""
 
@@ -92,7 +104,7 @@ def mix_targets(target: torch.Tensor, perm: torch.Tensor, lam: float, num_classe
     return lam * target + (1.0 - lam) * target[perm]  # NaN in either -> NaN -> masked
 
 
-class MaskedMixUp(Callback):
+class MaskedMixUp(LocalCallback):
     """MixUp with the loader's pairing and lambda, whose targets stay masked: a multi-label target
     is mixed only where both are known (NaN propagates, and the masked BCE ignores it); class
     indices become mixed one-hot probabilities for the soft cross-entropy."""
@@ -113,7 +125,7 @@ class MaskedMixUp(Callback):
         self.learn.yb = (mix_targets(target, perm, lam, self.num_classes, self.multilabel), *rest)
 
 
-class StepSchedule(Callback):
+class StepSchedule(LocalCallback):
     """`learn.step`, the global optimiser step of the micro-batch in flight (the loader knows where
     its range starts and how many micro-batches make a step), and its LR from a pure `Schedule`
     (warm-up + step decay)."""
@@ -133,7 +145,7 @@ class StepSchedule(Callback):
                 group["lr"] = lr
 
 
-class AdaptiveGradClip(Callback):
+class AdaptiveGradClip(LocalCallback):
     """AGC (Brock et al. 2021) via timm, lambda = 0.01; the classifier is exempt (as in NFNets and
     the authors' SGD_AGC, which skips the layer with `output_size` rows)."""
 
@@ -150,7 +162,7 @@ class AdaptiveGradClip(Callback):
         adaptive_clip_grad(self.params, clip_factor=self.clip_factor)
 
 
-class PeriodicCheckpoint(Callback):
+class PeriodicCheckpoint(LocalCallback):
     """Atomic training state every `every_steps` steps and/or `every_s` seconds (rank 0 writes)."""
 
     order = 90
@@ -211,5 +223,5 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
-__all__ = ["PrepareBatch", "MaskedMixUp", "StepSchedule", "AdaptiveGradClip", "PeriodicCheckpoint",
+__all__ = ["LocalCallback", "PrepareBatch", "MaskedMixUp", "StepSchedule", "AdaptiveGradClip", "PeriodicCheckpoint",
            "save_train_state", "load_train_state", "normalise", "mix_targets", "unwrap", "TRAIN_STATE_FORMAT"]

@@ -236,12 +236,15 @@ def cache_bytes(n_images: int, size: int, mode: str) -> int:
     return n_images * size * size * (3 if mode.startswith("RGB") else 1)
 
 
-# Per-rank host memory of a training process, from benchmarks/bench_memory.py (CPU, gloo; see
-# benchmarks/RESULTS.md): a fixed part (interpreter, torch, fastai, timm, the model's code) and a part
-# per dataset image (its rows in the label tables, its path in the cache index, its targets). The
+# Per-rank host memory of a training process, from benchmarks/bench_memory.py (CPU, 1 and 2 gloo
+# processes, benchmarks/RESULTS.md): a fixed part (interpreter, torch, fastai, timm; measured 0.60 -
+# 0.64 GB) and a part per dataset image (its rows in the label tables, its path in the cache index,
+# its targets; measured 455 - 528 bytes with a 9-column synthetic table, rounded up to 1 kB for the
+# wider real tables: the merged NIH + CheXpert + PadChest table alone is 291 bytes per row). The
 # pixels are not in it: they stay in the memory-mapped cache, whose pages the OS shares by all ranks.
-RANK_BASE_BYTES = 600_000_000
-RANK_BYTES_PER_IMAGE = 700
+# A CUDA process adds its CUDA context (not measured here).
+RANK_BASE_BYTES = 650_000_000
+RANK_BYTES_PER_IMAGE = 1_000
 
 
 def ram_per_rank(n_images: int, image_bytes: int, micro_batch: int, *, prefetch: int = 2,
