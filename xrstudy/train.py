@@ -25,7 +25,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,11 @@ from xrstudy.learner import BestCheckpoint, TrainSetup, epoch_ends, fit, make_le
 from xrstudy.loaders import Augment, Split
 from xrstudy.metrics import bootstrap_ci, classification_metrics
 from xrstudy.models import base_arch, create_model, input_stats, read_checkpoint, write_checkpoint
+
+if TYPE_CHECKING:
+    from fastai.learner import Learner
+
+    from xrstudy.images import ImageCache
 
 TRAIN_STATE = "train_state.pt"
 CHECKPOINT = "checkpoint.pt"  # pre-training: the best validation loss (what transfers load)
@@ -142,7 +147,7 @@ def targets_of(table: pd.DataFrame, classes: Sequence[str], multilabel: bool) ->
     return torch.tensor([index[name] for name in table["label"]], dtype=torch.int64)
 
 
-def open_cache(cfg: RunConfig, paths: Sequence[str], size: int, mode: str) -> Any:
+def open_cache(cfg: RunConfig, paths: Sequence[str], size: int, mode: str) -> ImageCache:
     """The uint8 image cache of `paths` (built once, shared by every cell of the dataset); a build
     that cannot fit on its disk is refused before it starts."""
     from xrstudy import images
@@ -183,7 +188,7 @@ class Evaluation:
     seconds: float
 
 
-def evaluate(learn: Any, splits: dict[str, Split], study: StudyData, batch: int, seed: int) -> Evaluation:
+def evaluate(learn: Learner, splits: dict[str, Split], study: StudyData, batch: int, seed: int) -> Evaluation:
     started = time.perf_counter()
     metrics: dict[str, float] = {}
     per_class: dict[str, dict[str, float]] = {}
