@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -359,3 +360,52 @@ def test_two_processes_building_the_same_cache(tmp_path: Path) -> None:
     assert cache.built == 0 and set(cache.quarantined) == {str(tmp_path / "gone.png")}
     for path in paths[:-1]:
         np.testing.assert_array_equal(cache[cache.index_of(path)], prepare_image(path, 8, "L"))
+
+
+# ---- reading the cache for training ---------------------------------------------------------------
+def test_squash_mode_keeps_the_whole_image(tmp_path: Path) -> None:
+    """The BiT pipeline's cache: the whole image resized to the square (its evaluation view,
+    `Resize((crop, crop))`); the centre crop would lose the sides."""
+    wide = np.zeros((40, 120), dtype=np.uint8)
+    wide[:, :20] = 255  # a white band on the left edge, outside the centre square
+    path = _save(wide, tmp_path / "wide.png")
+    squashed = prepare_image(path, 30, "L:squash")
+    assert squashed.shape == (30, 30) and squashed[:, :4].min() == 255 and squashed[:, 10:].max() == 0
+    assert prepare_image(path, 30, "L").max() == 0
+    assert prepare_image(path, 30, "RGB:squash").shape == (30, 30, 3)
+    assert cache_key([path], 30, "L:squash") != cache_key([path], 30, "L")
+    cache = build_cache([path], 30, tmp_path / "cache", "L:squash", 1)
+    np.testing.assert_array_equal(cache[0], squashed)
+
+
+def test_original_sizes_come_from_headers_and_are_kept_beside_the_cache(tmp_path: Path, jpegs: list[str],
+                                                                         rg1_uncr: str) -> None:
+    paths = jpegs[:3] + [rg1_uncr]
+    cache = build_cache(paths, 8, tmp_path / "cache", "L:squash", 1)
+    sizes = cache.original_sizes()
+    for path, (height, width) in zip(cache.paths, sizes):
+        assert (height, width) == load_image(path).shape[:2]
+    assert (cache.folder / "sizes.npy").is_file()
+    np.testing.assert_array_equal(build_cache(paths, 8, tmp_path / "cache", "L:squash", 1).original_sizes(), sizes)
+
+
+def test_rows_of_maps_paths_to_cache_rows_in_one_lookup(tmp_path: Path, jpegs: list[str]) -> None:
+    cache = build_cache(jpegs, 8, tmp_path / "cache", "L", 1)
+    query = [jpegs[5], jpegs[0], jpegs[5]]
+    rows = cache.rows_of(query)
+    assert rows.dtype == np.int64 and [cache.paths[r] for r in rows] == query
+    assert cache.index_of(jpegs[3]) == list(cache.paths).index(jpegs[3])
+    with pytest.raises(KeyError, match="nowhere.jpg"):
+        cache.rows_of([jpegs[0], "nowhere.jpg"])
+
+
+def test_a_build_that_cannot_fit_is_refused_before_it_starts(tmp_path: Path, jpegs: list[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, missing = images.bytes_to_build(jpegs, 16, tmp_path / "cache", "RGB")
+    assert missing == len(jpegs) * 16 * 16 * 3 and folder.parent == tmp_path / "cache"
+    images.check_free_space(folder, missing)  # plenty here
+    monkeypatch.setattr(images.shutil, "disk_usage", lambda path: SimpleNamespace(free=100))
+    with pytest.raises(images.CacheSpaceError, match=r"needs 0\.00 GB more, but the disk .* 0\.00 GB free"):
+        images.check_free_space(folder, missing)
+    build_cache(jpegs, 16, tmp_path / "cache", "RGB", 1)
+    assert images.bytes_to_build(jpegs, 16, tmp_path / "cache", "RGB")[1] == 0  # finished: nothing to check

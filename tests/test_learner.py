@@ -1,5 +1,6 @@
-"""The training layer: masked losses, masked MixUp, metrics, optimiser/AGC/schedule callbacks,
-atomic periodic checkpoints and resume equality. All on CPU, tiny model, deterministic."""
+"""The training layer: loaders streaming cache rows, masked losses, masked MixUp, metrics,
+optimiser/AGC/schedule callbacks, gradient accumulation, atomic periodic checkpoints and resume
+equality. All on CPU, tiny model, deterministic."""
 
 from __future__ import annotations
 
@@ -10,28 +11,26 @@ import numpy as np
 import pytest
 import torch
 from fastai.callback.core import Callback
+from fastai.data.core import DataLoaders
+from fastai.learner import Learner
 from sklearn.metrics import average_precision_score, roc_auc_score
 from timm.utils import adaptive_clip_grad
 
+from xrstudy.callbacks import AdaptiveGradClip, MaskedMixUp, load_train_state, mix_targets, save_train_state
 from xrstudy.config import RunConfig
 from xrstudy.hyper import Schedule
 from xrstudy.learner import (
-    AdaptiveGradClip,
-    Augment,
-    MaskedMixUp,
-    Split,
     TrainSetup,
-    bootstrap_ci,
-    classification_metrics,
     fit,
-    load_train_state,
     make_learner,
     masked_bce_with_logits,
-    mix_targets,
+    mean_loss,
+    precision_callbacks,
     predict,
     restore,
-    save_train_state,
 )
+from xrstudy.loaders import Augment, Batching, EvalLoader, Split, StepLoader
+from xrstudy.metrics import bootstrap_ci, classification_metrics
 from xrstudy.models import create_model
 
 TINY = "resnetv2_tiny_bit"
@@ -40,12 +39,12 @@ TINY = "resnetv2_tiny_bit"
 # ---- helpers ----------------------------------------------------------------------------------
 def toy_split(n: int = 12, classes: int = 3, multilabel: bool = True, seed: int = 0, size: int = 20) -> Split:
     rng = np.random.default_rng(seed)
-    images = torch.from_numpy(rng.integers(0, 256, (n, 1, size, size), dtype=np.uint8))
+    images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
     if multilabel:
         targets = rng.integers(0, 2, (n, classes)).astype(np.float32)
         targets[rng.random((n, classes)) < 0.25] = np.nan
-        return Split(images, torch.from_numpy(targets))
-    return Split(images, torch.from_numpy(rng.integers(0, classes, n)))
+        return Split.of(images, torch.from_numpy(targets))
+    return Split.of(images, torch.from_numpy(rng.integers(0, classes, n)))
 
 
 def toy_setup(steps: int = 6, multilabel: bool = True, classes: int = 3, **changes) -> TrainSetup:
@@ -135,24 +134,29 @@ def test_mixed_targets_keep_unknowns_masked():
     assert torch.allclose(single, torch.tensor([[0.75, 0.0, 0.25], [0.25, 0.0, 0.75]]))
 
 
-def test_mixup_callback_is_seeded_per_step_and_masks_nans():
+def test_mixup_draws_are_seeded_per_step_and_the_callback_masks_nans():
     nan = float("nan")
-    images = torch.arange(4 * 3 * 2 * 2, dtype=torch.float32).reshape(4, 3, 2, 2)
+    images = np.arange(4 * 2 * 2, dtype=np.uint8).reshape(4, 2, 2)
     target = torch.tensor([[1.0, nan], [0.0, 1.0], [nan, 0.0], [1.0, 1.0]])
+    split = Split.of(images, target)
+    batching = Batching(per_device_batch=4, seed=7, augment=Augment(out_size=2), mixup_alpha=0.1)
 
-    def apply(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        cb = MaskedMixUp(alpha=0.1, seed=7, num_classes=2, multilabel=True)
-        cb.learn = SimpleNamespace(xb=(images,), yb=(target,), step=step, training=True)
+    def apply(step: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        _, draws, targets, _ = StepLoader(split, batching, step, step + 1).host_batch(step, 0)
+        cb = MaskedMixUp(num_classes=2, multilabel=True)
+        xb = torch.arange(4 * 3 * 2 * 2, dtype=torch.float32).reshape(4, 3, 2, 2)
+        cb.learn = SimpleNamespace(xb=(xb,), yb=(targets, torch.tensor(1.0)), draws=draws, step=step, training=True)
         cb.before_batch()
-        return cb.learn.xb[0], cb.learn.yb[0]
+        return cb.learn.xb[0], cb.learn.yb[0], draws
 
-    x1, y1 = apply(5)
-    x2, y2 = apply(5)
+    x1, y1, d1 = apply(5)
+    x2, y2, _ = apply(5)
     assert torch.equal(x1, x2) and torch.equal(torch.nan_to_num(y1, -1), torch.nan_to_num(y2, -1))
+    assert 0.0 < d1["lam"] <= 1.0 and sorted(d1["perm"].tolist()) == [0, 1, 2, 3]
     assert torch.isnan(y1).sum() >= torch.isnan(target).sum()  # NaNs never disappear
     known = ~torch.isnan(y1)
     assert ((y1[known] >= 0) & (y1[known] <= 1)).all()
-    x3, _ = apply(6)
+    x3, _, _ = apply(6)
     assert not torch.equal(x1, x3)
 
 
@@ -251,16 +255,30 @@ def test_schedule_callback_sets_every_step_lr():
     fit(learn)
     assert recorder.steps == list(range(6))
     assert recorder.lrs == pytest.approx([setup.schedule.lr_at(s) for s in range(6)])
-    assert recorder.lrs == pytest.approx([0.025, 0.05, 0.05, 0.05, 0.005, 0.005])
+    assert recorder.lrs == pytest.approx([0.0, 0.025, 0.05, 0.05, 0.05, 0.005])  # BiT: step 0 at LR 0, decay after 4
 
 
 def test_training_learns_and_predict_is_nan_safe():
-    split = toy_split(n=16, multilabel=False, classes=2)
-    learn = make_learner(toy_model(classes=2), split, toy_setup(multilabel=False, classes=2, steps=3))
+    """Bright top half = class 0, bright bottom half = class 1 (robust to the horizontal flips and
+    small crops of the augmentation): the training loss must fall and the model must separate them."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(32) % 2
+    images = rng.integers(0, 60, (32, 20, 20)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        rows = slice(0, 10) if label == 0 else slice(10, 20)
+        images[i, rows] += 150
+    split = Split.of(images, torch.from_numpy(labels))
+    setup = toy_setup(multilabel=False, classes=2, steps=30, per_device_batch=8,
+                      schedule=Schedule(steps=30, warmup=3, decays=(25,), base_lr=0.1))
+    learn = make_learner(toy_model(classes=2, kind="transfer"), split, setup)
+    before = mean_loss(learn, split, 16)
     fit(learn)
-    probs, targets = predict(learn, split)
-    assert probs.shape == (16, 2) and np.allclose(probs.sum(1), 1, atol=1e-5) and targets.dtype == np.int64
-    empty, _ = predict(learn, Split(split.images[:0], split.targets[:0]))
+    after = mean_loss(learn, split, 16)
+    probs, targets = predict(learn, split, 16)
+    assert probs.shape == (32, 2) and np.allclose(probs.sum(1), 1, atol=1e-5) and targets.dtype == np.int64
+    assert after < 0.5 * before, (before, after)
+    assert (probs.argmax(1) == targets).mean() >= 0.9
+    empty, _ = predict(learn, Split(split.images, split.rows[:0], split.targets[:0]), 16)
     assert empty.shape == (0, 2)
 
 
@@ -315,9 +333,9 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, multilabel, head, mixu
     assert state["step"] == 3
     assert any(not torch.equal(v, reference[k]) for k, v in killed.model.state_dict().items())
 
-    resumed = make_learner(toy_model(kind="transfer", head=head, seed=99), split,
-                           toy_setup(**{**setup.__dict__, "start_step": state["step"]}))
-    restore(resumed, state)
+    resumed_setup = toy_setup(**{**setup.__dict__, "start_step": state["step"]})
+    resumed = make_learner(toy_model(kind="transfer", head=head, seed=99), split, resumed_setup)
+    restore(resumed, state, resumed_setup)
     recorder = RecordLR()
     resumed.add_cb(recorder)
     fit(resumed)
@@ -332,63 +350,151 @@ def test_restore_refuses_another_schedule(tmp_path):
     setup = toy_setup(steps=4, checkpoint_path=path, checkpoint_every_steps=2)
     fit(make_learner(toy_model(), toy_split(), setup))
     state = load_train_state(path)
-    other = make_learner(toy_model(), toy_split(), toy_setup(steps=8, start_step=state["step"]))
+    other_setup = toy_setup(steps=8, start_step=state["step"])
+    other = make_learner(toy_model(), toy_split(), other_setup)
     with pytest.raises(ValueError, match="schedule"):
-        restore(other, state)
+        restore(other, state, other_setup)
 
 
-def test_gpu_path_options_are_wired():
-    """bf16 autocast (a callback) and channels_last are in place; their speed needs a GPU.
+def test_precision_is_fastais_mixed_precision_and_cpu_runs_fp32():
+    """bf16 / fp16 are fastai's MixedPrecision (CUDA autocast; their speed needs a GPU, see
+    benchmarks/gpu_suite.sh). On a CPU they are refused: CPU bf16 autocast of this model gave
+    intermittent NaN gradients in torch 2.14, which is why precision "auto" means fp32 there."""
+    from fastai.callback.fp16 import AMPMode, MixedPrecision
 
-    Only the wiring is checked on CPU: CPU bf16 autocast of this model gives intermittent NaN
-    gradients in torch 2.14 (seen in ~1 of 4 two-step runs, also in a plain loop without fastai),
-    which is why precision "auto" means fp32 on CPU."""
-
-    class SeePred(Callback):
-        order = 5  # before Autocast.after_pred casts back to fp32
-
-        def after_pred(self) -> None:
-            self.dtypes.append(self.learn.pred.dtype)
-
-    seen = SeePred()
-    seen.dtypes = []
-    setup = toy_setup(steps=1, precision="bf16", channels_last=True)
-    learn = make_learner(toy_model(), toy_split(), setup, [seen])
-    assert any(type(cb).__name__ == "Autocast" for cb in learn.cbs)
+    (bf16,) = precision_callbacks("bf16", torch.device("cuda", 0))
+    assert isinstance(bf16, MixedPrecision) and bf16.amp_mode == AMPMode.BF16
+    assert precision_callbacks("fp16", torch.device("cuda", 0))[0].amp_mode == AMPMode.FP16
+    assert precision_callbacks("fp32", torch.device("cpu")) == []
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        make_learner(toy_model(), toy_split(), toy_setup(precision="bf16"))
+    learn = make_learner(toy_model(), toy_split(), toy_setup(steps=1, channels_last=True))
     assert learn.model.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not any(isinstance(cb, MixedPrecision) for cb in learn.cbs)
     fit(learn)
-    assert seen.dtypes == [torch.bfloat16]
-    plain = make_learner(toy_model(), toy_split(), toy_setup(steps=1))
-    assert not any(type(cb).__name__ == "Autocast" for cb in plain.cbs)
 
 
-def test_cached_dispatch_calls_the_same_events_as_fastai():
-    """LeanLearner only skips callbacks without a handler; added callbacks are seen at once."""
-    from fastai.learner import Learner
-
-    class Log(Callback):
-        order = 50
-
-        def __init__(self):
-            self.events = []
-
-        def before_batch(self):
-            self.events.append(("before_batch", self.learn.training))
-
-        def after_step(self):
-            self.events.append(("after_step", self.learn.step))
-
-        def after_fit(self):
-            self.events.append(("after_fit", None))
-
+def test_the_learner_is_plain_fastai():
+    """fastai's own Learner and DataLoaders; behaviour comes from callbacks only."""
     learn = make_learner(toy_model(), toy_split(), toy_setup(steps=2))
-    fit(learn)  # builds the dispatch cache
-    log = Log()
-    learn.add_cb(log)
-    learn.fit(1)
-    expected = [("before_batch", True), ("after_step", 0), ("before_batch", True), ("after_step", 1), ("after_fit", None)]
-    assert log.events == expected
-    learn.remove_cb(log)
-    learn.fit(1)
-    assert log.events == expected
-    assert type(learn).__mro__[1] is Learner
+    assert type(learn) is Learner and type(learn.dls) is DataLoaders
+    names = [type(cb).__name__ for cb in learn.cbs.sorted("order")]
+    assert names == ["TrainEvalCallback", "StepSchedule", "PrepareBatch", "AdaptiveGradClip"]
+    with_mixup = make_learner(toy_model(), toy_split(), toy_setup(steps=2, mixup_alpha=0.1))
+    assert "MaskedMixUp" in [type(cb).__name__ for cb in with_mixup.cbs]
+    fit(learn)
+    assert learn.dls.train.start == 2 and len(learn.dls.train) == 0
+
+
+# ---- loaders: rows of the cache, gathered per step ----------------------------------------------
+def test_step_batches_are_the_split_rows_a_pure_function_of_seed_and_step():
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 256, (30, 6, 6), dtype=np.uint8)
+    rows = np.array([3, 7, 11, 12, 19, 20, 21, 25, 29, 0])  # a split is a subset of the cache
+    split = Split(source, rows, torch.arange(10))
+    batching = Batching(per_device_batch=4, seed=5, augment=Augment(out_size=6), multilabel=False)
+    loader = StepLoader(split, batching, 0, 6)
+    batches = list(loader)
+    assert len(batches) == 6 == len(loader)
+    for step, (images, draws, targets, _) in enumerate(batches):
+        positions = loader.positions(step, 0, 0)
+        assert torch.equal(images[:, 0], torch.from_numpy(source[rows[positions]]))  # read by row
+        assert torch.equal(targets, torch.from_numpy(positions))
+        assert draws["theta"].shape == (4, 2, 3)
+    # every image once per epoch (10 images, batches of 4: the stream wraps into epoch 1)
+    first_epoch = np.concatenate([loader.positions(s, 0, 0) for s in range(5)])[:10]
+    assert sorted(first_epoch) == list(range(10))
+    again = list(StepLoader(split, batching, 3, 6))  # resumed at step 3: the same batches
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1]["theta"], b[1]["theta"]) for a, b in zip(batches[3:], again))
+    unthreaded = list(StepLoader(split, Batching(**{**batching.__dict__, "prefetch": 0}), 0, 6))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, unthreaded))
+
+
+def test_ranks_and_micro_batches_slice_the_same_global_batch():
+    split = toy_split(n=40)
+    whole = StepLoader(split, Batching(per_device_batch=8, seed=1, augment=Augment(out_size=16, crop_fraction=0.8)), 0, 3)
+    for step in range(3):
+        expected = whole.positions(step, 0, 0)
+        theta = whole.thetas(step, 0, 0)
+        parts, thetas = [], []
+        for rank in range(2):
+            sliced = StepLoader(split, Batching(per_device_batch=4, micro_batch=2, seed=1, rank=rank, world=2,
+                                                augment=Augment(out_size=16, crop_fraction=0.8)), 0, 3)
+            for micro in range(2):
+                parts.append(sliced.positions(step, rank, micro))
+                thetas.append(sliced.thetas(step, rank, micro))
+        assert np.array_equal(np.concatenate(parts), expected)
+        assert torch.equal(torch.cat(thetas), theta)
+
+
+def test_micro_batches_accumulate_to_the_step_of_the_whole_batch():
+    """fastai's GradientAccumulation + the loader's masked-loss denominators: 2 micro-batches of 2
+    give the weights of one batch of 4 (NaN targets spread unevenly over the micro-batches)."""
+    split = toy_split(n=12)
+    whole = make_learner(toy_model(), split, toy_setup(steps=4))
+    fit(whole)
+    micro = make_learner(toy_model(), split, toy_setup(steps=4, micro_batch=2))
+    assert any(type(cb).__name__ == "GradientAccumulation" for cb in micro.cbs)
+    fit(micro)
+    a, b = weights(whole.model), weights(micro.model)
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+    assert any(not torch.equal(a[k], weights(toy_model())[k]) for k in a)  # it trained
+
+
+def test_oversampling_balances_classes_and_is_deterministic():
+    labels = np.array([0] * 90 + [1] * 10)
+    split = Split.of(np.zeros((100, 2, 2), np.uint8), torch.from_numpy(labels))
+    batching = Batching(per_device_batch=100, seed=2, augment=Augment(out_size=2), multilabel=False,
+                        sampler="oversample")
+    loader = StepLoader(split, batching, 0, 40)
+    drawn = np.concatenate([labels[loader.epoch_order(e)] for e in range(40)])
+    assert len(loader.epoch_order(0)) == 100  # n draws per epoch, with replacement
+    assert abs(drawn.mean() - 0.5) < 0.03  # weights n / count(class): classes drawn equally often
+    assert np.array_equal(loader.epoch_order(7), StepLoader(split, batching, 0, 1).epoch_order(7))
+    with pytest.raises(ValueError, match="single-label"):
+        StepLoader(toy_split(), Batching(per_device_batch=4, seed=0, augment=Augment(out_size=2),
+                                         sampler="oversample"), 0, 1).epoch_order(0)
+
+
+def test_eval_batches_cover_the_split_in_order():
+    split = toy_split(n=11)
+    seen = list(EvalLoader(split, 4))
+    assert [len(b[0]) for b in seen] == [4, 4, 3]
+    assert torch.equal(torch.cat([b[0][:, 0] for b in seen]), torch.from_numpy(split.images))
+
+
+# ---- augmentation: the authors' views ---------------------------------------------------------------
+def _view(augment: Augment, image: torch.Tensor, u: list[float], hw=None) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    theta = augment.thetas(torch.tensor([u], dtype=torch.float32), hw)
+    grid = F.affine_grid(theta, [1, 1, augment.out_size, augment.out_size], align_corners=False)
+    return F.grid_sample(image[None, None], grid, mode="bilinear", padding_mode=augment.padding, align_corners=False)[0, 0]
+
+
+def test_xray_shift_is_applied_after_rotation_and_zoom_like_albumentations():
+    """ShiftScaleRotate shifts in output coordinates: the image centre lands at centre + shift *
+    size whatever the rotation and zoom (a shift applied before rotating would move it elsewhere)."""
+    size = 41
+    dot = torch.zeros(size, size)
+    dot[20, 20] = 1.0
+    augment = Augment(out_size=size, shift=0.25, scale=0.1, rotate_deg=45.0, flip=False, padding="reflection")
+    for rotation in (-1.0, 0.0, 0.7):
+        out = _view(augment, dot, [0.5, rotation, 0.4, -0.8, 1.0])  # zoom 1.05, shift (+0.1, -0.2) of the side
+        y, x = divmod(int(out.argmax()), size)
+        assert (x - 20, y - 20) == (round(0.1 * size), round(-0.2 * size)), rotation
+
+
+def test_xray_borders_are_reflected_and_bit_crops_are_aspect_true():
+    ramp = torch.arange(20, dtype=torch.float32).repeat(20, 1)  # brightness grows to the right
+    augment = Augment(out_size=20, shift=0.25, flip=False, padding="reflection")
+    shifted = _view(augment, ramp, [0.0, 0.0, -1.0, 0.0, 1.0])  # half the side to the left: no zeros
+    assert shifted.min() > 0.0
+    # BiT: shorter side 512, random 480 crop of a 375 x 500 image cached as a square: the crop spans
+    # 480/512 of the height and 480/(512 * 500/375) of the width, uniformly placed.
+    bit = Augment(out_size=480, crop_fraction=480 / 512)
+    theta = bit.thetas(torch.tensor([[0.0, 0.0, 1.0, -1.0, 1.0]]), np.array([[375, 500]]))[0]
+    assert theta[1, 1].item() == pytest.approx(480 / 512) and theta[0, 0].item() == pytest.approx(480 / 512 * 375 / 500)
+    assert theta[0, 2].item() == pytest.approx(1 - 480 / 512 * 375 / 500) and theta[1, 2].item() == pytest.approx(-(1 - 480 / 512))
+    square = bit.thetas(torch.tensor([[0.0, 0.0, 0.3, 0.3, -1.0]]))[0]
+    assert square[0, 0].item() == pytest.approx(-480 / 512) and square[1, 1].item() == pytest.approx(480 / 512)

@@ -1,8 +1,12 @@
 """Image decoding (8/16-bit, DICOM, CIFAR batch members) and the pre-resized uint8 image cache.
 
 Study preprocessing: grayscale scaled to [0, 1] (8-bit / 255, 16-bit / 65535, DICOM by BitsStored),
-centre crop to a square, antialiased resize. Training reads the result from a memory-mapped uint8
-cache so that each image is decoded once per (path set, size, mode), not once per epoch.
+centre crop to a square (the X-ray pipeline: torchxrayvision's XRayCenterCrop), antialiased resize.
+Modes "L:squash" / "RGB:squash" resize the whole image to the square instead (aspect not kept): the
+BiT pipeline's evaluation view (`Resize((crop, crop))` in the authors' build_transforms), from which
+training takes aspect-true random crops with the original sizes (`original_sizes`). Training reads
+the result from a memory-mapped uint8 cache so that each image is decoded once per (path set, size,
+mode), not once per epoch.
 
 Cache layout, under ``cache_dir/{key[:16]}/``:
 
@@ -11,6 +15,7 @@ Cache layout, under ``cache_dir/{key[:16]}/``:
 - ``done.npy``        bool per index: the slot holds a finished image
 - ``quarantine.json`` {path: reason} of unreadable files (their slots stay zeros)
 - ``meta.json``       key, size, mode, shape, format version
+- ``sizes.npy``       original (height, width) per index, written by the first reader that asks
 
 Writers hold an exclusive lock (``xrstudy.io.file_lock``: flock, dropped by the OS if the holder
 dies) on ``cache_dir/{key[:16]}.lock``; readers of a finished cache take no lock, because a finished
@@ -30,6 +35,7 @@ import math
 import multiprocessing
 import os
 import pickle
+import shutil
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +49,7 @@ from PIL import Image, UnidentifiedImageError
 from xrstudy.io import DiskFullError, atomic_path, atomic_write_text, check_free_space, file_lock, is_disk_full
 
 FORMAT_VERSION = 1  # bump when the stored pixels would change (decoding, resampling, layout)
-MODES = ("L", "RGB")
+MODES = ("L", "RGB", "L:squash", "RGB:squash")  # colour, then ":squash" = whole image, aspect not kept
 RESAMPLE = Image.Resampling.BILINEAR  # PIL's reducing BILINEAR is antialiased, like torchvision's Resize
 DICOM_SUFFIXES = (".dcm", ".dicom")
 CIFAR_SIDE = 32
@@ -194,24 +200,43 @@ def prepare_image(path: str | os.PathLike[str], size: int, mode: str) -> np.ndar
     """Decode, centre crop to a square, antialiased resize to size x size, uint8.
 
     mode "L" gives size x size (a colour source becomes luminance), "RGB" size x size x 3 (a grayscale
-    source is copied to 3 channels). 16-bit and DICOM sources are resized in float, so their extra
-    depth contributes to the rounded 8-bit result.
+    source is copied to 3 channels); with ":squash" the whole image is resized (no crop). 16-bit and
+    DICOM sources are resized in float, so their extra depth contributes to the rounded 8-bit result.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    colour, _, fit = mode.partition(":")
     image = _decode(path)
-    if mode == "L" and image.mode == "RGB":
+    if colour == "L" and image.mode == "RGB":
         image = image.convert("L")  # ITU-R 601-2 luminance
-    # Crop, then resize: resize(box=...) would let the filter reach past the square into the sides.
-    image = image.crop(centre_square(*image.size))
+    if fit != "squash":
+        # Crop, then resize: resize(box=...) would let the filter reach past the square into the sides.
+        image = image.crop(centre_square(*image.size))
     if image.mode in ("L", "RGB"):
         pixels = np.asarray(image.resize((size, size), RESAMPLE))
     else:  # 16-bit or float: resize in float so no depth is lost before the final rounding
         grey = Image.fromarray(_scaled(image), "F")
         pixels = _to_uint8(np.asarray(grey.resize((size, size), RESAMPLE)))
-    if mode == "RGB" and pixels.ndim == 2:
+    if colour == "RGB" and pixels.ndim == 2:
         pixels = np.repeat(pixels[:, :, None], 3, axis=2)
     return np.ascontiguousarray(pixels, dtype=np.uint8)
+
+
+def original_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(height, width) of an image from its header (no pixel decoding); (0, 0) when unreadable."""
+    path = str(path)
+    if _member(path) is not None:
+        return CIFAR_SIDE, CIFAR_SIDE
+    try:
+        if _is_dicom(path):
+            import pydicom
+
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+            return int(header.Rows), int(header.Columns)
+        with Image.open(path) as image:
+            return image.height, image.width
+    except Exception:  # noqa: BLE001 - an unreadable file is quarantined by the build; here it is square
+        return 0, 0
 
 
 # ---- cache files ------------------------------------------------------------------------------
@@ -222,7 +247,7 @@ def cache_key(paths: Iterable[str], size: int, mode: str) -> str:
 
 
 def _image_shape(count: int, size: int, mode: str) -> tuple[int, ...]:
-    return (count, size, size) if mode == "L" else (count, size, size, 3)
+    return (count, size, size) if mode.partition(":")[0] == "L" else (count, size, size, 3)
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -265,10 +290,7 @@ class ImageCache:
     quarantined: dict[str, str]
     built: int = 0
     reused: int = 0
-    _index: dict[str, int] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        self._index = {path: i for i, path in enumerate(self.paths)}
+    _index: Any = field(default=None, repr=False)  # pandas.Index of `paths`, built on first lookup
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -276,11 +298,43 @@ class ImageCache:
     def __getitem__(self, index: Any) -> np.ndarray:
         return self.images[index]
 
+    def _path_index(self) -> Any:
+        if self._index is None:
+            import pandas as pd  # a hash index over the paths: one vectorised lookup per split
+
+            self._index = pd.Index(self.paths)
+        return self._index
+
+    def rows_of(self, paths: Sequence[str]) -> np.ndarray:
+        """Cache rows (int64) of `paths`, in their order; a path outside the cache is a KeyError."""
+        rows = self._path_index().get_indexer([str(p) for p in paths])
+        if (rows < 0).any():
+            missing = [str(p) for p, r in zip(paths, rows) if r < 0]
+            raise KeyError(f"{len(missing)} paths are not in the image cache {self.folder}, e.g. {missing[:3]}")
+        return rows.astype(np.int64)
+
     def index_of(self, path: str | os.PathLike[str]) -> int:
         try:
-            return self._index[str(path)]
+            return int(self.rows_of([str(path)])[0])
         except KeyError:
             raise KeyError(f"{path} is not in the image cache {self.folder}") from None
+
+    def original_sizes(self) -> np.ndarray:
+        """Original (height, width) per cache row, int32, read from the image headers once and kept
+        in ``sizes.npy`` beside the cache (atomically written; every reader computes the same)."""
+        from xrstudy.io import atomic_path
+
+        path = self.folder / "sizes.npy"
+        try:
+            sizes = np.load(path)
+            if sizes.shape == (len(self.paths), 2):
+                return sizes
+        except (OSError, ValueError, EOFError):
+            pass
+        sizes = np.array([original_size(p) for p in self.paths], dtype=np.int32).reshape(len(self.paths), 2)
+        with atomic_path(path) as temp, open(temp, "wb") as handle:
+            np.save(handle, sizes)
+        return sizes
 
     @property
     def quarantine_file(self) -> Path:
@@ -493,3 +547,33 @@ def build_cache(paths: Iterable[str | os.PathLike[str]], size: int, cache_dir: s
     reused = int(done.sum()) - built
     return ImageCache(files.folder, key, files.paths, size, mode, files.open(writable=False),
                       {p: quarantine[p] for p in files.paths if p in quarantine}, built, reused)
+
+
+# ---- before a build: will it fit? ----------------------------------------------------------------
+def bytes_to_build(paths: Iterable[str | os.PathLike[str]], size: int, cache_dir: str | os.PathLike[str],
+                   mode: str = "L") -> tuple[Path, int]:
+    """(cache folder, bytes the build still has to allocate on its disk): 0 for a finished cache."""
+    unique = sorted({str(p) for p in paths})
+    key = cache_key(unique, size, mode)
+    files = _CacheFiles(Path(cache_dir) / key[:16], key, unique, int(size), mode)
+    if files.finished():
+        return files.folder, 0
+    allocated = files.images_path.stat().st_blocks * 512 if files.images_path.exists() else 0  # sparse file
+    return files.folder, max(0, int(np.prod(files.shape)) - allocated)
+
+
+class CacheSpaceError(OSError):
+    """The image cache does not fit on the disk it is to be built on."""
+
+
+def check_free_space(folder: str | os.PathLike[str], needed_bytes: int) -> None:
+    """Refuse, with a clear message, a build that needs more bytes than the disk under `folder` has free."""
+    probe = Path(folder).absolute()
+    while not probe.exists():  # the folder may not exist yet: ask the disk of its nearest ancestor
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed_bytes > free:
+        raise CacheSpaceError(
+            f"{folder}: the image cache needs {needed_bytes / 1e9:.2f} GB more, but the disk holding {probe} has "
+            f"{free / 1e9:.2f} GB free; point cache_dir at a larger disk or free space"
+        )

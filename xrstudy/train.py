@@ -2,18 +2,20 @@
 
 Read it top to bottom -- it is the whole path from a RunConfig to a result JSON:
 
-    study   = data.prepare(cfg)                      tables, classes, split hash
-    recipe  = recipe_of(cfg, len(study.train), ...)  steps, LR schedule, sizes (xrstudy.hyper.recipe_for)
-    splits  = load_splits(cfg, study, size)          uint8 images from the image cache + targets
+    study   = data.prepare(cfg)                      tables, classes, split hash, modality
+    recipe  = recipe_of(cfg, study)                  steps, LR schedule, sizes (xrstudy.hyper.recipe_for)
+    splits  = open_splits(cfg, study, recipe)        cache rows + targets (the pixels stay in the memmap)
     model   = create_model(cfg, num_classes)         timm network, init, head
     learn   = make_learner(model, splits.train, setup)
-    fit(learn)                                       (resumes from {run_dir}/train_state.pt)
+    fit(learn, epoch_end) ...                        (resumes from {run_dir}/train_state.pt); pre-training
+                                                     validates every epoch and keeps the best checkpoint
     metrics = evaluate on valid and test             NaN-safe metrics + bootstrap CIs
     checkpoint (pre-training cells) + results.save
 
 Multi-GPU: the same command under `torchrun --nproc_per_node N xrstudy train cfg.yaml`. `batch_size`
-is the global batch (the recipe's), split evenly over the processes; the LR follows the global
-batch, so a cell computes the same thing on 1 or N devices.
+is the global batch (the recipe's), split evenly over the processes, and `micro_batch` (> 0) caps
+what one device runs per forward pass (gradients are accumulated to the global batch); the LR follows
+the global batch, so a cell computes the same thing on 1 or N devices.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,24 +33,22 @@ import torch
 import torch.distributed as dist
 
 from xrstudy import hyper
+from xrstudy.callbacks import load_train_state, unwrap
 from xrstudy.config import ConfigError, RunConfig
-from xrstudy.learner import (
-    Augment,
-    Split,
-    TrainSetup,
-    bootstrap_ci,
-    classification_metrics,
-    fit,
-    load_train_state,
-    make_learner,
-    predict,
-    restore,
-    unwrap,
-)
-from xrstudy.models import base_arch, create_model, write_checkpoint
+from xrstudy.data import StudyData
+from xrstudy.learner import BestCheckpoint, TrainSetup, epoch_ends, fit, make_learner, next_step, predict, restore
+from xrstudy.loaders import Augment, Split
+from xrstudy.metrics import bootstrap_ci, classification_metrics
+from xrstudy.models import base_arch, create_model, input_stats, read_checkpoint, write_checkpoint
+
+if TYPE_CHECKING:
+    from fastai.learner import Learner
+
+    from xrstudy.images import ImageCache
 
 TRAIN_STATE = "train_state.pt"
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.pt"  # pre-training: the best validation loss (what transfers load)
+LAST_CHECKPOINT = "last.pt"  # pre-training: the final weights
 BOOTSTRAP_SAMPLES = 200
 
 
@@ -93,32 +93,17 @@ def start_process(cfg: RunConfig) -> Process:
 # become the learner's augmentation.
 AUGMENTS: dict[str, Callable[[hyper.Recipe], Augment]] = {
     "bit": lambda r: Augment(out_size=r.crop, crop_fraction=r.crop / r.resize, flip=True),
-    "xray": lambda r: Augment(out_size=r.crop, shift=0.25, scale=0.1, rotate_deg=45.0, flip=True),
+    # cohen_aug (transfer_learning/datasets/chexpert.py): ShiftScaleRotate(shift 0.25, scale 0.1, rotate 45,
+    # albumentations' default border BORDER_REFLECT_101 ~ grid_sample "reflection"), HorizontalFlip(0.5).
+    "xray": lambda r: Augment(out_size=r.crop, shift=0.25, scale=0.1, rotate_deg=45.0, flip=True, padding="reflection"),
 }
-
-
-def recipe_of(cfg: RunConfig, train_size: int, image_hw: tuple[int, int]) -> hyper.Recipe:
-    from xrstudy import sources
-
-    name = cfg.target if cfg.kind == "transfer" else ""
-    pipeline = sources.source_of(name).transfer_pipeline if name else "xray"
-    return hyper.recipe_for(cfg, train_size, image_hw, pipeline=pipeline)
-
-
-# ---- images and targets -----------------------------------------------------------------------
-def _build_cache(paths: Sequence[str], size: int, cache_dir: Path, mode: str, workers: int) -> Any:
-    from xrstudy.images import build_cache
-
-    return build_cache(paths, size, cache_dir, mode, workers)
-
-
 PROBE_ATTEMPTS = 20  # unreadable leading images are skipped (the cache quarantines them)
 
 
-def probe_image(paths: Sequence[str]) -> tuple[str, tuple[int, int]]:
-    """(cache mode "L" or "RGB", original (height, width)) of the first readable image, decoded by
-    xrstudy.images (so DICOM, 16-bit PNG and CIFAR `FILE#N` members are probed like any JPEG).
-    Unreadable files are skipped here; the image cache quarantines and counts them."""
+def probe_image(paths: Sequence[str]) -> tuple[int, int]:
+    """Original (height, width) of the first readable image, decoded by xrstudy.images (so DICOM,
+    16-bit PNG and CIFAR `FILE#N` members are probed like any JPEG). Unreadable files are skipped
+    here; the image cache quarantines and counts them."""
     from xrstudy.images import ImageError, load_image
 
     for path in list(paths)[:PROBE_ATTEMPTS]:
@@ -126,22 +111,32 @@ def probe_image(paths: Sequence[str]) -> tuple[str, tuple[int, int]]:
             pixels = load_image(str(path))
         except ImageError:
             continue
-        return ("RGB" if pixels.ndim == 3 else "L"), (int(pixels.shape[0]), int(pixels.shape[1]))
+        return int(pixels.shape[0]), int(pixels.shape[1])
     raise ConfigError(f"none of the first {PROBE_ATTEMPTS} training images is readable (first: {list(paths)[:1]})")
 
 
-def image_mode(cfg: RunConfig, table: pd.DataFrame) -> str:
-    """X-ray sources are cached grayscale, natural images in colour; an ImageFolder is probed."""
+def pipeline_of(cfg: RunConfig) -> str:
+    """"xray" (pre-training, and targets that transfer with it) or "bit" (BiT-HyperRule resolution)."""
     from xrstudy import sources
 
-    name = cfg.sources[0] if cfg.kind == "pretrain" else cfg.target
-    if name in sources.SOURCES and sources.SOURCES[name].modality == "xray":
-        return "L"
-    if table.empty:
-        return "RGB"
-    return probe_image(table["path"])[0]
+    return sources.source_of(cfg.target).transfer_pipeline if cfg.kind == "transfer" else "xray"
 
 
+def recipe_of(cfg: RunConfig, study: StudyData) -> hyper.Recipe:
+    """The cell's recipe; the BiT pipeline needs the original image size, so only it probes one."""
+    pipeline = pipeline_of(cfg)
+    image_hw = probe_image(study.train["path"]) if pipeline == "bit" else (0, 0)
+    return hyper.recipe_for(cfg, len(study.train), image_hw, pipeline=pipeline)
+
+
+def image_mode(study: StudyData, recipe: hyper.Recipe) -> str:
+    """X-ray images are cached grayscale, natural images in colour (as `xrstudy data cache` does); the
+    BiT pipeline caches the whole image squashed to a square (its evaluation view)."""
+    colour = "L" if study.modality == "xray" else "RGB"
+    return colour + (":squash" if recipe.cache_fit == "squash" else "")
+
+
+# ---- images and targets -----------------------------------------------------------------------
 def targets_of(table: pd.DataFrame, classes: Sequence[str], multilabel: bool) -> torch.Tensor:
     if multilabel:
         return torch.from_numpy(table[list(classes)].to_numpy(dtype=np.float32, na_value=np.nan, copy=True))
@@ -152,40 +147,62 @@ def targets_of(table: pd.DataFrame, classes: Sequence[str], multilabel: bool) ->
     return torch.tensor([index[name] for name in table["label"]], dtype=torch.int64)
 
 
-def load_splits(cfg: RunConfig, study: Any, size: int, mode: str) -> tuple[dict[str, Split], dict[str, int]]:
-    """Each split as uint8 images N x C x H x W + targets; quarantined images are dropped and counted."""
-    tables = {"train": study.train, "valid": study.valid, "test": study.test}
-    # StudyData.paths: the whole dataset (all shot counts and seeds of a target share one cache).
-    paths = list(getattr(study, "paths", None) or sorted({str(p) for t in tables.values() for p in t["path"]}))
+def open_cache(cfg: RunConfig, paths: Sequence[str], size: int, mode: str) -> ImageCache:
+    """The uint8 image cache of `paths` (built once, shared by every cell of the dataset); a build
+    that cannot fit on its disk is refused before it starts."""
+    from xrstudy import images
+
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out_dir) / "cache"
-    cache = _build_cache(paths, size, cache_dir, mode, cfg.workers)
-    quarantined = set(getattr(cache, "quarantined", {}) or {})
+    folder, missing = images.bytes_to_build(paths, size, cache_dir, mode)
+    if missing:
+        try:
+            images.check_free_space(folder, missing)
+        except images.CacheSpaceError as err:
+            raise ConfigError(f"{cfg.name}: {err}") from None
+    return images.build_cache(paths, size, cache_dir, mode, cfg.workers)
+
+
+def open_splits(cfg: RunConfig, study: StudyData, size: int, mode: str) -> tuple[dict[str, Split], dict[str, int]]:
+    """Each split as rows of the memory-mapped cache + targets; quarantined images are dropped and
+    counted. No pixel is read here: the loaders gather each batch when it is needed."""
+    cache = open_cache(cfg, study.paths, size, mode)
+    quarantined = set(cache.quarantined)
     splits, dropped = {}, {}
-    for name, table in tables.items():
+    for name, table in {"train": study.train, "valid": study.valid, "test": study.test}.items():
         keep = ~table["path"].astype(str).isin(quarantined)
         dropped[name] = int((~keep).sum())
         table = table[keep]
-        arrays = [np.asarray(cache[cache.index_of(str(p))]) for p in table["path"]]
-        images = torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros((0, size, size), dtype=torch.uint8)
-        images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
-        splits[name] = Split(images.contiguous(), targets_of(table, study.classes, study.multilabel))
+        rows = cache.rows_of(table["path"].astype(str).tolist())
+        # A squashed image is cropped aspect-true in training: it needs the original sizes.
+        hw = cache.original_sizes()[rows] if name == "train" and mode.endswith(":squash") else None
+        splits[name] = Split(cache.images, rows, targets_of(table, study.classes, study.multilabel), hw)
     return splits, dropped
 
 
 # ---- evaluation -------------------------------------------------------------------------------
-def evaluate(learn: Any, splits: dict[str, Split], classes: Sequence[str], multilabel: bool,
-             seed: int) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, list[float]]]:
-    metrics, per_class, ci = {}, {}, {}
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, float]
+    per_class: dict[str, dict[str, float]]
+    ci: dict[str, list[float]]
+    seconds: float
+
+
+def evaluate(learn: Learner, splits: dict[str, Split], study: StudyData, batch: int, seed: int) -> Evaluation:
+    started = time.perf_counter()
+    metrics: dict[str, float] = {}
+    per_class: dict[str, dict[str, float]] = {}
+    ci: dict[str, list[float]] = {}
     for name in ("valid", "test"):
         if len(splits[name]) == 0:
             continue
-        probs, targets = predict(learn, splits[name])
-        values, by_class = classification_metrics(probs, targets, classes, multilabel)
+        probs, targets = predict(learn, splits[name], batch)
+        values, by_class = classification_metrics(probs, targets, study.classes, study.multilabel)
         metrics.update({f"{name}/{k}": v for k, v in values.items()})
         if name == "test":
             per_class = by_class
-            ci = {f"test/{k}": v for k, v in bootstrap_ci(probs, targets, multilabel, seed, BOOTSTRAP_SAMPLES).items()}
-    return metrics, per_class, ci
+            ci = {f"test/{k}": v for k, v in bootstrap_ci(probs, targets, study.multilabel, seed, BOOTSTRAP_SAMPLES).items()}
+    return Evaluation(metrics, per_class, ci, time.perf_counter() - started)
 
 
 # ---- provenance -------------------------------------------------------------------------------
@@ -217,7 +234,7 @@ def _precision(cfg: RunConfig, device: torch.device) -> str:
 
 
 # ---- the cell ---------------------------------------------------------------------------------
-def run(cfg: RunConfig, *, resume: bool = False, callbacks: Sequence[Any] = (), study: Any = None,
+def run(cfg: RunConfig, *, resume: bool = False, callbacks: Sequence[Any] = (), study: StudyData | None = None,
         checkpoint_every_steps: int = 0, checkpoint_every_s: float = 600.0) -> dict[str, Any]:
     """Train and evaluate one cell; returns (and on rank 0 saves) its result dict.
 
@@ -232,48 +249,52 @@ def run(cfg: RunConfig, *, resume: bool = False, callbacks: Sequence[Any] = (), 
             dist.destroy_process_group()
 
 
-def _run(cfg: RunConfig, proc: Process, resume: bool, callbacks: Sequence[Any], study: Any,
+def _run(cfg: RunConfig, proc: Process, resume: bool, callbacks: Sequence[Any], study: StudyData | None,
          checkpoint_every_steps: int, checkpoint_every_s: float) -> dict[str, Any]:
     if cfg.batch_size % proc.world:
         raise ConfigError(f"batch_size {cfg.batch_size} (global) is not divisible by {proc.world} processes")
+    per_device = cfg.batch_size // proc.world
+    if cfg.micro_batch and per_device % min(cfg.micro_batch, per_device):
+        raise ConfigError(f"micro_batch {cfg.micro_batch} does not divide the per-device batch {per_device} "
+                          f"(batch_size {cfg.batch_size} over {proc.world} processes)")
     if study is None:
         from xrstudy import data
 
         study = data.prepare(cfg)
     if len(study.train) == 0:
         raise ConfigError(f"{cfg.name}: the training split is empty ({dict(study.dropped)} rows dropped)")
-    multilabel, classes = bool(study.multilabel), tuple(study.classes)
 
-    # Recipe first (it fixes the cache size), then the images at that size.
-    mode = image_mode(cfg, study.train)
-    original_hw = probe_image(study.train["path"])[1]
-    recipe = recipe_of(cfg, len(study.train), original_hw)
-    splits, quarantined = load_splits(cfg, study, recipe.resize, mode)
+    # Recipe first (it fixes the cache size), then the cache rows of each split.
+    recipe = recipe_of(cfg, study)
+    splits, quarantined = open_splits(cfg, study, recipe.resize, image_mode(study, recipe))
 
     # Model, and the training state to resume from.
-    model = create_model(cfg, num_classes=len(classes), head=cfg.head)
-    run_dir = cfg.run_dir
-    state_path = run_dir / TRAIN_STATE
+    model = create_model(cfg, num_classes=len(study.classes), head=cfg.head)
+    state_path = cfg.run_dir / TRAIN_STATE
     state = load_train_state(state_path) if resume and state_path.is_file() else None
     if state is not None and state.get("run_id") != cfg.run_id:
         raise ConfigError(f"{state_path}: training state of run {state.get('run_id')!r}, not {cfg.run_id!r}")
-    start_step = int(state["step"]) if state else 0
 
+    mean, std = input_stats(cfg)
     setup = TrainSetup(
-        multilabel=multilabel,
-        num_classes=len(classes),
+        multilabel=study.multilabel,
+        num_classes=len(study.classes),
         schedule=recipe.schedule,
-        per_device_batch=cfg.batch_size // proc.world,
+        per_device_batch=per_device,
+        micro_batch=cfg.micro_batch,
         seed=cfg.seed,
         augment=AUGMENTS[recipe.augment](recipe),
         eval_size=recipe.eval_size,
         weight_decay=recipe.weight_decay,
         mixup_alpha=recipe.mixup_alpha,
+        sampler=cfg.sampler,
+        mean=mean,
+        std=std,
         device=proc.device,
         precision=_precision(cfg, proc.device),
         channels_last=proc.device.type == "cuda",
         compile=cfg.compile,
-        start_step=start_step,
+        start_step=int(state["step"]) if state else 0,
         rank=proc.rank,
         world=proc.world,
         checkpoint_path=state_path,
@@ -283,60 +304,79 @@ def _run(cfg: RunConfig, proc: Process, resume: bool, callbacks: Sequence[Any], 
     )
     learn = make_learner(model, splits["train"], setup, callbacks)
     if state is not None:
-        restore(learn, state)
+        restore(learn, state, setup)
+    eval_batch = 2 * min(cfg.micro_batch or per_device, per_device)
+    sidecar = {"arch": base_arch(cfg.arch), "run_id": cfg.run_id, "config": cfg.to_dict(),
+               "split_sha256": study.split_sha256, "classes": list(study.classes), "multilabel": study.multilabel}
+    best = None
+    if cfg.kind == "pretrain" and len(splits["valid"]) and proc.is_main:
+        best = BestCheckpoint(cfg.run_dir / CHECKPOINT, sidecar, splits["valid"], eval_batch, state is not None)
 
     started = time.perf_counter()
-    fit(learn)
+    for stop in epoch_ends(next_step(learn), recipe.steps, recipe.valid_every if cfg.kind == "pretrain" else 0):
+        fit(learn, stop)
+        if best is not None:
+            best.update(learn, stop)
     train_s = time.perf_counter() - started
     if proc.world > 1:
         dist.barrier()
     if not proc.is_main:
         return {}
 
-    # Evaluate the plain model (not the DDP wrapper: rank 0 alone), then write the outputs.
+    # Evaluate the plain model (not the DDP wrapper: rank 0 alone) -- for a pre-training cell the
+    # best-validation weights, the ones transfers load -- then write the outputs.
     learn.model = unwrap(learn.model)
-    started = time.perf_counter()
-    metrics, per_class, ci = evaluate(learn, splits, classes, multilabel, cfg.seed)
-    eval_s = time.perf_counter() - started
-
     checkpoint = None
     if cfg.kind == "pretrain":
-        checkpoint = write_checkpoint(run_dir / CHECKPOINT, learn.model, {
-            "arch": base_arch(cfg.arch), "run_id": cfg.run_id, "config": cfg.to_dict(),
-            "split_sha256": study.split_sha256, "classes": list(classes), "multilabel": multilabel,
-            "step": recipe.steps,
-        })
+        write_checkpoint(cfg.run_dir / LAST_CHECKPOINT, learn.model, {**sidecar, "step": recipe.steps})
+        if best is not None and best.step >= 0:
+            kept = read_checkpoint(best.path)
+            learn.model.load_state_dict(kept.state)
+            checkpoint = {"path": str(kept.path), "sha256": kept.sidecar["sha256"]}
+        else:  # no validation split (or no finite loss): the final weights
+            checkpoint = write_checkpoint(cfg.run_dir / CHECKPOINT, learn.model, {**sidecar, "step": recipe.steps})
+    evaluation = evaluate(learn, splits, study, eval_batch, cfg.seed)
     state_path.unlink(missing_ok=True)  # finished: the result (and checkpoint) supersede it
 
-    result = _result(cfg, study, splits, quarantined, metrics, per_class, ci, checkpoint, proc,
-                     {"train_s": train_s, "eval_s": eval_s}, recipe)
+    outcome = Outcome(evaluation=evaluation, checkpoint=checkpoint, train_s=train_s, last_step=recipe.steps,
+                      counts={name: len(split) for name, split in splits.items()}, quarantined=quarantined)
+    result = _result(cfg, study, outcome, proc)
     save_result(result, cfg)
     return result
 
 
-def _result(cfg: RunConfig, study: Any, splits: dict[str, Split], quarantined: dict[str, int],
-            metrics: dict[str, float], per_class: dict[str, Any], ci: dict[str, Any], checkpoint: Any,
-            proc: Process, timings: dict[str, float], recipe: hyper.Recipe) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished cell produced, for its result JSON."""
+
+    evaluation: Evaluation
+    checkpoint: dict[str, str] | None
+    train_s: float
+    last_step: int
+    counts: dict[str, int]  # images per split (after the quarantine)
+    quarantined: dict[str, int]  # per split: images dropped because the cache could not decode them
+
+
+def _result(cfg: RunConfig, study: StudyData, outcome: Outcome, proc: Process) -> dict[str, Any]:
     from xrstudy import results
 
     dropped = dict(study.dropped)
-    if any(quarantined.values()):
-        dropped["quarantine"] = dropped.get("quarantine", 0) + sum(quarantined.values())
+    if any(outcome.quarantined.values()):
+        dropped["quarantine"] = dropped.get("quarantine", 0) + sum(outcome.quarantined.values())
     return results.new_result(
-        cfg, metrics,
-        per_class=per_class,
-        ci=ci,
+        cfg, outcome.evaluation.metrics,
+        per_class=outcome.evaluation.per_class,
+        ci=outcome.evaluation.ci,
         split_sha256=study.split_sha256,
-        split_file=getattr(study, "split_path", ""),
+        split_file=study.split_path,
         shots_ids=list(study.shots_ids),  # the k-shot training images, so a cell can be audited / redone
-        checkpoint=checkpoint,
-        counts={**{name: len(split) for name, split in splits.items()}, "dropped": dropped,
-                "shots_ids": len(study.shots_ids)},
+        checkpoint=outcome.checkpoint,
+        counts={**outcome.counts, "dropped": dropped, "shots_ids": len(study.shots_ids)},
         versions=_versions(),
         git_commit=_git_commit(),
         device=_device_name(proc.device) + (f" x{proc.world}" if proc.world > 1 else ""),
-        timings=timings,
-        last_step=recipe.steps,
+        timings={"train_s": outcome.train_s, "eval_s": outcome.evaluation.seconds},
+        last_step=outcome.last_step,
     )
 
 
@@ -356,5 +396,4 @@ def cmd_train(args: Any) -> int:
     return 0
 
 
-__all__ = ["run", "recipe_of", "AUGMENTS", "load_splits", "evaluate",
-           "cmd_train", "start_process"]
+__all__ = ["run", "recipe_of", "AUGMENTS", "open_splits", "evaluate", "cmd_train", "start_process", "Outcome"]
