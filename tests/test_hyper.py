@@ -7,7 +7,6 @@ import pytest
 
 from xrstudy.config import RunConfig
 from xrstudy.hyper import (
-    Schedule,
     bit_hyperrule,
     cache_bytes,
     lr_at,

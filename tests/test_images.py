@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xrstudy import images
+from xrstudy import images, io
 from xrstudy.images import ImageError, build_cache, cache_key, load_image, prepare_image
 
 
@@ -292,7 +292,7 @@ def test_interrupted_build_resumes_with_only_missing_images(
 
 _BUILD_SCRIPT = """
 import json, sys, time
-from xrstudy import images
+from xrstudy import images, io
 real = images.prepare_image
 def slow(path, size, mode):
     time.sleep(float(sys.argv[3]))
@@ -404,8 +404,9 @@ def test_a_build_that_cannot_fit_is_refused_before_it_starts(tmp_path: Path, jpe
     folder, missing = images.bytes_to_build(jpegs, 16, tmp_path / "cache", "RGB")
     assert missing == len(jpegs) * 16 * 16 * 3 and folder.parent == tmp_path / "cache"
     images.check_free_space(folder, missing)  # plenty here
-    monkeypatch.setattr(images.shutil, "disk_usage", lambda path: SimpleNamespace(free=100))
-    with pytest.raises(images.CacheSpaceError, match=r"needs 0\.00 GB more, but the disk .* 0\.00 GB free"):
+    monkeypatch.setattr(io.shutil, "disk_usage", lambda path: SimpleNamespace(free=100))
+    with pytest.raises(io.DiskFullError, match=r"not enough free space in .* needs .*, 100 B free"):
         images.check_free_space(folder, missing)
+    monkeypatch.undo()
     build_cache(jpegs, 16, tmp_path / "cache", "RGB", 1)
     assert images.bytes_to_build(jpegs, 16, tmp_path / "cache", "RGB")[1] == 0  # finished: nothing to check

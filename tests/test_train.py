@@ -294,7 +294,7 @@ def test_inputs_are_normalised_with_the_inits_statistics():
     from xrstudy.models import IMAGENET_STATS, XRAY_STATS, input_stats
 
     assert input_stats(RunConfig(kind="transfer", target="t")) == XRAY_STATS  # scratch
-    assert input_stats(RunConfig(kind="transfer", target="t", init="run:abc")) == XRAY_STATS
+    assert input_stats(RunConfig(kind="transfer", target="t", init="run:pretrain-0123456789ab")) == XRAY_STATS
     assert input_stats(RunConfig(kind="transfer", target="t", init="paper", init_label="chexpert_mimic")) == XRAY_STATS
     assert input_stats(RunConfig(kind="transfer", target="t", init="paper", init_label="imagenet21k")) == IMAGENET_STATS
     assert IMAGENET_STATS == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -303,10 +303,10 @@ def test_inputs_are_normalised_with_the_inits_statistics():
 
 
 def test_a_cell_whose_cache_cannot_fit_refuses_to_start(tmp_path, xray, monkeypatch):
-    from xrstudy import images
+    from xrstudy import io
 
-    monkeypatch.setattr(images.shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))
-    with pytest.raises(train.ConfigError, match="image cache needs .* GB more.*cache_dir"):
+    monkeypatch.setattr(io.shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))
+    with pytest.raises(io.DiskFullError, match=r"not enough free space in .* for the image cache of .*: needs"):
         train.run(pretrain_cfg(tmp_path / "o"), study=xray)
 
 

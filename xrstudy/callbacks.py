@@ -17,7 +17,6 @@ event, so the step's work sits in few callbacks (benchmarks/bench_learner.py mea
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from pathlib import Path
@@ -25,7 +24,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 # fastai.layers decorates helpers with torch.jit.script at import, which torch >= 2.10 flags as
 # deprecated: a warning the user can do nothing about, printed at the top of every cell.
@@ -36,6 +34,7 @@ with warnings.catch_warnings():
 from timm.utils import adaptive_clip_grad
 
 from xrstudy.hyper import AGC_CLIP, Schedule
+from xrstudy.checkpoints import tensor_bytes, unwrap
 from xrstudy.io import atomic_path
 
 TRAIN_STATE_FORMAT = "xrstudy.train_state/1"
@@ -51,13 +50,6 @@ class LocalCallback(Callback):
     """
 
     _xtra = ("training",)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside torch.compile and DDP wrappers."""
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    model = getattr(model, "module", model)  # DDP
-    return getattr(model, "_orig_mod", model)
 
 
 def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
@@ -206,8 +198,8 @@ def save_train_state(path: str | Path, learn: Learner, next_step: int, identity:
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
-    with atomic_path(path) as temp, open(temp, "wb") as handle:
-        torch.save(state, handle)
+    with atomic_path(path, needed_bytes=2 * tensor_bytes(state["model"])) as temp, open(temp, "wb") as handle:
+        torch.save(state, handle)  # weights + optimiser momentum: about twice the weights
 
 
 def load_train_state(path: str | Path) -> dict[str, Any]:

@@ -14,10 +14,8 @@ authors' own R152x4 micro-batches on A100-40GB; A100-40GB rows: the authors' cho
 in the table is scaled from the nearest one by pixel count. `micro_batch` turns that into the cell's
 execution field: the global batch is then reached by gradient accumulation (the training side).
 
-Memory: `cache_bytes` and `ram_per_rank_bytes` are written here until the training side exposes its
-own (`xrstudy.hyper` / loaders): the uint8 cache holds every image of a dataset once at the recipe's
-resize (1 channel for X-rays, 3 for natural images); today's loaders (`xrstudy.train.load_splits`)
-copy a cell's train, valid and test images into memory on every rank.
+Cache bytes on disk and host memory per rank are the training side's own pure functions
+(`xrstudy.hyper.cache_bytes`, `ram_per_rank`); the plan calls them.
 """
 
 from __future__ import annotations
@@ -134,15 +132,5 @@ def channels(modality: str) -> int:
     return 1 if modality == "xray" else 3
 
 
-def cache_bytes(n_images: int, side: int, modality: str) -> int:
-    """Bytes of the uint8 image cache: every image of the dataset once, `side` x `side` pixels."""
-    return int(n_images) * side * side * channels(modality)
-
-
-def ram_per_rank_bytes(n_images_in_memory: int, side: int, modality: str) -> int:
-    """Bytes of images each rank holds: today's loaders copy the cell's train + valid + test images."""
-    return int(n_images_in_memory) * side * side * channels(modality)
-
-
 __all__ = ["Throughput", "throughput", "throughput_table", "arch_params", "Fit", "images_per_gpu", "memory_table",
-           "micro_batch", "gpu_hours", "cache_bytes", "ram_per_rank_bytes", "channels", "DEFAULT_DEVICE"]  # fmt: skip
+           "micro_batch", "gpu_hours", "channels", "DEFAULT_DEVICE"]  # fmt: skip

@@ -35,7 +35,6 @@ import math
 import multiprocessing
 import os
 import pickle
-import shutil
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -560,20 +559,3 @@ def bytes_to_build(paths: Iterable[str | os.PathLike[str]], size: int, cache_dir
         return files.folder, 0
     allocated = files.images_path.stat().st_blocks * 512 if files.images_path.exists() else 0  # sparse file
     return files.folder, max(0, int(np.prod(files.shape)) - allocated)
-
-
-class CacheSpaceError(OSError):
-    """The image cache does not fit on the disk it is to be built on."""
-
-
-def check_free_space(folder: str | os.PathLike[str], needed_bytes: int) -> None:
-    """Refuse, with a clear message, a build that needs more bytes than the disk under `folder` has free."""
-    probe = Path(folder).absolute()
-    while not probe.exists():  # the folder may not exist yet: ask the disk of its nearest ancestor
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if needed_bytes > free:
-        raise CacheSpaceError(
-            f"{folder}: the image cache needs {needed_bytes / 1e9:.2f} GB more, but the disk holding {probe} has "
-            f"{free / 1e9:.2f} GB free; point cache_dir at a larger disk or free space"
-        )

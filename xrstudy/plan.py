@@ -189,11 +189,11 @@ def plan_cell(cfg: RunConfig, by_id: dict[str, RunConfig], files: _Files | None,
     warnings: list[str] = []
     errors: list[str] = []
     table = None
-    n_cache = n_ram = None
+    n_cache = None
     memory_from = "published train size only (valid / test sizes not recorded)"
     if files is not None:
         try:
-            size, n_cache, n_ram = files.train_size(cfg)
+            size, n_cache, _ = files.train_size(cfg)
             table = files.study(cfg).train
             size_from, memory_from = "label files", "label files"
         except (ValueError, OSError) as err:  # ConfigError, SourceError, FewShotError
@@ -203,7 +203,7 @@ def plan_cell(cfg: RunConfig, by_id: dict[str, RunConfig], files: _Files | None,
         size, size_from = _published_size(cfg)
     if size is not None and n_cache is None:  # published: the full training set is the cache we know of
         full = size if cfg.kind == "pretrain" or cfg.shots == 0 else _published_size(cfg.replace(shots=0))[0]
-        n_cache, n_ram = full, size
+        n_cache = full
     image_hw, hw_from = _image_hw(cfg, source, table)
     pipeline = source.transfer_pipeline if cfg.kind == "transfer" else "xray"
     recipe = hyper.recipe_for(cfg, size, image_hw, pipeline=pipeline) if size is not None else None
@@ -220,6 +220,7 @@ def plan_cell(cfg: RunConfig, by_id: dict[str, RunConfig], files: _Files | None,
     image_steps = recipe.steps * recipe.global_batch if recipe else None
     speed = cost.throughput(cfg.arch, recipe.crop, device, compiled=cfg.compile) if recipe else None
     side = recipe.resize if recipe else None
+    mode = "L" if source.modality == "xray" else "RGB"
     fit = cost.images_per_gpu(cfg.arch, recipe.crop, device) if recipe else None
     micro = cfg.micro_batch or cost.micro_batch(fit.images if fit else None, cfg.batch_size)
     micro_from = ("the sweep file" if cfg.micro_batch else f"on one GPU ({fit.images} images fit)" if fit
@@ -250,11 +251,20 @@ def plan_cell(cfg: RunConfig, by_id: dict[str, RunConfig], files: _Files | None,
         "gpu_hours": round(cost.gpu_hours(image_steps, speed), 3) if speed and image_steps else None,
         "images_per_gpu": fit.images if fit else None, "images_per_gpu_from": fit.how if fit else None,
         "micro_batch": micro, "micro_batch_from": micro_from,
-        "cache_images": n_cache, "cache_bytes": cost.cache_bytes(n_cache, side, source.modality) if side and n_cache else None,
-        "ram_images": n_ram, "ram_per_rank_bytes": cost.ram_per_rank_bytes(n_ram, side, source.modality) if side and n_ram else None,
-        "memory_from": f"{memory_from}; xrstudy.cost (uint8 cache at the resize side; loaders copy every split per rank)",
+        "cache_images": n_cache, "cache_bytes": hyper.cache_bytes(n_cache, side, mode) if side and n_cache else None,
+        "ram_per_rank_bytes": _ram_per_rank(cfg, n_cache, side, mode, micro, device) if side and n_cache else None,
+        "memory_from": f"{memory_from}; xrstudy.hyper (uint8 cache at the resize side, shared through the page "
+                       f"cache; a rank holds its tables, a staging ring of micro-batches and the model's host copy)",
         "leak": leak, "warnings": warnings, "errors": errors,
     }  # fmt: skip
+
+
+def _ram_per_rank(cfg: RunConfig, n_images: int, side: int, mode: str, micro: int, device: str) -> int:
+    """Host memory of one training rank (xrstudy.hyper.ram_per_rank, measured by benchmarks/bench_memory.py)."""
+    per_device = micro or cfg.batch_size
+    params = cost.arch_params().get(cfg.arch.split(".", 1)[0])
+    return hyper.ram_per_rank(n_images, hyper.cache_bytes(1, side, mode), per_device,
+                              model_params=int(params * 1e6) if params else 0, cuda=device != "cpu")
 
 
 def _with_roots(cfg: RunConfig, roots: dict[str, str], metadata_only: bool) -> RunConfig | None:

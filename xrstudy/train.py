@@ -155,10 +155,7 @@ def open_cache(cfg: RunConfig, paths: Sequence[str], size: int, mode: str) -> Im
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out_dir) / "cache"
     folder, missing = images.bytes_to_build(paths, size, cache_dir, mode)
     if missing:
-        try:
-            images.check_free_space(folder, missing)
-        except images.CacheSpaceError as err:
-            raise ConfigError(f"{cfg.name}: {err}") from None
+        images.check_free_space(folder, missing, what=f"the image cache of {cfg.name}")  # DiskFullError, one line
     return images.build_cache(paths, size, cache_dir, mode, cfg.workers)
 
 
