@@ -309,3 +309,14 @@ def test_micro_batch_divides_the_per_device_batch():
     scaled = cost.images_per_gpu("resnetv2_152x4_bit", 512, "H100")
     assert scaled.images == 8 and "scaled by pixel count from 480 px" in scaled.how
     assert cost.images_per_gpu("resnetv2_tiny_bit", 224) is None
+
+
+def test_sweep_run_on_gpus_sets_the_planned_micro_batch():
+    """`sweep run --gpus` gives each cell one GPU: the plan's micro-batch for one GPU, run ids unchanged."""
+    cells = [c for c in sweep.load_sweep(SWEEPS / "paper.yaml") if c.kind == "pretrain"]
+    sized = runner.with_micro_batches(cells)
+    rows = {r["run_id"]: r for r in plan.plan_cells(cells, use_roots=False)}
+    assert [c.run_id for c in sized] == [c.run_id for c in cells]
+    assert all(c.micro_batch == rows[c.run_id]["micro_batch"] for c in sized)
+    big = next(c for c in sized if c.name == "chexpert_mimic_nih_padchest" and "152x4" in c.arch)
+    assert 0 < big.micro_batch < big.batch_size and big.batch_size % big.micro_batch == 0

@@ -145,7 +145,10 @@ def _add_data(sub: Any) -> None:
     cache.add_argument("source")
     cache.add_argument("--root", type=Path, required=True)
     cache.add_argument("--size", type=int, default=224, help="side length in pixels")
-    cache.add_argument("--mode", choices=("L", "RGB"), default=None, help="default: L for X-rays, RGB otherwise")
+    cache.add_argument("--mode", choices=("L", "RGB", "L:squash", "RGB:squash"), default=None,
+                       help="L / RGB: centre square (X-ray pipeline); ':squash': the whole image squashed to a square "
+                            "(BiT-HyperRule targets, as transfer cells cache them; --size 512, or 160 for CIFAR). "
+                            "Default: L for X-rays, RGB otherwise")
     cache.add_argument("--views", type=views_arg, default=())
     cache.add_argument("--workers", type=int, default=0, help="decoding processes (default: all cores)")
     cache.add_argument("--cache-dir", type=Path, default=Path("xrstudy-out/cache"))

@@ -342,6 +342,8 @@ def run(
             summary.record(cfg, Attempt(Outcome.SKIPPED if results.is_done(cfg) else Outcome.PLANNED))
         return summary
 
+    if gpu_list:  # one GPU per cell: accumulate gradients where its share of the global batch does not fit
+        cells = with_micro_batches(cells)
     pending = sum(not results.is_done(c) for c in cells)
     workers = max(1, int(workers))
     slots: list[Slot] = []
@@ -352,6 +354,17 @@ def run(
     _Scheduler(cells, slots, summary, retries, poll_s, progress, "; ".join(summary.warnings)).run()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def with_micro_batches(cells: list[RunConfig]) -> list[RunConfig]:
+    """Cells on one GPU each, with the plan's `micro_batch` where the sweep sets none (as `sweep submit`
+    does per job size; an execution field, so run ids do not change). Planned from published facts
+    alone: the micro-batch depends on the arch and resolution, not on the label files."""
+    from xrstudy import plan
+
+    rows = {row["run_id"]: row for row in plan.plan_cells(cells, use_roots=False)}
+    return [c if c.micro_batch or not rows[c.run_id]["micro_batch"] else c.replace(micro_batch=rows[c.run_id]["micro_batch"])
+            for c in cells]
 
 
 # ---- CLI --------------------------------------------------------------------------------------
@@ -371,4 +384,5 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
-__all__ = ["run", "SweepSummary", "Failure", "ProcessSlot", "KernelSlot", "run_cell", "slot_env", "cmd_run"]
+__all__ = ["run", "SweepSummary", "Failure", "ProcessSlot", "KernelSlot", "run_cell", "slot_env", "cmd_run",
+           "with_micro_batches"]
