@@ -60,7 +60,7 @@ SIZES = {
     "tiny": DemoSize(patients=60, target_per_class=40, shapes_per_class=40, image_size=24, pretrain_epochs=3,
                      fewshot_steps=20, full_steps=60, shots=(1, 0), seeds=(0, 1)),
     "small": DemoSize(patients=300, target_per_class=120, shapes_per_class=150, image_size=24, pretrain_epochs=8,
-                      fewshot_steps=60, full_steps=400, shots=(1, 5, 10, 0), seeds=(0, 1)),
+                      fewshot_steps=60, full_steps=500, shots=(1, 5, 10, 0), seeds=(0, 1)),
 }  # fmt: skip
 
 # The miniature sources: which registry adapter reads each, where its root lies, how it is drawn.

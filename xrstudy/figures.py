@@ -7,7 +7,9 @@ rows it was drawn from), and can be called again after a restyle. Figures are ma
 pyplot, so a notebook shows each one inline exactly once (`display(fig)`), and a script can draw
 hundreds. `render_all` draws a whole store and returns a mapping (kind, target, metric) → (figure,
 files). Colours are fixed per pre-training source (`source_colour`) and shaded by model size, so a
-source looks the same in every figure. The paper's own style lives in `xrstudy.paper_figures`.
+source looks the same in every figure. The paper's own style lives in `xrstudy.paper_figures`,
+exploration figures in `xrstudy.explore`. (About 460 lines: colours, the five figure kinds, saving
+and the render mapping share their helpers and read best together.)
 """
 
 from __future__ import annotations

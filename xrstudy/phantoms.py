@@ -99,19 +99,19 @@ def draw_chest(findings: set[str], rng: np.random.Generator, style: PhantomStyle
                  rng.uniform(0.0, 1.0, 11)))  # fmt: skip
     blobs = rng.uniform(0.0, 1.0, (5, 2))
     if "Effusion" in findings:
-        level = side_c[0] + lung_r[0] * (0.2 + 0.4 * u["level"])
+        level = side_c[0] + lung_r[0] * (-0.1 + 0.4 * u["level"])
         meniscus = level - 0.06 * np.abs(x - side_c[1]) / lung_r[1]
         img[side & (y > meniscus)] = 0.7
     if "Pneumothorax" in findings:
         # Beyond a thin visceral pleural line the lung is collapsed: no markings, darker air.
-        edge = side_c[1] + (0.03 + 0.04 * u["edge"]) * (1 if side is right else -1)
+        edge = side_c[1] + (-0.02 + 0.05 * u["edge"]) * (1 if side is right else -1)
         beyond = (x > edge) if side is right else (x < edge)
-        region = side & beyond & (y < side_c[0] + 0.05 + 0.1 * u["reach"])
+        region = side & beyond & (y < side_c[0] + 0.1 + 0.15 * u["reach"])
         img[region] = 0.06
         img[side & (np.abs(x - edge) < 0.012) & (y < side_c[0] + 0.1)] = 0.45
     if "Consolidation" in findings:
         cy, cx = side_c[0] - 0.1 + 0.25 * u["c_dy"], side_c[1] - 0.05 + 0.1 * u["c_dx"]
-        img += (0.35 + 0.25 * u["c_den"]) * (_blob(y, x, cy, cx, 0.045 + 0.03 * u["c_r"]) > 0.5) * lungs
+        img += (0.4 + 0.25 * u["c_den"]) * (_blob(y, x, cy, cx, 0.06 + 0.03 * u["c_r"]) > 0.5) * lungs
     if "Pneumonia" in findings:
         for by, bx in blobs[: 3 + int(3 * u["n_blobs"])]:
             cy, cx = side_c[0] - 0.15 + 0.35 * by, side_c[1] - 0.08 + 0.16 * bx
