@@ -128,20 +128,23 @@ def test_run_all_of_30_figures_in_jupyterlab_in_chromium(lab, tmp_path):
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
             page.click(".lm-MenuBar-item:has-text('Run')")
             page.click("[data-command='runmenu:run-all']")
-            # Busy first, then idle with every code cell numbered.
+            # Idle again with every code cell numbered -- or stopped at an error (Run All stops there).
             page.wait_for_function(
                 """() => {
                     const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
                     const state = document.querySelector('.jp-Notebook-ExecutionIndicator')?.dataset.status;
-                    return state === 'idle' && prompts.length && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
+                    const failed = [...document.querySelectorAll('.jp-OutputArea-output')].some(o => o.innerText.includes('Traceback'));
+                    return state === 'idle' && prompts.length
+                        && (failed || prompts.every(p => /\\[\\d+\\]/.test(p.textContent)));
                 }""",
-                timeout=300_000,
+                timeout=540_000,
             )  # fmt: skip
             page.wait_for_function(
                 "() => [...document.querySelectorAll('.jp-OutputArea-output img')].every(i => i.complete)",
                 timeout=60_000,
             )
             texts = page.locator(".jp-OutputArea-output").all_inner_texts()
+            unrun = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
             errors = [t for t in texts if "Traceback" in t or "Error:" in t]
             images = page.locator(".jp-OutputArea-output img")
             widths = images.evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
@@ -149,9 +152,12 @@ def test_run_all_of_30_figures_in_jupyterlab_in_chromium(lab, tmp_path):
                 images.first.scroll_into_view_if_needed()
             page.screenshot(path=str(screenshot))
         finally:
+            if not screenshot.exists():
+                page.screenshot(path=str(screenshot))  # the state it failed in
             browser.close()
     print(f"\nscreenshot of 30_figures after Run All: {screenshot}")
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
     assert not errors, "a cell shows an error:\n" + "\n---\n".join(errors)[:3000]
+    assert all("[" in p and "[ ]" not in p and "[*]" not in p for p in unrun), f"cells not run: {unrun}"
     assert len(widths) == expected, f"{len(widths)} images rendered, {expected} figures expected"
     assert all(w > 100 for w in widths), f"an image did not render: natural widths {widths}"
