@@ -203,8 +203,8 @@ def test_figure_notebooks_run_as_shipped_on_the_bundled_stores(name, tmp_path, n
         default = [k for k in figures.render_all(store, tmp_path / "d") if k[0] in ("bars", "model_size", "fewshot")]
         paper = figures.render_all(store, tmp_path / "p", style="paper")
         assert _images(executed) == len(default) + len(paper) + 1  # + the restyled one
-    else:
-        assert _images(executed) >= 2  # data- and model-scale curves of the paper-format fixtures
+    else:  # the paper-format fixtures hold two model sizes: too few scale points for a fit, and it says so
+        assert "3 or more scale points" in _outputs(executed)
     assert not list(NOTEBOOKS.glob("*.png")) and not list(NOTEBOOKS.glob("xrstudy-*")), "nothing left in notebooks/"
 
 
