@@ -37,6 +37,8 @@ def test_tiny_demo_writes_results_notebooks_and_figures(tiny_demo):
     assert set(table.index.get_level_values("init_label")) == {"scratch", "xray", "natural"}
     assert list(table.columns) == [f"{k}_shot" if k else "full_shot" for k in size.shots]
     assert table.notna().all().all(), "every init has a mean at every shot count"
+    effect = demo.xray_pretraining_effect(out / "results")
+    assert effect.startswith("X-ray pre-training") and "1: " in effect and "full: " in effect
 
 
 @pytest.mark.slow
