@@ -59,7 +59,8 @@ def lab(tmp_path):
     # Every cell stays in the page (no windowed rendering), so every output can be counted.
     settings = tmp_path / "lab-settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True)
-    (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    # The notebook's kernel starts without asking (as "Always start the preferred kernel" would).
+    (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none", "autoStartDefaultKernel": True}))
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # the kernel keeps its inline backend
     env.update({f"JUPYTER_{k}": str(tmp_path / k.lower()) for k in ("CONFIG_DIR", "DATA_DIR", "RUNTIME_DIR")})
@@ -125,6 +126,10 @@ def test_run_all_of_30_figures_in_jupyterlab_in_chromium(lab, tmp_path):
                        else route.abort())  # fmt: skip
             page.goto(f"{base}/lab/tree/30_figures.ipynb?token={TOKEN}", timeout=120_000)
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
+            try:  # a JupyterLab that still asks which kernel: answer as a user would
+                page.locator(".jp-Dialog button:has-text('Select')").click(timeout=10_000)
+            except sync_api.TimeoutError:
+                pass
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
             page.click(".lm-MenuBar-item:has-text('Run')")
             page.click("[data-command='runmenu:run-all']")
