@@ -181,6 +181,8 @@ def test_paper_style_draws_the_papers_figures_and_prints_the_full_shot_table(tmp
     assert full.loc[("cifar10", "imagenet21k_bit152x4"), "mean"] == pytest.approx(88.0)
     assert full.loc[("padchest-cl", "chexpert_mimic_bit152x4"), "mean"] == pytest.approx(78.0)
     assert "R152x4 on ImageNet-21k" in printed and "88.00" in printed and "Full" not in printed.split("\n")[0]
+    assert paper_figures.model_caption("chexpert_mimic_bit152x4") == "R152x4 on CheXpert-MIMIC"
+    assert paper_figures.model_caption("xray_resnetv2_tiny_bit") == "xray_resnetv2_tiny_bit"
     assert paper_figures.shot_caption("full_shot") == "Full Shot" and paper_figures.shot_caption("10_shot") == "10 Shot"
     assert len(paper_figures.PAPER_MODELS["covidx"]) == 14 and len(paper_figures.PAPER_MODELS["tuberculosis"]) == 15
     assert not any("padchest" in m for m in paper_figures.PAPER_MODELS["padchest-cl"])

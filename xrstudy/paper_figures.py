@@ -15,6 +15,7 @@ dashed lines. Targets outside the paper (the demo's digits) show every model the
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib as mpl
@@ -92,7 +93,7 @@ def shot_caption(shot: str) -> str:
 def model_caption(model: str) -> str:
     """`chexpert_mimic_bit152x4` → `R152x4 on CheXpert-MIMIC`; other names stay as they are."""
     source, sep, size = model.rpartition("_bit")
-    if not sep:
+    if not sep or not re.fullmatch(r"\d+x\d+", size):  # not a BiT model (the demo's tiny one): its own name
         return model
     return f"R{size} on {SOURCE_CAPTIONS.get(source, source)}"
 
@@ -153,7 +154,7 @@ def size_rows(rows: pd.DataFrame, target: str) -> pd.DataFrame:
 
 def _panels(rows: pd.DataFrame, target: str) -> list[tuple[str, list[str]]]:
     """(domain, models) of the few-shot panels: the notebook's choice for the paper's targets, else the
-    target's models split by their pre-training (natural images or not)."""
+    target's models split by their pre-training (natural images or not; scratch in both)."""
     present = set(rows.pretrained_model)
     in_paper = bool(present & set(PAPER_MODELS.get(target, ())))
     natural = rows.pretraining.isin(NATURAL_SOURCES) | (rows.pretraining == "natural")
@@ -161,8 +162,9 @@ def _panels(rows: pd.DataFrame, target: str) -> list[tuple[str, list[str]]]:
     for domain in ("medical", "natural"):
         if in_paper:
             models = [m for m in FEWSHOT_MODELS.get(target, FEWSHOT_MODELS["default"])[domain] if m in present]
-        else:
-            part = rows[natural if domain == "natural" else ~natural]
+        else:  # scratch is no pre-training: the baseline of both panels
+            scratch = rows.pretraining == "scratch"
+            part = rows[(natural if domain == "natural" else ~natural & ~scratch) | scratch]
             models = _models_of(part, target) if len(part) else []
         if models:
             panels.append((domain, models))
