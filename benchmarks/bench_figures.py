@@ -1,4 +1,5 @@
-"""Figure redraw time: import the paper-format CSVs (tests/data/legacy or DIR) and draw every figure.
+"""Figure redraw time: import the paper-format CSVs (tests/data/legacy or DIR) and draw every figure,
+in the default and the paper style.
 
     python benchmarks/bench_figures.py [--legacy DIR] [--repeat 3]
 """
@@ -25,14 +26,14 @@ def main() -> None:
         start = time.perf_counter()
         results.import_legacy(args.legacy, work / "results")
         imported = time.perf_counter() - start
-        times = []
-        for i in range(args.repeat):
-            start = time.perf_counter()
-            written = figures.render_all(work / "results", work / f"figures{i}")
-            times.append(time.perf_counter() - start)
-        pngs = sum(p.suffix == ".png" for p in written)
-        print(f"import-legacy {imported:.2f} s; redraw {pngs} figures (PNG+PDF+CSV) + tables: "
-              f"best {min(times):.2f} s, median {sorted(times)[len(times) // 2]:.2f} s over {args.repeat}")
+        for style in figures.STYLES:
+            times = []
+            for i in range(args.repeat):
+                start = time.perf_counter()
+                rendered = figures.render_all(work / "results", work / f"figures-{style}{i}", style=style)
+                times.append(time.perf_counter() - start)
+            print(f"import-legacy {imported:.2f} s; style {style}: redraw {len(rendered)} figures (PNG+PDF+CSV) + tables: "
+                  f"best {min(times):.2f} s, median {sorted(times)[len(times) // 2]:.2f} s over {args.repeat}")
 
 
 if __name__ == "__main__":

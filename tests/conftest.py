@@ -48,3 +48,15 @@ def _no_network():
     socket.socket.connect = _loopback_only_connect
     yield
     socket.socket.connect = _real_connect
+
+
+# ---- one tiny demo for the whole session -------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """`xrstudy demo --size tiny`, run once per test session and shared by the demo, notebook and
+    JupyterLab tests (its data, results store and figures). Lives in `<tmp>/xrstudy-demo`, so a kernel
+    whose working directory is its parent finds the data as the notebooks' `xrstudy-demo/data`."""
+    from xrstudy import demo
+
+    out = tmp_path_factory.mktemp("tiny-demo") / "xrstudy-demo"
+    return demo.run_demo(out, "tiny", workers=2, progress=False)

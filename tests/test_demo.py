@@ -1,4 +1,5 @@
-"""`xrstudy demo` end to end at its smallest size, and its handling of bad output directories."""
+"""`xrstudy demo` end to end at its smallest size (the session's shared `tiny_demo`, tests/conftest.py),
+its learners at the default size, and its handling of bad output directories."""
 
 from __future__ import annotations
 
@@ -8,13 +9,7 @@ import stat
 
 import pytest
 
-from xrstudy import cli, demo, results
-
-
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "out"
-    return demo.run_demo(out, "tiny", workers=2, progress=False)
+from xrstudy import cli, demo, results, sweep
 
 
 @pytest.mark.slow
@@ -39,7 +34,11 @@ def test_tiny_demo_writes_results_notebooks_and_figures(tiny_demo):
     assert all(p.read_bytes()[:5] == b"%PDF-" for p in pdfs)
     table = tiny_demo["table"]
     assert set(table.index.get_level_values("target")) == {"padchest-cl", "digits"}
-    assert set(table.index.get_level_values("init_label")) >= {"scratch"}
+    assert set(table.index.get_level_values("init_label")) == {"scratch", "xray", "natural"}
+    assert list(table.columns) == [f"{k}_shot" if k else "full_shot" for k in size.shots]
+    assert table.notna().all().all(), "every init has a mean at every shot count"
+    effect = demo.xray_pretraining_effect(out / "results")
+    assert effect.startswith("X-ray pre-training") and "1: " in effect and "full: " in effect
 
 
 @pytest.mark.slow
@@ -47,6 +46,24 @@ def test_rerun_reuses_every_finished_cell(tiny_demo):
     again = demo.run_demo(tiny_demo["out"], "tiny", workers=2, progress=False)
     assert not again["summary"].done and not again["summary"].failed
     assert len(again["summary"].skipped) == len(tiny_demo["summary"].done) + len(tiny_demo["summary"].skipped)
+
+
+@pytest.mark.slow
+def test_default_demo_digits_full_shot_accuracy_is_at_least_90_percent_for_every_init(tmp_path):
+    """The default size's digits full-shot cells (and the two pre-training cells they need), with the
+    demo's fixed seeds: every init's mean accuracy over seeds is >= 0.90 (a logistic regression gets ~0.96)."""
+    size = demo.SIZES["small"]
+    roots = demo.write_sources(tmp_path / "data", size)
+    cells = sweep.load_sweep(demo.demo_sweep(tmp_path, roots, size))
+    chosen = [c for c in cells if c.kind == "pretrain" or (c.target == "digits" and c.shots == 0)]
+    assert len(chosen) == 2 + 3 * len(size.seeds)
+    summary = sweep.run(chosen, workers=2, progress=False)
+    assert summary.ok, summary.report()
+    tidy = results.table(tmp_path / "results")
+    digits = tidy[(tidy.kind == "transfer") & (tidy.metric == "test/acc")]
+    means = digits.groupby("init_label").value.mean()
+    assert set(means.index) == {"scratch", "xray", "natural"}
+    assert (means >= 0.90).all(), means.to_dict()
 
 
 def test_bad_output_directories_give_clear_messages(tmp_path, capsys):

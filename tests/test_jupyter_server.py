@@ -92,13 +92,12 @@ def _execute(ws, code: str, timeout: float = 300) -> list[dict]:
     return outputs
 
 
-def test_explore_sources_runs_through_a_jupyterlab_server(lab, tmp_path):
+def test_explore_sources_runs_through_a_jupyterlab_server(lab, tmp_path, tiny_demo):
     import websocket
-    from xrstudy import demo
 
-    roots = demo.write_sources(tmp_path / "data", demo.SIZES["tiny"])
-    parameters = {"sources": [f"{n}={roots[n]}" for n in ("chexpert", "padchest-cl")], "metadata_only": False,
-                  "out_dir": str(tmp_path / "explore")}  # fmt: skip
+    data = tiny_demo["out"] / "data"  # the session's shared tiny demo
+    parameters = {"sources": [f"chexpert={data / 'CheXpert-v1.0-small'}", f"padchest={data / 'PadChest'}"],
+                  "metadata_only": False, "out_dir": str(tmp_path / "explore")}  # fmt: skip
     nb = nbformat.read(NOTEBOOKS / "00_explore_sources.ipynb", as_version=4)
     at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     nb.cells.insert(at + 1, nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in parameters.items())))

@@ -1,8 +1,10 @@
-"""The cell notebooks take exactly RunConfig's fields as their papermill parameters."""
+"""The notebooks: the cell notebooks take exactly RunConfig's fields as their papermill parameters;
+every notebook runs as shipped (its defaults, no `-p`); the study notebooks are thin and show figures."""
 
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import nbformat
@@ -28,7 +30,8 @@ def parameters_of(notebook: Path) -> dict:
 def test_parameters_cell_names_are_the_runconfig_fields(name):
     params = parameters_of(NOTEBOOKS / name)
     assert list(params) == list(FIELD_NAMES)
-    RunConfig.from_dict(params)  # and its defaults form a valid cell
+    assert params["out_dir"] == "" and params["roots"] == []  # as shipped: the notebook picks a temporary out_dir
+    RunConfig.from_dict({**params, "out_dir": "anywhere"})  # and its defaults form a valid cell
 
 
 @pytest.mark.parametrize("name", ["10_pretrain.ipynb", "20_transfer.ipynb"])
@@ -39,7 +42,7 @@ def test_cell_notebooks_are_stored_without_outputs(name):
 
 # ---- the study notebooks: thin, parameterised, executed at tiny sizes -------------------------
 STUDY_PARAMETERS = {
-    "00_explore_sources.ipynb": ["sources", "metadata_only", "out_dir"],
+    "00_explore_sources.ipynb": ["sources", "metadata_only", "labels", "top", "out_dir"],
     "30_figures.ipynb": ["results_dir", "out_dir"],
     "40_scaling.ipynb": ["results_dir", "out_dir", "n_boot"],
 }
@@ -89,7 +92,7 @@ def test_reference_figures_are_what_the_example_results_draw(tmp_path):
     from xrstudy import figures
 
     reference = NOTEBOOKS.parent / "figures"
-    written = figures.render_all(NOTEBOOKS / "example-results", tmp_path)
+    written = figures.render_all(NOTEBOOKS / "example-results", tmp_path).files
     assert sorted(p.name for p in written) == sorted(p.name for p in reference.iterdir() if p.name != "README.md")
     for csv in sorted(tmp_path.glob("*.csv")):
         assert csv.read_text() == (reference / csv.name).read_text(), f"figures/{csv.name} is stale"
@@ -128,16 +131,101 @@ def test_figures_and_scaling_notebooks_on_generated_stores(tmp_path, kernel):
 
 
 @pytest.mark.slow
-def test_explore_sources_notebook_on_demo_sources_metadata_only(tmp_path, kernel):
-    demo = pytest.importorskip("xrstudy.demo")
-    roots = demo.write_sources(tmp_path / "data", demo.SIZES["tiny"])
-    entries = [f"{name}={roots[name]}" for name in ("chexpert", "nih", "padchest-cl")]
+def test_explore_sources_notebook_on_demo_sources_metadata_only(tmp_path, kernel, tiny_demo):
+    data = tiny_demo["out"] / "data"
+    entries = [f"chexpert={data / 'CheXpert-v1.0-small'}", f"nih={data / 'ChestX-ray14'}", f"padchest={data / 'PadChest'}"]
     kernel.execute(NOTEBOOKS / "00_explore_sources.ipynb", tmp_path / "00.ipynb",
                    {"sources": entries, "metadata_only": True, "out_dir": str(tmp_path / "explore")})  # fmt: skip
     out = tmp_path / "explore"
     for name in ("finding_counts", "label_cooccurrence", "uncertain_shares", "sample_grid"):
         assert (out / f"{name}.png").is_file()
     assert "chexpert" in (out / "source_counts.csv").read_text()
+    assert _images(tmp_path / "00.ipynb") == 4
+
+
+def _images(path: Path) -> int:
+    nb = nbformat.read(path, as_version=4)
+    return sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+
+
+def _errors(path: Path) -> list[str]:
+    nb = nbformat.read(path, as_version=4)
+    return [f"{o.get('ename')}: {o.get('evalue')}" for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def _kernel_env(tmp: Path) -> dict[str, str]:
+    """The notebooks' default out_dir is a new temporary folder: keep those inside the test's tmp."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "TMPDIR": str(tmp)}
+
+
+@pytest.fixture(scope="module")
+def demo_cwd_kernel(tiny_demo, tmp_path_factory):
+    """A kernel working next to the shared tiny demo, so the notebooks' defaults find `xrstudy-demo/data`."""
+    from xrstudy.kernels import WarmKernel
+
+    with WarmKernel(cwd=tiny_demo["out"].parent, env=_kernel_env(tmp_path_factory.mktemp("kernel-tmp"))) as warm:
+        yield warm
+
+
+@pytest.fixture(scope="module")
+def notebooks_cwd_kernel(tmp_path_factory):
+    """A kernel working in notebooks/, as JupyterLab opened there (the bundled stores are relative)."""
+    from xrstudy.kernels import WarmKernel
+
+    with WarmKernel(cwd=NOTEBOOKS, env=_kernel_env(tmp_path_factory.mktemp("kernel-tmp"))) as warm:
+        yield warm
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["00_explore_sources.ipynb", "10_pretrain.ipynb", "20_transfer.ipynb"])
+def test_data_notebooks_run_as_shipped_on_the_miniature_sources(name, tmp_path, demo_cwd_kernel):
+    """Run All, no parameters: the miniature sources (here the shared tiny demo's) and a tiny CPU cell."""
+    executed = tmp_path / name
+    demo_cwd_kernel.execute(NOTEBOOKS / name, executed, {})
+    assert not _errors(executed)
+    text = _outputs(executed)
+    if name.startswith("00"):
+        assert _images(executed) == 4 and "images from 3 source(s)" in text
+    else:
+        assert "status: ok" in text and "test/auc" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["30_figures.ipynb", "40_scaling.ipynb"])
+def test_figure_notebooks_run_as_shipped_on_the_bundled_stores(name, tmp_path, notebooks_cwd_kernel):
+    from xrstudy import figures
+
+    executed = tmp_path / name
+    notebooks_cwd_kernel.execute(NOTEBOOKS / name, executed, {})
+    assert not _errors(executed)
+    if name.startswith("30"):
+        store = NOTEBOOKS / "example-results"
+        default = [k for k in figures.render_all(store, tmp_path / "d") if k[0] in ("bars", "model_size", "fewshot")]
+        paper = figures.render_all(store, tmp_path / "p", style="paper")
+        assert _images(executed) == len(default) + len(paper) + 1  # + the restyled one
+    else:  # the paper-format fixtures hold two model sizes: too few scale points for a fit, and it says so
+        assert "3 or more scale points" in _outputs(executed)
+    assert not list(NOTEBOOKS.glob("*.png")) and not list(NOTEBOOKS.glob("xrstudy-*")), "nothing left in notebooks/"
+
+
+def test_miniature_sources_reuse_a_demo_or_are_written_to_a_temporary_folder(tmp_path, monkeypatch):
+    import tempfile
+
+    from xrstudy import demo
+
+    work, temporary = tmp_path / "work", tmp_path / "tmp"
+    work.mkdir(), temporary.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    fresh = demo.miniature_roots()
+    assert set(fresh) == {"chexpert", "nih", "padchest-cl", "shapes", "digits"}
+    assert all(path.is_relative_to(temporary) and (path / demo.DONE_MARKER).is_file() for path in fresh.values())
+    (work / "xrstudy-demo").mkdir()
+    (work / "xrstudy-demo" / "data").symlink_to(fresh["digits"].parent)
+    reused = demo.miniature_roots()
+    assert all(path.is_relative_to(work) for path in reused.values()) and len(list(temporary.iterdir())) == 1
+    assert [e.split("=")[0] for e in demo.miniature_sources()] == ["chexpert", "nih", "padchest"]
 
 
 @pytest.mark.slow

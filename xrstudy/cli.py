@@ -53,9 +53,11 @@ def gpu_list_arg(text: str) -> list[str]:
     return [g.strip() for g in text.split(",") if g.strip()]
 
 
-def _handler(parser: argparse.ArgumentParser, target: str) -> None:
-    """Run `module:function` (imported on use) for this (sub)command."""
-    parser.set_defaults(handler=target)
+def _handler(parser: argparse.ArgumentParser, target: str, *, draws: bool = False) -> None:
+    """Run `module:function` (imported on use) for this (sub)command. `draws`: the command writes
+    figures, so the CLI picks matplotlib's file-only Agg backend before the handler's module loads
+    (the package itself never chooses a backend: notebooks keep their inline one)."""
+    parser.set_defaults(handler=target, draws=draws)
 
 
 # ---- command groups -------------------------------------------------------------------------
@@ -65,7 +67,7 @@ def _add_demo(sub: Any) -> None:
     demo.add_argument("--size", choices=("tiny", "small"), default="small", help="tiny: CI smoke run; small: default")
     demo.add_argument("--workers", type=int, default=2, help="cells run in parallel (default: %(default)s)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
-    _handler(demo, "xrstudy.demo:cmd_demo")
+    _handler(demo, "xrstudy.demo:cmd_demo", draws=True)
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
@@ -251,7 +253,10 @@ def _add_figures(sub: Any) -> None:
     figures = sub.add_parser("figures", help="draw the paper's figures from a results store")
     figures.add_argument("--results", default="xrstudy-out/results", help="results directory")
     figures.add_argument("--out", default=None, help="output directory (default: <results parent>/figures)")
-    _handler(figures, "xrstudy.figures:cmd_figures")
+    figures.add_argument("--style", choices=("default", "paper"), default="default",
+                         help="default: xrstudy's figures; paper: the paper's figures as the authors' plots.ipynb "
+                              "draws them (%% on y, shot categories, the paper's model subsets), and the full-shot table")
+    _handler(figures, "xrstudy.figures:cmd_figures", draws=True)
 
 
 COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (_add_demo, _add_data, _add_train, _add_sweep, _add_models,
@@ -277,6 +282,10 @@ def resolve_handler(target: str) -> Callable[[argparse.Namespace], int | None]:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "draws", False):
+            import matplotlib
+
+            matplotlib.use("Agg")  # figures go to files; no display needed or wanted
         return int(resolve_handler(args.handler)(args) or 0)
     except KeyboardInterrupt:  # during the imports, the parser or the command
         print("\nxrstudy: interrupted; finished work is kept: run the same command again to continue", file=sys.stderr)

@@ -1,9 +1,15 @@
-"""The paper's figures from the tidy results table (`xrstudy.results.table`).
+"""The study's figures from the tidy results table (`xrstudy.results.table`).
 
-Every plotting function takes the tidy table (never modified) and returns a matplotlib Figure;
-`save_figure` writes `{name}.png`, `{name}.pdf` and `{name}.csv` (the rows the figure was drawn from).
-Colours are fixed per pre-training source (`source_colour`) and shaded by model size, so a source
-looks the same in every figure.
+Figures are objects: every drawing function takes the tidy table (never modified) and returns a
+matplotlib `Figure`; `save_figure` writes it as `{name}.png`, `{name}.pdf` and `{name}.csv` (the tidy
+rows it was drawn from), and can be called again after a restyle. Figures are made with
+`matplotlib.figure.Figure`, not pyplot: nothing here chooses a backend or keeps figures open in
+pyplot, so a notebook shows each one inline exactly once (`display(fig)`), and a script can draw
+hundreds. `render_all` draws a whole store and returns a mapping (kind, target, metric) → (figure,
+files). Colours are fixed per pre-training source (`source_colour`) and shaded by model size, so a
+source looks the same in every figure. The paper's own style lives in `xrstudy.paper_figures`,
+exploration figures in `xrstudy.explore`. (About 460 lines: colours, the five figure kinds, saving
+and the render mapping share their helpers and read best together.)
 """
 
 from __future__ import annotations
@@ -11,20 +17,20 @@ from __future__ import annotations
 import colorsys
 import hashlib
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
-import matplotlib
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.colors import to_hex, to_rgb
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # figures are files; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.colors import to_hex, to_rgb  # noqa: E402
-
-from xrstudy import results, scaling  # noqa: E402
+from xrstudy import results, scaling
 
 # ---- colours ----------------------------------------------------------------------------------
 SOURCE_COLOURS = {
@@ -48,6 +54,7 @@ SOURCE_COLOURS = {
 ARCH_PARAMS_M = {"50x1": 23.5, "50x3": 211.0, "101x1": 42.5, "101x3": 382.0, "152x2": 232.0, "152x4": 928.0}
 SHOT_ORDER = ("1_shot", "5_shot", "10_shot", "100_shot", "500_shot", "full_shot")
 METRIC_NAMES = {"test/acc": "accuracy", "test/auc": "mean AUC", "test/ap": "mean AP"}
+MAX_PIXELS = 2400  # no saved PNG is wider or taller than this (the DPI gives way)
 
 
 def source_colour(source: str) -> str:
@@ -88,8 +95,15 @@ def model_palette(frame: pd.DataFrame) -> dict[str, str]:
 STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 8.5}
 
 
-def _style() -> Any:
-    return sns.axes_style("whitegrid") | STYLE
+def style() -> dict[str, Any]:
+    """The rc parameters every figure here is drawn with (seaborn whitegrid + font sizes)."""
+    return dict(sns.axes_style("whitegrid")) | STYLE
+
+
+def new_figure(width: float, height: float, **rc: Any) -> Figure:
+    """A constrained-layout Figure that pyplot does not manage (no backend, nothing left open)."""
+    with mpl.rc_context(style() | rc):
+        return Figure(figsize=(width, height), layout="constrained")
 
 
 def _metric_label(metric: str) -> str:
@@ -104,18 +118,31 @@ def _with_origin(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(pretrained_model=frame["pretrained_model"].where(~paper, frame["pretrained_model"] + " (paper)"))
 
 
-# ---- the figures ------------------------------------------------------------------------------
-def shots_bar(table: pd.DataFrame, target: str, metric: str) -> tuple[plt.Figure, pd.DataFrame]:
+def transfer_rows(table: pd.DataFrame, target: str, metric: str) -> pd.DataFrame:
+    """The tidy rows of one (target, metric): what a per-target figure draws and saves as CSV."""
+    return table[(table.kind == "transfer") & (table.target == target) & (table.metric == metric)]
+
+
+def _unique(axes: Iterable[Axes]) -> tuple[list, list]:
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    return list(seen.values()), list(seen)
+
+
+# ---- the figures: draw(rows, target, metric) -> Figure -----------------------------------------
+def draw_shots_bar(data: pd.DataFrame, target: str, metric: str) -> Figure:
     """Metric vs shots (x), one bar per pre-trained model (hue), SD error bars over seeds."""
-    data = _with_origin(table[(table.kind == "transfer") & (table.target == target) & (table.metric == metric)])
+    data = _with_origin(data)
     order = [s for s in SHOT_ORDER if s in set(data.shot)] + sorted(set(data.shot) - set(SHOT_ORDER))
     hue_order = _model_order(data)
-    palette = model_palette(data)
-    with plt.rc_context(_style()):
-        width = max(6.5, 1.0 + 0.18 * len(order) * len(hue_order))
-        fig, ax = plt.subplots(figsize=(min(width, 16), 4.2), layout="constrained")
+    width = max(6.5, 1.0 + 0.18 * len(order) * len(hue_order))
+    fig = new_figure(min(width, 16), 4.2)
+    with mpl.rc_context(style()):
+        ax = fig.subplots()
         sns.barplot(data=data, x="shot", y="value", hue="pretrained_model", order=order, hue_order=hue_order,
-                    palette=palette, errorbar="sd", capsize=0.1, err_kws={"linewidth": 1}, ax=ax)  # fmt: skip
+                    palette=model_palette(data), errorbar="sd", capsize=0.1, err_kws={"linewidth": 1}, ax=ax)  # fmt: skip
         for container, label in zip(ax.containers, hue_order):
             if label.endswith(" (paper)"):
                 for bar in container:
@@ -123,19 +150,22 @@ def shots_bar(table: pd.DataFrame, target: str, metric: str) -> tuple[plt.Figure
         ax.set(xlabel="shots per class", ylabel=_metric_label(metric), title=f"{target}: {_metric_label(metric)}")
         ax.set_xticks(range(len(order)), [s.replace("_shot", "") for s in order])
         ax.legend(title="pre-trained model", loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    return fig, data
+    return fig
 
 
-def model_size(table: pd.DataFrame, target: str, metric: str) -> tuple[plt.Figure, pd.DataFrame]:
+def _with_params(data: pd.DataFrame) -> pd.DataFrame:
+    return data.assign(params_m=data.arch.map(lambda a: ARCH_PARAMS_M.get(results.arch_short(a), np.nan)))
+
+
+def draw_model_size(data: pd.DataFrame, target: str, metric: str) -> Figure:
     """R50x1 → R152x4 per source: mean ± SD over seeds vs model size, one panel per shot count."""
-    data = table[(table.kind == "transfer") & (table.target == target) & (table.metric == metric)]
-    data = data.assign(params_m=data.arch.map(lambda a: ARCH_PARAMS_M.get(results.arch_short(a), np.nan)))
-    data = data.dropna(subset=["params_m"])
+    data = _with_params(data).dropna(subset=["params_m"])
     shots = [s for s in SHOT_ORDER if s in set(data.shot)]
-    with plt.rc_context(_style()):
-        fig, axes = plt.subplots(1, max(1, len(shots)), figsize=(2.6 * max(1, len(shots)) + 1.8, 3.6),
-                                 sharey=True, squeeze=False, layout="constrained")  # fmt: skip
-        for ax, shot in zip(axes[0], shots):
+    panels = max(1, len(shots))
+    fig = new_figure(2.6 * panels + 1.8, 3.6)
+    with mpl.rc_context(style()):
+        axes = fig.subplots(1, panels, sharey=True, squeeze=False)[0]
+        for ax, shot in zip(axes, shots):
             part = data[data.shot == shot]
             for source, group in part.groupby("init_label", sort=True):
                 stats = group.groupby("params_m").value.agg(["mean", "std"]).reset_index()
@@ -146,36 +176,27 @@ def model_size(table: pd.DataFrame, target: str, metric: str) -> tuple[plt.Figur
             ax.set_xticks(sizes, [k for s in sizes for k, v in ARCH_PARAMS_M.items() if v == s][: len(sizes)])
             ax.minorticks_off()
             ax.set(title=shot.replace("_", " "), xlabel="model (BiT R-)")
-        axes[0][0].set_ylabel(_metric_label(metric))
-        fig.legend(*_unique(axes[0]), loc="outside right upper", frameon=False, title="pre-training")
+        axes[0].set_ylabel(_metric_label(metric))
+        fig.legend(*_unique(axes), loc="outside right upper", frameon=False, title="pre-training")
         fig.suptitle(f"{target}: model size")
-    return fig, data
+    return fig
 
 
-def _unique(axes: Iterable[plt.Axes]) -> tuple[list, list]:
-    seen: dict[str, Any] = {}
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            seen.setdefault(label, handle)
-    return list(seen.values()), list(seen)
-
-
-def fewshot_curves(table: pd.DataFrame, target: str, metric: str) -> tuple[plt.Figure, pd.DataFrame]:
+def draw_fewshot_curves(data: pd.DataFrame, target: str, metric: str) -> Figure:
     """Metric vs k (log x) per source and size; full-shot results in a separate panel on the right."""
-    data = table[(table.kind == "transfer") & (table.target == target) & (table.metric == metric)]
     palette = model_palette(data)
     order = _model_order(data)
-    with plt.rc_context(_style()):
-        fig, (ax, ax_full) = plt.subplots(1, 2, figsize=(8.5, 4.0), sharey=True, layout="constrained",
-                                          gridspec_kw={"width_ratios": [5, 1]})  # fmt: skip
+    fig = new_figure(8.5, 4.0)
+    with mpl.rc_context(style()):
+        ax, ax_full = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [5, 1]})
         stats = data.groupby(["pretrained_model", "shots"]).value.agg(["mean", "std"]).reset_index()
         arch_of = dict(zip(data.pretrained_model, data.arch))
         for i, model in enumerate(order):
             part = stats[stats.pretrained_model == model]
             few, full = part[part.shots > 0], part[part.shots == 0]
-            style = "--" if results.arch_short(arch_of[model]) == "50x1" else "-"  # small models dashed
+            line = "--" if results.arch_short(arch_of[model]) == "50x1" else "-"  # small models dashed
             if len(few):
-                ax.plot(few.shots, few["mean"], style, marker="o", color=palette[model], label=model)
+                ax.plot(few.shots, few["mean"], line, marker="o", color=palette[model], label=model)
                 ax.fill_between(few.shots, few["mean"] - few["std"].fillna(0), few["mean"] + few["std"].fillna(0),
                                 color=palette[model], alpha=0.12, linewidth=0)  # fmt: skip
             if len(full):
@@ -189,57 +210,82 @@ def fewshot_curves(table: pd.DataFrame, target: str, metric: str) -> tuple[plt.F
         ax.set(xlabel="shots per class (k)", ylabel=_metric_label(metric), title=f"{target}: few-shot")
         ax_full.set(title="full", xticks=[], xlim=(-0.7, max(len(order), 1) - 0.3))
         fig.legend(*_unique([ax, ax_full]), loc="outside right upper", frameon=False, title="pre-trained model")
-    return fig, data
+    return fig
 
 
-def scale_curve(table: pd.DataFrame, target: str, metric: str, *, scale: str, n_boot: int = 100
-                ) -> tuple[plt.Figure, pd.DataFrame] | None:  # fmt: skip
+SCALE_AXES = {"data": "data_fraction", "model": "params_m"}
+
+
+def scale_rows(data: pd.DataFrame, scale: str) -> list[tuple[tuple, pd.DataFrame]]:
+    """Groups (source, shot, arch | data fraction) with ≥ 2 points along the scale axis, error = 1 − metric."""
+    x = SCALE_AXES[scale]
+    data = _with_params(data).assign(error=1.0 - data.value).dropna(subset=["params_m", "error"])
+    group_by = ["init_label", "shot"] + (["arch"] if scale == "data" else ["data_fraction"])
+    return [(key, part) for key, part in data.groupby(group_by, sort=True) if part[x].nunique() >= 2]
+
+
+def draw_scale_curve(data: pd.DataFrame, target: str, metric: str, *, scale: str, n_boot: int = 100) -> Figure | None:
     """Error (1 − metric) vs pre-training data fraction (`scale="data"`) or model size (`"model"`), per
     source, with the power-law fit and its bootstrap band where a source has ≥ 3 scale points."""
-    data = table[(table.kind == "transfer") & (table.target == target) & (table.metric == metric)]
-    x = {"data": "data_fraction", "model": "params_m"}[scale]
-    data = data.assign(params_m=data.arch.map(lambda a: ARCH_PARAMS_M.get(results.arch_short(a), np.nan)),
-                       error=1.0 - data.value).dropna(subset=["params_m", "error"])  # fmt: skip
-    group_by = ["init_label", "shot"] + (["arch"] if scale == "data" else ["data_fraction"])
-    groups = [(key, part) for key, part in data.groupby(group_by, sort=True) if part[x].nunique() >= 2]
+    groups = scale_rows(data, scale)
     if not groups:
         return None
-    with plt.rc_context(_style()):
-        fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
-        drawn = []
+    x = SCALE_AXES[scale]
+    fig = new_figure(7.5, 4.2)
+    with mpl.rc_context(style()):
+        ax = fig.subplots()
         for key, part in groups:
-            source, shot = key[0], key[1]
-            colour = source_colour(source)
+            colour = source_colour(key[0])
             label = " ".join(str(k) for k in key).replace("_shot", "-shot")
             stats = part.groupby(x).error.agg(["mean", "std"]).reset_index()
             ax.errorbar(stats[x], stats["mean"], yerr=stats["std"].fillna(0), marker="o", linestyle="none",
                         color=colour, capsize=3, label=label)  # fmt: skip
             if part[x].nunique() >= 3:
-                fit = scaling.bootstrap_fit(part, x=x, y="error", n_boot=n_boot, seed=0)
-                band = fit["band"]
+                band = scaling.bootstrap_fit(part, x=x, y="error", n_boot=n_boot, seed=0)["band"]
                 ax.plot(band[x], band.fit, color=colour, linewidth=1.2)
                 ax.fill_between(band[x], band.lo, band.hi, color=colour, alpha=0.15, linewidth=0)
-            drawn.append(part)
         ax.set_xscale("log")
         ax.set(xlabel={"data": "fraction of pre-training data", "model": "backbone parameters (M)"}[scale],
                ylabel=f"error (1 − {_metric_label(metric)})", title=f"{target}: {scale} scale")  # fmt: skip
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
-    return fig, pd.concat(drawn, ignore_index=True)
+    return fig
+
+
+# Public one-call versions: the tidy table in, a Figure out.
+def shots_bar(table: pd.DataFrame, target: str, metric: str) -> Figure:
+    return draw_shots_bar(transfer_rows(table, target, metric), target, metric)
+
+
+def model_size(table: pd.DataFrame, target: str, metric: str) -> Figure:
+    return draw_model_size(transfer_rows(table, target, metric), target, metric)
+
+
+def fewshot_curves(table: pd.DataFrame, target: str, metric: str) -> Figure:
+    return draw_fewshot_curves(transfer_rows(table, target, metric), target, metric)
+
+
+def scale_curve(table: pd.DataFrame, target: str, metric: str, *, scale: str, n_boot: int = 100) -> Figure | None:
+    return draw_scale_curve(transfer_rows(table, target, metric), target, metric, scale=scale, n_boot=n_boot)
 
 
 # ---- saving -----------------------------------------------------------------------------------
-def save_figure(fig: plt.Figure, table: pd.DataFrame, out_dir: str | Path, name: str, *, dpi: int = 120) -> list[Path]:
-    """Write `{name}.png`, `{name}.pdf` and `{name}.csv` (the tidy rows drawn) under out_dir; closes fig."""
+def save_figure(fig: Figure, rows: pd.DataFrame, out_dir: str | Path, name: str, *, dpi: int = 120) -> list[Path]:
+    """Write `{name}.png`, `{name}.pdf` and `{name}.csv` (the tidy rows drawn) under out_dir.
+
+    The figure stays usable: restyle it and save it again. The PNG's DPI is lowered where needed so
+    that neither side exceeds MAX_PIXELS."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf", out_dir / f"{name}.csv"]
+    dpi = min(dpi, MAX_PIXELS / max(fig.get_size_inches()))
+    fig.savefig(paths[0], dpi=dpi)
+    engine = fig.get_layout_engine()
+    fig.set_layout_engine("none")  # keep the layout just computed: the PDF need not redo it
     try:
-        fig.savefig(paths[0], dpi=dpi)
-        fig.set_layout_engine("none")  # keep the layout just computed: the PDF need not redo it
         fig.savefig(paths[1])
     finally:
-        plt.close(fig)
-    table.to_csv(paths[2], index=False)
+        fig.set_layout_engine(engine)
+    rows.to_csv(paths[2], index=False)
     return paths
 
 
@@ -247,54 +293,94 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in text).strip("-")
 
 
+def figure_name(prefix: str, target: str, metric: str) -> str:
+    return f"{prefix}_{_slug(target)}_{_slug(metric.replace('test/', ''))}"
+
+
 @dataclass(frozen=True)
 class FigureKind:
-    """One kind of per-(target, metric) figure: its file-name prefix and how to draw it."""
+    """One kind of per-(target, metric) figure: its file-name prefix, how to draw its tidy rows, whether
+    a target's rows have anything to show (e.g. few-shot curves need two shot counts), and which of
+    them it draws (`select(rows, target)`: those go into the CSV beside the figure)."""
 
     prefix: str
-    draw: Callable[[pd.DataFrame, str, str], tuple[plt.Figure, pd.DataFrame] | None]
+    draw: Callable[[pd.DataFrame, str, str], Figure | None]
+    needs: Callable[[pd.DataFrame], bool] = lambda rows: len(rows) > 0
+    select: Callable[[pd.DataFrame, str], pd.DataFrame] = lambda rows, target: rows
+
+
+def _scale_kind(scale: str, min_points: int) -> FigureKind:
+    def draw(rows: pd.DataFrame, target: str, metric: str) -> Figure | None:
+        return draw_scale_curve(rows, target, metric, scale=scale)
+
+    def select(rows: pd.DataFrame, target: str) -> pd.DataFrame:  # only the groups a curve is drawn for
+        groups = scale_rows(rows, scale)
+        return pd.concat([part for _, part in groups], ignore_index=True) if groups else rows.head(0)
+
+    column = {"data": lambda r: r.data_fraction, "model": lambda r: r.arch.map(results.arch_short)}[scale]
+    return FigureKind(f"{scale}_scale", draw, lambda rows: column(rows).nunique() >= min_points, select)
 
 
 FIGURE_KINDS = (
-    FigureKind("bars", shots_bar),
-    FigureKind("model_size", model_size),
-    FigureKind("fewshot", fewshot_curves),
-    FigureKind("data_scale", lambda t, target, m: scale_curve(t, target, m, scale="data")),
-    FigureKind("model_scale", lambda t, target, m: scale_curve(t, target, m, scale="model")),
+    FigureKind("bars", draw_shots_bar),
+    FigureKind("model_size", draw_model_size, lambda rows: rows.arch.map(results.arch_short).nunique() >= 2,
+               lambda rows, target: _with_params(rows).dropna(subset=["params_m"])),
+    FigureKind("fewshot", draw_fewshot_curves, lambda rows: (rows.shots > 0).any() and rows.shots.nunique() >= 2),
+    _scale_kind("data", 2),
+    _scale_kind("model", 3),
 )
 
 
-def needs(kind: FigureKind, part: pd.DataFrame) -> bool:
-    """Skip figures with nothing to show (one shot count for few-shot curves, one size, one data fraction)."""
-    if kind.prefix == "model_size":
-        return part.arch.map(results.arch_short).nunique() >= 2
-    if kind.prefix == "fewshot":
-        return (part.shots > 0).any() and part.shots.nunique() >= 2
-    if kind.prefix == "data_scale":
-        return part.data_fraction.nunique() >= 2
-    if kind.prefix == "model_scale":
-        return part.arch.map(results.arch_short).nunique() >= 3
-    return True
+FigureKey = tuple[str, str, str]  # (kind, target, metric)
 
 
-def render_table(table: pd.DataFrame, out_dir: str | Path, kinds: Iterable[str] | None = None) -> list[Path]:
-    """Every figure kind (or those named in `kinds`, e.g. data_scale) per (target, test metric)."""
-    written: list[Path] = []
+@dataclass(frozen=True)
+class Rendered(Mapping):
+    """What `render_table` / `render_all` drew: a mapping (kind, target, metric) → (Figure, files), plus
+    the tables written beside the figures (name → path)."""
+
+    figures: dict[FigureKey, tuple[Figure, list[Path]]]
+    out_dir: Path
+    tables: dict[str, Path] = field(default_factory=dict)
+
+    def __getitem__(self, key: FigureKey) -> tuple[Figure, list[Path]]:
+        return self.figures[key]
+
+    def __iter__(self) -> Iterator[FigureKey]:
+        return iter(self.figures)
+
+    def __len__(self) -> int:
+        return len(self.figures)
+
+    @property
+    def files(self) -> list[Path]:
+        """Every file written: PNG, PDF and CSV per figure, then the tables."""
+        return [p for _, paths in self.figures.values() for p in paths] + list(self.tables.values())
+
+    @property
+    def pngs(self) -> list[Path]:
+        return [p for p in self.files if p.suffix == ".png"]
+
+
+def render_table(table: pd.DataFrame, out_dir: str | Path, kinds: Iterable[str] | None = None,
+                 figure_kinds: Iterable[FigureKind] = FIGURE_KINDS) -> Rendered:  # fmt: skip
+    """Draw and save every figure kind (or those named in `kinds`, e.g. data_scale) per (target, test metric)."""
+    drawn: dict[FigureKey, tuple[Figure, list[Path]]] = {}
     transfer = table[table.kind == "transfer"]
-    chosen = [k for k in FIGURE_KINDS if kinds is None or k.prefix in set(kinds)]
-    for (target, metric), part in transfer.groupby(["target", "metric"], sort=True):
+    chosen = [k for k in figure_kinds if kinds is None or k.prefix in set(kinds)]
+    for (target, metric), rows in transfer.groupby(["target", "metric"], sort=True):
         if not metric.startswith("test/"):
             continue
         for kind in chosen:
-            if not needs(kind, part):
+            if not kind.needs(rows):
                 continue
-            drawn = kind.draw(table, target, metric)
-            if drawn is None:
+            drawn_rows = kind.select(rows, target)
+            fig = kind.draw(drawn_rows, target, metric)
+            if fig is None:
                 continue
-            fig, rows = drawn
-            name = f"{kind.prefix}_{_slug(target)}_{_slug(metric.replace('test/', ''))}"
-            written += save_figure(fig, rows, out_dir, name)
-    return written
+            files = save_figure(fig, drawn_rows, out_dir, figure_name(kind.prefix, target, metric))
+            drawn[(kind.prefix, target, metric)] = (fig, files)
+    return Rendered(drawn, Path(out_dir))
 
 
 # ---- tables beside the figures ----------------------------------------------------------------
@@ -306,17 +392,13 @@ def full_shot_means(table: pd.DataFrame) -> pd.DataFrame:
     return stats.assign(sd=stats.sd.fillna(0.0))
 
 
-SCALES = {"data": "data_fraction", "model": "params_m"}
-
-
 def scaling_fits(table: pd.DataFrame, *, n_boot: int = 100, seed: int = 0) -> pd.DataFrame:
     """Power-law fits of the error (1 − metric) against pre-training data fraction and model size, per
     target / metric / source / shot (and arch, for data scale), for every group with ≥ 3 scale points."""
     data = table[(table.kind == "transfer") & table.metric.str.startswith("test/")]
-    data = data.assign(params_m=data.arch.map(lambda a: ARCH_PARAMS_M.get(results.arch_short(a), np.nan)),
-                       error=1.0 - data.value).dropna(subset=["params_m", "error"])  # fmt: skip
+    data = _with_params(data).assign(error=1.0 - data.value).dropna(subset=["params_m", "error"])
     frames = []
-    for scale, x in SCALES.items():
+    for scale, x in SCALE_AXES.items():
         by = ["target", "metric", "init_label", "shot"] + (["arch"] if scale == "data" else ["data_fraction"])
         fits = scaling.fit_table(data, x=x, y="error", by=by, n_boot=n_boot, seed=seed)
         if len(fits):
@@ -328,156 +410,47 @@ def scaling_fits(table: pd.DataFrame, *, n_boot: int = 100, seed: int = 0) -> pd
     return pd.concat(frames, ignore_index=True).reindex(columns=columns)
 
 
-def render_all(results_dir: str | Path, out_dir: str | Path | None = None, *, n_boot: int = 100) -> list[Path]:
+STYLES = ("default", "paper")
+
+
+def render_all(results_dir: str | Path, out_dir: str | Path | None = None, *, n_boot: int = 100,
+               style: str = "default") -> Rendered:  # fmt: skip
     """Every figure for every (target, test metric) in the store, plus `results_table.csv`,
     `full_shot_means.csv` and `scaling_fits.csv`; default out: `<results parent>/figures`.
+    `style="paper"` draws the paper's figures instead (`xrstudy.paper_figures`).
 
     Invalid result files (truncated, edited, off-schema) are left out with a warning, never drawn."""
+    if style not in STYLES:
+        raise ValueError(f"style={style!r}; expected one of {STYLES}")
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir.resolve().parent / "figures"
     table = results.table(results_dir)
     if table.empty:
         raise results.ResultError(f"{results_dir}: no valid results to draw")
-    written = render_table(table, out_dir)
+    if style == "paper":
+        from xrstudy import paper_figures
+
+        return paper_figures.render(table, out_dir)
+    rendered = render_table(table, out_dir)
     tables = {"results_table.csv": table, "full_shot_means.csv": full_shot_means(table),
               "scaling_fits.csv": scaling_fits(table, n_boot=n_boot)}  # fmt: skip
     for name, frame in tables.items():
-        frame.to_csv(Path(out_dir) / name, index=False)
-        written.append(Path(out_dir) / name)
-    return written
+        frame.to_csv(out_dir / name, index=False)
+        rendered.tables[name] = out_dir / name
+    return rendered
 
 
-# ---- exploring sources (notebooks/00_explore_sources) ----------------------------------------
-# The canonical table's non-finding columns (docs/design.md, `labels.META_COLUMNS`).
-META_COLUMNS = ("image_id", "path", "source", "patient_id", "study_id", "view", "sex", "age", "split", "raw_labels", "label")
-
-
-def finding_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c not in META_COLUMNS]
-
-
-def source_counts(frame: pd.DataFrame) -> pd.DataFrame:
-    """Images, patients and per-view counts per source."""
-    counts = frame.groupby("source").agg(images=("image_id", "size"), patients=("patient_id", "nunique"))
-    views = frame.groupby(["source", "view"]).size().unstack(fill_value=0)
-    return counts.join(views)
-
-
-def finding_counts(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per source and finding: positives, negatives, uncertain (-1), unknown (NaN) and the uncertain share."""
-    rows = []
-    for source, part in frame.groupby("source", sort=True):
-        for finding in finding_columns(part):
-            values = part[finding]
-            rows.append({"source": source, "finding": finding, "positive": int((values == 1).sum()),
-                         "negative": int((values == 0).sum()), "uncertain": int((values == -1).sum()),
-                         "unknown": int(values.isna().sum())})  # fmt: skip
-    out = pd.DataFrame(rows, columns=["source", "finding", "positive", "negative", "uncertain", "unknown"])
-    labelled = out.positive + out.negative + out.uncertain
-    return out.assign(uncertain_share=(out.uncertain / labelled.where(labelled > 0)).fillna(0.0))
-
-
-def plot_finding_counts(frame: pd.DataFrame) -> plt.Figure:
-    counts = finding_counts(frame)
-    with plt.rc_context(_style()):
-        fig, ax = plt.subplots(figsize=(9, 0.25 * counts.finding.nunique() + 2), layout="constrained")
-        palette = {s: source_colour(s) for s in counts.source.unique()}
-        sns.barplot(data=counts, y="finding", x="positive", hue="source", palette=palette, ax=ax)
-        ax.set(xscale="log", xlabel="positive images (log)", title="positives per finding and source")
-    return fig
-
-
-def plot_cooccurrence(frame: pd.DataFrame) -> plt.Figure:
-    """P(column finding positive | row finding positive) over all sources."""
-    positives = (frame[finding_columns(frame)] == 1).astype(float)
-    positives = positives.loc[:, positives.sum() > 0]
-    joint = positives.T @ positives
-    conditional = joint.div(np.diag(joint), axis=0)
-    with plt.rc_context(_style()):
-        size = 0.4 * len(conditional) + 3
-        fig, ax = plt.subplots(figsize=(size + 1, size), layout="constrained")
-        sns.heatmap(conditional, vmin=0, vmax=1, cmap="viridis", square=True, ax=ax,
-                    annot=len(conditional) <= 14, fmt=".2f", annot_kws={"fontsize": 7})  # fmt: skip
-        ax.set_title("label co-occurrence P(column | row)")
-    return fig
-
-
-def plot_uncertain_shares(frame: pd.DataFrame) -> plt.Figure:
-    counts = finding_counts(frame)
-    wide = counts.pivot(index="finding", columns="source", values="uncertain_share").fillna(0.0)
-    with plt.rc_context(_style()):
-        fig, ax = plt.subplots(figsize=(1.2 * wide.shape[1] + 4, 0.3 * len(wide) + 2), layout="constrained")
-        sns.heatmap(wide, vmin=0, vmax=max(0.01, float(wide.to_numpy().max())), cmap="rocket_r", annot=True, fmt=".2f", ax=ax)
-        ax.set_title("share of labelled images marked uncertain (-1)")
-    return fig
-
-
-def plot_sample_grid(frame: pd.DataFrame, per_source: int = 4, seed: int = 0) -> plt.Figure:
-    """A few images per source; in metadata-only mode (files absent) the tiles say so."""
-    from PIL import Image
-
-    sources = sorted(frame.source.unique())
-    with plt.rc_context(_style() | {"axes.grid": False}):
-        fig, axes = plt.subplots(len(sources), per_source, figsize=(2.0 * per_source, 2.1 * len(sources)),
-                                 squeeze=False, layout="constrained")  # fmt: skip
-        for row, source in zip(axes, sources):
-            part = frame[frame.source == source]
-            chosen = part.sample(n=min(per_source, len(part)), random_state=seed)
-            for ax, (_, item) in zip(row, chosen.iterrows()):
-                path = Path(str(item.get("path", "")))
-                if path.is_file():
-                    with Image.open(path) as img:
-                        ax.imshow(np.asarray(img.convert("L")), cmap="gray")
-                else:
-                    ax.text(0.5, 0.5, "metadata only\n(no image file)", ha="center", va="center", fontsize=8)
-                ax.set_title(f"{source} {item.get('view', '')}", fontsize=8)
-            for ax in row:
-                ax.set_xticks([])
-                ax.set_yticks([])
-    return fig
-
-
-def read_sources(entries: Iterable[str], metadata_only: bool = False) -> pd.DataFrame:
-    """`["chexpert=/data/CheXpert-v1.0-small", ...]` → one canonical table of all of them."""
-    from xrstudy import sources
-
-    tables = []
-    for entry in entries:
-        name, sep, root = str(entry).partition("=")
-        if not sep:
-            raise ValueError(f"source entry {entry!r}; expected 'name=DIR'")
-        tables.append(sources.read_source(name.strip(), root.strip(), metadata_only=metadata_only))
-    if not tables:
-        raise ValueError("no sources given; expected a list of 'name=DIR' entries")
-    return pd.concat(tables, ignore_index=True)
-
-
-def explore_sources(frame: pd.DataFrame, out_dir: str | Path, *, per_source: int = 4) -> dict[str, Any]:
-    """Counts per source / view / finding and the exploration figures (PNG + PDF + CSV) under out_dir."""
-    out_dir = Path(out_dir)
-    counts, findings = source_counts(frame), finding_counts(frame)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    counts.to_csv(out_dir / "source_counts.csv")
-    written: list[Path] = [out_dir / "source_counts.csv"]
-    drawn = {"sample_grid": (plot_sample_grid, frame[["source", "view", "path"]].head(0))}
-    if len(findings):
-        drawn = {"finding_counts": (plot_finding_counts, findings),
-                 "label_cooccurrence": (plot_cooccurrence, findings),
-                 "uncertain_shares": (plot_uncertain_shares, findings), **drawn}  # fmt: skip
-    for name, (plot, rows) in drawn.items():
-        fig = plot_sample_grid(frame, per_source=per_source) if plot is plot_sample_grid else plot(frame)
-        written += save_figure(fig, rows, out_dir, name)
-    return {"counts": counts, "findings": findings, "files": written,
-            "figures": [p for p in written if p.suffix == ".png"]}  # fmt: skip
-
-
-# ---- CLI --------------------------------------------------------------------------------------
+# ---- CLI (xrstudy.cli chooses the Agg backend before this module is imported) -----------------
 def cmd_figures(args: Any) -> int:
     start = time.perf_counter()
-    written = render_all(args.results, args.out)
-    pngs = [p for p in written if p.suffix == ".png"]
-    print(f"{len(pngs)} figures (PNG + PDF + CSV each) in {written[0].parent} ({time.perf_counter() - start:.1f} s)")
-    means = pd.read_csv(written[0].parent / "full_shot_means.csv")
+    rendered = render_all(args.results, args.out, style=getattr(args, "style", "default"))
+    print(f"{len(rendered.pngs)} figures (PNG + PDF + CSV each) in {rendered.out_dir} ({time.perf_counter() - start:.1f} s)")
+    if getattr(args, "style", "default") == "paper":
+        from xrstudy import paper_figures
+
+        print("\n" + paper_figures.format_full_shot(pd.read_csv(rendered.tables[paper_figures.FULL_SHOT_TABLE])))
+        return 0
+    means = pd.read_csv(rendered.tables["full_shot_means.csv"])
     if len(means):
         print("\nfull-shot mean ± SD over seeds:")
         for row in means.itertuples():
@@ -486,7 +459,8 @@ def cmd_figures(args: Any) -> int:
 
 
 __all__ = [
-    "SOURCE_COLOURS", "source_colour", "model_colour", "shots_bar", "model_size", "fewshot_curves", "scale_curve",
-    "save_figure", "render_table", "render_all", "full_shot_means", "scaling_fits", "source_counts", "finding_counts", "plot_finding_counts",
-    "plot_cooccurrence", "plot_uncertain_shares", "plot_sample_grid", "read_sources", "explore_sources", "cmd_figures",
+    "SOURCE_COLOURS", "source_colour", "model_colour", "model_palette", "style", "new_figure", "transfer_rows",
+    "shots_bar", "model_size", "fewshot_curves", "scale_curve", "draw_shots_bar", "draw_model_size",
+    "draw_fewshot_curves", "draw_scale_curve", "save_figure", "FigureKind", "FIGURE_KINDS", "Rendered",
+    "render_table", "render_all", "full_shot_means", "scaling_fits", "cmd_figures", "MAX_PIXELS",
 ]  # fmt: skip

@@ -53,7 +53,12 @@ def _blob(y, x, cy, cx, r) -> np.ndarray:
 
 
 def draw_chest(findings: set[str], rng: np.random.Generator, style: PhantomStyle, view: str = "PA") -> np.ndarray:
-    """A float image in [0, 1]: bright = dense (bone, heart, fluid), dark = air."""
+    """A float image in [0, 1]: bright = dense (bone, heart, fluid), dark = air.
+
+    Every image varies as patients and acquisitions do: body position and size, lung shape, heart
+    size, exposure, noise; findings vary in side, extent and density. One image of a class is
+    therefore one example, not a template (the demo's 1-shot cells must not be decided by it).
+    """
     y, x = _grid(style.height, style.width)
     jitter = lambda s: rng.normal(0.0, s)  # noqa: E731 - tiny local helper
     img = np.full(y.shape, 0.08, np.float32)
@@ -64,57 +69,65 @@ def draw_chest(findings: set[str], rng: np.random.Generator, style: PhantomStyle
         img[(x > 0.78) & (x < 0.86)] = 0.8
         return np.clip(img + rng.normal(0, style.noise, img.shape), 0, 1)
 
-    body = _ellipse(y, x, 0.55, 0.5, 0.5, 0.47)
-    img[body] = 0.55
-    left_c = (0.45 + jitter(0.01), 0.3 + jitter(0.01))
-    right_c = (0.45 + jitter(0.01), 0.7 + jitter(0.01))
-    lung_r = (0.3 + jitter(0.01), 0.15)
+    # Patient positioning and habitus: the whole chest shifts and scales a little.
+    dy, dx, size = jitter(0.03), jitter(0.03), 1.0 + jitter(0.05)
+    body = _ellipse(y, x, 0.55 + dy, 0.5 + dx, 0.5 * size, 0.47 * size)
+    img[body] = 0.55 + jitter(0.04)
+    left_c = (0.45 + dy + jitter(0.015), 0.5 + dx - 0.2 * size + jitter(0.015))
+    right_c = (0.45 + dy + jitter(0.015), 0.5 + dx + 0.2 * size + jitter(0.015))
+    lung_r = ((0.3 + jitter(0.02)) * size, (0.15 + jitter(0.01)) * size)
     left = _ellipse(y, x, *left_c, *lung_r)
     right = _ellipse(y, x, *right_c, *lung_r)
     lungs = left | right
-    img[lungs] = 0.2
+    img[lungs] = 0.2 + jitter(0.03)
     # Vascular markings: faint horizontal striations inside the lungs.
-    markings = 0.05 * (np.sin(y * 60 + rng.uniform(0, 6)) > 0.6)
+    markings = 0.05 * (np.sin(y * rng.uniform(50, 70) + rng.uniform(0, 6)) > 0.6)
     img = img + markings * lungs
     # Heart: bright ellipse low in the mediastinum; Cardiomegaly widens it past half the chest.
-    heart_rx = (0.22 if "Cardiomegaly" in findings else 0.12) + jitter(0.01)
-    heart = _ellipse(y, x, 0.62, 0.53, 0.14, heart_rx)
+    heart_rx = ((0.22 if "Cardiomegaly" in findings else 0.12) + jitter(0.012)) * size
+    heart = _ellipse(y, x, 0.62 + dy, 0.53 + dx, 0.14 * size, heart_rx)
     img[heart] = 0.75
-    img[(np.abs(x - 0.5) < 0.035) & (y < 0.5)] = 0.7  # trachea / mediastinum
+    img[(np.abs(x - 0.5 - dx) < 0.035) & (y < 0.5 + dy)] = 0.7  # trachea / mediastinum
     # Diaphragm domes.
-    img[(y > 0.78 + 0.05 * np.cos((x - 0.5) * 6)) & body] = 0.7
+    img[(y > 0.78 + dy + 0.05 * np.cos((x - 0.5 - dx) * 6)) & body] = 0.7
 
     side = left if rng.random() < 0.5 else right
     side_c = left_c if side is left else right_c
+    # Every finding's extent and density is drawn whether or not it is present, so an image with and
+    # without a finding share everything else (same random stream).
+    u = dict(zip(("level", "edge", "reach", "c_dy", "c_dx", "c_den", "c_r", "n_blobs", "a_dy", "a_tilt", "e_den"),
+                 rng.uniform(0.0, 1.0, 11)))  # fmt: skip
+    blobs = rng.uniform(0.0, 1.0, (5, 2))
     if "Effusion" in findings:
-        level = side_c[0] + lung_r[0] * rng.uniform(0.3, 0.55)
+        level = side_c[0] + lung_r[0] * (-0.1 + 0.4 * u["level"])
         meniscus = level - 0.06 * np.abs(x - side_c[1]) / lung_r[1]
         img[side & (y > meniscus)] = 0.7
     if "Pneumothorax" in findings:
         # Beyond a thin visceral pleural line the lung is collapsed: no markings, darker air.
-        edge = side_c[1] + (0.05 if side is right else -0.05)
+        edge = side_c[1] + (-0.02 + 0.05 * u["edge"]) * (1 if side is right else -1)
         beyond = (x > edge) if side is right else (x < edge)
-        region = side & beyond & (y < side_c[0] + 0.1)
+        region = side & beyond & (y < side_c[0] + 0.1 + 0.15 * u["reach"])
         img[region] = 0.06
         img[side & (np.abs(x - edge) < 0.012) & (y < side_c[0] + 0.1)] = 0.45
     if "Consolidation" in findings:
-        cy, cx = side_c[0] + rng.uniform(-0.1, 0.15), side_c[1] + rng.uniform(-0.05, 0.05)
-        img += 0.5 * (_blob(y, x, cy, cx, 0.06) > 0.5) * lungs
+        cy, cx = side_c[0] - 0.1 + 0.25 * u["c_dy"], side_c[1] - 0.05 + 0.1 * u["c_dx"]
+        img += (0.4 + 0.25 * u["c_den"]) * (_blob(y, x, cy, cx, 0.06 + 0.03 * u["c_r"]) > 0.5) * lungs
     if "Pneumonia" in findings:
-        for _ in range(4):
-            cy, cx = side_c[0] + rng.uniform(-0.15, 0.2), side_c[1] + rng.uniform(-0.08, 0.08)
+        for by, bx in blobs[: 3 + int(3 * u["n_blobs"])]:
+            cy, cx = side_c[0] - 0.15 + 0.35 * by, side_c[1] - 0.08 + 0.16 * bx
             img += 0.3 * _blob(y, x, cy, cx, 0.03) * lungs
     if "Atelectasis" in findings:
-        cy = side_c[0] + rng.uniform(0.05, 0.18)
-        band = (np.abs((y - cy) - 0.25 * (x - side_c[1])) < 0.015) & side
+        cy = side_c[0] + 0.05 + 0.13 * u["a_dy"]
+        band = (np.abs((y - cy) - (0.15 + 0.2 * u["a_tilt"]) * (x - side_c[1])) < 0.015) & side
         img[band] = 0.65
     if "Edema" in findings:
         # Bilateral perihilar ("bat-wing") haze.
-        haze = _blob(y, x, 0.48, 0.36, 0.09) + _blob(y, x, 0.48, 0.64, 0.09)
-        img += 0.35 * haze * lungs
+        haze = _blob(y, x, 0.48 + dy, 0.36 + dx, 0.09) + _blob(y, x, 0.48 + dy, 0.64 + dx, 0.09)
+        img += (0.25 + 0.2 * u["e_den"]) * haze * lungs
 
-    img = 0.5 + (img - 0.5) * style.contrast
-    img += rng.normal(0.0, style.noise, img.shape).astype(np.float32)
+    # Exposure: contrast and brightness vary per image around the source's scanner style.
+    img = 0.5 + jitter(0.03) + (img - 0.5) * style.contrast * rng.uniform(0.85, 1.15)
+    img += rng.normal(0.0, style.noise * rng.uniform(0.7, 1.5), img.shape).astype(np.float32)
     return np.clip(img, 0.0, 1.0)
 
 
@@ -226,7 +239,7 @@ def shape_records(n_per_class: int, seed: int, *, size: int = 48, test_share: fl
     return records
 
 
-def digit_records(seed: int, *, test_share: float = 0.3) -> list[Record]:
+def digit_records(seed: int, *, test_share: float = 0.2) -> list[Record]:
     """scikit-learn's bundled digits (8×8, 16 grey levels) as a real, offline natural-image target."""
     from sklearn.datasets import load_digits
 

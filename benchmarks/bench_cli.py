@@ -1,0 +1,102 @@
+"""CLI response time: each command's wall time as a user runs it (a fresh `xrstudy` process), beside
+`python -c "import pandas"` measured in the same run, so the ratios hold on a loaded machine.
+
+    python benchmarks/bench_cli.py [--repeat 3] [--real DIR]
+
+Commands: `xrstudy --help`, `xrstudy data merge` of the three real label files shipped in the
+torchxrayvision wheel (`--labels union --metadata-only --json`; goal < 3.5 s end to end),
+`xrstudy figures` of the paper-format fixtures, `xrstudy sweep plan --help` when that command exists.
+Goal for `--help`: < 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_FILES = {  # registry name -> (file in the torchxrayvision wheel, name the dataset distributes it as)
+    "nih": ("Data_Entry_2017_v2020.csv.gz", "Data_Entry_2017_v2020.csv.gz"),
+    "chexpert": ("chexpert_train.csv.gz", "train.csv.gz"),
+    "padchest": ("PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz",) * 2,
+}
+
+
+def _xrstudy() -> list[str]:
+    found = shutil.which("xrstudy", path=str(Path(sys.executable).parent))
+    return [found] if found else [sys.executable, "-m", "xrstudy.cli"]
+
+
+def wall(argv: list[str], repeat: int, cwd: Path) -> tuple[float, float]:
+    """(best, median) seconds of `argv` as a fresh process, output discarded; fails loudly on a non-zero exit."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        done = subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        times.append(time.perf_counter() - start)
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(argv)} exited {done.returncode}:\n{done.stderr[-2000:]}")
+    return min(times), statistics.median(times)
+
+
+def real_roots(base: Path, real: Path | None) -> dict[str, Path] | None:
+    if real is None:
+        try:
+            import torchxrayvision
+
+            real = Path(torchxrayvision.__file__).parent / "data"
+        except ImportError:
+            return None
+    roots = {}
+    for name, (shipped, distributed) in REAL_FILES.items():
+        if not (real / shipped).is_file():
+            return None
+        (base / name).mkdir()
+        (base / name / distributed).symlink_to(real / shipped)
+        roots[name] = base / name
+    return roots
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--real", type=Path, default=None, help="folder with the real label files (default: torchxrayvision's)")
+    args = parser.parse_args()
+    xrstudy = _xrstudy()
+    with tempfile.TemporaryDirectory(prefix="bench-cli-") as scratch:
+        base = Path(scratch)
+        store = base / "store"
+        subprocess.run([*xrstudy, "results", "import-legacy", str(REPO / "tests" / "data" / "legacy"), "--results",
+                        str(store)], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+        commands = {"python -c 'import pandas'": [sys.executable, "-c", "import pandas"],
+                    "xrstudy --help": [*xrstudy, "--help"],
+                    "xrstudy data merge --help": [*xrstudy, "data", "merge", "--help"]}  # fmt: skip
+        plan = subprocess.run([*xrstudy, "sweep", "plan", "--help"], capture_output=True)
+        if plan.returncode == 0:
+            commands["xrstudy sweep plan --help"] = [*xrstudy, "sweep", "plan", "--help"]
+        roots = real_roots(base, args.real)
+        if roots:
+            commands["xrstudy data merge (3 real label files, union)"] = [
+                *xrstudy, "data", "merge", *[a for n, r in roots.items() for a in ("--source", f"{n}={r}")],
+                "--labels", "union", "--metadata-only", "--json"]  # fmt: skip
+        commands["xrstudy figures (paper-format fixtures)"] = [*xrstudy, "figures", "--results", str(store), "--out",
+                                                               str(base / "figs")]  # fmt: skip
+        print(f"{len(os.sched_getaffinity(0))} cores, load avg {os.getloadavg()[0]:.1f}; best / median of {args.repeat}")
+        baseline = None
+        for name, argv in commands.items():
+            best, median = wall(argv, args.repeat, base)
+            baseline = baseline or best
+            print(f"  {name:52s} best {best:6.2f} s  median {median:6.2f} s  ({best / baseline:4.1f}x import pandas)")
+        if not roots:
+            print("  (real label files not found: install torchxrayvision or pass --real DIR)")
+
+
+if __name__ == "__main__":
+    main()
