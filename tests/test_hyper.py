@@ -1,4 +1,4 @@
-"""BiT-HyperRule and the pre-training schedule against the table in STUDY.md and the authors' code
+"""BiT-HyperRule and the pre-training schedule against the paper's table (docs/PROTOCOL.md) and the authors' code
 (bit_hyperrule.py, lr_scheduler/builder.py), and what a cell needs from the machine."""
 
 from __future__ import annotations

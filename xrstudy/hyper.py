@@ -1,8 +1,8 @@
 """Recipes as pure functions: BiT-HyperRule, the pre-training schedule, learning-rate scaling, and
 what a cell needs from a machine (cache bytes on disk, RAM per rank).
 
-Everything here is a function of numbers (train size, image size, batch, step), so the table in
-STUDY.md can be unit-tested without a model, the fastai schedule callback just calls `lr_at`, and
+Everything here is a function of numbers (train size, image size, batch, step), so the recipe table
+of docs/PROTOCOL.md can be unit-tested without a model, the fastai schedule callback just calls `lr_at`, and
 `xrstudy sweep plan` prints what will run without importing torch.
 
 The two LR rules are the authors' own, step for step:
