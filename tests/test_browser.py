@@ -12,15 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+from labserver import jupyterlab
 
 pytestmark = pytest.mark.slow
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -43,12 +39,6 @@ def _browser() -> str:
     raise AssertionError  # unreachable
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def lab(tmp_path):
     """A JupyterLab serving a copy of 30_figures and the bundled store (Run All never touches the repo)."""
@@ -61,37 +51,12 @@ def lab(tmp_path):
     settings.mkdir(parents=True)
     # The notebook's kernel starts without asking (as "Always start the preferred kernel" would).
     (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none", "autoStartDefaultKernel": True}))
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # the kernel keeps its inline backend
     env.update({f"JUPYTER_{k}": str(tmp_path / k.lower()) for k in ("CONFIG_DIR", "DATA_DIR", "RUNTIME_DIR")})
     env.update(JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "lab-settings"), JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"))
-    log = open(tmp_path / "lab.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--ServerApp.port={port}",
-         "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}",
-         "--ServerApp.port_retries=0", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        env=env, stdout=subprocess.DEVNULL, stderr=log,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/api/status?token={TOKEN}", timeout=5):
-                break
-        except OSError:
-            if time.time() > deadline or server.poll() is not None:
-                server.kill()
-                pytest.fail("JupyterLab did not start:\n" + (tmp_path / "lab.log").read_text()[-3000:])
-            time.sleep(0.5)
-    try:
+    with jupyterlab(root, TOKEN, env, tmp_path / "lab.log",
+                    extra=["--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]) as base:
         yield base, root
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 def _expected_figures(root: Path, scratch: Path) -> int:

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -15,16 +12,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from labserver import jupyterlab
 
 pytestmark = pytest.mark.slow
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 TOKEN = "xrstudy-test-" + uuid.uuid4().hex
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _api(base: str, path: str, method: str = "GET", body: dict | None = None) -> dict:
@@ -37,33 +29,9 @@ def _api(base: str, path: str, method: str = "GET", body: dict | None = None) ->
 
 @pytest.fixture
 def lab(tmp_path):
-    port = _free_port()
     env = {**os.environ, **{f"JUPYTER_{k}": str(tmp_path / k.lower()) for k in ("CONFIG_DIR", "DATA_DIR", "RUNTIME_DIR")}}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--ServerApp.port={port}",
-         "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={tmp_path}",
-         "--ServerApp.port_retries=0"],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "lab.log", "w"),
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            _api(base, "/api/status")
-            break
-        except OSError:
-            if time.time() > deadline or server.poll() is not None:
-                server.kill()
-                pytest.fail("JupyterLab did not start:\n" + (tmp_path / "lab.log").read_text()[-3000:])
-            time.sleep(0.5)
-    try:
+    with jupyterlab(tmp_path, TOKEN, env, tmp_path / "lab.log", start_timeout=90) as base:
         yield base
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def _execute(ws, code: str, timeout: float = 300) -> list[dict]:
