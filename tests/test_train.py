@@ -291,12 +291,15 @@ def test_pretraining_keeps_the_best_validation_checkpoint_and_the_last(tmp_path,
 
 
 def test_inputs_are_normalised_with_the_inits_statistics():
-    from xrstudy.models import IMAGENET_STATS, XRAY_STATS, input_stats
+    from xrstudy.hyper import IMAGENET_STATS, XRAY_STATS
+    from xrstudy.models import input_stats
 
     assert input_stats(RunConfig(kind="transfer", target="t")) == XRAY_STATS  # scratch
     assert input_stats(RunConfig(kind="transfer", target="t", init="run:pretrain-0123456789ab")) == XRAY_STATS
     assert input_stats(RunConfig(kind="transfer", target="t", init="paper", init_label="chexpert_mimic")) == XRAY_STATS
     assert input_stats(RunConfig(kind="transfer", target="t", init="paper", init_label="imagenet21k")) == IMAGENET_STATS
+    # configs/finetune/padchest.yaml sets 0.5 / 0.5, which their ImageNet models (no statistics) then use
+    assert input_stats(RunConfig(kind="transfer", target="padchest-cl", init="paper", init_label="imagenet21k")) == XRAY_STATS
     assert IMAGENET_STATS == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     timm_bit = RunConfig(kind="transfer", target="t", init="timm", arch="resnetv2_50x1_bit.goog_in21k")
     assert input_stats(timm_bit) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # timm's pretrained_cfg of the tag

@@ -231,6 +231,30 @@ def recipe_for(cfg: RunConfig, train_size: int, image_hw: tuple[int, int], *, pi
 
 
 # ---- what a cell needs from the machine ----------------------------------------------------------
+# ---- input normalisation ------------------------------------------------------------------------
+XRAY_STATS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # the authors' X-ray configs (data.mean / data.std); BiT's
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # their build_transforms' default
+
+
+def input_stats(cfg: RunConfig, target_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+                ) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """(mean, std, why) the cell's inputs are normalised with (per channel, on [0, 1] pixels), the
+    authors' rule (finetune.py): the pre-training config's mean / std when it sets them (their X-ray
+    models: 0.5 / 0.5), else the target's fine-tuning config's (`target_stats`, the registry's
+    `Source.input_stats`: PadChest-Cl 0.5 / 0.5), else torchvision's ImageNet mean / std (their ImageNet
+    models on every other target). xrstudy's own inits (scratch, run:<id>, checkpoint files) are
+    normalised as its pre-training is, 0.5 / 0.5. `init: timm` is the tag's pretrained cfg: the caller
+    reads it (`models.input_stats`); here it is None."""
+    if cfg.init == "timm":
+        raise ValueError("init 'timm': the statistics are the tag's timm pretrained cfg (xrstudy.models.input_stats)")
+    if cfg.init != "paper" or not cfg.init_label.startswith("imagenet"):
+        label = f"the authors' {cfg.init_label} checkpoint" if cfg.init == "paper" else "xrstudy's X-ray pipeline"
+        return (*XRAY_STATS, f"{label}: 0.5 / 0.5")
+    if target_stats is not None:
+        return (*target_stats, f"{cfg.init_label} sets none: the target's fine-tuning config")
+    return (*IMAGENET_STATS, f"{cfg.init_label} sets none: ImageNet mean / std (their loader's default)")
+
+
 def cache_bytes(n_images: int, size: int, mode: str) -> int:
     """Bytes of the uint8 image cache on disk: n x size x size (x 3 for colour modes "RGB...")."""
     return n_images * size * size * (3 if mode.startswith("RGB") else 1)
@@ -268,6 +292,9 @@ __all__ = [
     "recipe_for",
     "cache_bytes",
     "ram_per_rank",
+    "input_stats",
+    "XRAY_STATS",
+    "IMAGENET_STATS",
     "LR_RULES",
     "HyperRule",
     "Schedule",

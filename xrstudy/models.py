@@ -31,7 +31,7 @@ import timm
 import torch
 from torch import nn
 
-from xrstudy import paper_weights
+from xrstudy import hyper, paper_weights, sources
 from xrstudy.archs import resnetv2_tiny_bit
 from xrstudy.checkpoints import (CHECKPOINT_FORMAT, Checkpoint, CheckpointError, base_arch, checkpoint_path,
                                  read_checkpoint, read_state_dict, tensor_bytes, unwrap, write_checkpoint)
@@ -199,18 +199,9 @@ def create_model(cfg: RunConfig, num_classes: int, head: str = "linear", seed: i
 
 
 # ---- input statistics of an init ------------------------------------------------------------
-XRAY_STATS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # the authors' X-ray configs (data.mean / data.std); BiT's
-IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # build_transforms' default (their ImageNet runs)
-
-
 def input_stats(cfg: RunConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) the inputs of `cfg`'s init are normalised with, per channel, on [0, 1] pixels.
-
-    scratch, run:<id> and checkpoint files (xrstudy pre-training): 0.5 / 0.5. `init: paper`: the
-    authors' configs -- their X-ray models 0.5 / 0.5, their ImageNet models (init_label imagenet*,
-    configs/imagenet*.yaml set no mean / std) torchvision's ImageNet mean / std, which finetune.py
-    carries over from the pre-training config. `init: timm`: the tag's pretrained_cfg.
-    """
+    """(mean, std) the inputs of `cfg` are normalised with, per channel, on [0, 1] pixels: the tag's
+    pretrained_cfg for `init: timm`, else the authors' rule (`xrstudy.hyper.input_stats`)."""
     if cfg.init == "timm":
         from timm.models import get_pretrained_cfg
 
@@ -218,9 +209,9 @@ def input_stats(cfg: RunConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
         if pretrained is None:
             raise CheckpointError(f"init='timm': timm knows no pretrained config for {cfg.arch!r}")
         return tuple(pretrained.mean), tuple(pretrained.std)
-    if cfg.init == "paper" and cfg.init_label.startswith("imagenet"):
-        return IMAGENET_STATS
-    return XRAY_STATS
+    target = sources.source_of(cfg.target).input_stats if cfg.kind == "transfer" else None
+    mean, std, _ = hyper.input_stats(cfg, target)
+    return mean, std
 
 
 __all__ = [

@@ -33,31 +33,22 @@ from xrstudy import cost, hyper, labels, results, sweep
 from xrstudy.config import RunConfig
 from xrstudy.sources import Source, source_of
 
-XRAY_STATS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 LARGE_HW = (1024, 1024)  # "larger than 96 x 96": the HyperRule only asks whether images are small
 
 
 
 # ---- pieces of a cell's plan ----------------------------------------------------------------------
 def input_stats(cfg: RunConfig) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None, str]:
-    """(mean, std, why) the cell normalises with. The rule of the authors' code, written here without
-    torch: 0.5 / 0.5 for scratch and X-ray inits; ImageNet mean / std for the authors' ImageNet
-    checkpoints (`init: paper`, init_label imagenet*); BiT tags of timm carry 0.5 / 0.5 in their
-    pretrained cfg."""
-    init = cfg.init
-    if init == "paper":
-        if cfg.init_label.startswith("imagenet"):
-            return (*IMAGENET_STATS, f"the authors' {cfg.init_label} checkpoint: ImageNet mean / std")
-        return (*XRAY_STATS, f"the authors' {cfg.init_label or 'X-ray'} checkpoint: 0.5 / 0.5")
-    if init == "timm":
+    """(mean, std, why) the cell normalises with: the authors' rule (`xrstudy.hyper.input_stats`), which
+    training uses too (`models.input_stats`). For `init: timm` training reads the tag's timm pretrained
+    cfg; the plan, without torch, knows that Google's BiT tags carry 0.5 / 0.5."""
+    if cfg.init == "timm":
         tag = cfg.arch.partition(".")[2]
         if tag.startswith("goog_"):
-            return (*XRAY_STATS, f"timm pretrained cfg of {cfg.arch}: 0.5 / 0.5")
+            return (*hyper.XRAY_STATS, f"timm pretrained cfg of {cfg.arch}: 0.5 / 0.5")
         return None, None, f"timm pretrained cfg of {cfg.arch} (read at run time)"
-    if init == "scratch":
-        return (*XRAY_STATS, "scratch: 0.5 / 0.5")
-    return (*XRAY_STATS, "xrstudy checkpoint: 0.5 / 0.5 (pre-training normalises so)")
+    target = source_of(cfg.target).input_stats if cfg.kind == "transfer" else None
+    return hyper.input_stats(cfg, target)
 
 
 def init_sources(cfg: RunConfig, by_id: dict[str, RunConfig]) -> tuple[str, ...]:

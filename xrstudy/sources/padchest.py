@@ -100,7 +100,8 @@ def read_padchest(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
 
 @register("padchest-cl", multilabel=False, modality="xray", layout=PADCHEST_LAYOUT, cache_reads="always",
           published_classes=27, published_train_size=37_387, transfer_pipeline="xray", shares_images_with=("padchest",),
-          paper_fewshot="label_array", paper_single_label_of="padchest", paper_views=labels.PADCHEST_PAPER_VIEWS)
+          paper_fewshot="label_array", paper_single_label_of="padchest", paper_views=labels.PADCHEST_PAPER_VIEWS,
+          input_stats=((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))  # configs/finetune/padchest.yaml: mean, std
 def read_padchest_cl(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """PadChest-Cl: images whose label list holds exactly one term, that term (or "normal") as the class."""
     parsed = _read_padchest_terms(root)

@@ -43,6 +43,9 @@ class Source:
     native_hw: tuple[int, int] | None = None  # typical original (height, width); None = large (>= 96 px)
     transfer_pipeline: str = "bit"  # "bit": BiT-HyperRule resolution | "xray": the pre-training X-ray pipeline
     shares_images_with: tuple[str, ...] = ()  # sources whose images this one contains (leak check)
+    # (mean, std) the authors' fine-tuning config of this target sets (`data.mean` / `data.std`); used when
+    # the init's pre-training config sets none (their ImageNet models): xrstudy.hyper.input_stats.
+    input_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     # Pre-training sources: training images per canonical view in the paper's split, as published
     # (the plan sums the views a cell keeps); ((view, images), ...).
     published_train_by_view: tuple[tuple[str, int], ...] = ()
