@@ -2,8 +2,7 @@
 
 No image and no model is loaded (and neither torch nor timm imported). Per cell:
 - train_size from the label files when the cell's roots exist here (`train_size_from: "label files"`:
-  `xrstudy.data.train_size` once the data layer has it, until then the length of `data.prepare`'s
-  training table, few-shot cells from its class counts),
+  `xrstudy.data.train_size`, the length of the training table `data.prepare` would build),
   else from the registry's published facts (`Source.published_train_size`, per-view counts of the
   pre-training sources); few-shot cells k x classes (capped by the full set), or the class counts of
   the label files. A root that does not exist on this machine counts as not given.
@@ -34,7 +33,6 @@ from xrstudy.config import RunConfig
 from xrstudy.sources import Source, source_of
 
 LARGE_HW = (1024, 1024)  # "larger than 96 x 96": the HyperRule only asks whether images are small
-
 
 
 # ---- pieces of a cell's plan ----------------------------------------------------------------------
@@ -76,12 +74,11 @@ def _sources_of(cfg: RunConfig) -> tuple[str, ...]:
 @dataclass
 class _Files:
     """Label-file reads shared by the cells of one plan (every shot and seed of a target reads the
-    same full training table once)."""
+    same full training table once; `data.train_size` keeps its own split stages)."""
 
     metadata_only: bool
     out_dir: str
     full: dict[tuple, Any] = field(default_factory=dict)
-    sizes: dict[tuple, int] = field(default_factory=dict)
 
     @staticmethod
     def _key(cfg: RunConfig) -> tuple:
@@ -99,28 +96,12 @@ class _Files:
 
     def train_size(self, cfg: RunConfig) -> tuple[int, int, int]:
         """(training images of this cell, images of the dataset (cache), train + valid + test images)."""
-        study = self.study(cfg)
-        full = len(study.train)
-        evaluated = len(study.valid) + len(study.test)
-        universe = len(study.universe) or full + evaluated
         from xrstudy import data
 
-        if hasattr(data, "train_size"):  # the data layer's own count, once it has one
-            key = (cfg.run_id if study.multilabel and cfg.shots else "", self._key(cfg), cfg.shots, cfg.shots_mode)
-            if key not in self.sizes:
-                self.sizes[key] = int(data.train_size(cfg.replace(out_dir=self.out_dir)))
-            return self.sizes[key], universe, self.sizes[key] + evaluated
-        if cfg.kind == "pretrain" or cfg.shots == 0:
-            return full, universe, full + evaluated
-        if study.multilabel:  # the greedy multi-label sampler depends on the seed: run it
-            size = len(data.prepare(cfg.replace(out_dir=self.out_dir)).train)
-        else:
-            counts = study.train["label"].value_counts()
-            size = int(counts.clip(upper=cfg.shots).sum()) if cfg.shots_mode == "paper" else cfg.shots * len(counts)
-            short = counts[counts < cfg.shots]
-            if cfg.shots_mode != "paper" and len(short):
-                raise ValueError(f"class {short.index[0]!r} has {int(short.iloc[0])} training images; "
-                                 f"{cfg.shots}-shot (shots_mode exact) needs {cfg.shots}")
+        study = self.study(cfg)
+        evaluated = len(study.valid) + len(study.test)
+        universe = len(study.universe) or len(study.train) + evaluated
+        size = data.train_size(cfg.replace(out_dir=self.out_dir))  # cached per data fields, shots and seed
         return size, universe, size + evaluated
 
 
