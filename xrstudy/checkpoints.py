@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from xrstudy.config import RunConfig, parent_run_id
+from xrstudy.config import RunConfig, base_arch, parent_run_id
 from xrstudy.io import atomic_path, atomic_write_json, sha256_file
 
 CHECKPOINT_FORMAT = "xrstudy.checkpoint/1"
@@ -25,11 +25,6 @@ CHECKPOINT_FORMAT = "xrstudy.checkpoint/1"
 
 class CheckpointError(RuntimeError):
     """A weight file is missing, unreadable, altered, or for another architecture."""
-
-
-def base_arch(arch: str) -> str:
-    """`resnetv2_50x1_bit.goog_in21k` -> `resnetv2_50x1_bit` (the tag only names weights)."""
-    return arch.split(".", 1)[0]
 
 
 def unwrap(model: nn.Module) -> nn.Module:

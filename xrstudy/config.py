@@ -264,6 +264,11 @@ def parse_root(entry: str, *, origin: str = "root") -> tuple[str, Path]:
     return name, Path(folder)
 
 
+def base_arch(arch: str) -> str:
+    """`resnetv2_50x1_bit.goog_in21k` -> `resnetv2_50x1_bit`: the network, without the tag that names weights."""
+    return arch.split(".", 1)[0]
+
+
 def parent_run_id(init: str) -> str | None:
     """The run id of `init: run:<run id>`; None for every other init. The one parser of that reference."""
     if not str(init).startswith(RUN_REFERENCE):
@@ -339,5 +344,5 @@ FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
 __all__ = [
     "RunConfig", "ConfigError", "FIELD_NAMES", "EXECUTION_FIELDS", "KINDS", "LABEL_SETS", "UNCERTAIN_POLICIES",
     "SPLIT_MODES", "LABEL_MODES", "SHOTS_MODES", "SAMPLERS", "HEADS", "HEAD_INITS", "PRECISIONS", "VIEWS",
-    "RANGES", "ONLY_FOR_KIND", "parse_root", "parent_run_id",
+    "RANGES", "ONLY_FOR_KIND", "parse_root", "parent_run_id", "base_arch",
 ]  # fmt: skip

@@ -27,6 +27,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from xrstudy.config import base_arch
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 DEFAULT_DEVICE = "H100"
 
@@ -64,7 +66,7 @@ def throughput(arch: str, resolution: int, device: str = DEFAULT_DEVICE, *, comp
     """Training images/s of `arch` at `resolution` px on one `device`; None when nothing measured applies."""
     rows = [r for r in (throughput_table() if table is None else table) if r["device"] == device]
     params = arch_params() if params is None else params
-    base = arch.split(".", 1)[0]
+    base = base_arch(arch)
     mode = "compiled" if compiled and any(r["arch"] == base and r["mode"] == "compiled" for r in rows) else "eager"
     note = "" if mode == "compiled" or not compiled else "; eager figure (no compiled measurement)"
     same = [r for r in rows if r["arch"] == base and r["mode"] == mode]
@@ -101,7 +103,7 @@ def memory_table() -> tuple[dict[str, str], ...]:
 def images_per_gpu(arch: str, resolution: int, device: str = DEFAULT_DEVICE,
                    table: tuple[dict[str, str], ...] | None = None) -> Fit | None:
     """Most training images of `arch` at `resolution` px one `device` holds; None when the table has no row."""
-    base = arch.split(".", 1)[0]
+    base = base_arch(arch)
     rows = [r for r in (memory_table() if table is None else table) if r["device"] == device and r["arch"] == base]
     if not rows:
         return None

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from xrstudy import cost, hyper, labels, results, sweep
-from xrstudy.config import RunConfig
+from xrstudy.config import RunConfig, base_arch
 from xrstudy.sources import Source, source_of
 
 LARGE_HW = (1024, 1024)  # "larger than 96 x 96": the HyperRule only asks whether images are small
@@ -234,7 +234,7 @@ def plan_cell(cfg: RunConfig, by_id: dict[str, RunConfig], files: _Files | None,
 def _ram_per_rank(cfg: RunConfig, n_images: int, side: int, mode: str, micro: int, device: str) -> int:
     """Host memory of one training rank (xrstudy.hyper.ram_per_rank, measured by benchmarks/bench_memory.py)."""
     per_device = micro or cfg.batch_size
-    params = cost.arch_params().get(cfg.arch.split(".", 1)[0])
+    params = cost.arch_params().get(base_arch(cfg.arch))
     return hyper.ram_per_rank(n_images, hyper.cache_bytes(1, side, mode), per_device,
                               model_params=int(params * 1e6) if params else 0, cuda=device != "cpu")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable
 
 from xrstudy import results, sweep
-from xrstudy.config import RunConfig
+from xrstudy.config import RunConfig, base_arch
 from xrstudy.sweep import SweepError
 
 
@@ -65,7 +65,7 @@ def unknown_archs(cells: Iterable[RunConfig]) -> dict[str, str]:
         return {arch: f"cannot check: timm / xrstudy.models not importable ({err})" for arch in archs}
     bad = {}
     for arch in archs:
-        base = sweep.arch_size(arch)
+        base = base_arch(arch)
         if not timm.is_model(base):
             close = difflib.get_close_matches(base, timm.list_models(), n=4)
             bad[arch] = f"timm has no model {base!r} (closest: {close})"

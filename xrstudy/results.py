@@ -29,7 +29,7 @@ from typing import Any, Iterable, Literal, get_origin
 import pandas as pd
 
 from xrstudy import config as config_module
-from xrstudy.config import ConfigError, RunConfig, parent_run_id
+from xrstudy.config import ConfigError, RunConfig, base_arch, parent_run_id
 from xrstudy.io import TABLE_FORMATS, NotRegularFileError, atomic_write_json, atomic_write_table, read_regular_file
 
 SCHEMA = "xrstudy.result/1"
@@ -318,7 +318,7 @@ _BIT_ARCH = re.compile(r"resnetv2_(\d+x\d+)_bit")
 
 def arch_short(arch: str) -> str:
     """`resnetv2_152x4_bit.goog_in21k` → `152x4`; other timm names stay as they are (minus the tag)."""
-    base = arch.split(".", 1)[0]
+    base = base_arch(arch)
     match = _BIT_ARCH.fullmatch(base)
     return match.group(1) if match else base
 

@@ -32,7 +32,8 @@ from typing import Any
 
 import yaml
 
-from xrstudy.config import FIELD_NAMES, PRETRAIN_REFERENCE, RUN_REFERENCE, ConfigError, RunConfig, parent_run_id
+from xrstudy.config import (FIELD_NAMES, PRETRAIN_REFERENCE, RUN_REFERENCE, ConfigError, RunConfig, base_arch,
+                            parent_run_id)
 
 NOTEBOOKS = {"pretrain": "10_pretrain.ipynb", "transfer": "20_transfer.ipynb"}
 TOP_KEYS = ("defaults", "pretrain", "transfer")
@@ -92,17 +93,12 @@ def _make(fields: dict[str, Any], where: str) -> RunConfig:
         raise SweepError(message if message.startswith(where) else f"{where}: {message}") from None
 
 
-def arch_size(arch: str) -> str:
-    """`resnetv2_152x4_bit.goog_in21k` -> `resnetv2_152x4_bit`: the network, without a weights tag."""
-    return arch.split(".", 1)[0]
-
-
 def _resolve_pretrain(ref: str, arch: str, by_name: dict[str, list[RunConfig]], where: str) -> RunConfig:
     name = ref[len(PRETRAIN_REF) :]
     named = by_name.get(name, [])
     if not named:
         raise SweepError(f"{where}: init {ref!r} matches 0 pretrain cells (pretrain names: {sorted(by_name)})")
-    same_arch = [c for c in named if arch_size(c.arch) == arch_size(arch)]
+    same_arch = [c for c in named if base_arch(c.arch) == base_arch(arch)]
     if len(same_arch) != 1:
         raise SweepError(
             f"{where}: init {ref!r} matches {len(same_arch)} pretrain cells for arch {arch!r}; "
@@ -200,5 +196,5 @@ def run(cells: Iterable[RunConfig], **options: Any) -> Any:
     return run_cells(cells, **options)
 
 
-__all__ = ["SweepError", "NOTEBOOKS", "notebook_path", "load_sweep", "arch_size", "parent_id", "dependencies",
+__all__ = ["SweepError", "NOTEBOOKS", "notebook_path", "load_sweep", "parent_id", "dependencies",
            "graph", "select", "missing_parents", "run"]  # fmt: skip
