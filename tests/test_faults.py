@@ -344,6 +344,19 @@ def test_whole_numbers_in_float_fields_give_one_run_id_and_config_file_faults(tm
         RunConfig.from_yaml(tmp_path / "latin.yaml")
 
 
+def test_a_sweep_file_is_read_by_the_same_rules(tmp_path):
+    from xrstudy.sweep import SweepError, load_sweep
+
+    os.mkfifo(tmp_path / "fifo.yaml")
+    with pytest.raises(SweepError, match=r"fifo\.yaml: not a regular file"):  # refused, not waited on
+        load_sweep(tmp_path / "fifo.yaml")
+    (tmp_path / "latin.yaml").write_bytes(b"transfer:\n  - {target: caf\xe9}\n")
+    with pytest.raises(SweepError, match=r"latin\.yaml, line 2: byte 0xe9 is not UTF-8"):
+        load_sweep(tmp_path / "latin.yaml")
+    with pytest.raises(SweepError, match=r"absent\.yaml: no such sweep file"):
+        load_sweep(tmp_path / "absent.yaml")
+
+
 # ---- name=DIR and run:<id>, each parsed once ------------------------------------------------------
 def test_root_entries_and_parent_references_have_one_parser_each(tmp_path, capsys):
     assert parse_root(" chexpert = /data/c ") == ("chexpert", Path("/data/c"))

@@ -201,20 +201,7 @@ class RunConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
         path = Path(path)
-        try:
-            data = yaml.safe_load(read_regular_file(path).decode("utf-8"))  # a FIFO is refused, not waited on
-        except NotRegularFileError as err:
-            raise ConfigError(f"{path}: not a regular file (a {err.kind}); expected a YAML file of RunConfig fields") from None
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read the config file ({err.strerror})") from None
-        except UnicodeDecodeError as err:
-            line = err.object[: err.start].count(b"\n") + 1
-            raise ConfigError(f"{path}, line {line}: byte {err.object[err.start]:#04x} is not UTF-8; "
-                              f"expected a UTF-8 YAML file") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        data = read_yaml(path, "config file", "a YAML file of RunConfig fields")
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of RunConfig fields, got {type(data).__name__}")
         return cls.from_dict(data, origin=str(path))
@@ -262,6 +249,27 @@ def parse_root(entry: str, *, origin: str = "root") -> tuple[str, Path]:
     if not (sep and name and folder):
         raise ConfigError(f"{origin} entry {entry!r}; expected 'name=DIR', e.g. 'chexpert=/data/CheXpert-v1.0-small'")
     return name, Path(folder)
+
+
+def read_yaml(path: str | Path, what: str, expected: str) -> Any:
+    """The YAML document in the file `path` (a RunConfig, a sweep). A FIFO is refused, not waited on; a
+    missing or unreadable file, a byte that is not UTF-8 (with its line) or bad YAML is a ConfigError
+    naming the file; `what` ("config file") and `expected` ("a YAML file of ...") word it."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(read_regular_file(path).decode("utf-8"))
+    except NotRegularFileError as err:
+        raise ConfigError(f"{path}: not a regular file (a {err.kind}); expected {expected}") from None
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such {what}") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the {what} ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        line = err.object[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}, line {line}: byte {err.object[err.start]:#04x} is not UTF-8; "
+                          f"expected a UTF-8 YAML file") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
 
 
 def base_arch(arch: str) -> str:
@@ -344,5 +352,5 @@ FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
 __all__ = [
     "RunConfig", "ConfigError", "FIELD_NAMES", "EXECUTION_FIELDS", "KINDS", "LABEL_SETS", "UNCERTAIN_POLICIES",
     "SPLIT_MODES", "LABEL_MODES", "SHOTS_MODES", "SAMPLERS", "HEADS", "HEAD_INITS", "PRECISIONS", "VIEWS",
-    "RANGES", "ONLY_FOR_KIND", "parse_root", "parent_run_id", "base_arch",
+    "RANGES", "ONLY_FOR_KIND", "parse_root", "parent_run_id", "base_arch", "read_yaml",
 ]  # fmt: skip

@@ -30,15 +30,12 @@ from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from xrstudy.config import (FIELD_NAMES, PRETRAIN_REFERENCE, RUN_REFERENCE, ConfigError, RunConfig, base_arch,
-                            parent_run_id)
+                            parent_run_id, read_yaml)
 
 NOTEBOOKS = {"pretrain": "10_pretrain.ipynb", "transfer": "20_transfer.ipynb"}
 TOP_KEYS = ("defaults", "pretrain", "transfer")
 GRID_KEY = "grid"
-PRETRAIN_REF = PRETRAIN_REFERENCE
 
 
 class SweepError(ValueError):
@@ -94,7 +91,7 @@ def _make(fields: dict[str, Any], where: str) -> RunConfig:
 
 
 def _resolve_pretrain(ref: str, arch: str, by_name: dict[str, list[RunConfig]], where: str) -> RunConfig:
-    name = ref[len(PRETRAIN_REF) :]
+    name = ref[len(PRETRAIN_REFERENCE) :]
     named = by_name.get(name, [])
     if not named:
         raise SweepError(f"{where}: init {ref!r} matches 0 pretrain cells (pretrain names: {sorted(by_name)})")
@@ -114,11 +111,9 @@ def load_sweep(source: str | Path | Mapping[str, Any]) -> list[RunConfig]:
     else:
         origin = str(source)
         try:
-            data = yaml.safe_load(Path(source).read_text())
-        except FileNotFoundError:
-            raise SweepError(f"{origin}: no such sweep file") from None
-        except yaml.YAMLError as err:
-            raise SweepError(f"{origin}: not valid YAML ({err})") from None
+            data = read_yaml(source, "sweep file", "a YAML sweep file")  # a FIFO is refused, not waited on
+        except ConfigError as err:
+            raise SweepError(str(err)) from None
     data = _check_keys(data or {}, TOP_KEYS, origin)
     defaults = _check_keys(data.get("defaults") or {}, FIELD_NAMES, f"{origin}: defaults")
 
@@ -141,7 +136,7 @@ def load_sweep(source: str | Path | Mapping[str, Any]) -> list[RunConfig]:
         for fields in _expand(block, where):
             fields = {**defaults, **fields, "kind": "transfer"}
             init = str(fields.get("init", ""))
-            if init.startswith(PRETRAIN_REF):
+            if init.startswith(PRETRAIN_REFERENCE):
                 parent = _resolve_pretrain(init, fields.get("arch", RunConfig.arch), by_name, where)
                 fields["init"] = f"{RUN_REFERENCE}{parent.run_id}"
                 fields["init_label"] = fields.get("init_label") or parent.name
