@@ -130,9 +130,5 @@ def gpu_hours(image_steps: int, speed: Throughput | None) -> float | None:
     return None if speed is None or speed.images_per_s <= 0 else image_steps / speed.images_per_s / 3600
 
 
-def channels(modality: str) -> int:
-    return 1 if modality == "xray" else 3
-
-
 __all__ = ["Throughput", "throughput", "throughput_table", "arch_params", "Fit", "images_per_gpu", "memory_table",
-           "micro_batch", "gpu_hours", "channels", "DEFAULT_DEVICE"]  # fmt: skip
+           "micro_batch", "gpu_hours", "DEFAULT_DEVICE"]  # fmt: skip

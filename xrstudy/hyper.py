@@ -144,10 +144,6 @@ def pretrain_schedule(total_steps: int, base_lr: float, global_batch: int = PAPE
                     warmup_start=1.0 / gpus)
 
 
-def transfer_schedule(rule: HyperRule, base_lr: float) -> Schedule:
-    return Schedule(steps=rule.steps, warmup=rule.warmup, decays=rule.decays, base_lr=base_lr)
-
-
 def pretrain_lr(global_batch: int) -> float:
     """Base LR 0.01 per 256 images, scaled linearly with the (global) batch size."""
     return 0.01 * global_batch / 256
@@ -300,7 +296,6 @@ __all__ = [
     "Schedule",
     "bit_hyperrule",
     "pretrain_schedule",
-    "transfer_schedule",
     "lr_at",
     "pretrain_lr",
     "transfer_lr",

@@ -49,12 +49,6 @@ def classifier_prefix(model: nn.Module) -> str:
     return cfg.get("classifier", "head.fc") if isinstance(cfg, dict) else "head.fc"
 
 
-def classifier_parameters(model: nn.Module) -> set[nn.Parameter]:
-    """Parameters of the final classifier (AGC leaves them alone, as in NFNets: a zero head
-    would otherwise be clipped to ~1e-5 per step and never learn)."""
-    return set(unwrap(model).get_classifier().parameters())
-
-
 # ---- heads ----------------------------------------------------------------------------------
 class ConcatPoolClassifier(nn.Module):
     """timm backbone + fastai's concat-pool head (avg ‖ max pooling, BN-dropout-linear layers)."""
@@ -229,7 +223,6 @@ __all__ = [
     "tensor_bytes",
     "load_backbone",
     "timm_weight_file",
-    "classifier_parameters",
     "unwrap",
     "base_arch",
     "sha256_file",
