@@ -22,6 +22,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from xrstudy import figures, merge
+from xrstudy.config import parse_root
 from xrstudy.labels import finding_columns
 
 TOP_FINDINGS = 25
@@ -35,10 +36,8 @@ def read_sources(entries: Iterable[str], metadata_only: bool = False) -> pd.Data
 
     tables = []
     for entry in entries:
-        name, sep, root = str(entry).partition("=")
-        if not sep:
-            raise ValueError(f"source entry {entry!r}; expected 'name=DIR'")
-        tables.append(sources.read_source(name.strip(), root.strip(), metadata_only=metadata_only))
+        name, root = parse_root(entry, origin="sources")  # the one parser of name=DIR (a ConfigError: a ValueError)
+        tables.append(sources.read_source(name, root, metadata_only=metadata_only))
     if not tables:
         raise ValueError("no sources given; expected a list of 'name=DIR' entries")
     return pd.concat(tables, ignore_index=True)
