@@ -10,6 +10,7 @@ atomically through xrstudy.io) and any timm-format state-dict file; the error, n
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,12 @@ def write_checkpoint(path: str | Path, model: nn.Module, sidecar: dict[str, Any]
     return {"path": str(path), "sha256": digest}
 
 
+def weights_dir(cfg: RunConfig) -> Path:
+    """Where local weight files are looked for (timm tags, the authors' checkpoints): `cfg.weights_dir`,
+    else `$XRSTUDY_WEIGHTS`, else `weights`."""
+    return Path(cfg.weights_dir or os.environ.get("XRSTUDY_WEIGHTS", "weights"))
+
+
 def checkpoint_path(cfg: RunConfig, init: str) -> Path:
     """The checkpoint file `init` names: `run:<run id>` -> {out_dir}/runs/<run id>/checkpoint.pt, else the path."""
     parent = parent_run_id(init)
@@ -116,4 +123,4 @@ def checkpoint_path(cfg: RunConfig, init: str) -> Path:
 
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "Checkpoint", "base_arch", "unwrap", "tensor_bytes",
-           "read_state_dict", "read_checkpoint", "write_checkpoint", "checkpoint_path"]
+           "read_state_dict", "read_checkpoint", "write_checkpoint", "checkpoint_path", "weights_dir"]

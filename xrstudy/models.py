@@ -23,7 +23,6 @@ Checkpoint files (xrstudy's own and any state-dict file) are `xrstudy.checkpoint
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -34,7 +33,8 @@ from torch import nn
 from xrstudy import hyper, paper_weights, sources
 from xrstudy.archs import resnetv2_tiny_bit
 from xrstudy.checkpoints import (CHECKPOINT_FORMAT, Checkpoint, CheckpointError, base_arch, checkpoint_path,
-                                 read_checkpoint, read_state_dict, tensor_bytes, unwrap, write_checkpoint)
+                                 read_checkpoint, read_state_dict, tensor_bytes, unwrap, weights_dir,
+                                 write_checkpoint)
 from xrstudy.config import RunConfig
 from xrstudy.io import sha256_file
 
@@ -111,15 +111,15 @@ def timm_weight_file(cfg: RunConfig) -> Path:
         raise CheckpointError(
             f"init='timm' needs a pretrained tag in arch, e.g. 'resnetv2_50x1_bit.goog_in21k' (got {cfg.arch!r})"
         )
-    weights_dir = Path(cfg.weights_dir or os.environ.get("XRSTUDY_WEIGHTS", "weights"))
-    candidates = [weights_dir / p.format(tag=cfg.arch) for p in WEIGHT_FILE_PATTERNS]
+    folder = weights_dir(cfg)
+    candidates = [folder / p.format(tag=cfg.arch) for p in WEIGHT_FILE_PATTERNS]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
         raise CheckpointError(
             f"no local weights for {cfg.arch!r}: expected {candidates[0]} (or {candidates[1].name}, "
-            f"{candidates[3].name}, {cfg.arch}/model.safetensors) under weights_dir={str(weights_dir)!r}. "
+            f"{candidates[3].name}, {cfg.arch}/model.safetensors) under weights_dir={str(folder)!r}. "
             f"xrstudy never downloads; on a machine with network run e.g. "
-            f"`hf download timm/{cfg.arch} model.safetensors --local-dir {weights_dir / cfg.arch}` "
+            f"`hf download timm/{cfg.arch} model.safetensors --local-dir {folder / cfg.arch}` "
             f"or `python -c \"import timm,torch; torch.save(timm.create_model('{cfg.arch}', pretrained=True)"
             f".state_dict(), '{candidates[1]}')\"` and copy the file here."
         )

@@ -29,7 +29,6 @@ test arch also uses 8 GroupNorm groups instead of 32).
 from __future__ import annotations
 
 import json
-import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -41,7 +40,7 @@ import torch
 from xrstudy.config import RunConfig
 from xrstudy.io import atomic_path, sha256_file
 from xrstudy import archs  # noqa: F401 - registers resnetv2_tiny_bit (key_map builds it)
-from xrstudy.checkpoints import CheckpointError, base_arch, tensor_bytes
+from xrstudy.checkpoints import CheckpointError, base_arch, tensor_bytes, weights_dir
 
 PAPER_FILE = "model.pth.tar"
 RELEASED = tuple(
@@ -88,14 +87,14 @@ def paper_model_name(init_label: str, arch: str) -> str:
 def paper_weight_file(cfg: RunConfig) -> Path:
     """`{weights_dir}/{init_label}_bit{size}/model.pth.tar`; a clear error (with how to get it) when absent."""
     name = paper_model_name(cfg.init_label, cfg.arch)
-    weights_dir = Path(cfg.weights_dir or os.environ.get("XRSTUDY_WEIGHTS", "weights"))
-    path = weights_dir / name / PAPER_FILE
+    folder = weights_dir(cfg)
+    path = folder / name / PAPER_FILE
     if not path.is_file():
         released = "" if name in RELEASED else f" ({name} is not one of the 12 released models)"
         raise CheckpointError(
             f"{path}: no such file for init 'paper', arch {base_arch(cfg.arch)!r}{released}. xrstudy never "
             f"downloads; on a machine with network run the authors' `bash scripts/download_model.sh {name}` "
-            f"(SLAMPAI/large-scale-pretraining-transfer) and copy pretrained_models/{name}/ to {weights_dir}/. "
+            f"(SLAMPAI/large-scale-pretraining-transfer) and copy pretrained_models/{name}/ to {folder}/. "
             f"Released: {', '.join(RELEASED)}"
         )
     return path
