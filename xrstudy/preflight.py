@@ -55,14 +55,14 @@ def check_gpus(gpus: list[str], allow_cpu: bool, count: int | None = None) -> li
 
 def unknown_archs(cells: Iterable[RunConfig]) -> dict[str, str]:
     """arch -> why it cannot be built, for the cells' architectures, from timm's registry (no model is
-    created; `xrstudy.models` registers the project's own archs on import)."""
+    created; `xrstudy.archs` registers the project's own archs on import)."""
     archs = sorted({c.arch for c in cells})
     try:
         import timm
 
-        import xrstudy.models  # noqa: F401 - registers resnetv2_tiny_bit
+        import xrstudy.archs  # noqa: F401 - registers resnetv2_tiny_bit
     except ImportError as err:
-        return {arch: f"cannot check: timm / xrstudy.models not importable ({err})" for arch in archs}
+        return {arch: f"cannot check: timm / xrstudy.archs not importable ({err})" for arch in archs}
     bad = {}
     for arch in archs:
         base = base_arch(arch)
@@ -79,10 +79,7 @@ def preflight(cells: list[RunConfig], *, executor: str = "papermill", check_arch
     problems = []
 
     def parent_done(run_id: str, cell: RunConfig) -> bool:
-        try:
-            return results.load(results.result_path(run_id, cell.results_dir))["status"] == "ok"
-        except (results.ResultError, OSError):
-            return False
+        return results.is_ok(results.result_path(run_id, cell.results_dir))
 
     for cell, parent in sweep.missing_parents(cells, parent_done):
         problems.append(f"{cell.name} [{cell.run_id}]: init run:{parent} is neither a cell of this sweep nor a "

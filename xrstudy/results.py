@@ -228,7 +228,7 @@ def save(result: dict[str, Any], results_dir: str | Path) -> Path:
     result["digest"] = _digest(result)
 
     final = result_path(result["run_id"], results_dir)
-    if result["status"] == "failed" and _is_ok(final):
+    if result["status"] == "failed" and is_ok(final):
         return final
     return atomic_write_json(final, result, sort_keys=False, allow_nan=False)
 
@@ -267,7 +267,8 @@ def _read_regular_file(path: Path) -> bytes:
         raise ResultError(f"{path}: a {err.kind}, not a result file; only regular files are read") from None
 
 
-def _is_ok(path: Path) -> bool:
+def is_ok(path: str | Path) -> bool:
+    """True when `path` is a valid result file with `status: ok` (unreadable, edited, failed: False)."""
     try:
         return load(path)["status"] == "ok"
     except ResultError:
@@ -276,7 +277,7 @@ def _is_ok(path: Path) -> bool:
 
 def is_done(cfg: RunConfig, results_dir: str | Path | None = None) -> bool:
     """True when a valid `status: ok` result exists for `cfg.run_id` (default store: cfg.results_dir)."""
-    return _is_ok(result_path(cfg.run_id, results_dir if results_dir is not None else cfg.results_dir))
+    return is_ok(result_path(cfg.run_id, results_dir if results_dir is not None else cfg.results_dir))
 
 
 @dataclass(frozen=True)
@@ -455,6 +456,6 @@ def cmd_table(args: Any) -> int:
 
 
 __all__ = [
-    "SCHEMA", "ResultError", "validate", "new_result", "save", "load", "is_done", "scan", "table",
+    "SCHEMA", "ResultError", "validate", "new_result", "save", "load", "is_ok", "is_done", "scan", "table",
     "table_from_results", "write_table", "import_legacy", "cmd_table",
 ]  # fmt: skip
