@@ -42,7 +42,8 @@ with warnings.catch_warnings():
     from fastai.optimizer import OptimWrapper
 from torch import nn
 
-from xrstudy.callbacks import AdaptiveGradClip, MaskedMixUp, PeriodicCheckpoint, PrepareBatch, StepSchedule, unwrap
+from xrstudy.callbacks import AdaptiveGradClip, MaskedMixUp, PeriodicCheckpoint, PrepareBatch, StepSchedule
+from xrstudy.checkpoints import unwrap, write_checkpoint
 from xrstudy.hyper import AGC_CLIP, MOMENTUM, Schedule
 from xrstudy.loaders import DEFAULT_PREFETCH, Augment, Batching, EvalLoader, Sampler, Split, StepLoader, empty_like
 
@@ -278,8 +279,6 @@ class BestCheckpoint:
             learn.model = model
         if loss < self.loss:
             self.loss, self.step = loss, step
-            from xrstudy.models import write_checkpoint
-
             write_checkpoint(self.path, unwrap(model), {**self.sidecar, "step": step, "valid_loss": loss})
 
 
