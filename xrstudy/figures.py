@@ -55,6 +55,7 @@ ARCH_PARAMS_M = {"50x1": 23.5, "50x3": 211.0, "101x1": 42.5, "101x3": 382.0, "15
 SHOT_ORDER = ("1_shot", "5_shot", "10_shot", "100_shot", "500_shot", "full_shot")
 METRIC_NAMES = {"test/acc": "accuracy", "test/auc": "mean AUC", "test/ap": "mean AP"}
 MAX_PIXELS = 2400  # no saved PNG is wider or taller than this (the DPI gives way)
+PAPER_SUFFIX = " (paper)"  # a series drawn from the paper's rows beside new runs of the same model
 
 
 def source_colour(source: str) -> str:
@@ -111,11 +112,19 @@ def _metric_label(metric: str) -> str:
 
 
 def _with_origin(frame: pd.DataFrame) -> pd.DataFrame:
-    """When paper and xrstudy rows share a plot, keep them apart: paper models get a ' (paper)' suffix."""
+    """When paper and xrstudy rows share a plot, keep them apart: paper models get PAPER_SUFFIX."""
     if frame["origin"].nunique() < 2:
         return frame
-    paper = frame["origin"] == "paper"
-    return frame.assign(pretrained_model=frame["pretrained_model"].where(~paper, frame["pretrained_model"] + " (paper)"))
+    model, paper = frame["pretrained_model"], frame["origin"] == "paper"
+    return frame.assign(pretrained_model=model.where(~paper, model + PAPER_SUFFIX))
+
+
+def hatch_paper_bars(ax: Axes, hue_order: Iterable[str]) -> None:
+    """Hatch the bars of the paper's series (names ending PAPER_SUFFIX; seaborn's containers follow hue_order)."""
+    for container, label in zip(ax.containers, hue_order):
+        if label.endswith(PAPER_SUFFIX):
+            for bar in container:
+                bar.set_hatch("///")
 
 
 def transfer_rows(table: pd.DataFrame, target: str, metric: str) -> pd.DataFrame:
@@ -143,10 +152,7 @@ def draw_shots_bar(data: pd.DataFrame, target: str, metric: str) -> Figure:
         ax = fig.subplots()
         sns.barplot(data=data, x="shot", y="value", hue="pretrained_model", order=order, hue_order=hue_order,
                     palette=model_palette(data), errorbar="sd", capsize=0.1, err_kws={"linewidth": 1}, ax=ax)  # fmt: skip
-        for container, label in zip(ax.containers, hue_order):
-            if label.endswith(" (paper)"):
-                for bar in container:
-                    bar.set_hatch("///")
+        hatch_paper_bars(ax, hue_order)
         ax.set(xlabel="shots per class", ylabel=_metric_label(metric), title=f"{target}: {_metric_label(metric)}")
         ax.set_xticks(range(len(order)), [s.replace("_shot", "") for s in order])
         ax.legend(title="pre-trained model", loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)

@@ -17,18 +17,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import matplotlib as mpl
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from xrstudy import figures, results
+from xrstudy import figures, legacy, results
 
-# The paper's dataset and metric names (its CSV files) → xrstudy's.
-TARGET_ALIASES = {"covidx_cxr2": "covidx", "tuberculosis_full": "tuberculosis", "flowers_oversampling": "flowers102",
-                  "flowers": "flowers102", "padchest": "padchest-cl"}  # fmt: skip
-METRIC_ALIASES = {"test/mean_auc": "test/auc"}
+# The paper's dataset and metric names (its CSV files) → xrstudy's: the import's tables (xrstudy.legacy),
+# for a store whose paper rows kept the published names.
+TARGET_ALIASES = {**legacy.DATASET_NAMES, "flowers": "flowers102"}
+METRIC_ALIASES = legacy.METRIC_NAMES
 HEADLINE_METRIC = {"padchest-cl": "test/auc"}  # every other target: test/acc
 TARGET_CAPTIONS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "pets": "Pets", "flowers102": "Flowers-102",
                    "covidx": "COVIDx", "tuberculosis": "Tuberculosis", "padchest-cl": "PadChest-Cl"}  # fmt: skip
@@ -105,8 +106,8 @@ def paper_table(table: pd.DataFrame) -> pd.DataFrame:
     rows = rows.assign(target=rows.target.replace(TARGET_ALIASES), metric=rows.metric.replace(METRIC_ALIASES))
     rows = rows[rows.metric == rows.target.map(HEADLINE_METRIC).fillna("test/acc")]
     mixed = rows.groupby("target").origin.transform("nunique") > 1
-    series = rows.pretrained_model.map(model_caption).where(~(mixed & (rows.origin == "paper")),
-                                                              rows.pretrained_model.map(model_caption) + " (paper)")  # fmt: skip
+    caption = rows.pretrained_model.map(model_caption)
+    series = caption.where(~(mixed & (rows.origin == "paper")), caption + figures.PAPER_SUFFIX)
     return rows.assign(percent=100 * rows.value, series=series, pretraining=rows.init_label,
                        size=rows.arch.map(lambda a: f"R{results.arch_short(a)}"))  # fmt: skip
 
@@ -128,7 +129,8 @@ def _series_order(rows: pd.DataFrame, models: list[str]) -> tuple[list[str], dic
     """Series (model, then its paper twin) in model order, and each one's colour."""
     order, palette = [], {}
     for model in models:
-        for name in sorted(set(rows.loc[rows.pretrained_model == model, "series"]), key=lambda s: s.endswith("(paper)")):
+        names = set(rows.loc[rows.pretrained_model == model, "series"])
+        for name in sorted(names, key=lambda s: s.endswith(figures.PAPER_SUFFIX)):
             order.append(name)
             palette[name] = _colour(model, rows)
     return order, palette
@@ -138,8 +140,13 @@ def _shots(rows: pd.DataFrame) -> list[str]:
     return [s for s in SHOT_ORDER if s in set(rows.shot)]
 
 
+def style() -> dict[str, Any]:
+    """The rc parameters of the paper-style figures (seaborn white, the notebook's larger fonts)."""
+    return dict(sns.axes_style("white")) | RC
+
+
 def _new_figure(width: float, height: float) -> Figure:
-    with mpl.rc_context(dict(sns.axes_style("white")) | RC):
+    with mpl.rc_context(style()):
         return Figure(figsize=(width, height), layout="constrained")
 
 
@@ -184,14 +191,11 @@ def bars(rows: pd.DataFrame, target: str, metric: str) -> Figure | None:
     order, palette = _series_order(rows, _models_of(rows, target))
     shots = _shots(rows)
     fig = _new_figure(12, 7.5)
-    with mpl.rc_context(dict(sns.axes_style("white")) | RC):
+    with mpl.rc_context(style()):
         ax = fig.subplots()
         sns.barplot(data=rows, x="shot", y="percent", hue="series", order=shots, hue_order=order, palette=palette,
                     errorbar="sd", capsize=0.01, edgecolor="w", ax=ax)  # fmt: skip
-        for container, name in zip(ax.containers, order):
-            if name.endswith("(paper)"):
-                for bar in container:
-                    bar.set_hatch("///")
+        figures.hatch_paper_bars(ax, order)
         ax.set_xticks(range(len(shots)), [shot_caption(s) for s in shots])
         ax.set(xlabel="Shots during transfer", ylabel=METRIC_CAPTIONS.get(metric, metric),
                title=TARGET_CAPTIONS.get(target, target))  # fmt: skip
@@ -215,7 +219,7 @@ def model_size(rows: pd.DataFrame, target: str, metric: str) -> Figure | None:
     full = full.assign(size=pd.Categorical(full["size"], categories=sizes, ordered=True),
                        dataset=full.pretraining.map(lambda s: SOURCE_CAPTIONS.get(s, s)))  # fmt: skip
     fig = _new_figure(10, 6.5)
-    with mpl.rc_context(dict(sns.axes_style("white")) | RC):
+    with mpl.rc_context(style()):
         ax = fig.subplots()
         sns.lineplot(data=full.sort_values("size"), x="size", y="percent", hue="dataset", sort=False, marker="o",
                      errorbar="sd", err_style="bars", linewidth=2, ax=ax,
@@ -236,7 +240,7 @@ def fewshot(rows: pd.DataFrame, target: str, metric: str) -> Figure | None:
     if len(shots) < 2 or not panels:
         return None
     fig = _new_figure(7.5 * len(panels) + 1.5, 6.5)
-    with mpl.rc_context(dict(sns.axes_style("white")) | RC):
+    with mpl.rc_context(style()):
         axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
         for ax, (domain, models) in zip(axes, panels):
             part = rows[rows.pretrained_model.isin(models)]
