@@ -49,14 +49,20 @@ def root_entry_arg(text: str) -> str:
     return text
 
 
+def root_arg(text: str) -> tuple[str, str]:
+    """`padchest=/data/PadChest` -> ("padchest", "/data/PadChest")."""
+    name, folder = _parsed_root(text, "--root")
+    return name, str(folder)
+
+
 def gpu_list_arg(text: str) -> list[str]:
     return [g.strip() for g in text.split(",") if g.strip()]
 
 
 def _handler(parser: argparse.ArgumentParser, target: str, *, draws: bool = False) -> None:
-    """Run `module:function` (imported on use) for this (sub)command. `draws`: the command writes
-    figures, so the CLI picks matplotlib's file-only Agg backend before the handler's module loads
-    (the package itself never chooses a backend: notebooks keep their inline one)."""
+    """Name the `module:function` that runs this (sub)command (`main` imports it on use). `draws`: the
+    command writes figures, so the CLI picks matplotlib's file-only Agg backend before the handler's
+    module loads (the package itself never chooses a backend: notebooks keep their inline one)."""
     parser.set_defaults(handler=target, draws=draws)
 
 
@@ -71,13 +77,11 @@ def _add_demo(sub: Any) -> None:
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
-    from xrstudy.config import UNCERTAIN_POLICIES
+    from xrstudy.config import LABEL_MODES, UNCERTAIN_POLICIES
 
     parser.add_argument("--views", type=views_arg, default=(), help="keep these views, e.g. PA,AP (default: all)")
     parser.add_argument("--uncertain", choices=UNCERTAIN_POLICIES, default="ignore",
                         help="uncertain (-1) labels become NaN (ignore, the paper's), 1 (ones) or 0 (zeros)")
-    from xrstudy.config import LABEL_MODES
-
     parser.add_argument("--label-mode", choices=LABEL_MODES, default="paper",
                         help="paper: each dataset as the authors' code reads it (PadChest's 27 pathologies, "
                              "PadChest-Cl their 27-class task); terms: the exact-term vocabulary (default: %(default)s)")
@@ -86,12 +90,10 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_data(sub: Any) -> None:
-    from xrstudy.config import LABEL_SETS
+    from xrstudy.config import LABEL_MODES, LABEL_SETS, SHOTS_MODES, SPLIT_MODES
 
     data = sub.add_parser("data", help="inspect, merge, split and cache the data sources")
     commands = data.add_subparsers(dest="data_command", required=True)
-    from xrstudy.config import LABEL_MODES, SHOTS_MODES, SPLIT_MODES
-
 
     inspect = commands.add_parser("inspect", help="counts of one source: images, patients, views, labels, classes")
     inspect.add_argument("source", help="registry name (chexpert, mimic, nih, padchest, padchest-cl, covidx, ...) "
@@ -164,12 +166,6 @@ def _add_train(sub: Any) -> None:
     train.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                        help="also save the training state every STEPS steps (default: every 10 minutes)")
     _handler(train, "xrstudy.train:cmd_train")
-
-
-def root_arg(text: str) -> tuple[str, str]:
-    """`padchest=/data/PadChest` -> ("padchest", "/data/PadChest")."""
-    name, folder = _parsed_root(text, "--root")
-    return name, str(folder)
 
 
 def _add_sweep(sub: Any) -> None:
