@@ -1,5 +1,5 @@
-"""Recipes as pure functions: BiT-HyperRule, the pre-training schedule, learning-rate scaling, and
-what a cell needs from a machine (cache bytes on disk, RAM per rank).
+"""Recipes as pure functions: BiT-HyperRule, the pre-training schedule, learning-rate scaling, the
+input statistics of an init, and what a cell needs from a machine (cache bytes on disk, RAM per rank).
 
 Everything here is a function of numbers (train size, image size, batch, step), so the recipe table
 of docs/PROTOCOL.md can be unit-tested without a model, the fastai schedule callback just calls `lr_at`, and
@@ -226,7 +226,6 @@ def recipe_for(cfg: RunConfig, train_size: int, image_hw: tuple[int, int], *, pi
                   resize=resize, crop=crop, eval_size=crop, augment=augment, cache_fit=fit)  # fmt: skip
 
 
-# ---- what a cell needs from the machine ----------------------------------------------------------
 # ---- input normalisation ------------------------------------------------------------------------
 XRAY_STATS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # the authors' X-ray configs (data.mean / data.std); BiT's
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # their build_transforms' default
@@ -239,8 +238,8 @@ def input_stats(cfg: RunConfig, target_stats: tuple[tuple[float, ...], tuple[flo
     models: 0.5 / 0.5), else the target's fine-tuning config's (`target_stats`, the registry's
     `Source.input_stats`: PadChest-Cl 0.5 / 0.5), else torchvision's ImageNet mean / std (their ImageNet
     models on every other target). xrstudy's own inits (scratch, run:<id>, checkpoint files) are
-    normalised as its pre-training is, 0.5 / 0.5. `init: timm` is the tag's pretrained cfg: the caller
-    reads it (`models.input_stats`); here it is None."""
+    normalised as its pre-training is, 0.5 / 0.5. `init: timm` is the tag's pretrained cfg, which only
+    timm knows: the caller reads it (`models.input_stats`, `plan.input_stats`); here it is a ValueError."""
     if cfg.init == "timm":
         raise ValueError("init 'timm': the statistics are the tag's timm pretrained cfg (xrstudy.models.input_stats)")
     if cfg.init != "paper" or not cfg.init_label.startswith("imagenet"):
@@ -251,6 +250,7 @@ def input_stats(cfg: RunConfig, target_stats: tuple[tuple[float, ...], tuple[flo
     return (*IMAGENET_STATS, f"{cfg.init_label} sets none: ImageNet mean / std (their loader's default)")
 
 
+# ---- what a cell needs from the machine ----------------------------------------------------------
 def cache_bytes(n_images: int, size: int, mode: str) -> int:
     """Bytes of the uint8 image cache on disk: n x size x size (x 3 for colour modes "RGB...")."""
     return n_images * size * size * (3 if mode.startswith("RGB") else 1)
@@ -274,8 +274,9 @@ def ram_per_rank(n_images: int, image_bytes: int, micro_batch: int, *, prefetch:
     n_images: images of the dataset (all splits); image_bytes: bytes of one cached image (size^2 or
     3 size^2); micro_batch: images per forward pass; prefetch: batches gathered ahead. On CUDA the
     staging ring is (prefetch + 2) page-locked micro-batches of uint8; on a CPU the batch in flight
-    is float32 too (and the model's activations, not counted here, live in host memory). model_params: the weights are built and loaded on the host first
-    (state dict + model: 2 x 4 bytes per parameter), then moved to the GPU.
+    is float32 too (and the model's activations, not counted here, live in host memory).
+    model_params: the weights are built and loaded on the host first (state dict + model: 2 x 4
+    bytes per parameter), then moved to the GPU.
     """
     staging = (prefetch + 2) * micro_batch * image_bytes
     if not cuda:  # the batch in flight as float32 (converted, augmented, normalised); activations not counted
