@@ -161,7 +161,7 @@ class RunConfig:
 
     @property
     def shot_label(self) -> str:
-        return "full_shot" if self.shots == 0 else f"{self.shots}_shot"
+        return shot_label(self.shots)
 
     @property
     def run_dir(self) -> Path:
@@ -272,6 +272,11 @@ def read_yaml(path: str | Path, what: str, expected: str) -> Any:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
 
 
+def shot_label(shots: int) -> str:
+    """The paper's name of a shot count: 0 -> `full_shot`, 10 -> `10_shot` (result CSVs, tidy table)."""
+    return "full_shot" if shots == 0 else f"{shots}_shot"
+
+
 def base_arch(arch: str) -> str:
     """`resnetv2_50x1_bit.goog_in21k` -> `resnetv2_50x1_bit`: the network, without the tag that names weights."""
     return arch.split(".", 1)[0]
@@ -352,5 +357,5 @@ FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
 __all__ = [
     "RunConfig", "ConfigError", "FIELD_NAMES", "EXECUTION_FIELDS", "KINDS", "LABEL_SETS", "UNCERTAIN_POLICIES",
     "SPLIT_MODES", "LABEL_MODES", "SHOTS_MODES", "SAMPLERS", "HEADS", "HEAD_INITS", "PRECISIONS", "VIEWS",
-    "RANGES", "ONLY_FOR_KIND", "parse_root", "parent_run_id", "base_arch", "read_yaml",
+    "RANGES", "ONLY_FOR_KIND", "parse_root", "parent_run_id", "base_arch", "read_yaml", "shot_label",
 ]  # fmt: skip

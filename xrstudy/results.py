@@ -29,7 +29,7 @@ from typing import Any, Iterable, Literal, get_origin
 import pandas as pd
 
 from xrstudy import config as config_module
-from xrstudy.config import ConfigError, RunConfig, base_arch, parent_run_id
+from xrstudy.config import ConfigError, RunConfig, base_arch, parent_run_id, shot_label
 from xrstudy.io import TABLE_FORMATS, NotRegularFileError, atomic_write_json, atomic_write_table, read_regular_file
 
 SCHEMA = "xrstudy.result/1"
@@ -388,7 +388,7 @@ def _rows(result: dict[str, Any], pretrain_configs: dict[str, dict[str, Any]]) -
                 init_label if kind == "transfer" else source_label(sources), config.get("arch", "")
             ),
             "shots": shots,
-            "shot": "full_shot" if shots == 0 else f"{shots}_shot",
+            "shot": shot_label(shots),
             "seed": int(config.get("seed", 0)),
             "metric": metric,
             "value": float("nan") if value is None else float(value),
