@@ -69,16 +69,20 @@ class WarmKernel:
         return self.pid or 0
 
     @property
+    def _process(self) -> Any:
+        """The kernel's Popen, as jupyter_client's local provisioner holds it (None before the first start)."""
+        return getattr(getattr(self.km, "provisioner", None), "process", None)
+
+    @property
     def pid(self) -> int | None:
         """The kernel process id (None before the first start)."""
-        process = getattr(getattr(self.km, "provisioner", None), "process", None)
-        return getattr(process, "pid", None)
+        return getattr(self._process, "pid", None)
 
     @property
     def returncode(self) -> int | None:
         """The kernel process's exit status once it ended (negative: killed by that signal), else None."""
-        process = getattr(getattr(self.km, "provisioner", None), "process", None)
-        return process.poll() if process is not None and hasattr(process, "poll") else None
+        process = self._process
+        return process.poll() if hasattr(process, "poll") else None
 
     def alive(self) -> bool:
         return self.km is not None and self.km.is_alive()
