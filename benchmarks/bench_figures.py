@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from xrstudy import figures, results
+from xrstudy import figures, legacy
 
 LEGACY = Path(__file__).resolve().parents[1] / "tests" / "data" / "legacy"
 
@@ -24,7 +24,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-figures-") as scratch:
         work = Path(scratch)
         start = time.perf_counter()
-        results.import_legacy(args.legacy, work / "results")
+        legacy.import_legacy(args.legacy, work / "results")
         imported = time.perf_counter() - start
         for style in figures.STYLES:
             times = []

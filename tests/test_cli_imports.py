@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from xrstudy import cli, demo, results
+from xrstudy import demo, legacy
 
 HEAVY = ("torch", "timm", "fastai", "torchvision")
 LEGACY = Path(__file__).parent / "data" / "legacy"
@@ -34,20 +34,12 @@ def heavy_imports(argv: list[str], cwd: Path) -> tuple[int, list[str]]:
     return report["code"], report["heavy"]
 
 
-def _has_sweep_plan() -> bool:
-    try:
-        cli.build_parser().parse_args(["sweep", "plan", "--help"])
-    except SystemExit as exit:
-        return exit.code == 0
-    return False
-
-
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     base = tmp_path_factory.mktemp("cli")
     roots = demo.write_sources(base / "data", demo.SIZES["tiny"])
     store = base / "store"
-    results.import_legacy(LEGACY, store)
+    legacy.import_legacy(LEGACY, store)
     return base, roots, store
 
 
@@ -67,10 +59,9 @@ def _commands(base: Path, roots: dict, store: Path) -> list[list[str]]:
         ["results", "table", "--results", str(store), "--out", str(base / "table.csv")],
         ["figures", "--results", str(store), "--out", str(base / "figs")],
         ["figures", "--results", str(store), "--out", str(base / "paper"), "--style", "paper"],
+        ["sweep", "plan", "--help"],
+        ["sweep", "plan", str(Path(__file__).resolve().parents[1] / "sweeps" / "paper.yaml"), "--json"],
     ]
-    if _has_sweep_plan():
-        sweep_file = Path(__file__).resolve().parents[1] / "sweeps" / "paper.yaml"
-        commands += [["sweep", "plan", "--help"], ["sweep", "plan", str(sweep_file), "--json"]]
     return commands
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xrstudy import cli, figures, results
+from xrstudy import cli, figures, legacy, results
 from xrstudy.config import RunConfig
 
 LEGACY = Path(__file__).parent / "data" / "legacy"
@@ -87,7 +87,7 @@ def test_colours_are_fixed_per_source():
 
 def test_damaged_results_are_never_drawn(tmp_path):
     store = tmp_path / "results"
-    results.import_legacy(LEGACY, store)
+    legacy.import_legacy(LEGACY, store)
     victim = sorted(store.glob("*.json"))[0]
     run_id = victim.stem
     victim.write_text(victim.read_text().replace('"status": "ok"', '"status": "ok" ')[:-30])
@@ -108,7 +108,7 @@ def test_render_all_maps_kind_target_metric_to_the_figure_and_its_files(tmp_path
     from matplotlib.figure import Figure
 
     store = tmp_path / "results"
-    results.import_legacy(LEGACY, store)
+    legacy.import_legacy(LEGACY, store)
     rendered = figures.render_all(store, tmp_path / "figs")
     assert ("bars", "cifar10", "test/acc") in rendered and ("fewshot", "padchest-cl", "test/auc") in rendered
     for (kind, target, metric), (fig, files) in rendered.items():
@@ -122,7 +122,7 @@ def test_a_figure_can_be_restyled_and_saved_again(tmp_path):
     from matplotlib.figure import Figure
 
     store = tmp_path / "results"
-    results.import_legacy(LEGACY, store)
+    legacy.import_legacy(LEGACY, store)
     table = results.table(store)
     fig = figures.shots_bar(table, "cifar10", "test/acc")
     assert isinstance(fig, Figure)
@@ -143,8 +143,8 @@ def test_the_package_never_chooses_a_matplotlib_backend(tmp_path):
     open in pyplot. Checked in a fresh interpreter whose backend is 'svg'."""
     script = f"""
 import matplotlib
-from xrstudy import explore, figures, paper_figures, results
-results.import_legacy({str(LEGACY)!r}, {str(tmp_path / 'store')!r})
+from xrstudy import explore, figures, legacy, paper_figures
+legacy.import_legacy({str(LEGACY)!r}, {str(tmp_path / 'store')!r})
 rendered = figures.render_all({str(tmp_path / 'store')!r}, {str(tmp_path / 'figs')!r})
 paper = figures.render_all({str(tmp_path / 'store')!r}, {str(tmp_path / 'paper')!r}, style="paper")
 import matplotlib.pyplot as plt
@@ -166,7 +166,7 @@ def test_paper_style_draws_the_papers_figures_and_prints_the_full_shot_table(tmp
     from xrstudy import paper_figures
 
     store, out = tmp_path / "results", tmp_path / "paper"
-    results.import_legacy(LEGACY, store)
+    legacy.import_legacy(LEGACY, store)
     assert _cli(["figures", "--results", str(store), "--out", str(out), "--style", "paper"]) == 0
     printed = capsys.readouterr().out
     for kind in ("paper_bars", "paper_model_size", "paper_fewshot"):
@@ -192,7 +192,7 @@ def test_paper_rows_are_hatched_beside_new_runs_of_the_same_model(tmp_path):
     from xrstudy import paper_figures
 
     store = tmp_path / "results"
-    results.import_legacy(LEGACY, store)
+    legacy.import_legacy(LEGACY, store)
     for seed in (0, 1):  # a new run of a paper model on the same target
         cell = RunConfig(kind="transfer", target="cifar10", init="timm", arch="resnetv2_50x1_bit.goog_in21k",
                          shots=0, seed=seed, init_label="imagenet21k")  # fmt: skip

@@ -437,7 +437,7 @@ def write_table(frame: pd.DataFrame, out: str | Path, fmt: str | None = None) ->
 # ---- the paper's published CSVs (xrstudy.legacy) --------------------------------------------
 def import_legacy(legacy_dir: str | Path, results_dir: str | Path) -> list[Path]:
     """Old name of `xrstudy.legacy.import_legacy` (the module that builds on this one). It reaches back up,
-    so new code calls xrstudy.legacy; kept until tests/test_notebooks.py and tests/test_figures.py do."""
+    so new code calls xrstudy.legacy; kept until tests/test_notebooks.py does."""
     from xrstudy import legacy
 
     return legacy.import_legacy(legacy_dir, results_dir)
