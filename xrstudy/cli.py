@@ -169,6 +169,8 @@ def _add_train(sub: Any) -> None:
 
 
 def _add_sweep(sub: Any) -> None:
+    from xrstudy.cost import DEFAULT_DEVICE
+
     sweep = sub.add_parser("sweep", help="plan a sweep file, run it here with papermill, or send it to SLURM")
     commands = sweep.add_subparsers(dest="sweep_command", required=True)
 
@@ -179,7 +181,7 @@ def _add_sweep(sub: Any) -> None:
                            "does not exist here counts as not given")
     plan.add_argument("--metadata-only", action="store_true", help="read label files only (images may be absent)")
     plan.add_argument("--json", action="store_true", help="print a JSON array, one object per cell")
-    plan.add_argument("--device", default="H100", help="throughput table rows to estimate GPU-hours with")
+    plan.add_argument("--device", default=DEFAULT_DEVICE, help="throughput table rows to estimate GPU-hours with")
     plan.add_argument("--only", default=None, help="glob over cell names / run ids (deps included)")
     _handler(plan, "xrstudy.plan:cmd_plan")
 
@@ -210,19 +212,21 @@ def _add_sweep(sub: Any) -> None:
     cluster.add_argument("--max-nodes", type=int, default=16, help="most nodes one cell may take (default: %(default)s)")
     cluster.add_argument("--pretrain-nodes", type=int, default=None,
                          help="fixed nodes per pre-training cell instead of sizing by the estimate")
-    cluster.add_argument("--device", default="H100", help="rows of the throughput and memory tables (benchmarks/)")
+    cluster.add_argument("--device", default=DEFAULT_DEVICE, help="rows of the throughput and memory tables (benchmarks/)")
     cluster.add_argument("--only", default=None)
     cluster.add_argument("--dry-run", action="store_true", help="write the jobs (jobs.json) and the sbatch scripts submitit would send; send nothing")
     _handler(cluster, "xrstudy.slurm:cmd_submit")
 
 
 def _add_results(sub: Any) -> None:
+    from xrstudy.io import TABLE_FORMATS
+
     results = sub.add_parser("results", help="the results store: tidy table, legacy import")
     commands = results.add_subparsers(dest="results_command", required=True)
 
     show = commands.add_parser("table", help="all valid results as one tidy table")
     show.add_argument("--results", default="xrstudy-out/results", help="results directory")
-    show.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    show.add_argument("--format", choices=TABLE_FORMATS, default="csv")
     show.add_argument("--out", default=None, help="write here instead of printing CSV to stdout")
     _handler(show, "xrstudy.results:cmd_table")
 
