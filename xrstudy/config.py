@@ -8,6 +8,7 @@ object written into every result JSON.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -130,7 +131,7 @@ class RunConfig:
                               f"cell; steps overrides epochs, so set one of them")
         seen: set[str] = set()
         for entry in self.roots:
-            name, _ = parse_root(entry, origin="RunConfig.roots")
+            name, _ = _root_parts(entry, "RunConfig.roots")
             if name in seen:
                 raise ConfigError(f"RunConfig.roots names {name!r} twice ({list(self.roots)}); expected one DIR per name")
             seen.add(name)
@@ -140,9 +141,10 @@ class RunConfig:
                               f"`xrstudy sweep` resolves it (to run:<run id>); in a single config use run:<run id>")
 
     # ---- identity -------------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def run_id(self) -> str:
-        """Stable id from the fields that change the result: `{kind}-{12 hex}`."""
+        """Stable id from the fields that change the result: `{kind}-{12 hex}` (computed once: the
+        object is frozen; `replace` makes a new one)."""
         keyed = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
         digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
         return f"{self.kind}-{digest[:12]}"
@@ -244,11 +246,17 @@ _RUN_ID = re.compile(rf"(?:{'|'.join(KINDS)})-[0-9a-f]{{12}}")
 
 def parse_root(entry: str, *, origin: str = "root") -> tuple[str, Path]:
     """`"name=DIR"` -> (name, Path(DIR)): the one parser of root entries (RunConfig.roots, `--source`)."""
+    name, folder = _root_parts(entry, origin)
+    return name, Path(folder)
+
+
+def _root_parts(entry: str, origin: str) -> tuple[str, str]:
+    """(name, DIR) of `"name=DIR"`, both stripped and non-empty (RunConfig's checks need no Path)."""
     name, sep, folder = str(entry).partition("=")
     name, folder = name.strip(), folder.strip()
     if not (sep and name and folder):
         raise ConfigError(f"{origin} entry {entry!r}; expected 'name=DIR', e.g. 'chexpert=/data/CheXpert-v1.0-small'")
-    return name, Path(folder)
+    return name, folder
 
 
 def read_yaml(path: str | Path, what: str, expected: str) -> Any:
