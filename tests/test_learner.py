@@ -16,7 +16,8 @@ from fastai.learner import Learner
 from sklearn.metrics import average_precision_score, roc_auc_score
 from timm.utils import adaptive_clip_grad
 
-from xrstudy.callbacks import AdaptiveGradClip, MaskedMixUp, load_train_state, mix_targets, save_train_state
+from xrstudy.callbacks import (AdaptiveGradClip, MaskedMixUp, _channel_affine, load_train_state, mix_targets, normalise,
+                               save_train_state)
 from xrstudy.config import RunConfig
 from xrstudy.hyper import Schedule
 from xrstudy.learner import (
@@ -215,6 +216,18 @@ def test_bootstrap_ci_is_seeded_and_brackets_the_estimate():
     # a column with one label only still gives CIs for what is defined
     few = bootstrap_ci(np.array([[0.2], [0.9]]), np.array([[1.0], [1.0]]), multilabel=True, seed=0, n_boot=20)
     assert "auc" not in few and few["ap"] == [1.0, 1.0]
+
+
+def test_normalise_is_the_per_channel_affine_map_and_builds_its_constants_once():
+    images = torch.arange(2 * 1 * 2 * 2, dtype=torch.float32).view(2, 1, 2, 2) * 20  # grey [0, 255]
+    for mean, std in (((0.5,) * 3, (0.5,) * 3), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))):
+        mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+        expected = (images.expand(-1, 3, -1, -1) / 255 - mean_t) / std_t
+        assert torch.allclose(normalise(images, mean, std, channels_last=False), expected, atol=1e-6)
+    _channel_affine.cache_clear()
+    for _ in range(3):  # every batch of a cell: the constants are made (and moved to the device) once
+        normalise(images, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), channels_last=True)
+    assert _channel_affine.cache_info().misses == 1
 
 
 # ---- optimiser, AGC, schedule ---------------------------------------------------------------------

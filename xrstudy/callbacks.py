@@ -17,6 +17,7 @@ event, so the step's work sits in few callbacks (benchmarks/bench_learner.py mea
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from pathlib import Path
@@ -52,6 +53,15 @@ class LocalCallback(Callback):
     _xtra = ("training",)
 
 
+@functools.lru_cache(maxsize=8)
+def _channel_affine(mean: tuple[float, ...], std: tuple[float, ...],
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of `normalise` per channel, on `device`: built once, not copied to the GPU every batch."""
+    scale = torch.tensor([1 / (255 * s) for s in std], device=device).view(1, 3, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(mean, std)], device=device).view(1, 3, 1, 1)
+    return scale, shift
+
+
 def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
               channels_last: bool) -> torch.Tensor:
     """[0, 255] floats -> (x / 255 - mean) / std per channel; grayscale becomes 3 channels."""
@@ -60,8 +70,7 @@ def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, .
         images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
     else:
         images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-        scale = torch.tensor([1 / (255 * s) for s in std], device=images.device).view(1, 3, 1, 1)
-        shift = torch.tensor([m / s for m, s in zip(mean, std)], device=images.device).view(1, 3, 1, 1)
+        scale, shift = _channel_affine(tuple(mean), tuple(std), images.device)
         images = images.mul(scale).sub_(shift)
     return images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
