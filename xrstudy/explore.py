@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 
 from xrstudy import figures, merge
 from xrstudy.config import parse_root
+from xrstudy.io import atomic_write_table
 from xrstudy.labels import finding_columns
 
 TOP_FINDINGS = 25
@@ -205,7 +206,7 @@ def explore_sources(frame: pd.DataFrame, out_dir: str | Path, *, labels: str = "
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     found = Exploration(counts=source_counts(frame), findings=finding_counts(frame))
-    found.counts.to_csv(out_dir / "source_counts.csv")
+    atomic_write_table(found.counts.reset_index(), out_dir / "source_counts.csv")  # the index is `source`
     found.files.append(out_dir / "source_counts.csv")
     drawn: dict[str, tuple[Figure, pd.DataFrame]] = {}
     if len(found.findings):

@@ -31,6 +31,7 @@ from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 
 from xrstudy import results, scaling
+from xrstudy.io import atomic_write_table
 
 # ---- colours ----------------------------------------------------------------------------------
 SOURCE_COLOURS = {
@@ -291,7 +292,7 @@ def save_figure(fig: Figure, rows: pd.DataFrame, out_dir: str | Path, name: str,
         fig.savefig(paths[1])
     finally:
         fig.set_layout_engine(engine)
-    rows.to_csv(paths[2], index=False)
+    atomic_write_table(rows, paths[2])
     return paths
 
 
@@ -441,7 +442,7 @@ def render_all(results_dir: str | Path, out_dir: str | Path | None = None, *, n_
     tables = {"results_table.csv": table, "full_shot_means.csv": full_shot_means(table),
               "scaling_fits.csv": scaling_fits(table, n_boot=n_boot)}  # fmt: skip
     for name, frame in tables.items():
-        frame.to_csv(out_dir / name, index=False)
+        atomic_write_table(frame, out_dir / name)
         rendered.tables[name] = out_dir / name
     return rendered
 

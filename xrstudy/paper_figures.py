@@ -25,6 +25,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from xrstudy import figures, legacy, results
+from xrstudy.io import atomic_write_table
 
 # The paper's dataset and metric names (its CSV files) → xrstudy's: the import's tables (xrstudy.legacy),
 # for a store whose paper rows kept the published names.
@@ -297,8 +298,7 @@ def render(table: pd.DataFrame, out_dir: str | Path) -> figures.Rendered:
     rows = paper_table(table)
     # render_table groups by (target, metric); hand it the percent rows under the original columns.
     rendered = figures.render_table(rows, out_dir, figure_kinds=PAPER_KINDS)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    full_shot_table(rows).to_csv(out_dir / FULL_SHOT_TABLE, index=False)
+    atomic_write_table(full_shot_table(rows), out_dir / FULL_SHOT_TABLE)  # creates out_dir if no figure did
     rendered.tables[FULL_SHOT_TABLE] = out_dir / FULL_SHOT_TABLE
     return rendered
 
