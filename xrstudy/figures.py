@@ -450,9 +450,9 @@ def render_all(results_dir: str | Path, out_dir: str | Path | None = None, *, n_
 # ---- CLI (xrstudy.cli chooses the Agg backend before this module is imported) -----------------
 def cmd_figures(args: Any) -> int:
     start = time.perf_counter()
-    rendered = render_all(args.results, args.out, style=getattr(args, "style", "default"))
+    rendered = render_all(args.results, args.out, style=args.style)
     print(f"{len(rendered.pngs)} figures (PNG + PDF + CSV each) in {rendered.out_dir} ({time.perf_counter() - start:.1f} s)")
-    if getattr(args, "style", "default") == "paper":
+    if args.style == "paper":
         from xrstudy import paper_figures
 
         print("\n" + paper_figures.format_full_shot(pd.read_csv(rendered.tables[paper_figures.FULL_SHOT_TABLE])))
