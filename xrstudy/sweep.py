@@ -17,7 +17,8 @@ Cells are de-duplicated by run id.
 Where the cells go from here:
     xrstudy.plan     every cell's resolved recipe, sizes and cost, without loading images or models
     xrstudy.runner   executes cells here (warm Jupyter kernels or worker processes, GPU slots, locks)
-    xrstudy.slurm    sends them to SLURM as sbatch scripts (the same scripts `--dry-run` writes)
+    xrstudy.slurm    sizes them by the plan and hands their jobs to submitit (`--dry-run` writes the sbatch
+                     scripts submitit would send)
 """
 
 from __future__ import annotations
