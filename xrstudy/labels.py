@@ -156,6 +156,10 @@ def padchest_pathologies(labels_text: pd.Series) -> pd.DataFrame:
     return pd.DataFrame(hits[codes].astype(np.float32), columns=names, index=labels_text.index)
 
 
+# Sources whose findings `as_authors_read` rebuilds from `raw_labels` (it needs no finding column of theirs).
+FINDINGS_FROM_TEXT = frozenset({"padchest"})
+
+
 def as_authors_read(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     """A source's table as the authors' dataset class reads it (label_mode: paper), and rows dropped by reason.
 

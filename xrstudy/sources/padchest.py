@@ -88,10 +88,16 @@ def _padchest_meta(name: str, root: Path, parsed: PadchestFrame, metadata_only: 
     )  # fmt: skip
 
 
+def read_padchest_without_findings(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
+    """PadChest's canonical metadata and `raw_labels`, the file checked as by `read_padchest`, without
+    its ~190 term columns (label_mode paper rebuilds the authors' 27 pathologies from the text)."""
+    return canonical(name, split="", **_padchest_meta(name, root, _read_padchest_terms(root), metadata_only))
+
+
 # The authors' split of the 160K file (wheel copy): their filters, 5 views, RandomState(42), first 90 % train.
 @register("padchest", multilabel=True, modality="xray", layout=PADCHEST_LAYOUT, cache_reads="always",
           published_train_by_view=(("PA", 82_484), ("LATERAL", 44_620), ("AP_SUPINE", 12_899), ("AP", 4_060),
-                                   ("COSTAL", 575)))
+                                   ("COSTAL", 575)), read_without_findings=read_padchest_without_findings)
 def read_padchest(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     parsed = _read_padchest_terms(root)
     # PadChest annotates its whole vocabulary: a finding no row mentions is still a 0 column.
