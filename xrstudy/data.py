@@ -67,7 +67,9 @@ class StudyData:
 
 @dataclass(frozen=True)
 class Labelled:
-    """One source as read (`raw`) and after the label mode, view filter and policy (`table`)."""
+    """One source as read (`raw`) and after the label mode, view filter and policy (`table`). In label
+    mode paper, a source whose findings the authors' reading rebuilds from the label text (PadChest) is
+    read without its finding columns: `raw` then holds its metadata and `raw_labels` alone."""
 
     raw: pd.DataFrame
     table: pd.DataFrame
@@ -84,7 +86,7 @@ def labelled(name: str, root: str | Path, *, views: Sequence[str] = (), uncertai
     source = sources.source_of(name)
     paper = label_mode == "paper"
     base = source.paper_single_label_of if paper and source.paper_single_label_of else name
-    raw = sources.read_source(base, root, metadata_only)
+    raw = sources.read_source(base, root, metadata_only, findings=not (paper and base in labels.FINDINGS_FROM_TEXT))
     if not sources.source_of(base).multilabel:
         return Labelled(raw, raw, {})
     table, dropped = labels.as_authors_read(raw) if paper else (raw, {})

@@ -28,8 +28,12 @@ PADCHEST_VIEWS = {"PA": "PA", "L": "LATERAL", "AP": "AP", "AP_horizontal": "AP_S
 
 @dataclass(frozen=True)
 class PadchestFrame:
+    """The label file and its terms. The 161k `Labels` texts repeat (~29k distinct), so each distinct
+    text is parsed and checked once; a row's terms are those of its text."""
+
     frame: pd.DataFrame
-    terms: pd.Series  # one stripped term per row of `frame` it belongs to (exploded; index = frame index)
+    text_of_row: np.ndarray  # per row of `frame`: its distinct text in `terms_of_text`; -1 = no `Labels`
+    terms_of_text: list[list[str]]  # the stripped, non-empty terms of each distinct text, as listed
     path: Path
 
 
@@ -39,25 +43,33 @@ def _read_padchest_terms(root: Path) -> PadchestFrame:
                        optional=["StudyID", "PatientBirth", "PatientSex_DICOM", "StudyDate_DICOM"],
                        dtype={"ImageID": str, "PatientID": str, "StudyID": str})
     check_unique(frame["ImageID"], path, "ImageID")
-    listed = frame["Labels"].dropna()
-    malformed = ~listed.str.strip().str.match(r"^\[.*\]$")
+    text_of_row, distinct = pd.factorize(frame["Labels"])  # distinct texts in order of first appearance
+
+    def first_row(text: int) -> int:
+        return frame.index[int(np.argmax(text_of_row == text))]
+
+    texts = pd.Series(distinct, dtype="str")
+    malformed = ~texts.str.strip().str.match(r"^\[.*\]$").to_numpy(dtype=bool)
     if malformed.any():
-        index = malformed.idxmax()
-        raise SourceError(f"{path}, line {line_of(path, index)}, column 'Labels': {listed[index]!r}; "
+        text = int(np.argmax(malformed))
+        raise SourceError(f"{path}, line {line_of(path, first_row(text))}, column 'Labels': {texts[text]!r}; "
                           f"expected a Python-list string such as ['pleural effusion', 'cardiomegaly']")
-    # "['pleural effusion', 'cardiomegaly']" -> one row per term, in Arrow (str.findall + explode
-    # loops in Python: 0.2 s on the real file)
-    inner = pc.replace_substring_regex(pa.array(listed, type=pa.string()), r"^\s*\[\s*'?|'?\s*\]\s*$", "")
+    # "['pleural effusion', 'cardiomegaly']" -> its terms, split in Arrow
+    inner = pc.replace_substring_regex(pa.array(texts, type=pa.string()), r"^\s*\[\s*'?|'?\s*\]\s*$", "")
     parts = pc.split_pattern_regex(inner, r"'\s*,\s*'")
-    terms = pd.Series(pc.utf8_trim_whitespace(pc.list_flatten(parts)), dtype="str",
-                      index=listed.index[pc.list_parent_indices(parts).to_numpy()])  # fmt: skip
-    terms = terms[terms != ""]
-    unknown = terms[~terms.isin(labels.padchest_vocabulary())]
-    if len(unknown):
-        raise SourceError(f"{path}, line {line_of(path, unknown.index[0])}, column 'Labels': unknown PadChest term "
-                          f"{unknown.iloc[0]!r}; known terms are listed in xrstudy/padchest_terms.txt "
-                          f"(add a mapping in xrstudy.labels.PADCHEST_TERMS_OF if it is a synonym)")
-    return PadchestFrame(frame, terms, path)
+    terms_of_text: list[list[str]] = [[] for _ in range(len(texts))]
+    for text, term in zip(pc.list_parent_indices(parts).to_pylist(),
+                          pc.utf8_trim_whitespace(pc.list_flatten(parts)).to_pylist()):  # fmt: skip
+        if term:
+            terms_of_text[text].append(term)
+    vocabulary = labels.padchest_vocabulary()
+    for text, terms in enumerate(terms_of_text):  # the first unknown term in file order
+        unknown = [term for term in terms if term not in vocabulary]
+        if unknown:
+            raise SourceError(f"{path}, line {line_of(path, first_row(text))}, column 'Labels': unknown PadChest "
+                              f"term {unknown[0]!r}; known terms are listed in xrstudy/padchest_terms.txt "
+                              f"(add a mapping in xrstudy.labels.PADCHEST_TERMS_OF if it is a synonym)")
+    return PadchestFrame(frame, text_of_row, terms_of_text, path)
 
 
 def _padchest_meta(name: str, root: Path, parsed: PadchestFrame, metadata_only: bool) -> dict:
@@ -76,24 +88,32 @@ def _padchest_meta(name: str, root: Path, parsed: PadchestFrame, metadata_only: 
     )  # fmt: skip
 
 
+def read_padchest_without_findings(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
+    """PadChest's canonical metadata and `raw_labels`, the file checked as by `read_padchest`, without
+    its ~190 term columns (label_mode paper rebuilds the authors' 27 pathologies from the text)."""
+    return canonical(name, split="", **_padchest_meta(name, root, _read_padchest_terms(root), metadata_only))
+
+
 # The authors' split of the 160K file (wheel copy): their filters, 5 views, RandomState(42), first 90 % train.
 @register("padchest", multilabel=True, modality="xray", layout=PADCHEST_LAYOUT, cache_reads="always",
           published_train_by_view=(("PA", 82_484), ("LATERAL", 44_620), ("AP_SUPINE", 12_899), ("AP", 4_060),
-                                   ("COSTAL", 575)))
+                                   ("COSTAL", 575)), read_without_findings=read_padchest_without_findings)
 def read_padchest(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     parsed = _read_padchest_terms(root)
-    frame, terms = parsed.frame, parsed.terms
-    canonical_of = {t: labels.padchest_finding(t) for t in labels.padchest_vocabulary()}
-    findings_terms = terms[~terms.isin(labels.PADCHEST_NOT_FINDINGS)].map(canonical_of)
     # PadChest annotates its whole vocabulary: a finding no row mentions is still a 0 column.
     # Absent = 0 (as in NIH); a row without labels or marked "exclude" is unknown throughout.
-    columns = sorted({labels.padchest_finding(t) for t in labels.padchest_vocabulary() - labels.PADCHEST_NOT_FINDINGS})
-    values = np.zeros((len(frame), len(columns)), np.float32)
-    position = pd.Series(np.arange(len(frame)), index=frame.index)
-    code = pd.Categorical(findings_terms, categories=columns).codes
-    values[position[findings_terms.index].to_numpy(), code] = 1.0
-    unknown_rows = frame["Labels"].isna() | frame.index.isin(terms.index[terms == labels.PADCHEST_EXCLUDE])
-    values[unknown_rows.to_numpy()] = np.nan
+    vocabulary = labels.padchest_vocabulary() - labels.PADCHEST_NOT_FINDINGS
+    columns = sorted({labels.padchest_finding(t) for t in vocabulary})
+    column_of = {term: columns.index(labels.padchest_finding(term)) for term in vocabulary}
+    # One row of findings per distinct text (the last: no `Labels`), then one per image by its text.
+    per_text = np.zeros((len(parsed.terms_of_text) + 1, len(columns)), np.float32)
+    hits = [(text, column_of[term]) for text, terms in enumerate(parsed.terms_of_text) for term in terms
+            if term in column_of]  # fmt: skip
+    if hits:
+        per_text[tuple(np.array(hits).T)] = 1.0
+    per_text[[text for text, terms in enumerate(parsed.terms_of_text) if labels.PADCHEST_EXCLUDE in terms]] = np.nan
+    per_text[-1] = np.nan
+    values = per_text[parsed.text_of_row]
     return canonical(name, split="", findings=pd.DataFrame(values, columns=columns, copy=False),
                      **_padchest_meta(name, root, parsed, metadata_only))
 
@@ -105,9 +125,12 @@ def read_padchest(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
 def read_padchest_cl(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """PadChest-Cl: images whose label list holds exactly one term, that term (or "normal") as the class."""
     parsed = _read_padchest_terms(root)
-    per_row = parsed.terms.groupby(level=0).agg(["count", "first"])
-    single = per_row[(per_row["count"] == 1) & ~per_row["first"].isin(labels.PADCHEST_NOT_FINDINGS - {"normal"})]
-    classes = single["first"].map(lambda t: t if t == "normal" else labels.padchest_finding(t))
-    kept = PadchestFrame(parsed.frame.loc[single.index], parsed.terms, parsed.path)
+    set_aside = labels.PADCHEST_NOT_FINDINGS - {"normal"}
+    class_of_text = np.array([(terms[0] if terms[0] == "normal" else labels.padchest_finding(terms[0]))
+                              if len(terms) == 1 and terms[0] not in set_aside else None
+                              for terms in parsed.terms_of_text] + [None], dtype=object)  # fmt: skip
+    rows = np.flatnonzero(pd.notna(class_of_text)[parsed.text_of_row])  # the last entry: no `Labels`
+    classes = class_of_text[parsed.text_of_row[rows]]
+    kept = PadchestFrame(parsed.frame.iloc[rows], parsed.text_of_row[rows], parsed.terms_of_text, parsed.path)
     return canonical(name, split="", label=classes, **_padchest_meta(name, root, kept, metadata_only))
 

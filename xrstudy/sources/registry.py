@@ -14,6 +14,8 @@ from typing import Callable, Literal
 
 import pandas as pd
 
+from xrstudy.labels import META_COLUMNS
+
 
 class SourceError(ValueError):
     """A source's files are not what its adapter expects."""
@@ -57,6 +59,9 @@ class Source:
     # exactly one finding positive (the authors' --multilabel-force-classification), read in `paper_views`.
     paper_single_label_of: str = ""
     paper_views: tuple[str, ...] = ()
+    # Reads the canonical table without its finding columns, where building them is costly and a caller
+    # replaces them anyway (PadChest: ~190 term columns of 161k rows, rebuilt by label_mode paper).
+    read_without_findings: Reader | None = None
 
     def __post_init__(self) -> None:
         if self.cache_reads not in CACHE_READS:
@@ -86,21 +91,38 @@ def source_of(name: str) -> Source:
     return dataclasses.replace(SOURCES["imagefolder"], name=name)
 
 
-def read_source(name: str, root: str | Path, metadata_only: bool = False) -> pd.DataFrame:
-    """The canonical table of source `name` stored under `root` (a fresh copy on every call)."""
+def read_source(name: str, root: str | Path, metadata_only: bool = False, *, findings: bool = True) -> pd.DataFrame:
+    """The canonical table of source `name` stored under `root` (a fresh copy on every call).
+
+    `findings=False`: the table without its finding columns (metadata, `raw_labels`, a single-label
+    `label`), for callers that rebuild the findings from `raw_labels`; a source with a
+    `read_without_findings` reader then skips building them."""
     root = Path(root).expanduser().absolute()
     if not root.is_dir():
         raise SourceError(f"{name}: root {root} is not a directory; expected {source_of(name).layout}")
     source = source_of(name)
+    read = source.read if findings or source.read_without_findings is None else source.read_without_findings
     if not source.caches(metadata_only):
-        return source.read(name, root, metadata_only)
-    key = (name, str(root), metadata_only, root_signature(root))
+        return _without_findings(read(name, root, metadata_only), findings)
+    signature = root_signature(root)
+    key = (name, str(root), metadata_only, signature, read is source.read)
+    if key not in _READ_CACHE and not findings:  # the whole table is read already: take its metadata
+        whole = _READ_CACHE.get((name, str(root), metadata_only, signature, True))
+        if whole is not None:
+            return _without_findings(whole, False).copy(deep=not _COPY_ON_WRITE)
     if key not in _READ_CACHE:
         if len(_READ_CACHE) >= _READ_CACHE_SIZE:  # real tables are hundreds of MB: keep a few
             _READ_CACHE.pop(next(iter(_READ_CACHE)))
-        _READ_CACHE[key] = source.read(name, root, metadata_only)
+        _READ_CACHE[key] = read(name, root, metadata_only)
     # With pandas' copy-on-write (always on from pandas 3) a shallow copy already protects the cache.
-    return _READ_CACHE[key].copy(deep=not _COPY_ON_WRITE)
+    return _without_findings(_READ_CACHE[key], findings).copy(deep=not _COPY_ON_WRITE)
+
+
+def _without_findings(table: pd.DataFrame, findings: bool) -> pd.DataFrame:
+    if findings:
+        return table
+    kept = [c for c in table.columns if c in META_COLUMNS or c == "label"]
+    return table[kept] if len(kept) < len(table.columns) else table
 
 
 # Sweeps in a warm kernel and notebooks read the same label files again and again; parsing the
