@@ -93,9 +93,17 @@ def synthetic_study(paths: list[str], seed: int = 0):  # -> xrstudy.data.StudyDa
     table.insert(0, "path", paths)
     table.insert(0, "image_id", [f"i{i}" for i in range(len(paths))])
     cut = len(paths) - 2 * HELD_OUT
-    return StudyData(train=table[:cut], valid=table[cut:cut + HELD_OUT].reset_index(drop=True),
-                     test=table[cut + HELD_OUT:].reset_index(drop=True), classes=FINDINGS, multilabel=True,
-                     split_sha256="synthetic", modality="xray", universe=tuple(sorted(paths)))
+    parts = {"train": table[:cut], "valid": table[cut:cut + HELD_OUT].reset_index(drop=True),
+             "test": table[cut + HELD_OUT:].reset_index(drop=True)}
+    extra = {}
+    if "universe_rows" in StudyData.__dataclass_fields__:  # as data.prepare makes it (older code: no such field)
+        from xrstudy.data import universe_of
+
+        universe, extra["universe_rows"] = universe_of(table, parts)
+    else:
+        universe = tuple(sorted(paths))
+    return StudyData(**parts, classes=FINDINGS, multilabel=True, split_sha256="synthetic", modality="xray",
+                     universe=universe, **extra)
 
 
 # ---- measuring a process --------------------------------------------------------------------------

@@ -202,6 +202,12 @@ def test_prepare_pretrain_and_transfer(roots, tmp_path):
     assert target.train["label"].value_counts().to_dict() == {c: 1 for c in target.classes}
     assert set(target.shots_ids) == set(target.train["image_id"])
     assert not set(target.shots_ids) & set(target.test["image_id"])
+    for study_data in (study, target):  # each row's cache row, found once in prepare, is its path's place
+        assert list(study_data.universe) == sorted(set(study_data.universe))
+        for name in ("train", "valid", "test"):
+            rows = study_data.universe_rows[name]
+            table = getattr(study_data, name)
+            assert [study_data.universe[r] for r in rows] == table["path"].astype(str).tolist()
 
     shapes = data.prepare(_cfg(roots, tmp_path, kind="pretrain", sources=("shapes",), views=()))
     assert not shapes.multilabel and len(shapes.classes) == len(phantoms.SHAPES)

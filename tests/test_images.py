@@ -234,6 +234,21 @@ def test_key_changes_with_size_mode_and_path_set(jpegs: list[str]) -> None:
     assert len({key, cache_key(jpegs, 32, "L"), cache_key(jpegs, 16, "RGB"), cache_key(jpegs[1:], 16, "L")}) == 4
 
 
+def test_fast_key_is_the_json_definition() -> None:
+    """The key joined in C for plain paths is sha256 of the same JSON text as for any other path."""
+    import hashlib
+    import json
+
+    def plain(paths, size, mode):
+        spec = {"format": images.FORMAT_VERSION, "size": size, "mode": mode, "paths": sorted(set(map(str, paths)))}
+        return hashlib.sha256(json.dumps(spec, separators=(",", ":")).encode()).hexdigest()
+
+    cases = [[], ["a.jpg"], ["b/2.png", "a/1.png", "a/1.png"], ['q"uote.jpg', "x.jpg"], ["back\\slash.jpg"],
+             ["tab\there.jpg"], ["caf\u00e9.jpg", "z.jpg"], ["\u7eff.png"], [f"img{i:05d}.png" for i in range(500)]]
+    for paths in cases:
+        assert cache_key(paths, 16, "L") == plain(paths, 16, "L"), paths
+
+
 def test_reuse_does_no_decoding(tmp_path: Path, jpegs: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     first = build_cache(jpegs, 8, tmp_path / "cache", "L", 1)
     counter = _Counter()

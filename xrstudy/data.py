@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from xrstudy import fewshot, labels, merge, sources, splits
@@ -56,6 +58,9 @@ class StudyData:
     # once lets all cells of a target (every shot count and seed) share one image cache.
     universe: tuple[str, ...] = ()
     modality: str = "natural"  # "xray" (cached grayscale) or "natural" (colour), from the source registry
+    # Per split ("train", "valid", "test"): each row's position in `universe`, which is its row in the
+    # image cache of `paths` (found while `prepare` hashes the paths once; empty: looked up by path).
+    universe_rows: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def paths(self) -> list[str]:
@@ -241,10 +246,28 @@ def prepare(cfg: RunConfig) -> StudyData:
     """Train / valid / test tables, classes and split hash of a study cell."""
     built = _tables(cfg)
     split_path, split_sha = splits.save_split_by_content(built.table, Path(cfg.out_dir) / "splits")
-    universe = tuple(sorted(set(built.table["path"].astype(str))))
+    universe, rows = universe_of(built.table, {"train": built.train, "valid": built.valid, "test": built.test})
     return StudyData(train=built.train, valid=built.valid, test=built.test, classes=built.classes,
                      multilabel=built.multilabel, split_sha256=split_sha, shots_ids=built.shots_ids,
-                     dropped=built.dropped, split_path=str(split_path), universe=universe, modality=built.modality)
+                     dropped=built.dropped, split_path=str(split_path), universe=universe, modality=built.modality,
+                     universe_rows=rows)
+
+
+def universe_of(table: pd.DataFrame, parts: dict[str, pd.DataFrame]) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
+    """The sorted unique image paths of `table` (the rows of its image cache), and the position of each
+    row of every part (tables of `table`'s rows) among them: one factorisation of all the paths in C,
+    so the training path looks up no path (`xrstudy.train.open_splits`)."""
+    pieces = [table["path"], *(part["path"] for part in parts.values())]
+    codes, uniques = pd.factorize(pd.concat(pieces, ignore_index=True).astype(str), sort=True)
+    universe = tuple(uniques.tolist())
+    if (codes < 0).any():
+        raise ValueError("universe_of: a table row has no image path")
+    # The parts' paths are the table's, and the order is Python's (UTF-8 byte order = code point order).
+    if not np.bincount(codes[:len(table)], minlength=len(universe)).all() or \
+            not all(map(operator.lt, universe, universe[1:])):
+        raise ValueError("universe_of: the parts hold paths outside the table, or the paths did not sort as str")
+    ends = np.cumsum([len(piece) for piece in pieces])
+    return universe, {name: codes[start:end].astype(np.int64) for name, start, end in zip(parts, ends[:-1], ends[1:])}
 
 
 # ---- training-set sizes for the planner -----------------------------------------------------------
@@ -417,6 +440,6 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["StudyData", "Labelled", "prepare", "train_size", "labelled", "read_labelled", "split_table", "paper_order",
+__all__ = ["StudyData", "Labelled", "prepare", "universe_of", "train_size", "labelled", "read_labelled", "split_table", "paper_order",
            "inspect_source", "merge_entries", "merge_summary", "cmd_inspect", "cmd_merge", "cmd_split", "cmd_shots",
            "cmd_cache"]

@@ -27,12 +27,15 @@ disk is an error naming the path and the sizes, never a SIGBUS.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import functools
 import hashlib
+import itertools
 import json
 import math
 import multiprocessing
+import operator
 import os
 import pickle
 import sys
@@ -241,8 +244,35 @@ def original_size(path: str | os.PathLike[str]) -> tuple[int, int]:
 # ---- cache files ------------------------------------------------------------------------------
 def cache_key(paths: Iterable[str], size: int, mode: str) -> str:
     """sha256 over (sorted unique paths, size, mode, format version)."""
-    spec = {"format": FORMAT_VERSION, "size": int(size), "mode": mode, "paths": sorted({str(p) for p in paths})}
-    return hashlib.sha256(json.dumps(spec, separators=(",", ":")).encode()).hexdigest()
+    return _key(sorted_unique(paths), size, mode)
+
+
+def sorted_unique(paths: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
+    """The paths as str, sorted and without repeats: the order of a cache's rows. A sequence that is
+    already strictly increasing (a StudyData universe) is taken as it is, in one C-level pass."""
+    listed = list(map(str, paths))
+    if all(map(operator.lt, listed, itertools.islice(listed, 1, None))):
+        return tuple(listed)
+    return tuple(sorted(set(listed)))
+
+
+_JSON_PLAIN = bytes(b for b in range(0x20, 0x7F) if b not in b'"\\')  # bytes json.dumps (ensure_ascii) keeps
+
+
+def _key(unique: Sequence[str], size: int, mode: str) -> str:
+    """cache_key of sorted unique paths: sha256 of the JSON text {"format", "size", "mode", "paths"}.
+    Paths of printable ASCII without quote or backslash (the usual case) are their own JSON strings, so
+    the text is joined in C instead of encoded path by path (the same bytes, ~5x faster)."""
+    spec = {"format": FORMAT_VERSION, "size": int(size), "mode": mode}
+    joined = '","'.join(unique).encode("utf-8", "surrogatepass")  # the separators hold the only quotes...
+    if joined.translate(None, _JSON_PLAIN + b'"') or joined.count(b'"') != 2 * max(len(unique) - 1, 0):
+        return hashlib.sha256(json.dumps({**spec, "paths": list(unique)}, separators=(",", ":")).encode()).hexdigest()
+    head = json.dumps({**spec, "paths": []}, separators=(",", ":")).encode()  # ...else: {...,"paths":[]}
+    digest = hashlib.sha256(head[:-3])
+    for part in (b'["', joined, b'"]') if unique else (b"[]",):
+        digest.update(part)
+    digest.update(head[-1:])
+    return digest.hexdigest()
 
 
 def _image_shape(count: int, size: int, mode: str) -> tuple[int, ...]:
@@ -289,7 +319,7 @@ class ImageCache:
     quarantined: dict[str, str]
     built: int = 0
     reused: int = 0
-    _index: Any = field(default=None, repr=False)  # pandas.Index of `paths`, built on first lookup
+    _index: Any = field(default=None, repr=False)  # `paths` as an Arrow array, built on first lookup
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -297,16 +327,22 @@ class ImageCache:
     def __getitem__(self, index: Any) -> np.ndarray:
         return self.images[index]
 
-    def _path_index(self) -> Any:
-        if self._index is None:
-            import pandas as pd  # a hash index over the paths: one vectorised lookup per split
+    def rows_of(self, paths: Sequence[str] | Any) -> np.ndarray:
+        """Cache rows (int64) of `paths` (a sequence or a pandas Series of str), in their order; a path
+        outside the cache is a KeyError. One hash lookup in Arrow (~4x faster than pandas' on 200k)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
 
-            self._index = pd.Index(self.paths)
-        return self._index
+        try:
+            if self._index is None:
+                self._index = pa.array(self.paths, type=pa.string())
+            found = pc.index_in(pa.array(paths, type=pa.string()), value_set=self._index)
+        except (UnicodeError, pa.ArrowException):  # paths Arrow cannot hold (lone surrogates): pandas
+            import pandas as pd
 
-    def rows_of(self, paths: Sequence[str]) -> np.ndarray:
-        """Cache rows (int64) of `paths`, in their order; a path outside the cache is a KeyError."""
-        rows = self._path_index().get_indexer([str(p) for p in paths])
+            rows = pd.Index(self.paths, dtype=object).get_indexer(list(map(str, paths)))
+        else:
+            rows = found.fill_null(-1).to_numpy(zero_copy_only=False)
         if (rows < 0).any():
             missing = [str(p) for p, r in zip(paths, rows) if r < 0]
             raise KeyError(f"{len(missing)} paths are not in the image cache {self.folder}, e.g. {missing[:3]}")
@@ -350,8 +386,9 @@ class ImageCache:
 class _CacheFiles:
     """The files of one cache folder; every write happens under the build lock."""
 
-    def __init__(self, folder: Path, key: str, paths: Sequence[str], size: int, mode: str) -> None:
+    def __init__(self, folder: Path, key: str, paths: Sequence[str], size: int, mode: str, what: str = "") -> None:
         self.folder, self.key, self.paths, self.size, self.mode = folder, key, tuple(paths), size, mode
+        self.what = what or f"the image cache ({len(self.paths)} images at {size}px {mode})"  # in a full-disk error
         self.shape = _image_shape(len(paths), size, mode)
         self.images_path = folder / "images.u8"
         self.done_path = folder / "done.npy"
@@ -363,8 +400,19 @@ class _CacheFiles:
 
     def pending(self, done: np.ndarray, quarantine: dict[str, str]) -> np.ndarray:
         """Indices neither finished nor quarantined."""
-        failed = np.array([path in quarantine for path in self.paths], dtype=bool)
+        failed = np.zeros(len(self.paths), dtype=bool)
+        failed[[i for i in map(self.row, quarantine) if i >= 0]] = True
         return np.flatnonzero(~done & ~failed)
+
+    def row(self, path: str) -> int:
+        """Index of `path` in the sorted `paths` (binary search), -1 when it is not there."""
+        i = bisect.bisect_left(self.paths, path)
+        return i if i < len(self.paths) and self.paths[i] == path else -1
+
+    def missing_bytes(self) -> int:
+        """Bytes of images.u8 not allocated on disk yet (0 for a complete file)."""
+        allocated = self.images_path.stat().st_blocks * 512 if self.images_path.exists() else 0  # sparse file
+        return max(0, int(np.prod(self.shape)) - allocated)
 
     def finished(self) -> bool:
         """Every slot done or quarantined, and the quarantine on disk (deleting it asks for a retry)."""
@@ -388,8 +436,7 @@ class _CacheFiles:
         # The pixels are written through a memory map, where a full disk is a SIGBUS, not an error:
         # check the space first, then reserve the file's blocks (ENOSPC here, with the path).
         small_files = 2 * len(listed.encode()) + 4 * len(self.paths) + 2**20  # paths, done, quarantine, meta
-        check_free_space(self.folder, max(0, expected - allocated) + small_files,
-                         f"the image cache ({len(self.paths)} images at {self.size}px {self.mode})")
+        check_free_space(self.folder, max(0, expected - allocated) + small_files, self.what)
         if fresh:
             self.done_path.unlink(missing_ok=True)
             with atomic_path(self.images_path) as temp, open(temp, "r+b") as handle:
@@ -522,40 +569,40 @@ def _build(files: _CacheFiles, workers: int, chunk_size: int | None) -> tuple[in
 
 
 def build_cache(paths: Iterable[str | os.PathLike[str]], size: int, cache_dir: str | os.PathLike[str],
-                mode: str = "L", workers: int = 1, *, chunk_size: int | None = None) -> ImageCache:
+                mode: str = "L", workers: int = 1, *, chunk_size: int | None = None, what: str = "") -> ImageCache:
     """Open the uint8 cache of `paths` at size x size, decoding only what is not there yet.
 
     Resumable (progress is flushed after each chunk), safe when several processes build the same
-    key (an exclusive lock), and unreadable files are quarantined rather than fatal.
+    key (an exclusive lock), and unreadable files are quarantined rather than fatal. A build that
+    cannot fit on its disk is refused before anything is written (DiskFullError naming `what`).
+    Opening a finished cache costs one pass over the paths in C (sorted check, key), whatever its size.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if int(size) < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
     size = int(size)
-    unique = sorted({str(p) for p in paths})
-    key = cache_key(unique, size, mode)
+    unique = sorted_unique(paths)
+    key = _key(unique, size, mode)
     cache_dir = Path(cache_dir)
-    files = _CacheFiles(cache_dir / key[:16], key, unique, size, mode)
+    files = _CacheFiles(cache_dir / key[:16], key, unique, size, mode, what)
     built = 0
     # A finished cache is only read: no lock, no decoding.
     if not files.finished():
+        check_free_space(files.folder, files.missing_bytes(), files.what)
         with file_lock(cache_dir / f"{key[:16]}.lock"):
             built, _ = _build(files, workers, chunk_size)  # re-checks under the lock: another may have finished
     done, quarantine = files.state()
     reused = int(done.sum()) - built
-    return ImageCache(files.folder, key, files.paths, size, mode, files.open(writable=False),
-                      {p: quarantine[p] for p in files.paths if p in quarantine}, built, reused)
+    quarantined = {path: quarantine[path] for path in sorted(quarantine) if files.row(path) >= 0}  # in row order
+    return ImageCache(files.folder, key, files.paths, size, mode, files.open(writable=False), quarantined, built, reused)
 
 
 # ---- before a build: will it fit? ----------------------------------------------------------------
 def bytes_to_build(paths: Iterable[str | os.PathLike[str]], size: int, cache_dir: str | os.PathLike[str],
                    mode: str = "L") -> tuple[Path, int]:
     """(cache folder, bytes the build still has to allocate on its disk): 0 for a finished cache."""
-    unique = sorted({str(p) for p in paths})
-    key = cache_key(unique, size, mode)
+    unique = sorted_unique(paths)
+    key = _key(unique, size, mode)
     files = _CacheFiles(Path(cache_dir) / key[:16], key, unique, int(size), mode)
-    if files.finished():
-        return files.folder, 0
-    allocated = files.images_path.stat().st_blocks * 512 if files.images_path.exists() else 0  # sparse file
-    return files.folder, max(0, int(np.prod(files.shape)) - allocated)
+    return files.folder, 0 if files.finished() else files.missing_bytes()

@@ -153,23 +153,23 @@ def open_cache(cfg: RunConfig, paths: Sequence[str], size: int, mode: str) -> Im
     from xrstudy import images
 
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out_dir) / "cache"
-    folder, missing = images.bytes_to_build(paths, size, cache_dir, mode)
-    if missing:
-        images.check_free_space(folder, missing, what=f"the image cache of {cfg.name}")  # DiskFullError, one line
-    return images.build_cache(paths, size, cache_dir, mode, cfg.workers)
+    return images.build_cache(paths, size, cache_dir, mode, cfg.workers, what=f"the image cache of {cfg.name}")
 
 
 def open_splits(cfg: RunConfig, study: StudyData, size: int, mode: str) -> tuple[dict[str, Split], dict[str, int]]:
     """Each split as rows of the memory-mapped cache + targets; quarantined images are dropped and
-    counted. No pixel is read here: the loaders gather each batch when it is needed."""
-    cache = open_cache(cfg, study.paths, size, mode)
-    quarantined = set(cache.quarantined)
+    counted. No pixel is read here: the loaders gather each batch when it is needed. Nor is a path
+    looked up when the study knows its rows in the cache (`StudyData.universe_rows`, from prepare):
+    the start-up then does no per-image work in Python, whatever the dataset's size."""
+    cache = open_cache(cfg, study.universe or study.paths, size, mode)
+    known_rows = bool(study.universe_rows) and cache.paths == study.universe  # the universe is the cache's order
     splits, dropped = {}, {}
     for name, table in {"train": study.train, "valid": study.valid, "test": study.test}.items():
-        keep = ~table["path"].astype(str).isin(quarantined)
-        dropped[name] = int((~keep).sum())
-        table = table[keep]
-        rows = cache.rows_of(table["path"].astype(str).tolist())
+        rows = study.universe_rows[name] if known_rows else cache.rows_of(table["path"].astype(str))
+        keep = ~table["path"].astype(str).isin(set(cache.quarantined)).to_numpy() if cache.quarantined else None
+        dropped[name] = 0 if keep is None else int((~keep).sum())
+        if dropped[name]:
+            table, rows = table[keep], rows[keep]
         # A squashed image is cropped aspect-true in training: it needs the original sizes.
         hw = cache.original_sizes()[rows] if name == "train" and mode.endswith(":squash") else None
         splits[name] = Split(cache.images, rows, targets_of(table, study.classes, study.multilabel), hw)
