@@ -160,9 +160,24 @@ def test_plan_recipes_are_what_training_computes():
         seen.add(key)
         recipe = hyper.recipe_for(cfg, row["train_size"], tuple(row["image_hw"]), pipeline=train.pipeline_of(cfg))
         got = (row["steps"], tuple(row["boundaries"]), row["resize"], row["crop"], row["eval_resize"],
-               row["mixup_alpha"], row["lr"], row["augment"], row["weight_decay"])  # fmt: skip
+               row["mixup_alpha"], row["lr"], row["augment"], row["weight_decay"], row["flip"])  # fmt: skip
         assert got == (recipe.steps, recipe.boundaries, recipe.resize, recipe.crop, recipe.eval_size,
-                       recipe.mixup_alpha, recipe.base_lr, recipe.augment, recipe.weight_decay), cfg.name  # fmt: skip
+                       recipe.mixup_alpha, recipe.base_lr, recipe.augment, recipe.weight_decay, recipe.flip), cfg.name  # fmt: skip
+
+
+def test_digits_are_never_mirrored_in_training(tmp_path):
+    """Handwriting has a handedness: the digits target's recipe (plan and training) turns flips off."""
+    train = pytest.importorskip("xrstudy.train")
+    from xrstudy import data, demo
+
+    roots = demo.miniature_roots(tmp_path / "mini", "tiny")
+    cells = [RunConfig(kind="transfer", target=target, shots=0, out_dir=str(tmp_path), image_size=24,
+                       roots=tuple(f"{name}={path}" for name, path in roots.items())) for target in ("digits", "shapes")]
+    flips = [row["flip"] for row in plan.plan_cells(cells)]
+    assert flips == [False, True]
+    for cfg, expected in zip(cells, flips):
+        recipe = train.recipe_of(cfg, data.prepare(cfg))
+        assert recipe.flip is expected and train.AUGMENTS[recipe.augment](recipe).flip is expected
 
 
 def test_plan_imports_no_torch():

@@ -184,6 +184,7 @@ class Recipe:
     warmup_start: float = 0.0
     cache_fit: str = "centre"  # "centre": centre square (X-ray pipeline) | "squash": whole image (BiT pipeline)
     valid_every: int = 0  # pre-training: validate every data epoch (steps) and keep the best checkpoint
+    flip: bool = True  # random horizontal flips in training (not for a target with handedness)
 
     @property
     def boundaries(self) -> tuple[int, ...]:
@@ -196,11 +197,14 @@ class Recipe:
                         rule=self.rule, warmup_start=self.warmup_start)
 
 
-def recipe_for(cfg: RunConfig, train_size: int, image_hw: tuple[int, int], *, pipeline: str = "bit") -> Recipe:
+def recipe_for(cfg: RunConfig, train_size: int, image_hw: tuple[int, int], *, pipeline: str = "bit",
+               flip: bool = True) -> Recipe:
     """The recipe of `cfg` for a training set of `train_size` images of original size `image_hw`.
 
     pipeline: the target's transfer pipeline (`xrstudy.sources.Source.transfer_pipeline`): "bit"
     (BiT-HyperRule resolution) or "xray" (the pre-training pipeline at 224 px, PadChest-Cl).
+    flip: whether a transfer's training crops may be mirrored (`Source.mirror_invariant` of the target);
+    pre-training always flips.
     """
     if cfg.kind == "pretrain":
         epochs = cfg.epochs or PRETRAIN_EPOCHS
@@ -223,7 +227,7 @@ def recipe_for(cfg: RunConfig, train_size: int, image_hw: tuple[int, int], *, pi
     return Recipe(kind="transfer", steps=rule.steps, warmup=rule.warmup, decays=rule.decays,
                   base_lr=cfg.lr or transfer_lr(cfg.batch_size), global_batch=cfg.batch_size,
                   weight_decay=TRANSFER_WEIGHT_DECAY, mixup_alpha=rule.mixup_alpha if cfg.mixup < 0 else cfg.mixup,
-                  resize=resize, crop=crop, eval_size=crop, augment=augment, cache_fit=fit)  # fmt: skip
+                  resize=resize, crop=crop, eval_size=crop, augment=augment, cache_fit=fit, flip=flip)  # fmt: skip
 
 
 # ---- input normalisation ------------------------------------------------------------------------

@@ -178,7 +178,7 @@ def plan_cell(cfg: RunConfig, by_id: dict[str, RunConfig], files: _Files | None,
         n_cache = full
     image_hw, hw_from = _image_hw(cfg, source, table)
     pipeline = source.transfer_pipeline if cfg.kind == "transfer" else "xray"
-    recipe = hyper.recipe_for(cfg, size, image_hw, pipeline=pipeline) if size is not None else None
+    recipe = hyper.recipe_for(cfg, size, image_hw, pipeline=pipeline, flip=source.mirror_invariant) if size is not None else None
     mean, std, stats_from = input_stats(cfg)
     seen = set(init_sources(cfg, by_id))
     leak = None
@@ -209,6 +209,7 @@ def plan_cell(cfg: RunConfig, by_id: dict[str, RunConfig], files: _Files | None,
         "boundaries": list(recipe.boundaries) if recipe else None, "warmup": recipe.warmup if recipe else None,
         "resize": recipe.resize if recipe else None, "crop": recipe.crop if recipe else None,
         "eval_resize": recipe.eval_size if recipe else None, "augment": recipe.augment if recipe else None,
+        "flip": recipe.flip if recipe else None,
         "mixup_alpha": recipe.mixup_alpha if recipe else None, "lr": recipe.base_lr if recipe else None,
         "global_batch": cfg.batch_size, "weight_decay": recipe.weight_decay if recipe else None,
         "sampler": cfg.sampler, "head_init": cfg.head_init if cfg.kind == "transfer" else None,

@@ -92,10 +92,10 @@ def start_process(cfg: RunConfig) -> Process:
 # The numbers come from xrstudy.hyper.recipe_for (pure, shared with `xrstudy sweep plan`); here they
 # become the learner's augmentation.
 AUGMENTS: dict[str, Callable[[hyper.Recipe], Augment]] = {
-    "bit": lambda r: Augment(out_size=r.crop, crop_fraction=r.crop / r.resize, flip=True),
+    "bit": lambda r: Augment(out_size=r.crop, crop_fraction=r.crop / r.resize, flip=r.flip),
     # cohen_aug (transfer_learning/datasets/chexpert.py): ShiftScaleRotate(shift 0.25, scale 0.1, rotate 45,
     # albumentations' default border BORDER_REFLECT_101 ~ grid_sample "reflection"), HorizontalFlip(0.5).
-    "xray": lambda r: Augment(out_size=r.crop, shift=0.25, scale=0.1, rotate_deg=45.0, flip=True, padding="reflection"),
+    "xray": lambda r: Augment(out_size=r.crop, shift=0.25, scale=0.1, rotate_deg=45.0, flip=r.flip, padding="reflection"),
 }
 PROBE_ATTEMPTS = 20  # unreadable leading images are skipped (the cache quarantines them)
 
@@ -124,9 +124,12 @@ def pipeline_of(cfg: RunConfig) -> str:
 
 def recipe_of(cfg: RunConfig, study: StudyData) -> hyper.Recipe:
     """The cell's recipe; the BiT pipeline needs the original image size, so only it probes one."""
+    from xrstudy import sources
+
     pipeline = pipeline_of(cfg)
     image_hw = probe_image(study.train["path"]) if pipeline == "bit" else (0, 0)
-    return hyper.recipe_for(cfg, len(study.train), image_hw, pipeline=pipeline)
+    return hyper.recipe_for(cfg, len(study.train), image_hw, pipeline=pipeline,
+                            flip=sources.source_of(cfg.target).mirror_invariant)
 
 
 def image_mode(study: StudyData, recipe: hyper.Recipe) -> str:

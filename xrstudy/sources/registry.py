@@ -44,6 +44,8 @@ class Source:
     published_classes: int | None = None  # classes of a single-label target (few-shot sizes without the files)
     native_hw: tuple[int, int] | None = None  # typical original (height, width); None = large (>= 96 px)
     transfer_pipeline: str = "bit"  # "bit": BiT-HyperRule resolution | "xray": the pre-training X-ray pipeline
+    # False for images with a handedness (handwriting): training augmentation then never mirrors them.
+    mirror_invariant: bool = True
     shares_images_with: tuple[str, ...] = ()  # sources whose images this one contains (leak check)
     # (mean, std) the authors' fine-tuning config of this target sets (`data.mean` / `data.std`); used when
     # the init's pre-training config sets none (their ImageNet models): xrstudy.hyper.input_stats.
