@@ -120,7 +120,7 @@ def test_figures_and_scaling_notebooks_on_generated_stores(tmp_path, kernel):
     paper = tmp_path / "paper"
     results.import_legacy(LEGACY, paper)
     kernel.execute(NOTEBOOKS / "30_figures.ipynb", tmp_path / "30.ipynb", {"results_dir": str(paper), "out_dir": str(tmp_path / "f30")})
-    assert (tmp_path / "f30" / "bars_padchest_auc.png").is_file() and (tmp_path / "f30" / "full_shot_means.csv").is_file()
+    assert (tmp_path / "f30" / "bars_padchest-cl_auc.png").is_file() and (tmp_path / "f30" / "full_shot_means.csv").is_file()
     assert "imagenet21k_bit152x4" in _outputs(tmp_path / "30.ipynb")
 
     store = synthetic_store(tmp_path / "synthetic")
