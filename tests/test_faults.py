@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from xrstudy import cli, images, io, layouts, models, phantoms, sources, splits, train
+from xrstudy import cli, decoding, images, io, layouts, models, phantoms, sources, splits, train
 from xrstudy.config import ConfigError, RunConfig, parent_run_id, parse_root
 
 SMALL = phantoms.PhantomStyle(height=24, width=20)
@@ -104,8 +104,8 @@ def test_unreadable_images_are_quarantined_and_counted_in_the_result(broken_chex
 def test_special_file_in_place_of_an_image_is_quarantined_with_its_kind(tmp_path):
     fifo = tmp_path / "image.png"
     os.mkfifo(fifo)
-    with pytest.raises(images.ImageError, match=r"image\.png: not a regular file"):
-        images.prepare_image(fifo, 8, "L")  # stat only: it would block if it opened the FIFO
+    with pytest.raises(decoding.ImageError, match=r"image\.png: not a regular file"):
+        decoding.prepare_image(fifo, 8, "L")  # stat only: it would block if it opened the FIFO
 
 
 def test_cli_reports_bad_input_clearly_and_exits_2(tmp_path, capsys):

@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from xrstudy import images, io
-from xrstudy.images import ImageError, build_cache, cache_key, load_image, prepare_image
+from xrstudy.decoding import ImageError, load_image, prepare_image
+from xrstudy.images import build_cache, cache_key
 
 
 # ---- fixtures ---------------------------------------------------------------------------------

@@ -167,7 +167,7 @@ def plot_uncertain_shares(frame: pd.DataFrame, *, labels: str = "intersection", 
 
 def plot_sample_grid(frame: pd.DataFrame, per_source: int = 4, seed: int = 0) -> Figure:
     """A few images per source; in metadata-only mode (files absent) the tiles say so."""
-    from xrstudy.images import ImageError, load_image
+    from xrstudy.decoding import ImageError, load_image
 
     sources = sorted(frame.source.unique())
     fig = figures.new_figure(2.0 * per_source, 2.1 * len(sources), **{"axes.grid": False})

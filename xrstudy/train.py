@@ -104,7 +104,7 @@ def probe_image(paths: Sequence[str]) -> tuple[int, int]:
     """Original (height, width) of the first readable image, decoded by xrstudy.images (so DICOM,
     16-bit PNG and CIFAR `FILE#N` members are probed like any JPEG). Unreadable files are skipped
     here; the image cache quarantines and counts them."""
-    from xrstudy.images import ImageError, load_image
+    from xrstudy.decoding import ImageError, load_image
 
     for path in list(paths)[:PROBE_ATTEMPTS]:
         try:
