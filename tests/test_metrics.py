@@ -11,27 +11,16 @@ import math
 import numpy as np
 import pytest
 
-from xrstudy.metrics import bootstrap_ci, classification_metrics
+from xrstudy.metrics import bootstrap_ci, percentile_intervals, resample_metrics_one_by_one
 
 
 def _reference_bootstrap_ci(probs, targets, multilabel, seed=0, n_boot=200, level=0.95):
+    """The former bootstrap_ci: the same seeded resamples, one classification_metrics call each."""
     if len(probs) == 0:
         return {}
     rng = np.random.default_rng(seed)
-    samples = {"acc": [], "auc": [], "ap": []}
-    classes = [str(k) for k in range(probs.shape[1])]
-    for _ in range(n_boot):
-        rows = rng.integers(0, len(probs), len(probs))
-        metrics, _ = classification_metrics(probs[rows], targets[rows], classes, multilabel)
-        for key, value in metrics.items():
-            samples[key].append(value)
-    tail = (1 - level) / 2 * 100
-    out = {}
-    for key, values in samples.items():
-        finite = np.array([v for v in values if not math.isnan(v)])
-        if len(finite):
-            out[key] = [float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail))]
-    return out
+    rows = [rng.integers(0, len(probs), len(probs)) for _ in range(n_boot)]
+    return percentile_intervals(resample_metrics_one_by_one(probs, targets, multilabel, rows), level)
 
 
 def _multilabel(rng, n, classes, missing=0.3, rounding=None, prevalence=0.3):
@@ -88,11 +77,10 @@ def test_every_resample_metric_equals_scikit_learn():
                                        (*_single_label(rng, 90, 4, rounding=2), False)]:
         rows = [rng.integers(0, len(probs), len(probs)) for _ in range(40)]
         fast = _resample_metrics(probs, targets, multilabel, rows)
-        classes = [str(k) for k in range(probs.shape[1])]
-        for i, picked in enumerate(rows):
-            slow, _ = classification_metrics(probs[picked], targets[picked], classes, multilabel)
-            for key in ("acc", "auc", "ap"):
-                assert (math.isnan(fast[key][i]) and math.isnan(slow[key])) or fast[key][i] == slow[key], (key, i)
+        slow = resample_metrics_one_by_one(probs, targets, multilabel, rows)
+        for key in ("acc", "auc", "ap"):
+            for i, (got, want) in enumerate(zip(fast[key], slow[key], strict=True)):
+                assert (math.isnan(got) and math.isnan(want)) or got == want, (key, i)
 
 
 def test_degenerate_inputs_fall_back_or_stay_undefined():

@@ -85,12 +85,25 @@ def bootstrap_ci(probs: np.ndarray, targets: np.ndarray, multilabel: bool, seed:
     if _vectorisable(probs, targets, multilabel):
         samples = _resample_metrics(probs, targets, multilabel, rows)
     else:  # what scikit-learn rejects (NaN scores, non-binary targets) raises there, as before
-        classes = [str(k) for k in range(probs.shape[1])]
-        samples = {"acc": [], "auc": [], "ap": []}
-        for picked in rows:
-            metrics, _ = classification_metrics(probs[picked], targets[picked], classes, multilabel)
-            for key, value in metrics.items():
-                samples[key].append(value)
+        samples = resample_metrics_one_by_one(probs, targets, multilabel, rows)
+    return percentile_intervals(samples, level)
+
+
+def resample_metrics_one_by_one(probs: np.ndarray, targets: np.ndarray, multilabel: bool,
+                                rows: Sequence[np.ndarray]) -> dict[str, list[float]]:
+    """acc / auc / ap of each resample (`rows`: row indices per resample), one `classification_metrics`
+    call each: the definition the vectorised path matches (and its fallback)."""
+    classes = [str(k) for k in range(probs.shape[1])]
+    samples: dict[str, list[float]] = {"acc": [], "auc": [], "ap": []}
+    for picked in rows:
+        metrics, _ = classification_metrics(probs[picked], targets[picked], classes, multilabel)
+        for key, value in metrics.items():
+            samples[key].append(value)
+    return samples
+
+
+def percentile_intervals(samples: dict[str, Sequence[float]], level: float) -> dict[str, list[float]]:
+    """Per metric, the central `level` percentile interval of its finite resample values (none: left out)."""
     tail = (1 - level) / 2 * 100
     out = {}
     for key, values in samples.items():
@@ -212,4 +225,4 @@ def _previous(values: np.ndarray, first: np.ndarray) -> np.ndarray:
     return before
 
 
-__all__ = ["accuracy", "bootstrap_ci", "classification_metrics"]
+__all__ = ["accuracy", "bootstrap_ci", "classification_metrics", "resample_metrics_one_by_one", "percentile_intervals"]
