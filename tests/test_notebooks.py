@@ -68,9 +68,9 @@ def test_papermill_sees_every_parameter(name):
 
 
 def test_paper_format_results_are_the_imported_fixtures(tmp_path):
-    from xrstudy import results
+    from xrstudy import legacy, results
 
-    results.import_legacy(LEGACY, tmp_path)
+    legacy.import_legacy(LEGACY, tmp_path)
     bundled = NOTEBOOKS / "paper-format-results"
     assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted(p.name for p in bundled.glob("*.json"))
     assert not results.scan(bundled).invalid
@@ -115,10 +115,10 @@ def _outputs(path: Path) -> str:
 def test_figures_and_scaling_notebooks_on_generated_stores(tmp_path, kernel):
     from test_figures import synthetic_store
 
-    from xrstudy import results
+    from xrstudy import legacy
 
     paper = tmp_path / "paper"
-    results.import_legacy(LEGACY, paper)
+    legacy.import_legacy(LEGACY, paper)
     kernel.execute(NOTEBOOKS / "30_figures.ipynb", tmp_path / "30.ipynb", {"results_dir": str(paper), "out_dir": str(tmp_path / "f30")})
     assert (tmp_path / "f30" / "bars_padchest-cl_auc.png").is_file() and (tmp_path / "f30" / "full_shot_means.csv").is_file()
     assert "imagenet21k_bit152x4" in _outputs(tmp_path / "30.ipynb")

@@ -434,15 +434,6 @@ def write_table(frame: pd.DataFrame, out: str | Path, fmt: str | None = None) ->
         raise ResultError(f"--format parquet needs pyarrow or fastparquet installed ({err})") from None
 
 
-# ---- the paper's published CSVs (xrstudy.legacy) --------------------------------------------
-def import_legacy(legacy_dir: str | Path, results_dir: str | Path) -> list[Path]:
-    """Old name of `xrstudy.legacy.import_legacy` (the module that builds on this one). It reaches back up,
-    so new code calls xrstudy.legacy; kept until tests/test_notebooks.py does."""
-    from xrstudy import legacy
-
-    return legacy.import_legacy(legacy_dir, results_dir)
-
-
 # ---- CLI --------------------------------------------------------------------------------------
 def cmd_table(args: Any) -> int:
     frame = table(args.results)
@@ -457,5 +448,5 @@ def cmd_table(args: Any) -> int:
 
 __all__ = [
     "SCHEMA", "ResultError", "validate", "new_result", "save", "load", "is_ok", "is_done", "scan", "table",
-    "table_from_results", "write_table", "import_legacy", "cmd_table",
+    "table_from_results", "write_table", "cmd_table",
 ]  # fmt: skip
