@@ -332,3 +332,15 @@ def test_unknown_nih_term_and_old_style_ages(roots, tmp_path):
     frame.to_csv(entry, index=False)
     with pytest.raises(sources.SourceError, match=r"line 4, column 'Finding Labels': unknown term 'Dragon'"):
         sources.read_source("nih", copy)
+
+
+def test_universe_of_refuses_parts_outside_the_table():
+    """The cache rows of each split come from one factorisation; a part with a path the table lacks
+    (or a row without a path) is an error, never a wrong row."""
+    table = pd.DataFrame({"path": ["b.png", "a.png", "c.png"]})
+    universe, rows = data.universe_of(table, {"train": table.iloc[[0, 2]], "test": table.iloc[[1]]})
+    assert universe == ("a.png", "b.png", "c.png") and rows["train"].tolist() == [1, 2] and rows["test"].tolist() == [0]
+    with pytest.raises(ValueError, match="outside the table"):
+        data.universe_of(table, {"train": pd.DataFrame({"path": ["d.png"]})})
+    with pytest.raises(ValueError, match="no image path"):
+        data.universe_of(table, {"train": pd.DataFrame({"path": [None]})})
