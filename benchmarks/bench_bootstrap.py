@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xrstudy.metrics import bootstrap_ci
+from xrstudy.training.metrics import bootstrap_ci
 
 ORACLE = Path(__file__).resolve().parents[1] / "tests" / "test_metrics.py"
 

@@ -2,7 +2,7 @@
 
 Writes N synthetic 512 x 512 grayscale JPEGs (X-ray-like: smooth shapes + noise) and a tenth as many
 16-bit PNGs to a temp dir, then measures
-  - decode + centre crop + resize (xrstudy.decoding.prepare_image), 1 worker and all workers (img/s)
+  - decode + centre crop + resize (xrstudy.pixels.decoding.prepare_image), 1 worker and all workers (img/s)
   - build_cache with all workers into a fresh cache (img/s; includes memmap writes and progress flushes)
   - reading random batches of 256 from the cache memmap (img/s; the page cache is warm after the build)
 and prints the ratio cache-read / decode.
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from xrstudy.decoding import prepare_image
-from xrstudy.images import build_cache
+from xrstudy.pixels.decoding import prepare_image
+from xrstudy.pixels.imagecache import build_cache
 
 SIDE = 512
 BATCH = 256

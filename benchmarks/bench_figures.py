@@ -11,7 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from xrstudy import figures, legacy
+from xrstudy.plots import figures
+from xrstudy.results import legacy
 
 LEGACY = Path(__file__).resolve().parents[1] / "tests" / "data" / "legacy"
 

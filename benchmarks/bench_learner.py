@@ -36,12 +36,12 @@ import torch
 import torch.nn.functional as F
 from timm.utils import adaptive_clip_grad
 
-from xrstudy.callbacks import normalise
+from xrstudy.training.callbacks import normalise
 from xrstudy.config import RunConfig
-from xrstudy.hyper import AGC_CLIP, MOMENTUM, Schedule
-from xrstudy.learner import TrainSetup, fit, make_learner, masked_bce_with_logits
-from xrstudy.loaders import Augment, Batching, Split, StepLoader
-from xrstudy.models import create_model
+from xrstudy.training.recipes import AGC_CLIP, MOMENTUM, Schedule
+from xrstudy.training.learner import TrainSetup, fit, make_learner, masked_bce_with_logits
+from xrstudy.pixels.loaders import Augment, Batching, Split, StepLoader
+from xrstudy.training.models import create_model
 
 
 def make_data(n: int, size: int, classes: int, seed: int = 0, images: np.ndarray | None = None) -> Split:
@@ -72,7 +72,7 @@ def make_model(arch: str, classes: int) -> torch.nn.Module:
 
 class ResidentLoader:
     """Batches made once on the device, cycled: what the learner trains on with no data path at all
-    (the same interface as xrstudy.loaders.StepLoader, as far as the learner uses it)."""
+    (the same interface as xrstudy.pixels.loaders.StepLoader, as far as the learner uses it)."""
 
     n_inp = 2
 

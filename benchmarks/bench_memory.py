@@ -4,10 +4,10 @@
     python benchmarks/bench_memory.py --sizes 2000 20000 --px 64 --steps 10
     PYTHONPATH=/path/to/old/checkout python benchmarks/bench_memory.py ...   # the same cells on other code
 
-For each size it writes a synthetic image cache in the real format (xrstudy.images: images.u8 +
+For each size it writes a synthetic image cache in the real format (xrstudy.pixels.imagecache: images.u8 +
 paths.txt + done.npy + quarantine.json + meta.json under cache/{key[:16]}, so `build_cache` finds it
 finished and decodes nothing), builds a 7-finding StudyData over it, and runs a short pre-training
-cell through `xrstudy.train.run` (resnetv2_tiny_bit, grayscale, the X-ray pipeline at --px) in fresh
+cell through `xrstudy.training.train.run` (resnetv2_tiny_bit, grayscale, the X-ray pipeline at --px) in fresh
 processes: one process, then two gloo processes (WORLD_SIZE=2, as torchrun sets it).
 
 Printed per cell: cache bytes; peak anonymous resident memory per process (RssAnon of
@@ -47,10 +47,10 @@ def synthetic_paths(folder: Path, count: int) -> list[str]:
 
 def write_synthetic_cache(cache_dir: Path, paths: list[str], size: int, mode: str = "L", seed: int = 0) -> Path:
     """A finished xrstudy image cache of random pixels for `paths` (written in 64 MB chunks)."""
-    from xrstudy import images
+    from xrstudy.pixels import imagecache
 
     unique = sorted(set(paths))
-    key = images.cache_key(unique, size, mode)
+    key = imagecache.cache_key(unique, size, mode)
     folder = Path(cache_dir) / key[:16]
     shape = (len(unique), size, size) if mode == "L" else (len(unique), size, size, 3)
     if (folder / "quarantine.json").exists():
@@ -65,7 +65,7 @@ def write_synthetic_cache(cache_dir: Path, paths: list[str], size: int, mode: st
             handle.write(rng.integers(0, 256, count * per_image, dtype=np.uint8).tobytes())
     (folder / "paths.txt").write_text("".join(f"{p}\n" for p in unique))
     np.save(folder / "done.npy", np.ones(len(unique), dtype=bool))
-    (folder / "meta.json").write_text(json.dumps({"format": images.FORMAT_VERSION, "key": key, "size": size,
+    (folder / "meta.json").write_text(json.dumps({"format": imagecache.FORMAT_VERSION, "key": key, "size": size,
                                                   "mode": mode, "count": len(unique), "shape": list(shape),
                                                   "dtype": "uint8"}))
     (folder / "quarantine.json").write_text("{}")
@@ -81,10 +81,10 @@ def write_probe_images(paths: list[str], size: int, count: int = 20) -> None:
         Image.fromarray(np.full((size, size), 128, np.uint8)).save(path)
 
 
-def synthetic_study(paths: list[str], seed: int = 0):  # -> xrstudy.data.StudyData
+def synthetic_study(paths: list[str], seed: int = 0):  # -> xrstudy.data.studydata.StudyData
     import pandas as pd
 
-    from xrstudy.data import StudyData
+    from xrstudy.data.studydata import StudyData
 
     rng = np.random.default_rng(seed)
     values = rng.integers(0, 2, (len(paths), len(FINDINGS))).astype(np.float32)
@@ -97,7 +97,7 @@ def synthetic_study(paths: list[str], seed: int = 0):  # -> xrstudy.data.StudyDa
              "test": table[cut + HELD_OUT:].reset_index(drop=True)}
     extra = {}
     if "universe_rows" in StudyData.__dataclass_fields__:  # as data.prepare makes it (older code: no such field)
-        from xrstudy.data import universe_of
+        from xrstudy.data.studydata import universe_of
 
         universe, extra["universe_rows"] = universe_of(table, parts)
     else:
@@ -141,7 +141,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
     from fastai.callback.core import Callback
 
-    from xrstudy import train
+    from xrstudy.training import train
     from xrstudy.config import RunConfig
 
     torch.set_num_threads(args.threads)
@@ -205,11 +205,11 @@ def prefetch_line(args: argparse.Namespace, count: int) -> str:
     import torch
 
     from xrstudy.config import RunConfig
-    from xrstudy.hyper import Schedule
-    from xrstudy.images import build_cache
-    from xrstudy.learner import TrainSetup, fit, make_learner
-    from xrstudy.loaders import Augment, Split
-    from xrstudy.models import create_model
+    from xrstudy.training.recipes import Schedule
+    from xrstudy.pixels.imagecache import build_cache
+    from xrstudy.training.learner import TrainSetup, fit, make_learner
+    from xrstudy.pixels.loaders import Augment, Split
+    from xrstudy.training.models import create_model
 
     torch.set_num_threads(args.threads)
     folder = Path(args.dir) / f"n{count}"
@@ -241,7 +241,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "xrstudy-bench-memory"))
     parser.add_argument("--skip-prefetch", action="store_true",
-                        help="leave out the prefetch off/on line (e.g. for code without xrstudy.loaders)")
+                        help="leave out the prefetch off/on line (e.g. for code without xrstudy.pixels.loaders)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--world", type=int, default=1, help=argparse.SUPPRESS)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torchxrayvision
 
-from xrstudy import data, labels, merge, sources, splits
+from xrstudy.data import studydata, labels, merge, sources, splits
 
 FILES = {"nih": ("Data_Entry_2017_v2020.csv.gz", "Data_Entry_2017_v2020.csv.gz"),
          "chexpert": ("chexpert_train.csv.gz", "train.csv.gz"),
@@ -44,7 +44,7 @@ def main() -> None:
         union = merge.merge_sources(tables, "union")
         timings[f"merge, union ({len(labels.finding_columns(union))} findings)"] = time.perf_counter() - started
         started = time.perf_counter()
-        split = splits.assign_splits(merged, "official", seed=data.SPLIT_SEED)
+        split = splits.assign_splits(merged, "official", seed=studydata.SPLIT_SEED)
         splits.split_bytes(split)
         timings["official/patient split + split file bytes"] = time.perf_counter() - started
         started = time.perf_counter()

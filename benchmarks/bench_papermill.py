@@ -1,4 +1,4 @@
-"""papermill overhead per cell: a fresh kernel, a warm kernel (xrstudy.kernels), a direct call.
+"""papermill overhead per cell: a fresh kernel, a warm kernel (xrstudy.sweeps.kernels), a direct call.
 
 The cell imports what a study cell imports (torch, timm, fastai) and does a tiny amount of work,
 so the figures are the per-cell cost the sweep runner adds on top of training.
@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 import papermill
 
-from xrstudy.kernels import WarmKernel
+from xrstudy.sweeps.kernels import WarmKernel
 
 CELL = "import torch, timm\nfrom fastai.learner import Learner\nvalue = float(torch.ones(4).sum()) + x"
 

@@ -18,7 +18,7 @@ import signal
 import time
 from pathlib import Path
 
-from xrstudy import results
+from xrstudy.results import store
 from xrstudy.config import RunConfig
 
 
@@ -42,9 +42,9 @@ def execute(cfg: RunConfig, notebook: Path | None, output: Path) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if cfg.kind == "transfer" and cfg.init.startswith("run:"):
         parent = Path(cfg.results_dir) / f"{cfg.init[4:]}.json"
-        assert results.load(parent)["status"] == "ok", "pretrain cell must finish first"
+        assert store.load(parent)["status"] == "ok", "pretrain cell must finish first"
     output.write_text("{}")
-    results.save(results.new_result(cfg, {"test/acc": 0.5 + 0.01 * cfg.seed}, last_step=1), cfg.results_dir)
+    store.save(store.new_result(cfg, {"test/acc": 0.5 + 0.01 * cfg.seed}, last_step=1), cfg.results_dir)
     _log(cfg, "done")
 
 

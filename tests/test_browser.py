@@ -62,7 +62,7 @@ def lab(tmp_path):
 def _expected_figures(root: Path, scratch: Path) -> int:
     """How many figures 30_figures shows for the bundled store: every default-style figure of
     the bars / model-size / few-shot kinds, every paper-style figure, and the restyled one."""
-    from xrstudy import figures
+    from xrstudy.plots import figures
 
     default = figures.render_all(root / "example-results", scratch / "default")
     paper = figures.render_all(root / "example-results", scratch / "paper", style="paper")

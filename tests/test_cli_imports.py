@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from xrstudy import demo, legacy
+from xrstudy import demo
+from xrstudy.results import legacy
 
 HEAVY = ("torch", "timm", "fastai", "torchvision")
 LEGACY = Path(__file__).parent / "data" / "legacy"

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xrstudy import data, fewshot, labels, layouts, merge, phantoms, sources, splits
+from xrstudy.data import studydata, fewshot, labels, layouts, merge, phantoms, sources, splits
 from xrstudy.config import ConfigError, RunConfig
-from xrstudy.layouts import Record
+from xrstudy.data.layouts import Record
 
 SMALL = phantoms.PhantomStyle(height=24, width=20)
 
@@ -184,19 +184,19 @@ def _cfg(roots, tmp_path, **kw):
 
 
 def test_prepare_pretrain_and_transfer(roots, tmp_path):
-    study = data.prepare(_cfg(roots, tmp_path, kind="pretrain", sources=("chexpert", "nih", "padchest")))
+    study = studydata.prepare(_cfg(roots, tmp_path, kind="pretrain", sources=("chexpert", "nih", "padchest")))
     assert study.multilabel and study.classes == tuple(sorted(phantoms.DRAWN_FINDINGS))
     assert study.dropped.get("chexpert:view", 0) > 0  # laterals filtered, and counted
     assert len(study.split_sha256) == 64 and (tmp_path / "splits").is_dir()
     assert not set(study.train["image_id"]) & set(study.test["image_id"])
-    again = data.prepare(_cfg(roots, tmp_path, kind="pretrain", sources=("chexpert", "nih", "padchest")))
+    again = studydata.prepare(_cfg(roots, tmp_path, kind="pretrain", sources=("chexpert", "nih", "padchest")))
     assert again.split_sha256 == study.split_sha256
 
-    half = data.prepare(_cfg(roots, tmp_path, kind="pretrain", sources=("chexpert",), data_fraction=0.5))
-    full = data.prepare(_cfg(roots, tmp_path, kind="pretrain", sources=("chexpert",)))
+    half = studydata.prepare(_cfg(roots, tmp_path, kind="pretrain", sources=("chexpert",), data_fraction=0.5))
+    full = studydata.prepare(_cfg(roots, tmp_path, kind="pretrain", sources=("chexpert",)))
     assert set(half.train["image_id"]) < set(full.train["image_id"])
 
-    target = data.prepare(_cfg(roots, tmp_path, kind="transfer", target="padchest-cl", shots=1, seed=3,
+    target = studydata.prepare(_cfg(roots, tmp_path, kind="transfer", target="padchest-cl", shots=1, seed=3,
                                label_mode="terms"))  # the exact-term task (paper: the authors' 27 classes)
     assert target.classes == ("Cardiomegaly", "Effusion", "normal") and not target.multilabel
     assert target.train["label"].value_counts().to_dict() == {c: 1 for c in target.classes}
@@ -209,12 +209,12 @@ def test_prepare_pretrain_and_transfer(roots, tmp_path):
             table = getattr(study_data, name)
             assert [study_data.universe[r] for r in rows] == table["path"].astype(str).tolist()
 
-    shapes = data.prepare(_cfg(roots, tmp_path, kind="pretrain", sources=("shapes",), views=()))
+    shapes = studydata.prepare(_cfg(roots, tmp_path, kind="pretrain", sources=("shapes",), views=()))
     assert not shapes.multilabel and len(shapes.classes) == len(phantoms.SHAPES)
     with pytest.raises(ConfigError, match="mix"):
-        data.prepare(_cfg(roots, tmp_path, kind="pretrain", sources=("chexpert", "shapes")))
+        studydata.prepare(_cfg(roots, tmp_path, kind="pretrain", sources=("chexpert", "shapes")))
     with pytest.raises(ConfigError, match="no root"):
-        data.prepare(RunConfig(kind="transfer", target="covidx", out_dir=str(tmp_path)))
+        studydata.prepare(RunConfig(kind="transfer", target="covidx", out_dir=str(tmp_path)))
 
 
 # ---- bad input: errors name the file, the line and the column ---------------------------------
@@ -338,9 +338,9 @@ def test_universe_of_refuses_parts_outside_the_table():
     """The cache rows of each split come from one factorisation; a part with a path the table lacks
     (or a row without a path) is an error, never a wrong row."""
     table = pd.DataFrame({"path": ["b.png", "a.png", "c.png"]})
-    universe, rows = data.universe_of(table, {"train": table.iloc[[0, 2]], "test": table.iloc[[1]]})
+    universe, rows = studydata.universe_of(table, {"train": table.iloc[[0, 2]], "test": table.iloc[[1]]})
     assert universe == ("a.png", "b.png", "c.png") and rows["train"].tolist() == [1, 2] and rows["test"].tolist() == [0]
     with pytest.raises(ValueError, match="outside the table"):
-        data.universe_of(table, {"train": pd.DataFrame({"path": ["d.png"]})})
+        studydata.universe_of(table, {"train": pd.DataFrame({"path": ["d.png"]})})
     with pytest.raises(ValueError, match="no image path"):
-        data.universe_of(table, {"train": pd.DataFrame({"path": [None]})})
+        studydata.universe_of(table, {"train": pd.DataFrame({"path": [None]})})

@@ -7,7 +7,7 @@ the two runs differ only in floating-point summation order (gradients of two hal
 all_reduce vs one batch). Tolerance tested: every weight within 1e-5 absolute + 1e-4 relative of the
 1-process run after 4 SGD steps, and test probabilities within 1e-4 (measured differences are around
 1e-7). MixUp is off here: it pairs images within a device's batch, so with MixUp on N processes pair
-differently from 1 process (documented in xrstudy.loaders). A second case runs each rank with
+differently from 1 process (documented in xrstudy.pixels.loaders). A second case runs each rank with
 2 micro-batches (fastai's GradientAccumulation): the same 1-process result.
 """
 
@@ -24,10 +24,10 @@ import torch
 import torch.multiprocessing as mp
 
 from xrstudy.config import RunConfig
-from xrstudy.hyper import Schedule
-from xrstudy.learner import TrainSetup, fit, make_learner, predict
-from xrstudy.loaders import Augment, Split
-from xrstudy.models import create_model
+from xrstudy.training.recipes import Schedule
+from xrstudy.training.learner import TrainSetup, fit, make_learner, predict
+from xrstudy.pixels.loaders import Augment, Split
+from xrstudy.training.models import create_model
 
 STEPS, GLOBAL_BATCH = 4, 8
 

@@ -9,7 +9,9 @@ import stat
 
 import pytest
 
-from xrstudy import cli, demo, results, sweep
+from xrstudy import cli, demo
+from xrstudy.results import store
+from xrstudy.sweeps import sweepfile
 
 
 @pytest.mark.slow
@@ -23,11 +25,11 @@ def test_tiny_demo_writes_results_notebooks_and_figures(tiny_demo):
     stored = sorted((out / "results").glob("*.json"))
     assert len(stored) == expected_cells
     for path in stored:
-        result = results.load(path)  # schema + digest checked
+        result = store.load(path)  # schema + digest checked
         assert result["status"] == "ok" and result["metrics"]
         notebook = out / "runs" / result["run_id"] / "notebook.ipynb"
         assert notebook.is_file() and json.loads(notebook.read_text())["cells"]
-    pretrain = [results.load(p) for p in stored if p.name.startswith("pretrain-")]
+    pretrain = [store.load(p) for p in stored if p.name.startswith("pretrain-")]
     assert all(r["checkpoint"]["sha256"] and (out / "runs" / r["run_id"] / "checkpoint.pt").is_file() for r in pretrain)
     pngs, pdfs = sorted((out / "figures").rglob("*.png")), sorted((out / "figures").rglob("*.pdf"))
     assert pngs and len(pngs) == len(pdfs)
@@ -55,12 +57,12 @@ def test_default_demo_digits_full_shot_accuracy_is_at_least_90_percent_for_every
     demo's fixed seeds: every init's mean accuracy over seeds is >= 0.90 (a logistic regression gets ~0.96)."""
     size = demo.SIZES["small"]
     roots = demo.write_sources(tmp_path / "data", size)
-    cells = sweep.load_sweep(demo.demo_sweep(tmp_path, roots, size))
+    cells = sweepfile.load_sweep(demo.demo_sweep(tmp_path, roots, size))
     chosen = [c for c in cells if c.kind == "pretrain" or (c.target == "digits" and c.shots == 0)]
     assert len(chosen) == 2 + 3 * len(size.seeds)
-    summary = sweep.run(chosen, workers=2, progress=False)
+    summary = sweepfile.run(chosen, workers=2, progress=False)
     assert summary.ok, summary.report()
-    tidy = results.table(tmp_path / "results")
+    tidy = store.table(tmp_path / "results")
     digits = tidy[(tidy.kind == "transfer") & (tidy.metric == "test/acc")]
     means = digits.groupby("init_label").value.mean()
     assert set(means.index) == {"scratch", "xray", "natural"}

@@ -12,7 +12,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from xrstudy import explore, figures
+from xrstudy.plots import explore, figures
 
 FILES = {  # name -> (file in the torchxrayvision wheel, name the dataset distributes it as)
     "nih": ("Data_Entry_2017_v2020.csv.gz", "Data_Entry_2017_v2020.csv.gz"),

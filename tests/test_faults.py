@@ -24,7 +24,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from xrstudy import cli, decoding, images, io, layouts, models, phantoms, sources, splits, train
+from xrstudy import cli, fileio
+from xrstudy.pixels import decoding, imagecache
+from xrstudy.data import layouts, phantoms, sources, splits
+from xrstudy.training import models, train
 from xrstudy.config import ConfigError, RunConfig, parent_run_id, parse_root
 
 SMALL = phantoms.PhantomStyle(height=24, width=20)
@@ -345,7 +348,7 @@ def test_whole_numbers_in_float_fields_give_one_run_id_and_config_file_faults(tm
 
 
 def test_a_sweep_file_is_read_by_the_same_rules(tmp_path):
-    from xrstudy.sweep import SweepError, load_sweep
+    from xrstudy.sweeps.sweepfile import SweepError, load_sweep
 
     os.mkfifo(tmp_path / "fifo.yaml")
     with pytest.raises(SweepError, match=r"fifo\.yaml: not a regular file"):  # refused, not waited on
@@ -392,18 +395,18 @@ def _cache_bytes(folder: Path) -> dict[str, bytes]:
 def test_cache_checks_free_space_before_mapping(tmp_path, monkeypatch):
     paths = _image_paths(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda _: SimpleNamespace(total=10**6, used=10**6 - 1000, free=1000))
-    with pytest.raises(io.DiskFullError) as err:
-        images.build_cache(paths, 64, tmp_path / "cache", "L")
-    folder = tmp_path / "cache" / images.cache_key(paths, 64, "L")[:16]
+    with pytest.raises(fileio.DiskFullError) as err:
+        imagecache.build_cache(paths, 64, tmp_path / "cache", "L")
+    folder = tmp_path / "cache" / imagecache.cache_key(paths, 64, "L")[:16]
     assert str(err.value).startswith(f"not enough free space in {folder} for the image cache "
                                      f"(6 images at 64px L): needs 1.0 MiB, 1000 B free")
     assert not list((tmp_path / "cache").rglob("images.u8"))  # nothing mapped, nothing half-written
-    assert images.check_free_space is io.check_free_space  # the training path calls the same check
+    assert imagecache.check_free_space is fileio.check_free_space  # the training path calls the same check
 
 
 def test_enospc_while_building_is_one_line_and_resume_gives_the_identical_cache(tmp_path, monkeypatch, capsys):
     paths = _image_paths(tmp_path, 10)
-    reference = images.build_cache(paths, 16, tmp_path / "reference", "L")
+    reference = imagecache.build_cache(paths, 16, tmp_path / "reference", "L")
     real_save, calls = np.save, []
 
     def full_disk_on_second_chunk(handle, array, *args, **kwargs):
@@ -413,12 +416,12 @@ def test_enospc_while_building_is_one_line_and_resume_gives_the_identical_cache(
         return real_save(handle, array, *args, **kwargs)
 
     monkeypatch.setattr(np, "save", full_disk_on_second_chunk)
-    with pytest.raises(io.DiskFullError) as err:
-        images.build_cache(paths, 16, tmp_path / "cache", "L", chunk_size=3)
+    with pytest.raises(fileio.DiskFullError) as err:
+        imagecache.build_cache(paths, 16, tmp_path / "cache", "L", chunk_size=3)
     folder = tmp_path / "cache" / reference.key[:16]
     assert str(err.value).startswith(f"no space left on device writing {folder / 'done.npy'} (")
     monkeypatch.setattr(np, "save", real_save)  # space freed
-    resumed = images.build_cache(paths, 16, tmp_path / "cache", "L", chunk_size=3)
+    resumed = imagecache.build_cache(paths, 16, tmp_path / "cache", "L", chunk_size=3)
     assert resumed.reused == 3 and resumed.built == 7
     assert _cache_bytes(folder) == _cache_bytes(reference.folder)
 
@@ -430,8 +433,8 @@ def test_enospc_when_reserving_the_images_file_names_it(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "posix_fallocate", no_space, raising=False)
-    with pytest.raises(io.DiskFullError, match=r"no space left on device writing .*images\.u8"):
-        images.build_cache(paths, 16, tmp_path / "cache", "L")
+    with pytest.raises(fileio.DiskFullError, match=r"no space left on device writing .*images\.u8"):
+        imagecache.build_cache(paths, 16, tmp_path / "cache", "L")
 
 
 def test_enospc_in_the_shared_writers_and_the_cli_names_the_path(tmp_path, monkeypatch, capsys):
@@ -440,15 +443,15 @@ def test_enospc_in_the_shared_writers_and_the_cli_names_the_path(tmp_path, monke
 
     monkeypatch.setattr(Path, "write_bytes", no_space)
     target = tmp_path / "results" / "run.json"
-    with pytest.raises(io.DiskFullError, match=rf"no space left on device writing {target} \("):
-        io.atomic_write_json(target, {"a": 1})
+    with pytest.raises(fileio.DiskFullError, match=rf"no space left on device writing {target} \("):
+        fileio.atomic_write_json(target, {"a": 1})
     assert not list(target.parent.iterdir())  # the temporary file is removed
 
     cfg = RunConfig(target="t")
-    with pytest.raises(io.DiskFullError, match=r"cell\.yaml"):
+    with pytest.raises(fileio.DiskFullError, match=r"cell\.yaml"):
         cfg.to_yaml(tmp_path / "cell.yaml")
     table = pd.DataFrame({"source": ["s"], "image_id": ["a"], "split": ["train"]})
-    with pytest.raises(io.DiskFullError, match=r"no space left on device writing .*splits/s\.csv"):
+    with pytest.raises(fileio.DiskFullError, match=r"no space left on device writing .*splits/s\.csv"):
         splits.save_split(table, tmp_path / "splits" / "s.csv")
 
     def handler(_args):
@@ -475,7 +478,7 @@ def test_a_full_disk_in_torch_save_names_the_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", failing_save)
     monkeypatch.setattr(shutil, "disk_usage", lambda _: SimpleNamespace(total=10**6, used=10**6 - 1000, free=1000))
-    with pytest.raises(io.DiskFullError, match=rf"no space left on device writing {target} \(1000 B free there, "
+    with pytest.raises(fileio.DiskFullError, match=rf"no space left on device writing {target} \(1000 B free there, "
                                                rf"about 16\.\d KiB to write; the writer said: .*unexpected pos"):
         models.write_checkpoint(target, model, {"arch": "linear"})
     assert not list(target.parent.iterdir())  # no temp file, no sidecar
@@ -483,7 +486,7 @@ def test_a_full_disk_in_torch_save_names_the_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda _: SimpleNamespace(total=10**12, used=0, free=10**12))
     with pytest.raises(RuntimeError, match="unexpected pos") as err:
         models.write_checkpoint(target, model, {"arch": "linear"})
-    assert not isinstance(err.value, io.DiskFullError) and not list(target.parent.iterdir())
+    assert not isinstance(err.value, fileio.DiskFullError) and not list(target.parent.iterdir())
 
 
 def _mount_tmpfs(folder: Path, size: str) -> bool:
@@ -511,13 +514,13 @@ def test_real_full_disk_on_a_small_tmpfs(tmp_path):
         assert done.returncode == 2, done.stderr
         assert "not enough free space in" in _one_error_line(done.stderr) and "needs" in done.stderr
         paths = sorted(sources.read_source("chexpert", root)["path"])
-        unchecked = (f"from xrstudy import images; images.check_free_space = lambda *a, **k: None; "
-                     f"images.build_cache({paths!r}, 256, {str(small / 'cache')!r}, 'L')")
+        unchecked = (f"from xrstudy.pixels import imagecache; imagecache.check_free_space = lambda *a, **k: None; "
+                     f"imagecache.build_cache({paths!r}, 256, {str(small / 'cache')!r}, 'L')")
         done = subprocess.run([sys.executable, "-c", unchecked], capture_output=True, text=True, timeout=300)
         assert done.returncode == 1 and "DiskFullError: no space left on device writing" in done.stderr, done
         subprocess.run(["mount", "-o", "remount,size=64m", str(small)], check=True)
-        resumed = images.build_cache(paths, 256, small / "cache", "L").folder  # (the folder: no memory map
-        reference = images.build_cache(paths, 256, tmp_path / "roomy", "L").folder  # kept open on the tmpfs)
+        resumed = imagecache.build_cache(paths, 256, small / "cache", "L").folder  # (the folder: no memory map
+        reference = imagecache.build_cache(paths, 256, tmp_path / "roomy", "L").folder  # kept open on the tmpfs)
         assert _cache_bytes(resumed) == _cache_bytes(reference)
     finally:
         gc.collect()

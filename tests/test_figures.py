@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xrstudy import cli, figures, legacy, results
+from xrstudy import cli
+from xrstudy.plots import figures
+from xrstudy.results import legacy, store
 from xrstudy.config import RunConfig
 
 LEGACY = Path(__file__).parent / "data" / "legacy"
@@ -28,14 +30,14 @@ def synthetic_store(results_dir: Path, seeds=(0, 1, 2)) -> Path:
     for arch, params in ARCHS.items():
         for fraction in FRACTIONS:
             pre = RunConfig(kind="pretrain", name="chexpert", sources=("chexpert",), arch=arch, data_fraction=fraction)
-            results.save(results.new_result(pre, {"valid/auc": 0.7}), results_dir)
+            store.save(store.new_result(pre, {"valid/auc": 0.7}), results_dir)
             for shots in (10, 0):
                 for seed in seeds:
                     cell = RunConfig(kind="transfer", target="padchest-cl", init=f"run:{pre.run_id}", arch=arch,
                                      shots=shots, seed=seed, init_label="chexpert")  # fmt: skip
                     error = 0.1 + 0.1 * fraction**-0.5 * (params / 23.5) ** -0.2 + (0.05 if shots else 0.0)
                     error += rng.normal(0, 0.002)
-                    results.save(results.new_result(cell, {"test/auc": 1.0 - error}), results_dir)
+                    store.save(store.new_result(cell, {"test/auc": 1.0 - error}), results_dir)
     return results_dir
 
 
@@ -44,9 +46,9 @@ def _cli(argv: list[str]) -> int:
 
 
 def test_import_legacy_then_figures_reproduce_the_per_target_plots(tmp_path, capsys):
-    store, out = tmp_path / "results", tmp_path / "figs"
-    assert _cli(["results", "import-legacy", str(LEGACY), "--results", str(store)]) == 0
-    assert _cli(["figures", "--results", str(store), "--out", str(out)]) == 0
+    store_dir, out = tmp_path / "results", tmp_path / "figs"
+    assert _cli(["results", "import-legacy", str(LEGACY), "--results", str(store_dir)]) == 0
+    assert _cli(["figures", "--results", str(store_dir), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     for target, metric in [("cifar10", "acc"), ("padchest-cl", "auc"), ("padchest-cl", "ap")]:
         for kind in ("bars", "fewshot", "model_size"):
@@ -86,20 +88,20 @@ def test_colours_are_fixed_per_source():
 
 
 def test_damaged_results_are_never_drawn(tmp_path):
-    store = tmp_path / "results"
-    legacy.import_legacy(LEGACY, store)
-    victim = sorted(store.glob("*.json"))[0]
+    store_dir = tmp_path / "results"
+    legacy.import_legacy(LEGACY, store_dir)
+    victim = sorted(store_dir.glob("*.json"))[0]
     run_id = victim.stem
     victim.write_text(victim.read_text().replace('"status": "ok"', '"status": "ok" ')[:-30])
     with pytest.warns(UserWarning, match="left out"):
-        figures.render_all(store, tmp_path / "figs")
+        figures.render_all(store_dir, tmp_path / "figs")
     table = pd.read_csv(tmp_path / "figs" / "results_table.csv")
     assert run_id not in set(table.run_id) and table.run_id.nunique() == 89
 
 
 def test_empty_store_is_an_error(tmp_path):
     (tmp_path / "results").mkdir()
-    with pytest.raises(results.ResultError, match="no valid results"):
+    with pytest.raises(store.ResultError, match="no valid results"):
         figures.render_all(tmp_path / "results", tmp_path / "figs")
 
 
@@ -107,9 +109,9 @@ def test_empty_store_is_an_error(tmp_path):
 def test_render_all_maps_kind_target_metric_to_the_figure_and_its_files(tmp_path):
     from matplotlib.figure import Figure
 
-    store = tmp_path / "results"
-    legacy.import_legacy(LEGACY, store)
-    rendered = figures.render_all(store, tmp_path / "figs")
+    store_dir = tmp_path / "results"
+    legacy.import_legacy(LEGACY, store_dir)
+    rendered = figures.render_all(store_dir, tmp_path / "figs")
     assert ("bars", "cifar10", "test/acc") in rendered and ("fewshot", "padchest-cl", "test/auc") in rendered
     for (kind, target, metric), (fig, files) in rendered.items():
         assert isinstance(fig, Figure)
@@ -121,9 +123,9 @@ def test_render_all_maps_kind_target_metric_to_the_figure_and_its_files(tmp_path
 def test_a_figure_can_be_restyled_and_saved_again(tmp_path):
     from matplotlib.figure import Figure
 
-    store = tmp_path / "results"
-    legacy.import_legacy(LEGACY, store)
-    table = results.table(store)
+    store_dir = tmp_path / "results"
+    legacy.import_legacy(LEGACY, store_dir)
+    table = store.table(store_dir)
     fig = figures.shots_bar(table, "cifar10", "test/acc")
     assert isinstance(fig, Figure)
     first = figures.save_figure(fig, figures.transfer_rows(table, "cifar10", "test/acc"), tmp_path, "bars")
@@ -143,7 +145,8 @@ def test_the_package_never_chooses_a_matplotlib_backend(tmp_path):
     open in pyplot. Checked in a fresh interpreter whose backend is 'svg'."""
     script = f"""
 import matplotlib
-from xrstudy import explore, figures, legacy, paper_figures
+from xrstudy.plots import explore, figures, paper_figures
+from xrstudy.results import legacy
 legacy.import_legacy({str(LEGACY)!r}, {str(tmp_path / 'store')!r})
 rendered = figures.render_all({str(tmp_path / 'store')!r}, {str(tmp_path / 'figs')!r})
 paper = figures.render_all({str(tmp_path / 'store')!r}, {str(tmp_path / 'paper')!r}, style="paper")
@@ -163,11 +166,11 @@ print(matplotlib.get_backend(), len(rendered), len(paper), plt.get_fignums())
 
 # ---- the paper's style ------------------------------------------------------------------------
 def test_paper_style_draws_the_papers_figures_and_prints_the_full_shot_table(tmp_path, capsys):
-    from xrstudy import paper_figures
+    from xrstudy.plots import paper_figures
 
-    store, out = tmp_path / "results", tmp_path / "paper"
-    legacy.import_legacy(LEGACY, store)
-    assert _cli(["figures", "--results", str(store), "--out", str(out), "--style", "paper"]) == 0
+    store_dir, out = tmp_path / "results", tmp_path / "paper"
+    legacy.import_legacy(LEGACY, store_dir)
+    assert _cli(["figures", "--results", str(store_dir), "--out", str(out), "--style", "paper"]) == 0
     printed = capsys.readouterr().out
     for kind in ("paper_bars", "paper_model_size", "paper_fewshot"):
         for target, metric in [("cifar10", "acc"), ("padchest-cl", "auc")]:  # the paper's names mapped
@@ -189,15 +192,15 @@ def test_paper_style_draws_the_papers_figures_and_prints_the_full_shot_table(tmp
 
 
 def test_paper_rows_are_hatched_beside_new_runs_of_the_same_model(tmp_path):
-    from xrstudy import paper_figures
+    from xrstudy.plots import paper_figures
 
-    store = tmp_path / "results"
-    legacy.import_legacy(LEGACY, store)
+    store_dir = tmp_path / "results"
+    legacy.import_legacy(LEGACY, store_dir)
     for seed in (0, 1):  # a new run of a paper model on the same target
         cell = RunConfig(kind="transfer", target="cifar10", init="timm", arch="resnetv2_50x1_bit.goog_in21k",
                          shots=0, seed=seed, init_label="imagenet21k")  # fmt: skip
-        results.save(results.new_result(cell, {"test/acc": 0.85}), store)
-    table = results.table(store)
+        store.save(store.new_result(cell, {"test/acc": 0.85}), store_dir)
+    table = store.table(store_dir)
     rows = paper_figures.paper_table(table)
     cifar = rows[rows.target == "cifar10"]
     fig = paper_figures.bars(cifar, "cifar10", "test/acc")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from xrstudy.config import RunConfig
-from xrstudy.hyper import (
+from xrstudy.training.recipes import (
     bit_hyperrule,
     cache_bytes,
     lr_at,

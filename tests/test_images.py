@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xrstudy import images, io
-from xrstudy.decoding import ImageError, load_image, prepare_image
-from xrstudy.images import build_cache, cache_key
+from xrstudy.pixels import imagecache
+from xrstudy import fileio
+from xrstudy.pixels.decoding import ImageError, load_image, prepare_image
+from xrstudy.pixels.imagecache import build_cache, cache_key
 
 
 # ---- fixtures ---------------------------------------------------------------------------------
@@ -63,7 +64,7 @@ def jpegs(tmp_path: Path) -> list[str]:
     return [_save(_noise(i, (30 + i % 7, 40, 3)), folder / f"{i:03d}.jpg") for i in range(24)]
 
 
-_REAL_PREPARE = images.prepare_image  # before any monkeypatch, so counters never wrap each other
+_REAL_PREPARE = imagecache.prepare_image  # before any monkeypatch, so counters never wrap each other
 
 
 class _Counter:
@@ -241,7 +242,7 @@ def test_fast_key_is_the_json_definition() -> None:
     import json
 
     def plain(paths, size, mode):
-        spec = {"format": images.FORMAT_VERSION, "size": size, "mode": mode, "paths": sorted(set(map(str, paths)))}
+        spec = {"format": imagecache.FORMAT_VERSION, "size": size, "mode": mode, "paths": sorted(set(map(str, paths)))}
         return hashlib.sha256(json.dumps(spec, separators=(",", ":")).encode()).hexdigest()
 
     cases = [[], ["a.jpg"], ["b/2.png", "a/1.png", "a/1.png"], ['q"uote.jpg', "x.jpg"], ["back\\slash.jpg"],
@@ -253,7 +254,7 @@ def test_fast_key_is_the_json_definition() -> None:
 def test_reuse_does_no_decoding(tmp_path: Path, jpegs: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     first = build_cache(jpegs, 8, tmp_path / "cache", "L", 1)
     counter = _Counter()
-    monkeypatch.setattr(images, "prepare_image", counter)
+    monkeypatch.setattr(imagecache, "prepare_image", counter)
     again = build_cache(list(reversed(jpegs)), 8, tmp_path / "cache", "L", 1)
     assert counter.calls == 0 and again.built == 0 and again.reused == len(jpegs)
     assert "built 0, reused 24" in again.report()
@@ -281,7 +282,7 @@ def test_unreadable_files_are_quarantined(tmp_path: Path, jpegs: list[str], monk
         np.testing.assert_array_equal(cache[cache.index_of(path)], prepare_image(path, 8, "L"))
 
     counter = _Counter()
-    monkeypatch.setattr(images, "prepare_image", counter)
+    monkeypatch.setattr(imagecache, "prepare_image", counter)
     build_cache(jpegs + bad, 8, tmp_path / "cache", "L", 1)
     assert counter.calls == 0  # quarantined files are not retried on reuse ...
     (cache.folder / "quarantine.json").unlink()
@@ -293,14 +294,14 @@ def test_interrupted_build_resumes_with_only_missing_images(
     tmp_path: Path, jpegs: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reference = build_cache(jpegs, 8, tmp_path / "reference", "RGB", 1)
-    monkeypatch.setattr(images, "prepare_image", _Counter(stop_after=10))
+    monkeypatch.setattr(imagecache, "prepare_image", _Counter(stop_after=10))
     with pytest.raises(KeyboardInterrupt):
         build_cache(jpegs, 8, tmp_path / "cache", "RGB", 1, chunk_size=4)
     folder = tmp_path / "cache" / reference.key[:16]
     assert np.load(folder / "done.npy").sum() == 8  # two whole chunks flushed, the third lost
 
     counter = _Counter()
-    monkeypatch.setattr(images, "prepare_image", counter)
+    monkeypatch.setattr(imagecache, "prepare_image", counter)
     resumed = build_cache(jpegs, 8, tmp_path / "cache", "RGB", 1, chunk_size=4)
     assert counter.calls == len(jpegs) - 8 and (resumed.built, resumed.reused) == (16, 8)
     np.testing.assert_array_equal(np.asarray(resumed.images), np.asarray(reference.images))
@@ -308,13 +309,13 @@ def test_interrupted_build_resumes_with_only_missing_images(
 
 _BUILD_SCRIPT = """
 import json, sys, time
-from xrstudy import images, io
-real = images.prepare_image
+from xrstudy.pixels import imagecache
+real = imagecache.prepare_image
 def slow(path, size, mode):
     time.sleep(float(sys.argv[3]))
     return real(path, size, mode)
-images.prepare_image = slow
-cache = images.build_cache(json.loads(open(sys.argv[1]).read()), 8, sys.argv[2], "L", 1, chunk_size=4)
+imagecache.prepare_image = slow
+cache = imagecache.build_cache(json.loads(open(sys.argv[1]).read()), 8, sys.argv[2], "L", 1, chunk_size=4)
 print(json.dumps({"built": cache.built, "reused": cache.reused}))
 """
 
@@ -352,7 +353,7 @@ def test_kill_9_mid_build_then_resume(tmp_path: Path, monkeypatch: pytest.Monkey
     assert 60 <= done.sum() < len(paths) and done.sum() % 4 == 0  # whole chunks only
 
     counter = _Counter()
-    monkeypatch.setattr(images, "prepare_image", counter)
+    monkeypatch.setattr(imagecache, "prepare_image", counter)
     resumed = build_cache(paths, 8, tmp_path / "cache", "L", 1, chunk_size=4)
     assert counter.calls == len(paths) - done.sum()
     uninterrupted = build_cache(paths, 8, tmp_path / "uninterrupted", "L", 1)
@@ -417,12 +418,12 @@ def test_rows_of_maps_paths_to_cache_rows_in_one_lookup(tmp_path: Path, jpegs: l
 
 def test_a_build_that_cannot_fit_is_refused_before_it_starts(tmp_path: Path, jpegs: list[str],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    folder, missing = images.bytes_to_build(jpegs, 16, tmp_path / "cache", "RGB")
+    folder, missing = imagecache.bytes_to_build(jpegs, 16, tmp_path / "cache", "RGB")
     assert missing == len(jpegs) * 16 * 16 * 3 and folder.parent == tmp_path / "cache"
-    images.check_free_space(folder, missing)  # plenty here
-    monkeypatch.setattr(io.shutil, "disk_usage", lambda path: SimpleNamespace(free=100))
-    with pytest.raises(io.DiskFullError, match=r"not enough free space in .* needs .*, 100 B free"):
-        images.check_free_space(folder, missing)
+    imagecache.check_free_space(folder, missing)  # plenty here
+    monkeypatch.setattr(fileio.shutil, "disk_usage", lambda path: SimpleNamespace(free=100))
+    with pytest.raises(fileio.DiskFullError, match=r"not enough free space in .* needs .*, 100 B free"):
+        imagecache.check_free_space(folder, missing)
     monkeypatch.undo()
     build_cache(jpegs, 16, tmp_path / "cache", "RGB", 1)
-    assert images.bytes_to_build(jpegs, 16, tmp_path / "cache", "RGB")[1] == 0  # finished: nothing to check
+    assert imagecache.bytes_to_build(jpegs, 16, tmp_path / "cache", "RGB")[1] == 0  # finished: nothing to check

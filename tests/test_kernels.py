@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbclient.exceptions import DeadKernelError
 
-from xrstudy.kernels import WarmKernel
+from xrstudy.sweeps.kernels import WarmKernel
 
 pytestmark = pytest.mark.slow
 

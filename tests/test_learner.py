@@ -16,11 +16,11 @@ from fastai.learner import Learner
 from sklearn.metrics import average_precision_score, roc_auc_score
 from timm.utils import adaptive_clip_grad
 
-from xrstudy.callbacks import (AdaptiveGradClip, MaskedMixUp, _channel_affine, load_train_state, mix_targets, normalise,
+from xrstudy.training.callbacks import (AdaptiveGradClip, MaskedMixUp, _channel_affine, load_train_state, mix_targets, normalise,
                                save_train_state)
 from xrstudy.config import RunConfig
-from xrstudy.hyper import Schedule
-from xrstudy.learner import (
+from xrstudy.training.recipes import Schedule
+from xrstudy.training.learner import (
     TrainSetup,
     fit,
     make_learner,
@@ -30,9 +30,9 @@ from xrstudy.learner import (
     predict,
     restore,
 )
-from xrstudy.loaders import Augment, Batching, EvalLoader, Split, StepLoader
-from xrstudy.metrics import bootstrap_ci, classification_metrics
-from xrstudy.models import create_model
+from xrstudy.pixels.loaders import Augment, Batching, EvalLoader, Split, StepLoader
+from xrstudy.training.metrics import bootstrap_ci, classification_metrics
+from xrstudy.training.models import create_model
 
 TINY = "resnetv2_tiny_bit"
 

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from xrstudy.metrics import bootstrap_ci, percentile_intervals, resample_metrics_one_by_one
+from xrstudy.training.metrics import bootstrap_ci, percentile_intervals, resample_metrics_one_by_one
 
 
 def _reference_bootstrap_ci(probs, targets, multilabel, seed=0, n_boot=200, level=0.95):
@@ -69,7 +69,7 @@ def test_bootstrap_equals_the_former_implementation(case, seed):
 
 def test_every_resample_metric_equals_scikit_learn():
     """Not only the percentiles: each resample's values, NaN where undefined, in order."""
-    from xrstudy.metrics import _resample_metrics
+    from xrstudy.training.metrics import _resample_metrics
 
     rng = np.random.default_rng(3)
     for probs, targets, multilabel in [(*_multilabel(rng, 120, 5, rounding=2), True),

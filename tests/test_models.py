@@ -9,7 +9,7 @@ import timm
 import torch
 
 from xrstudy.config import RunConfig
-from xrstudy.models import CheckpointError, create_model, read_checkpoint, write_checkpoint
+from xrstudy.training.models import CheckpointError, create_model, read_checkpoint, write_checkpoint
 
 TINY = "resnetv2_tiny_bit"
 
@@ -215,7 +215,7 @@ def randomised(arch: str, num_classes: int, seed: int = 0) -> torch.nn.Module:
 
 def save_in_authors_format(model: torch.nn.Module, path, prefix: str = "") -> None:
     """What their pretrain.py saves: {"model": state dict, "optimizer": ..., "epoch": ...}."""
-    from xrstudy.paper_weights import to_paper_state
+    from xrstudy.training.paper_weights import to_paper_state
 
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {prefix + k: v.clone() for k, v in to_paper_state(model.state_dict()).items()}
@@ -224,7 +224,7 @@ def save_in_authors_format(model: torch.nn.Module, path, prefix: str = "") -> No
 
 
 def test_key_map_covers_every_tensor_of_both_released_sizes_one_to_one():
-    from xrstudy.paper_weights import key_map
+    from xrstudy.training.paper_weights import key_map
 
     small, large = key_map("resnetv2_50x1_bit"), key_map("resnetv2_152x4_bit")  # meta device: no memory
     assert len(small) == 153 and len(large) == 459
@@ -244,7 +244,7 @@ def test_key_map_covers_every_tensor_of_both_released_sizes_one_to_one():
 def test_init_paper_computes_what_big_transfer_computes(tmp_path, arch, groups, size):
     """Not just names: the model `init: paper` builds from the authors' file gives the logits that the
     same tensors give in big_transfer's wiring (pre-training kind: their head is kept when it fits)."""
-    from xrstudy.paper_weights import to_paper_state
+    from xrstudy.training.paper_weights import to_paper_state
 
     source = randomised(arch, 5)
     save_in_authors_format(source, tmp_path / f"chexpert_bit{'tiny' if arch == TINY else '50x1'}" / "model.pth.tar")
@@ -296,7 +296,7 @@ def test_init_paper_loads_the_backbone_and_builds_a_fresh_head(tmp_path, monkeyp
 
 
 def test_paper_checkpoint_errors_name_the_file_the_arch_and_the_keys(tmp_path):
-    from xrstudy.paper_weights import read_paper_checkpoint, to_paper_state
+    from xrstudy.training.paper_weights import read_paper_checkpoint, to_paper_state
 
     cfg = transfer_cfg(init="paper", init_label="chexpert", weights_dir=str(tmp_path))
     with pytest.raises(CheckpointError) as err:  # missing: where it was looked for and how to get it
@@ -339,7 +339,7 @@ def test_paper_checkpoint_errors_name_the_file_the_arch_and_the_keys(tmp_path):
 
 
 def test_released_names_follow_the_authors_folders():
-    from xrstudy.paper_weights import RELEASED, paper_model_name
+    from xrstudy.training.paper_weights import RELEASED, paper_model_name
 
     assert len(RELEASED) == 12 and "chexpert_mimic_nih_padchest_bit152x4" in RELEASED
     assert paper_model_name("imagenet21k", "resnetv2_50x1_bit") == "imagenet21k_bit50x1"
@@ -352,7 +352,8 @@ def test_tiny_paper_init_transfer_runs_end_to_end(tmp_path):
     from test_train import shapes_study
     from test_train import transfer_cfg as train_transfer_cfg
 
-    from xrstudy import results, train
+    from xrstudy.results import store
+    from xrstudy.training import train
 
     save_in_authors_format(randomised(TINY, 13), tmp_path / "weights" / "chexpert_mimic_bittiny" / "model.pth.tar")
     cfg = train_transfer_cfg(tmp_path / "out", init="paper", init_label="chexpert_mimic",
@@ -360,7 +361,7 @@ def test_tiny_paper_init_transfer_runs_end_to_end(tmp_path):
     result = train.run(cfg, study=shapes_study(tmp_path / "shapes"))
     assert result["status"] == "ok" and result["last_step"] == cfg.steps
     assert 0.0 <= result["metrics"]["test/acc"] <= 1.0
-    row = results.table(cfg.results_dir).iloc[0]
+    row = store.table(cfg.results_dir).iloc[0]
     assert (row.init, row.init_label, row.origin) == ("paper", "chexpert_mimic", "xrstudy")
 
 

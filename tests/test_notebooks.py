@@ -68,28 +68,30 @@ def test_papermill_sees_every_parameter(name):
 
 
 def test_paper_format_results_are_the_imported_fixtures(tmp_path):
-    from xrstudy import legacy, results
+    from xrstudy.results import legacy, store
 
     legacy.import_legacy(LEGACY, tmp_path)
     bundled = NOTEBOOKS / "paper-format-results"
     assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted(p.name for p in bundled.glob("*.json"))
-    assert not results.scan(bundled).invalid
+    assert not store.scan(bundled).invalid
 
 
 def test_example_results_are_the_demo_cells_of_today():
     """The bundled store is exactly the demo's grid (a changed grid or run_id must refresh it)."""
-    from xrstudy import demo, results, sweep
+    from xrstudy import demo
+    from xrstudy.results import store
+    from xrstudy.sweeps import sweepfile
 
     roots = {name: Path("/anywhere") / name for name in ("chexpert", "nih", "padchest-cl", "shapes", "digits")}
-    cells = sweep.load_sweep(demo.demo_sweep(Path("/anywhere"), roots, demo.SIZES["small"]))
+    cells = sweepfile.load_sweep(demo.demo_sweep(Path("/anywhere"), roots, demo.SIZES["small"]))
     bundled = NOTEBOOKS / "example-results"
     assert sorted(f"{c.run_id}.json" for c in cells) == sorted(p.name for p in bundled.glob("*.json"))
-    scan = results.scan(bundled)
+    scan = store.scan(bundled)
     assert not scan.invalid and all(r["origin"] == "xrstudy" and r["status"] == "ok" for r in scan.results)
 
 
 def test_reference_figures_are_what_the_example_results_draw(tmp_path):
-    from xrstudy import figures
+    from xrstudy.plots import figures
 
     reference = NOTEBOOKS.parent / "figures"
     written = figures.render_all(NOTEBOOKS / "example-results", tmp_path).files
@@ -100,7 +102,7 @@ def test_reference_figures_are_what_the_example_results_draw(tmp_path):
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
-    from xrstudy.kernels import WarmKernel
+    from xrstudy.sweeps.kernels import WarmKernel
 
     with WarmKernel(cwd=tmp_path_factory.mktemp("cwd")) as warm:
         yield warm
@@ -115,7 +117,7 @@ def _outputs(path: Path) -> str:
 def test_figures_and_scaling_notebooks_on_generated_stores(tmp_path, kernel):
     from test_figures import synthetic_store
 
-    from xrstudy import legacy
+    from xrstudy.results import legacy
 
     paper = tmp_path / "paper"
     legacy.import_legacy(LEGACY, paper)
@@ -123,9 +125,9 @@ def test_figures_and_scaling_notebooks_on_generated_stores(tmp_path, kernel):
     assert (tmp_path / "f30" / "bars_padchest-cl_auc.png").is_file() and (tmp_path / "f30" / "full_shot_means.csv").is_file()
     assert "imagenet21k_bit152x4" in _outputs(tmp_path / "30.ipynb")
 
-    store = synthetic_store(tmp_path / "synthetic")
+    store_dir = synthetic_store(tmp_path / "synthetic")
     kernel.execute(NOTEBOOKS / "40_scaling.ipynb", tmp_path / "40.ipynb",
-                   {"results_dir": str(store), "out_dir": str(tmp_path / "f40"), "n_boot": 10})  # fmt: skip
+                   {"results_dir": str(store_dir), "out_dir": str(tmp_path / "f40"), "n_boot": 10})  # fmt: skip
     fits = (tmp_path / "f40" / "scaling_fits.csv").read_text()
     assert fits.count("\n") > 1 and (tmp_path / "f40" / "data_scale_padchest-cl_auc.png").is_file()
 
@@ -162,7 +164,7 @@ def _kernel_env(tmp: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def demo_cwd_kernel(tiny_demo, tmp_path_factory):
     """A kernel working next to the shared tiny demo, so the notebooks' defaults find `xrstudy-demo/data`."""
-    from xrstudy.kernels import WarmKernel
+    from xrstudy.sweeps.kernels import WarmKernel
 
     with WarmKernel(cwd=tiny_demo["out"].parent, env=_kernel_env(tmp_path_factory.mktemp("kernel-tmp"))) as warm:
         yield warm
@@ -171,7 +173,7 @@ def demo_cwd_kernel(tiny_demo, tmp_path_factory):
 @pytest.fixture(scope="module")
 def notebooks_cwd_kernel(tmp_path_factory):
     """A kernel working in notebooks/, as JupyterLab opened there (the bundled stores are relative)."""
-    from xrstudy.kernels import WarmKernel
+    from xrstudy.sweeps.kernels import WarmKernel
 
     with WarmKernel(cwd=NOTEBOOKS, env=_kernel_env(tmp_path_factory.mktemp("kernel-tmp"))) as warm:
         yield warm
@@ -194,15 +196,15 @@ def test_data_notebooks_run_as_shipped_on_the_miniature_sources(name, tmp_path, 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["30_figures.ipynb", "40_scaling.ipynb"])
 def test_figure_notebooks_run_as_shipped_on_the_bundled_stores(name, tmp_path, notebooks_cwd_kernel):
-    from xrstudy import figures
+    from xrstudy.plots import figures
 
     executed = tmp_path / name
     notebooks_cwd_kernel.execute(NOTEBOOKS / name, executed, {})
     assert not _errors(executed)
     if name.startswith("30"):
-        store = NOTEBOOKS / "example-results"
-        default = [k for k in figures.render_all(store, tmp_path / "d") if k[0] in ("bars", "model_size", "fewshot")]
-        paper = figures.render_all(store, tmp_path / "p", style="paper")
+        store_dir = NOTEBOOKS / "example-results"
+        default = [k for k in figures.render_all(store_dir, tmp_path / "d") if k[0] in ("bars", "model_size", "fewshot")]
+        paper = figures.render_all(store_dir, tmp_path / "p", style="paper")
         assert _images(executed) == len(default) + len(paper) + 1  # + the restyled one
     else:  # the paper-format fixtures hold two model sizes: too few scale points for a fit, and it says so
         assert "3 or more scale points" in _outputs(executed)

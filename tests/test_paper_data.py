@@ -14,9 +14,10 @@ import pytest
 import torch
 from scipy.io import savemat
 
-from xrstudy import cli, data, fewshot, labels, layouts, phantoms, sources, splits
+from xrstudy import cli
+from xrstudy.data import studydata, fewshot, labels, layouts, phantoms, sources, splits
 from xrstudy.config import RunConfig
-from xrstudy.layouts import Record
+from xrstudy.data.layouts import Record
 
 FIVE_VIEWS = ("PA", "AP", "AP_SUPINE", "LATERAL", "COSTAL")
 
@@ -37,7 +38,7 @@ def _cfg(tmp_path, name, root, **kw):
 
 # ---- PadChest labels ---------------------------------------------------------------------------------
 def test_padchest_paper_labels_are_substrings_and_synonyms(padchest_root):
-    raw, table = data.read_labelled("padchest", padchest_root, label_mode="paper")
+    raw, table = studydata.read_labelled("padchest", padchest_root, label_mode="paper")
     names = [labels.PADCHEST_PATHOLOGY_NAMES.get(p, p) for p in labels.PADCHEST_PATHOLOGIES]
     assert labels.finding_columns(table) == names and len(names) == 27
     expected = {text: hit for text, _, file, hit in layouts.PADCHEST_PAPER_CASES if text and not file}
@@ -48,7 +49,7 @@ def test_padchest_paper_labels_are_substrings_and_synonyms(padchest_root):
     assert len(raw) - len(table) == 4 + 2
     assert not table["image_id"].isin(labels.PADCHEST_EXCLUDED_IMAGES).any() and (table["raw_labels"] != "").all()
     # Terms mode keeps today's vocabulary: "pericardial effusion" is its own finding there.
-    terms = data.read_labelled("padchest", padchest_root)[1]
+    terms = studydata.read_labelled("padchest", padchest_root)[1]
     assert "Pericardial effusion" in terms.columns and len(terms) == len(raw)
 
 
@@ -82,12 +83,12 @@ def test_authors_pathology_list_sorts_as_theirs_and_patterns_are_plain_substring
 
 
 def test_views_as_the_authors_name_them(padchest_root):
-    read = data.labelled("padchest", padchest_root, label_mode="paper", views=FIVE_VIEWS)
+    read = studydata.labelled("padchest", padchest_root, label_mode="paper", views=FIVE_VIEWS)
     assert set(read.table["view"]) == set(FIVE_VIEWS)  # COSTAL is its own view; unknown projections (OTHER) go
     assert read.dropped["padchest:view"] == 4
     raw = sources.read_source("padchest", padchest_root)
     assert set(raw["view"]) == {*FIVE_VIEWS, "OTHER"}
-    two = data.labelled("padchest", padchest_root, label_mode="paper", views=("PA", "AP")).table
+    two = studydata.labelled("padchest", padchest_root, label_mode="paper", views=("PA", "AP")).table
     assert set(two["view"]) == {"PA", "AP"}
 
 
@@ -118,7 +119,7 @@ def test_padchest_paper_split_is_the_authors(padchest_root, tmp_path, capsys, vi
     assert set(split.loc[split["split"] == "train", "image_id"]) == set(train["ImageID"])
     assert set(split.loc[split["split"] == "test", "image_id"]) == set(test["ImageID"])
     # The table itself comes in the authors' order (their shuffled positions).
-    table = data.split_table(data.labelled("padchest", padchest_root, views=views, label_mode="paper").table, "paper")[0]
+    table = studydata.split_table(studydata.labelled("padchest", padchest_root, views=views, label_mode="paper").table, "paper")[0]
     assert list(table.loc[table["split"] == "train", "image_id"]) == list(train["ImageID"])
     assert cli.main(["data", "split", "padchest", "--root", str(padchest_root), "--mode", "paper",
                      "--views", ",".join(views), "--out", str(tmp_path / "again.csv")]) == 0
@@ -126,7 +127,7 @@ def test_padchest_paper_split_is_the_authors(padchest_root, tmp_path, capsys, vi
 
 
 def test_padchest_cl_paper_task(padchest_root, tmp_path, capsys):
-    study = data.prepare(_cfg(tmp_path, "padchest-cl", padchest_root, kind="transfer", target="padchest-cl",
+    study = studydata.prepare(_cfg(tmp_path, "padchest-cl", padchest_root, kind="transfer", target="padchest-cl",
                               label_mode="paper", split_mode="paper"))
     names = tuple(labels.PADCHEST_PATHOLOGY_NAMES.get(p, p) for p in labels.PADCHEST_PATHOLOGIES)
     assert study.classes == names and not study.multilabel and len(study.valid) == 0
@@ -138,7 +139,7 @@ def test_padchest_cl_paper_task(padchest_root, tmp_path, capsys):
         assert list(ours["label"]) == [single[t] for t in kept["Labels"]]
     assert "Consolidation" not in set(study.train["label"])  # "consolidation" also marks Infiltration
     # The terms mode keeps today's task.
-    terms = data.prepare(_cfg(tmp_path, "padchest-cl", padchest_root, kind="transfer", target="padchest-cl",
+    terms = studydata.prepare(_cfg(tmp_path, "padchest-cl", padchest_root, kind="transfer", target="padchest-cl",
                               label_mode="terms"))
     assert "Pericardial effusion" in terms.classes
 
@@ -184,10 +185,10 @@ def test_mimic_paper_reads_labelled_studies_and_the_authors_views(xray_roots):
     no_row = (raw["raw_labels"] == "").sum()
     labelled_studies = {(r.patient, r.study) for r in mimic if r.raw != ""}
     assert no_row > 0 and no_row == sum((r.patient, r.study) not in labelled_studies for r in mimic)
-    read = data.labelled("mimic", roots["mimic"], label_mode="paper", views=FIVE_VIEWS)
+    read = studydata.labelled("mimic", roots["mimic"], label_mode="paper", views=FIVE_VIEWS)
     assert read.dropped["mimic:no_label_row"] == no_row
     assert set(read.table["view"]) <= {"PA", "AP"}  # MIMIC's laterals are not the authors' "L"
-    chexpert = data.labelled("chexpert", roots["chexpert"], label_mode="paper", views=FIVE_VIEWS).table
+    chexpert = studydata.labelled("chexpert", roots["chexpert"], label_mode="paper", views=FIVE_VIEWS).table
     assert "LATERAL" in set(chexpert["view"])  # CheXpert's Lateral is their "L"
 
 
@@ -196,7 +197,7 @@ def test_pretraining_data_as_the_authors_used_it(xray_roots, tmp_path):
     entries = tuple(f"{n}={p}" for n, p in roots.items())
     cfg = RunConfig(kind="pretrain", sources=("padchest", "nih", "mimic", "chexpert"), roots=entries,
                     views=FIVE_VIEWS, label_mode="paper", split_mode="paper", out_dir=str(tmp_path))
-    study = data.prepare(cfg)
+    study = studydata.prepare(cfg)
     assert study.classes == ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Pneumonia",
                              "Pneumothorax")
     assert list(pd.unique(study.train["source"])) == ["chexpert", "mimic", "nih", "padchest"]  # their merge order
@@ -207,10 +208,10 @@ def test_pretraining_data_as_the_authors_used_it(xray_roots, tmp_path):
     assert not (study.test["source"].isin(["chexpert", "nih", "padchest"])).any()
     assert (study.valid["source"] == "padchest").sum() > 0  # PadChest's 10 %: their validation set
     assert "train:no_known_label" not in study.dropped  # the authors keep rows with no known label
-    assert data.train_size(cfg) == len(study.train)
+    assert studydata.train_size(cfg) == len(study.train)
     pair = RunConfig(kind="pretrain", sources=("chexpert", "mimic"), roots=entries, split_mode="paper",
                      label_mode="paper", out_dir=str(tmp_path))
-    assert list(pd.unique(data.prepare(pair).train["source"])) == ["mimic", "chexpert"]  # type: chexpert_mimic
+    assert list(pd.unique(studydata.prepare(pair).train["source"])) == ["mimic", "chexpert"]  # type: chexpert_mimic
 
 
 def test_nih_paper_split_is_an_inner_join_with_the_lists():
@@ -231,7 +232,7 @@ def test_tuberculosis_per_folder_split_and_the_published_sizes(tmp_path):
         (root / folder).mkdir(parents=True)
         for file in files:
             (root / folder / file).touch()  # metadata-only: the names are the labels
-    table, _ = data.split_table(sources.read_source("tuberculosis", root, metadata_only=True), "paper")
+    table, _ = studydata.split_table(sources.read_source("tuberculosis", root, metadata_only=True), "paper")
     expected = {"train": [], "test": []}
     for files in names.values():  # tuberculosis.py: sorted(glob), RandomState(42).shuffle, int(0.85 n)
         files = sorted(files)
@@ -245,7 +246,7 @@ def test_tuberculosis_per_folder_split_and_the_published_sizes(tmp_path):
     assert len(expected["test"]) == 121
     cfg = _cfg(tmp_path, "tuberculosis", root, kind="transfer", target="tuberculosis", split_mode="paper",
                metadata_only=True)
-    assert data.train_size(cfg) == 679 and len(data.prepare(cfg).valid) == 0
+    assert studydata.train_size(cfg) == 679 and len(studydata.prepare(cfg).valid) == 0
 
 
 def _flowers_mat(root, rng):
@@ -263,9 +264,9 @@ def test_flowers_trains_on_the_official_test_set_in_image_folder_order(tmp_path)
     labels_, ids = _flowers_mat(tmp_path / "flowers", np.random.default_rng(0))
     cfg = _cfg(tmp_path, "flowers102", tmp_path / "flowers", kind="transfer", target="flowers102",
                split_mode="paper", metadata_only=True)
-    study = data.prepare(cfg)
+    study = studydata.prepare(cfg)
     assert (len(study.train), len(study.valid), len(study.test)) == (6149, 0, 2040)
-    assert sources.SOURCES["flowers102"].published_train_size == 6149 == data.train_size(cfg)
+    assert sources.SOURCES["flowers102"].published_train_size == 6149 == studydata.train_size(cfg)
     # ImageFolder over mod_train: class folders (fast.ai's 0-based numbers) in text order, then file names.
     folders = sorted({str(c - 1) for c in labels_})
     expected = [f"image_{i:05d}.jpg" for folder in folders for i in sorted(ids[2040:])
@@ -302,17 +303,17 @@ def test_covidx_is_pinned_to_the_authors_release(tmp_path):
                for i, (split, label) in enumerate([("train", "positive"), ("train", "negative"), ("test", "negative")])]
     root = layouts.write_layout("covidx-v3", tmp_path / "v3", records)
     cfg = _cfg(tmp_path, "covidx", root, kind="transfer", target="covidx", split_mode="paper", metadata_only=True)
-    study = data.prepare(cfg)
+    study = studydata.prepare(cfg)
     assert (len(study.train), len(study.valid), len(study.test)) == (15_952, 0, 400)
-    assert sources.SOURCES["covidx"].published_train_size == 15_952 == data.train_size(cfg)
+    assert sources.SOURCES["covidx"].published_train_size == 15_952 == studydata.train_size(cfg)
     train_txt = [line.split()[1] for line in (root / "train.txt").read_text().splitlines()]
     assert list(study.train["image_id"]) == [f"train/{f}" for f in train_txt]  # train.txt order
     other = layouts.write_layout("covidx", tmp_path / "other", records + [
         Record(9, 1, "PA", "", 0, {}, "valid", _image(9), "negative")])
     with pytest.raises(ValueError, match=r"other lists .*version 3.*split_mode official") as err:
-        data.prepare(_cfg(tmp_path, "covidx", other, kind="transfer", target="covidx", split_mode="paper"))
+        studydata.prepare(_cfg(tmp_path, "covidx", other, kind="transfer", target="covidx", split_mode="paper"))
     assert "val.txt 1" in str(err.value)
-    assert len(data.prepare(_cfg(tmp_path, "covidx", other, kind="transfer", target="covidx")).train) > 0
+    assert len(studydata.prepare(_cfg(tmp_path, "covidx", other, kind="transfer", target="covidx")).train) > 0
 
 
 def test_registry_records_the_authors_facts():
@@ -403,7 +404,7 @@ def test_paper_shots_follow_the_authors_order_and_never_touch_test(tmp_path, cap
     assert cli.main([*args[:-1], "4"]) == 0 and capsys.readouterr().out.split() != printed
     with pytest.raises(fewshot.FewShotError, match="training split only"):
         fewshot.sample_shots_paper(table, 1, 0, classes, "kshot_finder")
-    exact = data.prepare(_cfg(tmp_path, "cifar10", root, kind="transfer", target="cifar10", shots=2, seed=3))
+    exact = studydata.prepare(_cfg(tmp_path, "cifar10", root, kind="transfer", target="cifar10", shots=2, seed=3))
     assert sorted(exact.train["label"].value_counts().tolist()) == [2, 2, 2]
 
 
@@ -412,6 +413,6 @@ def test_train_size_equals_prepare_without_writing(padchest_root, tmp_path):
     for shots in (0, 1, 3):
         cfg = _cfg(out, "padchest-cl", padchest_root, kind="transfer", target="padchest-cl", label_mode="paper",
                    split_mode="paper", shots_mode="paper", shots=shots, seed=2)
-        size = data.train_size(cfg)
+        size = studydata.train_size(cfg)
         assert not out.exists()
-        assert size == len(data.prepare(cfg.replace(metadata_only=True, out_dir=str(tmp_path))).train)
+        assert size == len(studydata.prepare(cfg.replace(metadata_only=True, out_dir=str(tmp_path))).train)

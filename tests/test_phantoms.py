@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xrstudy import phantoms
-from xrstudy.phantoms import DRAWN_FINDINGS, PhantomStyle, draw_chest
+from xrstudy.data import phantoms
+from xrstudy.data.phantoms import DRAWN_FINDINGS, PhantomStyle, draw_chest
 
 CLEAN = PhantomStyle(noise=0.0)  # no noise: differences come from the finding alone
 

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from xrstudy import cli, cost, hyper, plan, runner, slurm, sweep
+from xrstudy import cli
+from xrstudy.training import cost, recipes
+from xrstudy.sweeps import plan, runner, slurm, sweepfile
 from xrstudy.config import RunConfig
-from xrstudy.sources import SOURCES
+from xrstudy.data.sources import SOURCES
 
 SWEEPS = Path(__file__).parent.parent / "sweeps"
 SEEDS = range(5)
@@ -43,7 +45,7 @@ REQUIRED = ("kind", "run_id", "name", "pretrained_model", "arch", "shots", "seed
 
 @pytest.fixture(scope="module")
 def rows():
-    cells = sweep.load_sweep(SWEEPS / "paper.yaml")
+    cells = sweepfile.load_sweep(SWEEPS / "paper.yaml")
     return plan.plan_cells(cells)
 
 
@@ -112,7 +114,7 @@ def test_input_statistics_follow_the_init(rows):
         # the authors' rule: their ImageNet models set no statistics, so the target's fine-tuning config
         # decides (PadChest-Cl: 0.5 / 0.5), else ImageNet's; every X-ray model 0.5 / 0.5
         imagenet = row["pretrained_model"] in IMAGENET and row["target"] != "padchest-cl"
-        expected = hyper.IMAGENET_STATS if imagenet else hyper.XRAY_STATS
+        expected = recipes.IMAGENET_STATS if imagenet else recipes.XRAY_STATS
         assert (tuple(row["mean"]), tuple(row["std"])) == expected, row["pretrained_model"]
 
 
@@ -143,22 +145,22 @@ def test_cost_of_the_largest_cell(rows):
 
 # ---- the plan is what runs --------------------------------------------------------------------
 def test_plan_and_run_agree_on_cells_and_run_ids(tmp_path):
-    cells = [c.replace(out_dir=str(tmp_path)) for c in sweep.load_sweep(SWEEPS / "paper.yaml")]
+    cells = [c.replace(out_dir=str(tmp_path)) for c in sweepfile.load_sweep(SWEEPS / "paper.yaml")]
     planned = runner.run(cells, dry_run=True, check_archs=False, executor="sweep_stub:execute").planned
     assert [r["run_id"] for r in plan.plan_cells(cells)] == planned == [c.run_id for c in cells]
 
 
-@pytest.mark.slow  # imports torch and fastai (xrstudy.train)
+@pytest.mark.slow  # imports torch and fastai (xrstudy.training.train)
 def test_plan_recipes_are_what_training_computes():
-    train = pytest.importorskip("xrstudy.train")
-    cells = sweep.load_sweep(SWEEPS / "paper.yaml") + sweep.load_sweep(SWEEPS / "extended.yaml")
+    train = pytest.importorskip("xrstudy.training.train")
+    cells = sweepfile.load_sweep(SWEEPS / "paper.yaml") + sweepfile.load_sweep(SWEEPS / "extended.yaml")
     seen = set()
     for cfg, row in zip(cells, plan.plan_cells(cells)):
         key = (cfg.kind, cfg.target, cfg.shots, cfg.arch, cfg.sampler, cfg.batch_size)
         if key in seen:
             continue
         seen.add(key)
-        recipe = hyper.recipe_for(cfg, row["train_size"], tuple(row["image_hw"]), pipeline=train.pipeline_of(cfg))
+        recipe = recipes.recipe_for(cfg, row["train_size"], tuple(row["image_hw"]), pipeline=train.pipeline_of(cfg))
         got = (row["steps"], tuple(row["boundaries"]), row["resize"], row["crop"], row["eval_resize"],
                row["mixup_alpha"], row["lr"], row["augment"], row["weight_decay"], row["flip"])  # fmt: skip
         assert got == (recipe.steps, recipe.boundaries, recipe.resize, recipe.crop, recipe.eval_size,
@@ -167,8 +169,9 @@ def test_plan_recipes_are_what_training_computes():
 
 def test_digits_are_never_mirrored_in_training(tmp_path):
     """Handwriting has a handedness: the digits target's recipe (plan and training) turns flips off."""
-    train = pytest.importorskip("xrstudy.train")
-    from xrstudy import data, demo
+    train = pytest.importorskip("xrstudy.training.train")
+    from xrstudy.data import studydata
+    from xrstudy import demo
 
     roots = demo.miniature_roots(tmp_path / "mini", "tiny")
     cells = [RunConfig(kind="transfer", target=target, shots=0, out_dir=str(tmp_path), image_size=24,
@@ -176,7 +179,7 @@ def test_digits_are_never_mirrored_in_training(tmp_path):
     flips = [row["flip"] for row in plan.plan_cells(cells)]
     assert flips == [False, True]
     for cfg, expected in zip(cells, flips):
-        recipe = train.recipe_of(cfg, data.prepare(cfg))
+        recipe = train.recipe_of(cfg, studydata.prepare(cfg))
         assert recipe.flip is expected and train.AUGMENTS[recipe.augment](recipe).flip is expected
 
 
@@ -200,20 +203,20 @@ def test_roots_that_exist_are_read_and_others_count_as_absent(tmp_path):
     spec = {"defaults": {"out_dir": str(tmp_path / "out")},
             "pretrain": [{"name": "chexpert", "sources": ["chexpert"], "batch_size": 1024}],
             "transfer": [{"target": "cifar10", "init": "pretrain:chexpert", "shots": 0}]}  # fmt: skip
-    cells = sweep.load_sweep(spec)
+    cells = sweepfile.load_sweep(spec)
     roots = {"chexpert": str(tmp_path / "chexpert"), "cifar10": str(tmp_path / "absent")}
     pre, transfer = plan.plan_cells(cells, roots=roots, metadata_only=True)
-    from xrstudy import data
+    from xrstudy.data import studydata
 
     cfg = cells[0].replace(roots=(f"chexpert={tmp_path / 'chexpert'}",), metadata_only=True, out_dir=str(tmp_path / "o"))
-    assert pre["train_size_from"] == "label files" and pre["train_size"] == len(data.prepare(cfg).train)
-    assert pre["steps"] == hyper.recipe_for(cells[0], pre["train_size"], (224, 224)).steps
+    assert pre["train_size_from"] == "label files" and pre["train_size"] == len(studydata.prepare(cfg).train)
+    assert pre["steps"] == recipes.recipe_for(cells[0], pre["train_size"], (224, 224)).steps
     assert transfer["train_size_from"] == "published (registry)" and transfer["train_size"] == 50_000
     assert not (tmp_path / "out").exists(), "the plan writes nothing into the store"
 
 
 def test_few_shot_sizes_from_class_counts(tmp_path):
-    cells = sweep.load_sweep({"transfer": [{"target": "cifar100", "grid": {"shots": [1, 500, 0]}},
+    cells = sweepfile.load_sweep({"transfer": [{"target": "cifar100", "grid": {"shots": [1, 500, 0]}},
                                            {"target": "pets", "shots": 100}]})  # fmt: skip
     sizes = [r["train_size"] for r in plan.plan_cells(cells)]
     assert sizes == [100, 50_000, 50_000, 3_680], "k x classes, capped by the full set"
@@ -225,7 +228,7 @@ def test_a_target_seen_in_pretraining_is_flagged(capsys):
             "transfer": [{"target": "padchest-cl", "init": "pretrain:chexpert_mimic_nih_padchest"},
                          {"target": "padchest-cl", "init": "paper", "init_label": "chexpert_mimic_nih_padchest"},
                          {"target": "covidx", "init": "pretrain:chexpert_mimic_nih_padchest"}]}  # fmt: skip
-    rows = plan.plan_cells(sweep.load_sweep(spec))
+    rows = plan.plan_cells(sweepfile.load_sweep(spec))
     assert [r["leak"] for r in rows] == [None, True, True, True]  # COVIDx holds NIH's RSNA images
     assert "padchest-cl holds images of padchest, which the pre-training of its init read" in rows[1]["warnings"][0]
     assert "covidx holds images of nih" in rows[3]["warnings"][0]
@@ -241,9 +244,9 @@ def test_torch_free_statistics_agree_with_timm():
 
 
 def test_torch_free_statistics_agree_with_models_input_stats():
-    models = pytest.importorskip("xrstudy.models")
+    models = pytest.importorskip("xrstudy.training.models")
     if not hasattr(models, "input_stats"):
-        pytest.skip("xrstudy.models.input_stats has not landed on this branch")
+        pytest.skip("xrstudy.training.models.input_stats has not landed on this branch")
     for init, label in (("paper", "imagenet21k"), ("paper", "chexpert"), ("scratch", ""), ("timm", "")):
         arch = "resnetv2_50x1_bit.goog_in21k" if init == "timm" else "resnetv2_50x1_bit"
         cfg = RunConfig(target="pets", init=init, init_label=label, arch=arch)
@@ -273,8 +276,8 @@ def test_registry_facts_of_the_pretraining_sources():
 # ---- the other sweep files --------------------------------------------------------------------
 def test_paper_transfer_sweep_is_paper_yaml_from_released_checkpoints():
     paper = {(r["target"], r["pretrained_model"], r["shots"], r["seed"]): r for r in
-             plan.plan_cells(sweep.load_sweep(SWEEPS / "paper.yaml")) if r["kind"] == "transfer"}  # fmt: skip
-    released = plan.plan_cells(sweep.load_sweep(SWEEPS / "paper-transfer.yaml"))
+             plan.plan_cells(sweepfile.load_sweep(SWEEPS / "paper.yaml")) if r["kind"] == "transfer"}  # fmt: skip
+    released = plan.plan_cells(sweepfile.load_sweep(SWEEPS / "paper-transfer.yaml"))
     assert len(released) == 1310 and all(r["init"] == "paper" for r in released)
     for row in released:
         twin = paper[(row["target"], row["pretrained_model"], row["shots"], row["seed"])]
@@ -285,8 +288,8 @@ def test_paper_transfer_sweep_is_paper_yaml_from_released_checkpoints():
 
 
 def test_extended_sweep_resolves_and_holds_no_paper_transfer():
-    extended = plan.plan_cells(sweep.load_sweep(SWEEPS / "extended.yaml"))
-    paper_ids = {c.run_id for c in sweep.load_sweep(SWEEPS / "paper.yaml")}
+    extended = plan.plan_cells(sweepfile.load_sweep(SWEEPS / "extended.yaml"))
+    paper_ids = {c.run_id for c in sweepfile.load_sweep(SWEEPS / "paper.yaml")}
     assert all(r["steps"] is not None for r in extended)
     # the only possible leak: COVIDx (RSNA images from NIH ChestX-ray14) from NIH-containing inits
     assert all(r["target"] == "covidx" and "nih" in r["pretrained_model"] for r in extended if r["leak"])
@@ -295,7 +298,7 @@ def test_extended_sweep_resolves_and_holds_no_paper_transfer():
 
 
 def test_submit_sizes_come_from_the_plan(tmp_path):
-    cells = [c.replace(out_dir=str(tmp_path)) for c in sweep.load_sweep(SWEEPS / "paper.yaml")]
+    cells = [c.replace(out_dir=str(tmp_path)) for c in sweepfile.load_sweep(SWEEPS / "paper.yaml")]
     info = slurm.submit(cells, folder=tmp_path / "slurm", dry_run=True, time_limit="24:00:00")
     assert sum(j["cells"] for j in info["jobs"].values()) == 1456
     transfer = [j for name, j in info["jobs"].items() if name.startswith("transfer")]
@@ -331,7 +334,7 @@ def test_micro_batch_divides_the_per_device_batch():
 
 def test_sweep_run_on_gpus_sets_the_planned_micro_batch():
     """`sweep run --gpus` gives each cell one GPU: the plan's micro-batch for one GPU, run ids unchanged."""
-    cells = [c for c in sweep.load_sweep(SWEEPS / "paper.yaml") if c.kind == "pretrain"]
+    cells = [c for c in sweepfile.load_sweep(SWEEPS / "paper.yaml") if c.kind == "pretrain"]
     sized = runner.with_micro_batches(cells)
     rows = {r["run_id"]: r for r in plan.plan_cells(cells, use_roots=False)}
     assert [c.run_id for c in sized] == [c.run_id for c in cells]

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xrstudy import cli, data, labels, merge, splits
+from xrstudy import cli
+from xrstudy.data import studydata, labels, merge, splits
 from xrstudy.config import RunConfig
 
 txv = pytest.importorskip("torchxrayvision")
@@ -56,7 +57,7 @@ def inspected(roots):
     def get(name, views=(), uncertain="ignore"):
         key = (name, tuple(views), uncertain)
         if key not in cache:
-            cache[key] = data.inspect_source(name, roots[name], views, uncertain, metadata_only=True)
+            cache[key] = studydata.inspect_source(name, roots[name], views, uncertain, metadata_only=True)
         return cache[key]
 
     return get
@@ -114,7 +115,7 @@ def test_padchest_counts(inspected, raw):
 
 
 def test_padchest_cl_is_the_single_term_images(roots, raw):
-    table = data.read_labelled("padchest-cl", roots["padchest"], metadata_only=True)[0]
+    table = studydata.read_labelled("padchest-cl", roots["padchest"], metadata_only=True)[0]
     term_lists = raw["padchest"]["Labels"].dropna().map(lambda s: [t.strip() for t in ast.literal_eval(s) if t.strip()])
     single = term_lists[term_lists.map(len) == 1].map(lambda t: t[0])
     single = single[~single.isin(["unchanged", "suboptimal study", "exclude"])]
@@ -132,8 +133,8 @@ def test_intersections_give_the_papers_seven_classes(inspected):
 
 
 def test_merge_of_the_three_files(roots):
-    table = data.merge_entries([f"{n}={r}" for n, r in roots.items()], views=("PA", "AP"), metadata_only=True)
-    summary = data.merge_summary(table)
+    table = studydata.merge_entries([f"{n}={r}" for n, r in roots.items()], views=("PA", "AP"), metadata_only=True)
+    summary = studydata.merge_summary(table)
     assert summary["labels"] == sorted(merge.merged_findings([table]))
     assert len(summary["labels"]) == 7 and summary["images"] == sum(summary["per_source"].values())
     assert summary["per_source"]["nih"] == 112120
@@ -149,7 +150,7 @@ def test_patient_splits_of_real_files_do_not_leak_and_are_byte_identical(roots, 
     assert shas[0] == shas[1] and len(shas[0]) == 64
     assert (tmp_path / "split0.csv").read_bytes() == (tmp_path / "split1.csv").read_bytes()
     split = pd.read_csv(tmp_path / "split0.csv", dtype=str)
-    table = data.read_labelled(name, roots[name], metadata_only=True)[0]
+    table = studydata.read_labelled(name, roots[name], metadata_only=True)[0]
     joined = table[["image_id", "patient_id"]].merge(split, on="image_id")
     assert len(joined) == len(table)
     assert splits.patient_overlap(joined)["patients"] == 0
@@ -162,7 +163,7 @@ def test_paper_split_of_padchest_leaks_patients(roots, tmp_path, capsys):
               "--out", str(out)])
     capsys.readouterr()
     split = pd.read_csv(out, dtype=str)
-    table = data.read_labelled("padchest", roots["padchest"], metadata_only=True)[0]
+    table = studydata.read_labelled("padchest", roots["padchest"], metadata_only=True)[0]
     leak = splits.patient_overlap(table[["image_id", "patient_id"]].merge(split, on="image_id"))
     assert leak["patients"] > 1000  # the paper's image-level split puts thousands of patients on both sides
 
@@ -249,15 +250,15 @@ def test_padchest_cl_paper_shots_are_deterministic_and_from_train(roots, tmp_pat
     cfg = RunConfig(kind="transfer", target="padchest-cl", roots=(f"padchest-cl={roots['padchest']}",),
                     metadata_only=True, label_mode="paper", split_mode="paper", shots_mode="paper", shots=5, seed=1,
                     out_dir=str(tmp_path))
-    study = data.prepare(cfg)
+    study = studydata.prepare(cfg)
     assert list(study.shots_ids) == first and len(first) == 26 * 5  # Consolidation has no image: fewer, no error
     assert not set(first) & set(study.test["image_id"])
-    assert data.train_size(cfg) == 130 and data.train_size(cfg.replace(shots=0)) == 37_387
+    assert studydata.train_size(cfg) == 130 and studydata.train_size(cfg.replace(shots=0)) == 37_387
 
 
 def test_nih_reads_the_same_in_paper_mode(roots, raw):
     """nih.py marks a finding by `str.contains(name)` over `Finding Labels`: the same as xrstudy's terms."""
-    paper = data.read_labelled("nih", roots["nih"], label_mode="paper", metadata_only=True)[1]
+    paper = studydata.read_labelled("nih", roots["nih"], label_mode="paper", metadata_only=True)[1]
     nih = raw["nih"]
     for finding in labels.NIH_FINDINGS:
         expected = nih["Finding Labels"].str.contains(finding).to_numpy(dtype=np.float32)
@@ -270,9 +271,9 @@ def test_chexpert_as_the_authors_read_it(roots, raw, tmp_path):
     frontal = chexpert[view.isin(["PA", "AP"])]
     cfg = RunConfig(kind="pretrain", sources=("chexpert",), roots=(f"chexpert={roots['chexpert']}",),
                     metadata_only=True, label_mode="paper", split_mode="paper", out_dir=str(tmp_path))
-    assert data.train_size(cfg) == len(frontal) == 191_010  # rows without a known label are kept, as theirs
-    assert data.train_size(cfg.replace(views=("PA", "AP", "AP_SUPINE", "LATERAL", "COSTAL"))) == 223_397
-    table = data.read_labelled("chexpert", roots["chexpert"], views=("PA", "AP"), label_mode="paper",
+    assert studydata.train_size(cfg) == len(frontal) == 191_010  # rows without a known label are kept, as theirs
+    assert studydata.train_size(cfg.replace(views=("PA", "AP", "AP_SUPINE", "LATERAL", "COSTAL"))) == 223_397
+    table = studydata.read_labelled("chexpert", roots["chexpert"], views=("PA", "AP"), label_mode="paper",
                                metadata_only=True)[1]
     healthy = (frontal["No Finding"] == 1).to_numpy()
     for column in labels.CHEXPERT_FINDINGS:
@@ -303,7 +304,7 @@ def test_error_lines_of_the_real_padchest_file_count_its_multiline_values():
     """5,214 PadChest rows have a LocalizationsCUIS value over two lines: row + 2 is the wrong line."""
     import gzip
 
-    from xrstudy import sources
+    from xrstudy.data import sources
 
     path = DATA / FILES["padchest"][0]
     with gzip.open(path, "rt", newline="") as handle:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from xrstudy import legacy, results
+from xrstudy.results import legacy, store
 from xrstudy.config import RunConfig
 
 LEGACY = Path(__file__).parent / "data" / "legacy"
@@ -24,33 +24,33 @@ def _cfg(**changes) -> RunConfig:
 def _result(cfg: RunConfig, status: str = "ok", per_class: dict | None = None, ci: dict | None = None,
             **metrics) -> dict:
     extra = {k: v for k, v in (("per_class", per_class), ("ci", ci)) if v is not None}
-    return results.new_result(cfg, metrics or {"test/acc": 0.9, "test/auc": 0.8}, status=status, **extra)
+    return store.new_result(cfg, metrics or {"test/acc": 0.9, "test/auc": 0.8}, status=status, **extra)
 
 
 def test_save_load_round_trip(tmp_path):
     cfg = _cfg()
-    path = results.save(_result(cfg), tmp_path)
+    path = store.save(_result(cfg), tmp_path)
     assert path == tmp_path / f"{cfg.run_id}.json"
-    loaded = results.load(path)
+    loaded = store.load(path)
     assert loaded["metrics"] == {"test/acc": 0.9, "test/auc": 0.8}
-    assert loaded["schema"] == results.SCHEMA and loaded["digest"].startswith("sha256:")
-    assert results.is_done(cfg, tmp_path)
-    assert not results.is_done(_cfg(seed=2), tmp_path)
+    assert loaded["schema"] == store.SCHEMA and loaded["digest"].startswith("sha256:")
+    assert store.is_done(cfg, tmp_path)
+    assert not store.is_done(_cfg(seed=2), tmp_path)
     assert not list(tmp_path.glob(".*.tmp")), "no temp files left behind"
 
 
 def test_validate_lists_every_problem():
-    with pytest.raises(results.ResultError) as err:
-        results.validate({"schema": "other/9", "run_id": "a/b", "status": "maybe", "metrics": {"acc": "x"}})
+    with pytest.raises(store.ResultError) as err:
+        store.validate({"schema": "other/9", "run_id": "a/b", "status": "maybe", "metrics": {"acc": "x"}})
     message = str(err.value)
     for piece in ("config", "other/9", "maybe", "safe file name", "'acc'"):
         assert piece in message
 
 
 def test_nan_metric_is_stored_as_null(tmp_path):
-    path = results.save(_result(_cfg(), **{"test/auc": float("nan"), "test/acc": 0.5}), tmp_path)
+    path = store.save(_result(_cfg(), **{"test/auc": float("nan"), "test/acc": 0.5}), tmp_path)
     assert json.loads(path.read_text())["metrics"]["test/auc"] is None
-    frame = results.table(tmp_path)
+    frame = store.table(tmp_path)
     assert frame.set_index("metric").loc["test/auc", "value"] != frame.set_index("metric").loc["test/auc", "value"]
 
 
@@ -64,27 +64,27 @@ def test_nan_metric_is_stored_as_null(tmp_path):
 )
 def test_damaged_files_are_detected_and_left_out(tmp_path, damage, reason):
     cfg = _cfg()
-    path = results.save(_result(cfg), tmp_path)
+    path = store.save(_result(cfg), tmp_path)
     path.write_text(damage(path.read_text()))
-    with pytest.raises(results.ResultError, match=reason):
-        results.load(path)
-    assert not results.is_done(cfg, tmp_path)
+    with pytest.raises(store.ResultError, match=reason):
+        store.load(path)
+    assert not store.is_done(cfg, tmp_path)
     with pytest.warns(UserWarning, match="left out"):
-        assert results.table(tmp_path).empty
+        assert store.table(tmp_path).empty
 
 
 def test_failed_never_replaces_ok(tmp_path):
     cfg = _cfg()
-    results.save(_result(cfg), tmp_path)
-    results.save(_result(cfg, status="failed", **{"test/acc": 0.1}), tmp_path)
-    assert results.load(tmp_path / f"{cfg.run_id}.json")["status"] == "ok"
+    store.save(_result(cfg), tmp_path)
+    store.save(_result(cfg, status="failed", **{"test/acc": 0.1}), tmp_path)
+    assert store.load(tmp_path / f"{cfg.run_id}.json")["status"] == "ok"
 
 
 def _writer(args):
     results_dir, seed, repeat = args
     cfg = _cfg(seed=seed)
     for i in range(repeat):
-        results.save(_result(cfg, **{"test/acc": i / repeat}), results_dir)
+        store.save(_result(cfg, **{"test/acc": i / repeat}), results_dir)
     return cfg.run_id
 
 
@@ -96,21 +96,21 @@ def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
     files = sorted(tmp_path.glob("*.json"))
     assert {f.stem for f in files} == run_ids and len(files) == 4
     for f in files:
-        results.load(f)
+        store.load(f)
     assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_table_resolves_pretrain_inits(tmp_path):
     # Sources listed in any order still name the model as the paper does (chexpert_mimic).
     pre = RunConfig(kind="pretrain", sources=("mimic", "chexpert"), arch="resnetv2_152x4_bit", data_fraction=0.5)
-    results.save(results.new_result(pre, {"valid/auc": 0.7}), tmp_path)
+    store.save(store.new_result(pre, {"valid/auc": 0.7}), tmp_path)
     transfer = _cfg(init=f"run:{pre.run_id}", arch="resnetv2_152x4_bit", target="padchest-cl", shots=0)
-    results.save(results.new_result(transfer, {"test/auc": 0.83}, last_step=500), tmp_path)
+    store.save(store.new_result(transfer, {"test/auc": 0.83}, last_step=500), tmp_path)
     timm = _cfg(init="timm", arch="resnetv2_50x1_bit.goog_in21k")
-    results.save(results.new_result(timm, {"test/acc": 0.9}), tmp_path)
+    store.save(store.new_result(timm, {"test/acc": 0.9}), tmp_path)
 
-    frame = results.table(tmp_path)
-    assert list(frame.columns) == list(results.TABLE_COLUMNS)
+    frame = store.table(tmp_path)
+    assert list(frame.columns) == list(store.TABLE_COLUMNS)
     row = frame[frame.run_id == transfer.run_id].iloc[0]
     assert (row.init_label, row.pretrained_model, row.shot, row.shots) == (
         "chexpert_mimic", "chexpert_mimic_bit152x4", "full_shot", 0,
@@ -126,7 +126,7 @@ def test_import_legacy_drops_duplicates_and_keeps_values(tmp_path):
     written = legacy.import_legacy(LEGACY, tmp_path)
     # 2 targets x 5 models x 3 shots x 3 seeds runs; padchest has auc + ap in one result.
     assert len(written) == 90
-    frame = results.table(tmp_path)
+    frame = store.table(tmp_path)
     assert len(frame) == len(raw.drop_duplicates())
     assert set(frame.origin) == {"paper"}
     full = frame[(frame.target == "cifar10") & (frame.shot == "full_shot") & (frame.metric == "test/acc")]
@@ -140,32 +140,32 @@ def test_import_legacy_drops_duplicates_and_keeps_values(tmp_path):
 
 def test_legacy_bad_columns_are_named(tmp_path):
     (tmp_path / "finetuning_results_x_acc.csv").write_text("value,metric\n1,test/acc\n")
-    with pytest.raises(results.ResultError, match="missing columns"):
+    with pytest.raises(store.ResultError, match="missing columns"):
         legacy.read_legacy(tmp_path)
 
 
 def test_cli_table_and_import(tmp_path, capsys):
     from xrstudy import cli
 
-    store = tmp_path / "results"
-    assert cli.main(["results", "import-legacy", str(LEGACY), "--results", str(store)]) == 0
+    store_dir = tmp_path / "results"
+    assert cli.main(["results", "import-legacy", str(LEGACY), "--results", str(store_dir)]) == 0
     out = tmp_path / "t.csv"
-    assert cli.main(["results", "table", "--results", str(store), "--out", str(out)]) == 0
+    assert cli.main(["results", "table", "--results", str(store_dir), "--out", str(out)]) == 0
     assert len(pd.read_csv(out)) == 3 * 45  # three files, 5 models x 3 shots x 3 seeds each
 
 
 def test_table_files_are_written_atomically_in_each_format(tmp_path):
-    """One writer (xrstudy.io.atomic_write_table) for every table: CSV (compressed as its name says),
+    """One writer (xrstudy.fileio.atomic_write_table) for every table: CSV (compressed as its name says),
     Parquet; no temporary file left beside it; an unknown format is refused before anything is written."""
     frame = pd.DataFrame({"target": ["a", "b"], "value": [0.5, 0.25]})
     for name in ("t.csv", "t.csv.gz", "t.csv.zip", "t.parquet"):
-        out = results.write_table(frame, tmp_path / name)
+        out = store.write_table(frame, tmp_path / name)
         back = pd.read_parquet(out) if name.endswith(".parquet") else pd.read_csv(out)
         pd.testing.assert_frame_equal(back, frame)
     assert (tmp_path / "t.csv.gz").read_bytes()[:2] == b"\x1f\x8b"  # gzip, as pandas infers from the name
     assert not list(tmp_path.glob(".*.tmp"))
-    with pytest.raises(results.ResultError, match="unknown table format 'xlsx'"):
-        results.write_table(frame, tmp_path / "t.xlsx", "xlsx")
+    with pytest.raises(store.ResultError, match="unknown table format 'xlsx'"):
+        store.write_table(frame, tmp_path / "t.xlsx", "xlsx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.csv.gz", "t.csv.zip", "t.parquet"]
 
 
@@ -175,7 +175,7 @@ PUBLISHED = Path(__file__).parent / "data" / "legacy-published"  # real rows of 
 
 def test_import_legacy_records_the_papers_cell_in_xrstudy_names(tmp_path):
     legacy.import_legacy(LEGACY, tmp_path)
-    found = results.scan(tmp_path).results
+    found = store.scan(tmp_path).results
     padchest = [r for r in found if r["legacy"]["dataset"] == "padchest"]
     assert padchest and all(r["config"]["target"] == "padchest-cl" for r in padchest)
     one = next(r for r in padchest if r["legacy"]["pretrained_model"] == "chexpert_bit50x1"
@@ -185,7 +185,7 @@ def test_import_legacy_records_the_papers_cell_in_xrstudy_names(tmp_path):
         "transfer", "paper", "chexpert", "resnetv2_50x1_bit", 10)
     assert one["last_step"] == 500 and one["origin"] == "paper" and set(one["metrics"]) == {"test/auc", "test/ap"}
     # Paper runs never take a new run's id: the same cell run by xrstudy is still to do.
-    assert one["run_id"].startswith("paper-") and not results.is_done(RunConfig.from_dict(config), tmp_path)
+    assert one["run_id"].startswith("paper-") and not store.is_done(RunConfig.from_dict(config), tmp_path)
 
 
 def test_published_csvs_import_with_every_row_accounted_for(tmp_path, capsys):
@@ -196,11 +196,11 @@ def test_published_csvs_import_with_every_row_accounted_for(tmp_path, capsys):
     raw = pd.concat([pd.read_csv(p) for p in PUBLISHED.glob("*.csv")])
     assert f"{len(raw)} rows from 13 files ({len(raw.drop_duplicates())} distinct" in printed
     assert "all stored" in printed
-    found = results.scan(tmp_path).results
+    found = store.scan(tmp_path).results
     stored_lines = sum(len(lines) for r in found for lines in r["legacy"]["rows"].values())
     assert stored_lines == len(raw)
 
-    frame = results.table(tmp_path)
+    frame = store.table(tmp_path)
     assert set(frame.target) == {"padchest-cl", "covidx", "tuberculosis", "flowers102", "cifar10"}
     assert set(frame.metric) == {"test/acc", "test/auc", "test/ap"}  # per-class files are not headline metrics
     # The paper's PadChest-Cl numbers (mean AUC x 100 over 5 seeds): full shot and 10-shot.
@@ -230,12 +230,12 @@ def test_paper_rows_and_new_runs_line_up_in_one_table(tmp_path):
         _cfg(target="padchest-cl", shots=0, seed=0, init=f"run:{pre.run_id}", arch="resnetv2_50x1_bit"),
         _cfg(target="covidx", shots=0, seed=0, init="paper", init_label="imagenet21k", arch="resnetv2_152x4_bit"),
     ]
-    assert not any(results.is_done(cfg, tmp_path) for cfg in new)
-    results.save(results.new_result(pre, {"valid/auc": 0.7}), tmp_path)
+    assert not any(store.is_done(cfg, tmp_path) for cfg in new)
+    store.save(store.new_result(pre, {"valid/auc": 0.7}), tmp_path)
     for cfg in new:  # the sample holds COVIDx acc and AUC only
         metrics = {"test/auc": 0.8, "test/acc": 0.7, **({"test/ap": 0.6} if cfg.target == "padchest-cl" else {})}
-        results.save(results.new_result(cfg, metrics), tmp_path)
-    frame = results.table(tmp_path)
+        store.save(store.new_result(cfg, metrics), tmp_path)
+    frame = store.table(tmp_path)
     key = ["target", "metric", "pretrained_model", "shot"]
     ours = frame[(frame.origin == "xrstudy") & (frame.kind == "transfer")]
     paper = frame[frame.origin == "paper"]
@@ -243,8 +243,8 @@ def test_paper_rows_and_new_runs_line_up_in_one_table(tmp_path):
     assert set(map(tuple, joined[key].values)) == set(map(tuple, ours[key].values))  # every new row has paper rows
     assert set(ours.pretrained_model) == {"chexpert_mimic_nih_bit152x4", "imagenet21k_bit152x4", "chexpert_bit50x1"}
     bitm = _cfg(target="padchest-cl", shots=0, init="timm", arch="resnetv2_152x4_bit.goog_in21k")  # not theirs
-    results.save(results.new_result(bitm, {"test/auc": 0.8}), tmp_path)
-    assert set(results.table(tmp_path).query("run_id == @bitm.run_id").pretrained_model) == {
+    store.save(store.new_result(bitm, {"test/auc": 0.8}), tmp_path)
+    assert set(store.table(tmp_path).query("run_id == @bitm.run_id").pretrained_model) == {
         "google_imagenet21k_bit152x4"}
 
 
@@ -262,7 +262,7 @@ def test_legacy_row_that_cannot_be_stored_is_an_error_naming_file_and_line(tmp_p
     header = "metric_value,metric,path,seed,shot,pretrained_model,dataset,last_step\n"
     good = "0.4,test/acc,p,0,1_shot,chexpert_bit50x1,cifar10,500\n"
     (source / "finetuning_results_cifar10_test_acc.csv").write_text(header + good + good + line + "\n")
-    with pytest.raises(results.ResultError) as err:
+    with pytest.raises(store.ResultError) as err:
         legacy.import_legacy(source, tmp_path / "store")
     assert "finetuning_results_cifar10_test_acc.csv:4" in str(err.value) and problem in str(err.value)
     assert not (tmp_path / "store").exists(), "nothing written"
@@ -273,7 +273,7 @@ def test_legacy_run_metric_with_two_values_names_both_lines(tmp_path):
     (tmp_path / "finetuning_results_padchest_test_mean_auc.csv").write_text(
         header + "0.7,test/mean_auc,p,0,full_shot,chexpert_bit50x1,padchest,500\n"
         "0.8,test/mean_auc,p,0,full_shot,chexpert_bit50x1,padchest,500\n")
-    with pytest.raises(results.ResultError, match=r"test/auc has 2 values \(finetuning_results_padchest_test_mean_auc"
+    with pytest.raises(store.ResultError, match=r"test/auc has 2 values \(finetuning_results_padchest_test_mean_auc"
                                                   r"\.csv:2, finetuning_results_padchest_test_mean_auc\.csv:3\)"):
         legacy.legacy_results(legacy.read_legacy(tmp_path))
 
@@ -300,7 +300,7 @@ def test_special_files_in_the_store_are_reported_not_waited_on(tmp_path):
     import sys
 
     cfg = _cfg()
-    results.save(_result(cfg), tmp_path)
+    store.save(_result(cfg), tmp_path)
     os.mkfifo(tmp_path / "transfer-fifo.json")
     (tmp_path / "folder.json").mkdir()
     done = subprocess.run([sys.executable, "-m", "xrstudy.cli", "results", "table", "--results", str(tmp_path)],
@@ -308,13 +308,13 @@ def test_special_files_in_the_store_are_reported_not_waited_on(tmp_path):
     assert done.returncode == 0 and cfg.run_id in done.stdout
     assert "transfer-fifo.json: a FIFO (named pipe), not a result file" in done.stderr
     assert "folder.json: a directory, not a result file" in done.stderr
-    with pytest.raises(results.ResultError, match="a FIFO"):
-        results.load(tmp_path / "transfer-fifo.json")
-    assert not results.is_done(cfg.replace(seed=9), tmp_path)
-    legacy_dir = tmp_path / "legacy"  # the same rule for the paper's CSVs (xrstudy.io.read_regular_file)
+    with pytest.raises(store.ResultError, match="a FIFO"):
+        store.load(tmp_path / "transfer-fifo.json")
+    assert not store.is_done(cfg.replace(seed=9), tmp_path)
+    legacy_dir = tmp_path / "legacy"  # the same rule for the paper's CSVs (xrstudy.fileio.read_regular_file)
     legacy_dir.mkdir()
     os.mkfifo(legacy_dir / "finetuning_results_x_acc.csv")
-    with pytest.raises(results.ResultError, match=r"finetuning_results_x_acc\.csv: a FIFO \(named pipe\), not a legacy"):
+    with pytest.raises(store.ResultError, match=r"finetuning_results_x_acc\.csv: a FIFO \(named pipe\), not a legacy"):
         legacy.read_legacy(legacy_dir)
 
 
@@ -329,14 +329,14 @@ def test_special_files_in_the_store_are_reported_not_waited_on(tmp_path):
 def test_result_with_matching_digest_but_wrong_types_is_left_out(tmp_path, field, value, reason):
     """Issue 13: a well-formed, digest-matching file with wrong types used to crash `results table`."""
     good = _cfg(seed=1)
-    results.save(_result(good), tmp_path)
-    bad = results.load(results.save(_result(_cfg(seed=2), per_class={"auc": {"a": 0.5}}, ci={}), tmp_path))
+    store.save(_result(good), tmp_path)
+    bad = store.load(store.save(_result(_cfg(seed=2), per_class={"auc": {"a": 0.5}}, ci={}), tmp_path))
     section, key = field
     bad.setdefault(section, {})[key] = value
-    bad["digest"] = results._digest(bad)  # a digest that matches: only the types are wrong
+    bad["digest"] = store._digest(bad)  # a digest that matches: only the types are wrong
     (tmp_path / f"{bad['run_id']}.json").write_text(json.dumps(bad))
-    with pytest.raises(results.ResultError, match=re.escape(reason)):
-        results.load(tmp_path / f"{bad['run_id']}.json")
+    with pytest.raises(store.ResultError, match=re.escape(reason)):
+        store.load(tmp_path / f"{bad['run_id']}.json")
     with pytest.warns(UserWarning, match=re.escape(reason)):
-        frame = results.table(tmp_path)
+        frame = store.table(tmp_path)
     assert set(frame.run_id) == {good.run_id}

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xrstudy import scaling
+from xrstudy.results import scaling
 
 
 def test_recovers_known_parameters_without_noise():

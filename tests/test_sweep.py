@@ -18,10 +18,11 @@ import nbformat
 import pytest
 import yaml
 
-from xrstudy import preflight, results, runner, slurm, sweep
-from xrstudy.celllock import CellLock
+from xrstudy.sweeps import preflight, runner, slurm, sweepfile
+from xrstudy.results import store
+from xrstudy.sweeps.celllock import CellLock
 from xrstudy.config import FIELD_NAMES, RunConfig
-from xrstudy.worker import Outcome, failure_cause, is_dead_kernel, lock_path
+from xrstudy.sweeps.worker import Outcome, failure_cause, is_dead_kernel, lock_path
 
 TESTS = Path(__file__).parent
 STUB = "sweep_stub:execute"
@@ -62,7 +63,7 @@ def _stub_notebook(path: Path, body: str) -> None:
 
 def _stub_notebooks(folder: Path, body: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    for name in sweep.NOTEBOOKS.values():
+    for name in sweepfile.NOTEBOOKS.values():
         _stub_notebook(folder / name, body)
     return folder
 
@@ -94,7 +95,7 @@ def _pids(log: Path) -> set[str]:
 
 # ---- expansion --------------------------------------------------------------------------------
 def test_expansion_and_pretrain_resolution(tmp_path):
-    cells = sweep.load_sweep(_sweep(tmp_path))
+    cells = sweepfile.load_sweep(_sweep(tmp_path))
     kinds = [c.kind for c in cells]
     assert kinds == ["pretrain"] * 3 + ["transfer"] * 9
     pre = {(c.name, c.arch): c for c in cells if c.kind == "pretrain"}
@@ -104,7 +105,7 @@ def test_expansion_and_pretrain_resolution(tmp_path):
     assert cells[-1].init == "timm" and cells[-1].init_label == "imagenet21k"
     # list-valued fields stay lists (not expanded)
     assert cells[2].sources == ("chexpert", "mimic") and cells[0].roots == ("chexpert=/data/c", "cifar10=/data/x")
-    deps = sweep.dependencies(cells)
+    deps = sweepfile.dependencies(cells)
     assert deps[cells[3].run_id] == {pre[("chexpert", cells[3].arch)].run_id} and deps[cells[-1].run_id] == set()
 
 
@@ -113,7 +114,7 @@ def test_yaml_file_and_duplicates(tmp_path):
     spec["transfer"].append(spec["transfer"][1])  # same cell twice → one
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(spec))
-    assert len(sweep.load_sweep(path)) == 12
+    assert len(sweepfile.load_sweep(path)) == 12
 
 
 @pytest.mark.parametrize(
@@ -133,19 +134,19 @@ def test_bad_sweep_files_name_file_and_key(tmp_path, change, message):
     change(spec)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(spec))
-    with pytest.raises(sweep.SweepError) as err:
-        sweep.load_sweep(path)
+    with pytest.raises(sweepfile.SweepError) as err:
+        sweepfile.load_sweep(path)
     assert str(path) in str(err.value) and message in str(err.value)
 
 
 def test_only_includes_dependencies(tmp_path):
-    cells = sweep.load_sweep(_sweep(tmp_path))
-    chosen = sweep.select(cells, "t-chexpert")
+    cells = sweepfile.load_sweep(_sweep(tmp_path))
+    chosen = sweepfile.select(cells, "t-chexpert")
     assert sum(c.kind == "pretrain" for c in chosen) == 2 and len(chosen) == 10
 
 
 def test_paper_sweep_expands():
-    cells = sweep.load_sweep(TESTS.parent / "sweeps" / "paper.yaml")
+    cells = sweepfile.load_sweep(TESTS.parent / "sweeps" / "paper.yaml")
     pre = [c for c in cells if c.kind == "pretrain"]
     assert {c.name for c in pre} == {"chexpert", "mimic", "nih", "padchest", "chexpert_mimic",
                                      "chexpert_mimic_nih", "chexpert_mimic_nih_padchest"}  # fmt: skip
@@ -158,27 +159,27 @@ def test_a_pretrain_reference_never_loads_another_size():
     """`init: pretrain:mimic` at R50x1 when mimic is pre-trained at R152x4 only: an error, not the big checkpoint."""
     spec = {"pretrain": [{"name": "mimic", "sources": ["mimic"], "arch": "resnetv2_152x4_bit"}],
             "transfer": [{"target": "covidx", "init": "pretrain:mimic", "arch": "resnetv2_50x1_bit"}]}  # fmt: skip
-    with pytest.raises(sweep.SweepError, match=r"matches 0 pretrain cells for arch 'resnetv2_50x1_bit'.*152x4"):
-        sweep.load_sweep(spec)
+    with pytest.raises(sweepfile.SweepError, match=r"matches 0 pretrain cells for arch 'resnetv2_50x1_bit'.*152x4"):
+        sweepfile.load_sweep(spec)
 
 
 def test_dependency_graph_orders_parents_first(tmp_path):
-    cells = sweep.load_sweep(_sweep(tmp_path))
-    order = list(sweep.graph(reversed(cells)).static_order())
+    cells = sweepfile.load_sweep(_sweep(tmp_path))
+    order = list(sweepfile.graph(reversed(cells)).static_order())
     for cell in cells:
-        for parent in sweep.dependencies(cells)[cell.run_id]:
+        for parent in sweepfile.dependencies(cells)[cell.run_id]:
             assert order.index(parent) < order.index(cell.run_id)
 
 
 # ---- execution with the stub executor --------------------------------------------------------
 @pytest.mark.parametrize("mode_kwargs", MODES, indirect=True)
 def test_run_order_skip_and_summary(tmp_path, stub_env, mode_kwargs):
-    cells = sweep.load_sweep(_sweep(tmp_path))[:5]  # 3 pretrain + 2 transfer that need them
-    summary = sweep.run(cells, workers=2, progress=False, poll_s=0.2, **mode_kwargs)
+    cells = sweepfile.load_sweep(_sweep(tmp_path))[:5]  # 3 pretrain + 2 transfer that need them
+    summary = sweepfile.run(cells, workers=2, progress=False, poll_s=0.2, **mode_kwargs)
     assert summary.ok and len(summary.done) == 5, summary.report()
-    assert all(results.is_done(c) for c in cells)
+    assert all(store.is_done(c) for c in cells)
     assert all((c.run_dir / "worker.log").is_file() for c in cells)
-    again = sweep.run(cells, workers=2, progress=False, poll_s=0.2, **mode_kwargs)
+    again = sweepfile.run(cells, workers=2, progress=False, poll_s=0.2, **mode_kwargs)
     assert sorted(again.skipped) == sorted(c.run_id for c in cells) and not again.done
     assert set(_executions(stub_env).values()) == {1}
     assert not list(tmp_path.rglob("cell.lock")), "locks released"
@@ -193,8 +194,8 @@ def test_failures_listed_dependants_not_run_and_dead_kernel_retried(tmp_path, st
     monkeypatch.setenv("XRSTUDY_STUB_DIE", "t-in21k")
     spec = _sweep(tmp_path)
     spec["transfer"].append({"target": "cifar10", "init": "pretrain:c+m", "name": "t-cm", "arch": "resnetv2_50x1_bit"})
-    cells = [c for c in sweep.load_sweep(spec) if c.name in ("c+m", "t-cm", "t-in21k")]
-    summary = sweep.run(cells, workers=2, progress=False, retries=1, poll_s=0.2, **mode_kwargs)
+    cells = [c for c in sweepfile.load_sweep(spec) if c.name in ("c+m", "t-cm", "t-in21k")]
+    summary = sweepfile.run(cells, workers=2, progress=False, retries=1, poll_s=0.2, **mode_kwargs)
     failed = {f.name: f for f in summary.failed}
     assert set(failed) == {"c+m", "t-cm"}
     assert "cell raised RuntimeError: stub failure for c+m" in failed["c+m"].reason
@@ -210,8 +211,8 @@ def test_failures_listed_dependants_not_run_and_dead_kernel_retried(tmp_path, st
 
 def test_dead_kernel_without_retries_fails(tmp_path, stub_env, monkeypatch):
     monkeypatch.setenv("XRSTUDY_STUB_DIE", "t-in21k")
-    cells = [c for c in sweep.load_sweep(_sweep(tmp_path)) if c.name == "t-in21k"]
-    summary = sweep.run(cells, executor=STUB, progress=False, retries=0, poll_s=0.2)
+    cells = [c for c in sweepfile.load_sweep(_sweep(tmp_path)) if c.name == "t-in21k"]
+    summary = sweepfile.run(cells, executor=STUB, progress=False, retries=0, poll_s=0.2)
     assert "worker died" in summary.failed[0].reason
 
 
@@ -258,22 +259,22 @@ def test_failure_cause_names_a_full_disk_and_its_path(make, outcome, cause):
 
 
 def test_dry_run_runs_nothing(tmp_path, stub_env):
-    cells = sweep.load_sweep(_sweep(tmp_path))
-    summary = sweep.run(cells, dry_run=True, executor=STUB)
+    cells = sweepfile.load_sweep(_sweep(tmp_path))
+    summary = sweepfile.run(cells, dry_run=True, executor=STUB)
     assert len(summary.planned) == len(cells) and not _executions(stub_env)
 
 
 def test_truncated_or_edited_result_is_run_again(tmp_path, stub_env):
-    cells = [c for c in sweep.load_sweep(_sweep(tmp_path)) if c.name in ("c+m", "t-in21k")]
-    assert sweep.run(cells, executor=STUB, progress=False, poll_s=0.2).ok
-    truncated, edited = (results.result_path(c.run_id, c.results_dir) for c in cells)
+    cells = [c for c in sweepfile.load_sweep(_sweep(tmp_path)) if c.name in ("c+m", "t-in21k")]
+    assert sweepfile.run(cells, executor=STUB, progress=False, poll_s=0.2).ok
+    truncated, edited = (store.result_path(c.run_id, c.results_dir) for c in cells)
     truncated.write_text(truncated.read_text()[:40])
     edited.write_text(edited.read_text().replace('"test/acc": 0.5', '"test/acc": 0.99'))
-    plan = sweep.run(cells, dry_run=True, executor=STUB)
+    plan = sweepfile.run(cells, dry_run=True, executor=STUB)
     assert sorted(plan.planned) == sorted(c.run_id for c in cells), "damaged results do not count as done"
-    summary = sweep.run(cells, executor=STUB, progress=False, poll_s=0.2)
+    summary = sweepfile.run(cells, executor=STUB, progress=False, poll_s=0.2)
     assert sorted(summary.done) == sorted(c.run_id for c in cells)
-    assert all(results.load(results.result_path(c.run_id, c.results_dir))["metrics"]["test/acc"] < 0.9 for c in cells)
+    assert all(store.load(store.result_path(c.run_id, c.results_dir))["metrics"]["test/acc"] < 0.9 for c in cells)
     assert set(_executions(stub_env).values()) == {2}
 
 
@@ -324,8 +325,8 @@ def _write_sweep_file(tmp_path: Path, n_seeds: int) -> Path:
 def _runner(sweep_file: Path, env: dict, kwargs: dict) -> subprocess.Popen:
     code = textwrap.dedent(
         f"""
-        from xrstudy import sweep
-        s = sweep.run(sweep.load_sweep({str(sweep_file)!r}), workers=2, progress=False, poll_s=0.2, **{kwargs!r})
+        from xrstudy.sweeps import sweepfile
+        s = sweepfile.run(sweepfile.load_sweep({str(sweep_file)!r}), workers=2, progress=False, poll_s=0.2, **{kwargs!r})
         print("SUMMARY", len(s.done), len(s.skipped), len(s.failed))
         """
     )
@@ -337,7 +338,7 @@ def _runner(sweep_file: Path, env: dict, kwargs: dict) -> subprocess.Popen:
 def test_kill_9_runner_then_resume_runs_every_cell_once(tmp_path, stub_env, monkeypatch, mode_kwargs):
     monkeypatch.setenv("XRSTUDY_STUB_SLEEP", "1.0")
     sweep_file = _write_sweep_file(tmp_path, n_seeds=5)
-    cells = sweep.load_sweep(sweep_file)
+    cells = sweepfile.load_sweep(sweep_file)
     runner = _runner(sweep_file, dict(os.environ), mode_kwargs)
     deadline = time.time() + 90
     while len(_executions(stub_env)) < 3 and time.time() < deadline:  # pretrain + two transfers started
@@ -347,7 +348,7 @@ def test_kill_9_runner_then_resume_runs_every_cell_once(tmp_path, stub_env, monk
     resumed = _runner(sweep_file, dict(os.environ), mode_kwargs)
     out, _ = resumed.communicate(timeout=120)
     assert "SUMMARY" in out and out.split()[-1] == "0", out
-    assert all(results.is_done(c) for c in cells)
+    assert all(store.is_done(c) for c in cells)
     done, started = _executions(stub_env, "done"), _executions(stub_env, "start")
     # No cell lost, none finished twice.
     assert set(done) == {c.run_id for c in cells} and set(done.values()) == {1}, done
@@ -363,7 +364,7 @@ def test_kill_9_runner_then_resume_runs_every_cell_once(tmp_path, stub_env, monk
 def test_two_runners_on_one_store_run_each_cell_once(tmp_path, stub_env, monkeypatch, mode_kwargs):
     monkeypatch.setenv("XRSTUDY_STUB_SLEEP", "0.3")
     sweep_file = _write_sweep_file(tmp_path, n_seeds=6)
-    cells = sweep.load_sweep(sweep_file)
+    cells = sweepfile.load_sweep(sweep_file)
     first, second = (_runner(sweep_file, dict(os.environ), mode_kwargs) for _ in range(2))
     outs = [p.communicate(timeout=120)[0] for p in (first, second)]
     for out in outs:
@@ -378,8 +379,8 @@ def test_gpus_pin_each_warm_kernel(tmp_path, stub_env, monkeypatch):
 
     body = sweep_stub.NOTEBOOK_BODY + "\nimport os\nprint('CUDA', os.environ.get('CUDA_VISIBLE_DEVICES'), os.getpid())"
     monkeypatch.setenv("XRSTUDY_NOTEBOOKS", str(_stub_notebooks(tmp_path / "nb", body)))
-    cells = [c for c in sweep.load_sweep(_sweep(tmp_path)) if c.kind == "pretrain"]
-    summary = sweep.run(cells, gpus=["3", "5"], workers=2, progress=False, poll_s=0.2, allow_cpu=True)
+    cells = [c for c in sweepfile.load_sweep(_sweep(tmp_path)) if c.kind == "pretrain"]
+    summary = sweepfile.run(cells, gpus=["3", "5"], workers=2, progress=False, poll_s=0.2, allow_cpu=True)
     assert summary.ok, summary.report()
     seen = set()
     for cell in cells:
@@ -398,7 +399,7 @@ def test_papermill_cells_and_dead_kernel(tmp_path, monkeypatch, isolate):
         """
         import os, signal
         from pathlib import Path
-        from xrstudy import results
+        from xrstudy.results import store
         from xrstudy.config import FIELD_NAMES, RunConfig
         cfg = RunConfig(**{k: globals()[k] for k in FIELD_NAMES})
         marker = cfg.run_dir / "died-once"
@@ -406,7 +407,7 @@ def test_papermill_cells_and_dead_kernel(tmp_path, monkeypatch, isolate):
             marker.write_text("x"); os.kill(os.getpid(), signal.SIGKILL)   # the kernel dies once
         if cfg.seed == 2:
             raise ValueError("broken cell")
-        results.save(results.new_result(cfg, {"test/acc": 0.5}), cfg.results_dir)
+        store.save(store.new_result(cfg, {"test/acc": 0.5}), cfg.results_dir)
         """
     )
     monkeypatch.setenv("XRSTUDY_NOTEBOOKS", str(_stub_notebooks(tmp_path / "notebooks", body)))
@@ -415,8 +416,8 @@ def test_papermill_cells_and_dead_kernel(tmp_path, monkeypatch, isolate):
         "pretrain": [{"name": "c", "sources": ["chexpert"]}],
         "transfer": [{"target": "cifar10", "init": "pretrain:c", "grid": {"seed": [1, 2]}}],
     }
-    cells = sweep.load_sweep(spec)
-    summary = sweep.run(cells, workers=2, retries=1, progress=False, poll_s=0.2, isolate=isolate)
+    cells = sweepfile.load_sweep(spec)
+    summary = sweepfile.run(cells, workers=2, retries=1, progress=False, poll_s=0.2, isolate=isolate)
     assert len(summary.done) == 2 and len(summary.failed) == 1, summary.report()
     failed = summary.failed[0]
     assert "cell raised" in failed.reason and Path(failed.notebook).is_file()
@@ -444,7 +445,7 @@ def test_cli_run_flags(tmp_path, stub_env, monkeypatch, capsys):
 def test_gpus_that_exist_pass_and_missing_ids_are_named(monkeypatch):
     assert preflight.check_gpus(["0", "1"], allow_cpu=False, count=2) == []
     assert preflight.check_gpus(["GPU-6f1c", "MIG-1"], allow_cpu=False, count=1) == [], "uuids are the driver's"
-    with pytest.raises(sweep.SweepError, match="cells pinned to 2,3 would run on the CPU"):
+    with pytest.raises(sweepfile.SweepError, match="cells pinned to 2,3 would run on the CPU"):
         preflight.check_gpus(["0", "1", "2", "3"], allow_cpu=False, count=2)
     assert "--allow-cpu" in preflight.check_gpus(["0"], allow_cpu=True, count=0)[0]
 
@@ -452,7 +453,7 @@ def test_gpus_that_exist_pass_and_missing_ids_are_named(monkeypatch):
 @pytest.mark.slow
 def test_a_run_with_missing_gpus_records_the_warning_in_each_worker_log(tmp_path, stub_env, monkeypatch):
     monkeypatch.setattr(preflight, "visible_gpus", lambda: 0)
-    cells = [c for c in sweep.load_sweep(_sweep(tmp_path)) if c.name == "t-in21k"]
+    cells = [c for c in sweepfile.load_sweep(_sweep(tmp_path)) if c.name == "t-in21k"]
     summary = runner.run(cells, gpus=["0"], executor=STUB, progress=False, poll_s=0.2, allow_cpu=True)
     assert summary.ok and summary.warnings and "WARNING --gpus 0" in (cells[0].run_dir / "worker.log").read_text()
 
@@ -463,8 +464,8 @@ def test_unknown_arch_fails_before_anything_runs(tmp_path, stub_env, dry_run):
     spec = _sweep(tmp_path)
     spec["transfer"][1]["arch"] = "resnetv2_77x9_bit"
     spec["transfer"].append({"target": "cifar10", "init": "timm", "arch": "resnetv2_50x1_bit.no_such_tag", "name": "t"})
-    cells = sweep.load_sweep(spec)
-    with pytest.raises(sweep.SweepError) as err:
+    cells = sweepfile.load_sweep(spec)
+    with pytest.raises(sweepfile.SweepError) as err:
         runner.run(cells, dry_run=dry_run, executor=STUB, progress=False)
     assert "arch 'resnetv2_77x9_bit' (1 cell(s), e.g. t-in21k): timm has no model 'resnetv2_77x9_bit'" in str(err.value)
     assert "timm has no pretrained tag 'no_such_tag'" in str(err.value)
@@ -474,12 +475,12 @@ def test_unknown_arch_fails_before_anything_runs(tmp_path, stub_env, dry_run):
 def test_init_of_a_run_that_is_nowhere_fails_the_dry_run(tmp_path, stub_env):
     spec = _sweep(tmp_path)
     spec["transfer"].append({"target": "cifar10", "init": "run:pretrain-000000000000", "name": "orphan"})
-    cells = sweep.load_sweep(spec)
-    with pytest.raises(sweep.SweepError, match=r"orphan \[transfer-\w+\]: init run:pretrain-000000000000 is neither"):
+    cells = sweepfile.load_sweep(spec)
+    with pytest.raises(sweepfile.SweepError, match=r"orphan \[transfer-\w+\]: init run:pretrain-000000000000 is neither"):
         runner.run(cells, dry_run=True, executor=STUB)
     parent = next(c for c in cells if c.name == "c+m")  # a finished result in the store is a valid init
     child = RunConfig.from_dict({**cells[-1].to_dict(), "init": f"run:{parent.run_id}"})
-    results.save(results.new_result(parent, {"test/acc": 0.5}), parent.results_dir)
+    store.save(store.new_result(parent, {"test/acc": 0.5}), parent.results_dir)
     assert runner.run([child], dry_run=True, executor=STUB).planned == [child.run_id]
 
 
@@ -509,8 +510,8 @@ def test_cli_dry_runs_fail_on_what_the_real_run_fails_on(tmp_path, capsys, chang
 @pytest.mark.parametrize("mode_kwargs", MODES, indirect=True)
 def test_a_full_disk_is_named_in_the_failure_list(tmp_path, stub_env, monkeypatch, mode_kwargs):
     monkeypatch.setenv("XRSTUDY_STUB_ENOSPC", "t-in21k")
-    cells = [c for c in sweep.load_sweep(_sweep(tmp_path)) if c.name == "t-in21k"]
-    summary = sweep.run(cells, progress=False, poll_s=0.2, **mode_kwargs)
+    cells = [c for c in sweepfile.load_sweep(_sweep(tmp_path)) if c.name == "t-in21k"]
+    summary = sweepfile.run(cells, progress=False, poll_s=0.2, **mode_kwargs)
     [failure] = summary.failed
     assert failure.outcome == Outcome.DISK_FULL
     assert failure.reason.startswith(f"disk full at {tmp_path / 'cache' / 'images.u8'}"), failure.reason
@@ -519,8 +520,8 @@ def test_a_full_disk_is_named_in_the_failure_list(tmp_path, stub_env, monkeypatc
 
 def test_notebook_path_errors_clearly(monkeypatch, tmp_path):
     monkeypatch.setenv("XRSTUDY_NOTEBOOKS", str(tmp_path))
-    with pytest.raises(sweep.SweepError, match="XRSTUDY_NOTEBOOKS"):
-        sweep.notebook_path("no_such_notebook")
+    with pytest.raises(sweepfile.SweepError, match="XRSTUDY_NOTEBOOKS"):
+        sweepfile.notebook_path("no_such_notebook")
 
 
 # ---- SLURM ------------------------------------------------------------------------------------
@@ -545,7 +546,7 @@ def test_submit_sends_what_the_dry_run_shows(tmp_path, monkeypatch):
     ids, unknown before sbatch answers, are the one difference: `slurm.pending_ids`)."""
     import submitit
 
-    cells = sweep.load_sweep(_sweep(tmp_path))
+    cells = sweepfile.load_sweep(_sweep(tmp_path))
     options = {"folder": tmp_path / "slurm", "partition": "gpu", "pretrain_nodes": 4, "gpus_per_node": 4}
     dry = slurm.submit(cells, dry_run=True, **options)
     assert list(dry["jobs"]) == ["pretrain", "transfer-after-chexpert-50x1", "transfer-after-chexpert-152x4", "transfer"]
@@ -558,11 +559,11 @@ def test_submit_sends_what_the_dry_run_shows(tmp_path, monkeypatch):
     assert slurm.RENDEZVOUS_SETUP[0] in pretrain, "several nodes: torchrun's rendezvous host exported before srun"
     command = specs["pretrain"]["commands"][1]
     assert "torch.distributed.run --nproc_per_node=4 --nnodes=4 --rdzv_backend=c10d" in command
-    assert command.endswith(f"-m xrstudy.worker --executor papermill --from-list {tmp_path}/slurm/pretrain_cells.jsonl --index 1")
+    assert command.endswith(f"-m xrstudy.sweeps.worker --executor papermill --from-list {tmp_path}/slurm/pretrain_cells.jsonl --index 1")
     chexpert_50 = next(i for i, c in enumerate(c for c in cells if c.kind == "pretrain") if c.arch == "resnetv2_50x1_bit")
     assert f"#SBATCH --dependency=afterany:@pretrain@_{chexpert_50}" in scripts["transfer-after-chexpert-50x1"]
     assert "--dependency" not in scripts["transfer"] and "--array" not in scripts["transfer"], "one cell: a plain job"
-    assert specs["transfer"]["commands"][0].split()[1:3] == ["-m", "xrstudy.worker"], "one GPU: no torchrun"
+    assert specs["transfer"]["commands"][0].split()[1:3] == ["-m", "xrstudy.sweeps.worker"], "one GPU: no torchrun"
 
     sent = _fake_slurm(tmp_path, monkeypatch)
     real = slurm.submit(cells, **options)
@@ -586,13 +587,13 @@ def test_torchrun_reads_the_rendezvous_host_the_job_exports(monkeypatch):
 
     assert slurm.RENDEZVOUS_SETUP[0].startswith("export PET_RDZV_ENDPOINT=")
     monkeypatch.setenv("PET_RDZV_ENDPOINT", "node7:29500")  # what the setup line exports on the first node
-    args = parse_args([*slurm.torchrun_command(4, 4, "pretrain-x")[3:], "-m", "xrstudy.worker", "--index", "2"])
+    args = parse_args([*slurm.torchrun_command(4, 4, "pretrain-x")[3:], "-m", "xrstudy.sweeps.worker", "--index", "2"])
     assert (args.rdzv_endpoint, args.rdzv_backend, args.rdzv_id, args.nnodes) == ("node7:29500", "c10d", "pretrain-x", "4")
-    assert (args.module, args.training_script, args.training_script_args) == (True, "xrstudy.worker", ["--index", "2"])
+    assert (args.module, args.training_script, args.training_script_args) == (True, "xrstudy.sweeps.worker", ["--index", "2"])
 
 
 def test_micro_batches_reach_the_global_batch_on_the_gpus_given(tmp_path):
-    cells = [c.replace(out_dir=str(tmp_path)) for c in sweep.load_sweep(TESTS.parent / "sweeps" / "paper.yaml")
+    cells = [c.replace(out_dir=str(tmp_path)) for c in sweepfile.load_sweep(TESTS.parent / "sweeps" / "paper.yaml")
              if c.kind == "pretrain" and c.arch == "resnetv2_152x4_bit"][:1]  # fmt: skip
     one_gpu = slurm.submit(cells, folder=tmp_path / "a", dry_run=True, time_limit="60-00:00:00")
     assert one_gpu["jobs"]["pretrain"]["micro_batch"] == [64], "1,024 images a step: 16 passes of the 64 that fit"
@@ -609,18 +610,18 @@ def test_sizing_fits_the_estimate_into_the_time_limit():
     assert (big.nodes, big.gpus_per_node) == (2, 4) and big.estimate_h == pytest.approx(100 / 8 / 0.9)
     odd = slurm.size_cell(150.0, slurm.parse_time("1-00:00:00"), gpus_per_node=4, max_nodes=16, global_batch=1024)
     assert odd.gpus == 16, "12 GPUs would fit the time but do not divide the global batch of 1,024"
-    with pytest.raises(sweep.SweepError, match="do not fit 02:00:00 on up to 1 node"):
+    with pytest.raises(sweepfile.SweepError, match="do not fit 02:00:00 on up to 1 node"):
         slurm.size_cell(150.0, 120, gpus_per_node=4, max_nodes=1, global_batch=1024, name="cmnp")
-    with pytest.raises(sweep.SweepError, match="3 node.s. x 4 GPU.s. do not divide its global batch of 1024"):
+    with pytest.raises(sweepfile.SweepError, match="3 node.s. x 4 GPU.s. do not divide its global batch of 1024"):
         slurm.size_cell(150.0, 120, gpus_per_node=4, max_nodes=16, global_batch=1024, fixed_nodes=3)
     assert slurm.parse_time("90") == 90 and slurm.parse_time("2-03:04:30") == 2 * 1440 + 3 * 60 + 5
     assert slurm.format_time(2 * 1440 + 185) == "2-03:05:00"
-    with pytest.raises(sweep.SweepError, match="expected minutes or"):
+    with pytest.raises(sweepfile.SweepError, match="expected minutes or"):
         slurm.parse_time("soon")
 
 
 def test_paper_pretraining_is_sized_by_the_plan(tmp_path):
-    cells = [c for c in sweep.load_sweep(TESTS.parent / "sweeps" / "paper.yaml") if c.kind == "pretrain"]
+    cells = [c for c in sweepfile.load_sweep(TESTS.parent / "sweeps" / "paper.yaml") if c.kind == "pretrain"]
     cells = [c.replace(out_dir=str(tmp_path)) for c in cells]
     info = slurm.submit(cells, folder=tmp_path / "slurm", dry_run=True, time_limit="24:00:00", gpus_per_node=4)
     jobs = info["jobs"]
@@ -632,7 +633,7 @@ def test_paper_pretraining_is_sized_by_the_plan(tmp_path):
 def test_local_backend_runs_every_cell_once_in_dependency_order(tmp_path, stub_env):
     """submitit's LocalExecutor gets the same specs; each transfer runs after the pre-training it loads."""
     picked = ("chexpert", "t-chexpert")
-    cells = [c for c in sweep.load_sweep(_sweep(tmp_path))
+    cells = [c for c in sweepfile.load_sweep(_sweep(tmp_path))
              if c.name == "t-in21k" or (c.arch == "resnetv2_50x1_bit" and c.name in picked and c.seed == 0)]
     assert len(cells) == 4
     info = slurm.submit(cells, backend="local", folder=tmp_path / "slurm", executor=STUB)
@@ -640,18 +641,18 @@ def test_local_backend_runs_every_cell_once_in_dependency_order(tmp_path, stub_e
         "pretrain": ["DONE"], "transfer-after-chexpert-50x1": ["DONE", "DONE"], "transfer": ["DONE"]}
     done = collections.Counter(line.split()[0] for line in stub_env.read_text().splitlines() if line.endswith("done"))
     assert done == {c.run_id: 1 for c in cells}, "every cell exactly once"
-    assert all(results.is_done(c) for c in cells)
+    assert all(store.is_done(c) for c in cells)
     again = slurm.submit(cells, backend="local", folder=tmp_path / "slurm", executor=STUB)
     assert again["jobs"] == {}, "finished cells are not sent again"
 
 
 def test_demo_sweep_file_is_the_demo_grid(tmp_path):
-    cells = sweep.load_sweep(TESTS.parent / "sweeps" / "demo.yaml")
+    cells = sweepfile.load_sweep(TESTS.parent / "sweeps" / "demo.yaml")
     pre = [c for c in cells if c.kind == "pretrain"]
     transfer = [c for c in cells if c.kind == "transfer"]
     assert len(pre) == 2 and len(transfer) == 24
     assert {c.arch for c in cells} == {"resnetv2_tiny_bit"}
-    deps = sweep.dependencies(cells)
+    deps = sweepfile.dependencies(cells)
     assert sum(bool(deps[c.run_id]) for c in transfer) == 16  # X-ray and natural inits wait for pre-training
     assert all(deps[c.run_id] <= {p.run_id for p in pre} for c in transfer)
     try:
@@ -659,4 +660,4 @@ def test_demo_sweep_file_is_the_demo_grid(tmp_path):
     except ImportError as err:  # the data layer (layouts) has not landed in this checkout
         pytest.skip(f"xrstudy.demo not importable: {err}")
     spec = demo.demo_sweep(tmp_path, {name: tmp_path / name for name in ("chexpert", "nih", "padchest-cl", "shapes", "digits")}, demo.SIZES["tiny"])
-    assert [c.run_id for c in sweep.load_sweep(spec)] == [c.run_id for c in cells]
+    assert [c.run_id for c in sweepfile.load_sweep(spec)] == [c.run_id for c in cells]

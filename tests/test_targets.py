@@ -1,5 +1,5 @@
 """Transfer-target adapters (COVIDx, Tuberculosis, CIFAR-10/100, Pets, Flowers-102) on miniature copies
-of their real layouts, written by `xrstudy.layouts`: classes, splits, counts, paths, patients, few-shot
+of their real layouts, written by `xrstudy.data.layouts`: classes, splits, counts, paths, patients, few-shot
 preparation, and the errors bad input gives."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from scipy.io import savemat
 
-from xrstudy import data, layouts, phantoms, sources, splits
+from xrstudy.data import studydata, layouts, phantoms, sources, splits
 from xrstudy.config import RunConfig
-from xrstudy.layouts import Record
-from xrstudy.sources import SourceError
+from xrstudy.data.layouts import Record
+from xrstudy.data.sources import SourceError
 
 SMALL = phantoms.PhantomStyle(height=20, width=16)
 PETS = ("Abyssinian", "american_bulldog", "Bengal", "beagle")
@@ -105,7 +105,7 @@ def test_target_round_trip(roots, name):
     assert all(os.path.isfile(p) for p in files)
     assert set(table["view"]) == {"PA" if name == "tuberculosis" else "OTHER"}
     assert sources.source_of(name).modality == ("xray" if name in ("covidx", "tuberculosis") else "natural")
-    summary = data.inspect_source(name, roots[name])
+    summary = studydata.inspect_source(name, roots[name])
     assert summary["images"] == sum(counts.values()) and sorted(summary["labels"]) == sorted(classes)
 
 
@@ -114,7 +114,7 @@ def test_prepare_one_shot_per_class_never_from_test(roots, name, tmp_path):
     cfg = RunConfig(kind="transfer", target=name, roots=(f"{name}={roots[name]}",), shots=1, out_dir=str(tmp_path))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        study = data.prepare(cfg)
+        study = studydata.prepare(cfg)
     _, _, classes, _ = MINIATURES[name]
     assert study.classes == tuple(sorted(classes)) and not study.multilabel
     assert sorted(study.train["label"]) == sorted(classes)  # exactly one image per class
@@ -190,7 +190,7 @@ def test_cifar_root_is_folder_or_parent_and_members_decode(roots, name, folder):
     inner = sources.read_source(name, roots[name] / folder)
     assert parent["image_id"].tolist() == inner["image_id"].tolist()
     assert parent["image_id"].iloc[0] == ("data_batch_1#0" if name == "cifar10" else "train#0")
-    decoding = pytest.importorskip("xrstudy.decoding")
+    decoding = pytest.importorskip("xrstudy.pixels.decoding")
     pixels = decoding.prepare_image(parent["path"].iloc[0], 32, "RGB")  # FILE#N member of the first batch
     with open(parent["path"].iloc[0].rpartition("#")[0], "rb") as handle:
         written = pickle.load(handle, encoding="bytes")[b"data"][0]

@@ -20,13 +20,13 @@ import torch
 from fastai.callback.core import Callback
 from PIL import Image
 
-from xrstudy import hyper, train
-from xrstudy.callbacks import load_train_state
+from xrstudy.training import recipes, train
+from xrstudy.training.callbacks import load_train_state
 from xrstudy.config import RunConfig
-from xrstudy.data import StudyData
-from xrstudy.learner import TrainSetup, make_learner, mean_loss
-from xrstudy.loaders import Augment
-from xrstudy.models import create_model, read_checkpoint
+from xrstudy.data.studydata import StudyData
+from xrstudy.training.learner import TrainSetup, make_learner, mean_loss
+from xrstudy.pixels.loaders import Augment
+from xrstudy.training.models import create_model, read_checkpoint
 
 FINDINGS = ("Cardiomegaly", "Effusion")
 SHAPES = ("disc", "bar", "ring")
@@ -154,13 +154,13 @@ def test_pretrain_then_transfer_through_the_real_cache(tmp_path, reference):
 
 
 def test_transfer_recipe_follows_the_hyperrule():
-    recipe = hyper.recipe_for(RunConfig(kind="transfer", target="t"), 5_000, (32, 32))
+    recipe = recipes.recipe_for(RunConfig(kind="transfer", target="t"), 5_000, (32, 32))
     assert recipe.resize == 160 and recipe.crop == recipe.eval_size == 128 and recipe.mixup_alpha == 0.0
     assert recipe.steps == 500 and recipe.warmup == 100 and recipe.decays == (200, 300, 400)
     assert recipe.weight_decay == 0.0 and recipe.base_lr == pytest.approx(0.001)
-    big = hyper.recipe_for(RunConfig(kind="transfer", target="t"), 50_000, (500, 400))
+    big = recipes.recipe_for(RunConfig(kind="transfer", target="t"), 50_000, (500, 400))
     assert big.resize == 512 and big.crop == 480 and big.mixup_alpha == 0.1 and big.steps == 10_000
-    pre = hyper.recipe_for(RunConfig(kind="pretrain", sources=("c",), batch_size=256), 2560, (0, 0), pipeline="xray")
+    pre = recipes.recipe_for(RunConfig(kind="pretrain", sources=("c",), batch_size=256), 2560, (0, 0), pipeline="xray")
     assert pre.steps == 900 and pre.warmup == 150 and pre.weight_decay == 1e-4 and pre.crop == 224
     augment = train.AUGMENTS[pre.augment](pre)
     assert augment.rotate_deg == 45 and augment.shift == 0.25 and augment.scale == 0.1
@@ -194,7 +194,7 @@ _CHILD = textwrap.dedent("""
     import sys, time
     from fastai.callback.core import Callback
     from test_train import pretrain_cfg, xray_study
-    from xrstudy import train
+    from xrstudy.training import train
     from pathlib import Path
 
     class Slow(Callback):
@@ -235,7 +235,7 @@ def test_sigkilled_process_resumes_to_the_same_weights(tmp_path, reference):
 @pytest.mark.slow
 def test_cli_trains_a_pretraining_and_a_transfer_cell_from_yaml(tmp_path):
     """`xrstudy train cfg.yaml`: data.prepare reads phantom sources in their real layouts."""
-    from xrstudy import layouts, phantoms
+    from xrstudy.data import layouts, phantoms
 
     style = phantoms.PhantomStyle(height=40, width=36)
     chexpert = layouts.write_layout("chexpert", tmp_path / "CheXpert-v1.0-small", phantoms.xray_records(
@@ -279,7 +279,7 @@ def test_pretraining_keeps_the_best_validation_checkpoint_and_the_last(tmp_path,
 
     # The validation loss of each set of weights, through the same code path.
     splits, _ = train.open_splits(cfg, xray, 24, "L")
-    setup = TrainSetup(multilabel=True, num_classes=2, schedule=hyper.Schedule(1, 0, (), 0.0), per_device_batch=8, seed=0,
+    setup = TrainSetup(multilabel=True, num_classes=2, schedule=recipes.Schedule(1, 0, (), 0.0), per_device_batch=8, seed=0,
                        augment=Augment(out_size=24), eval_size=24, weight_decay=0.0)
     losses = {}
     for name, ckpt in (("best", best), ("last", last)):
@@ -291,8 +291,8 @@ def test_pretraining_keeps_the_best_validation_checkpoint_and_the_last(tmp_path,
 
 
 def test_inputs_are_normalised_with_the_inits_statistics():
-    from xrstudy.hyper import IMAGENET_STATS, XRAY_STATS
-    from xrstudy.models import input_stats
+    from xrstudy.training.recipes import IMAGENET_STATS, XRAY_STATS
+    from xrstudy.training.models import input_stats
 
     assert input_stats(RunConfig(kind="transfer", target="t")) == XRAY_STATS  # scratch
     assert input_stats(RunConfig(kind="transfer", target="t", init="run:pretrain-0123456789ab")) == XRAY_STATS
@@ -306,10 +306,10 @@ def test_inputs_are_normalised_with_the_inits_statistics():
 
 
 def test_a_cell_whose_cache_cannot_fit_refuses_to_start(tmp_path, xray, monkeypatch):
-    from xrstudy import io
+    from xrstudy import fileio
 
-    monkeypatch.setattr(io.shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))
-    with pytest.raises(io.DiskFullError, match=r"not enough free space in .* for the image cache of .*: needs"):
+    monkeypatch.setattr(fileio.shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))
+    with pytest.raises(fileio.DiskFullError, match=r"not enough free space in .* for the image cache of .*: needs"):
         train.run(pretrain_cfg(tmp_path / "o"), study=xray)
 
 

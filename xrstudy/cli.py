@@ -102,7 +102,7 @@ def _add_data(sub: Any) -> None:
     inspect.add_argument("--split-mode", choices=SPLIT_MODES, default=None,
                          help="also count images per split (and per class of each split)")
     _data_options(inspect)
-    _handler(inspect, "xrstudy.data:cmd_inspect")
+    _handler(inspect, "xrstudy.data.studydata:cmd_inspect")
 
     merged = commands.add_parser("merge", help="merge sources into one canonical table")
     merged.add_argument("--source", action="append", required=True, type=root_entry_arg, metavar="NAME=DIR",
@@ -110,7 +110,7 @@ def _add_data(sub: Any) -> None:
     merged.add_argument("--labels", choices=LABEL_SETS, default="intersection")
     merged.add_argument("--out", type=Path, help="write the merged table (.csv or .parquet)")
     _data_options(merged)
-    _handler(merged, "xrstudy.data:cmd_merge")
+    _handler(merged, "xrstudy.data.studydata:cmd_merge")
 
     split = commands.add_parser("split", help="write a split file (source,image_id,split) and print its SHA-256")
     split.add_argument("source")
@@ -128,7 +128,7 @@ def _add_data(sub: Any) -> None:
     split.add_argument("--valid-fraction", type=float, default=0.1, help="patient / official modes")
     split.add_argument("--seed", type=int, default=None, help="patient / official modes (default: 0)")
     split.add_argument("--out", type=Path, required=True)
-    _handler(split, "xrstudy.data:cmd_split")
+    _handler(split, "xrstudy.data.studydata:cmd_split")
 
     shots = commands.add_parser("shots", help="print the image ids of a k-shot training set, one per line")
     shots.add_argument("target", help="transfer target (cifar10, pets, flowers102, covidx, tuberculosis, padchest-cl, ...)")
@@ -143,7 +143,7 @@ def _add_data(sub: Any) -> None:
                        help="default: paper with --mode paper, else official")
     shots.add_argument("--label-mode", choices=LABEL_MODES, default=None,
                        help="default: paper with --mode paper, else terms")
-    _handler(shots, "xrstudy.data:cmd_shots")
+    _handler(shots, "xrstudy.data.studydata:cmd_shots")
 
     cache = commands.add_parser("cache", help="build the pre-resized uint8 image cache of a source")
     cache.add_argument("source")
@@ -156,7 +156,7 @@ def _add_data(sub: Any) -> None:
     cache.add_argument("--views", type=views_arg, default=())
     cache.add_argument("--workers", type=int, default=0, help="decoding processes (default: all cores)")
     cache.add_argument("--cache-dir", type=Path, default=Path("xrstudy-out/cache"))
-    _handler(cache, "xrstudy.data:cmd_cache")
+    _handler(cache, "xrstudy.data.studydata:cmd_cache")
 
 
 def _add_train(sub: Any) -> None:
@@ -165,11 +165,11 @@ def _add_train(sub: Any) -> None:
     train.add_argument("--resume", action="store_true", help="continue from {run_dir}/train_state.pt if present")
     train.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                        help="also save the training state every STEPS steps (default: every 10 minutes)")
-    _handler(train, "xrstudy.train:cmd_train")
+    _handler(train, "xrstudy.training.train:cmd_train")
 
 
 def _add_sweep(sub: Any) -> None:
-    from xrstudy.cost import DEFAULT_DEVICE
+    from xrstudy.training.cost import DEFAULT_DEVICE
 
     sweep = sub.add_parser("sweep", help="plan a sweep file, run it here with papermill, or send it to SLURM")
     commands = sweep.add_subparsers(dest="sweep_command", required=True)
@@ -183,7 +183,7 @@ def _add_sweep(sub: Any) -> None:
     plan.add_argument("--json", action="store_true", help="print a JSON array, one object per cell")
     plan.add_argument("--device", default=DEFAULT_DEVICE, help="throughput table rows to estimate GPU-hours with")
     plan.add_argument("--only", default=None, help="glob over cell names / run ids (deps included)")
-    _handler(plan, "xrstudy.plan:cmd_plan")
+    _handler(plan, "xrstudy.sweeps.plan:cmd_plan")
 
     local = commands.add_parser("run", help="execute every unfinished cell here")
     local.add_argument("sweep", help="sweep YAML")
@@ -197,7 +197,7 @@ def _add_sweep(sub: Any) -> None:
                        help="a fresh worker process (and kernel) per cell instead of one warm kernel per worker")
     local.add_argument("--dry-run", action="store_true", help="check the cells and list what would run")
     local.add_argument("--no-progress", dest="progress", action="store_false")
-    _handler(local, "xrstudy.runner:cmd_run")
+    _handler(local, "xrstudy.sweeps.runner:cmd_run")
 
     cluster = commands.add_parser("submit", help="size the cells by the plan and hand their jobs to submitit (SLURM)")
     cluster.add_argument("sweep", help="sweep YAML")
@@ -215,11 +215,11 @@ def _add_sweep(sub: Any) -> None:
     cluster.add_argument("--device", default=DEFAULT_DEVICE, help="rows of the throughput and memory tables (benchmarks/)")
     cluster.add_argument("--only", default=None)
     cluster.add_argument("--dry-run", action="store_true", help="write the jobs (jobs.json) and the sbatch scripts submitit would send; send nothing")
-    _handler(cluster, "xrstudy.slurm:cmd_submit")
+    _handler(cluster, "xrstudy.sweeps.slurm:cmd_submit")
 
 
 def _add_results(sub: Any) -> None:
-    from xrstudy.io import TABLE_FORMATS
+    from xrstudy.fileio import TABLE_FORMATS
 
     results = sub.add_parser("results", help="the results store: tidy table, legacy import")
     commands = results.add_subparsers(dest="results_command", required=True)
@@ -228,12 +228,12 @@ def _add_results(sub: Any) -> None:
     show.add_argument("--results", default="xrstudy-out/results", help="results directory")
     show.add_argument("--format", choices=TABLE_FORMATS, default="csv")
     show.add_argument("--out", default=None, help="write here instead of printing CSV to stdout")
-    _handler(show, "xrstudy.results:cmd_table")
+    _handler(show, "xrstudy.results.store:cmd_table")
 
     legacy = commands.add_parser("import-legacy", help="import the paper's finetuning_results_*.csv in xrstudy's names")
     legacy.add_argument("dir", help="directory with finetuning_results_{target}_{metric}.csv files")
     legacy.add_argument("--results", default="xrstudy-out/results", help="results directory to write to")
-    _handler(legacy, "xrstudy.legacy:cmd_import_legacy")
+    _handler(legacy, "xrstudy.results.legacy:cmd_import_legacy")
 
 
 def _add_models(sub: Any) -> None:
@@ -246,7 +246,7 @@ def _add_models(sub: Any) -> None:
     convert.add_argument("--arch", required=True, help="timm BiT ResNet-v2: resnetv2_50x1_bit or resnetv2_152x4_bit")
     convert.add_argument("--out", type=Path, required=True, help="output file (torch.save of name -> tensor)")
     convert.add_argument("--json", action="store_true", help="print one JSON object (every tensor renamed)")
-    _handler(convert, "xrstudy.paper_weights:cmd_import_paper")
+    _handler(convert, "xrstudy.training.paper_weights:cmd_import_paper")
 
 
 def _add_figures(sub: Any) -> None:
@@ -256,7 +256,7 @@ def _add_figures(sub: Any) -> None:
     figures.add_argument("--style", choices=("default", "paper"), default="default",
                          help="default: xrstudy's figures; paper: the paper's figures as the authors' plots.ipynb "
                               "draws them (%% on y, shot categories, the paper's model subsets), and the full-shot table")
-    _handler(figures, "xrstudy.figures:cmd_figures", draws=True)
+    _handler(figures, "xrstudy.plots.figures:cmd_figures", draws=True)
 
 
 COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (_add_demo, _add_data, _add_train, _add_sweep, _add_models,
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _message(err: BaseException) -> str:
     """The error's message; a full disk says so and names the file when the OS gave one."""
-    from xrstudy.io import DiskFullError, is_disk_full
+    from xrstudy.fileio import DiskFullError, is_disk_full
 
     if is_disk_full(err) and not isinstance(err, DiskFullError):
         filename = getattr(err, "filename", None)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from xrstudy.io import NotRegularFileError, atomic_write_text, read_regular_file
+from xrstudy.fileio import NotRegularFileError, atomic_write_text, read_regular_file
 
 # The allowed values of every choice, defined once: RunConfig's annotations, the CLI's `choices`
 # and the modules that act on them (labels, merge, splits, fewshot, models, learner) all read these.
@@ -32,7 +32,7 @@ SplitMode = Literal["official", "patient", "paper"]
 LabelMode = Literal["terms", "paper"]  # PadChest: exact term vocabulary | the authors' 27 substring pathologies
 ShotsMode = Literal["exact", "paper"]  # exactly k per class | the authors' k-shot sets (fewer when a class is short)
 Sampler = Literal["shuffle", "oversample"]  # training order: plain shuffle | class-balanced, with replacement
-Head = Literal["linear", "concat"]  # xrstudy.models.HEADS
+Head = Literal["linear", "concat"]  # xrstudy.training.models.HEADS
 HeadInit = Literal["default", "zero"]  # fresh head: torch's default init (the authors') | zero (BiT)
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 View = Literal["PA", "AP", "AP_SUPINE", "LATERAL", "COSTAL", "OTHER"]
@@ -67,7 +67,7 @@ class RunConfig:
     name: str = "cell"
     kind: Kind = "transfer"
 
-    # Data. Sources and targets are registry names (xrstudy.sources.SOURCES).
+    # Data. Sources and targets are registry names (xrstudy.data.sources.SOURCES).
     sources: tuple[str, ...] = ()  # pretrain: e.g. ("chexpert", "mimic", "nih", "padchest")
     roots: tuple[str, ...] = ()  # "name=DIR" for every source / target read by this cell
     labels: LabelSet = "intersection"  # multi-source label set
@@ -89,7 +89,7 @@ class RunConfig:
     head: Head = "linear"  # transfer head: linear (1x1 conv / linear on pooled features) | concat (fastai's)
     head_init: HeadInit = "default"  # fresh head weights: default (torch's init, the authors') | zero (BiT)
 
-    # Recipe (0 = the paper's default for this kind; see xrstudy.hyper).
+    # Recipe (0 = the paper's default for this kind; see xrstudy.training.recipes).
     seed: int = 0
     image_size: int = 0  # training crop; 0 = the recipe's (pretrain 224; transfer BiT-HyperRule 128 / 480)
     epochs: int = 0  # pretrain: 0 = 90
@@ -232,14 +232,14 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "device": (bool, "a non-empty string: auto, cpu, cuda or cuda:N"),
     "out_dir": (bool, "a non-empty string: a folder"),
 }
-# Fields that act on one kind of cell only (xrstudy.data.prepare, xrstudy.hyper.recipe_for,
-# xrstudy.models.create_model). On the other kind they must keep their default: see _check_kind.
+# Fields that act on one kind of cell only (xrstudy.data.studydata.prepare, xrstudy.training.recipes.recipe_for,
+# xrstudy.training.models.create_model). On the other kind they must keep their default: see _check_kind.
 ONLY_FOR_KIND: dict[str, str] = {
     "sources": "pretrain", "views": "pretrain", "labels": "pretrain", "data_fraction": "pretrain", "epochs": "pretrain",
     "target": "transfer", "shots": "transfer", "shots_mode": "transfer", "sampler": "transfer", "head": "transfer",
     "head_init": "transfer",
 }  # fmt: skip
-PRETRAIN_REFERENCE = "pretrain:"  # a sweep file's `init: pretrain:<cell name>`, resolved by xrstudy.sweep
+PRETRAIN_REFERENCE = "pretrain:"  # a sweep file's `init: pretrain:<cell name>`, resolved by xrstudy.sweeps.sweepfile
 RUN_REFERENCE = "run:"  # `init: run:<run id>`, the checkpoint of an earlier cell in the same out_dir
 _RUN_ID = re.compile(rf"(?:{'|'.join(KINDS)})-[0-9a-f]{{12}}")
 

@@ -5,7 +5,7 @@ scikit-learn's digits) → the real adapters and merge → pre-training cells �
 several shots and seeds from three inits → results store → the paper's figures.
 
 Every cell is a papermill execution of `notebooks/10_pretrain.ipynb` or `20_transfer.ipynb`
-driven by `xrstudy.sweep`, exactly as on a GPU node; finished cells are reused on a re-run.
+driven by `xrstudy.sweeps.sweepfile`, exactly as on a GPU node; finished cells are reused on a re-run.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from xrstudy import figures, layouts, phantoms, results, sweep
+from xrstudy.plots import figures
+from xrstudy.data import layouts, phantoms
+from xrstudy.results import store
+from xrstudy.sweeps import sweepfile
 
 
 class DemoError(RuntimeError):
@@ -172,7 +175,7 @@ def demo_sweep(out: Path, roots: dict[str, Path], size: DemoSize) -> dict:
 
 def summary_table(results_dir: Path) -> pd.DataFrame:
     """Mean ± SD over seeds of each target's headline metric, init × shots."""
-    tidy = results.table(results_dir)
+    tidy = store.table(results_dir)
     tidy = tidy[(tidy["kind"] == "transfer") & (tidy["metric"].isin(["test/acc", "test/auc"]))]
     if tidy.empty:
         return pd.DataFrame()
@@ -188,7 +191,7 @@ def summary_table(results_dir: Path) -> pd.DataFrame:
 def xray_pretraining_effect(results_dir: Path) -> str:
     """The demo's result, in words: on the X-ray target, X-ray pre-training's mean AUC minus the best
     other init's, per shot count (whatever the sign: it is reported, not tuned)."""
-    tidy = results.table(results_dir)
+    tidy = store.table(results_dir)
     tidy = tidy[(tidy["kind"] == "transfer") & (tidy["target"] == "padchest-cl") & (tidy["metric"] == "test/auc")]
     means = tidy.groupby(["shot", "init_label"])["value"].mean().unstack("init_label")
     if means.empty or "xray" not in means.columns or len(means.columns) < 2:
@@ -212,9 +215,9 @@ def run_demo(out: str | Path, size: str = "small", *, workers: int = 2, progress
     roots = write_sources(out / "data", SIZES[size])
     sweep_path = out / "demo-sweep.yaml"
     sweep_path.write_text(yaml.safe_dump(demo_sweep(out, roots, SIZES[size]), sort_keys=False))
-    cells = sweep.load_sweep(sweep_path)
+    cells = sweepfile.load_sweep(sweep_path)
     print(f"[2/4] running {len(cells)} study cells ({sweep_path}); finished cells are reused", flush=True)
-    summary = sweep.run(cells, workers=workers, progress=progress)
+    summary = sweepfile.run(cells, workers=workers, progress=progress)
     print("[3/4] drawing figures", flush=True)
     rendered = figures.render_all(out / "results", out / "figures")
     table = summary_table(out / "results")

@@ -1,0 +1,452 @@
+"""The results store: one JSON per run, validated, written atomically, read back as one tidy table.
+
+A result file is `{results_dir}/{run_id}.json` (schema in docs/design.md). `save` adds a `digest`
+(SHA-256 of the canonical JSON of everything else) so that `load` can tell a complete, untouched
+file from a truncated or hand-edited one; such files raise `ResultError` and `table` leaves them out
+with a warning instead of plotting them.
+
+`load` opens only regular files (a FIFO or directory named `*.json` is reported, never waited on);
+`scan` / `table` refuse a store that is missing or not a directory. `validate` checks types down to the
+config's fields, so a result with a matching digest but wrong types is reported and left out too.
+
+The paper's published CSVs are imported into the same schema (`origin: "paper"`, xrstudy.results.legacy), so
+the paper's numbers and new runs sit in one table and one figure. (About 460 lines: the schema, the
+file rules and the tidy table are one contract; the legacy import lives in xrstudy.results.legacy.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import warnings
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Literal, get_origin
+
+import pandas as pd
+
+from xrstudy import config as config_module
+from xrstudy.config import ConfigError, RunConfig, base_arch, parent_run_id, shot_label
+from xrstudy.fileio import TABLE_FORMATS, NotRegularFileError, atomic_write_json, atomic_write_table, read_regular_file
+
+SCHEMA = "xrstudy.result/1"
+STATUSES = ("ok", "failed")
+ORIGINS = ("xrstudy", "paper")
+TABLE_COLUMNS = (
+    "run_id", "kind", "target", "arch", "init", "init_label", "pretrained_model", "shots", "shot",
+    "seed", "metric", "value", "origin", "last_step", "sources", "data_fraction",
+)  # fmt: skip
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
+
+
+class ResultError(ValueError):
+    """A result dict or file does not follow the result schema (or was truncated / edited)."""
+
+
+# ---- schema -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Field:
+    """One top-level key of a result: the JSON types it may hold and whether it must be there."""
+
+    types: tuple[type, ...]
+    required: bool = False
+
+
+_NUMBER = (int, float)
+FIELDS: dict[str, Field] = {
+    "schema": Field((str,), required=True),
+    "run_id": Field((str,), required=True),
+    "status": Field((str,), required=True),
+    "config": Field((dict,), required=True),
+    "metrics": Field((dict,), required=True),
+    "per_class": Field((dict,)),
+    "ci": Field((dict,)),
+    "split_sha256": Field((str, type(None))),
+    "checkpoint": Field((dict, type(None))),
+    "counts": Field((dict,)),
+    "versions": Field((dict,)),
+    "git_commit": Field((str, type(None))),
+    "device": Field((str, type(None))),
+    "timings": Field((dict,)),
+    "created": Field((str,)),
+    "last_step": Field((int, type(None))),
+    "origin": Field((str,)),
+    "error": Field((str, type(None))),
+    "legacy": Field((dict,)),
+    "digest": Field((str,)),
+}
+
+
+def validate(result: Any) -> dict[str, Any]:
+    """Return `result` unchanged when it follows the schema; else raise ResultError listing every problem."""
+    if not isinstance(result, dict):
+        raise ResultError(f"a result is a JSON object (dict), got {type(result).__name__}")
+    problems: list[str] = []
+    for key, spec in FIELDS.items():
+        if key not in result:
+            if spec.required:
+                problems.append(f"missing required key {key!r}")
+            continue
+        value = result[key]
+        # bool is an int in Python; no schema field is a bool.
+        if isinstance(value, bool) or not isinstance(value, spec.types):
+            wanted = " or ".join(t.__name__ for t in spec.types)
+            problems.append(f"{key!r} should be {wanted}, got {type(value).__name__}")
+    if "schema" in result and result["schema"] != SCHEMA:
+        problems.append(f"schema is {result['schema']!r}; this version reads {SCHEMA!r}")
+    if "status" in result and result["status"] not in STATUSES:
+        problems.append(f"status is {result['status']!r}; expected one of {STATUSES}")
+    if "origin" in result and result["origin"] not in ORIGINS:
+        problems.append(f"origin is {result['origin']!r}; expected one of {ORIGINS}")
+    run_id = result.get("run_id")
+    if isinstance(run_id, str) and not _RUN_ID.match(run_id):
+        problems.append(f"run_id {run_id!r} is not a safe file name")
+    metrics = result.get("metrics") if isinstance(result.get("metrics"), dict) else {}
+    for name, value in metrics.items():
+        if not isinstance(name, str) or "/" not in name:
+            problems.append(f"metric name {name!r} should look like 'test/acc'")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, _NUMBER)):
+            problems.append(f"metric {name!r} should be a number or null, got {type(value).__name__}")
+    config = result.get("config")
+    if isinstance(config, dict):
+        typed = _config_type_problems(config)
+        problems += typed
+        if not typed:
+            try:
+                RunConfig.from_dict(config, origin="config")
+            except (ConfigError, TypeError, ValueError) as err:
+                problems.append(f"config is not a RunConfig: {err}")
+    problems += _nested_type_problems(result)
+    if result.get("status") == "ok" and isinstance(result.get("metrics"), dict) and not result["metrics"] \
+            and not result.get("per_class"):
+        problems.append("status 'ok' with no metrics")
+    if problems:
+        label = run_id if isinstance(run_id, str) else "<no run_id>"
+        raise ResultError(f"result {label}: " + "; ".join(problems))
+    return result
+
+
+# JSON types of RunConfig fields by annotation (Literal choices are strings; tuples are JSON lists of strings).
+_CONFIG_JSON_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    return isinstance(value, types) and (bool in types or not isinstance(value, bool))
+
+
+def _config_type_problems(config: dict[str, Any]) -> list[str]:
+    """Each stored config field has its RunConfig type (a `seed: "abc"` would crash the table later)."""
+    problems = []
+    for f in fields(RunConfig):
+        if f.name not in config:
+            continue
+        value, annotation = config[f.name], str(f.type)
+        if annotation.startswith("tuple["):
+            ok, wanted = isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of strings"
+        else:
+            alias = getattr(config_module, annotation, None)  # Kind, Head, ...: Literal choices of strings
+            types = (str,) if get_origin(alias) is Literal else _CONFIG_JSON_TYPES.get(annotation)
+            if types is None:  # a type this check does not know: RunConfig itself decides
+                continue
+            ok, wanted = _is(value, types), " or ".join(t.__name__ for t in types)
+        if not ok:
+            problems.append(f"config.{f.name} should be {wanted}, got {type(value).__name__} {value!r}"[:200])
+    return problems
+
+
+def _nested_type_problems(result: dict[str, Any]) -> list[str]:
+    """per_class: {measure: {class: number|null}}; ci: {metric: [lo, hi]}."""
+    problems = []
+    per_class = result.get("per_class")
+    if isinstance(per_class, dict):
+        for measure, values in per_class.items():
+            if not isinstance(values, dict) or not all(v is None or _is(v, _NUMBER) for v in values.values()):
+                problems.append(f"per_class[{measure!r}] should map class names to numbers or null")
+    ci = result.get("ci")
+    if isinstance(ci, dict):
+        for metric, bounds in ci.items():
+            if bounds is not None and not (isinstance(bounds, list) and len(bounds) == 2
+                                           and all(b is None or _is(b, _NUMBER) for b in bounds)):
+                problems.append(f"ci[{metric!r}] should be [low, high]")
+    return problems
+
+
+def _digest(result: dict[str, Any]) -> str:
+    body = {k: v for k, v in result.items() if k != "digest"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: tuples → lists, NaN/inf → None (JSON has no NaN), numpy scalars → Python."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy / torch scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def new_result(cfg: RunConfig, metrics: dict[str, float], *, status: str = "ok", **extra: Any) -> dict[str, Any]:
+    """A minimal schema-valid result for `cfg` (train.run fills in the rest)."""
+    result = {
+        "schema": SCHEMA,
+        "run_id": cfg.run_id,
+        "status": status,
+        "config": cfg.to_dict(),
+        "metrics": dict(metrics),
+        "origin": "xrstudy",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    result.update(extra)
+    return result
+
+
+# ---- files ------------------------------------------------------------------------------------
+def result_path(run_id: str, results_dir: str | Path) -> Path:
+    return Path(results_dir) / f"{run_id}.json"
+
+
+def save(result: dict[str, Any], results_dir: str | Path) -> Path:
+    """Validate and write `{results_dir}/{run_id}.json` atomically (xrstudy.fileio: unique temp + fsync + replace).
+
+    Concurrent writers of different runs never interfere; writers of the same run each leave a
+    complete file (last rename wins), except that an `ok` result is never replaced by a `failed` one.
+    """
+    result = _plain(dict(result))
+    result.setdefault("schema", SCHEMA)
+    result.setdefault("origin", "xrstudy")
+    result.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    result.pop("digest", None)
+    validate(result)
+    result["digest"] = _digest(result)
+
+    final = result_path(result["run_id"], results_dir)
+    if result["status"] == "failed" and is_ok(final):
+        return final
+    return atomic_write_json(final, result, sort_keys=False, allow_nan=False)
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read and check one result file; ResultError when it is unreadable, truncated, edited or off-schema."""
+    path = Path(path)
+    try:
+        text = _read_regular_file(path).decode("utf-8")
+    except FileNotFoundError:
+        raise ResultError(f"{path}: no such result file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ResultError(f"{path}: unreadable ({err})") from None
+    try:
+        result = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ResultError(f"{path}: not valid JSON, probably truncated ({err})") from None
+    try:
+        validate(result)
+    except ResultError as err:
+        raise ResultError(f"{path}: {err}") from None
+    if "digest" not in result:
+        raise ResultError(f"{path}: no 'digest'; result files are written by xrstudy.results.store.save")
+    if result["digest"] != _digest(result):
+        raise ResultError(f"{path}: content does not match its digest (edited after it was written)")
+    if path.stem != result["run_id"]:
+        raise ResultError(f"{path}: file name does not match run_id {result['run_id']!r}")
+    return result
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of `path` if it is a regular file: a FIFO named *.json is refused instead of waited on."""
+    try:
+        return read_regular_file(path)
+    except NotRegularFileError as err:
+        raise ResultError(f"{path}: a {err.kind}, not a result file; only regular files are read") from None
+
+
+def is_ok(path: str | Path) -> bool:
+    """True when `path` is a valid result file with `status: ok` (unreadable, edited, failed: False)."""
+    try:
+        return load(path)["status"] == "ok"
+    except ResultError:
+        return False
+
+
+def is_done(cfg: RunConfig, results_dir: str | Path | None = None) -> bool:
+    """True when a valid `status: ok` result exists for `cfg.run_id` (default store: cfg.results_dir)."""
+    return is_ok(result_path(cfg.run_id, results_dir if results_dir is not None else cfg.results_dir))
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What a results directory holds: valid results, and files that are not (with the reason)."""
+
+    results: list[dict[str, Any]]
+    invalid: list[tuple[Path, str]]
+
+
+def scan(results_dir: str | Path) -> Scan:
+    """Every `*.json` of the store, loaded or with the reason it was not; a missing store is an error."""
+    results_dir = Path(results_dir)
+    if not results_dir.exists():
+        raise ResultError(f"{results_dir}: no such results directory")
+    if not results_dir.is_dir():
+        raise ResultError(f"{results_dir}: not a directory; --results takes the folder of result JSONs")
+    results, invalid = [], []
+    for path in sorted(results_dir.glob("*.json")):
+        try:
+            results.append(load(path))
+        except ResultError as err:
+            invalid.append((path, str(err)))
+    return Scan(results, invalid)
+
+
+# ---- tidy table -------------------------------------------------------------------------------
+# timm pretrained tags → default init labels. Google's BiT-M weights are not the authors' ImageNet
+# models (those are `init: paper`, label imagenet1k / imagenet21k): the "google_" prefix keeps their
+# bars apart from the paper's unless a sweep sets `init_label` on purpose.
+TIMM_TAG_LABELS = {
+    "goog_in21k": "google_imagenet21k",
+    "goog_in21k_ft_in1k": "google_imagenet21k_ft_imagenet1k",
+    "goog_distilled_in1k": "google_imagenet1k_distilled",
+    "goog_teacher_in21k_ft_in1k": "google_imagenet21k_ft_imagenet1k",
+}
+_BIT_ARCH = re.compile(r"resnetv2_(\d+x\d+)_bit")
+
+
+def arch_short(arch: str) -> str:
+    """`resnetv2_152x4_bit.goog_in21k` → `152x4`; other timm names stay as they are (minus the tag)."""
+    base = base_arch(arch)
+    match = _BIT_ARCH.fullmatch(base)
+    return match.group(1) if match else base
+
+
+PAPER_SOURCE_ORDER = ("chexpert", "mimic", "nih", "padchest")  # as the authors name their models
+
+
+def source_label(sources: Iterable[str]) -> str:
+    """Pre-training sources -> the paper's label: ("nih", "chexpert") -> `chexpert_nih` (their order, then
+    any other source alphabetically), so a model lines up with the paper's whatever order a sweep lists."""
+    rank = {name: i for i, name in enumerate(PAPER_SOURCE_ORDER)}
+    return "_".join(sorted(sources, key=lambda name: (rank.get(name, len(rank)), name)))
+
+
+def _parent_id(init: str) -> str | None:
+    """The pre-training run a stored config's `init: run:<id>` names (None if it names none or is malformed)."""
+    try:
+        return parent_run_id(init)
+    except ConfigError:
+        return None
+
+
+def default_init_label(config: dict[str, Any], pretrain_configs: dict[str, dict[str, Any]]) -> str:
+    """How figures name an init when the config leaves `init_label` empty."""
+    init = config.get("init", "scratch")
+    if init == "timm":
+        tag = config.get("arch", "").partition(".")[2]
+        return TIMM_TAG_LABELS.get(tag, tag or "timm")
+    if parent_id := _parent_id(init):
+        parent = pretrain_configs.get(parent_id)
+        if parent is not None:
+            return parent.get("init_label") or source_label(parent.get("sources", [])) or parent.get("name", init)
+        return init
+    if init == "paper":  # the authors' released checkpoint needs init_label; say so when it is missing
+        return "paper"
+    if init.startswith("paper:"):
+        return init[len("paper:") :]
+    if init == "scratch":
+        return "scratch"
+    return Path(init).stem
+
+
+def pretrained_model_name(init_label: str, arch: str) -> str:
+    """Paper style: `{source}_bit{50x1|152x4}`; non-BiT archs: `{source}_{arch}`."""
+    short = arch_short(arch)
+    return f"{init_label}_bit{short}" if _BIT_ARCH.fullmatch(f"resnetv2_{short}_bit") else f"{init_label}_{short}"
+
+
+def _rows(result: dict[str, Any], pretrain_configs: dict[str, dict[str, Any]]) -> Iterable[dict[str, Any]]:
+    config = result["config"]
+    init = config.get("init", "scratch")
+    parent = pretrain_configs.get(_parent_id(init) or "", {})
+    init_label = config.get("init_label") or default_init_label(config, pretrain_configs)
+    kind = config.get("kind", "transfer")
+    sources = config.get("sources") or parent.get("sources") or []
+    shots = int(config.get("shots", 0))
+    for metric, value in result["metrics"].items():
+        yield {
+            "run_id": result["run_id"],
+            "kind": kind,
+            "target": config.get("target", "") if kind == "transfer" else "+".join(sources),
+            "arch": config.get("arch", ""),
+            "init": init,
+            "init_label": init_label if kind == "transfer" else (config.get("init_label") or source_label(sources)),
+            "pretrained_model": pretrained_model_name(
+                init_label if kind == "transfer" else source_label(sources), config.get("arch", "")
+            ),
+            "shots": shots,
+            "shot": shot_label(shots),
+            "seed": int(config.get("seed", 0)),
+            "metric": metric,
+            "value": float("nan") if value is None else float(value),
+            "origin": result.get("origin", "xrstudy"),
+            "last_step": result.get("last_step"),
+            "sources": "+".join(sources),
+            # Data-scale curves: the fraction of the pre-training data behind this model.
+            "data_fraction": float(parent.get("data_fraction", config.get("data_fraction", 1.0))),
+        }
+
+
+def table(results_dir: str | Path, *, status: str = "ok") -> pd.DataFrame:
+    """One tidy row per (run, metric) for every valid result with `status` (invalid files: warned, left out)."""
+    found = scan(results_dir)
+    for path, reason in found.invalid:
+        warnings.warn(f"left out of the table: {reason}", stacklevel=2)
+    return table_from_results(found.results, status=status)
+
+
+def table_from_results(results: Iterable[dict[str, Any]], *, status: str = "ok") -> pd.DataFrame:
+    results = list(results)
+    pretrain_configs = {r["run_id"]: r["config"] for r in results if r["config"].get("kind") == "pretrain"}
+    rows = []
+    for result in (r for r in results if r["status"] == status):
+        try:  # validate() has checked the types; this is the last guard for one odd result
+            rows += list(_rows(result, pretrain_configs))
+        except (TypeError, ValueError, AttributeError, KeyError) as err:
+            warnings.warn(f"left out of the table: result {result.get('run_id')!r}: {type(err).__name__}: {err}",
+                          stacklevel=2)
+    frame = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    frame = frame.astype({"shots": "int64", "seed": "int64", "value": "float64", "data_fraction": "float64"})
+    frame["last_step"] = frame["last_step"].astype("Int64")
+    return frame.sort_values(["kind", "target", "pretrained_model", "shots", "seed", "metric"], ignore_index=True)
+
+
+def write_table(frame: pd.DataFrame, out: str | Path, fmt: str | None = None) -> Path:
+    """Write the tidy table as CSV or Parquet, atomically (Parquet needs pyarrow or fastparquet)."""
+    if fmt is not None and fmt not in TABLE_FORMATS:
+        raise ResultError(f"unknown table format {fmt!r}; expected csv or parquet")
+    try:
+        return atomic_write_table(frame, out, fmt)
+    except ImportError as err:
+        raise ResultError(f"--format parquet needs pyarrow or fastparquet installed ({err})") from None
+
+
+# ---- CLI --------------------------------------------------------------------------------------
+def cmd_table(args: Any) -> int:
+    frame = table(args.results)
+    if args.out:
+        print(write_table(frame, args.out, args.format))
+    elif args.format == "parquet":
+        raise ResultError("--format parquet needs --out FILE")
+    else:
+        print(frame.to_csv(index=False), end="")
+    return 0
+
+
+__all__ = [
+    "SCHEMA", "ResultError", "validate", "new_result", "save", "load", "is_ok", "is_done", "scan", "table",
+    "table_from_results", "write_table", "cmd_table",
+]  # fmt: skip

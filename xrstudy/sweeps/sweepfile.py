@@ -1,0 +1,196 @@
+"""Sweeps as data: a YAML grid -> RunConfig cells, selection, dependencies, order. Pure (no execution).
+
+Sweep file format::
+
+    defaults: {out_dir: study-out, roots: [chexpert=/data/CheXpert]}   # RunConfig fields, every cell
+    pretrain:                                 # one entry per pre-training cell (or grid of cells)
+      - {name: chexpert, sources: [chexpert], grid: {arch: [resnetv2_50x1_bit, resnetv2_152x4_bit]}}
+    transfer:                                 # blocks; only keys under `grid:` are expanded
+      - target: cifar10
+        init: pretrain:chexpert               # -> run:<run_id of that pretrain cell>, init_label chexpert
+        grid: {arch: [resnetv2_50x1_bit], shots: [1, 5, 0], seed: [0, 1]}
+
+`init: pretrain:<name>` picks the pretrain cell with that name and the same architecture; a name
+without a cell of that architecture is an error (a transfer never loads another size's checkpoint).
+Cells are de-duplicated by run id.
+
+Where the cells go from here:
+    xrstudy.sweeps.plan     every cell's resolved recipe, sizes and cost, without loading images or models
+    xrstudy.sweeps.runner   executes cells here (warm Jupyter kernels or worker processes, GPU slots, locks)
+    xrstudy.sweeps.slurm    sizes them by the plan and hands their jobs to submitit (`--dry-run` writes the sbatch
+                     scripts submitit would send)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import os
+from collections.abc import Iterable, Mapping
+from graphlib import TopologicalSorter
+from pathlib import Path
+from typing import Any
+
+from xrstudy.config import (FIELD_NAMES, PRETRAIN_REFERENCE, RUN_REFERENCE, ConfigError, RunConfig, base_arch,
+                            parent_run_id, read_yaml)
+
+NOTEBOOKS = {"pretrain": "10_pretrain.ipynb", "transfer": "20_transfer.ipynb"}
+TOP_KEYS = ("defaults", "pretrain", "transfer")
+GRID_KEY = "grid"
+
+
+class SweepError(ValueError):
+    """A sweep file or a sweep request is not valid."""
+
+
+# ---- notebooks --------------------------------------------------------------------------------
+def notebook_path(name: str) -> Path:
+    """The repo's `notebooks/{name}`: `$XRSTUDY_NOTEBOOKS` first, else `notebooks/` next to the package."""
+    name = name if name.endswith(".ipynb") else f"{name}.ipynb"
+    package = Path(__file__).resolve().parent.parent
+    candidates = [package.parent / "notebooks", package / "notebooks"]
+    if os.environ.get("XRSTUDY_NOTEBOOKS"):
+        candidates.insert(0, Path(os.environ["XRSTUDY_NOTEBOOKS"]))
+    for folder in candidates:
+        if (folder / name).is_file():
+            return folder / name
+    raise SweepError(
+        f"notebook {name!r} not found in {[str(c) for c in candidates]}; install xrstudy editable "
+        "from its repository (pip install -e .) or set XRSTUDY_NOTEBOOKS to the notebooks folder"
+    )
+
+
+# ---- sweep file -> cells ----------------------------------------------------------------------
+def _check_keys(entry: Any, allowed: Iterable[str], where: str) -> dict[str, Any]:
+    if not isinstance(entry, Mapping):
+        raise SweepError(f"{where}: expected a mapping of RunConfig fields, got {type(entry).__name__}")
+    unknown = sorted(set(entry) - set(allowed))
+    if unknown:
+        raise SweepError(f"{where}: unknown key(s) {unknown}; allowed: RunConfig fields and 'grid'")
+    return dict(entry)
+
+
+def _expand(entry: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """Fixed fields x cartesian product of `grid:` (only grid keys expand; list fields stay lists)."""
+    grid = entry.pop(GRID_KEY, None) or {}
+    grid = _check_keys(grid, FIELD_NAMES, f"{where}.grid")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise SweepError(f"{where}.grid.{key}: expected a non-empty list of values")
+        if key in entry:
+            raise SweepError(f"{where}: {key!r} is both a fixed field and a grid key")
+    keys = list(grid)
+    return [{**entry, **dict(zip(keys, combo))} for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def _make(fields: dict[str, Any], where: str) -> RunConfig:
+    try:
+        return RunConfig.from_dict(fields, origin=where)
+    except ConfigError as err:
+        message = str(err)
+        raise SweepError(message if message.startswith(where) else f"{where}: {message}") from None
+
+
+def _resolve_pretrain(ref: str, arch: str, by_name: dict[str, list[RunConfig]], where: str) -> RunConfig:
+    name = ref[len(PRETRAIN_REFERENCE) :]
+    named = by_name.get(name, [])
+    if not named:
+        raise SweepError(f"{where}: init {ref!r} matches 0 pretrain cells (pretrain names: {sorted(by_name)})")
+    same_arch = [c for c in named if base_arch(c.arch) == base_arch(arch)]
+    if len(same_arch) != 1:
+        raise SweepError(
+            f"{where}: init {ref!r} matches {len(same_arch)} pretrain cells for arch {arch!r}; "
+            f"pretrain {name!r} exists for {sorted({c.arch for c in named})}"
+        )
+    return same_arch[0]
+
+
+def load_sweep(source: str | Path | Mapping[str, Any]) -> list[RunConfig]:
+    """Sweep YAML (path) or an already-parsed dict -> cells, pretrain cells first, unique run ids."""
+    if isinstance(source, Mapping):
+        origin, data = "<sweep>", dict(source)
+    else:
+        origin = str(source)
+        try:
+            data = read_yaml(source, "sweep file", "a YAML sweep file")  # a FIFO is refused, not waited on
+        except ConfigError as err:
+            raise SweepError(str(err)) from None
+    data = _check_keys(data or {}, TOP_KEYS, origin)
+    defaults = _check_keys(data.get("defaults") or {}, FIELD_NAMES, f"{origin}: defaults")
+
+    pretrain: list[RunConfig] = []
+    for i, entry in enumerate(data.get("pretrain") or []):
+        where = f"{origin}: pretrain[{i}]"
+        entry = _check_keys(entry, (*FIELD_NAMES, GRID_KEY), where)
+        if not entry.get("name"):
+            raise SweepError(f"{where}: every pretrain cell needs a `name` (transfer cells refer to it)")
+        for fields in _expand(entry, where):
+            pretrain.append(_make({**defaults, **fields, "kind": "pretrain"}, where))
+    by_name: dict[str, list[RunConfig]] = {}
+    for cell in pretrain:
+        by_name.setdefault(cell.name, []).append(cell)
+
+    transfer: list[RunConfig] = []
+    for i, block in enumerate(data.get("transfer") or []):
+        where = f"{origin}: transfer[{i}]"
+        block = _check_keys(block, (*FIELD_NAMES, GRID_KEY), where)
+        for fields in _expand(block, where):
+            fields = {**defaults, **fields, "kind": "transfer"}
+            init = str(fields.get("init", ""))
+            if init.startswith(PRETRAIN_REFERENCE):
+                parent = _resolve_pretrain(init, fields.get("arch", RunConfig.arch), by_name, where)
+                fields["init"] = f"{RUN_REFERENCE}{parent.run_id}"
+                fields["init_label"] = fields.get("init_label") or parent.name
+            transfer.append(_make(fields, where))
+
+    unique: dict[str, RunConfig] = {}
+    for cell in pretrain + transfer:
+        unique.setdefault(cell.run_id, cell)
+    return list(unique.values())
+
+
+# ---- dependencies, order, selection -------------------------------------------------------------
+def parent_id(cfg: RunConfig) -> str | None:
+    """The run id a cell initialises from (`init: run:<id>`), or None."""
+    return parent_run_id(cfg.init)
+
+
+def dependencies(cells: Iterable[RunConfig]) -> dict[str, set[str]]:
+    """run_id -> run_ids (among `cells`) it needs first: a transfer cell needs its `init: run:<id>`."""
+    cells = list(cells)
+    ids = {c.run_id for c in cells}
+    return {c.run_id: {p} & ids if (p := parent_id(c)) else set() for c in cells}
+
+
+def graph(cells: Iterable[RunConfig]) -> TopologicalSorter[str]:
+    """The cells' dependency graph (graphlib): `static_order()` lists parents before dependants."""
+    return TopologicalSorter(dependencies(cells))
+
+
+def select(cells: list[RunConfig], only: str | None) -> list[RunConfig]:
+    """Cells whose name or run id matches the glob `only` (plus the pretrain cells they depend on)."""
+    if not only:
+        return cells
+    chosen = {c.run_id for c in cells if fnmatch.fnmatch(c.name, only) or fnmatch.fnmatch(c.run_id, only)}
+    deps = dependencies(cells)
+    chosen |= {d for rid in chosen for d in deps[rid]}
+    return [c for c in cells if c.run_id in chosen]
+
+
+def missing_parents(cells: Iterable[RunConfig], is_done: Any) -> list[tuple[RunConfig, str]]:
+    """(cell, parent run id) for every `init: run:<id>` that is neither a cell of the sweep nor a
+    finished result (`is_done(run_id, cell)`): the cell could never load its initialisation."""
+    cells = list(cells)
+    ids = {c.run_id for c in cells}
+    return [(c, p) for c in cells if (p := parent_id(c)) and p not in ids and not is_done(p, c)]
+
+
+def run(cells: Iterable[RunConfig], **options: Any) -> Any:
+    """Execute the cells here: `xrstudy.sweeps.runner.run` (imported on use; see its options)."""
+    from xrstudy.sweeps.runner import run as run_cells
+
+    return run_cells(cells, **options)
+
+
+__all__ = ["SweepError", "NOTEBOOKS", "notebook_path", "load_sweep", "parent_id", "dependencies",
+           "graph", "select", "missing_parents", "run"]  # fmt: skip

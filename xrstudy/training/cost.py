@@ -1,0 +1,134 @@
+"""What a cell costs, as pure functions: throughput, GPU-hours, images per GPU and the micro-batch, cache bytes
+on disk, RAM per rank.
+
+Throughput comes from `benchmarks/throughput.csv` (images/s per device, precision, arch, resolution,
+eager or compiled: measured training steps). A pair not in the table is estimated from the nearest
+measured one: by pixel count (images/s ~ 1 / side^2) for the same arch, and also by parameter count
+(`benchmarks/arch_params.csv`; images/s ~ 1 / params) for another arch. Both are first-order models:
+the measured R50x1 480-px figure is 14 % above the pixel-scaled 224-px one, and R152x4 runs 2.6x
+slower than R152x2, not the 4.0x of their parameter counts, so every estimate says how it was made.
+
+Images per GPU come from `benchmarks/memory.csv`: per (device, arch, resolution) the most training
+images one GPU holds (H100 bf16: estimates of `benchmarks/bench_gpu_fit.py`, a model that reproduces the
+authors' own R152x4 micro-batches on A100-40GB; A100-40GB rows: the authors' choices). A resolution not
+in the table is scaled from the nearest one by pixel count. `micro_batch` turns that into the cell's
+execution field: the global batch is then reached by gradient accumulation (the training side).
+
+Cache bytes on disk and host memory per rank are the training side's own pure functions
+(`xrstudy.training.recipes.cache_bytes`, `ram_per_rank`); the plan calls them.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from xrstudy.config import base_arch
+
+BENCHMARKS = Path(__file__).resolve().parent.parent.parent / "benchmarks"
+DEFAULT_DEVICE = "H100"
+
+
+@dataclass(frozen=True)
+class Throughput:
+    images_per_s: float
+    how: str  # "measured" or how it was scaled from a measured figure
+
+
+def _table_path(name: str, variable: str) -> Path:
+    return Path(os.environ.get(variable) or BENCHMARKS / name)
+
+
+@functools.lru_cache(maxsize=4)
+def _read(path: str) -> tuple[dict[str, str], ...]:
+    try:
+        with open(path, newline="") as handle:
+            return tuple(csv.DictReader(handle))
+    except FileNotFoundError:
+        return ()
+
+
+def throughput_table() -> tuple[dict[str, str], ...]:
+    return _read(str(_table_path("throughput.csv", "XRSTUDY_THROUGHPUT")))
+
+
+def arch_params() -> dict[str, float]:
+    """Backbone parameters (millions) per timm arch name."""
+    return {row["arch"]: float(row["params_m"]) for row in _read(str(_table_path("arch_params.csv", "XRSTUDY_ARCH_PARAMS")))}
+
+
+def throughput(arch: str, resolution: int, device: str = DEFAULT_DEVICE, *, compiled: bool = False,
+               table: tuple[dict[str, str], ...] | None = None, params: dict[str, float] | None = None) -> Throughput | None:
+    """Training images/s of `arch` at `resolution` px on one `device`; None when nothing measured applies."""
+    rows = [r for r in (throughput_table() if table is None else table) if r["device"] == device]
+    params = arch_params() if params is None else params
+    base = base_arch(arch)
+    mode = "compiled" if compiled and any(r["arch"] == base and r["mode"] == "compiled" for r in rows) else "eager"
+    note = "" if mode == "compiled" or not compiled else "; eager figure (no compiled measurement)"
+    same = [r for r in rows if r["arch"] == base and r["mode"] == mode]
+    if same:
+        row = _nearest_resolution(same, resolution)
+        scale = (int(row["resolution"]) / resolution) ** 2
+        how = "measured" if scale == 1 else f"scaled by pixel count from {row['arch']} at {row['resolution']} px"
+        return Throughput(float(row["images_per_s"]) * scale, how + note)
+    measured = [r for r in rows if r["mode"] == "eager" and r["arch"] in params]
+    if base not in params or not measured:
+        return None
+    nearest_arch = min({r["arch"] for r in measured}, key=lambda a: abs(math.log(params[a] / params[base])))
+    row = _nearest_resolution([r for r in measured if r["arch"] == nearest_arch], resolution)
+    scale = (int(row["resolution"]) / resolution) ** 2 * params[nearest_arch] / params[base]
+    how = (f"scaled by parameter count ({params[base]:.0f}M vs {params[nearest_arch]:.0f}M) and pixel count from "
+           f"{nearest_arch} at {row['resolution']} px")
+    return Throughput(float(row["images_per_s"]) * scale, how + ("; eager figure" if compiled else ""))
+
+
+def _nearest_resolution(rows: list[dict[str, str]], resolution: int) -> dict[str, str]:
+    return min(rows, key=lambda r: abs(math.log(int(r["resolution"]) / resolution)))
+
+
+@dataclass(frozen=True)
+class Fit:
+    images: int  # most training images per GPU (a power of two)
+    how: str
+
+
+def memory_table() -> tuple[dict[str, str], ...]:
+    return _read(str(_table_path("memory.csv", "XRSTUDY_MEMORY")))
+
+
+def images_per_gpu(arch: str, resolution: int, device: str = DEFAULT_DEVICE,
+                   table: tuple[dict[str, str], ...] | None = None) -> Fit | None:
+    """Most training images of `arch` at `resolution` px one `device` holds; None when the table has no row."""
+    base = base_arch(arch)
+    rows = [r for r in (memory_table() if table is None else table) if r["device"] == device and r["arch"] == base]
+    if not rows:
+        return None
+    row = _nearest_resolution(rows, resolution)
+    images = int(row["images_per_gpu"])
+    if int(row["resolution"]) == resolution:
+        return Fit(images, f"{device} {row['precision']}: {row['source']}")
+    scaled = images * (int(row["resolution"]) / resolution) ** 2  # activations grow with the pixels
+    images = 1 << max(0, int(math.floor(math.log2(max(scaled, 1)))))
+    return Fit(images, f"{device} {row['precision']}: scaled by pixel count from {row['resolution']} px ({row['source']})")
+
+
+def micro_batch(images_per_gpu: int | None, per_device_batch: int) -> int:
+    """The `micro_batch` of a cell whose devices each take `per_device_batch` images per step: 0 (the whole
+    per-device batch at once) when it fits or nothing is known, else the largest divisor of the per-device
+    batch that fits, so that accumulation reaches the global batch exactly."""
+    if not images_per_gpu or per_device_batch <= images_per_gpu:
+        return 0
+    return max(d for d in range(1, images_per_gpu + 1) if per_device_batch % d == 0)
+
+
+def gpu_hours(image_steps: int, speed: Throughput | None) -> float | None:
+    """Hours on one GPU for `image_steps` training images (forward + backward + update)."""
+    return None if speed is None or speed.images_per_s <= 0 else image_steps / speed.images_per_s / 3600
+
+
+__all__ = ["Throughput", "throughput", "throughput_table", "arch_params", "Fit", "images_per_gpu", "memory_table",
+           "micro_batch", "gpu_hours", "DEFAULT_DEVICE"]  # fmt: skip

@@ -1,0 +1,399 @@
+"""One study cell, start to finish: `run(cfg) -> result dict`.
+
+Read it top to bottom -- it is the whole path from a RunConfig to a result JSON:
+
+    study   = data.prepare(cfg)                      tables, classes, split hash, modality
+    recipe  = recipe_of(cfg, study)                  steps, LR schedule, sizes (xrstudy.training.recipes.recipe_for)
+    splits  = open_splits(cfg, study, recipe)        cache rows + targets (the pixels stay in the memmap)
+    model   = create_model(cfg, num_classes)         timm network, init, head
+    learn   = make_learner(model, splits.train, setup)
+    fit(learn, epoch_end) ...                        (resumes from {run_dir}/train_state.pt); pre-training
+                                                     validates every epoch and keeps the best checkpoint
+    metrics = evaluate on valid and test             NaN-safe metrics + bootstrap CIs
+    checkpoint (pre-training cells) + results.save
+
+Multi-GPU: the same command under `torchrun --nproc_per_node N xrstudy train cfg.yaml`. `batch_size`
+is the global batch (the recipe's), split evenly over the processes, and `micro_batch` (> 0) caps
+what one device runs per forward pass (gradients are accumulated to the global batch); the LR follows
+the global batch, so a cell computes the same thing on 1 or N devices.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+
+from xrstudy.training import recipes
+from xrstudy.training.callbacks import load_train_state, unwrap
+from xrstudy.config import ConfigError, RunConfig
+from xrstudy.data.studydata import StudyData
+from xrstudy.training.learner import BestCheckpoint, TrainSetup, epoch_ends, fit, make_learner, next_step, predict, restore
+from xrstudy.pixels.loaders import Augment, Split
+from xrstudy.training.metrics import bootstrap_ci, classification_metrics
+from xrstudy.training.models import base_arch, create_model, input_stats, read_checkpoint, write_checkpoint
+
+if TYPE_CHECKING:
+    from fastai.learner import Learner
+
+    from xrstudy.pixels.imagecache import ImageCache
+
+TRAIN_STATE = "train_state.pt"
+CHECKPOINT = "checkpoint.pt"  # pre-training: the best validation loss (what transfers load)
+LAST_CHECKPOINT = "last.pt"  # pre-training: the final weights
+BOOTSTRAP_SAMPLES = 200
+
+
+# ---- where this process runs ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Process:
+    """Rank, world size and device of this process (world = 1 outside torchrun)."""
+
+    rank: int
+    world: int
+    device: torch.device
+    owns_group: bool = False  # we initialised the process group, so we tear it down
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """auto: this process's GPU when there is one, else the CPU; "cuda" means this process's GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(f"cuda:{local_rank}") if name == "cuda" else torch.device(name)
+
+
+def start_process(cfg: RunConfig) -> Process:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(cfg.device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    owns = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        owns = True
+    rank = dist.get_rank() if world > 1 else 0
+    return Process(rank=rank, world=world, device=device, owns_group=owns)
+
+
+# ---- the recipe of a cell ---------------------------------------------------------------------
+# The numbers come from xrstudy.training.recipes.recipe_for (pure, shared with `xrstudy sweep plan`); here they
+# become the learner's augmentation.
+AUGMENTS: dict[str, Callable[[recipes.Recipe], Augment]] = {
+    "bit": lambda r: Augment(out_size=r.crop, crop_fraction=r.crop / r.resize, flip=r.flip),
+    # cohen_aug (transfer_learning/datasets/chexpert.py): ShiftScaleRotate(shift 0.25, scale 0.1, rotate 45,
+    # albumentations' default border BORDER_REFLECT_101 ~ grid_sample "reflection"), HorizontalFlip(0.5).
+    "xray": lambda r: Augment(out_size=r.crop, shift=0.25, scale=0.1, rotate_deg=45.0, flip=r.flip, padding="reflection"),
+}
+PROBE_ATTEMPTS = 20  # unreadable leading images are skipped (the cache quarantines them)
+
+
+def probe_image(paths: Sequence[str]) -> tuple[int, int]:
+    """Original (height, width) of the first readable image, decoded by xrstudy.pixels.imagecache (so DICOM,
+    16-bit PNG and CIFAR `FILE#N` members are probed like any JPEG). Unreadable files are skipped
+    here; the image cache quarantines and counts them."""
+    from xrstudy.pixels.decoding import ImageError, load_image
+
+    for path in list(paths)[:PROBE_ATTEMPTS]:
+        try:
+            pixels = load_image(str(path))
+        except ImageError:
+            continue
+        return int(pixels.shape[0]), int(pixels.shape[1])
+    raise ConfigError(f"none of the first {PROBE_ATTEMPTS} training images is readable (first: {list(paths)[:1]})")
+
+
+def pipeline_of(cfg: RunConfig) -> str:
+    """"xray" (pre-training, and targets that transfer with it) or "bit" (BiT-HyperRule resolution)."""
+    from xrstudy.data import sources
+
+    return sources.source_of(cfg.target).transfer_pipeline if cfg.kind == "transfer" else "xray"
+
+
+def recipe_of(cfg: RunConfig, study: StudyData) -> recipes.Recipe:
+    """The cell's recipe; the BiT pipeline needs the original image size, so only it probes one."""
+    from xrstudy.data import sources
+
+    pipeline = pipeline_of(cfg)
+    image_hw = probe_image(study.train["path"]) if pipeline == "bit" else (0, 0)
+    return recipes.recipe_for(cfg, len(study.train), image_hw, pipeline=pipeline,
+                            flip=sources.source_of(cfg.target).mirror_invariant)
+
+
+def image_mode(study: StudyData, recipe: recipes.Recipe) -> str:
+    """X-ray images are cached grayscale, natural images in colour (as `xrstudy data cache` does); the
+    BiT pipeline caches the whole image squashed to a square (its evaluation view)."""
+    colour = "L" if study.modality == "xray" else "RGB"
+    return colour + (":squash" if recipe.cache_fit == "squash" else "")
+
+
+# ---- images and targets -----------------------------------------------------------------------
+def targets_of(table: pd.DataFrame, classes: Sequence[str], multilabel: bool) -> torch.Tensor:
+    if multilabel:
+        return torch.from_numpy(table[list(classes)].to_numpy(dtype=np.float32, na_value=np.nan, copy=True))
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(table["label"]) - set(index))
+    if unknown:
+        raise ConfigError(f"labels {unknown[:5]} are not among the classes {list(classes)[:10]}")
+    return torch.tensor([index[name] for name in table["label"]], dtype=torch.int64)
+
+
+def open_cache(cfg: RunConfig, paths: Sequence[str], size: int, mode: str) -> ImageCache:
+    """The uint8 image cache of `paths` (built once, shared by every cell of the dataset); a build
+    that cannot fit on its disk is refused before it starts."""
+    from xrstudy.pixels import imagecache
+
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out_dir) / "cache"
+    return imagecache.build_cache(paths, size, cache_dir, mode, cfg.workers, what=f"the image cache of {cfg.name}")
+
+
+def open_splits(cfg: RunConfig, study: StudyData, size: int, mode: str) -> tuple[dict[str, Split], dict[str, int]]:
+    """Each split as rows of the memory-mapped cache + targets; quarantined images are dropped and
+    counted. No pixel is read here: the loaders gather each batch when it is needed. Nor is a path
+    looked up when the study knows its rows in the cache (`StudyData.universe_rows`, from prepare):
+    the start-up then does no per-image work in Python, whatever the dataset's size."""
+    cache = open_cache(cfg, study.universe or study.paths, size, mode)
+    known_rows = bool(study.universe_rows) and cache.paths == study.universe  # the universe is the cache's order
+    splits, dropped = {}, {}
+    for name, table in {"train": study.train, "valid": study.valid, "test": study.test}.items():
+        rows = study.universe_rows[name] if known_rows else cache.rows_of(table["path"].astype(str))
+        keep = ~table["path"].astype(str).isin(set(cache.quarantined)).to_numpy() if cache.quarantined else None
+        dropped[name] = 0 if keep is None else int((~keep).sum())
+        if dropped[name]:
+            table, rows = table[keep], rows[keep]
+        # A squashed image is cropped aspect-true in training: it needs the original sizes.
+        hw = cache.original_sizes()[rows] if name == "train" and mode.endswith(":squash") else None
+        splits[name] = Split(cache.images, rows, targets_of(table, study.classes, study.multilabel), hw)
+    return splits, dropped
+
+
+# ---- evaluation -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, float]
+    per_class: dict[str, dict[str, float]]
+    ci: dict[str, list[float]]
+    seconds: float
+
+
+def evaluate(learn: Learner, splits: dict[str, Split], study: StudyData, batch: int, seed: int) -> Evaluation:
+    started = time.perf_counter()
+    metrics: dict[str, float] = {}
+    per_class: dict[str, dict[str, float]] = {}
+    ci: dict[str, list[float]] = {}
+    for name in ("valid", "test"):
+        if len(splits[name]) == 0:
+            continue
+        probs, targets = predict(learn, splits[name], batch)
+        values, by_class = classification_metrics(probs, targets, study.classes, study.multilabel)
+        metrics.update({f"{name}/{k}": v for k, v in values.items()})
+        if name == "test":
+            per_class = by_class
+            ci = {f"test/{k}": v for k, v in bootstrap_ci(probs, targets, study.multilabel, seed, BOOTSTRAP_SAMPLES).items()}
+    return Evaluation(metrics, per_class, ci, time.perf_counter() - started)
+
+
+# ---- provenance -------------------------------------------------------------------------------
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    import fastai
+    import timm
+
+    import xrstudy
+
+    return {"xrstudy": xrstudy.__version__, "torch": torch.__version__, "timm": timm.__version__,
+            "fastai": fastai.__version__}
+
+
+def _device_name(device: torch.device) -> str:
+    return f"cuda:{torch.cuda.get_device_name(device)}" if device.type == "cuda" else device.type
+
+
+def _precision(cfg: RunConfig, device: torch.device) -> str:
+    return ("bf16" if device.type == "cuda" else "fp32") if cfg.precision == "auto" else cfg.precision
+
+
+# ---- the cell ---------------------------------------------------------------------------------
+def run(cfg: RunConfig, *, resume: bool = False, callbacks: Sequence[Any] = (), study: StudyData | None = None,
+        checkpoint_every_steps: int = 0, checkpoint_every_s: float = 600.0) -> dict[str, Any]:
+    """Train and evaluate one cell; returns (and on rank 0 saves) its result dict.
+
+    resume: continue from `{run_dir}/train_state.pt` when it exists (same cfg -> same run_id).
+    callbacks: extra fastai callbacks (notebooks, tests). study: a ready StudyData (else data.prepare).
+    """
+    proc = start_process(cfg)
+    try:
+        return _run(cfg, proc, resume, callbacks, study, checkpoint_every_steps, checkpoint_every_s)
+    finally:
+        if proc.owns_group:
+            dist.destroy_process_group()
+
+
+def _run(cfg: RunConfig, proc: Process, resume: bool, callbacks: Sequence[Any], study: StudyData | None,
+         checkpoint_every_steps: int, checkpoint_every_s: float) -> dict[str, Any]:
+    if cfg.batch_size % proc.world:
+        raise ConfigError(f"batch_size {cfg.batch_size} (global) is not divisible by {proc.world} processes")
+    per_device = cfg.batch_size // proc.world
+    if cfg.micro_batch and per_device % min(cfg.micro_batch, per_device):
+        raise ConfigError(f"micro_batch {cfg.micro_batch} does not divide the per-device batch {per_device} "
+                          f"(batch_size {cfg.batch_size} over {proc.world} processes)")
+    if study is None:
+        from xrstudy.data import studydata
+
+        study = studydata.prepare(cfg)
+    if len(study.train) == 0:
+        raise ConfigError(f"{cfg.name}: the training split is empty ({dict(study.dropped)} rows dropped)")
+
+    # Recipe first (it fixes the cache size), then the cache rows of each split.
+    recipe = recipe_of(cfg, study)
+    splits, quarantined = open_splits(cfg, study, recipe.resize, image_mode(study, recipe))
+
+    # Model, and the training state to resume from.
+    model = create_model(cfg, num_classes=len(study.classes), head=cfg.head)
+    state_path = cfg.run_dir / TRAIN_STATE
+    state = load_train_state(state_path) if resume and state_path.is_file() else None
+    if state is not None and state.get("run_id") != cfg.run_id:
+        raise ConfigError(f"{state_path}: training state of run {state.get('run_id')!r}, not {cfg.run_id!r}")
+
+    mean, std = input_stats(cfg)
+    setup = TrainSetup(
+        multilabel=study.multilabel,
+        num_classes=len(study.classes),
+        schedule=recipe.schedule,
+        per_device_batch=per_device,
+        micro_batch=cfg.micro_batch,
+        seed=cfg.seed,
+        augment=AUGMENTS[recipe.augment](recipe),
+        eval_size=recipe.eval_size,
+        weight_decay=recipe.weight_decay,
+        mixup_alpha=recipe.mixup_alpha,
+        sampler=cfg.sampler,
+        mean=mean,
+        std=std,
+        device=proc.device,
+        precision=_precision(cfg, proc.device),
+        channels_last=proc.device.type == "cuda",
+        compile=cfg.compile,
+        start_step=int(state["step"]) if state else 0,
+        rank=proc.rank,
+        world=proc.world,
+        checkpoint_path=state_path,
+        checkpoint_identity={"run_id": cfg.run_id},
+        checkpoint_every_steps=checkpoint_every_steps,
+        checkpoint_every_s=checkpoint_every_s,
+    )
+    learn = make_learner(model, splits["train"], setup, callbacks)
+    if state is not None:
+        restore(learn, state, setup)
+    eval_batch = 2 * min(cfg.micro_batch or per_device, per_device)
+    sidecar = {"arch": base_arch(cfg.arch), "run_id": cfg.run_id, "config": cfg.to_dict(),
+               "split_sha256": study.split_sha256, "classes": list(study.classes), "multilabel": study.multilabel}
+    best = None
+    if cfg.kind == "pretrain" and len(splits["valid"]) and proc.is_main:
+        best = BestCheckpoint(cfg.run_dir / CHECKPOINT, sidecar, splits["valid"], eval_batch, state is not None)
+
+    started = time.perf_counter()
+    for stop in epoch_ends(next_step(learn), recipe.steps, recipe.valid_every if cfg.kind == "pretrain" else 0):
+        fit(learn, stop)
+        if best is not None:
+            best.update(learn, stop)
+    train_s = time.perf_counter() - started
+    if proc.world > 1:
+        dist.barrier()
+    if not proc.is_main:
+        return {}
+
+    # Evaluate the plain model (not the DDP wrapper: rank 0 alone) -- for a pre-training cell the
+    # best-validation weights, the ones transfers load -- then write the outputs.
+    learn.model = unwrap(learn.model)
+    checkpoint = None
+    if cfg.kind == "pretrain":
+        write_checkpoint(cfg.run_dir / LAST_CHECKPOINT, learn.model, {**sidecar, "step": recipe.steps})
+        if best is not None and best.step >= 0:
+            kept = read_checkpoint(best.path)
+            learn.model.load_state_dict(kept.state)
+            checkpoint = {"path": str(kept.path), "sha256": kept.sidecar["sha256"]}
+        else:  # no validation split (or no finite loss): the final weights
+            checkpoint = write_checkpoint(cfg.run_dir / CHECKPOINT, learn.model, {**sidecar, "step": recipe.steps})
+    evaluation = evaluate(learn, splits, study, eval_batch, cfg.seed)
+    state_path.unlink(missing_ok=True)  # finished: the result (and checkpoint) supersede it
+
+    outcome = Outcome(evaluation=evaluation, checkpoint=checkpoint, train_s=train_s, last_step=recipe.steps,
+                      counts={name: len(split) for name, split in splits.items()}, quarantined=quarantined)
+    result = _result(cfg, study, outcome, proc)
+    save_result(result, cfg)
+    return result
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished cell produced, for its result JSON."""
+
+    evaluation: Evaluation
+    checkpoint: dict[str, str] | None
+    train_s: float
+    last_step: int
+    counts: dict[str, int]  # images per split (after the quarantine)
+    quarantined: dict[str, int]  # per split: images dropped because the cache could not decode them
+
+
+def _result(cfg: RunConfig, study: StudyData, outcome: Outcome, proc: Process) -> dict[str, Any]:
+    from xrstudy.results import store
+
+    dropped = dict(study.dropped)
+    if any(outcome.quarantined.values()):
+        dropped["quarantine"] = dropped.get("quarantine", 0) + sum(outcome.quarantined.values())
+    return store.new_result(
+        cfg, outcome.evaluation.metrics,
+        per_class=outcome.evaluation.per_class,
+        ci=outcome.evaluation.ci,
+        split_sha256=study.split_sha256,
+        split_file=study.split_path,
+        shots_ids=list(study.shots_ids),  # the k-shot training images, so a cell can be audited / redone
+        checkpoint=outcome.checkpoint,
+        counts={**outcome.counts, "dropped": dropped, "shots_ids": len(study.shots_ids)},
+        versions=_versions(),
+        git_commit=_git_commit(),
+        device=_device_name(proc.device) + (f" x{proc.world}" if proc.world > 1 else ""),
+        timings={"train_s": outcome.train_s, "eval_s": outcome.evaluation.seconds},
+        last_step=outcome.last_step,
+    )
+
+
+def save_result(result: dict[str, Any], cfg: RunConfig) -> Path:
+    from xrstudy.results import store
+
+    return store.save(result, cfg.results_dir)
+
+
+# ---- command line -----------------------------------------------------------------------------
+def cmd_train(args: Any) -> int:
+    cfg = RunConfig.from_yaml(args.config)
+    result = run(cfg, resume=args.resume, checkpoint_every_steps=args.checkpoint_every)
+    if result:
+        shown = {k: round(v, 4) for k, v in result["metrics"].items() if isinstance(v, float)}
+        print(f"{cfg.run_id}: {shown}")
+    return 0
+
+
+__all__ = ["run", "recipe_of", "AUGMENTS", "open_splits", "evaluate", "cmd_train", "start_process", "Outcome"]
