@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from xrstudy.plots import figures
+from xrstudy.plots import render
 from xrstudy.results import legacy
 
 LEGACY = Path(__file__).resolve().parents[1] / "tests" / "data" / "legacy"
@@ -27,11 +27,11 @@ def main() -> None:
         start = time.perf_counter()
         legacy.import_legacy(args.legacy, work / "results")
         imported = time.perf_counter() - start
-        for style in figures.STYLES:
+        for style in render.STYLES:
             times = []
             for i in range(args.repeat):
                 start = time.perf_counter()
-                rendered = figures.render_all(work / "results", work / f"figures-{style}{i}", style=style)
+                rendered = render.render_all(work / "results", work / f"figures-{style}{i}", style=style)
                 times.append(time.perf_counter() - start)
             print(f"import-legacy {imported:.2f} s; style {style}: redraw {len(rendered)} figures (PNG+PDF+CSV) + tables: "
                   f"best {min(times):.2f} s, median {sorted(times)[len(times) // 2]:.2f} s over {args.repeat}")

@@ -62,10 +62,10 @@ def lab(tmp_path):
 def _expected_figures(root: Path, scratch: Path) -> int:
     """How many figures 30_figures shows for the bundled store: every default-style figure of
     the bars / model-size / few-shot kinds, every paper-style figure, and the restyled one."""
-    from xrstudy.plots import figures
+    from xrstudy.plots import render
 
-    default = figures.render_all(root / "example-results", scratch / "default")
-    paper = figures.render_all(root / "example-results", scratch / "paper", style="paper")
+    default = render.render_all(root / "example-results", scratch / "default")
+    paper = render.render_all(root / "example-results", scratch / "paper", style="paper")
     shown = [key for key in default if key[0] in ("bars", "model_size", "fewshot")]
     return len(shown) + len(paper) + 1
 

@@ -11,7 +11,7 @@ import pytest
 
 from xrstudy import cli, demo
 from xrstudy.results import store
-from xrstudy.sweeps import sweepfile
+from xrstudy.sweeps import runner, sweepfile
 
 
 @pytest.mark.slow
@@ -60,7 +60,7 @@ def test_default_demo_digits_full_shot_accuracy_is_at_least_90_percent_for_every
     cells = sweepfile.load_sweep(demo.demo_sweep(tmp_path, roots, size))
     chosen = [c for c in cells if c.kind == "pretrain" or (c.target == "digits" and c.shots == 0)]
     assert len(chosen) == 2 + 3 * len(size.seeds)
-    summary = sweepfile.run(chosen, workers=2, progress=False)
+    summary = runner.run_sweep(chosen, workers=2, progress=False)
     assert summary.ok, summary.report()
     tidy = store.table(tmp_path / "results")
     digits = tidy[(tidy.kind == "transfer") & (tidy.metric == "test/acc")]

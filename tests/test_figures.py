@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from xrstudy import cli
-from xrstudy.plots import figures
+from xrstudy.plots import figures, render
 from xrstudy.results import legacy, store
 from xrstudy.config import RunConfig
 
@@ -66,7 +66,7 @@ def test_import_legacy_then_figures_reproduce_the_per_target_plots(tmp_path, cap
 
 
 def test_scale_curves_and_power_law_fits(tmp_path):
-    rendered = figures.render_all(synthetic_store(tmp_path / "results"), tmp_path / "figs", n_boot=20)
+    rendered = render.render_all(synthetic_store(tmp_path / "results"), tmp_path / "figs", n_boot=20)
     names = {p.name for p in rendered.files}
     assert {"data_scale_padchest-cl_auc.png", "model_scale_padchest-cl_auc.pdf", "scaling_fits.csv"} <= names
     fits = pd.read_csv(tmp_path / "figs" / "scaling_fits.csv")
@@ -94,7 +94,7 @@ def test_damaged_results_are_never_drawn(tmp_path):
     run_id = victim.stem
     victim.write_text(victim.read_text().replace('"status": "ok"', '"status": "ok" ')[:-30])
     with pytest.warns(UserWarning, match="left out"):
-        figures.render_all(store_dir, tmp_path / "figs")
+        render.render_all(store_dir, tmp_path / "figs")
     table = pd.read_csv(tmp_path / "figs" / "results_table.csv")
     assert run_id not in set(table.run_id) and table.run_id.nunique() == 89
 
@@ -102,7 +102,7 @@ def test_damaged_results_are_never_drawn(tmp_path):
 def test_empty_store_is_an_error(tmp_path):
     (tmp_path / "results").mkdir()
     with pytest.raises(store.ResultError, match="no valid results"):
-        figures.render_all(tmp_path / "results", tmp_path / "figs")
+        render.render_all(tmp_path / "results", tmp_path / "figs")
 
 
 # ---- figures are objects ----------------------------------------------------------------------
@@ -111,7 +111,7 @@ def test_render_all_maps_kind_target_metric_to_the_figure_and_its_files(tmp_path
 
     store_dir = tmp_path / "results"
     legacy.import_legacy(LEGACY, store_dir)
-    rendered = figures.render_all(store_dir, tmp_path / "figs")
+    rendered = render.render_all(store_dir, tmp_path / "figs")
     assert ("bars", "cifar10", "test/acc") in rendered and ("fewshot", "padchest-cl", "test/auc") in rendered
     for (kind, target, metric), (fig, files) in rendered.items():
         assert isinstance(fig, Figure)
@@ -145,11 +145,11 @@ def test_the_package_never_chooses_a_matplotlib_backend(tmp_path):
     open in pyplot. Checked in a fresh interpreter whose backend is 'svg'."""
     script = f"""
 import matplotlib
-from xrstudy.plots import explore, figures, paper_figures
+from xrstudy.plots import explore, figures, paper_figures, render
 from xrstudy.results import legacy
 legacy.import_legacy({str(LEGACY)!r}, {str(tmp_path / 'store')!r})
-rendered = figures.render_all({str(tmp_path / 'store')!r}, {str(tmp_path / 'figs')!r})
-paper = figures.render_all({str(tmp_path / 'store')!r}, {str(tmp_path / 'paper')!r}, style="paper")
+rendered = render.render_all({str(tmp_path / 'store')!r}, {str(tmp_path / 'figs')!r})
+paper = render.render_all({str(tmp_path / 'store')!r}, {str(tmp_path / 'paper')!r}, style="paper")
 import matplotlib.pyplot as plt
 print(matplotlib.get_backend(), len(rendered), len(paper), plt.get_fignums())
 """

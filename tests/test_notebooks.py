@@ -91,10 +91,10 @@ def test_example_results_are_the_demo_cells_of_today():
 
 
 def test_reference_figures_are_what_the_example_results_draw(tmp_path):
-    from xrstudy.plots import figures
+    from xrstudy.plots import render
 
     reference = NOTEBOOKS.parent / "figures"
-    written = figures.render_all(NOTEBOOKS / "example-results", tmp_path).files
+    written = render.render_all(NOTEBOOKS / "example-results", tmp_path).files
     assert sorted(p.name for p in written) == sorted(p.name for p in reference.iterdir() if p.name != "README.md")
     for csv in sorted(tmp_path.glob("*.csv")):
         assert csv.read_text() == (reference / csv.name).read_text(), f"figures/{csv.name} is stale"
@@ -196,15 +196,15 @@ def test_data_notebooks_run_as_shipped_on_the_miniature_sources(name, tmp_path, 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["30_figures.ipynb", "40_scaling.ipynb"])
 def test_figure_notebooks_run_as_shipped_on_the_bundled_stores(name, tmp_path, notebooks_cwd_kernel):
-    from xrstudy.plots import figures
+    from xrstudy.plots import render
 
     executed = tmp_path / name
     notebooks_cwd_kernel.execute(NOTEBOOKS / name, executed, {})
     assert not _errors(executed)
     if name.startswith("30"):
         store_dir = NOTEBOOKS / "example-results"
-        default = [k for k in figures.render_all(store_dir, tmp_path / "d") if k[0] in ("bars", "model_size", "fewshot")]
-        paper = figures.render_all(store_dir, tmp_path / "p", style="paper")
+        default = [k for k in render.render_all(store_dir, tmp_path / "d") if k[0] in ("bars", "model_size", "fewshot")]
+        paper = render.render_all(store_dir, tmp_path / "p", style="paper")
         assert _images(executed) == len(default) + len(paper) + 1  # + the restyled one
     else:  # the paper-format fixtures hold two model sizes: too few scale points for a fit, and it says so
         assert "3 or more scale points" in _outputs(executed)

@@ -146,7 +146,7 @@ def test_cost_of_the_largest_cell(rows):
 # ---- the plan is what runs --------------------------------------------------------------------
 def test_plan_and_run_agree_on_cells_and_run_ids(tmp_path):
     cells = [c.replace(out_dir=str(tmp_path)) for c in sweepfile.load_sweep(SWEEPS / "paper.yaml")]
-    planned = runner.run(cells, dry_run=True, check_archs=False, executor="sweep_stub:execute").planned
+    planned = runner.run_sweep(cells, dry_run=True, check_archs=False, executor="sweep_stub:execute").planned
     assert [r["run_id"] for r in plan.plan_cells(cells)] == planned == [c.run_id for c in cells]
 
 

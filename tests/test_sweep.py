@@ -22,7 +22,7 @@ from xrstudy.sweeps import preflight, runner, slurm, sweepfile
 from xrstudy.results import store
 from xrstudy.sweeps.celllock import CellLock
 from xrstudy.config import FIELD_NAMES, RunConfig
-from xrstudy.sweeps.worker import Outcome, failure_cause, is_dead_kernel, lock_path
+from xrstudy.sweeps.worker import AttemptEnd, failure_cause, is_dead_kernel, lock_path
 
 TESTS = Path(__file__).parent
 STUB = "sweep_stub:execute"
@@ -175,11 +175,11 @@ def test_dependency_graph_orders_parents_first(tmp_path):
 @pytest.mark.parametrize("mode_kwargs", MODES, indirect=True)
 def test_run_order_skip_and_summary(tmp_path, stub_env, mode_kwargs):
     cells = sweepfile.load_sweep(_sweep(tmp_path))[:5]  # 3 pretrain + 2 transfer that need them
-    summary = sweepfile.run(cells, workers=2, progress=False, poll_s=0.2, **mode_kwargs)
+    summary = runner.run_sweep(cells, workers=2, progress=False, poll_s=0.2, **mode_kwargs)
     assert summary.ok and len(summary.done) == 5, summary.report()
     assert all(store.is_done(c) for c in cells)
     assert all((c.run_dir / "worker.log").is_file() for c in cells)
-    again = sweepfile.run(cells, workers=2, progress=False, poll_s=0.2, **mode_kwargs)
+    again = runner.run_sweep(cells, workers=2, progress=False, poll_s=0.2, **mode_kwargs)
     assert sorted(again.skipped) == sorted(c.run_id for c in cells) and not again.done
     assert set(_executions(stub_env).values()) == {1}
     assert not list(tmp_path.rglob("cell.lock")), "locks released"
@@ -195,12 +195,12 @@ def test_failures_listed_dependants_not_run_and_dead_kernel_retried(tmp_path, st
     spec = _sweep(tmp_path)
     spec["transfer"].append({"target": "cifar10", "init": "pretrain:c+m", "name": "t-cm", "arch": "resnetv2_50x1_bit"})
     cells = [c for c in sweepfile.load_sweep(spec) if c.name in ("c+m", "t-cm", "t-in21k")]
-    summary = sweepfile.run(cells, workers=2, progress=False, retries=1, poll_s=0.2, **mode_kwargs)
+    summary = runner.run_sweep(cells, workers=2, progress=False, retries=1, poll_s=0.2, **mode_kwargs)
     failed = {f.name: f for f in summary.failed}
     assert set(failed) == {"c+m", "t-cm"}
     assert "cell raised RuntimeError: stub failure for c+m" in failed["c+m"].reason
-    assert failed["c+m"].notebook.endswith("notebook.ipynb") and failed["c+m"].outcome == Outcome.FAILED
-    assert "dependency failed" in failed["t-cm"].reason and failed["t-cm"].outcome == Outcome.DEPENDENCY_FAILED
+    assert failed["c+m"].notebook.endswith("notebook.ipynb") and failed["c+m"].outcome == AttemptEnd.FAILED
+    assert "dependency failed" in failed["t-cm"].reason and failed["t-cm"].outcome == AttemptEnd.DEPENDENCY_FAILED
     dying = next(c for c in cells if c.name == "t-in21k")
     assert summary.done == [dying.run_id] and _executions(stub_env)[dying.run_id] == 2
     assert "FAILED c+m" in summary.report()
@@ -212,7 +212,7 @@ def test_failures_listed_dependants_not_run_and_dead_kernel_retried(tmp_path, st
 def test_dead_kernel_without_retries_fails(tmp_path, stub_env, monkeypatch):
     monkeypatch.setenv("XRSTUDY_STUB_DIE", "t-in21k")
     cells = [c for c in sweepfile.load_sweep(_sweep(tmp_path)) if c.name == "t-in21k"]
-    summary = sweepfile.run(cells, executor=STUB, progress=False, retries=0, poll_s=0.2)
+    summary = runner.run_sweep(cells, executor=STUB, progress=False, retries=0, poll_s=0.2)
     assert "worker died" in summary.failed[0].reason
 
 
@@ -231,27 +231,27 @@ def test_a_kernel_that_never_starts_counts_as_dead_a_cell_error_does_not():
 
 
 def test_outcomes_are_one_encoding():
-    """Exit codes, summary statuses and reasons all come from one Outcome enum."""
-    assert Outcome.of_exit(0) == Outcome.DONE and Outcome.of_exit(79) == Outcome.DISK_FULL
-    assert Outcome.of_exit(-9) == Outcome.of_exit(3) == Outcome.DEAD_KERNEL
-    assert Outcome.of_exit(int(Outcome.SKIPPED)) == Outcome.DEAD_KERNEL  # runner-only outcomes are no exit codes
-    statuses = {o: o.status for o in Outcome}
-    assert statuses[Outcome.DONE_ELSEWHERE] == statuses[Outcome.SKIPPED] == "skipped"
-    assert {statuses[o] for o in (Outcome.FAILED, Outcome.NO_RESULT, Outcome.DISK_FULL, Outcome.DEPENDENCY_FAILED,
-                                  Outcome.INTERRUPTED)} == {"failed"}  # fmt: skip
+    """Exit codes, summary statuses and reasons all come from one AttemptEnd enum."""
+    assert AttemptEnd.of_exit(0) == AttemptEnd.DONE and AttemptEnd.of_exit(79) == AttemptEnd.DISK_FULL
+    assert AttemptEnd.of_exit(-9) == AttemptEnd.of_exit(3) == AttemptEnd.DEAD_KERNEL
+    assert AttemptEnd.of_exit(int(AttemptEnd.SKIPPED)) == AttemptEnd.DEAD_KERNEL  # runner-only outcomes are no exit codes
+    statuses = {o: o.status for o in AttemptEnd}
+    assert statuses[AttemptEnd.DONE_ELSEWHERE] == statuses[AttemptEnd.SKIPPED] == "skipped"
+    assert {statuses[o] for o in (AttemptEnd.FAILED, AttemptEnd.NO_RESULT, AttemptEnd.DISK_FULL, AttemptEnd.DEPENDENCY_FAILED,
+                                  AttemptEnd.INTERRUPTED)} == {"failed"}  # fmt: skip
 
 
 @pytest.mark.parametrize(
     "make, outcome, cause",
     [
-        (lambda: OSError(28, "No space left on device", "/scratch/cache/images.u8"), Outcome.DISK_FULL,
+        (lambda: OSError(28, "No space left on device", "/scratch/cache/images.u8"), AttemptEnd.DISK_FULL,
          "disk full at /scratch/cache/images.u8"),
         (lambda: type("PapermillExecutionError", (Exception,), {"ename": "OSError",
                       "evalue": "[Errno 28] No space left on device: '/scratch/out/runs/x/ckpt.pt'"})("x"),
-         Outcome.DISK_FULL, "disk full at /scratch/out/runs/x/ckpt.pt"),
+         AttemptEnd.DISK_FULL, "disk full at /scratch/out/runs/x/ckpt.pt"),
         (lambda: type("PapermillExecutionError", (Exception,), {"ename": "ValueError", "evalue": "broken cell"})("x"),
-         Outcome.FAILED, "ValueError: broken cell"),
-        (lambda: RuntimeError("bad\nsecond line"), Outcome.FAILED, "RuntimeError: bad"),
+         AttemptEnd.FAILED, "ValueError: broken cell"),
+        (lambda: RuntimeError("bad\nsecond line"), AttemptEnd.FAILED, "RuntimeError: bad"),
     ],
 )  # fmt: skip
 def test_failure_cause_names_a_full_disk_and_its_path(make, outcome, cause):
@@ -260,19 +260,19 @@ def test_failure_cause_names_a_full_disk_and_its_path(make, outcome, cause):
 
 def test_dry_run_runs_nothing(tmp_path, stub_env):
     cells = sweepfile.load_sweep(_sweep(tmp_path))
-    summary = sweepfile.run(cells, dry_run=True, executor=STUB)
+    summary = runner.run_sweep(cells, dry_run=True, executor=STUB)
     assert len(summary.planned) == len(cells) and not _executions(stub_env)
 
 
 def test_truncated_or_edited_result_is_run_again(tmp_path, stub_env):
     cells = [c for c in sweepfile.load_sweep(_sweep(tmp_path)) if c.name in ("c+m", "t-in21k")]
-    assert sweepfile.run(cells, executor=STUB, progress=False, poll_s=0.2).ok
+    assert runner.run_sweep(cells, executor=STUB, progress=False, poll_s=0.2).ok
     truncated, edited = (store.result_path(c.run_id, c.results_dir) for c in cells)
     truncated.write_text(truncated.read_text()[:40])
     edited.write_text(edited.read_text().replace('"test/acc": 0.5', '"test/acc": 0.99'))
-    plan = sweepfile.run(cells, dry_run=True, executor=STUB)
+    plan = runner.run_sweep(cells, dry_run=True, executor=STUB)
     assert sorted(plan.planned) == sorted(c.run_id for c in cells), "damaged results do not count as done"
-    summary = sweepfile.run(cells, executor=STUB, progress=False, poll_s=0.2)
+    summary = runner.run_sweep(cells, executor=STUB, progress=False, poll_s=0.2)
     assert sorted(summary.done) == sorted(c.run_id for c in cells)
     assert all(store.load(store.result_path(c.run_id, c.results_dir))["metrics"]["test/acc"] < 0.9 for c in cells)
     assert set(_executions(stub_env).values()) == {2}
@@ -325,8 +325,8 @@ def _write_sweep_file(tmp_path: Path, n_seeds: int) -> Path:
 def _runner(sweep_file: Path, env: dict, kwargs: dict) -> subprocess.Popen:
     code = textwrap.dedent(
         f"""
-        from xrstudy.sweeps import sweepfile
-        s = sweepfile.run(sweepfile.load_sweep({str(sweep_file)!r}), workers=2, progress=False, poll_s=0.2, **{kwargs!r})
+        from xrstudy.sweeps import runner, sweepfile
+        s = runner.run_sweep(sweepfile.load_sweep({str(sweep_file)!r}), workers=2, progress=False, poll_s=0.2, **{kwargs!r})
         print("SUMMARY", len(s.done), len(s.skipped), len(s.failed))
         """
     )
@@ -380,7 +380,7 @@ def test_gpus_pin_each_warm_kernel(tmp_path, stub_env, monkeypatch):
     body = sweep_stub.NOTEBOOK_BODY + "\nimport os\nprint('CUDA', os.environ.get('CUDA_VISIBLE_DEVICES'), os.getpid())"
     monkeypatch.setenv("XRSTUDY_NOTEBOOKS", str(_stub_notebooks(tmp_path / "nb", body)))
     cells = [c for c in sweepfile.load_sweep(_sweep(tmp_path)) if c.kind == "pretrain"]
-    summary = sweepfile.run(cells, gpus=["3", "5"], workers=2, progress=False, poll_s=0.2, allow_cpu=True)
+    summary = runner.run_sweep(cells, gpus=["3", "5"], workers=2, progress=False, poll_s=0.2, allow_cpu=True)
     assert summary.ok, summary.report()
     seen = set()
     for cell in cells:
@@ -417,7 +417,7 @@ def test_papermill_cells_and_dead_kernel(tmp_path, monkeypatch, isolate):
         "transfer": [{"target": "cifar10", "init": "pretrain:c", "grid": {"seed": [1, 2]}}],
     }
     cells = sweepfile.load_sweep(spec)
-    summary = sweepfile.run(cells, workers=2, retries=1, progress=False, poll_s=0.2, isolate=isolate)
+    summary = runner.run_sweep(cells, workers=2, retries=1, progress=False, poll_s=0.2, isolate=isolate)
     assert len(summary.done) == 2 and len(summary.failed) == 1, summary.report()
     failed = summary.failed[0]
     assert "cell raised" in failed.reason and Path(failed.notebook).is_file()
@@ -454,7 +454,7 @@ def test_gpus_that_exist_pass_and_missing_ids_are_named(monkeypatch):
 def test_a_run_with_missing_gpus_records_the_warning_in_each_worker_log(tmp_path, stub_env, monkeypatch):
     monkeypatch.setattr(preflight, "visible_gpus", lambda: 0)
     cells = [c for c in sweepfile.load_sweep(_sweep(tmp_path)) if c.name == "t-in21k"]
-    summary = runner.run(cells, gpus=["0"], executor=STUB, progress=False, poll_s=0.2, allow_cpu=True)
+    summary = runner.run_sweep(cells, gpus=["0"], executor=STUB, progress=False, poll_s=0.2, allow_cpu=True)
     assert summary.ok and summary.warnings and "WARNING --gpus 0" in (cells[0].run_dir / "worker.log").read_text()
 
 
@@ -466,7 +466,7 @@ def test_unknown_arch_fails_before_anything_runs(tmp_path, stub_env, dry_run):
     spec["transfer"].append({"target": "cifar10", "init": "timm", "arch": "resnetv2_50x1_bit.no_such_tag", "name": "t"})
     cells = sweepfile.load_sweep(spec)
     with pytest.raises(sweepfile.SweepError) as err:
-        runner.run(cells, dry_run=dry_run, executor=STUB, progress=False)
+        runner.run_sweep(cells, dry_run=dry_run, executor=STUB, progress=False)
     assert "arch 'resnetv2_77x9_bit' (1 cell(s), e.g. t-in21k): timm has no model 'resnetv2_77x9_bit'" in str(err.value)
     assert "timm has no pretrained tag 'no_such_tag'" in str(err.value)
     assert not _executions(stub_env)
@@ -477,11 +477,11 @@ def test_init_of_a_run_that_is_nowhere_fails_the_dry_run(tmp_path, stub_env):
     spec["transfer"].append({"target": "cifar10", "init": "run:pretrain-000000000000", "name": "orphan"})
     cells = sweepfile.load_sweep(spec)
     with pytest.raises(sweepfile.SweepError, match=r"orphan \[transfer-\w+\]: init run:pretrain-000000000000 is neither"):
-        runner.run(cells, dry_run=True, executor=STUB)
+        runner.run_sweep(cells, dry_run=True, executor=STUB)
     parent = next(c for c in cells if c.name == "c+m")  # a finished result in the store is a valid init
     child = RunConfig.from_dict({**cells[-1].to_dict(), "init": f"run:{parent.run_id}"})
     store.save(store.new_result(parent, {"test/acc": 0.5}), parent.results_dir)
-    assert runner.run([child], dry_run=True, executor=STUB).planned == [child.run_id]
+    assert runner.run_sweep([child], dry_run=True, executor=STUB).planned == [child.run_id]
 
 
 @pytest.mark.parametrize(
@@ -511,9 +511,9 @@ def test_cli_dry_runs_fail_on_what_the_real_run_fails_on(tmp_path, capsys, chang
 def test_a_full_disk_is_named_in_the_failure_list(tmp_path, stub_env, monkeypatch, mode_kwargs):
     monkeypatch.setenv("XRSTUDY_STUB_ENOSPC", "t-in21k")
     cells = [c for c in sweepfile.load_sweep(_sweep(tmp_path)) if c.name == "t-in21k"]
-    summary = sweepfile.run(cells, progress=False, poll_s=0.2, **mode_kwargs)
+    summary = runner.run_sweep(cells, progress=False, poll_s=0.2, **mode_kwargs)
     [failure] = summary.failed
-    assert failure.outcome == Outcome.DISK_FULL
+    assert failure.outcome == AttemptEnd.DISK_FULL
     assert failure.reason.startswith(f"disk full at {tmp_path / 'cache' / 'images.u8'}"), failure.reason
     assert f"disk full at {tmp_path / 'cache' / 'images.u8'}" in summary.report()
 

@@ -73,7 +73,7 @@ def _add_demo(sub: Any) -> None:
     demo.add_argument("--size", choices=("tiny", "small"), default="small", help="tiny: CI smoke run; small: default")
     demo.add_argument("--workers", type=int, default=2, help="cells run in parallel (default: %(default)s)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
-    _handler(demo, "xrstudy.demo:cmd_demo", draws=True)
+    _handler(demo, "xrstudy.commands.demo:cmd_demo", draws=True)
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +102,7 @@ def _add_data(sub: Any) -> None:
     inspect.add_argument("--split-mode", choices=SPLIT_MODES, default=None,
                          help="also count images per split (and per class of each split)")
     _data_options(inspect)
-    _handler(inspect, "xrstudy.data.studydata:cmd_inspect")
+    _handler(inspect, "xrstudy.commands.data:cmd_inspect")
 
     merged = commands.add_parser("merge", help="merge sources into one canonical table")
     merged.add_argument("--source", action="append", required=True, type=root_entry_arg, metavar="NAME=DIR",
@@ -110,7 +110,7 @@ def _add_data(sub: Any) -> None:
     merged.add_argument("--labels", choices=LABEL_SETS, default="intersection")
     merged.add_argument("--out", type=Path, help="write the merged table (.csv or .parquet)")
     _data_options(merged)
-    _handler(merged, "xrstudy.data.studydata:cmd_merge")
+    _handler(merged, "xrstudy.commands.data:cmd_merge")
 
     split = commands.add_parser("split", help="write a split file (source,image_id,split) and print its SHA-256")
     split.add_argument("source")
@@ -128,7 +128,7 @@ def _add_data(sub: Any) -> None:
     split.add_argument("--valid-fraction", type=float, default=0.1, help="patient / official modes")
     split.add_argument("--seed", type=int, default=None, help="patient / official modes (default: 0)")
     split.add_argument("--out", type=Path, required=True)
-    _handler(split, "xrstudy.data.studydata:cmd_split")
+    _handler(split, "xrstudy.commands.data:cmd_split")
 
     shots = commands.add_parser("shots", help="print the image ids of a k-shot training set, one per line")
     shots.add_argument("target", help="transfer target (cifar10, pets, flowers102, covidx, tuberculosis, padchest-cl, ...)")
@@ -143,7 +143,7 @@ def _add_data(sub: Any) -> None:
                        help="default: paper with --mode paper, else official")
     shots.add_argument("--label-mode", choices=LABEL_MODES, default=None,
                        help="default: paper with --mode paper, else terms")
-    _handler(shots, "xrstudy.data.studydata:cmd_shots")
+    _handler(shots, "xrstudy.commands.data:cmd_shots")
 
     cache = commands.add_parser("cache", help="build the pre-resized uint8 image cache of a source")
     cache.add_argument("source")
@@ -156,7 +156,7 @@ def _add_data(sub: Any) -> None:
     cache.add_argument("--views", type=views_arg, default=())
     cache.add_argument("--workers", type=int, default=0, help="decoding processes (default: all cores)")
     cache.add_argument("--cache-dir", type=Path, default=Path("xrstudy-out/cache"))
-    _handler(cache, "xrstudy.data.studydata:cmd_cache")
+    _handler(cache, "xrstudy.commands.data:cmd_cache")
 
 
 def _add_train(sub: Any) -> None:
@@ -165,7 +165,7 @@ def _add_train(sub: Any) -> None:
     train.add_argument("--resume", action="store_true", help="continue from {run_dir}/train_state.pt if present")
     train.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                        help="also save the training state every STEPS steps (default: every 10 minutes)")
-    _handler(train, "xrstudy.training.train:cmd_train")
+    _handler(train, "xrstudy.commands.train:cmd_train")
 
 
 def _add_sweep(sub: Any) -> None:
@@ -183,7 +183,7 @@ def _add_sweep(sub: Any) -> None:
     plan.add_argument("--json", action="store_true", help="print a JSON array, one object per cell")
     plan.add_argument("--device", default=DEFAULT_DEVICE, help="throughput table rows to estimate GPU-hours with")
     plan.add_argument("--only", default=None, help="glob over cell names / run ids (deps included)")
-    _handler(plan, "xrstudy.sweeps.plan:cmd_plan")
+    _handler(plan, "xrstudy.commands.sweep:cmd_plan")
 
     local = commands.add_parser("run", help="execute every unfinished cell here")
     local.add_argument("sweep", help="sweep YAML")
@@ -197,7 +197,7 @@ def _add_sweep(sub: Any) -> None:
                        help="a fresh worker process (and kernel) per cell instead of one warm kernel per worker")
     local.add_argument("--dry-run", action="store_true", help="check the cells and list what would run")
     local.add_argument("--no-progress", dest="progress", action="store_false")
-    _handler(local, "xrstudy.sweeps.runner:cmd_run")
+    _handler(local, "xrstudy.commands.sweep:cmd_run")
 
     cluster = commands.add_parser("submit", help="size the cells by the plan and hand their jobs to submitit (SLURM)")
     cluster.add_argument("sweep", help="sweep YAML")
@@ -215,7 +215,7 @@ def _add_sweep(sub: Any) -> None:
     cluster.add_argument("--device", default=DEFAULT_DEVICE, help="rows of the throughput and memory tables (benchmarks/)")
     cluster.add_argument("--only", default=None)
     cluster.add_argument("--dry-run", action="store_true", help="write the jobs (jobs.json) and the sbatch scripts submitit would send; send nothing")
-    _handler(cluster, "xrstudy.sweeps.slurm:cmd_submit")
+    _handler(cluster, "xrstudy.commands.sweep:cmd_submit")
 
 
 def _add_results(sub: Any) -> None:
@@ -228,12 +228,12 @@ def _add_results(sub: Any) -> None:
     show.add_argument("--results", default="xrstudy-out/results", help="results directory")
     show.add_argument("--format", choices=TABLE_FORMATS, default="csv")
     show.add_argument("--out", default=None, help="write here instead of printing CSV to stdout")
-    _handler(show, "xrstudy.results.store:cmd_table")
+    _handler(show, "xrstudy.commands.results:cmd_table")
 
     legacy = commands.add_parser("import-legacy", help="import the paper's finetuning_results_*.csv in xrstudy's names")
     legacy.add_argument("dir", help="directory with finetuning_results_{target}_{metric}.csv files")
     legacy.add_argument("--results", default="xrstudy-out/results", help="results directory to write to")
-    _handler(legacy, "xrstudy.results.legacy:cmd_import_legacy")
+    _handler(legacy, "xrstudy.commands.results:cmd_import_legacy")
 
 
 def _add_models(sub: Any) -> None:
@@ -246,7 +246,7 @@ def _add_models(sub: Any) -> None:
     convert.add_argument("--arch", required=True, help="timm BiT ResNet-v2: resnetv2_50x1_bit or resnetv2_152x4_bit")
     convert.add_argument("--out", type=Path, required=True, help="output file (torch.save of name -> tensor)")
     convert.add_argument("--json", action="store_true", help="print one JSON object (every tensor renamed)")
-    _handler(convert, "xrstudy.training.paper_weights:cmd_import_paper")
+    _handler(convert, "xrstudy.commands.models:cmd_import_paper")
 
 
 def _add_figures(sub: Any) -> None:
@@ -256,7 +256,7 @@ def _add_figures(sub: Any) -> None:
     figures.add_argument("--style", choices=("default", "paper"), default="default",
                          help="default: xrstudy's figures; paper: the paper's figures as the authors' plots.ipynb "
                               "draws them (%% on y, shot categories, the paper's model subsets), and the full-shot table")
-    _handler(figures, "xrstudy.plots.figures:cmd_figures", draws=True)
+    _handler(figures, "xrstudy.commands.figures:cmd_figures", draws=True)
 
 
 COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (_add_demo, _add_data, _add_train, _add_sweep, _add_models,

@@ -15,15 +15,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
 import pandas as pd
 import yaml
 
-from xrstudy.plots import figures
+from xrstudy.plots import render
 from xrstudy.data import layouts, phantoms
 from xrstudy.results import store
-from xrstudy.sweeps import sweepfile
+from xrstudy.sweeps import runner, sweepfile
 
 
 class DemoError(RuntimeError):
@@ -205,38 +205,28 @@ def xray_pretraining_effect(results_dir: Path) -> str:
             f"per shots {parts} ({helped} of {len(order)} shot counts better)")
 
 
-def run_demo(out: str | Path, size: str = "small", *, workers: int = 2, progress: bool = True) -> dict:
-    """Run the miniature study into `out`; return paths and the summary table."""
+def run_demo(out: str | Path, size: str = "small", *, workers: int = 2, progress: bool = True,
+             say: Callable[[str], None] = lambda line: None) -> dict:
+    """Run the miniature study into `out`; return paths and the summary table. `say` receives one line
+    per stage (`xrstudy demo` prints them)."""
     if size not in SIZES:
         raise DemoError(f"--size {size!r}; expected one of {sorted(SIZES)}")
     out = check_out_dir(Path(out))
     started = time.perf_counter()
-    print(f"[1/4] writing miniature sources in their real layouts under {out / 'data'}", flush=True)
+    say(f"[1/4] writing miniature sources in their real layouts under {out / 'data'}")
     roots = write_sources(out / "data", SIZES[size])
     sweep_path = out / "demo-sweep.yaml"
     sweep_path.write_text(yaml.safe_dump(demo_sweep(out, roots, SIZES[size]), sort_keys=False))
     cells = sweepfile.load_sweep(sweep_path)
-    print(f"[2/4] running {len(cells)} study cells ({sweep_path}); finished cells are reused", flush=True)
-    summary = sweepfile.run(cells, workers=workers, progress=progress)
-    print("[3/4] drawing figures", flush=True)
-    rendered = figures.render_all(out / "results", out / "figures")
+    say(f"[2/4] running {len(cells)} study cells ({sweep_path}); finished cells are reused")
+    summary = runner.run_sweep(cells, workers=workers, progress=progress)
+    say("[3/4] drawing figures")
+    rendered = render.render_all(out / "results", out / "figures")
     table = summary_table(out / "results")
     elapsed = time.perf_counter() - started
-    print(f"[4/4] done in {elapsed:.0f} s")
+    say(f"[4/4] done in {elapsed:.0f} s")
     return {"out": out, "sweep": sweep_path, "summary": summary, "figures": rendered.files,
             "table": table, "seconds": elapsed}
 
 
 
-def cmd_demo(args: Any) -> int:
-    """`xrstudy demo`: run the miniature study and print where everything went."""
-    outcome = run_demo(args.out, args.size, workers=args.workers, progress=not args.no_progress)
-    print(f"\nresults:   {outcome['out'] / 'results'}")
-    print(f"notebooks: {outcome['out'] / 'runs'}/<run_id>/notebook.ipynb")
-    print(f"figures:   {outcome['out'] / 'figures'}")
-    print(f"  {sum(p.suffix == '.png' for p in outcome['figures'])} figures, each as PNG + PDF + the CSV it was drawn from")
-    if not outcome["table"].empty:
-        print("\nmean ± SD over seeds (×100): PadChest-Cl mean AUC, digits accuracy")
-        print(outcome["table"].to_string())
-        print("\n" + xray_pretraining_effect(outcome["out"] / "results"))
-    return 1 if outcome["summary"].failed else 0

@@ -1,4 +1,4 @@
-"""From a RunConfig to the tables a cell trains and evaluates on, and the `xrstudy data` commands.
+"""From a RunConfig to the tables a cell trains and evaluates on; what the `xrstudy data` commands ask of sources.
 
     prepare(cfg) -> StudyData
         read each source (xrstudy.data.sources) -> label mode, view filter, label policy (xrstudy.data.labels)
@@ -13,16 +13,11 @@ Three RunConfig fields choose between the corrected protocol and the authors' (`
 - `split_mode`: `paper` splits and orders each dataset as they did (`xrstudy.data.splits.paper_splits`);
   a pre-training source's held-out part is its validation set, as in their pre-training.
 - `shots_mode`: `paper` draws their k-shot sets (`xrstudy.data.fewshot.sample_shots_paper`).
-
-Slightly over ~400 lines: the `xrstudy data` command handlers live here with the functions they call.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import operator
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,7 +27,6 @@ import pandas as pd
 
 from xrstudy.data import fewshot, labels, merge, sources, splits
 from xrstudy.config import ConfigError, RunConfig, parse_root
-from xrstudy.fileio import atomic_write_table
 
 SPLIT_SEED = 0  # splits do not change with the training seed: every seed sees the same test set
 # The authors' dataset order for merged pre-training sets: configs list chexpert, mimic, nih, padchest
@@ -366,80 +360,40 @@ def merge_summary(table: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-# ---- command handlers (the parser is xrstudy.cli) ----------------------------------------
-def _print(summary: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(summary, indent=None if len(json.dumps(summary)) < 200 else 1))
-        return
-    for key, value in summary.items():
-        if isinstance(value, dict) and value and isinstance(next(iter(value.values())), dict):
-            print(f"{key}:")
-            print(pd.DataFrame(value).T.to_string())
-        else:
-            print(f"{key}: {value}")
+@dataclass(frozen=True)
+class SplitWritten:
+    """What `write_split` wrote: the file, its SHA-256, images per split, rows left out and why, and
+    the patients found on more than one side."""
+
+    path: Path
+    sha256: str
+    counts: dict[str, int]
+    left_out: dict[str, int]
+    patient_overlap: int
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
-    _print(inspect_source(args.source, args.root, args.views, args.uncertain, args.metadata_only,
-                          label_mode=args.label_mode, split_mode=args.split_mode), args.json)
-    return 0
-
-
-def cmd_merge(args: argparse.Namespace) -> int:
-    table = merge_entries(args.source, label_set=args.labels, views=args.views, uncertain=args.uncertain,
-                          metadata_only=args.metadata_only, label_mode=args.label_mode)
-    if args.out:
-        atomic_write_table(table, args.out)  # Parquet for a .parquet name, else CSV
-        print(f"wrote {len(table)} rows to {args.out}", file=sys.stderr)
-    _print(merge_summary(table), args.json)
-    return 0
-
-
-def cmd_split(args: argparse.Namespace) -> int:
-    label_mode = args.label_mode or ("paper" if args.mode == "paper" else "terms")
-    read = labelled(args.source, args.root, views=args.views, label_mode=label_mode, metadata_only=args.metadata_only)
-    table, outside = split_table(read.table, args.mode, seed=args.seed, valid_fraction=args.valid_fraction,
-                                 test_fraction=args.test_fraction)
+def write_split(name: str, root: str | Path, out: str | Path, *, mode: str = "patient", views: Sequence[str] = (),
+                label_mode: str | None = None, metadata_only: bool = False, seed: int | None = None,
+                valid_fraction: float = 0.1, test_fraction: float = 0.1) -> SplitWritten:
+    """Split one source as `mode` says and save the split file (`xrstudy data split`). The label mode
+    defaults to the authors' with the paper split, else to the exact terms."""
+    label_mode = label_mode or ("paper" if mode == "paper" else "terms")
+    read = labelled(name, root, views=views, label_mode=label_mode, metadata_only=metadata_only)
+    table, outside = split_table(read.table, mode, seed=seed, valid_fraction=valid_fraction,
+                                 test_fraction=test_fraction)
     if read.single_label_of:
         table = labels.single_label(table, labels.finding_columns(table))
-    sha = splits.save_split(table, args.out)
+    sha = splits.save_split(table, out)
     counts = {s: int((table["split"] == s).sum()) for s in splits.SPLITS}
-    left_out = {**read.dropped, **outside}
-    print(f"{args.out}: {counts}, left out: {left_out}, patients in more than one split: "
-          f"{splits.patient_overlap(table)}", file=sys.stderr)
-    print(sha)
-    return 0
+    return SplitWritten(Path(out), sha, counts, {**read.dropped, **outside}, splits.patient_overlap(table))
 
 
-def cmd_shots(args: argparse.Namespace) -> int:
-    """Print the image ids of a k-shot training set, one per line, in the sampler's order."""
-    paper = args.mode == "paper"
-    cfg = RunConfig(kind="transfer", name=f"{args.target}-{args.shots}-shot", target=args.target,
-                    roots=(f"{args.target}={args.root}",), metadata_only=args.metadata_only, shots=args.shots,
-                    seed=args.seed, shots_mode=args.mode,
-                    split_mode=args.split_mode or ("paper" if paper else "official"),
-                    label_mode=args.label_mode or ("paper" if paper else "terms"))
+def shot_ids(cfg: RunConfig) -> tuple[tuple[str, ...], int]:
+    """(the k-shot image ids of a transfer cell in the sampler's order, its full training-set size);
+    pure: no split file is written."""
     built = _tables(cfg)
-    print("\n".join(built.shots_ids))
-    print(f"{len(built.shots_ids)} of {int((built.table['split'] == 'train').sum())} training images "
-          f"({cfg.shots_mode}, seed {cfg.seed}; split_mode {cfg.split_mode}, label_mode {cfg.label_mode})",
-          file=sys.stderr)
-    return 0
-
-
-def cmd_cache(args: argparse.Namespace) -> int:
-    import os
-
-    from xrstudy.pixels import imagecache
-
-    table = labels.filter_views(sources.read_source(args.source, args.root), args.views)
-    mode = args.mode or ("L" if sources.source_of(args.source).modality == "xray" else "RGB")
-    workers = args.workers or os.cpu_count() or 1
-    cache = imagecache.build_cache(sorted(table["path"].astype(str)), args.size, args.cache_dir, mode, workers)
-    print(cache.report())
-    return 0
+    return built.shots_ids, int((built.table["split"] == "train").sum())
 
 
 __all__ = ["StudyData", "Labelled", "prepare", "universe_of", "train_size", "labelled", "read_labelled", "split_table", "paper_order",
-           "inspect_source", "merge_entries", "merge_summary", "cmd_inspect", "cmd_merge", "cmd_split", "cmd_shots",
-           "cmd_cache"]
+           "inspect_source", "merge_entries", "merge_summary", "write_split", "SplitWritten", "shot_ids"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import colorsys
 import hashlib
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -417,57 +416,9 @@ def scaling_fits(table: pd.DataFrame, *, n_boot: int = 100, seed: int = 0) -> pd
     return pd.concat(frames, ignore_index=True).reindex(columns=columns)
 
 
-STYLES = ("default", "paper")
-
-
-def render_all(results_dir: str | Path, out_dir: str | Path | None = None, *, n_boot: int = 100,
-               style: str = "default") -> Rendered:  # fmt: skip
-    """Every figure for every (target, test metric) in the store, plus `results_table.csv`,
-    `full_shot_means.csv` and `scaling_fits.csv`; default out: `<results parent>/figures`.
-    `style="paper"` draws the paper's figures instead (`xrstudy.plots.paper_figures`).
-
-    Invalid result files (truncated, edited, off-schema) are left out with a warning, never drawn."""
-    if style not in STYLES:
-        raise ValueError(f"style={style!r}; expected one of {STYLES}")
-    results_dir = Path(results_dir)
-    out_dir = Path(out_dir) if out_dir is not None else results_dir.resolve().parent / "figures"
-    table = store.table(results_dir)
-    if table.empty:
-        raise store.ResultError(f"{results_dir}: no valid results to draw")
-    if style == "paper":
-        from xrstudy.plots import paper_figures
-
-        return paper_figures.render(table, out_dir)
-    rendered = render_table(table, out_dir)
-    tables = {"results_table.csv": table, "full_shot_means.csv": full_shot_means(table),
-              "scaling_fits.csv": scaling_fits(table, n_boot=n_boot)}  # fmt: skip
-    for name, frame in tables.items():
-        atomic_write_table(frame, out_dir / name)
-        rendered.tables[name] = out_dir / name
-    return rendered
-
-
-# ---- CLI (xrstudy.cli chooses the Agg backend before this module is imported) -----------------
-def cmd_figures(args: Any) -> int:
-    start = time.perf_counter()
-    rendered = render_all(args.results, args.out, style=args.style)
-    print(f"{len(rendered.pngs)} figures (PNG + PDF + CSV each) in {rendered.out_dir} ({time.perf_counter() - start:.1f} s)")
-    if args.style == "paper":
-        from xrstudy.plots import paper_figures
-
-        print("\n" + paper_figures.format_full_shot(pd.read_csv(rendered.tables[paper_figures.FULL_SHOT_TABLE])))
-        return 0
-    means = pd.read_csv(rendered.tables["full_shot_means.csv"])
-    if len(means):
-        print("\nfull-shot mean ± SD over seeds:")
-        for row in means.itertuples():
-            print(f"  {row.target:14s} {row.metric:9s} {row.pretrained_model:34s} {row.mean:.4f} ± {row.sd:.4f} (n={row.seeds})")
-    return 0
-
-
 __all__ = [
     "SOURCE_COLOURS", "source_colour", "model_colour", "model_palette", "style", "new_figure", "transfer_rows",
     "shots_bar", "model_size", "fewshot_curves", "scale_curve", "draw_shots_bar", "draw_model_size",
     "draw_fewshot_curves", "draw_scale_curve", "save_figure", "FigureKind", "FIGURE_KINDS", "Rendered",
-    "render_table", "render_all", "full_shot_means", "scaling_fits", "cmd_figures", "MAX_PIXELS",
+    "render_table", "full_shot_means", "scaling_fits",  "MAX_PIXELS",
 ]  # fmt: skip

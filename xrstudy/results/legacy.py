@@ -245,15 +245,7 @@ def import_legacy(legacy_dir: str | Path, results_dir: str | Path) -> list[Path]
     return import_legacy_store(legacy_dir, results_dir).written
 
 
-def cmd_import_legacy(args: Any) -> int:
-    done = import_legacy_store(args.dir, args.results)
-    print(f"imported {len(done.written)} paper runs into {args.results}: {done.rows} rows from {done.files} files "
-          f"({done.distinct_rows} distinct, {done.rows - done.distinct_rows} exact repeats merged), all stored")
-    return 0
-
-
 __all__ = [
     "DATASET_NAMES", "METRIC_NAMES", "PER_CLASS_METRICS", "LEGACY_COLUMNS", "parse_shot", "parse_pretrained_model",
-    "xrstudy_metric", "read_legacy", "legacy_results", "import_legacy", "import_legacy_store", "LegacyImport",
-    "cmd_import_legacy",
+    "xrstudy_metric", "read_legacy", "legacy_results", "import_legacy", "import_legacy_store", "LegacyImport", 
 ]  # fmt: skip

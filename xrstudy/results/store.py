@@ -435,18 +435,7 @@ def write_table(frame: pd.DataFrame, out: str | Path, fmt: str | None = None) ->
 
 
 # ---- CLI --------------------------------------------------------------------------------------
-def cmd_table(args: Any) -> int:
-    frame = table(args.results)
-    if args.out:
-        print(write_table(frame, args.out, args.format))
-    elif args.format == "parquet":
-        raise ResultError("--format parquet needs --out FILE")
-    else:
-        print(frame.to_csv(index=False), end="")
-    return 0
-
-
 __all__ = [
     "SCHEMA", "ResultError", "validate", "new_result", "save", "load", "is_ok", "is_done", "scan", "table",
-    "table_from_results", "write_table", "cmd_table",
+    "table_from_results", "write_table", 
 ]  # fmt: skip

@@ -19,9 +19,6 @@ No image and no model is loaded (and neither torch nor timm imported). Per cell:
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -305,32 +302,4 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _report(label: str, items: list[tuple[dict[str, Any], str]]) -> None:
-    """One stderr line per distinct message, with how many cells it concerns and the first of them."""
-    seen: dict[str, list[dict[str, Any]]] = {}
-    for row, message in items:
-        seen.setdefault(message, []).append(row)
-    for message, rows in seen.items():
-        first = rows[0]
-        print(f"xrstudy: {label} ({len(rows)} cell(s), e.g. {first['name']} [{first['run_id']}]): {message}",
-              file=sys.stderr)
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    cells = sweepfile.select(sweepfile.load_sweep(args.sweep), args.only)
-    roots = dict(args.root or [])
-    rows = plan_cells(cells, roots=roots, metadata_only=args.metadata_only, device=args.device)
-    if args.json:
-        json.dump(rows, sys.stdout, indent=1)
-        sys.stdout.write("\n")
-    else:
-        print(format_table(rows))
-    _report("warning", [(row, w) for row in rows for w in row["warnings"]])
-    unresolved = [r for r in rows if r["errors"] or r["steps"] is None]
-    _report("unresolved", [(r, "; ".join(r["errors"]) or r["train_size_from"].removeprefix("unresolved: "))
-                           for r in unresolved])  # fmt: skip
-    return 1 if unresolved else 0
-
-
-__all__ = ["plan_cells", "plan_cell", "input_stats", "init_sources", "pretrained_model", "summary", "format_table",
-           "cmd_plan"]  # fmt: skip
+__all__ = ["plan_cells", "plan_cell", "input_stats", "init_sources", "pretrained_model", "summary", "format_table"]  # fmt: skip

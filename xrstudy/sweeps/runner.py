@@ -19,7 +19,6 @@ checks what would make cells fail for certain, and refuses `--gpus` this machine
 
 from __future__ import annotations
 
-import argparse
 import os
 import queue
 import socket
@@ -41,7 +40,7 @@ from xrstudy.sweeps.preflight import check_gpus, preflight
 from xrstudy.config import RunConfig
 from xrstudy.sweeps.worker import (
     Attempt,
-    Outcome,
+    AttemptEnd,
     attempt_path,
     failure_cause,
     is_dead_kernel,
@@ -76,8 +75,8 @@ class ProcessSlot:
         command = [sys.executable, "-m", "xrstudy.sweeps.worker",
                    *worker_command(self.executor, notebook=str(notebook), config=cfg)]  # fmt: skip
         code = subprocess.run(command, env=self.env, stdout=log, stderr=subprocess.STDOUT).returncode
-        outcome = Outcome.of_exit(code)
-        if outcome == Outcome.DEAD_KERNEL:
+        outcome = AttemptEnd.of_exit(code)
+        if outcome == AttemptEnd.DEAD_KERNEL:
             return Attempt(outcome, f"worker died ({signal_cause(code) or f'exit {code}'})")
         return Attempt(outcome, read_attempt(cfg))
 
@@ -119,7 +118,7 @@ class KernelSlot:
                 traceback.print_exc(file=log)
                 if is_dead_kernel(err) or not kernel.alive():
                     died = signal_cause(kernel.returncode)
-                    return Attempt(Outcome.DEAD_KERNEL, f"kernel died{f' ({died})' if died else ''}")
+                    return Attempt(AttemptEnd.DEAD_KERNEL, f"kernel died{f' ({died})' if died else ''}")
                 kernel.restart()
                 return Attempt(*failure_cause(err))
             return None
@@ -141,23 +140,23 @@ def run_cell(cfg: RunConfig, slot: Slot, retries: int, stop: threading.Event, no
     notebook = notebook_of(cfg, slot.executor if isinstance(slot, ProcessSlot) else "papermill")
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     log_path = cfg.run_dir / "worker.log"
-    last = Attempt(Outcome.DEAD_KERNEL)
+    last = Attempt(AttemptEnd.DEAD_KERNEL)
     for number in range(1, 2 + retries):
         if stop.is_set():
-            return Attempt(Outcome.INTERRUPTED, "interrupted")
+            return Attempt(AttemptEnd.INTERRUPTED, "interrupted")
         with open(log_path, "a") as log:
             log.write(f"\n== attempt {number} {datetime.now(timezone.utc).isoformat()} slot={slot.label} "
                       f"host={socket.gethostname()} runner={os.getpid()}{f' WARNING {note}' if note else ''}\n")
             log.flush()
             last = slot.attempt(cfg, notebook, log)
-        if last.outcome != Outcome.DEAD_KERNEL:
+        if last.outcome != AttemptEnd.DEAD_KERNEL:
             break
     see = f" (see {log_path})"
-    if last.outcome == Outcome.FAILED:
+    if last.outcome == AttemptEnd.FAILED:
         return Attempt(last.outcome, f"cell raised {last.cause or 'an error'}{see}")
-    if last.outcome == Outcome.DISK_FULL:
+    if last.outcome == AttemptEnd.DISK_FULL:
         return Attempt(last.outcome, f"{last.cause or 'disk full'}{see}")
-    if last.outcome == Outcome.DEAD_KERNEL:
+    if last.outcome == AttemptEnd.DEAD_KERNEL:
         return Attempt(last.outcome, f"{last.cause or 'kernel died'} after {1 + retries} attempt(s){see}")
     return last
 
@@ -169,14 +168,14 @@ class Failure:
     name: str
     reason: str
     notebook: str
-    outcome: Outcome = Outcome.FAILED
+    outcome: AttemptEnd = AttemptEnd.FAILED
 
 
 @dataclass
 class SweepSummary:
-    """Every cell's Outcome (in the order cells settled); `done` / `skipped` / `failed` / `planned` read it."""
+    """Every cell's AttemptEnd (in the order cells settled); `done` / `skipped` / `failed` / `planned` read it."""
 
-    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    outcomes: dict[str, AttemptEnd] = field(default_factory=dict)
     failures: dict[str, Failure] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     mode: str = ""  # warm | isolate
@@ -252,7 +251,7 @@ class _Scheduler:
         try:
             return run_cell(cfg, slot, self.retries, self.stop, self.note)
         except Exception as err:  # noqa: BLE001 - a broken cell must not stop the sweep
-            return Attempt(Outcome.FAILED, f"runner error: {err}")
+            return Attempt(AttemptEnd.FAILED, f"runner error: {err}")
         finally:
             self.free.put(slot)
 
@@ -265,10 +264,10 @@ class _Scheduler:
             failed = [d for d in self.deps[rid] if self.summary.outcomes[d].status == "failed"]
             if store.is_done(cfg):
                 del self.waiting[rid]
-                self.settle(rid, Attempt(Outcome.SKIPPED), counted=False)
+                self.settle(rid, Attempt(AttemptEnd.SKIPPED), counted=False)
             elif failed:
                 del self.waiting[rid]
-                self.settle(rid, Attempt(Outcome.DEPENDENCY_FAILED, f"dependency failed: {failed}"))
+                self.settle(rid, Attempt(AttemptEnd.DEPENDENCY_FAILED, f"dependency failed: {failed}"))
             elif len(self.running) >= len(self.slots):
                 return
             elif CellLock(lock_path(cfg)).held():  # another runner (or an orphaned worker) has it
@@ -289,7 +288,7 @@ class _Scheduler:
                 for future in finished:
                     rid = self.running.pop(future)
                     attempt = future.result()
-                    if attempt.outcome == Outcome.BUSY:  # claimed elsewhere since we looked: ask again later
+                    if attempt.outcome == AttemptEnd.BUSY:  # claimed elsewhere since we looked: ask again later
                         self.waiting[rid] = time.monotonic() + self.poll_s
                     else:
                         self.settle(rid, attempt)
@@ -308,7 +307,7 @@ class _Scheduler:
             self.bar.close()
 
 
-def run(
+def run_sweep(
     cells: Iterable[RunConfig],
     *,
     workers: int = 1,
@@ -340,7 +339,7 @@ def run(
 
     if dry_run:
         for cfg in cells:
-            summary.record(cfg, Attempt(Outcome.SKIPPED if store.is_done(cfg) else Outcome.PLANNED))
+            summary.record(cfg, Attempt(AttemptEnd.SKIPPED if store.is_done(cfg) else AttemptEnd.PLANNED))
         return summary
 
     if gpu_list:  # one GPU per cell: accumulate gradients where its share of the global batch does not fit
@@ -369,21 +368,5 @@ def with_micro_batches(cells: list[RunConfig]) -> list[RunConfig]:
 
 
 # ---- CLI --------------------------------------------------------------------------------------
-def cmd_run(args: argparse.Namespace) -> int:
-    cells = sweepfile.load_sweep(args.sweep)
-    workers = args.workers if args.workers is not None else max(1, len(args.gpus or []))
-    summary = run(cells, workers=workers, gpus=args.gpus, only=args.only, retries=args.retries,
-                  dry_run=args.dry_run, progress=args.progress, isolate=args.isolate,
-                  allow_cpu=args.allow_cpu)  # fmt: skip
-    if args.dry_run:
-        by_id = {c.run_id: c for c in cells}
-        for rid in summary.planned:
-            print(f"would run  {by_id[rid].kind:8s} {rid}  {by_id[rid].name}")
-    for warning in summary.warnings:
-        print(f"xrstudy: warning: {warning}", file=sys.stderr)
-    print(summary.report())
-    return 0 if summary.ok else 1
-
-
-__all__ = ["run", "SweepSummary", "Failure", "ProcessSlot", "KernelSlot", "run_cell", "slot_env", "cmd_run",
+__all__ = ["run_sweep", "SweepSummary", "Failure", "ProcessSlot", "KernelSlot", "run_cell", "slot_env", 
            "with_micro_batches"]

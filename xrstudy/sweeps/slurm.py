@@ -19,7 +19,6 @@ the same specs to submitit's LocalExecutor (one node), one job after another.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -39,7 +38,7 @@ from xrstudy.fileio import atomic_write_json, atomic_write_text
 from xrstudy.sweeps.plan import plan_cells
 from xrstudy.sweeps.preflight import preflight
 from xrstudy.sweeps.sweepfile import SweepError
-from xrstudy.sweeps.worker import Outcome, worker_command
+from xrstudy.sweeps.worker import AttemptEnd, worker_command
 
 SAFETY = 0.8  # plan for 80 % of the limit: the estimate is a model, not a measurement of this cell
 STARTUP_H = 0.25  # queue-to-first-step: environment, kernel, label files, image cache
@@ -140,9 +139,9 @@ def cell_command(cell_list: Path, index: int, cell: RunConfig, size: Size, execu
 
 def run_cell(command: tuple[str, ...]) -> str:
     """What every submitit task calls: the cell's command, its output in the task's log. The worker's exit
-    status is its Outcome; a failure raises, so submitit (and `sacct`) record the task as failed."""
+    status is its AttemptEnd; a failure raises, so submitit (and `sacct`) record the task as failed."""
     code = subprocess.run(list(command), check=False).returncode
-    outcome = Outcome.of_exit(code)
+    outcome = AttemptEnd.of_exit(code)
     if outcome.status == "failed":
         raise SweepError(f"{' '.join(command[-4:])}: {outcome.name} (exit {code}); see this task's log")
     return outcome.name
@@ -383,20 +382,6 @@ def submit(cells: Iterable[RunConfig], *, backend: str = "slurm", folder: str | 
     return info
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    cells = sweepfile.load_sweep(args.sweep)
-    folder = args.folder or str(Path(cells[0].out_dir if cells else "xrstudy-out") / "slurm")
-    limit = args.time_limit if args.time_limit is not None else args.timeout_min
-    info = submit(cells, backend=args.backend, folder=folder, dry_run=args.dry_run, only=args.only,
-                  partition=args.partition, time_limit=limit, gpus_per_node=args.gpus_per_node,
-                  max_nodes=args.max_nodes, pretrain_nodes=args.pretrain_nodes, device=args.device)  # fmt: skip
-    print(json.dumps(info, indent=1))
-    if args.dry_run:
-        print(f"review {info['specs']} and the .sbatch scripts beside it: without --dry-run, submit hands these "
-              f"jobs to submitit, which sends these scripts", file=sys.stderr)
-    return 0
-
-
 __all__ = ["submit", "job_specs", "JobSpec", "Cluster", "size_cell", "Size", "torchrun_command", "cell_command",
            "run_cell", "sbatch_script", "pending_ids", "dependency", "write_specs", "send", "run_local", "parse_time",
-           "format_time", "cmd_submit", "RENDEZVOUS_SETUP"]  # fmt: skip
+           "format_time",  "RENDEZVOUS_SETUP"]  # fmt: skip

@@ -185,12 +185,5 @@ def missing_parents(cells: Iterable[RunConfig], is_done: Any) -> list[tuple[RunC
     return [(c, p) for c in cells if (p := parent_id(c)) and p not in ids and not is_done(p, c)]
 
 
-def run(cells: Iterable[RunConfig], **options: Any) -> Any:
-    """Execute the cells here: `xrstudy.sweeps.runner.run` (imported on use; see its options)."""
-    from xrstudy.sweeps.runner import run as run_cells
-
-    return run_cells(cells, **options)
-
-
 __all__ = ["SweepError", "NOTEBOOKS", "notebook_path", "load_sweep", "parent_id", "dependencies",
-           "graph", "select", "missing_parents", "run"]  # fmt: skip
+           "graph", "select", "missing_parents"]  # fmt: skip

@@ -2,7 +2,7 @@
 
 Every attempt follows one protocol (`locked_attempt`): claim the cell (`xrstudy.sweeps.celllock`), skip it
 when another runner finished it meanwhile, execute under a heartbeat, and call it done only when its
-result JSON verifies. What became of it is an `Outcome`, whose values are also this process's exit
+result JSON verifies. What became of it is an `AttemptEnd`, whose values are also this process's exit
 codes, so a runner reads a worker's outcome from its exit status.
 
 A failure carries its cause in one line (`failure_cause`): "disk full at PATH" for ENOSPC anywhere in
@@ -34,7 +34,7 @@ from xrstudy.fileio import atomic_write_json
 from xrstudy.sweeps.sweepfile import NOTEBOOKS, SweepError, notebook_path
 
 
-class Outcome(enum.IntEnum):
+class AttemptEnd(enum.IntEnum):
     """What became of a cell (or one attempt at it). The values are the worker's exit codes."""
 
     DONE = 0  # ran here; its result verifies
@@ -57,7 +57,7 @@ class Outcome(enum.IntEnum):
         return _STATUS.get(self, "failed")
 
     @classmethod
-    def of_exit(cls, code: int) -> "Outcome":
+    def of_exit(cls, code: int) -> "AttemptEnd":
         """A worker's exit status; anything else (a signal, an unexpected code) is a dead worker."""
         try:
             outcome = cls(code)
@@ -66,13 +66,13 @@ class Outcome(enum.IntEnum):
         return outcome if outcome <= cls.DISK_FULL else cls.DEAD_KERNEL
 
 
-_STATUS = {Outcome.DONE: "done", Outcome.DONE_ELSEWHERE: "skipped", Outcome.SKIPPED: "skipped",
-           Outcome.PLANNED: "planned", Outcome.BUSY: "busy"}  # fmt: skip
+_STATUS = {AttemptEnd.DONE: "done", AttemptEnd.DONE_ELSEWHERE: "skipped", AttemptEnd.SKIPPED: "skipped",
+           AttemptEnd.PLANNED: "planned", AttemptEnd.BUSY: "busy"}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Attempt:
-    outcome: Outcome
+    outcome: AttemptEnd
     cause: str = ""  # one line: why it failed ("disk full at /x", "ValueError: broken cell", ...)
 
 
@@ -112,23 +112,23 @@ def _disk_full(text: str) -> str | None:
     return f"disk full at {path.group(1)}" if path else "disk full (no space left on device)"
 
 
-def failure_cause(err: BaseException) -> tuple[Outcome, str]:
+def failure_cause(err: BaseException) -> tuple[AttemptEnd, str]:
     """(outcome, one-line cause) of an exception raised while executing a cell."""
     for link in _chain(err):
         if isinstance(link, OSError) and link.errno == errno.ENOSPC:
-            return Outcome.DISK_FULL, f"disk full at {link.filename}" if link.filename else "disk full"
+            return AttemptEnd.DISK_FULL, f"disk full at {link.filename}" if link.filename else "disk full"
         # papermill's PapermillExecutionError: the notebook's exception as name + text
         name, value = getattr(link, "ename", None), getattr(link, "evalue", None)
         if isinstance(name, str) and isinstance(value, str):
             full = _disk_full(value)
             if full:
-                return Outcome.DISK_FULL, full
-            return Outcome.FAILED, f"{name}: {value.strip().splitlines()[0] if value.strip() else ''}".rstrip(": ")
+                return AttemptEnd.DISK_FULL, full
+            return AttemptEnd.FAILED, f"{name}: {value.strip().splitlines()[0] if value.strip() else ''}".rstrip(": ")
     full = _disk_full(str(err))
     if full:
-        return Outcome.DISK_FULL, full
+        return AttemptEnd.DISK_FULL, full
     text = str(err).strip().splitlines()
-    return Outcome.FAILED, f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+    return AttemptEnd.FAILED, f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 def signal_cause(returncode: int | None) -> str:
@@ -186,17 +186,17 @@ def locked_attempt(cfg: RunConfig, execute: Callable[[CellLock], Attempt | None]
     `execute` returns an Attempt on failure, None when it ran through."""
     lock = CellLock(lock_path(cfg))
     if not lock.acquire(pids=pids):
-        return Attempt(Outcome.BUSY)
+        return Attempt(AttemptEnd.BUSY)
     try:
         if store.is_done(cfg):
-            return Attempt(Outcome.DONE_ELSEWHERE, "finished by another runner")
+            return Attempt(AttemptEnd.DONE_ELSEWHERE, "finished by another runner")
         with heartbeat(lock):
             failed = execute(lock)
         if failed is not None:
             return failed
         if store.is_done(cfg):
-            return Attempt(Outcome.DONE)
-        return Attempt(Outcome.NO_RESULT, "notebook finished without a valid ok result")
+            return Attempt(AttemptEnd.DONE)
+        return Attempt(AttemptEnd.NO_RESULT, "notebook finished without a valid ok result")
     finally:
         lock.release()
 
@@ -210,7 +210,7 @@ def run_in_process(cfg: RunConfig, executor: str, notebook: Path) -> Attempt:
         except BaseException as err:  # noqa: BLE001 - report every failure to the runner
             traceback.print_exc()
             if is_dead_kernel(err):
-                return Attempt(Outcome.DEAD_KERNEL, "kernel died")
+                return Attempt(AttemptEnd.DEAD_KERNEL, "kernel died")
             return Attempt(*failure_cause(err))
         return None
 
@@ -267,13 +267,13 @@ def main(argv: list[str] | None = None) -> int:
         # Multi-GPU cells under torchrun: every rank executes the cell; rank 0 alone holds the claim
         # and writes the result. A cell finished before the job started is left alone by every rank.
         if store.is_done(cfg):
-            return int(Outcome.DONE_ELSEWHERE)
+            return int(AttemptEnd.DONE_ELSEWHERE)
         executor_of(args.executor)(cfg, notebook, cfg.run_dir / f"notebook.rank{rank}.ipynb")
-        return int(Outcome.DONE)
+        return int(AttemptEnd.DONE)
     return int(run_in_process(cfg, args.executor, notebook).outcome)
 
 
-__all__ = ["Outcome", "Attempt", "failure_cause", "signal_cause", "is_dead_kernel", "executor_of", "EXECUTORS",
+__all__ = ["AttemptEnd", "Attempt", "failure_cause", "signal_cause", "is_dead_kernel", "executor_of", "EXECUTORS",
            "papermill_executor", "notebook_of", "lock_path", "locked_attempt", "run_in_process", "read_attempt",
            "worker_command", "main"]  # fmt: skip
 

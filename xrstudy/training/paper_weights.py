@@ -28,7 +28,6 @@ test arch also uses 8 GroupNorm groups instead of 32).
 
 from __future__ import annotations
 
-import json
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -222,21 +221,7 @@ def import_paper(path: str | Path, arch: str, out: str | Path) -> dict[str, Any]
     }
 
 
-def cmd_import_paper(args: Any) -> int:
-    report = import_paper(args.file, args.arch, args.out)
-    if args.json:
-        print(json.dumps(report, indent=1))
-        return 0
-    head = f"{report['head_classes']}-class pre-training head" if report["head_classes"] else "no head"
-    print(f"{report['file']} (sha256 {report['sha256'][:12]}…): {report['tensors']} tensors in big_transfer "
-          f"naming -> timm {report['arch']}, {report['backbone_parameters']:,} backbone parameters, {head}")
-    for entry in report["loaded"][:3] + [{"from": "...", "to": "...", "shape": []}] + report["loaded"][-2:]:
-        print(f"  {entry['from']:<45} -> {entry['to']:<45} {tuple(entry['shape']) if entry['shape'] else ''}")
-    print(f"wrote {report['out']}")
-    return 0
-
-
 __all__ = [
     "RELEASED", "KEY_RULES", "paper_model_name", "paper_weight_file", "bit_name", "key_map", "to_paper_state",
-    "read_paper_checkpoint", "use_bit_numerics", "import_paper", "cmd_import_paper",
+    "read_paper_checkpoint", "use_bit_numerics", "import_paper", 
 ]  # fmt: skip

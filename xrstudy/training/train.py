@@ -387,13 +387,4 @@ def save_result(result: dict[str, Any], cfg: RunConfig) -> Path:
 
 
 # ---- command line -----------------------------------------------------------------------------
-def cmd_train(args: Any) -> int:
-    cfg = RunConfig.from_yaml(args.config)
-    result = run(cfg, resume=args.resume, checkpoint_every_steps=args.checkpoint_every)
-    if result:
-        shown = {k: round(v, 4) for k, v in result["metrics"].items() if isinstance(v, float)}
-        print(f"{cfg.run_id}: {shown}")
-    return 0
-
-
-__all__ = ["run", "recipe_of", "AUGMENTS", "open_splits", "evaluate", "cmd_train", "start_process", "Outcome"]
+__all__ = ["run", "recipe_of", "AUGMENTS", "open_splits", "evaluate",  "start_process", "Outcome"]
