@@ -41,14 +41,18 @@ def main() -> None:
     args = parser.parse_args()
     oracle = _oracle()
     rng = np.random.default_rng(0)
-    cases = {"digits-like, 360 x 10 single-label": (*oracle._single_label(rng, 360, 10), False),
-             "PadChest-Cl-like, 300 x 7 multi-label": (*oracle._multilabel(rng, 300, 7), True),
-             "NIH-like, 5,000 x 14 multi-label": (*oracle._multilabel(rng, 5000, 14, missing=0.0), True)}
+    cases = {
+        "digits-like, 360 x 10 single-label": (*oracle._single_label(rng, 360, 10), False),
+        "PadChest-Cl-like, 300 x 7 multi-label": (*oracle._multilabel(rng, 300, 7), True),
+        "NIH-like, 5,000 x 14 multi-label": (*oracle._multilabel(rng, 5000, 14, missing=0.0), True),
+    }
     for name, (probs, targets, multilabel) in cases.items():
         after, fast = _cpu(bootstrap_ci, probs, targets, multilabel, 0, args.n_boot)
         before, slow = _cpu(oracle._reference_bootstrap_ci, probs, targets, multilabel, 0, args.n_boot)
-        print(f"{name}: former {before:.2f} s CPU, vectorised {after:.3f} s CPU, {before / after:.0f}x, "
-              f"identical: {fast == slow}")
+        print(
+            f"{name}: former {before:.2f} s CPU, vectorised {after:.3f} s CPU, {before / after:.0f}x, "
+            f"identical: {fast == slow}"
+        )
 
 
 if __name__ == "__main__":

@@ -87,8 +87,13 @@ def read_rate(images: np.ndarray, seconds: float = 2.0, seed: int = 0) -> float:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -110,8 +115,10 @@ def main() -> None:
         (work_dir / "images").mkdir()
         start = time.perf_counter()
         paths = write_images(work_dir / "images", args.n)
-        print(f"wrote {len(paths)} images ({sum(p.endswith('.png') for p in paths)} 16-bit PNG) "
-              f"in {time.perf_counter() - start:.1f} s")
+        print(
+            f"wrote {len(paths)} images ({sum(p.endswith('.png') for p in paths)} 16-bit PNG) "
+            f"in {time.perf_counter() - start:.1f} s"
+        )
 
         one = decode_rate(paths, args.size, args.mode, 1)
         print(f"decode + resize, 1 worker:        {one:8.0f} img/s")
@@ -133,11 +140,15 @@ def main() -> None:
         load = os.getloadavg()[0]
         print(f"load average (1 min) at the end: {load:.2f} on {os.cpu_count()} CPUs")
 
-    command = f"python benchmarks/bench_cache.py --n {args.n} --size {args.size} --mode {args.mode} --workers {args.workers}"
-    figures = (f"{args.n} x 512px JPEG/16-bit PNG -> {args.size}px {args.mode}: decode+resize {one:.0f} img/s (1 worker), "
-               f"{many:.0f} img/s ({args.workers} workers); cache build {build:.0f} img/s; cache read {read:.0f} img/s "
-               f"(random batches of {BATCH}, warm page cache); read/decode {read / one:.0f}x (1 worker), "
-               f"{read / many:.0f}x ({args.workers} workers); reopen {reopen * 1000:.0f} ms; load avg {load:.1f}")
+    command = (
+        f"python benchmarks/bench_cache.py --n {args.n} --size {args.size} --mode {args.mode} --workers {args.workers}"
+    )
+    figures = (
+        f"{args.n} x 512px JPEG/16-bit PNG -> {args.size}px {args.mode}: decode+resize {one:.0f} img/s (1 worker), "
+        f"{many:.0f} img/s ({args.workers} workers); cache build {build:.0f} img/s; cache read {read:.0f} img/s "
+        f"(random batches of {BATCH}, warm page cache); read/decode {read / one:.0f}x (1 worker), "
+        f"{read / many:.0f}x ({args.workers} workers); reopen {reopen * 1000:.0f} ms; load avg {load:.1f}"
+    )
     row = f"| image cache | `{command}` | {args.device} | {args.date} | {git_commit()} | {figures} |"
     print(row)
     if args.results:

@@ -67,28 +67,50 @@ def real_roots(base: Path, real: Path | None) -> dict[str, Path] | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--real", type=Path, default=None, help="folder with the real label files (default: torchxrayvision's)")
+    parser.add_argument(
+        "--real", type=Path, default=None, help="folder with the real label files (default: torchxrayvision's)"
+    )
     args = parser.parse_args()
     xrstudy = _xrstudy()
     with tempfile.TemporaryDirectory(prefix="bench-cli-") as scratch:
         base = Path(scratch)
         store = base / "store"
-        subprocess.run([*xrstudy, "results", "import-legacy", str(REPO / "tests" / "data" / "legacy"), "--results",
-                        str(store)], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
-        commands = {"python -c 'import pandas'": [sys.executable, "-c", "import pandas"],
-                    "xrstudy --help": [*xrstudy, "--help"],
-                    "xrstudy data merge --help": [*xrstudy, "data", "merge", "--help"]}  # fmt: skip
+        subprocess.run(
+            [*xrstudy, "results", "import-legacy", str(REPO / "tests" / "data" / "legacy"), "--results", str(store)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        commands = {
+            "python -c 'import pandas'": [sys.executable, "-c", "import pandas"],
+            "xrstudy --help": [*xrstudy, "--help"],
+            "xrstudy data merge --help": [*xrstudy, "data", "merge", "--help"],
+        }
         plan = subprocess.run([*xrstudy, "sweep", "plan", "--help"], capture_output=True)
         if plan.returncode == 0:
             commands["xrstudy sweep plan --help"] = [*xrstudy, "sweep", "plan", "--help"]
         roots = real_roots(base, args.real)
         if roots:
             commands["xrstudy data merge (3 real label files, union)"] = [
-                *xrstudy, "data", "merge", *[a for n, r in roots.items() for a in ("--source", f"{n}={r}")],
-                "--labels", "union", "--metadata-only", "--json"]  # fmt: skip
-        commands["xrstudy figures (paper-format fixtures)"] = [*xrstudy, "figures", "--results", str(store), "--out",
-                                                               str(base / "figs")]  # fmt: skip
-        print(f"{len(os.sched_getaffinity(0))} cores, load avg {os.getloadavg()[0]:.1f}; best / median of {args.repeat}")
+                *xrstudy,
+                "data",
+                "merge",
+                *[a for n, r in roots.items() for a in ("--source", f"{n}={r}")],
+                "--labels",
+                "union",
+                "--metadata-only",
+                "--json",
+            ]
+        commands["xrstudy figures (paper-format fixtures)"] = [
+            *xrstudy,
+            "figures",
+            "--results",
+            str(store),
+            "--out",
+            str(base / "figs"),
+        ]
+        print(
+            f"{len(os.sched_getaffinity(0))} cores, load avg {os.getloadavg()[0]:.1f}; best / median of {args.repeat}"
+        )
         baseline = None
         for name, argv in commands.items():
             best, median = wall(argv, args.repeat, base)

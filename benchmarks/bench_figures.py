@@ -33,8 +33,11 @@ def main() -> None:
                 start = time.perf_counter()
                 rendered = render.render_all(work / "results", work / f"figures-{style}{i}", style=style)
                 times.append(time.perf_counter() - start)
-            print(f"import-legacy {imported:.2f} s; style {style}: redraw {len(rendered)} figures (PNG+PDF+CSV) + tables: "
-                  f"best {min(times):.2f} s, median {sorted(times)[len(times) // 2]:.2f} s over {args.repeat}")
+            print(
+                f"import-legacy {imported:.2f} s; style {style}: "
+                f"redraw {len(rendered)} figures (PNG+PDF+CSV) + tables: "
+                f"best {min(times):.2f} s, median {sorted(times)[len(times) // 2]:.2f} s over {args.repeat}"
+            )
 
 
 if __name__ == "__main__":

@@ -33,9 +33,11 @@ CARDS_MIB = {"A100-40GB": 40_536, "H100": 81_559}  # memory.total that nvidia-sm
 ARCHS = ("resnetv2_50x1_bit", "resnetv2_152x2_bit", "resnetv2_152x4_bit")
 RESOLUTIONS = (128, 224, 480)
 AUTHORS = {("resnetv2_152x4_bit", 128): 64, ("resnetv2_152x4_bit", 224): 16, ("resnetv2_152x4_bit", 480): 4}
-SOURCE = (f"estimate (benchmarks/bench_gpu_fit.py): 18 B per parameter + autograd's saved bytes per image (meta "
-          f"device, fp32) within {HEADROOM:.0%} of the card, power of two; the same model gives the authors' "
-          f"R152x4 A100-40GB micro-batches (64 / 16 / 4 at 128 / 224 / 480 px)")
+SOURCE = (
+    f"estimate (benchmarks/bench_gpu_fit.py): 18 B per parameter + autograd's saved bytes per image (meta "
+    f"device, fp32) within {HEADROOM:.0%} of the card, power of two; the same model gives the authors' "
+    f"R152x4 A100-40GB micro-batches (64 / 16 / 4 at 128 / 224 / 480 px)"
+)
 
 
 def saved_bytes(arch: str, side: int, batch: int) -> tuple[int, int]:
@@ -84,11 +86,21 @@ def main() -> None:
                 n, per_image, fixed = images_per_gpu(arch, side, mib)
                 authors = AUTHORS.get((arch, side)) if card == "A100-40GB" else None
                 check = "" if authors is None else f"  authors {authors}: {'ok' if n == authors else 'DIFFERS'}"
-                print(f"{card:9s} {arch:20s} {side:4d} px  {per_image:6.3f} GiB/image  fixed {fixed:5.1f} GiB  "
-                      f"-> {n:5d} images{check}")
+                print(
+                    f"{card:9s} {arch:20s} {side:4d} px  {per_image:6.3f} GiB/image  fixed {fixed:5.1f} GiB  "
+                    f"-> {n:5d} images{check}"
+                )
                 if card == "H100":
-                    rows.append({"device": card, "precision": "bf16", "arch": arch, "resolution": side,
-                                 "images_per_gpu": n, "source": SOURCE})  # fmt: skip
+                    rows.append(
+                        {
+                            "device": card,
+                            "precision": "bf16",
+                            "arch": arch,
+                            "resolution": side,
+                            "images_per_gpu": n,
+                            "source": SOURCE,
+                        }
+                    )
     if args.write:
         path = HERE / "memory.csv"
         with open(path, newline="") as handle:

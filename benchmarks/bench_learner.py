@@ -2,7 +2,8 @@
 
     python benchmarks/bench_learner.py                      # resnetv2_tiny_bit, 32 px, batch 8, 20 steps x 7 repeats
     python benchmarks/bench_learner.py --arch resnetv2_50x1_bit --size 32 --batch 4 --steps 4 --repeats 4
-    python benchmarks/bench_learner.py --device cuda --resident --compile --arch resnetv2_50x1_bit --size 224 --batch 128
+    python benchmarks/bench_learner.py --device cuda --resident --compile \
+        --arch resnetv2_50x1_bit --size 224 --batch 128
     python benchmarks/bench_learner.py --device cuda --stream --compile --arch resnetv2_50x1_bit --size 224 --batch 128
 
 Default: both sides iterate the same step-indexed batches gathered from one uint8 image array
@@ -24,24 +25,26 @@ time are printed too); ratio = raw / learner time per step (1.0 = no overhead). 
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.utils import adaptive_clip_grad
 
-from xrstudy.training.callbacks import normalise
 from xrstudy.config import RunConfig
-from xrstudy.training.recipes import AGC_CLIP, MOMENTUM, Schedule
-from xrstudy.training.learner import TrainSetup, fit, make_learner, masked_bce_with_logits
 from xrstudy.pixels.loaders import Augment, Batching, Split, StepLoader
+from xrstudy.training.callbacks import normalise
+from xrstudy.training.learner import TrainSetup, fit, make_learner, masked_bce_with_logits
 from xrstudy.training.models import create_model
+from xrstudy.training.recipes import AGC_CLIP, MOMENTUM, Schedule
 
 
 def make_data(n: int, size: int, classes: int, seed: int = 0, images: np.ndarray | None = None) -> Split:
@@ -83,10 +86,10 @@ class ResidentLoader:
     def __len__(self) -> int:
         return max(0, self.stop - self.start) * self.batching.micro_steps
 
-    def between(self, start: int, stop: int) -> "ResidentLoader":
+    def between(self, start: int, stop: int) -> ResidentLoader:
         return ResidentLoader(self.batches, self.batching, start, stop)
 
-    def to(self, device: torch.device) -> "ResidentLoader":
+    def to(self, device: torch.device) -> ResidentLoader:
         return self
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
@@ -105,15 +108,20 @@ def raw_loop(model: torch.nn.Module, batches: Callable[[], Any], setup: TrainSet
         model = model.to(memory_format=torch.channels_last)
     head = set(model.get_classifier().parameters())
     clipped = [p for p in model.parameters() if p not in head]
-    opt = torch.optim.SGD(model.parameters(), lr=setup.schedule.base_lr, momentum=MOMENTUM, nesterov=True,
-                          weight_decay=setup.weight_decay)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=setup.schedule.base_lr, momentum=MOMENTUM, nesterov=True, weight_decay=setup.weight_decay
+    )
     forward = torch.compile(model) if setup.compile else model
     size = setup.augment.out_size
     for step, (images, draws, targets, denominator) in zip(range(setup.schedule.steps), batches()):
         images = images.to(torch.float32, memory_format=torch.contiguous_format)
         grid = F.affine_grid(draws["theta"], [len(images), images.shape[1], size, size], align_corners=False)
-        images = normalise(F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False),
-                           setup.mean, setup.std, setup.channels_last)
+        images = normalise(
+            F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False),
+            setup.mean,
+            setup.std,
+            setup.channels_last,
+        )
         for group in opt.param_groups:
             group["lr"] = setup.schedule.lr_at(step)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=setup.precision == "bf16"):
@@ -125,8 +133,9 @@ def raw_loop(model: torch.nn.Module, batches: Callable[[], Any], setup: TrainSet
         opt.zero_grad()
 
 
-def learner_loop(model: torch.nn.Module, split: Split, setup: TrainSetup,
-                 resident: Sequence[tuple[Any, ...]] | None = None) -> dict[str, float]:
+def learner_loop(
+    model: torch.nn.Module, split: Split, setup: TrainSetup, resident: Sequence[tuple[Any, ...]] | None = None
+) -> dict[str, float]:
     learn = make_learner(model, split, setup)
     if resident is not None:
         learn.dls.train = ResidentLoader(resident, setup.batching, 0, setup.schedule.steps)
@@ -158,8 +167,12 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model on both sides")
     parser.add_argument("--resident", action="store_true", help="both sides on device-resident batches")
     parser.add_argument("--stream", action="store_true", help="learner: memory-mapped uint8 file vs resident batches")
-    parser.add_argument("--prefetch", type=int, default=2, help="batches gathered ahead by the loader's thread "
-                        "(0: in the step's thread, as a loop without a data thread)")
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=2,
+        help="batches gathered ahead by the loader's thread (0: in the step's thread, as a loop without a data thread)",
+    )
     parser.add_argument("--images", type=int, default=0, help="--stream: images in the file (default 32 x batch)")
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="--stream: where the uint8 file goes")
     args = parser.parse_args()
@@ -169,27 +182,43 @@ def main() -> None:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     setup = TrainSetup(
-        multilabel=True, num_classes=args.classes,
+        multilabel=True,
+        num_classes=args.classes,
         schedule=Schedule(steps=args.steps, warmup=max(1, args.steps // 6), decays=(args.steps // 2,), base_lr=0.01),
-        per_device_batch=args.batch, seed=0,
+        per_device_batch=args.batch,
+        seed=0,
         augment=Augment(out_size=args.size, crop_fraction=1 / 1.1, flip=True),
-        eval_size=args.size, weight_decay=1e-4, device=device,
-        precision="bf16" if cuda else "fp32", channels_last=cuda, compile=args.compile, prefetch=args.prefetch,
+        eval_size=args.size,
+        weight_decay=1e-4,
+        device=device,
+        precision="bf16" if cuda else "fp32",
+        channels_last=cuda,
+        compile=args.compile,
+        prefetch=args.prefetch,
     )
     side = round(args.size * 1.1)
     in_memory = make_data(max(4 * args.batch, 64), side, args.classes)
     resident = resident_batches(in_memory, setup) if (args.resident or args.stream) else None
     if args.stream:
-        streamed = make_data(0, side, args.classes, images=memmap_images(Path(args.dir), args.images or 32 * args.batch, side))
-        loops = {"learner": lambda m: learner_loop(m, streamed, setup),  # "learner" = the streaming path here
-                 "raw": lambda m: learner_loop(m, in_memory, setup, resident)}  # "raw" = the same learner, resident
+        streamed = make_data(
+            0, side, args.classes, images=memmap_images(Path(args.dir), args.images or 32 * args.batch, side)
+        )
+        loops = {
+            "learner": lambda m: learner_loop(m, streamed, setup),  # "learner" = the streaming path here
+            "raw": lambda m: learner_loop(m, in_memory, setup, resident),
+        }  # "raw" = the same learner, resident
     elif args.resident:
-        loops = {"learner": lambda m: learner_loop(m, in_memory, setup, resident),
-                 "raw": lambda m: raw_loop(m, lambda: (resident[i % len(resident)] for i in range(args.steps)), setup)}
+        loops = {
+            "learner": lambda m: learner_loop(m, in_memory, setup, resident),
+            "raw": lambda m: raw_loop(m, lambda: (resident[i % len(resident)] for i in range(args.steps)), setup),
+        }
     else:
-        loops = {"learner": lambda m: learner_loop(m, in_memory, setup),
-                 "raw": lambda m: raw_loop(m, lambda: iter(StepLoader(in_memory, setup.batching, 0, args.steps, device)),
-                                           setup)}
+        loops = {
+            "learner": lambda m: learner_loop(m, in_memory, setup),
+            "raw": lambda m: raw_loop(
+                m, lambda: iter(StepLoader(in_memory, setup.batching, 0, args.steps, device)), setup
+            ),
+        }
     times: dict[str, list[float]] = {name: [] for name in loops}
     cpu: dict[str, list[float]] = {name: [] for name in loops}
     waits: list[float] = []
@@ -208,7 +237,7 @@ def main() -> None:
         order = list(loops.items()) if repeat % 2 == 0 else list(loops.items())[::-1]  # no first-mover bias
         for name, loop in order:
             model = fresh(name)
-            per_step, cpu_step, stats = timed(lambda: loop(model), device, args.steps)
+            per_step, cpu_step, stats = timed(functools.partial(loop, model), device, args.steps)
             times[name].append(per_step)
             cpu[name].append(cpu_step)
             if name == "learner" and isinstance(stats, dict):
@@ -216,25 +245,36 @@ def main() -> None:
     best = {name: min(values) for name, values in times.items()}
     median = {name: statistics.median(values) for name, values in times.items()}
     ratio = best["raw"] / best["learner"]
-    where = (torch.cuda.get_device_name(device) if cuda
-             else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    where = (
+        torch.cuda.get_device_name(device)
+        if cuda
+        else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
     mode = "stream" if args.stream else "resident" if args.resident else "loader"
     labels = {"learner": "streamed" if args.stream else "learner", "raw": "resident" if args.stream else "raw"}
     print(f"device: {where}; torch {torch.__version__}; mode {mode}{' compiled' if args.compile else ''}")
     print(f"model {args.arch}, crop {args.size} px, batch {args.batch}, {args.steps} steps x {args.repeats} repeats")
     for name in loops:
         spread = ", ".join(f"{1000 * t:.1f}" for t in times[name])
-        print(f"  {labels[name]:8s} best {1000 * best[name]:.2f} ms/step ({args.batch / best[name]:.0f} img/s), "
-              f"median {1000 * median[name]:.2f}  (all: {spread})")
+        print(
+            f"  {labels[name]:8s} best {1000 * best[name]:.2f} ms/step ({args.batch / best[name]:.0f} img/s), "
+            f"median {1000 * median[name]:.2f}  (all: {spread})"
+        )
     cpu_best = {name: min(values) for name, values in cpu.items()}
-    print(f"  CPU time (process, all threads) best: {labels['learner']} {1000 * cpu_best['learner']:.2f} ms/step, "
-          f"{labels['raw']} {1000 * cpu_best['raw']:.2f} ms/step")
+    print(
+        f"  CPU time (process, all threads) best: {labels['learner']} {1000 * cpu_best['learner']:.2f} ms/step, "
+        f"{labels['raw']} {1000 * cpu_best['raw']:.2f} ms/step"
+    )
     wait = min(waits) if waits else 0.0
-    print(f"ratio {labels['raw']}/{labels['learner']} = {ratio:.3f} (best wall), "
-          f"{median['raw'] / median['learner']:.3f} (median wall), {cpu_best['raw'] / cpu_best['learner']:.3f} "
-          f"(best CPU time); the step waited for data {100 * wait:.1f} % of the time")
-    print(f"RESULT mode={mode} compile={int(args.compile)} arch={args.arch} size={args.size} batch={args.batch} "
-          f"ratio={ratio:.3f} img_s={args.batch / best['learner']:.1f} wait={wait:.3f}")
+    print(
+        f"ratio {labels['raw']}/{labels['learner']} = {ratio:.3f} (best wall), "
+        f"{median['raw'] / median['learner']:.3f} (median wall), {cpu_best['raw'] / cpu_best['learner']:.3f} "
+        f"(best CPU time); the step waited for data {100 * wait:.1f} % of the time"
+    )
+    print(
+        f"RESULT mode={mode} compile={int(args.compile)} arch={args.arch} size={args.size} batch={args.batch} "
+        f"ratio={ratio:.3f} img_s={args.batch / best['learner']:.1f} wait={wait:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -65,9 +65,19 @@ def write_synthetic_cache(cache_dir: Path, paths: list[str], size: int, mode: st
             handle.write(rng.integers(0, 256, count * per_image, dtype=np.uint8).tobytes())
     (folder / "paths.txt").write_text("".join(f"{p}\n" for p in unique))
     np.save(folder / "done.npy", np.ones(len(unique), dtype=bool))
-    (folder / "meta.json").write_text(json.dumps({"format": imagecache.FORMAT_VERSION, "key": key, "size": size,
-                                                  "mode": mode, "count": len(unique), "shape": list(shape),
-                                                  "dtype": "uint8"}))
+    (folder / "meta.json").write_text(
+        json.dumps(
+            {
+                "format": imagecache.FORMAT_VERSION,
+                "key": key,
+                "size": size,
+                "mode": mode,
+                "count": len(unique),
+                "shape": list(shape),
+                "dtype": "uint8",
+            }
+        )
+    )
     (folder / "quarantine.json").write_text("{}")
     return folder
 
@@ -93,8 +103,11 @@ def synthetic_study(paths: list[str], seed: int = 0):  # -> xrstudy.data.studyda
     table.insert(0, "path", paths)
     table.insert(0, "image_id", [f"i{i}" for i in range(len(paths))])
     cut = len(paths) - 2 * HELD_OUT
-    parts = {"train": table[:cut], "valid": table[cut:cut + HELD_OUT].reset_index(drop=True),
-             "test": table[cut + HELD_OUT:].reset_index(drop=True)}
+    parts = {
+        "train": table[:cut],
+        "valid": table[cut : cut + HELD_OUT].reset_index(drop=True),
+        "test": table[cut + HELD_OUT :].reset_index(drop=True),
+    }
     extra = {}
     if "universe_rows" in StudyData.__dataclass_fields__:  # as data.prepare makes it (older code: no such field)
         from xrstudy.data.studydata import universe_of
@@ -102,8 +115,15 @@ def synthetic_study(paths: list[str], seed: int = 0):  # -> xrstudy.data.studyda
         universe, extra["universe_rows"] = universe_of(table, parts)
     else:
         universe = tuple(sorted(paths))
-    return StudyData(**parts, classes=FINDINGS, multilabel=True, split_sha256="synthetic", modality="xray",
-                     universe=universe, **extra)
+    return StudyData(
+        **parts,
+        classes=FINDINGS,
+        multilabel=True,
+        split_sha256="synthetic",
+        modality="xray",
+        universe=universe,
+        **extra,
+    )
 
 
 # ---- measuring a process --------------------------------------------------------------------------
@@ -126,7 +146,7 @@ class PeakSampler:
             self.peak = max(self.peak, rss_anon())
             time.sleep(self.every_s)
 
-    def __enter__(self) -> "PeakSampler":
+    def __enter__(self) -> PeakSampler:
         self._thread.start()
         return self
 
@@ -141,8 +161,8 @@ def child(args: argparse.Namespace) -> None:
     import torch
     from fastai.callback.core import Callback
 
-    from xrstudy.training import train
     from xrstudy.config import RunConfig
+    from xrstudy.training import train
 
     torch.set_num_threads(args.threads)
     folder = Path(args.dir) / f"n{args.count}"
@@ -163,9 +183,18 @@ def child(args: argparse.Namespace) -> None:
                 self.first = time.perf_counter()
 
     clock = Clock()
-    cfg = RunConfig(kind="pretrain", sources=("synthetic",), arch="resnetv2_tiny_bit", image_size=args.px,
-                    steps=args.steps, batch_size=args.batch, mixup=0.0, out_dir=str(folder / f"out{args.world}"),
-                    cache_dir=str(Path(args.dir) / "cache"), device="cpu")
+    cfg = RunConfig(
+        kind="pretrain",
+        sources=("synthetic",),
+        arch="resnetv2_tiny_bit",
+        image_size=args.px,
+        steps=args.steps,
+        batch_size=args.batch,
+        mixup=0.0,
+        out_dir=str(folder / f"out{args.world}"),
+        cache_dir=str(Path(args.dir) / "cache"),
+        device="cpu",
+    )
     before, error = rss_anon(), ""
     with PeakSampler() as sampler:
         started = time.perf_counter()
@@ -175,8 +204,18 @@ def child(args: argparse.Namespace) -> None:
             error = f"{type(err).__name__}: {str(err).splitlines()[-1][:80]}"
     timed = clock.times[2:]
     rate = (len(timed) - 1) * args.batch / (timed[-1] - timed[0]) if len(timed) > 1 else float("nan")
-    print(json.dumps({"rank": int(os.environ.get("RANK", "0")), "before": before, "peak": sampler.peak,
-                      "first_step_s": clock.first - started, "images_per_s": rate, "error": error}))
+    print(
+        json.dumps(
+            {
+                "rank": int(os.environ.get("RANK", "0")),
+                "before": before,
+                "peak": sampler.peak,
+                "first_step_s": clock.first - started,
+                "images_per_s": rate,
+                "error": error,
+            }
+        )
+    )
 
 
 def run_cell(args: argparse.Namespace, count: int, world: int) -> list[dict]:
@@ -185,11 +224,34 @@ def run_cell(args: argparse.Namespace, count: int, world: int) -> list[dict]:
         port = sock.getsockname()[1]
     procs = []
     for rank in range(world):
-        env = {**os.environ, "WORLD_SIZE": str(world), "RANK": str(rank), "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": str(args.threads)}
-        command = [sys.executable, __file__, "--child", "--count", str(count), "--world", str(world),
-                   "--dir", args.dir, "--px", str(args.px), "--steps", str(args.steps), "--batch", str(args.batch),
-                   "--threads", str(args.threads)]
+        env = {
+            **os.environ,
+            "WORLD_SIZE": str(world),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": str(args.threads),
+        }
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--count",
+            str(count),
+            "--world",
+            str(world),
+            "--dir",
+            args.dir,
+            "--px",
+            str(args.px),
+            "--steps",
+            str(args.steps),
+            "--batch",
+            str(args.batch),
+            "--threads",
+            str(args.threads),
+        ]
         procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True))
     reports = []
     for proc in procs:
@@ -205,11 +267,11 @@ def prefetch_line(args: argparse.Namespace, count: int) -> str:
     import torch
 
     from xrstudy.config import RunConfig
-    from xrstudy.training.recipes import Schedule
     from xrstudy.pixels.imagecache import build_cache
-    from xrstudy.training.learner import TrainSetup, fit, make_learner
     from xrstudy.pixels.loaders import Augment, Split
+    from xrstudy.training.learner import TrainSetup, fit, make_learner
     from xrstudy.training.models import create_model
+    from xrstudy.training.recipes import Schedule
 
     torch.set_num_threads(args.threads)
     folder = Path(args.dir) / f"n{count}"
@@ -219,16 +281,26 @@ def prefetch_line(args: argparse.Namespace, count: int) -> str:
     split = Split.of(cache.images, targets)
     rates = {}
     for prefetch in (0, 2, 0, 2):
-        setup = TrainSetup(multilabel=True, num_classes=len(FINDINGS), per_device_batch=args.batch, seed=prefetch,
-                           schedule=Schedule(steps=args.steps, warmup=1, decays=(), base_lr=0.01),
-                           augment=Augment(out_size=args.px), eval_size=args.px, weight_decay=0.0, prefetch=prefetch)
+        setup = TrainSetup(
+            multilabel=True,
+            num_classes=len(FINDINGS),
+            per_device_batch=args.batch,
+            seed=prefetch,
+            schedule=Schedule(steps=args.steps, warmup=1, decays=(), base_lr=0.01),
+            augment=Augment(out_size=args.px),
+            eval_size=args.px,
+            weight_decay=0.0,
+            prefetch=prefetch,
+        )
         model = create_model(RunConfig(kind="pretrain", sources=("b",), arch="resnetv2_tiny_bit"), len(FINDINGS))
         learn = make_learner(model, split, setup)
         started = time.perf_counter()
         fit(learn)
         rates.setdefault(prefetch, []).append(args.steps * args.batch / (time.perf_counter() - started))
-    return (f"learner on the {count}-image cache, {args.steps} steps x {args.batch}: prefetch off "
-            f"{max(rates[0]):.0f} img/s, prefetch 2 (background thread) {max(rates[2]):.0f} img/s (best of 2 each)")
+    return (
+        f"learner on the {count}-image cache, {args.steps} steps x {args.batch}: prefetch off "
+        f"{max(rates[0]):.0f} img/s, prefetch 2 (background thread) {max(rates[2]):.0f} img/s (best of 2 each)"
+    )
 
 
 def main() -> None:
@@ -240,8 +312,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="global batch")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "xrstudy-bench-memory"))
-    parser.add_argument("--skip-prefetch", action="store_true",
-                        help="leave out the prefetch off/on line (e.g. for code without xrstudy.pixels.loaders)")
+    parser.add_argument(
+        "--skip-prefetch",
+        action="store_true",
+        help="leave out the prefetch off/on line (e.g. for code without xrstudy.pixels.loaders)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--world", type=int, default=1, help=argparse.SUPPRESS)
@@ -258,10 +333,14 @@ def main() -> None:
         folder = write_synthetic_cache(Path(args.dir) / "cache", paths, args.px)
         write_probe_images(paths, args.px)
         cache_bytes[count] = (folder / "images.u8").stat().st_size
-    print(f"xrstudy from {Path(xrstudy.__file__).parent}; {args.steps} steps, global batch {args.batch}, "
-          f"{args.px} px grayscale, {args.threads} torch thread(s) per process")
-    print("| images | cache MB | processes | peak RssAnon MB per process (growth in train.run) "
-          "| time to first step s | images/s |")
+    print(
+        f"xrstudy from {Path(xrstudy.__file__).parent}; {args.steps} steps, global batch {args.batch}, "
+        f"{args.px} px grayscale, {args.threads} torch thread(s) per process"
+    )
+    print(
+        "| images | cache MB | processes | peak RssAnon MB per process (growth in train.run) "
+        "| time to first step s | images/s |"
+    )
     print("|---|---|---|---|---|---|")
     peaks: dict[tuple[int, int], float] = {}
     for world in args.worlds:
@@ -273,8 +352,10 @@ def main() -> None:
             first = max(r["first_step_s"] for r in reports)
             rate = reports[0]["images_per_s"]
             errors = "; ".join(sorted({r["error"] for r in reports if r.get("error")}))
-            print(f"| {count} | {cache_bytes[count] / 1e6:.0f} | {world} | {peak / 1e6:.0f} ({growth / 1e6:+.0f}) "
-                  f"| {first:.2f} | {rate:.0f} |" + (f" after training: {errors}" if errors else ""))
+            print(
+                f"| {count} | {cache_bytes[count] / 1e6:.0f} | {world} | {peak / 1e6:.0f} ({growth / 1e6:+.0f}) "
+                f"| {first:.2f} | {rate:.0f} |" + (f" after training: {errors}" if errors else "")
+            )
     small, large = args.sizes
     for world in args.worlds:
         ratio = (peaks[(world, large)] - peaks[(world, small)]) / (cache_bytes[large] - cache_bytes[small])

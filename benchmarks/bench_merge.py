@@ -14,11 +14,13 @@ from pathlib import Path
 
 import torchxrayvision
 
-from xrstudy.data import studydata, labels, merge, sources, splits
+from xrstudy.data import labels, merge, sources, splits, studydata
 
-FILES = {"nih": ("Data_Entry_2017_v2020.csv.gz", "Data_Entry_2017_v2020.csv.gz"),
-         "chexpert": ("chexpert_train.csv.gz", "train.csv.gz"),
-         "padchest": ("PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz",) * 2}  # fmt: skip
+FILES = {
+    "nih": ("Data_Entry_2017_v2020.csv.gz", "Data_Entry_2017_v2020.csv.gz"),
+    "chexpert": ("chexpert_train.csv.gz", "train.csv.gz"),
+    "padchest": ("PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz",) * 2,
+}
 
 
 def main() -> None:
@@ -39,7 +41,9 @@ def main() -> None:
             timings[f"views + policy {name}"] = time.perf_counter() - started
         started = time.perf_counter()
         merged = merge.merge_sources(tables, "intersection")
-        timings[f"merge, intersection ({len(merged):,} rows, {len(labels.finding_columns(merged))} classes)"] = time.perf_counter() - started
+        timings[f"merge, intersection ({len(merged):,} rows, {len(labels.finding_columns(merged))} classes)"] = (
+            time.perf_counter() - started
+        )
         started = time.perf_counter()
         union = merge.merge_sources(tables, "union")
         timings[f"merge, union ({len(labels.finding_columns(union))} findings)"] = time.perf_counter() - started

@@ -47,7 +47,9 @@ def main() -> None:
 
         start = time.perf_counter()
         for i in range(args.cells):
-            papermill.execute_notebook(str(notebook), str(work / f"fresh{i}.ipynb"), parameters={"x": i}, progress_bar=False)
+            papermill.execute_notebook(
+                str(notebook), str(work / f"fresh{i}.ipynb"), parameters={"x": i}, progress_bar=False
+            )
         fresh = (time.perf_counter() - start) / args.cells
 
         with WarmKernel(cwd=work) as kernel:

@@ -8,8 +8,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import pytest
 
@@ -21,19 +21,39 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def jupyterlab(root: Path, token: str, env: Mapping[str, str], log_path: Path, *, extra: Sequence[str] = (),
-               start_timeout: float = 120) -> Iterator[str]:
+def jupyterlab(
+    root: Path,
+    token: str,
+    env: Mapping[str, str],
+    log_path: Path,
+    *,
+    extra: Sequence[str] = (),
+    start_timeout: float = 120,
+) -> Iterator[str]:
     """Start `jupyter lab` serving `root` (headless: --no-browser --allow-root, an explicit token), wait until
     its REST API answers, yield its base URL, stop it afterwards. A server that does not come up fails
     the test with the end of its log."""
     port = free_port()
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--ServerApp.port={port}",
-             "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-             "--ServerApp.port_retries=0", *extra],
-            env=dict(env), stdout=subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "jupyter",
+                "lab",
+                "--no-browser",
+                "--allow-root",
+                f"--ServerApp.port={port}",
+                "--ServerApp.ip=127.0.0.1",
+                f"--IdentityProvider.token={token}",
+                f"--ServerApp.root_dir={root}",
+                "--ServerApp.port_retries=0",
+                *extra,
+            ],
+            env=dict(env),
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
         base = f"http://127.0.0.1:{port}"
         deadline = time.time() + start_timeout
         while True:

@@ -18,8 +18,8 @@ import signal
 import time
 from pathlib import Path
 
-from xrstudy.results import store
 from xrstudy.config import RunConfig
+from xrstudy.results import store
 
 
 def _log(cfg: RunConfig, event: str) -> None:

@@ -50,12 +50,19 @@ def lab(tmp_path):
     settings = tmp_path / "lab-settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True)
     # The notebook's kernel starts without asking (as "Always start the preferred kernel" would).
-    (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none", "autoStartDefaultKernel": True}))
+    (settings / "tracker.jupyterlab-settings").write_text(
+        json.dumps({"windowingMode": "none", "autoStartDefaultKernel": True})
+    )
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # the kernel keeps its inline backend
     env.update({f"JUPYTER_{k}": str(tmp_path / k.lower()) for k in ("CONFIG_DIR", "DATA_DIR", "RUNTIME_DIR")})
     env.update(JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "lab-settings"), JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"))
-    with jupyterlab(root, TOKEN, env, tmp_path / "lab.log",
-                    extra=["--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]) as base:
+    with jupyterlab(
+        root,
+        TOKEN,
+        env,
+        tmp_path / "lab.log",
+        extra=["--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+    ) as base:
         yield base, root
 
 
@@ -80,15 +87,15 @@ def test_run_all_of_30_figures_in_jupyterlab_in_chromium(lab, tmp_path):
     screenshot = tmp_path / "30_figures-run-all.png"
     with sync_api.sync_playwright() as playwright:
         try:
-            browser = playwright.chromium.launch(executable_path=executable, headless=True,
-                                                 args=["--no-sandbox", "--disable-dev-shm-usage"])  # fmt: skip
+            browser = playwright.chromium.launch(
+                executable_path=executable, headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"]
+            )
         except Exception as err:  # noqa: BLE001 - Playwright raises its own Error type
             _cannot_run(f"chromium at {executable} does not start under Playwright: {err}")
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             # Offline: only the loopback server answers; anything else is refused, not waited for.
-            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base)
-                       else route.abort())  # fmt: skip
+            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base) else route.abort())
             page.goto(f"{base}/lab/tree/30_figures.ipynb?token={TOKEN}", timeout=120_000)
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
             try:  # a JupyterLab that still asks which kernel: answer as a user would
@@ -103,12 +110,13 @@ def test_run_all_of_30_figures_in_jupyterlab_in_chromium(lab, tmp_path):
                 """() => {
                     const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
                     const state = document.querySelector('.jp-Notebook-ExecutionIndicator')?.dataset.status;
-                    const failed = [...document.querySelectorAll('.jp-OutputArea-output')].some(o => o.innerText.includes('Traceback'));
+                    const failed = [...document.querySelectorAll('.jp-OutputArea-output')]
+                        .some(o => o.innerText.includes('Traceback'));
                     return state === 'idle' && prompts.length
                         && (failed || prompts.every(p => /\\[\\d+\\]/.test(p.textContent)));
                 }""",
                 timeout=540_000,
-            )  # fmt: skip
+            )
             page.wait_for_function(
                 "() => [...document.querySelectorAll('.jp-OutputArea-output img')].every(i => i.complete)",
                 timeout=60_000,

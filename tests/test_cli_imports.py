@@ -24,8 +24,8 @@ with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         code = cli.main(sys.argv[1:])
     except SystemExit as exit:  # --help
         code = exit.code
-print(json.dumps({"code": code, "heavy": sorted(m for m in sys.modules if m.split(".")[0] in %r)}))
-""" % (HEAVY,)
+print(json.dumps({"code": code, "heavy": sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)}))
+""".replace("HEAVY", repr(HEAVY))
 
 
 def heavy_imports(argv: list[str], cwd: Path) -> tuple[int, list[str]]:
@@ -51,10 +51,31 @@ def _commands(base: Path, roots: dict, store: Path) -> list[list[str]]:
         ["data", "--help"],
         ["data", "inspect", "chexpert", "--root", str(chexpert), "--views", "PA,AP", "--json"],
         ["data", "inspect", "padchest", "--root", str(padchest), "--metadata-only", "--json"],
-        ["data", "merge", "--source", f"chexpert={chexpert}", "--source", f"nih={nih}", "--labels", "union",
-         "--metadata-only", "--json"],
-        ["data", "cache", "chexpert", "--root", str(chexpert), "--size", "32", "--workers", "1",
-         "--cache-dir", str(base / "cache")],
+        [
+            "data",
+            "merge",
+            "--source",
+            f"chexpert={chexpert}",
+            "--source",
+            f"nih={nih}",
+            "--labels",
+            "union",
+            "--metadata-only",
+            "--json",
+        ],
+        [
+            "data",
+            "cache",
+            "chexpert",
+            "--root",
+            str(chexpert),
+            "--size",
+            "32",
+            "--workers",
+            "1",
+            "--cache-dir",
+            str(base / "cache"),
+        ],
         ["data", "split", "padchest", "--root", str(padchest), "--metadata-only", "--out", str(base / "split.csv")],
         ["results", "import-legacy", str(LEGACY), "--results", str(base / "legacy")],
         ["results", "table", "--results", str(store), "--out", str(base / "table.csv")],

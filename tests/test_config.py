@@ -13,8 +13,15 @@ from xrstudy.config import EXECUTION_FIELDS, FIELD_NAMES, ConfigError, RunConfig
 
 
 def test_yaml_round_trip_keeps_every_field(tmp_path):
-    cfg = RunConfig(kind="pretrain", sources=("chexpert", "mimic"), roots=("chexpert=/d/c", "mimic=/d/m"),
-                    views=("PA",), arch="resnetv2_152x4_bit", seed=3, epochs=90)
+    cfg = RunConfig(
+        kind="pretrain",
+        sources=("chexpert", "mimic"),
+        roots=("chexpert=/d/c", "mimic=/d/m"),
+        views=("PA",),
+        arch="resnetv2_152x4_bit",
+        seed=3,
+        epochs=90,
+    )
     back = RunConfig.from_yaml(cfg.to_yaml(tmp_path / "cell.yaml"))
     assert back == cfg
     assert back.run_id == cfg.run_id
@@ -112,8 +119,11 @@ def _wrong_value(name):
 @pytest.mark.parametrize("name", FIELD_NAMES)
 def test_every_field_rejects_a_value_of_the_wrong_type_naming_field_and_value(name):
     wrong = _wrong_value(name)
-    with pytest.raises(ConfigError, match=rf"^notebook parameters: RunConfig\.{name} = {re.escape(repr(wrong))}; "
-                                          rf"expected "):
+    with pytest.raises(
+        ConfigError,
+        match=rf"^notebook parameters: RunConfig\.{name} = {re.escape(repr(wrong))}; "
+        rf"expected ",
+    ):
         RunConfig.from_parameters({"target": "cifar10", name: wrong})
 
 

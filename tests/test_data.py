@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gzip
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from xrstudy.data import studydata, fewshot, labels, layouts, merge, phantoms, sources, splits
 from xrstudy.config import ConfigError, RunConfig
+from xrstudy.data import fewshot, labels, layouts, merge, phantoms, sources, splits, studydata
 from xrstudy.data.layouts import Record
 
 SMALL = phantoms.PhantomStyle(height=24, width=20)
@@ -18,8 +19,14 @@ SMALL = phantoms.PhantomStyle(height=24, width=20)
 
 @pytest.fixture(scope="module")
 def xray_records():
-    return phantoms.xray_records(16, seed=0, style=SMALL, uncertain_share=0.3, blank_share=0.3,
-                                 splits=(("train", 0.7), ("valid", 0.15), ("test", 0.15)))
+    return phantoms.xray_records(
+        16,
+        seed=0,
+        style=SMALL,
+        uncertain_share=0.3,
+        blank_share=0.3,
+        splits=(("train", 0.7), ("valid", 0.15), ("test", 0.15)),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +35,18 @@ def roots(tmp_path_factory, xray_records):
     out = {}
     for name in ("chexpert", "nih", "mimic"):
         out[name] = layouts.write_layout(name, base / name, xray_records)
-    out["padchest"] = layouts.write_layout("padchest", base / "padchest", phantoms.xray_records(
-        10, seed=1, style=phantoms.PhantomStyle(height=24, width=20, bits=16), uncertain_share=0, blank_share=0))
-    out["padchest-cl"] = layouts.write_layout("padchest", base / "padchest-cl", phantoms.single_finding_records(
-        4, seed=2, classes=("normal", "Effusion", "Cardiomegaly"), style=SMALL))
+    out["padchest"] = layouts.write_layout(
+        "padchest",
+        base / "padchest",
+        phantoms.xray_records(
+            10, seed=1, style=phantoms.PhantomStyle(height=24, width=20, bits=16), uncertain_share=0, blank_share=0
+        ),
+    )
+    out["padchest-cl"] = layouts.write_layout(
+        "padchest",
+        base / "padchest-cl",
+        phantoms.single_finding_records(4, seed=2, classes=("normal", "Effusion", "Cardiomegaly"), style=SMALL),
+    )
     out["shapes"] = layouts.write_layout("imagefolder", base / "shapes", phantoms.shape_records(3, seed=3, size=16))
     return out
 
@@ -55,20 +70,30 @@ def test_chexpert_layout_round_trip_under_each_policy(roots, xray_records, polic
     table = labels.apply_policy(sources.read_source("chexpert", roots["chexpert"]), policy)
     assert len(table) == len(xray_records)
     assert table["image_id"].str.startswith("chexpert/").all()  # the Path column, as distributed
-    assert all(map(lambda p: __import__("os").path.isfile(p), table["path"]))
+    assert all(Path(p).is_file() for p in table["path"])
     assert {"LATERAL", "PA", "AP"} <= set(table["view"])
     assert table["patient_id"].str.startswith("chexpert:patient").all()
     assert "No Finding" not in table.columns and not (table[labels.finding_columns(table)] == -1).any().any()
     # Rows come back in file order: train.csv then valid.csv.
-    ordered = [r for split in ("train", "valid") for r in xray_records
-               if ("valid" if r.split in ("valid", "test") else "train") == split]
+    ordered = [
+        r
+        for split in ("train", "valid")
+        for r in xray_records
+        if ("valid" if r.split in ("valid", "test") else "train") == split
+    ]
     for name in phantoms.DRAWN_FINDINGS:
         np.testing.assert_array_equal(table[name].to_numpy(), _expected_chexpert(ordered, name, policy))
 
 
 def test_policy_keeps_explicit_values_and_never_mutates_the_input():
-    raw = pd.DataFrame({"source": ["chexpert"] * 3, "No Finding": [1.0, 1.0, np.nan],
-                        "Edema": [np.nan, -1.0, np.nan], "Effusion": [0.0, 1.0, -1.0]})
+    raw = pd.DataFrame(
+        {
+            "source": ["chexpert"] * 3,
+            "No Finding": [1.0, 1.0, np.nan],
+            "Edema": [np.nan, -1.0, np.nan],
+            "Effusion": [0.0, 1.0, -1.0],
+        }
+    )
     before = raw.copy()
     out = labels.apply_policy(raw, "ignore")
     pd.testing.assert_frame_equal(raw, before)
@@ -196,10 +221,11 @@ def test_prepare_pretrain_and_transfer(roots, tmp_path):
     full = studydata.prepare(_cfg(roots, tmp_path, kind="pretrain", sources=("chexpert",)))
     assert set(half.train["image_id"]) < set(full.train["image_id"])
 
-    target = studydata.prepare(_cfg(roots, tmp_path, kind="transfer", target="padchest-cl", shots=1, seed=3,
-                               label_mode="terms"))  # the exact-term task (paper: the authors' 27 classes)
+    target = studydata.prepare(
+        _cfg(roots, tmp_path, kind="transfer", target="padchest-cl", shots=1, seed=3, label_mode="terms")
+    )  # the exact-term task (paper: the authors' 27 classes)
     assert target.classes == ("Cardiomegaly", "Effusion", "normal") and not target.multilabel
-    assert target.train["label"].value_counts().to_dict() == {c: 1 for c in target.classes}
+    assert target.train["label"].value_counts().to_dict() == dict.fromkeys(target.classes, 1)
     assert set(target.shots_ids) == set(target.train["image_id"])
     assert not set(target.shots_ids) & set(target.test["image_id"])
     for study_data in (study, target):  # each row's cache row, found once in prepare, is its path's place
@@ -223,7 +249,9 @@ def test_missing_and_renamed_columns(roots, tmp_path):
     shutil.copytree(roots["nih"], copy)
     entry = copy / "Data_Entry_2017_v2020.csv"
     pd.read_csv(entry).rename(columns={"Finding Labels": "Findings"}).to_csv(entry, index=False)
-    with pytest.raises(sources.SourceError, match=r"Data_Entry_2017_v2020.csv: missing column\(s\) \['Finding Labels'\]"):
+    with pytest.raises(
+        sources.SourceError, match=r"Data_Entry_2017_v2020.csv: missing column\(s\) \['Finding Labels'\]"
+    ):
         sources.read_source("nih", copy)
     entry.write_text("")
     with pytest.raises(sources.SourceError, match="empty"):
@@ -245,7 +273,9 @@ def test_unknown_terms_duplicates_and_bad_values_name_the_line(roots, tmp_path):
     # Row 1's LocalizationsCUIS spans two lines (as in the real file), so row 3 starts on line 6, not 5.
     line = 1 + next(i for i, text in enumerate(csv.read_text().splitlines()) if "dragon scales" in text)
     assert line == 6
-    with pytest.raises(sources.SourceError, match=rf"line {line}, column 'Labels': unknown PadChest term 'dragon scales'"):
+    with pytest.raises(
+        sources.SourceError, match=rf"line {line}, column 'Labels': unknown PadChest term 'dragon scales'"
+    ):
         sources.read_source("padchest", copy)
     frame.loc[3, "Labels"] = "['normal']"
     frame.loc[4, "ImageID"] = frame.loc[1, "ImageID"]
@@ -273,8 +303,11 @@ def test_read_cache_follows_each_entrys_policy(roots, tmp_path, monkeypatch):
         entry = sources.SOURCES[name]
         counted = (lambda read: lambda n, root, meta: calls.append((n, meta)) or read(n, root, meta))(entry.read)
         monkeypatch.setitem(sources.SOURCES, name, dataclasses.replace(entry, read=counted))
-    assert {n: sources.SOURCES[n].cache_reads for n in ("chexpert", "nih", "imagefolder")} == \
-        {"chexpert": "always", "nih": "metadata_only", "imagefolder": "never"}
+    assert {n: sources.SOURCES[n].cache_reads for n in ("chexpert", "nih", "imagefolder")} == {
+        "chexpert": "always",
+        "nih": "metadata_only",
+        "imagefolder": "never",
+    }
     copies = {name: tmp_path / name for name in ("chexpert", "nih", "shapes")}
     for name, copy in copies.items():
         shutil.copytree(roots[name], copy)
@@ -309,8 +342,19 @@ def test_record_writer_registry_rejects_unknown_layout(tmp_path):
 def test_cli_cache_builds_then_reuses(roots, tmp_path, capsys):
     from xrstudy import cli
 
-    args = ["data", "cache", "nih", "--root", str(roots["nih"]), "--size", "16", "--workers", "1",
-            "--cache-dir", str(tmp_path / "cache")]
+    args = [
+        "data",
+        "cache",
+        "nih",
+        "--root",
+        str(roots["nih"]),
+        "--size",
+        "16",
+        "--workers",
+        "1",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     assert cli.main(args) == 0
     first = capsys.readouterr().out
     images = len(sources.read_source("nih", roots["nih"]))
@@ -327,7 +371,9 @@ def test_unknown_nih_term_and_old_style_ages(roots, tmp_path):
     frame["Patient Age"] = frame["Patient Age"].map(lambda a: f"{a:03d}Y")  # the 2017 file's style
     frame.to_csv(entry, index=False)
     ages = sources.read_source("nih", copy)["age"]
-    assert ages.tolist() == pd.read_csv(roots["nih"] / "Data_Entry_2017_v2020.csv")["Patient Age"].astype(float).tolist()
+    assert (
+        ages.tolist() == pd.read_csv(roots["nih"] / "Data_Entry_2017_v2020.csv")["Patient Age"].astype(float).tolist()
+    )
     frame.loc[2, "Finding Labels"] = "Effusion|Dragon"
     frame.to_csv(entry, index=False)
     with pytest.raises(sources.SourceError, match=r"line 4, column 'Finding Labels': unknown term 'Dragon'"):

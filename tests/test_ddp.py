@@ -24,10 +24,10 @@ import torch
 import torch.multiprocessing as mp
 
 from xrstudy.config import RunConfig
-from xrstudy.training.recipes import Schedule
-from xrstudy.training.learner import TrainSetup, fit, make_learner, predict
 from xrstudy.pixels.loaders import Augment, Split
+from xrstudy.training.learner import TrainSetup, fit, make_learner, predict
 from xrstudy.training.models import create_model
+from xrstudy.training.recipes import Schedule
 
 STEPS, GLOBAL_BATCH = 4, 8
 
@@ -42,9 +42,17 @@ def _data() -> Split:
 
 def _setup(world: int, rank: int, micro_batch: int = 0) -> TrainSetup:
     return TrainSetup(
-        multilabel=True, num_classes=3, schedule=Schedule(steps=STEPS, warmup=1, decays=(3,), base_lr=0.1),
-        per_device_batch=GLOBAL_BATCH // world, seed=1, augment=Augment(out_size=16, crop_fraction=0.8),
-        eval_size=16, weight_decay=1e-4, rank=rank, world=world, micro_batch=micro_batch,
+        multilabel=True,
+        num_classes=3,
+        schedule=Schedule(steps=STEPS, warmup=1, decays=(3,), base_lr=0.1),
+        per_device_batch=GLOBAL_BATCH // world,
+        seed=1,
+        augment=Augment(out_size=16, crop_fraction=0.8),
+        eval_size=16,
+        weight_decay=1e-4,
+        rank=rank,
+        world=world,
+        micro_batch=micro_batch,
     )
 
 

@@ -25,10 +25,10 @@ import pytest
 from PIL import Image
 
 from xrstudy import cli, fileio
-from xrstudy.pixels import decoding, imagecache
-from xrstudy.data import layouts, phantoms, sources, splits
-from xrstudy.training import models, train
 from xrstudy.config import ConfigError, RunConfig, parent_run_id, parse_root
+from xrstudy.data import layouts, phantoms, sources, splits
+from xrstudy.pixels import decoding, imagecache
+from xrstudy.training import models, train
 
 SMALL = phantoms.PhantomStyle(height=24, width=20)
 
@@ -39,8 +39,9 @@ def _records(n: int = 8, **options):
 
 @pytest.fixture()
 def chexpert(tmp_path):
-    return layouts.write_layout("chexpert", tmp_path / "CheXpert-v1.0-small",
-                                _records(splits=(("train", 0.8), ("valid", 0.2))))
+    return layouts.write_layout(
+        "chexpert", tmp_path / "CheXpert-v1.0-small", _records(splits=(("train", 0.8), ("valid", 0.2)))
+    )
 
 
 @pytest.fixture()
@@ -73,8 +74,9 @@ def _one_error_line(err: str) -> str:
 @pytest.fixture()
 def broken_chexpert(tmp_path):
     """A miniature CheXpert whose train images include every kind of unreadable file."""
-    root = layouts.write_layout("chexpert", tmp_path / "CheXpert-v1.0-small",
-                                phantoms.xray_records(12, seed=0, style=SMALL, lateral_share=0.0))
+    root = layouts.write_layout(
+        "chexpert", tmp_path / "CheXpert-v1.0-small", phantoms.xray_records(12, seed=0, style=SMALL, lateral_share=0.0)
+    )
     table = sources.read_source("chexpert", root)
     train_paths = table.loc[table["split"] == "train", "path"].tolist()
     truncated, empty, missing, sixteen = train_paths[:4]
@@ -83,15 +85,24 @@ def broken_chexpert(tmp_path):
     open(empty, "wb").close()  # zero-byte file
     os.remove(missing)  # listed in train.csv, absent on disk
     # A 16-bit PNG where an 8-bit JPEG is expected: decoded at full depth, not dropped.
-    Image.fromarray((np.arange(24 * 20, dtype=np.uint16).reshape(24, 20) * 100)).save(sixteen, format="PNG")
+    Image.fromarray(np.arange(24 * 20, dtype=np.uint16).reshape(24, 20) * 100).save(sixteen, format="PNG")
     return root, {"truncated": truncated, "empty": empty, "missing": missing, "sixteen": sixteen}
 
 
 @pytest.mark.slow
 def test_unreadable_images_are_quarantined_and_counted_in_the_result(broken_chexpert, tmp_path):
     root, broken = broken_chexpert
-    cfg = RunConfig(name="faults", kind="pretrain", sources=("chexpert",), roots=(f"chexpert={root}",),
-                    arch="resnetv2_tiny_bit", image_size=16, batch_size=8, epochs=1, out_dir=str(tmp_path / "out"))
+    cfg = RunConfig(
+        name="faults",
+        kind="pretrain",
+        sources=("chexpert",),
+        roots=(f"chexpert={root}",),
+        arch="resnetv2_tiny_bit",
+        image_size=16,
+        batch_size=8,
+        epochs=1,
+        out_dir=str(tmp_path / "out"),
+    )
     result = train.run(cfg)
     assert result["status"] == "ok"
     dropped = result["counts"]["dropped"]
@@ -127,8 +138,10 @@ def test_label_csv_reader_reads_what_pandas_reads(tmp_path):
     booleans, and a quoted value over two lines."""
 
     path = tmp_path / "labels.csv"
-    path.write_text('id,date,flag,score,note\n007,2015-01-02,True,1.0,"two\nlines"\n008,2016-03-04,False,NA,\n'
-                    "009,2017-05-06,True,-1.0,None\n")  # fmt: skip
+    path.write_text(
+        'id,date,flag,score,note\n007,2015-01-02,True,1.0,"two\nlines"\n008,2016-03-04,False,NA,\n'
+        "009,2017-05-06,True,-1.0,None\n"
+    )
     ours = sources.read_table(path, ["id", "date", "flag", "score", "note"], dtype={"id": str})
     theirs = pd.read_csv(path, dtype={"id": str})
     pd.testing.assert_frame_equal(ours, theirs, check_dtype=False)
@@ -143,14 +156,19 @@ def test_malformed_label_csv_names_the_file(tmp_path):
 
 
 # ---- 1. encodings: a byte that is not UTF-8 stops the read at its physical line -----------------
-@pytest.mark.parametrize("column, old, new", [
-    ("Frontal/Lateral", b"Frontal", b"Front\xe1l"),  # was: 0 images, rc 0
-    ("Sex", b"Male", b"M\xe1le"),  # was: every row's sex ""
-    ("Path", b"patient", b"pati\xe9nt"),  # was: a raw TypeError
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "column, old, new",
+    [
+        ("Frontal/Lateral", b"Frontal", b"Front\xe1l"),  # was: 0 images, rc 0
+        ("Sex", b"Male", b"M\xe1le"),  # was: every row's sex ""
+        ("Path", b"patient", b"pati\xe9nt"),  # was: a raw TypeError
+    ],
+)
 def test_non_utf8_byte_in_a_chexpert_column_names_file_line_and_column(chexpert, capsys, column, old, new):
     path = chexpert / "train.csv"
-    line = 3 if old != b"Male" else next(i for i, text in enumerate(path.read_bytes().split(b"\n"), 1) if b"Male" in text)
+    line = (
+        3 if old != b"Male" else next(i for i, text in enumerate(path.read_bytes().split(b"\n"), 1) if b"Male" in text)
+    )
     _replace_on_line(path, line, old, new)
     with pytest.raises(sources.SourceError) as err:
         sources.read_source("chexpert", chexpert, metadata_only=True)
@@ -161,14 +179,19 @@ def test_non_utf8_byte_in_a_chexpert_column_names_file_line_and_column(chexpert,
     assert code == 2 and f"train.csv, line {line}, column {column!r}" in _one_error_line(stderr)
 
 
-@pytest.mark.parametrize("column, old, new", [("View Position", b",PA,", b",P\xc1,"),
-                                              ("Finding Labels", b",No Finding,", b",No Find\xedng,")])
+@pytest.mark.parametrize(
+    "column, old, new",
+    [("View Position", b",PA,", b",P\xc1,"), ("Finding Labels", b",No Finding,", b",No Find\xedng,")],
+)
 def test_non_utf8_byte_in_an_nih_column_names_file_line_and_column(nih, column, old, new):
     path = nih / "Data_Entry_2017_v2020.csv"
     line = next(i for i, text in enumerate(path.read_bytes().split(b"\n"), 1) if old in text)
     _replace_on_line(path, line, old, new)
-    with pytest.raises(sources.SourceError, match=rf"Data_Entry_2017_v2020\.csv, line {line}, column {column!r}: "
-                                                  rf"byte 0x[0-9a-f]{{2}} is not UTF-8"):
+    with pytest.raises(
+        sources.SourceError,
+        match=rf"Data_Entry_2017_v2020\.csv, line {line}, column {column!r}: "
+        rf"byte 0x[0-9a-f]{{2}} is not UTF-8",
+    ):
         sources.read_source("nih", nih, metadata_only=True)
 
 
@@ -200,8 +223,14 @@ def test_non_utf8_byte_in_a_split_list_names_its_line(nih):
 
 
 # ---- 2. special files are not "absent"; a real absence is said and recorded -------------------------
-@pytest.mark.parametrize("kind, make", [("directory", os.mkdir), ("FIFO (named pipe)", os.mkfifo),
-                                        ("broken symbolic link", lambda p: os.symlink(p.parent / "gone.csv", p))])
+@pytest.mark.parametrize(
+    "kind, make",
+    [
+        ("directory", os.mkdir),
+        ("FIFO (named pipe)", os.mkfifo),
+        ("broken symbolic link", lambda p: os.symlink(p.parent / "gone.csv", p)),
+    ],
+)
 def test_special_file_in_place_of_valid_csv_is_an_error_not_a_fallback(chexpert, kind, make):
     (chexpert / "valid.csv").unlink(missing_ok=True)
     make(chexpert / "valid.csv")
@@ -271,12 +300,22 @@ def test_nih_without_lists_is_split_by_patient_said_and_recorded(nih):
 
 
 # ---- 4. a field a cell's kind ignores would still change its run id: refused ------------------
-@pytest.mark.parametrize("kind, field, value", [
-    ("transfer", "epochs", 3), ("transfer", "views", ()), ("transfer", "labels", "union"),
-    ("transfer", "sources", ("chexpert",)), ("transfer", "data_fraction", 0.5),
-    ("pretrain", "target", "cifar10"), ("pretrain", "shots", 5), ("pretrain", "shots_mode", "paper"),
-    ("pretrain", "sampler", "oversample"), ("pretrain", "head", "concat"), ("pretrain", "head_init", "zero"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kind, field, value",
+    [
+        ("transfer", "epochs", 3),
+        ("transfer", "views", ()),
+        ("transfer", "labels", "union"),
+        ("transfer", "sources", ("chexpert",)),
+        ("transfer", "data_fraction", 0.5),
+        ("pretrain", "target", "cifar10"),
+        ("pretrain", "shots", 5),
+        ("pretrain", "shots_mode", "paper"),
+        ("pretrain", "sampler", "oversample"),
+        ("pretrain", "head", "concat"),
+        ("pretrain", "head_init", "zero"),
+    ],
+)
 def test_field_ignored_by_the_cells_kind_is_refused(kind, field, value):
     base = {"kind": kind, "sources": ("chexpert",)} if kind == "pretrain" else {"kind": kind, "target": "cifar10"}
     other = "pretrain" if kind == "transfer" else "transfer"
@@ -285,40 +324,48 @@ def test_field_ignored_by_the_cells_kind_is_refused(kind, field, value):
 
 
 def test_fields_that_act_on_both_kinds_are_accepted_and_steps_with_epochs_is_refused(tmp_path):
-    for cfg in (RunConfig(kind="pretrain", sources=("padchest",), label_mode="paper", split_mode="paper", steps=5),
-                RunConfig(target="padchest-cl", label_mode="paper", split_mode="paper", uncertain="ones", steps=5)):
+    for cfg in (
+        RunConfig(kind="pretrain", sources=("padchest",), label_mode="paper", split_mode="paper", steps=5),
+        RunConfig(target="padchest-cl", label_mode="paper", split_mode="paper", uncertain="ones", steps=5),
+    ):
         assert cfg.label_mode == "paper"
     path = tmp_path / "cell.yaml"
     path.write_text("kind: pretrain\nsources: [chexpert]\nepochs: 3\nsteps: 100\n")
-    with pytest.raises(ConfigError, match=r"cell\.yaml: RunConfig\.epochs = 3 and RunConfig\.steps = 100 on a "
-                                          r"pretrain cell; steps overrides epochs"):
+    with pytest.raises(
+        ConfigError,
+        match=r"cell\.yaml: RunConfig\.epochs = 3 and RunConfig\.steps = 100 on a "
+        r"pretrain cell; steps overrides epochs",
+    ):
         RunConfig.from_yaml(path)
 
 
 # ---- config values of the wrong type or range: the file, the field, the value, what is expected ------
-@pytest.mark.parametrize("line, message", [
-    ("shots: five", "RunConfig.shots = 'five'; expected an integer >= 0"),
-    ("steps: '10'", "RunConfig.steps = '10'; expected an integer >= 0"),
-    ("lr: fast", "RunConfig.lr = 'fast'; expected a number >= 0"),
-    ("seed: abc", "RunConfig.seed = 'abc'; expected an integer from 0 to 2**32 - 1"),
-    ("seed: -1", "RunConfig.seed = -1; expected an integer from 0 to 2**32 - 1"),
-    ("batch_size: 0", "RunConfig.batch_size = 0; expected an integer >= 1"),
-    ("image_size: -8", "RunConfig.image_size = -8; expected an integer >= 0"),
-    ("shots: true", "RunConfig.shots = True; expected an integer >= 0"),  # a bool where an int is expected
-    ("steps: 2.5", "RunConfig.steps = 2.5; expected an integer >= 0"),
-    ("compile: 1", "RunConfig.compile = 1; expected true or false"),  # an int where a bool is expected
-    ("arch: [a, b]", "RunConfig.arch = ['a', 'b']; expected a non-empty string"),  # a list where a str is expected
-    ("arch: ''", "RunConfig.arch = ''; expected a non-empty string"),
-    ("target: 5", "RunConfig.target = 5; expected a string"),
-    ("mixup: -0.5", "RunConfig.mixup = -0.5; expected -1 (BiT-HyperRule decides) or a MixUp alpha >= 0"),
-    ("lr: .nan", "RunConfig.lr = nan; expected a number >= 0"),
-    ("head: mlp", "RunConfig.head = 'mlp'; expected one of ['linear', 'concat']"),
-    ("roots: {cifar10: /data}", "RunConfig.roots = {'cifar10': '/data'}; expected a list"),
-    ("roots: [cifar10]", "RunConfig.roots entry 'cifar10'; expected 'name=DIR'"),
-    ("roots: [cifar10=/a, cifar10=/b]", "RunConfig.roots names 'cifar10' twice"),
-    ("init: run:abc", "RunConfig.init = 'run:abc'; expected run:<run id>"),
-    ("init: pretrain:chexpert", "RunConfig.init = 'pretrain:chexpert' names a pre-training cell of a sweep file"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("shots: five", "RunConfig.shots = 'five'; expected an integer >= 0"),
+        ("steps: '10'", "RunConfig.steps = '10'; expected an integer >= 0"),
+        ("lr: fast", "RunConfig.lr = 'fast'; expected a number >= 0"),
+        ("seed: abc", "RunConfig.seed = 'abc'; expected an integer from 0 to 2**32 - 1"),
+        ("seed: -1", "RunConfig.seed = -1; expected an integer from 0 to 2**32 - 1"),
+        ("batch_size: 0", "RunConfig.batch_size = 0; expected an integer >= 1"),
+        ("image_size: -8", "RunConfig.image_size = -8; expected an integer >= 0"),
+        ("shots: true", "RunConfig.shots = True; expected an integer >= 0"),  # a bool where an int is expected
+        ("steps: 2.5", "RunConfig.steps = 2.5; expected an integer >= 0"),
+        ("compile: 1", "RunConfig.compile = 1; expected true or false"),  # an int where a bool is expected
+        ("arch: [a, b]", "RunConfig.arch = ['a', 'b']; expected a non-empty string"),  # a list where a str is expected
+        ("arch: ''", "RunConfig.arch = ''; expected a non-empty string"),
+        ("target: 5", "RunConfig.target = 5; expected a string"),
+        ("mixup: -0.5", "RunConfig.mixup = -0.5; expected -1 (BiT-HyperRule decides) or a MixUp alpha >= 0"),
+        ("lr: .nan", "RunConfig.lr = nan; expected a number >= 0"),
+        ("head: mlp", "RunConfig.head = 'mlp'; expected one of ['linear', 'concat']"),
+        ("roots: {cifar10: /data}", "RunConfig.roots = {'cifar10': '/data'}; expected a list"),
+        ("roots: [cifar10]", "RunConfig.roots entry 'cifar10'; expected 'name=DIR'"),
+        ("roots: [cifar10=/a, cifar10=/b]", "RunConfig.roots names 'cifar10' twice"),
+        ("init: run:abc", "RunConfig.init = 'run:abc'; expected run:<run id>"),
+        ("init: pretrain:chexpert", "RunConfig.init = 'pretrain:chexpert' names a pre-training cell of a sweep file"),
+    ],
+)
 def test_wrong_config_value_names_file_field_value_and_what_is_expected(tmp_path, line, message):
     path = tmp_path / "cell.yaml"
     path.write_text(f"kind: transfer\ntarget: cifar10\n{line}\n")
@@ -398,8 +445,9 @@ def test_cache_checks_free_space_before_mapping(tmp_path, monkeypatch):
     with pytest.raises(fileio.DiskFullError) as err:
         imagecache.build_cache(paths, 64, tmp_path / "cache", "L")
     folder = tmp_path / "cache" / imagecache.cache_key(paths, 64, "L")[:16]
-    assert str(err.value).startswith(f"not enough free space in {folder} for the image cache "
-                                     f"(6 images at 64px L): needs 1.0 MiB, 1000 B free")
+    assert str(err.value).startswith(
+        f"not enough free space in {folder} for the image cache (6 images at 64px L): needs 1.0 MiB, 1000 B free"
+    )
     assert not list((tmp_path / "cache").rglob("images.u8"))  # nothing mapped, nothing half-written
     assert imagecache.check_free_space is fileio.check_free_space  # the training path calls the same check
 
@@ -459,8 +507,10 @@ def test_enospc_in_the_shared_writers_and_the_cli_names_the_path(tmp_path, monke
 
     monkeypatch.setattr(cli, "resolve_handler", lambda _target: handler)
     assert cli.main(["figures", "--results", str(tmp_path)]) == 2
-    assert _one_error_line(capsys.readouterr().err) == ("xrstudy: error: no space left on device (the writer did not "
-                                                        "say which file); free some space and run the same command again")
+    assert _one_error_line(capsys.readouterr().err) == (
+        "xrstudy: error: no space left on device (the writer did not "
+        "say which file); free some space and run the same command again"
+    )
 
 
 def test_a_full_disk_in_torch_save_names_the_checkpoint(tmp_path, monkeypatch):
@@ -478,8 +528,11 @@ def test_a_full_disk_in_torch_save_names_the_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", failing_save)
     monkeypatch.setattr(shutil, "disk_usage", lambda _: SimpleNamespace(total=10**6, used=10**6 - 1000, free=1000))
-    with pytest.raises(fileio.DiskFullError, match=rf"no space left on device writing {target} \(1000 B free there, "
-                                               rf"about 16\.\d KiB to write; the writer said: .*unexpected pos"):
+    with pytest.raises(
+        fileio.DiskFullError,
+        match=rf"no space left on device writing {target} \(1000 B free there, "
+        rf"about 16\.\d KiB to write; the writer said: .*unexpected pos",
+    ):
         models.write_checkpoint(target, model, {"arch": "linear"})
     assert not list(target.parent.iterdir())  # no temp file, no sidecar
 
@@ -493,8 +546,12 @@ def _mount_tmpfs(folder: Path, size: str) -> bool:
     folder.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0 or shutil.which("mount") is None:
         return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 @pytest.mark.slow
@@ -506,16 +563,33 @@ def test_real_full_disk_on_a_small_tmpfs(tmp_path):
     if not _mount_tmpfs(small, "1m"):
         pytest.skip("cannot mount a tmpfs here")
     try:
-        root = layouts.write_layout("chexpert", tmp_path / "CheXpert-v1.0-small",
-                                    _records(40, splits=(("train", 0.8), ("valid", 0.2))))
-        command = [sys.executable, "-m", "xrstudy.cli", "data", "cache", "chexpert", "--root", str(root), "--size", "256",
-                   "--workers", "1", "--cache-dir", str(small / "cache")]  # fmt: skip
+        root = layouts.write_layout(
+            "chexpert", tmp_path / "CheXpert-v1.0-small", _records(40, splits=(("train", 0.8), ("valid", 0.2)))
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "xrstudy.cli",
+            "data",
+            "cache",
+            "chexpert",
+            "--root",
+            str(root),
+            "--size",
+            "256",
+            "--workers",
+            "1",
+            "--cache-dir",
+            str(small / "cache"),
+        ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert done.returncode == 2, done.stderr
         assert "not enough free space in" in _one_error_line(done.stderr) and "needs" in done.stderr
         paths = sorted(sources.read_source("chexpert", root)["path"])
-        unchecked = (f"from xrstudy.pixels import imagecache; imagecache.check_free_space = lambda *a, **k: None; "
-                     f"imagecache.build_cache({paths!r}, 256, {str(small / 'cache')!r}, 'L')")
+        unchecked = (
+            f"from xrstudy.pixels import imagecache; imagecache.check_free_space = lambda *a, **k: None; "
+            f"imagecache.build_cache({paths!r}, 256, {str(small / 'cache')!r}, 'L')"
+        )
         done = subprocess.run([sys.executable, "-c", unchecked], capture_output=True, text=True, timeout=300)
         assert done.returncode == 1 and "DiskFullError: no space left on device writing" in done.stderr, done
         subprocess.run(["mount", "-o", "remount,size=64m", str(small)], check=True)
@@ -546,16 +620,23 @@ def test_ctrl_c_during_the_console_scripts_imports(tmp_path):
     """What the `xrstudy` script runs (`from xrstudy.cli import main; sys.exit(main())`), with Ctrl-C
     arriving while PyYAML is imported: importing the script's module loads only the standard library,
     so the interrupt lands inside `main`."""
-    script = ("import sys\n"
-              "class CtrlC:\n"
-              "    def find_spec(self, name, path=None, target=None):\n"
-              "        if name == 'yaml': raise KeyboardInterrupt\n"
-              "from xrstudy.cli import main\n"
-              "assert not [m for m in sys.modules if m.startswith('xrstudy.') and m != 'xrstudy.cli'], sys.modules\n"
-              "sys.modules.pop('yaml', None); sys.meta_path.insert(0, CtrlC())\n"
-              "sys.exit(main(['--help']))\n")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])})
+    script = (
+        "import sys\n"
+        "class CtrlC:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'yaml': raise KeyboardInterrupt\n"
+        "from xrstudy.cli import main\n"
+        "assert not [m for m in sys.modules if m.startswith('xrstudy.') and m != 'xrstudy.cli'], sys.modules\n"
+        "sys.modules.pop('yaml', None); sys.meta_path.insert(0, CtrlC())\n"
+        "sys.exit(main(['--help']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])},
+    )
     assert done.returncode == 130, done.stderr
     assert "interrupted" in _one_error_line(done.stderr)
 

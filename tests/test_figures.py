@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from xrstudy import cli
+from xrstudy.config import RunConfig
 from xrstudy.plots import figures, render
 from xrstudy.results import legacy, store
-from xrstudy.config import RunConfig
 
 LEGACY = Path(__file__).parent / "data" / "legacy"
 ARCHS = {"resnetv2_50x1_bit": 23.5, "resnetv2_101x1_bit": 42.5, "resnetv2_152x4_bit": 928.0}
@@ -33,8 +33,15 @@ def synthetic_store(results_dir: Path, seeds=(0, 1, 2)) -> Path:
             store.save(store.new_result(pre, {"valid/auc": 0.7}), results_dir)
             for shots in (10, 0):
                 for seed in seeds:
-                    cell = RunConfig(kind="transfer", target="padchest-cl", init=f"run:{pre.run_id}", arch=arch,
-                                     shots=shots, seed=seed, init_label="chexpert")  # fmt: skip
+                    cell = RunConfig(
+                        kind="transfer",
+                        target="padchest-cl",
+                        init=f"run:{pre.run_id}",
+                        arch=arch,
+                        shots=shots,
+                        seed=seed,
+                        init_label="chexpert",
+                    )
                     error = 0.1 + 0.1 * fraction**-0.5 * (params / 23.5) ** -0.2 + (0.05 if shots else 0.0)
                     error += rng.normal(0, 0.002)
                     store.save(store.new_result(cell, {"test/auc": 1.0 - error}), results_dir)
@@ -83,7 +90,9 @@ def test_colours_are_fixed_per_source():
     assert figures.source_colour("my_new_source") == figures.source_colour("my_new_source")
     small, large = (figures.model_colour("imagenet21k", a) for a in ("resnetv2_50x1_bit", "resnetv2_152x4_bit"))
     assert large == figures.SOURCE_COLOURS["imagenet21k"] and small != large
-    frame = pd.DataFrame({"pretrained_model": ["chexpert_bit50x1"], "init_label": ["chexpert"], "arch": ["resnetv2_50x1_bit"]})
+    frame = pd.DataFrame(
+        {"pretrained_model": ["chexpert_bit50x1"], "init_label": ["chexpert"], "arch": ["resnetv2_50x1_bit"]}
+    )
     assert figures.model_palette(frame)["chexpert_bit50x1"] == figures.model_colour("chexpert", "resnetv2_50x1_bit")
 
 
@@ -147,9 +156,9 @@ def test_the_package_never_chooses_a_matplotlib_backend(tmp_path):
 import matplotlib
 from xrstudy.plots import explore, figures, paper_figures, render
 from xrstudy.results import legacy
-legacy.import_legacy({str(LEGACY)!r}, {str(tmp_path / 'store')!r})
-rendered = render.render_all({str(tmp_path / 'store')!r}, {str(tmp_path / 'figs')!r})
-paper = render.render_all({str(tmp_path / 'store')!r}, {str(tmp_path / 'paper')!r}, style="paper")
+legacy.import_legacy({str(LEGACY)!r}, {str(tmp_path / "store")!r})
+rendered = render.render_all({str(tmp_path / "store")!r}, {str(tmp_path / "figs")!r})
+paper = render.render_all({str(tmp_path / "store")!r}, {str(tmp_path / "paper")!r}, style="paper")
 import matplotlib.pyplot as plt
 print(matplotlib.get_backend(), len(rendered), len(paper), plt.get_fignums())
 """
@@ -197,8 +206,15 @@ def test_paper_rows_are_hatched_beside_new_runs_of_the_same_model(tmp_path):
     store_dir = tmp_path / "results"
     legacy.import_legacy(LEGACY, store_dir)
     for seed in (0, 1):  # a new run of a paper model on the same target
-        cell = RunConfig(kind="transfer", target="cifar10", init="timm", arch="resnetv2_50x1_bit.goog_in21k",
-                         shots=0, seed=seed, init_label="imagenet21k")  # fmt: skip
+        cell = RunConfig(
+            kind="transfer",
+            target="cifar10",
+            init="timm",
+            arch="resnetv2_50x1_bit.goog_in21k",
+            shots=0,
+            seed=seed,
+            init_label="imagenet21k",
+        )
         store.save(store.new_result(cell, {"test/acc": 0.85}), store_dir)
     table = store.table(store_dir)
     rows = paper_figures.paper_table(table)

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xrstudy.pixels import imagecache
 from xrstudy import fileio
+from xrstudy.pixels import imagecache
 from xrstudy.pixels.decoding import ImageError, load_image, prepare_image
 from xrstudy.pixels.imagecache import build_cache, cache_key
 
@@ -206,7 +206,9 @@ def test_cache_round_trip_equals_prepare_image(tmp_path: Path, jpegs: list[str])
         cache = build_cache(paths, 12, tmp_path / "cache", mode, 1)
         assert len(cache) == len(paths) and sorted(cache.paths) == sorted(paths)
         folder = tmp_path / "cache" / cache.key[:16]
-        assert {"images.u8", "paths.txt", "done.npy", "quarantine.json", "meta.json"} <= {p.name for p in folder.iterdir()}
+        assert {"images.u8", "paths.txt", "done.npy", "quarantine.json", "meta.json"} <= {
+            p.name for p in folder.iterdir()
+        }
         assert (folder / "paths.txt").read_text().splitlines() == list(cache.paths)
         for path in paths:
             array = np.asarray(cache[cache.index_of(path)])
@@ -245,8 +247,17 @@ def test_fast_key_is_the_json_definition() -> None:
         spec = {"format": imagecache.FORMAT_VERSION, "size": size, "mode": mode, "paths": sorted(set(map(str, paths)))}
         return hashlib.sha256(json.dumps(spec, separators=(",", ":")).encode()).hexdigest()
 
-    cases = [[], ["a.jpg"], ["b/2.png", "a/1.png", "a/1.png"], ['q"uote.jpg', "x.jpg"], ["back\\slash.jpg"],
-             ["tab\there.jpg"], ["caf\u00e9.jpg", "z.jpg"], ["\u7eff.png"], [f"img{i:05d}.png" for i in range(500)]]
+    cases = [
+        [],
+        ["a.jpg"],
+        ["b/2.png", "a/1.png", "a/1.png"],
+        ['q"uote.jpg', "x.jpg"],
+        ["back\\slash.jpg"],
+        ["tab\there.jpg"],
+        ["caf\u00e9.jpg", "z.jpg"],
+        ["\u7eff.png"],
+        [f"img{i:05d}.png" for i in range(500)],
+    ]
     for paths in cases:
         assert cache_key(paths, 16, "L") == plain(paths, 16, "L"), paths
 
@@ -322,8 +333,13 @@ print(json.dumps({"built": cache.built, "reused": cache.reused}))
 
 def _build_in_subprocess(paths_file: Path, cache_dir: Path, delay: float) -> subprocess.Popen:
     env = dict(os.environ, XRSTUDY_NO_PROGRESS="1")
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(_BUILD_SCRIPT), str(paths_file), str(cache_dir), str(delay)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_BUILD_SCRIPT), str(paths_file), str(cache_dir), str(delay)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _small_pngs(folder: Path, count: int) -> list[str]:
@@ -395,8 +411,9 @@ def test_squash_mode_keeps_the_whole_image(tmp_path: Path) -> None:
     np.testing.assert_array_equal(cache[0], squashed)
 
 
-def test_original_sizes_come_from_headers_and_are_kept_beside_the_cache(tmp_path: Path, jpegs: list[str],
-                                                                         rg1_uncr: str) -> None:
+def test_original_sizes_come_from_headers_and_are_kept_beside_the_cache(
+    tmp_path: Path, jpegs: list[str], rg1_uncr: str
+) -> None:
     paths = jpegs[:3] + [rg1_uncr]
     cache = build_cache(paths, 8, tmp_path / "cache", "L:squash", 1)
     sizes = cache.original_sizes()
@@ -416,8 +433,9 @@ def test_rows_of_maps_paths_to_cache_rows_in_one_lookup(tmp_path: Path, jpegs: l
         cache.rows_of([jpegs[0], "nowhere.jpg"])
 
 
-def test_a_build_that_cannot_fit_is_refused_before_it_starts(tmp_path: Path, jpegs: list[str],
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_build_that_cannot_fit_is_refused_before_it_starts(
+    tmp_path: Path, jpegs: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder, missing = imagecache.bytes_to_build(jpegs, 16, tmp_path / "cache", "RGB")
     assert missing == len(jpegs) * 16 * 16 * 3 and folder.parent == tmp_path / "cache"
     imagecache.check_free_space(folder, missing)  # plenty here

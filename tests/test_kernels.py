@@ -50,7 +50,12 @@ def test_a_kernel_dying_mid_cell_raises_instead_of_hanging(tmp_path):
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell("x = 0")
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell("import os, signal, time\nif x:\n    os.kill(os.getpid(), signal.SIGKILL)\ntime.sleep(0.1)")]
+    nb.cells = [
+        params,
+        nbformat.v4.new_code_cell(
+            "import os, signal, time\nif x:\n    os.kill(os.getpid(), signal.SIGKILL)\ntime.sleep(0.1)"
+        ),
+    ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, tmp_path / "die.ipynb")
     with WarmKernel(cwd=tmp_path) as kernel:

@@ -16,10 +16,17 @@ from fastai.learner import Learner
 from sklearn.metrics import average_precision_score, roc_auc_score
 from timm.utils import adaptive_clip_grad
 
-from xrstudy.training.callbacks import (AdaptiveGradClip, MaskedMixUp, _channel_affine, load_train_state, mix_targets, normalise,
-                               save_train_state)
 from xrstudy.config import RunConfig
-from xrstudy.training.recipes import Schedule
+from xrstudy.pixels.loaders import Augment, Batching, EvalLoader, Split, StepLoader
+from xrstudy.training.callbacks import (
+    AdaptiveGradClip,
+    MaskedMixUp,
+    _channel_affine,
+    load_train_state,
+    mix_targets,
+    normalise,
+    save_train_state,
+)
 from xrstudy.training.learner import (
     TrainSetup,
     fit,
@@ -30,9 +37,9 @@ from xrstudy.training.learner import (
     predict,
     restore,
 )
-from xrstudy.pixels.loaders import Augment, Batching, EvalLoader, Split, StepLoader
 from xrstudy.training.metrics import bootstrap_ci, classification_metrics
 from xrstudy.training.models import create_model
+from xrstudy.training.recipes import Schedule
 
 TINY = "resnetv2_tiny_bit"
 
@@ -50,10 +57,15 @@ def toy_split(n: int = 12, classes: int = 3, multilabel: bool = True, seed: int 
 
 def toy_setup(steps: int = 6, multilabel: bool = True, classes: int = 3, **changes) -> TrainSetup:
     values = dict(
-        multilabel=multilabel, num_classes=classes,
+        multilabel=multilabel,
+        num_classes=classes,
         schedule=Schedule(steps=steps, warmup=2, decays=(4,), base_lr=0.05),
-        per_device_batch=4, seed=3, augment=Augment(out_size=16, crop_fraction=0.8, flip=True),
-        eval_size=16, weight_decay=1e-4, mixup_alpha=0.0,
+        per_device_batch=4,
+        seed=3,
+        augment=Augment(out_size=16, crop_fraction=0.8, flip=True),
+        eval_size=16,
+        weight_decay=1e-4,
+        mixup_alpha=0.0,
     )
     values.update(changes)
     return TrainSetup(**values)
@@ -61,8 +73,11 @@ def toy_setup(steps: int = 6, multilabel: bool = True, classes: int = 3, **chang
 
 def toy_model(classes: int = 3, kind: str = "pretrain", head: str = "linear", seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)  # tests may seed; library code never does
-    cfg = (RunConfig(kind="pretrain", sources=("demo",), arch=TINY) if kind == "pretrain"
-           else RunConfig(kind="transfer", target="demo", arch=TINY))
+    cfg = (
+        RunConfig(kind="pretrain", sources=("demo",), arch=TINY)
+        if kind == "pretrain"
+        else RunConfig(kind="transfer", target="demo", arch=TINY)
+    )
     return create_model(cfg, classes, head=head)
 
 
@@ -281,8 +296,13 @@ def test_training_learns_and_predict_is_nan_safe():
         rows = slice(0, 10) if label == 0 else slice(10, 20)
         images[i, rows] += 150
     split = Split.of(images, torch.from_numpy(labels))
-    setup = toy_setup(multilabel=False, classes=2, steps=30, per_device_batch=8,
-                      schedule=Schedule(steps=30, warmup=3, decays=(25,), base_lr=0.1))
+    setup = toy_setup(
+        multilabel=False,
+        classes=2,
+        steps=30,
+        per_device_batch=8,
+        schedule=Schedule(steps=30, warmup=3, decays=(25,), base_lr=0.1),
+    )
     learn = make_learner(toy_model(classes=2, kind="transfer"), split, setup)
     before = mean_loss(learn, split, 16)
     fit(learn)
@@ -319,18 +339,27 @@ def test_periodic_checkpoint_is_atomic(tmp_path, monkeypatch):
         load_train_state(path)
 
 
-@pytest.mark.parametrize("multilabel, head, mixup", [
-    (True, "linear", 0.1),
-    pytest.param(False, "concat", 0.2, marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "multilabel, head, mixup",
+    [
+        (True, "linear", 0.1),
+        pytest.param(False, "concat", 0.2, marks=pytest.mark.slow),
+    ],
+)
 def test_resumed_run_ends_with_the_same_weights(tmp_path, multilabel, head, mixup):
     """Killed after step 5 (last checkpoint after step 3), resumed: bit-identical to one straight run.
 
     The concat head has dropout (torch's RNG), the multi-label case NaN targets and MixUp."""
     steps, path = 7, tmp_path / "train_state.pt"
     split = toy_split(n=10, multilabel=multilabel)
-    setup = toy_setup(steps=steps, multilabel=multilabel, mixup_alpha=mixup, checkpoint_path=path,
-                      checkpoint_identity={"run_id": "r"}, checkpoint_every_steps=3)
+    setup = toy_setup(
+        steps=steps,
+        multilabel=multilabel,
+        mixup_alpha=mixup,
+        checkpoint_path=path,
+        checkpoint_identity={"run_id": "r"},
+        checkpoint_every_steps=3,
+    )
 
     torch.manual_seed(11)
     straight = make_learner(toy_model(kind="transfer", head=head), split, setup)
@@ -418,21 +447,36 @@ def test_step_batches_are_the_split_rows_a_pure_function_of_seed_and_step():
     first_epoch = np.concatenate([loader.positions(s, 0, 0) for s in range(5)])[:10]
     assert sorted(first_epoch) == list(range(10))
     again = list(StepLoader(split, batching, 3, 6))  # resumed at step 3: the same batches
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1]["theta"], b[1]["theta"]) for a, b in zip(batches[3:], again))
+    assert all(
+        torch.equal(a[0], b[0]) and torch.equal(a[1]["theta"], b[1]["theta"]) for a, b in zip(batches[3:], again)
+    )
     unthreaded = list(StepLoader(split, Batching(**{**batching.__dict__, "prefetch": 0}), 0, 6))
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, unthreaded))
 
 
 def test_ranks_and_micro_batches_slice_the_same_global_batch():
     split = toy_split(n=40)
-    whole = StepLoader(split, Batching(per_device_batch=8, seed=1, augment=Augment(out_size=16, crop_fraction=0.8)), 0, 3)
+    whole = StepLoader(
+        split, Batching(per_device_batch=8, seed=1, augment=Augment(out_size=16, crop_fraction=0.8)), 0, 3
+    )
     for step in range(3):
         expected = whole.positions(step, 0, 0)
         theta = whole.thetas(step, 0, 0)
         parts, thetas = [], []
         for rank in range(2):
-            sliced = StepLoader(split, Batching(per_device_batch=4, micro_batch=2, seed=1, rank=rank, world=2,
-                                                augment=Augment(out_size=16, crop_fraction=0.8)), 0, 3)
+            sliced = StepLoader(
+                split,
+                Batching(
+                    per_device_batch=4,
+                    micro_batch=2,
+                    seed=1,
+                    rank=rank,
+                    world=2,
+                    augment=Augment(out_size=16, crop_fraction=0.8),
+                ),
+                0,
+                3,
+            )
             for micro in range(2):
                 parts.append(sliced.positions(step, rank, micro))
                 thetas.append(sliced.thetas(step, rank, micro))
@@ -457,16 +501,18 @@ def test_micro_batches_accumulate_to_the_step_of_the_whole_batch():
 def test_oversampling_balances_classes_and_is_deterministic():
     labels = np.array([0] * 90 + [1] * 10)
     split = Split.of(np.zeros((100, 2, 2), np.uint8), torch.from_numpy(labels))
-    batching = Batching(per_device_batch=100, seed=2, augment=Augment(out_size=2), multilabel=False,
-                        sampler="oversample")
+    batching = Batching(
+        per_device_batch=100, seed=2, augment=Augment(out_size=2), multilabel=False, sampler="oversample"
+    )
     loader = StepLoader(split, batching, 0, 40)
     drawn = np.concatenate([labels[loader.epoch_order(e)] for e in range(40)])
     assert len(loader.epoch_order(0)) == 100  # n draws per epoch, with replacement
     assert abs(drawn.mean() - 0.5) < 0.03  # weights n / count(class): classes drawn equally often
     assert np.array_equal(loader.epoch_order(7), StepLoader(split, batching, 0, 1).epoch_order(7))
     with pytest.raises(ValueError, match="single-label"):
-        StepLoader(toy_split(), Batching(per_device_batch=4, seed=0, augment=Augment(out_size=2),
-                                         sampler="oversample"), 0, 1).epoch_order(0)
+        StepLoader(
+            toy_split(), Batching(per_device_batch=4, seed=0, augment=Augment(out_size=2), sampler="oversample"), 0, 1
+        ).epoch_order(0)
 
 
 def test_eval_batches_cover_the_split_in_order():
@@ -482,7 +528,9 @@ def _view(augment: Augment, image: torch.Tensor, u: list[float], hw=None) -> tor
 
     theta = augment.thetas(torch.tensor([u], dtype=torch.float32), hw)
     grid = F.affine_grid(theta, [1, 1, augment.out_size, augment.out_size], align_corners=False)
-    return F.grid_sample(image[None, None], grid, mode="bilinear", padding_mode=augment.padding, align_corners=False)[0, 0]
+    return F.grid_sample(image[None, None], grid, mode="bilinear", padding_mode=augment.padding, align_corners=False)[
+        0, 0
+    ]
 
 
 def test_xray_shift_is_applied_after_rotation_and_zoom_like_albumentations():
@@ -508,6 +556,8 @@ def test_xray_borders_are_reflected_and_bit_crops_are_aspect_true():
     bit = Augment(out_size=480, crop_fraction=480 / 512)
     theta = bit.thetas(torch.tensor([[0.0, 0.0, 1.0, -1.0, 1.0]]), np.array([[375, 500]]))[0]
     assert theta[1, 1].item() == pytest.approx(480 / 512) and theta[0, 0].item() == pytest.approx(480 / 512 * 375 / 500)
-    assert theta[0, 2].item() == pytest.approx(1 - 480 / 512 * 375 / 500) and theta[1, 2].item() == pytest.approx(-(1 - 480 / 512))
+    assert theta[0, 2].item() == pytest.approx(1 - 480 / 512 * 375 / 500) and theta[1, 2].item() == pytest.approx(
+        -(1 - 480 / 512)
+    )
     square = bit.thetas(torch.tensor([[0.0, 0.0, 0.3, 0.3, -1.0]]))[0]
     assert square[0, 0].item() == pytest.approx(-480 / 512) and square[1, 1].item() == pytest.approx(480 / 512)

@@ -63,8 +63,9 @@ def test_bootstrap_equals_the_former_implementation(case, seed):
     multilabel = case.startswith(("multilabel", "few"))
     if case == "few-shot":
         multilabel, targets = True, np.eye(2, dtype=np.float32)[targets]
-    assert bootstrap_ci(probs, targets, multilabel, seed, n_boot=60) == \
-        _reference_bootstrap_ci(probs, targets, multilabel, seed, n_boot=60)
+    assert bootstrap_ci(probs, targets, multilabel, seed, n_boot=60) == _reference_bootstrap_ci(
+        probs, targets, multilabel, seed, n_boot=60
+    )
 
 
 def test_every_resample_metric_equals_scikit_learn():
@@ -72,9 +73,11 @@ def test_every_resample_metric_equals_scikit_learn():
     from xrstudy.training.metrics import _resample_metrics
 
     rng = np.random.default_rng(3)
-    for probs, targets, multilabel in [(*_multilabel(rng, 120, 5, rounding=2), True),
-                                       (*_multilabel(rng, 25, 4, missing=0.6, prevalence=0.1), True),
-                                       (*_single_label(rng, 90, 4, rounding=2), False)]:
+    for probs, targets, multilabel in [
+        (*_multilabel(rng, 120, 5, rounding=2), True),
+        (*_multilabel(rng, 25, 4, missing=0.6, prevalence=0.1), True),
+        (*_single_label(rng, 90, 4, rounding=2), False),
+    ]:
         rows = [rng.integers(0, len(probs), len(probs)) for _ in range(40)]
         fast = _resample_metrics(probs, targets, multilabel, rows)
         slow = resample_metrics_one_by_one(probs, targets, multilabel, rows)

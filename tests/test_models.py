@@ -92,8 +92,11 @@ def test_timm_init_wrong_architecture(tmp_path):
 def pretrained(tmp_path):
     cfg = pretrain_cfg(out_dir=str(tmp_path / "out"))
     model = create_model(cfg, 5)
-    info = write_checkpoint(cfg.run_dir / "checkpoint.pt", model,
-                            {"arch": TINY, "run_id": cfg.run_id, "config": cfg.to_dict(), "split_sha256": "s"})
+    info = write_checkpoint(
+        cfg.run_dir / "checkpoint.pt",
+        model,
+        {"arch": TINY, "run_id": cfg.run_id, "config": cfg.to_dict(), "split_sha256": "s"},
+    )
     return cfg, model, info
 
 
@@ -171,8 +174,9 @@ def test_checkpoint_loads_with_weights_only(pretrained, monkeypatch):
 
 
 # ---- init: paper -- the authors' released checkpoints (big_transfer naming) ------------------------
-def bit_reference_forward(state: dict[str, torch.Tensor], x: torch.Tensor, groups: int = 32,
-                          eps: float = 1e-10) -> torch.Tensor:
+def bit_reference_forward(
+    state: dict[str, torch.Tensor], x: torch.Tensor, groups: int = 32, eps: float = 1e-10
+) -> torch.Tensor:
     """BiT ResNet-v2 computed straight from big_transfer-named tensors, as their bit.py wires it:
     weight-standardised convs, pre-activation units with the stride on the 3x3 conv and the projection
     on the pre-activated input, stem conv -> pad 1 -> max-pool 3/2, head GN -> ReLU -> mean -> 1x1 conv."""
@@ -234,8 +238,9 @@ def test_key_map_covers_every_tensor_of_both_released_sizes_one_to_one():
     assert small["body.block4.unit03.gn3.bias"] == ("stages.3.blocks.2.norm3.bias", (512,))
     assert large["body.block3.unit36.conv2.weight"] == ("stages.2.blocks.35.conv2.weight", (1024, 1024, 3, 3))
     assert large["head.gn.weight"] == ("norm.weight", (8192,)) and large["head.conv.bias"][0] == "head.fc.bias"
-    backbone_params = sum(torch.Size(shape).numel() for name, (_, shape) in large.items()
-                          if not name.startswith("head.conv"))
+    backbone_params = sum(
+        torch.Size(shape).numel() for name, (_, shape) in large.items() if not name.startswith("head.conv")
+    )
     assert backbone_params == 928_340_224  # R152x4, ~928M as the paper says
     assert len({timm_name for timm_name, _ in large.values()}) == len(large)
 
@@ -267,8 +272,11 @@ def test_import_paper_round_trips_a_full_size_r50x1(tmp_path, capsys):
     assert cli.main([*command, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["tensors"] == 153 and report["backbone_parameters"] == 23_500_352 and report["head_classes"] == 13
-    assert {"from": "body.block2.unit01.downsample.weight", "to": "stages.1.blocks.0.downsample.conv.weight",
-            "shape": [512, 256, 1, 1]} in report["loaded"]
+    assert {
+        "from": "body.block2.unit01.downsample.weight",
+        "to": "stages.1.blocks.0.downsample.conv.weight",
+        "shape": [512, 256, 1, 1],
+    } in report["loaded"]
     converted = torch.load(out, weights_only=True)
     original = source.state_dict()
     assert converted.keys() == original.keys()
@@ -356,8 +364,9 @@ def test_tiny_paper_init_transfer_runs_end_to_end(tmp_path):
     from xrstudy.training import train
 
     save_in_authors_format(randomised(TINY, 13), tmp_path / "weights" / "chexpert_mimic_bittiny" / "model.pth.tar")
-    cfg = train_transfer_cfg(tmp_path / "out", init="paper", init_label="chexpert_mimic",
-                             weights_dir=str(tmp_path / "weights"))
+    cfg = train_transfer_cfg(
+        tmp_path / "out", init="paper", init_label="chexpert_mimic", weights_dir=str(tmp_path / "weights")
+    )
     result = train.run(cfg, study=shapes_study(tmp_path / "shapes"))
     assert result["status"] == "ok" and result["last_step"] == cfg.steps
     assert 0.0 <= result["metrics"]["test/acc"] <= 1.0

@@ -110,7 +110,9 @@ def kernel(tmp_path_factory):
 
 def _outputs(path: Path) -> str:
     nb = nbformat.read(path, as_version=4)
-    return "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for c in nb.cells for o in c.get("outputs", []))
+    return "".join(
+        o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for c in nb.cells for o in c.get("outputs", [])
+    )
 
 
 @pytest.mark.slow
@@ -121,13 +123,22 @@ def test_figures_and_scaling_notebooks_on_generated_stores(tmp_path, kernel):
 
     paper = tmp_path / "paper"
     legacy.import_legacy(LEGACY, paper)
-    kernel.execute(NOTEBOOKS / "30_figures.ipynb", tmp_path / "30.ipynb", {"results_dir": str(paper), "out_dir": str(tmp_path / "f30")})
-    assert (tmp_path / "f30" / "bars_padchest-cl_auc.png").is_file() and (tmp_path / "f30" / "full_shot_means.csv").is_file()
+    kernel.execute(
+        NOTEBOOKS / "30_figures.ipynb",
+        tmp_path / "30.ipynb",
+        {"results_dir": str(paper), "out_dir": str(tmp_path / "f30")},
+    )
+    assert (tmp_path / "f30" / "bars_padchest-cl_auc.png").is_file() and (
+        tmp_path / "f30" / "full_shot_means.csv"
+    ).is_file()
     assert "imagenet21k_bit152x4" in _outputs(tmp_path / "30.ipynb")
 
     store_dir = synthetic_store(tmp_path / "synthetic")
-    kernel.execute(NOTEBOOKS / "40_scaling.ipynb", tmp_path / "40.ipynb",
-                   {"results_dir": str(store_dir), "out_dir": str(tmp_path / "f40"), "n_boot": 10})  # fmt: skip
+    kernel.execute(
+        NOTEBOOKS / "40_scaling.ipynb",
+        tmp_path / "40.ipynb",
+        {"results_dir": str(store_dir), "out_dir": str(tmp_path / "f40"), "n_boot": 10},
+    )
     fits = (tmp_path / "f40" / "scaling_fits.csv").read_text()
     assert fits.count("\n") > 1 and (tmp_path / "f40" / "data_scale_padchest-cl_auc.png").is_file()
 
@@ -135,9 +146,16 @@ def test_figures_and_scaling_notebooks_on_generated_stores(tmp_path, kernel):
 @pytest.mark.slow
 def test_explore_sources_notebook_on_demo_sources_metadata_only(tmp_path, kernel, tiny_demo):
     data = tiny_demo["out"] / "data"
-    entries = [f"chexpert={data / 'CheXpert-v1.0-small'}", f"nih={data / 'ChestX-ray14'}", f"padchest={data / 'PadChest'}"]
-    kernel.execute(NOTEBOOKS / "00_explore_sources.ipynb", tmp_path / "00.ipynb",
-                   {"sources": entries, "metadata_only": True, "out_dir": str(tmp_path / "explore")})  # fmt: skip
+    entries = [
+        f"chexpert={data / 'CheXpert-v1.0-small'}",
+        f"nih={data / 'ChestX-ray14'}",
+        f"padchest={data / 'PadChest'}",
+    ]
+    kernel.execute(
+        NOTEBOOKS / "00_explore_sources.ipynb",
+        tmp_path / "00.ipynb",
+        {"sources": entries, "metadata_only": True, "out_dir": str(tmp_path / "explore")},
+    )
     out = tmp_path / "explore"
     for name in ("finding_counts", "label_cooccurrence", "uncertain_shares", "sample_grid"):
         assert (out / f"{name}.png").is_file()
@@ -152,7 +170,12 @@ def _images(path: Path) -> int:
 
 def _errors(path: Path) -> list[str]:
     nb = nbformat.read(path, as_version=4)
-    return [f"{o.get('ename')}: {o.get('evalue')}" for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    return [
+        f"{o.get('ename')}: {o.get('evalue')}"
+        for c in nb.cells
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
 
 
 def _kernel_env(tmp: Path) -> dict[str, str]:
@@ -239,10 +262,24 @@ def test_figures_notebook_passes_nbval(tmp_path):
 
     repo = NOTEBOOKS.parent
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q", "--rootdir", str(tmp_path),
-         str(NOTEBOOKS / "30_figures.ipynb")],
-        cwd=tmp_path, env={**os.environ, "PYTHONWARNINGS": "ignore"}, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--nbval-lax",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "--rootdir",
+            str(tmp_path),
+            str(NOTEBOOKS / "30_figures.ipynb"),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "passed" in done.stdout
     assert not list(repo.glob("*.png")) and not list(NOTEBOOKS.glob("*.png")), "no figures in the working tree"

@@ -15,8 +15,8 @@ import torch
 from scipy.io import savemat
 
 from xrstudy import cli
-from xrstudy.data import studydata, fewshot, labels, layouts, phantoms, sources, splits
 from xrstudy.config import RunConfig
+from xrstudy.data import fewshot, labels, layouts, phantoms, sources, splits, studydata
 from xrstudy.data.layouts import Record
 
 FIVE_VIEWS = ("PA", "AP", "AP_SUPINE", "LATERAL", "COSTAL")
@@ -28,8 +28,9 @@ def _image(i, size=8):
 
 @pytest.fixture(scope="module")
 def padchest_root(tmp_path_factory):
-    return layouts.write_layout("padchest", tmp_path_factory.mktemp("paper") / "padchest",
-                                layouts.padchest_paper_records(repeat=4))
+    return layouts.write_layout(
+        "padchest", tmp_path_factory.mktemp("paper") / "padchest", layouts.padchest_paper_records(repeat=4)
+    )
 
 
 def _cfg(tmp_path, name, root, **kw):
@@ -75,7 +76,8 @@ def test_authors_pathology_list_sorts_as_theirs_and_patterns_are_plain_substring
     canonical = [labels.PADCHEST_PATHOLOGY_NAMES.get(p, p) for p in labels.PADCHEST_PATHOLOGIES]
     assert canonical == sorted(canonical)  # renaming Pleural_Thickening keeps their class order
     patterns = [p.lower() for p in labels.PADCHEST_PATHOLOGIES] + [
-        s for syn in labels.PADCHEST_PATHOLOGY_SYNONYMS.values() for s in syn]
+        s for syn in labels.PADCHEST_PATHOLOGY_SYNONYMS.values() for s in syn
+    ]
     assert all(set(p) <= set("abcdefghijklmnopqrstuvwxyz _") for p in patterns)  # str.contains == substring
     assert labels.PADCHEST_PATHOLOGY_SYNONYMS["Support Devices"] == ("device", "pacemaker")
     assert "consolidation" in labels.PADCHEST_PATHOLOGY_SYNONYMS["Infiltration"]
@@ -110,8 +112,24 @@ def _authors_padchest(root, views):
 @pytest.mark.parametrize("views", [("PA", "AP"), FIVE_VIEWS])
 def test_padchest_paper_split_is_the_authors(padchest_root, tmp_path, capsys, views):
     out = tmp_path / "split.csv"
-    assert cli.main(["data", "split", "padchest", "--root", str(padchest_root), "--mode", "paper",
-                     "--views", ",".join(views), "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "data",
+                "split",
+                "padchest",
+                "--root",
+                str(padchest_root),
+                "--mode",
+                "paper",
+                "--views",
+                ",".join(views),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     sha = capsys.readouterr().out.strip()
     split = pd.read_csv(out, dtype=str)
     assert {"image_id", "split"} <= set(split.columns)
@@ -119,16 +137,43 @@ def test_padchest_paper_split_is_the_authors(padchest_root, tmp_path, capsys, vi
     assert set(split.loc[split["split"] == "train", "image_id"]) == set(train["ImageID"])
     assert set(split.loc[split["split"] == "test", "image_id"]) == set(test["ImageID"])
     # The table itself comes in the authors' order (their shuffled positions).
-    table = studydata.split_table(studydata.labelled("padchest", padchest_root, views=views, label_mode="paper").table, "paper")[0]
+    table = studydata.split_table(
+        studydata.labelled("padchest", padchest_root, views=views, label_mode="paper").table, "paper"
+    )[0]
     assert list(table.loc[table["split"] == "train", "image_id"]) == list(train["ImageID"])
-    assert cli.main(["data", "split", "padchest", "--root", str(padchest_root), "--mode", "paper",
-                     "--views", ",".join(views), "--out", str(tmp_path / "again.csv")]) == 0
+    assert (
+        cli.main(
+            [
+                "data",
+                "split",
+                "padchest",
+                "--root",
+                str(padchest_root),
+                "--mode",
+                "paper",
+                "--views",
+                ",".join(views),
+                "--out",
+                str(tmp_path / "again.csv"),
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip() == sha and out.read_bytes() == (tmp_path / "again.csv").read_bytes()
 
 
 def test_padchest_cl_paper_task(padchest_root, tmp_path, capsys):
-    study = studydata.prepare(_cfg(tmp_path, "padchest-cl", padchest_root, kind="transfer", target="padchest-cl",
-                              label_mode="paper", split_mode="paper"))
+    study = studydata.prepare(
+        _cfg(
+            tmp_path,
+            "padchest-cl",
+            padchest_root,
+            kind="transfer",
+            target="padchest-cl",
+            label_mode="paper",
+            split_mode="paper",
+        )
+    )
     names = tuple(labels.PADCHEST_PATHOLOGY_NAMES.get(p, p) for p in labels.PADCHEST_PATHOLOGIES)
     assert study.classes == names and not study.multilabel and len(study.valid) == 0
     train, test = _authors_padchest(padchest_root, FIVE_VIEWS)
@@ -139,27 +184,63 @@ def test_padchest_cl_paper_task(padchest_root, tmp_path, capsys):
         assert list(ours["label"]) == [single[t] for t in kept["Labels"]]
     assert "Consolidation" not in set(study.train["label"])  # "consolidation" also marks Infiltration
     # The terms mode keeps today's task.
-    terms = studydata.prepare(_cfg(tmp_path, "padchest-cl", padchest_root, kind="transfer", target="padchest-cl",
-                              label_mode="terms"))
+    terms = studydata.prepare(
+        _cfg(tmp_path, "padchest-cl", padchest_root, kind="transfer", target="padchest-cl", label_mode="terms")
+    )
     assert "Pericardial effusion" in terms.classes
 
-    assert cli.main(["data", "inspect", "padchest-cl", "--root", str(padchest_root), "--metadata-only", "--json",
-                     "--split-mode", "paper"]) == 0
+    assert (
+        cli.main(
+            [
+                "data",
+                "inspect",
+                "padchest-cl",
+                "--root",
+                str(padchest_root),
+                "--metadata-only",
+                "--json",
+                "--split-mode",
+                "paper",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["classes"] == list(names) and summary["per_class"]["Consolidation"] == 0
     assert summary["splits"] == {"train": len(study.train), "valid": 0, "test": len(study.test)}
     assert sum(summary["per_class"].values()) == summary["images"] == len(study.train) + len(study.test)
     out = tmp_path / "cl.csv"
-    assert cli.main(["data", "split", "padchest-cl", "--root", str(padchest_root), "--metadata-only", "--mode",
-                     "paper", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "data",
+                "split",
+                "padchest-cl",
+                "--root",
+                str(padchest_root),
+                "--metadata-only",
+                "--mode",
+                "paper",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert (pd.read_csv(out)["split"] == "train").sum() == len(study.train)
 
 
 # ---- CheXpert, MIMIC, NIH ----------------------------------------------------------------------------
 def test_no_finding_overrides_explicit_values_in_paper_mode():
-    raw = pd.DataFrame({"source": ["chexpert"] * 3, "No Finding": [1.0, 1.0, np.nan],
-                        "Edema": [1.0, -1.0, -1.0], "Effusion": [np.nan, 0.0, 1.0]})
+    raw = pd.DataFrame(
+        {
+            "source": ["chexpert"] * 3,
+            "No Finding": [1.0, 1.0, np.nan],
+            "Edema": [1.0, -1.0, -1.0],
+            "Effusion": [np.nan, 0.0, 1.0],
+        }
+    )
     paper = labels.apply_policy(raw, "ignore", no_finding="all")
     assert paper["Edema"].tolist()[:2] == [0.0, 0.0] and np.isnan(paper["Edema"][2])
     assert paper["Effusion"].tolist() == [0.0, 0.0, 1.0]
@@ -170,8 +251,14 @@ def test_no_finding_overrides_explicit_values_in_paper_mode():
 @pytest.fixture(scope="module")
 def xray_roots(tmp_path_factory):
     base = tmp_path_factory.mktemp("xray")
-    records = phantoms.xray_records(12, seed=5, style=phantoms.PhantomStyle(height=16, width=16), uncertain_share=0.3,
-                                    blank_share=0.3, splits=(("train", 0.7), ("valid", 0.15), ("test", 0.15)))
+    records = phantoms.xray_records(
+        12,
+        seed=5,
+        style=phantoms.PhantomStyle(height=16, width=16),
+        uncertain_share=0.3,
+        blank_share=0.3,
+        splits=(("train", 0.7), ("valid", 0.15), ("test", 0.15)),
+    )
     mimic = [Record(**{**r.__dict__, "raw": "" if i % 9 == 0 else None}) for i, r in enumerate(records)]
     out = {name: layouts.write_layout(name, base / name, records) for name in ("chexpert", "nih")}
     out["mimic"] = layouts.write_layout("mimic", base / "mimic", mimic)
@@ -195,11 +282,25 @@ def test_mimic_paper_reads_labelled_studies_and_the_authors_views(xray_roots):
 def test_pretraining_data_as_the_authors_used_it(xray_roots, tmp_path):
     roots, _, _ = xray_roots
     entries = tuple(f"{n}={p}" for n, p in roots.items())
-    cfg = RunConfig(kind="pretrain", sources=("padchest", "nih", "mimic", "chexpert"), roots=entries,
-                    views=FIVE_VIEWS, label_mode="paper", split_mode="paper", out_dir=str(tmp_path))
+    cfg = RunConfig(
+        kind="pretrain",
+        sources=("padchest", "nih", "mimic", "chexpert"),
+        roots=entries,
+        views=FIVE_VIEWS,
+        label_mode="paper",
+        split_mode="paper",
+        out_dir=str(tmp_path),
+    )
     study = studydata.prepare(cfg)
-    assert study.classes == ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Pneumonia",
-                             "Pneumothorax")
+    assert study.classes == (
+        "Atelectasis",
+        "Cardiomegaly",
+        "Consolidation",
+        "Edema",
+        "Effusion",
+        "Pneumonia",
+        "Pneumothorax",
+    )
     assert list(pd.unique(study.train["source"])) == ["chexpert", "mimic", "nih", "padchest"]  # their merge order
     test_list = set((roots["nih"] / "test_list.txt").read_text().split())
     train_list = set((roots["nih"] / "train_val_list.txt").read_text().split())
@@ -209,14 +310,21 @@ def test_pretraining_data_as_the_authors_used_it(xray_roots, tmp_path):
     assert (study.valid["source"] == "padchest").sum() > 0  # PadChest's 10 %: their validation set
     assert "train:no_known_label" not in study.dropped  # the authors keep rows with no known label
     assert studydata.train_size(cfg) == len(study.train)
-    pair = RunConfig(kind="pretrain", sources=("chexpert", "mimic"), roots=entries, split_mode="paper",
-                     label_mode="paper", out_dir=str(tmp_path))
+    pair = RunConfig(
+        kind="pretrain",
+        sources=("chexpert", "mimic"),
+        roots=entries,
+        split_mode="paper",
+        label_mode="paper",
+        out_dir=str(tmp_path),
+    )
     assert list(pd.unique(studydata.prepare(pair).train["source"])) == ["mimic", "chexpert"]  # type: chexpert_mimic
 
 
 def test_nih_paper_split_is_an_inner_join_with_the_lists():
-    table = pd.DataFrame({"source": "nih", "image_id": list("abcd"), "path": list("abcd"),
-                          "split": ["train", "", "test", "train"]})
+    table = pd.DataFrame(
+        {"source": "nih", "image_id": list("abcd"), "path": list("abcd"), "split": ["train", "", "test", "train"]}
+    )
     out, dropped = splits.paper_splits(table)
     assert list(out["image_id"]) == ["a", "c", "d"] and dropped == {"nih:outside_paper_split": 1}
     with pytest.raises(ValueError, match="train_val_list.txt and test_list.txt"):
@@ -226,8 +334,10 @@ def test_nih_paper_split_is_an_inner_join_with_the_lists():
 # ---- targets as the authors split and order them ----------------------------------------------------
 def test_tuberculosis_per_folder_split_and_the_published_sizes(tmp_path):
     root = tmp_path / "tb"
-    names = {"ChinaSet_AllFiles/CXR_png": [f"CHNCXR_{i:04d}_{i % 2}.png" for i in range(1, 663)],
-             "MontgomerySet/CXR_png": [f"MCUCXR_{i:04d}_{int(i > 80)}.png" for i in range(1, 139)]}
+    names = {
+        "ChinaSet_AllFiles/CXR_png": [f"CHNCXR_{i:04d}_{i % 2}.png" for i in range(1, 663)],
+        "MontgomerySet/CXR_png": [f"MCUCXR_{i:04d}_{int(i > 80)}.png" for i in range(1, 139)],
+    }
     for folder, files in names.items():
         (root / folder).mkdir(parents=True)
         for file in files:
@@ -244,8 +354,9 @@ def test_tuberculosis_per_folder_split_and_the_published_sizes(tmp_path):
     assert list(table.loc[table["split"] == "test", "image_id"]) == expected["test"]
     assert len(expected["train"]) == 679 == sources.SOURCES["tuberculosis"].published_train_size
     assert len(expected["test"]) == 121
-    cfg = _cfg(tmp_path, "tuberculosis", root, kind="transfer", target="tuberculosis", split_mode="paper",
-               metadata_only=True)
+    cfg = _cfg(
+        tmp_path, "tuberculosis", root, kind="transfer", target="tuberculosis", split_mode="paper", metadata_only=True
+    )
     assert studydata.train_size(cfg) == 679 and len(studydata.prepare(cfg).valid) == 0
 
 
@@ -262,26 +373,38 @@ def _flowers_mat(root, rng):
 
 def test_flowers_trains_on_the_official_test_set_in_image_folder_order(tmp_path):
     labels_, ids = _flowers_mat(tmp_path / "flowers", np.random.default_rng(0))
-    cfg = _cfg(tmp_path, "flowers102", tmp_path / "flowers", kind="transfer", target="flowers102",
-               split_mode="paper", metadata_only=True)
+    cfg = _cfg(
+        tmp_path,
+        "flowers102",
+        tmp_path / "flowers",
+        kind="transfer",
+        target="flowers102",
+        split_mode="paper",
+        metadata_only=True,
+    )
     study = studydata.prepare(cfg)
     assert (len(study.train), len(study.valid), len(study.test)) == (6149, 0, 2040)
     assert sources.SOURCES["flowers102"].published_train_size == 6149 == studydata.train_size(cfg)
     # ImageFolder over mod_train: class folders (fast.ai's 0-based numbers) in text order, then file names.
     folders = sorted({str(c - 1) for c in labels_})
-    expected = [f"image_{i:05d}.jpg" for folder in folders for i in sorted(ids[2040:])
-                if str(labels_[i - 1] - 1) == folder]
+    expected = [
+        f"image_{i:05d}.jpg" for folder in folders for i in sorted(ids[2040:]) if str(labels_[i - 1] - 1) == folder
+    ]
     assert list(study.train["image_id"]) == expected
 
 
 def test_flowers_fastai_copy_reads_as_the_mat_files(tmp_path):
-    records = [Record(i, 1, "OTHER", "", 0, {}, split, _image(i), label)
-               for i, (split, label) in enumerate([("train", "1"), ("valid", "2"), ("test", "102"), ("test", "1")] * 2)]
+    records = [
+        Record(i, 1, "OTHER", "", 0, {}, split, _image(i), label)
+        for i, (split, label) in enumerate([("train", "1"), ("valid", "2"), ("test", "102"), ("test", "1")] * 2)
+    ]
     mat = sources.read_source("flowers102", layouts.write_layout("flowers102", tmp_path / "mat", records))
     fast = sources.read_source("flowers102", layouts.write_layout("flowers102-fastai", tmp_path / "fast", records))
     key = ["image_id", "label", "split"]
-    pd.testing.assert_frame_equal(mat[key].sort_values("image_id").reset_index(drop=True),
-                                  fast[key].sort_values("image_id").reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        mat[key].sort_values("image_id").reset_index(drop=True),
+        fast[key].sort_values("image_id").reset_index(drop=True),
+    )
     assert "jpg/image_00003.jpg 101" in (tmp_path / "fast" / "test.txt").read_text()
 
 
@@ -299,8 +422,10 @@ def test_flowers_fastai_lists_with_bad_lines_name_file_and_line(tmp_path):
 
 
 def test_covidx_is_pinned_to_the_authors_release(tmp_path):
-    records = [Record(i, 1, "PA", "", 0, {}, split, _image(i), label)
-               for i, (split, label) in enumerate([("train", "positive"), ("train", "negative"), ("test", "negative")])]
+    records = [
+        Record(i, 1, "PA", "", 0, {}, split, _image(i), label)
+        for i, (split, label) in enumerate([("train", "positive"), ("train", "negative"), ("test", "negative")])
+    ]
     root = layouts.write_layout("covidx-v3", tmp_path / "v3", records)
     cfg = _cfg(tmp_path, "covidx", root, kind="transfer", target="covidx", split_mode="paper", metadata_only=True)
     study = studydata.prepare(cfg)
@@ -308,8 +433,9 @@ def test_covidx_is_pinned_to_the_authors_release(tmp_path):
     assert sources.SOURCES["covidx"].published_train_size == 15_952 == studydata.train_size(cfg)
     train_txt = [line.split()[1] for line in (root / "train.txt").read_text().splitlines()]
     assert list(study.train["image_id"]) == [f"train/{f}" for f in train_txt]  # train.txt order
-    other = layouts.write_layout("covidx", tmp_path / "other", records + [
-        Record(9, 1, "PA", "", 0, {}, "valid", _image(9), "negative")])
+    other = layouts.write_layout(
+        "covidx", tmp_path / "other", records + [Record(9, 1, "PA", "", 0, {}, "valid", _image(9), "negative")]
+    )
     with pytest.raises(ValueError, match=r"other lists .*version 3.*split_mode official") as err:
         studydata.prepare(_cfg(tmp_path, "covidx", other, kind="transfer", target="covidx", split_mode="paper"))
     assert "val.txt 1" in str(err.value)
@@ -317,11 +443,18 @@ def test_covidx_is_pinned_to_the_authors_release(tmp_path):
 
 
 def test_registry_records_the_authors_facts():
-    facts = {name: (s.paper_fewshot, s.published_train_size, s.shares_images_with) for name, s in sources.SOURCES.items()}
+    facts = {
+        name: (s.paper_fewshot, s.published_train_size, s.shares_images_with) for name, s in sources.SOURCES.items()
+    }
     assert facts["padchest-cl"] == ("label_array", 37_387, ("padchest",))
     assert facts["covidx"] == ("kshot_finder", 15_952, ("nih",))
-    for name, size in (("cifar10", 50_000), ("cifar100", 50_000), ("pets", 3_680), ("flowers102", 6_149),
-                       ("tuberculosis", 679)):
+    for name, size in (
+        ("cifar10", 50_000),
+        ("cifar100", 50_000),
+        ("pets", 3_680),
+        ("flowers102", 6_149),
+        ("tuberculosis", 679),
+    ):
         assert facts[name][:2] == ("kshot_finder", size), name
     assert all(not facts[n][0] for n in ("chexpert", "mimic", "nih", "padchest"))
     assert sources.source_of("my-folder").paper_fewshot == "kshot_finder"  # an ImageFolder, as theirs
@@ -375,8 +508,9 @@ def test_paper_samplers_are_the_authors(seed):
     labels_[labels_ == 4] = rng.integers(0, 4, (labels_ == 4).sum())  # class 4 empty, class 3 short below
     labels_[np.flatnonzero(labels_ == 3)[3:]] = 0
     for k in (1, 5, 100):
-        np.testing.assert_array_equal(fewshot.label_array_shots(labels_, 5, k, seed),
-                                      _authors_label_array(labels_, 5, k, seed))
+        np.testing.assert_array_equal(
+            fewshot.label_array_shots(labels_, 5, k, seed), _authors_label_array(labels_, 5, k, seed)
+        )
     chosen = fewshot.label_array_shots(labels_, 5, 5, seed)
     assert np.bincount(labels_[chosen], minlength=5).tolist() == [5, 5, 5, 3, 0]  # fewer, no error
     full = rng.integers(0, 7, 5000)
@@ -387,9 +521,12 @@ def test_paper_samplers_are_the_authors(seed):
 
 
 def test_paper_shots_follow_the_authors_order_and_never_touch_test(tmp_path, capsys):
-    records = [Record(i, 1, "OTHER", "", 0, {}, split, _image(i), label)
-               for i, (split, label) in enumerate([(s, c) for s in ("train", "test") for c in ("cat", "dog", "emu")
-                                                   for _ in range(6 if s == "train" else 3)])]
+    records = [
+        Record(i, 1, "OTHER", "", 0, {}, split, _image(i), label)
+        for i, (split, label) in enumerate(
+            [(s, c) for s in ("train", "test") for c in ("cat", "dog", "emu") for _ in range(6 if s == "train" else 3)]
+        )
+    ]
     root = layouts.write_layout("cifar10", tmp_path / "cifar", records)
     table = sources.read_source("cifar10", root)
     args = ["data", "shots", "cifar10", "--root", str(root), "--mode", "paper", "--shots", "2", "--seed", "3"]
@@ -411,8 +548,18 @@ def test_paper_shots_follow_the_authors_order_and_never_touch_test(tmp_path, cap
 def test_train_size_equals_prepare_without_writing(padchest_root, tmp_path):
     out = tmp_path / "never"
     for shots in (0, 1, 3):
-        cfg = _cfg(out, "padchest-cl", padchest_root, kind="transfer", target="padchest-cl", label_mode="paper",
-                   split_mode="paper", shots_mode="paper", shots=shots, seed=2)
+        cfg = _cfg(
+            out,
+            "padchest-cl",
+            padchest_root,
+            kind="transfer",
+            target="padchest-cl",
+            label_mode="paper",
+            split_mode="paper",
+            shots_mode="paper",
+            shots=shots,
+            seed=2,
+        )
         size = studydata.train_size(cfg)
         assert not out.exists()
         assert size == len(studydata.prepare(cfg.replace(metadata_only=True, out_dir=str(tmp_path))).train)

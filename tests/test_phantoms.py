@@ -13,8 +13,10 @@ CLEAN = PhantomStyle(noise=0.0)  # no noise: differences come from the finding a
 
 def _pair(finding: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The same patient drawn with and without one finding (same random stream up to the finding)."""
-    return (draw_chest({finding}, np.random.default_rng(seed), CLEAN),
-            draw_chest(set(), np.random.default_rng(seed), CLEAN))
+    return (
+        draw_chest({finding}, np.random.default_rng(seed), CLEAN),
+        draw_chest(set(), np.random.default_rng(seed), CLEAN),
+    )
 
 
 @pytest.mark.parametrize("finding", DRAWN_FINDINGS)
@@ -37,7 +39,7 @@ def test_cardiomegaly_widens_the_heart_and_pneumothorax_darkens_the_lung(seed):
     collapsed, normal = _pair("Pneumothorax", seed)
     assert (collapsed < 0.1).sum() > (normal < 0.1).sum() + 20
     fluid, normal = _pair("Effusion", seed)
-    assert (fluid - normal)[int(0.55 * fluid.shape[0]):].sum() > 5  # fluid lies in the lower chest
+    assert (fluid - normal)[int(0.55 * fluid.shape[0]) :].sum() > 5  # fluid lies in the lower chest
 
 
 def test_records_label_what_was_drawn_and_hold_several_images_per_patient():

@@ -14,16 +14,19 @@ from pathlib import Path
 import pytest
 
 from xrstudy import cli
-from xrstudy.training import cost, recipes
-from xrstudy.sweeps import plan, runner, slurm, sweepfile
 from xrstudy.config import RunConfig
 from xrstudy.data.sources import SOURCES
+from xrstudy.sweeps import plan, runner, slurm, sweepfile
+from xrstudy.training import cost, recipes
 
 SWEEPS = Path(__file__).parent.parent / "sweeps"
 SEEDS = range(5)
 IMAGENET = {f"imagenet{n}_bit{a}" for n in ("1k", "21k") for a in ("50x1", "152x4")}
-XRAY_BOTH = {f"{s}_bit{a}" for s in ("chexpert", "chexpert_mimic", "chexpert_mimic_nih", "chexpert_mimic_nih_padchest")
-             for a in ("50x1", "152x4")}  # fmt: skip
+XRAY_BOTH = {
+    f"{s}_bit{a}"
+    for s in ("chexpert", "chexpert_mimic", "chexpert_mimic_nih", "chexpert_mimic_nih_padchest")
+    for a in ("50x1", "152x4")
+}
 COVIDX_MODELS = IMAGENET | XRAY_BOTH | {"mimic_bit152x4", "padchest_bit152x4"}
 # target -> (models, shots) of the authors' CSVs (0 = full_shot)
 PAPER_GRID = {
@@ -37,10 +40,38 @@ PAPER_GRID = {
 }
 # (target, shots) -> last_step in the authors' CSVs: the HyperRule's schedule length
 PAPER_STEPS = {("cifar100", 500): 10_000, ("cifar100", 0): 10_000, ("cifar10", 0): 10_000, ("padchest-cl", 0): 10_000}
-REQUIRED = ("kind", "run_id", "name", "pretrained_model", "arch", "shots", "seed", "train_size", "train_size_from",
-            "steps", "boundaries", "warmup", "resize", "crop", "eval_resize", "mixup_alpha", "lr", "global_batch",
-            "sampler", "mean", "std", "split_mode", "depends_on", "image_steps", "gpu_hours", "cache_bytes",
-            "ram_per_rank_bytes", "leak", "images_per_gpu", "micro_batch")  # fmt: skip
+REQUIRED = (
+    "kind",
+    "run_id",
+    "name",
+    "pretrained_model",
+    "arch",
+    "shots",
+    "seed",
+    "train_size",
+    "train_size_from",
+    "steps",
+    "boundaries",
+    "warmup",
+    "resize",
+    "crop",
+    "eval_resize",
+    "mixup_alpha",
+    "lr",
+    "global_batch",
+    "sampler",
+    "mean",
+    "std",
+    "split_mode",
+    "depends_on",
+    "image_steps",
+    "gpu_hours",
+    "cache_bytes",
+    "ram_per_rank_bytes",
+    "leak",
+    "images_per_gpu",
+    "micro_batch",
+)
 
 
 @pytest.fixture(scope="module")
@@ -84,19 +115,33 @@ def test_paper_mode_everywhere(rows):
     assert {r["head_init"] for r in rows if r["kind"] == "transfer"} == {"default"}
     imagenet = [r for r in rows if r["pretrained_model"] in IMAGENET]
     assert {(r["init"], r["init_label"]) for r in imagenet} == {("paper", "imagenet1k"), ("paper", "imagenet21k")}
-    assert all(r["init"].startswith("run:") and r["depends_on"] for r in rows
-               if r["kind"] == "transfer" and r["pretrained_model"] not in IMAGENET)  # fmt: skip
+    assert all(
+        r["init"].startswith("run:") and r["depends_on"]
+        for r in rows
+        if r["kind"] == "transfer" and r["pretrained_model"] not in IMAGENET
+    )
 
 
 # ---- recipes follow the HyperRule and the authors' configs ------------------------------------
 def test_hyperrule_per_target(rows):
     cifar = _by(rows, target="cifar10", shots=0)[0]
-    assert (cifar["steps"], cifar["resize"], cifar["crop"], cifar["eval_resize"], cifar["mixup_alpha"]) == (10_000, 160, 128, 128, 0.1)
+    assert (cifar["steps"], cifar["resize"], cifar["crop"], cifar["eval_resize"], cifar["mixup_alpha"]) == (
+        10_000,
+        160,
+        128,
+        128,
+        0.1,
+    )
     assert cifar["boundaries"] == [500, 3_000, 6_000, 9_000] and cifar["lr"] == 0.001 and cifar["global_batch"] == 128
     pets = _by(rows, target="pets", shots=0)[0]
     assert (pets["steps"], pets["resize"], pets["crop"], pets["mixup_alpha"]) == (500, 512, 480, 0.0)
     padchest = _by(rows, target="padchest-cl", shots=0)[0]
-    assert (padchest["steps"], padchest["crop"], padchest["eval_resize"], padchest["augment"]) == (10_000, 224, 224, "xray")
+    assert (padchest["steps"], padchest["crop"], padchest["eval_resize"], padchest["augment"]) == (
+        10_000,
+        224,
+        224,
+        "xray",
+    )
     assert padchest["pipeline"] == "xray" and padchest["mixup_alpha"] == 0.1
     for target in ("covidx", "flowers102"):
         assert {r["sampler"] for r in _by(rows, target=target, shots=0)} == {"oversample"}
@@ -121,7 +166,13 @@ def test_input_statistics_follow_the_init(rows):
 def test_pretraining_as_the_authors_configs(rows):
     pre = {r["pretrained_model"]: r for r in rows if r["kind"] == "pretrain"}
     for row in pre.values():
-        assert (row["global_batch"], row["lr"], row["epochs"], row["crop"], row["augment"]) == (1024, 0.04, 90, 224, "xray")
+        assert (row["global_batch"], row["lr"], row["epochs"], row["crop"], row["augment"]) == (
+            1024,
+            0.04,
+            90,
+            224,
+            "xray",
+        )
         assert row["warmup"] == round(row["steps"] * 15 / 90)
     five = ["PA", "AP", "AP_SUPINE", "LATERAL", "COSTAL"]
     assert pre["chexpert_mimic_nih_padchest_bit152x4"]["views"] == pre["padchest_bit152x4"]["views"] == five
@@ -161,21 +212,50 @@ def test_plan_recipes_are_what_training_computes():
             continue
         seen.add(key)
         recipe = recipes.recipe_for(cfg, row["train_size"], tuple(row["image_hw"]), pipeline=train.pipeline_of(cfg))
-        got = (row["steps"], tuple(row["boundaries"]), row["resize"], row["crop"], row["eval_resize"],
-               row["mixup_alpha"], row["lr"], row["augment"], row["weight_decay"], row["flip"])  # fmt: skip
-        assert got == (recipe.steps, recipe.boundaries, recipe.resize, recipe.crop, recipe.eval_size,
-                       recipe.mixup_alpha, recipe.base_lr, recipe.augment, recipe.weight_decay, recipe.flip), cfg.name  # fmt: skip
+        got = (
+            row["steps"],
+            tuple(row["boundaries"]),
+            row["resize"],
+            row["crop"],
+            row["eval_resize"],
+            row["mixup_alpha"],
+            row["lr"],
+            row["augment"],
+            row["weight_decay"],
+            row["flip"],
+        )
+        assert got == (
+            recipe.steps,
+            recipe.boundaries,
+            recipe.resize,
+            recipe.crop,
+            recipe.eval_size,
+            recipe.mixup_alpha,
+            recipe.base_lr,
+            recipe.augment,
+            recipe.weight_decay,
+            recipe.flip,
+        ), cfg.name
 
 
 def test_digits_are_never_mirrored_in_training(tmp_path):
     """Handwriting has a handedness: the digits target's recipe (plan and training) turns flips off."""
     train = pytest.importorskip("xrstudy.training.train")
-    from xrstudy.data import studydata
     from xrstudy import demo
+    from xrstudy.data import studydata
 
     roots = demo.miniature_roots(tmp_path / "mini", "tiny")
-    cells = [RunConfig(kind="transfer", target=target, shots=0, out_dir=str(tmp_path), image_size=24,
-                       roots=tuple(f"{name}={path}" for name, path in roots.items())) for target in ("digits", "shapes")]
+    cells = [
+        RunConfig(
+            kind="transfer",
+            target=target,
+            shots=0,
+            out_dir=str(tmp_path),
+            image_size=24,
+            roots=tuple(f"{name}={path}" for name, path in roots.items()),
+        )
+        for target in ("digits", "shapes")
+    ]
     flips = [row["flip"] for row in plan.plan_cells(cells)]
     assert flips == [False, True]
     for cfg, expected in zip(cells, flips):
@@ -184,8 +264,10 @@ def test_digits_are_never_mirrored_in_training(tmp_path):
 
 
 def test_plan_imports_no_torch():
-    code = ("import sys; from xrstudy.cli import main; rc = main(['sweep', 'plan', 'sweeps/paper.yaml', '--json']); "
-            "heavy = {'torch', 'timm', 'fastai'} & set(sys.modules); assert rc == 0 and not heavy, heavy")  # fmt: skip
+    code = (
+        "import sys; from xrstudy.cli import main; rc = main(['sweep', 'plan', 'sweeps/paper.yaml', '--json']); "
+        "heavy = {'torch', 'timm', 'fastai'} & set(sys.modules); assert rc == 0 and not heavy, heavy"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=SWEEPS.parent, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
 
@@ -200,15 +282,19 @@ def test_roots_that_exist_are_read_and_others_count_as_absent(tmp_path):
         pytest.skip("chexpert_train.csv.gz not in this torchxrayvision wheel")
     (tmp_path / "chexpert").mkdir()
     (tmp_path / "chexpert" / "train.csv.gz").symlink_to(shipped)
-    spec = {"defaults": {"out_dir": str(tmp_path / "out")},
-            "pretrain": [{"name": "chexpert", "sources": ["chexpert"], "batch_size": 1024}],
-            "transfer": [{"target": "cifar10", "init": "pretrain:chexpert", "shots": 0}]}  # fmt: skip
+    spec = {
+        "defaults": {"out_dir": str(tmp_path / "out")},
+        "pretrain": [{"name": "chexpert", "sources": ["chexpert"], "batch_size": 1024}],
+        "transfer": [{"target": "cifar10", "init": "pretrain:chexpert", "shots": 0}],
+    }
     cells = sweepfile.load_sweep(spec)
     roots = {"chexpert": str(tmp_path / "chexpert"), "cifar10": str(tmp_path / "absent")}
     pre, transfer = plan.plan_cells(cells, roots=roots, metadata_only=True)
     from xrstudy.data import studydata
 
-    cfg = cells[0].replace(roots=(f"chexpert={tmp_path / 'chexpert'}",), metadata_only=True, out_dir=str(tmp_path / "o"))
+    cfg = cells[0].replace(
+        roots=(f"chexpert={tmp_path / 'chexpert'}",), metadata_only=True, out_dir=str(tmp_path / "o")
+    )
     assert pre["train_size_from"] == "label files" and pre["train_size"] == len(studydata.prepare(cfg).train)
     assert pre["steps"] == recipes.recipe_for(cells[0], pre["train_size"], (224, 224)).steps
     assert transfer["train_size_from"] == "published (registry)" and transfer["train_size"] == 50_000
@@ -216,18 +302,23 @@ def test_roots_that_exist_are_read_and_others_count_as_absent(tmp_path):
 
 
 def test_few_shot_sizes_from_class_counts(tmp_path):
-    cells = sweepfile.load_sweep({"transfer": [{"target": "cifar100", "grid": {"shots": [1, 500, 0]}},
-                                           {"target": "pets", "shots": 100}]})  # fmt: skip
+    cells = sweepfile.load_sweep(
+        {"transfer": [{"target": "cifar100", "grid": {"shots": [1, 500, 0]}}, {"target": "pets", "shots": 100}]}
+    )
     sizes = [r["train_size"] for r in plan.plan_cells(cells)]
     assert sizes == [100, 50_000, 50_000, 3_680], "k x classes, capped by the full set"
 
 
 # ---- leaks, inits, cost model -----------------------------------------------------------------
 def test_a_target_seen_in_pretraining_is_flagged(capsys):
-    spec = {"pretrain": [{"name": "chexpert_mimic_nih_padchest", "sources": ["chexpert", "mimic", "nih", "padchest"]}],
-            "transfer": [{"target": "padchest-cl", "init": "pretrain:chexpert_mimic_nih_padchest"},
-                         {"target": "padchest-cl", "init": "paper", "init_label": "chexpert_mimic_nih_padchest"},
-                         {"target": "covidx", "init": "pretrain:chexpert_mimic_nih_padchest"}]}  # fmt: skip
+    spec = {
+        "pretrain": [{"name": "chexpert_mimic_nih_padchest", "sources": ["chexpert", "mimic", "nih", "padchest"]}],
+        "transfer": [
+            {"target": "padchest-cl", "init": "pretrain:chexpert_mimic_nih_padchest"},
+            {"target": "padchest-cl", "init": "paper", "init_label": "chexpert_mimic_nih_padchest"},
+            {"target": "covidx", "init": "pretrain:chexpert_mimic_nih_padchest"},
+        ],
+    }
     rows = plan.plan_cells(sweepfile.load_sweep(spec))
     assert [r["leak"] for r in rows] == [None, True, True, True]  # COVIDx holds NIH's RSNA images
     assert "padchest-cl holds images of padchest, which the pre-training of its init read" in rows[1]["warnings"][0]
@@ -275,8 +366,11 @@ def test_registry_facts_of_the_pretraining_sources():
 
 # ---- the other sweep files --------------------------------------------------------------------
 def test_paper_transfer_sweep_is_paper_yaml_from_released_checkpoints():
-    paper = {(r["target"], r["pretrained_model"], r["shots"], r["seed"]): r for r in
-             plan.plan_cells(sweepfile.load_sweep(SWEEPS / "paper.yaml")) if r["kind"] == "transfer"}  # fmt: skip
+    paper = {
+        (r["target"], r["pretrained_model"], r["shots"], r["seed"]): r
+        for r in plan.plan_cells(sweepfile.load_sweep(SWEEPS / "paper.yaml"))
+        if r["kind"] == "transfer"
+    }
     released = plan.plan_cells(sweepfile.load_sweep(SWEEPS / "paper-transfer.yaml"))
     assert len(released) == 1310 and all(r["init"] == "paper" for r in released)
     for row in released:
@@ -304,10 +398,14 @@ def test_submit_sizes_come_from_the_plan(tmp_path):
     transfer = [j for name, j in info["jobs"].items() if name.startswith("transfer")]
     assert all((j["nodes"], j["gpus_per_node"]) == (1, 1) for j in transfer)
     rows = {r["run_id"]: r for r in plan.plan_cells(cells)}
-    listed = [json.loads(line) for path in (tmp_path / "slurm").glob("transfer*_cells.jsonl")
-              for line in path.read_text().splitlines()]  # fmt: skip
-    assert len(listed) == 1445 and all(c["micro_batch"] == rows[RunConfig.from_dict(c).run_id]["micro_batch"]
-                                       for c in listed), "one GPU: the plan's micro-batch is what submit sends"
+    listed = [
+        json.loads(line)
+        for path in (tmp_path / "slurm").glob("transfer*_cells.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    assert len(listed) == 1445 and all(
+        c["micro_batch"] == rows[RunConfig.from_dict(c).run_id]["micro_batch"] for c in listed
+    ), "one GPU: the plan's micro-batch is what submit sends"
 
 
 # ---- memory: micro-batches ----------------------------------------------------------------------

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from xrstudy import cli
-from xrstudy.data import studydata, labels, merge, splits
 from xrstudy.config import RunConfig
+from xrstudy.data import labels, merge, splits, studydata
 
 txv = pytest.importorskip("torchxrayvision")
 pytestmark = pytest.mark.realdata
@@ -105,13 +105,18 @@ def test_padchest_counts(inspected, raw):
     assert summary["patients"] == padchest["PatientID"].nunique() == 67625
     assert summary["views"]["AP_SUPINE"] == (padchest["Projection"] == "AP_horizontal").sum() == 14346
     assert summary["views"]["LATERAL"] == (padchest["Projection"] == "L").sum()
-    term_sets = padchest["Labels"].map(lambda s: {t.strip() for t in ast.literal_eval(s)} if isinstance(s, str) else None)
+    term_sets = padchest["Labels"].map(
+        lambda s: {t.strip() for t in ast.literal_eval(s)} if isinstance(s, str) else None
+    )
     unknown_rows = term_sets.map(lambda s: s is None or "exclude" in s)
     for finding in ("Effusion", "Cardiomegaly", "Atelectasis", "Pneumothorax", "COPD signs", "Support Devices"):
         terms = set(labels.PADCHEST_TERMS_OF.get(finding, [finding]))
         hit = term_sets[~unknown_rows].map(lambda s, t=terms: bool(s & t))
-        assert summary["labels"][finding] == {"positive": int(hit.sum()), "negative": int((~hit).sum()),
-                                              "unknown": int(unknown_rows.sum())}, finding  # fmt: skip
+        assert summary["labels"][finding] == {
+            "positive": int(hit.sum()),
+            "negative": int((~hit).sum()),
+            "unknown": int(unknown_rows.sum()),
+        }, finding
 
 
 def test_padchest_cl_is_the_single_term_images(roots, raw):
@@ -159,8 +164,20 @@ def test_patient_splits_of_real_files_do_not_leak_and_are_byte_identical(roots, 
 
 def test_paper_split_of_padchest_leaks_patients(roots, tmp_path, capsys):
     out = tmp_path / "paper.csv"
-    cli.main(["data", "split", "padchest", "--root", str(roots["padchest"]), "--metadata-only", "--mode", "paper",
-              "--out", str(out)])
+    cli.main(
+        [
+            "data",
+            "split",
+            "padchest",
+            "--root",
+            str(roots["padchest"]),
+            "--metadata-only",
+            "--mode",
+            "paper",
+            "--out",
+            str(out),
+        ]
+    )
     capsys.readouterr()
     split = pd.read_csv(out, dtype=str)
     table = studydata.read_labelled("padchest", roots["padchest"], metadata_only=True)[0]
@@ -170,16 +187,43 @@ def test_paper_split_of_padchest_leaks_patients(roots, tmp_path, capsys):
 
 # ---- the authors' PadChest (label_mode / split_mode / shots_mode paper) ---------------------------------
 PADCHEST_PATHOLOGIES = {  # transfer_learning/datasets/padchest.py, written out again for an independent check
-    "Atelectasis": [], "Consolidation": ["air bronchogram"], "Pneumothorax": [], "Edema": [], "Emphysema": [],
-    "Fibrosis": [], "Effusion": [], "Pneumonia": [], "Pleural_Thickening": ["pleural thickening"],
-    "Cardiomegaly": [], "Nodule": [], "Mass": [], "Hernia": [], "Fracture": [], "Granuloma": [],
-    "Flattened Diaphragm": [], "Bronchiectasis": [], "Aortic Elongation": [], "Scoliosis": [],
-    "Hilar Enlargement": ["adenopathy", "pulmonary artery enlargement"], "Support Devices": ["device", "pacemaker"],
-    "Tuberculosis": [], "Air Trapping": [], "Costophrenic Angle Blunting": [], "Aortic Atheromatosis": [],
+    "Atelectasis": [],
+    "Consolidation": ["air bronchogram"],
+    "Pneumothorax": [],
+    "Edema": [],
+    "Emphysema": [],
+    "Fibrosis": [],
+    "Effusion": [],
+    "Pneumonia": [],
+    "Pleural_Thickening": ["pleural thickening"],
+    "Cardiomegaly": [],
+    "Nodule": [],
+    "Mass": [],
+    "Hernia": [],
+    "Fracture": [],
+    "Granuloma": [],
+    "Flattened Diaphragm": [],
+    "Bronchiectasis": [],
+    "Aortic Elongation": [],
+    "Scoliosis": [],
+    "Hilar Enlargement": ["adenopathy", "pulmonary artery enlargement"],
+    "Support Devices": ["device", "pacemaker"],
+    "Tuberculosis": [],
+    "Air Trapping": [],
+    "Costophrenic Angle Blunting": [],
+    "Aortic Atheromatosis": [],
     "Hemidiaphragm Elevation": [],
-    "Infiltration": ["infiltrates", "interstitial pattern", "ground glass pattern", "reticular interstitial pattern",
-                     "reticulonodular interstitial pattern", "alveolar pattern", "consolidation", "air bronchogram"],
-}  # fmt: skip
+    "Infiltration": [
+        "infiltrates",
+        "interstitial pattern",
+        "ground glass pattern",
+        "reticular interstitial pattern",
+        "reticulonodular interstitial pattern",
+        "alveolar pattern",
+        "consolidation",
+        "air bronchogram",
+    ],
+}
 
 
 @pytest.fixture(scope="module")
@@ -201,19 +245,41 @@ def authors_padchest():
         inds = np.arange(len(part))
         np.random.RandomState(42).shuffle(inds)
         n = int(len(inds) * 0.9)
-        out[len(views)] = (part.iloc[inds[:n]], part.iloc[inds[n:]], np.asarray(marks).T[inds[:n]],
-                           np.asarray(marks).T[inds[n:]])
+        out[len(views)] = (
+            part.iloc[inds[:n]],
+            part.iloc[inds[n:]],
+            np.asarray(marks).T[inds[:n]],
+            np.asarray(marks).T[inds[n:]],
+        )
     return out
 
 
-@pytest.mark.parametrize("views, counts", [("PA,AP", (86_578, 9_620)),
-                                           ("PA,AP,AP_SUPINE,LATERAL,COSTAL", (144_638, 16_071))])
+@pytest.mark.parametrize(
+    "views, counts", [("PA,AP", (86_578, 9_620)), ("PA,AP,AP_SUPINE,LATERAL,COSTAL", (144_638, 16_071))]
+)
 def test_padchest_paper_split_is_the_authors(roots, authors_padchest, tmp_path, capsys, views, counts):
     shas = []
     for run in range(2):
         out = tmp_path / f"split{run}.csv"
-        assert cli.main(["data", "split", "padchest", "--root", str(roots["padchest"]), "--metadata-only", "--mode",
-                         "paper", "--views", views, "--out", str(out)]) == 0
+        assert (
+            cli.main(
+                [
+                    "data",
+                    "split",
+                    "padchest",
+                    "--root",
+                    str(roots["padchest"]),
+                    "--metadata-only",
+                    "--mode",
+                    "paper",
+                    "--views",
+                    views,
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         shas.append(capsys.readouterr().out.strip())
     assert shas[0] == shas[1] and (tmp_path / "split0.csv").read_bytes() == (tmp_path / "split1.csv").read_bytes()
     split = pd.read_csv(tmp_path / "split0.csv", dtype=str)
@@ -225,15 +291,44 @@ def test_padchest_paper_split_is_the_authors(roots, authors_padchest, tmp_path, 
 def test_padchest_cl_is_the_authors_27_class_task(roots, authors_padchest, tmp_path, capsys):
     _, _, train_marks, test_marks = authors_padchest[5]
     out = tmp_path / "cl.csv"
-    assert cli.main(["data", "split", "padchest-cl", "--root", str(roots["padchest"]), "--metadata-only", "--mode",
-                     "paper", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "data",
+                "split",
+                "padchest-cl",
+                "--root",
+                str(roots["padchest"]),
+                "--metadata-only",
+                "--mode",
+                "paper",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     split = pd.read_csv(out, dtype=str)
     single_train, single_test = train_marks.sum(1) == 1, test_marks.sum(1) == 1
     assert (split["split"] == "train").sum() == single_train.sum() == 37_387
     assert (split["split"] == "test").sum() == single_test.sum() == 4_153
-    assert cli.main(["data", "inspect", "padchest-cl", "--root", str(roots["padchest"]), "--metadata-only", "--json",
-                     "--split-mode", "paper"]) == 0
+    assert (
+        cli.main(
+            [
+                "data",
+                "inspect",
+                "padchest-cl",
+                "--root",
+                str(roots["padchest"]),
+                "--metadata-only",
+                "--json",
+                "--split-mode",
+                "paper",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert len(summary["classes"]) == 27 and summary["classes"][6] == "Consolidation"
     authors_counts = np.bincount(train_marks[single_train].argmax(1), minlength=27).tolist()
@@ -247,9 +342,18 @@ def test_padchest_cl_paper_shots_are_deterministic_and_from_train(roots, tmp_pat
     first = capsys.readouterr().out.split()
     assert cli.main([*args, "--seed", "1"]) == 0 and capsys.readouterr().out.split() == first
     assert cli.main([*args, "--seed", "2"]) == 0 and capsys.readouterr().out.split() != first
-    cfg = RunConfig(kind="transfer", target="padchest-cl", roots=(f"padchest-cl={roots['padchest']}",),
-                    metadata_only=True, label_mode="paper", split_mode="paper", shots_mode="paper", shots=5, seed=1,
-                    out_dir=str(tmp_path))
+    cfg = RunConfig(
+        kind="transfer",
+        target="padchest-cl",
+        roots=(f"padchest-cl={roots['padchest']}",),
+        metadata_only=True,
+        label_mode="paper",
+        split_mode="paper",
+        shots_mode="paper",
+        shots=5,
+        seed=1,
+        out_dir=str(tmp_path),
+    )
     study = studydata.prepare(cfg)
     assert list(study.shots_ids) == first and len(first) == 26 * 5  # Consolidation has no image: fewer, no error
     assert not set(first) & set(study.test["image_id"])
@@ -269,12 +373,20 @@ def test_chexpert_as_the_authors_read_it(roots, raw, tmp_path):
     chexpert = raw["chexpert"]
     view = chexpert["Frontal/Lateral"].where(chexpert["Frontal/Lateral"] != "Frontal", chexpert["AP/PA"])
     frontal = chexpert[view.isin(["PA", "AP"])]
-    cfg = RunConfig(kind="pretrain", sources=("chexpert",), roots=(f"chexpert={roots['chexpert']}",),
-                    metadata_only=True, label_mode="paper", split_mode="paper", out_dir=str(tmp_path))
+    cfg = RunConfig(
+        kind="pretrain",
+        sources=("chexpert",),
+        roots=(f"chexpert={roots['chexpert']}",),
+        metadata_only=True,
+        label_mode="paper",
+        split_mode="paper",
+        out_dir=str(tmp_path),
+    )
     assert studydata.train_size(cfg) == len(frontal) == 191_010  # rows without a known label are kept, as theirs
     assert studydata.train_size(cfg.replace(views=("PA", "AP", "AP_SUPINE", "LATERAL", "COSTAL"))) == 223_397
-    table = studydata.read_labelled("chexpert", roots["chexpert"], views=("PA", "AP"), label_mode="paper",
-                               metadata_only=True)[1]
+    table = studydata.read_labelled(
+        "chexpert", roots["chexpert"], views=("PA", "AP"), label_mode="paper", metadata_only=True
+    )[1]
     healthy = (frontal["No Finding"] == 1).to_numpy()
     for column in labels.CHEXPERT_FINDINGS:
         values = frontal[column].to_numpy(dtype=np.float32, copy=True)
@@ -285,8 +397,10 @@ def test_chexpert_as_the_authors_read_it(roots, raw, tmp_path):
 
 
 def test_cli_inspect_and_merge_json(roots, capsys):
-    assert cli.main(["data", "inspect", "nih", "--root", str(roots["nih"]), "--views", "PA", "--metadata-only",
-                     "--json"]) == 0
+    assert (
+        cli.main(["data", "inspect", "nih", "--root", str(roots["nih"]), "--views", "PA", "--metadata-only", "--json"])
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert set(summary) == {"source", "images", "patients", "views", "labels", "notes", "dropped"}
     assert summary["notes"]["age_unreadable"] == 0 and "no official split" in summary["notes"]["official_split"]

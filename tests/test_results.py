@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from xrstudy.results import legacy, store
 from xrstudy.config import RunConfig
+from xrstudy.results import legacy, store
 
 LEGACY = Path(__file__).parent / "data" / "legacy"
 
@@ -21,8 +21,9 @@ def _cfg(**changes) -> RunConfig:
     return RunConfig(**{**base, **changes})
 
 
-def _result(cfg: RunConfig, status: str = "ok", per_class: dict | None = None, ci: dict | None = None,
-            **metrics) -> dict:
+def _result(
+    cfg: RunConfig, status: str = "ok", per_class: dict | None = None, ci: dict | None = None, **metrics
+) -> dict:
     extra = {k: v for k, v in (("per_class", per_class), ("ci", ci)) if v is not None}
     return store.new_result(cfg, metrics or {"test/acc": 0.9, "test/auc": 0.8}, status=status, **extra)
 
@@ -113,8 +114,11 @@ def test_table_resolves_pretrain_inits(tmp_path):
     assert list(frame.columns) == list(store.TABLE_COLUMNS)
     row = frame[frame.run_id == transfer.run_id].iloc[0]
     assert (row.init_label, row.pretrained_model, row.shot, row.shots) == (
-        "chexpert_mimic", "chexpert_mimic_bit152x4", "full_shot", 0,
-    )  # fmt: skip
+        "chexpert_mimic",
+        "chexpert_mimic_bit152x4",
+        "full_shot",
+        0,
+    )
     assert row.data_fraction == 0.5 and row.last_step == 500 and row.origin == "xrstudy"
     # Google's BiT-M weights are not the authors' ImageNet-21k model: their own name unless labelled.
     assert frame[frame.run_id == timm.run_id].iloc[0].pretrained_model == "google_imagenet21k_bit50x1"
@@ -178,11 +182,21 @@ def test_import_legacy_records_the_papers_cell_in_xrstudy_names(tmp_path):
     found = store.scan(tmp_path).results
     padchest = [r for r in found if r["legacy"]["dataset"] == "padchest"]
     assert padchest and all(r["config"]["target"] == "padchest-cl" for r in padchest)
-    one = next(r for r in padchest if r["legacy"]["pretrained_model"] == "chexpert_bit50x1"
-               and r["legacy"]["shot"] == "10_shot" and r["config"]["seed"] == 1)
+    one = next(
+        r
+        for r in padchest
+        if r["legacy"]["pretrained_model"] == "chexpert_bit50x1"
+        and r["legacy"]["shot"] == "10_shot"
+        and r["config"]["seed"] == 1
+    )
     config = one["config"]
     assert (config["kind"], config["init"], config["init_label"], config["arch"], config["shots"]) == (
-        "transfer", "paper", "chexpert", "resnetv2_50x1_bit", 10)
+        "transfer",
+        "paper",
+        "chexpert",
+        "resnetv2_50x1_bit",
+        10,
+    )
     assert one["last_step"] == 500 and one["origin"] == "paper" and set(one["metrics"]) == {"test/auc", "test/ap"}
     # Paper runs never take a new run's id: the same cell run by xrstudy is still to do.
     assert one["run_id"].startswith("paper-") and not store.is_done(RunConfig.from_dict(config), tmp_path)
@@ -206,8 +220,9 @@ def test_published_csvs_import_with_every_row_accounted_for(tmp_path, capsys):
     # The paper's PadChest-Cl numbers (mean AUC x 100 over 5 seeds): full shot and 10-shot.
     auc = frame[(frame.target == "padchest-cl") & (frame.metric == "test/auc")]
     means = (auc.groupby(["shot", "pretrained_model"]).value.mean() * 100).round(1)
-    assert means["full_shot"][["imagenet21k_bit152x4", "chexpert_mimic_bit152x4", "chexpert_bit152x4",
-                                "chexpert_bit50x1"]].tolist() == [84.0, 83.1, 81.8, 73.0]
+    assert means["full_shot"][
+        ["imagenet21k_bit152x4", "chexpert_mimic_bit152x4", "chexpert_bit152x4", "chexpert_bit50x1"]
+    ].tolist() == [84.0, 83.1, 81.8, 73.0]
     assert (means["10_shot", "chexpert_mimic_nih_bit152x4"], means["10_shot", "imagenet21k_bit152x4"]) == (69.1, 63.6)
     cifar = frame[(frame.target == "cifar10") & (frame.pretrained_model == "imagenet21k_bit152x4")]
     assert round(cifar.value.mean() * 100, 1) == 97.8 and set(cifar.last_step) == {10_000}
@@ -224,8 +239,14 @@ def test_paper_rows_and_new_runs_line_up_in_one_table(tmp_path):
     legacy.import_legacy(PUBLISHED, tmp_path)
     pre = RunConfig(kind="pretrain", sources=("chexpert",), arch="resnetv2_50x1_bit")
     new = [
-        _cfg(target="padchest-cl", shots=10, seed=0, init="paper", init_label="chexpert_mimic_nih",
-             arch="resnetv2_152x4_bit"),
+        _cfg(
+            target="padchest-cl",
+            shots=10,
+            seed=0,
+            init="paper",
+            init_label="chexpert_mimic_nih",
+            arch="resnetv2_152x4_bit",
+        ),
         _cfg(target="padchest-cl", shots=0, seed=0, init="paper", init_label="imagenet21k", arch="resnetv2_152x4_bit"),
         _cfg(target="padchest-cl", shots=0, seed=0, init=f"run:{pre.run_id}", arch="resnetv2_50x1_bit"),
         _cfg(target="covidx", shots=0, seed=0, init="paper", init_label="imagenet21k", arch="resnetv2_152x4_bit"),
@@ -245,16 +266,20 @@ def test_paper_rows_and_new_runs_line_up_in_one_table(tmp_path):
     bitm = _cfg(target="padchest-cl", shots=0, init="timm", arch="resnetv2_152x4_bit.goog_in21k")  # not theirs
     store.save(store.new_result(bitm, {"test/auc": 0.8}), tmp_path)
     assert set(store.table(tmp_path).query("run_id == @bitm.run_id").pretrained_model) == {
-        "google_imagenet21k_bit152x4"}
+        "google_imagenet21k_bit152x4"
+    }
 
 
-@pytest.mark.parametrize("line, problem", [
-    ("0.5,test/acc,p,,1_shot,chexpert_bit50x1,cifar10,500", "blank 'seed'"),
-    ("0.5,test/acc,p,1,1_shot,,cifar10,500", "blank 'pretrained_model'"),
-    ("0.5,test/acc,p,one,1_shot,chexpert_bit50x1,cifar10,500", "could not convert string to float: 'one'"),
-    ("0.5,test/acc,p,1,one_shot,chexpert_bit50x1,cifar10,500", "shot 'one_shot'"),
-    ("0.5,test/acc,p,1,1_shot,chexpert_bit50x1,cifar10,500,9", "more fields than the header"),
-])
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ("0.5,test/acc,p,,1_shot,chexpert_bit50x1,cifar10,500", "blank 'seed'"),
+        ("0.5,test/acc,p,1,1_shot,,cifar10,500", "blank 'pretrained_model'"),
+        ("0.5,test/acc,p,one,1_shot,chexpert_bit50x1,cifar10,500", "could not convert string to float: 'one'"),
+        ("0.5,test/acc,p,1,one_shot,chexpert_bit50x1,cifar10,500", "shot 'one_shot'"),
+        ("0.5,test/acc,p,1,1_shot,chexpert_bit50x1,cifar10,500,9", "more fields than the header"),
+    ],
+)
 def test_legacy_row_that_cannot_be_stored_is_an_error_naming_file_and_line(tmp_path, line, problem):
     """Issue 13 item 5: a blank seed or key used to vanish in a groupby while the import said success."""
     source = tmp_path / "csv"
@@ -272,9 +297,13 @@ def test_legacy_run_metric_with_two_values_names_both_lines(tmp_path):
     header = "metric_value,metric,path,seed,shot,pretrained_model,dataset,last_step\n"
     (tmp_path / "finetuning_results_padchest_test_mean_auc.csv").write_text(
         header + "0.7,test/mean_auc,p,0,full_shot,chexpert_bit50x1,padchest,500\n"
-        "0.8,test/mean_auc,p,0,full_shot,chexpert_bit50x1,padchest,500\n")
-    with pytest.raises(store.ResultError, match=r"test/auc has 2 values \(finetuning_results_padchest_test_mean_auc"
-                                                  r"\.csv:2, finetuning_results_padchest_test_mean_auc\.csv:3\)"):
+        "0.8,test/mean_auc,p,0,full_shot,chexpert_bit50x1,padchest,500\n"
+    )
+    with pytest.raises(
+        store.ResultError,
+        match=r"test/auc has 2 values \(finetuning_results_padchest_test_mean_auc"
+        r"\.csv:2, finetuning_results_padchest_test_mean_auc\.csv:3\)",
+    ):
         legacy.legacy_results(legacy.read_legacy(tmp_path))
 
 
@@ -303,8 +332,12 @@ def test_special_files_in_the_store_are_reported_not_waited_on(tmp_path):
     store.save(_result(cfg), tmp_path)
     os.mkfifo(tmp_path / "transfer-fifo.json")
     (tmp_path / "folder.json").mkdir()
-    done = subprocess.run([sys.executable, "-m", "xrstudy.cli", "results", "table", "--results", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "xrstudy.cli", "results", "table", "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0 and cfg.run_id in done.stdout
     assert "transfer-fifo.json: a FIFO (named pipe), not a result file" in done.stderr
     assert "folder.json: a directory, not a result file" in done.stderr
@@ -318,14 +351,17 @@ def test_special_files_in_the_store_are_reported_not_waited_on(tmp_path):
         legacy.read_legacy(legacy_dir)
 
 
-@pytest.mark.parametrize("field, value, reason", [
-    (("config", "seed"), "abc", "config.seed should be int, got str"),
-    (("config", "arch"), 5, "config.arch should be str, got int"),
-    (("config", "shots"), True, "config.shots should be int, got bool"),
-    (("config", "sources"), "chexpert", "config.sources should be a list of strings"),
-    (("per_class", "auc"), 0.5, "per_class['auc'] should map class names"),
-    (("ci", "test/auc"), "wide", "ci['test/auc'] should be [low, high]"),
-])
+@pytest.mark.parametrize(
+    "field, value, reason",
+    [
+        (("config", "seed"), "abc", "config.seed should be int, got str"),
+        (("config", "arch"), 5, "config.arch should be str, got int"),
+        (("config", "shots"), True, "config.shots should be int, got bool"),
+        (("config", "sources"), "chexpert", "config.sources should be a list of strings"),
+        (("per_class", "auc"), 0.5, "per_class['auc'] should map class names"),
+        (("ci", "test/auc"), "wide", "ci['test/auc'] should be [low, high]"),
+    ],
+)
 def test_result_with_matching_digest_but_wrong_types_is_left_out(tmp_path, field, value, reason):
     """Issue 13: a well-formed, digest-matching file with wrong types used to crash `results table`."""
     good = _cfg(seed=1)

@@ -18,10 +18,10 @@ import nbformat
 import pytest
 import yaml
 
-from xrstudy.sweeps import preflight, runner, slurm, sweepfile
-from xrstudy.results import store
-from xrstudy.sweeps.celllock import CellLock
 from xrstudy.config import FIELD_NAMES, RunConfig
+from xrstudy.results import store
+from xrstudy.sweeps import preflight, runner, slurm, sweepfile
+from xrstudy.sweeps.celllock import CellLock
 from xrstudy.sweeps.worker import AttemptEnd, failure_cause, is_dead_kernel, lock_path
 
 TESTS = Path(__file__).parent
@@ -32,15 +32,28 @@ def _sweep(out_dir: Path) -> dict:
     return {
         "defaults": {"out_dir": str(out_dir), "roots": ["chexpert=/data/c", "cifar10=/data/x"]},
         "pretrain": [
-            {"name": "chexpert", "sources": ["chexpert"], "grid": {"arch": ["resnetv2_50x1_bit", "resnetv2_152x4_bit"]}},
+            {
+                "name": "chexpert",
+                "sources": ["chexpert"],
+                "grid": {"arch": ["resnetv2_50x1_bit", "resnetv2_152x4_bit"]},
+            },
             {"name": "c+m", "sources": ["chexpert", "mimic"]},
-        ],  # fmt: skip
+        ],
         "transfer": [
-            {"target": "cifar10", "init": "pretrain:chexpert", "name": "t-chexpert",
-             "grid": {"arch": ["resnetv2_50x1_bit", "resnetv2_152x4_bit"], "shots": [1, 0], "seed": [0, 1]}},
-            {"target": "cifar10", "init": "timm", "arch": "resnetv2_50x1_bit.goog_in21k", "name": "t-in21k",
-             "init_label": "imagenet21k"},
-        ],  # fmt: skip
+            {
+                "target": "cifar10",
+                "init": "pretrain:chexpert",
+                "name": "t-chexpert",
+                "grid": {"arch": ["resnetv2_50x1_bit", "resnetv2_152x4_bit"], "shots": [1, 0], "seed": [0, 1]},
+            },
+            {
+                "target": "cifar10",
+                "init": "timm",
+                "arch": "resnetv2_50x1_bit.goog_in21k",
+                "name": "t-in21k",
+                "init_label": "imagenet21k",
+            },
+        ],
     }
 
 
@@ -148,8 +161,15 @@ def test_only_includes_dependencies(tmp_path):
 def test_paper_sweep_expands():
     cells = sweepfile.load_sweep(TESTS.parent / "sweeps" / "paper.yaml")
     pre = [c for c in cells if c.kind == "pretrain"]
-    assert {c.name for c in pre} == {"chexpert", "mimic", "nih", "padchest", "chexpert_mimic",
-                                     "chexpert_mimic_nih", "chexpert_mimic_nih_padchest"}  # fmt: skip
+    assert {c.name for c in pre} == {
+        "chexpert",
+        "mimic",
+        "nih",
+        "padchest",
+        "chexpert_mimic",
+        "chexpert_mimic_nih",
+        "chexpert_mimic_nih_padchest",
+    }
     transfer = [c for c in cells if c.kind == "transfer"]
     assert {c.shots for c in transfer} == {1, 5, 10, 100, 500, 0} and {c.seed for c in transfer} == set(range(5))
     assert len({c.run_id for c in cells}) == len(cells)
@@ -157,8 +177,10 @@ def test_paper_sweep_expands():
 
 def test_a_pretrain_reference_never_loads_another_size():
     """`init: pretrain:mimic` at R50x1 when mimic is pre-trained at R152x4 only: an error, not the big checkpoint."""
-    spec = {"pretrain": [{"name": "mimic", "sources": ["mimic"], "arch": "resnetv2_152x4_bit"}],
-            "transfer": [{"target": "covidx", "init": "pretrain:mimic", "arch": "resnetv2_50x1_bit"}]}  # fmt: skip
+    spec = {
+        "pretrain": [{"name": "mimic", "sources": ["mimic"], "arch": "resnetv2_152x4_bit"}],
+        "transfer": [{"target": "covidx", "init": "pretrain:mimic", "arch": "resnetv2_50x1_bit"}],
+    }
     with pytest.raises(sweepfile.SweepError, match=r"matches 0 pretrain cells for arch 'resnetv2_50x1_bit'.*152x4"):
         sweepfile.load_sweep(spec)
 
@@ -234,26 +256,50 @@ def test_outcomes_are_one_encoding():
     """Exit codes, summary statuses and reasons all come from one AttemptEnd enum."""
     assert AttemptEnd.of_exit(0) == AttemptEnd.DONE and AttemptEnd.of_exit(79) == AttemptEnd.DISK_FULL
     assert AttemptEnd.of_exit(-9) == AttemptEnd.of_exit(3) == AttemptEnd.DEAD_KERNEL
-    assert AttemptEnd.of_exit(int(AttemptEnd.SKIPPED)) == AttemptEnd.DEAD_KERNEL  # runner-only outcomes are no exit codes
+    assert (
+        AttemptEnd.of_exit(int(AttemptEnd.SKIPPED)) == AttemptEnd.DEAD_KERNEL
+    )  # runner-only outcomes are no exit codes
     statuses = {o: o.status for o in AttemptEnd}
     assert statuses[AttemptEnd.DONE_ELSEWHERE] == statuses[AttemptEnd.SKIPPED] == "skipped"
-    assert {statuses[o] for o in (AttemptEnd.FAILED, AttemptEnd.NO_RESULT, AttemptEnd.DISK_FULL, AttemptEnd.DEPENDENCY_FAILED,
-                                  AttemptEnd.INTERRUPTED)} == {"failed"}  # fmt: skip
+    assert {
+        statuses[o]
+        for o in (
+            AttemptEnd.FAILED,
+            AttemptEnd.NO_RESULT,
+            AttemptEnd.DISK_FULL,
+            AttemptEnd.DEPENDENCY_FAILED,
+            AttemptEnd.INTERRUPTED,
+        )
+    } == {"failed"}
 
 
 @pytest.mark.parametrize(
     "make, outcome, cause",
     [
-        (lambda: OSError(28, "No space left on device", "/scratch/cache/images.u8"), AttemptEnd.DISK_FULL,
-         "disk full at /scratch/cache/images.u8"),
-        (lambda: type("PapermillExecutionError", (Exception,), {"ename": "OSError",
-                      "evalue": "[Errno 28] No space left on device: '/scratch/out/runs/x/ckpt.pt'"})("x"),
-         AttemptEnd.DISK_FULL, "disk full at /scratch/out/runs/x/ckpt.pt"),
-        (lambda: type("PapermillExecutionError", (Exception,), {"ename": "ValueError", "evalue": "broken cell"})("x"),
-         AttemptEnd.FAILED, "ValueError: broken cell"),
+        (
+            lambda: OSError(28, "No space left on device", "/scratch/cache/images.u8"),
+            AttemptEnd.DISK_FULL,
+            "disk full at /scratch/cache/images.u8",
+        ),
+        (
+            lambda: type(
+                "PapermillExecutionError",
+                (Exception,),
+                {"ename": "OSError", "evalue": "[Errno 28] No space left on device: '/scratch/out/runs/x/ckpt.pt'"},
+            )("x"),
+            AttemptEnd.DISK_FULL,
+            "disk full at /scratch/out/runs/x/ckpt.pt",
+        ),
+        (
+            lambda: type("PapermillExecutionError", (Exception,), {"ename": "ValueError", "evalue": "broken cell"})(
+                "x"
+            ),
+            AttemptEnd.FAILED,
+            "ValueError: broken cell",
+        ),
         (lambda: RuntimeError("bad\nsecond line"), AttemptEnd.FAILED, "RuntimeError: bad"),
     ],
-)  # fmt: skip
+)
 def test_failure_cause_names_a_full_disk_and_its_path(make, outcome, cause):
     assert failure_cause(make()) == (outcome, cause)
 
@@ -315,8 +361,10 @@ def _write_sweep_file(tmp_path: Path, n_seeds: int) -> Path:
     spec = {
         "defaults": {"out_dir": str(tmp_path / "out")},
         "pretrain": [{"name": "chexpert", "sources": ["chexpert"]}],
-        "transfer": [{"target": "cifar10", "init": "pretrain:chexpert", "name": "t", "grid": {"seed": list(range(n_seeds))}}],
-    }  # fmt: skip
+        "transfer": [
+            {"target": "cifar10", "init": "pretrain:chexpert", "name": "t", "grid": {"seed": list(range(n_seeds))}}
+        ],
+    }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -326,7 +374,8 @@ def _runner(sweep_file: Path, env: dict, kwargs: dict) -> subprocess.Popen:
     code = textwrap.dedent(
         f"""
         from xrstudy.sweeps import runner, sweepfile
-        s = runner.run_sweep(sweepfile.load_sweep({str(sweep_file)!r}), workers=2, progress=False, poll_s=0.2, **{kwargs!r})
+        cells = sweepfile.load_sweep({str(sweep_file)!r})
+        s = runner.run_sweep(cells, workers=2, progress=False, poll_s=0.2, **{kwargs!r})
         print("SUMMARY", len(s.done), len(s.skipped), len(s.failed))
         """
     )
@@ -384,8 +433,11 @@ def test_gpus_pin_each_warm_kernel(tmp_path, stub_env, monkeypatch):
     assert summary.ok, summary.report()
     seen = set()
     for cell in cells:
-        text = "".join(o.get("text", "") for c in nbformat.read(cell.run_dir / "notebook.ipynb", as_version=4).cells
-                       for o in c.get("outputs", []))  # fmt: skip
+        text = "".join(
+            o.get("text", "")
+            for c in nbformat.read(cell.run_dir / "notebook.ipynb", as_version=4).cells
+            for o in c.get("outputs", [])
+        )
         gpu, pid = text.split("CUDA ")[1].split()[:2]
         seen.add((gpu, pid))
     assert {gpu for gpu, _ in seen} <= {"3", "5"} and len({pid for _, pid in seen}) <= 2
@@ -476,7 +528,9 @@ def test_init_of_a_run_that_is_nowhere_fails_the_dry_run(tmp_path, stub_env):
     spec = _sweep(tmp_path)
     spec["transfer"].append({"target": "cifar10", "init": "run:pretrain-000000000000", "name": "orphan"})
     cells = sweepfile.load_sweep(spec)
-    with pytest.raises(sweepfile.SweepError, match=r"orphan \[transfer-\w+\]: init run:pretrain-000000000000 is neither"):
+    with pytest.raises(
+        sweepfile.SweepError, match=r"orphan \[transfer-\w+\]: init run:pretrain-000000000000 is neither"
+    ):
         runner.run_sweep(cells, dry_run=True, executor=STUB)
     parent = next(c for c in cells if c.name == "c+m")  # a finished result in the store is a valid init
     child = RunConfig.from_dict({**cells[-1].to_dict(), "init": f"run:{parent.run_id}"})
@@ -488,12 +542,16 @@ def test_init_of_a_run_that_is_nowhere_fails_the_dry_run(tmp_path, stub_env):
     "change, message",
     [
         (lambda s: s["transfer"][1].update(init="pretrain:nih"), "init 'pretrain:nih' matches 0 pretrain cells"),
-        (lambda s: s["pretrain"][1].update(arch="resnetv2_152x4_bit") or s["transfer"].append(
-            {"target": "cifar10", "init": "pretrain:c+m", "arch": "resnetv2_50x1_bit"}),
-         "matches 0 pretrain cells for arch 'resnetv2_50x1_bit'; pretrain 'c+m' exists for ['resnetv2_152x4_bit']"),
+        (
+            lambda s: (
+                s["pretrain"][1].update(arch="resnetv2_152x4_bit")
+                or s["transfer"].append({"target": "cifar10", "init": "pretrain:c+m", "arch": "resnetv2_50x1_bit"})
+            ),
+            "matches 0 pretrain cells for arch 'resnetv2_50x1_bit'; pretrain 'c+m' exists for ['resnetv2_152x4_bit']",
+        ),
         (lambda s: s["transfer"][1].update(arch="resnetv2_50x7_bit"), "timm has no model 'resnetv2_50x7_bit'"),
     ],
-)  # fmt: skip
+)
 @pytest.mark.parametrize("command", ["run", "submit"])
 def test_cli_dry_runs_fail_on_what_the_real_run_fails_on(tmp_path, capsys, change, message, command):
     from xrstudy import cli
@@ -530,10 +588,12 @@ def _fake_slurm(tmp_path: Path, monkeypatch) -> Path:
     bin_dir, sent = tmp_path / "bin", tmp_path / "sent"
     bin_dir.mkdir()
     sent.mkdir()
-    (bin_dir / "sbatch").write_text(textwrap.dedent(f"""\
+    (bin_dir / "sbatch").write_text(
+        textwrap.dedent(f"""\
         #!/bin/bash
         n=$(ls {sent} | wc -l); cp "${{@: -1}}" {sent}/$n.sh; echo "Submitted batch job $((1000 + n))"
-        """))
+        """)
+    )
     (bin_dir / "srun").write_text("#!/bin/bash\nexit 1\n")
     for tool in ("sbatch", "srun"):
         (bin_dir / tool).chmod(0o755)
@@ -549,9 +609,18 @@ def test_submit_sends_what_the_dry_run_shows(tmp_path, monkeypatch):
     cells = sweepfile.load_sweep(_sweep(tmp_path))
     options = {"folder": tmp_path / "slurm", "partition": "gpu", "pretrain_nodes": 4, "gpus_per_node": 4}
     dry = slurm.submit(cells, dry_run=True, **options)
-    assert list(dry["jobs"]) == ["pretrain", "transfer-after-chexpert-50x1", "transfer-after-chexpert-152x4", "transfer"]
+    assert list(dry["jobs"]) == [
+        "pretrain",
+        "transfer-after-chexpert-50x1",
+        "transfer-after-chexpert-152x4",
+        "transfer",
+    ]
     assert {name: job["cells"] for name, job in dry["jobs"].items()} == {
-        "pretrain": 3, "transfer-after-chexpert-50x1": 4, "transfer-after-chexpert-152x4": 4, "transfer": 1}
+        "pretrain": 3,
+        "transfer-after-chexpert-50x1": 4,
+        "transfer-after-chexpert-152x4": 4,
+        "transfer": 1,
+    }
     scripts = {name: Path(job["script"]).read_text() for name, job in dry["jobs"].items()}
     specs = {spec["name"]: spec for spec in json.loads(Path(dry["specs"]).read_text())}
     pretrain = scripts["pretrain"]
@@ -559,8 +628,12 @@ def test_submit_sends_what_the_dry_run_shows(tmp_path, monkeypatch):
     assert slurm.RENDEZVOUS_SETUP[0] in pretrain, "several nodes: torchrun's rendezvous host exported before srun"
     command = specs["pretrain"]["commands"][1]
     assert "torch.distributed.run --nproc_per_node=4 --nnodes=4 --rdzv_backend=c10d" in command
-    assert command.endswith(f"-m xrstudy.sweeps.worker --executor papermill --from-list {tmp_path}/slurm/pretrain_cells.jsonl --index 1")
-    chexpert_50 = next(i for i, c in enumerate(c for c in cells if c.kind == "pretrain") if c.arch == "resnetv2_50x1_bit")
+    assert command.endswith(
+        f"-m xrstudy.sweeps.worker --executor papermill --from-list {tmp_path}/slurm/pretrain_cells.jsonl --index 1"
+    )
+    chexpert_50 = next(
+        i for i, c in enumerate(c for c in cells if c.kind == "pretrain") if c.arch == "resnetv2_50x1_bit"
+    )
     assert f"#SBATCH --dependency=afterany:@pretrain@_{chexpert_50}" in scripts["transfer-after-chexpert-50x1"]
     assert "--dependency" not in scripts["transfer"] and "--array" not in scripts["transfer"], "one cell: a plain job"
     assert specs["transfer"]["commands"][0].split()[1:3] == ["-m", "xrstudy.sweeps.worker"], "one GPU: no torchrun"
@@ -568,8 +641,12 @@ def test_submit_sends_what_the_dry_run_shows(tmp_path, monkeypatch):
     sent = _fake_slurm(tmp_path, monkeypatch)
     real = slurm.submit(cells, **options)
     ids = {name: job["job_id"] for name, job in real["jobs"].items()}
-    assert ids == {"pretrain": "1000", "transfer-after-chexpert-50x1": "1001",
-                   "transfer-after-chexpert-152x4": "1002", "transfer": "1003"}  # fmt: skip
+    assert ids == {
+        "pretrain": "1000",
+        "transfer-after-chexpert-50x1": "1001",
+        "transfer-after-chexpert-152x4": "1002",
+        "transfer": "1003",
+    }
     for n, name in enumerate(ids):
         expected = scripts[name]
         for other, job_id in ids.items():
@@ -588,13 +665,25 @@ def test_torchrun_reads_the_rendezvous_host_the_job_exports(monkeypatch):
     assert slurm.RENDEZVOUS_SETUP[0].startswith("export PET_RDZV_ENDPOINT=")
     monkeypatch.setenv("PET_RDZV_ENDPOINT", "node7:29500")  # what the setup line exports on the first node
     args = parse_args([*slurm.torchrun_command(4, 4, "pretrain-x")[3:], "-m", "xrstudy.sweeps.worker", "--index", "2"])
-    assert (args.rdzv_endpoint, args.rdzv_backend, args.rdzv_id, args.nnodes) == ("node7:29500", "c10d", "pretrain-x", "4")
-    assert (args.module, args.training_script, args.training_script_args) == (True, "xrstudy.sweeps.worker", ["--index", "2"])
+    assert (args.rdzv_endpoint, args.rdzv_backend, args.rdzv_id, args.nnodes) == (
+        "node7:29500",
+        "c10d",
+        "pretrain-x",
+        "4",
+    )
+    assert (args.module, args.training_script, args.training_script_args) == (
+        True,
+        "xrstudy.sweeps.worker",
+        ["--index", "2"],
+    )
 
 
 def test_micro_batches_reach_the_global_batch_on_the_gpus_given(tmp_path):
-    cells = [c.replace(out_dir=str(tmp_path)) for c in sweepfile.load_sweep(TESTS.parent / "sweeps" / "paper.yaml")
-             if c.kind == "pretrain" and c.arch == "resnetv2_152x4_bit"][:1]  # fmt: skip
+    cells = [
+        c.replace(out_dir=str(tmp_path))
+        for c in sweepfile.load_sweep(TESTS.parent / "sweeps" / "paper.yaml")
+        if c.kind == "pretrain" and c.arch == "resnetv2_152x4_bit"
+    ][:1]
     one_gpu = slurm.submit(cells, folder=tmp_path / "a", dry_run=True, time_limit="60-00:00:00")
     assert one_gpu["jobs"]["pretrain"]["micro_batch"] == [64], "1,024 images a step: 16 passes of the 64 that fit"
     sixteen = slurm.submit(cells, folder=tmp_path / "b", dry_run=True, pretrain_nodes=4)
@@ -633,12 +722,18 @@ def test_paper_pretraining_is_sized_by_the_plan(tmp_path):
 def test_local_backend_runs_every_cell_once_in_dependency_order(tmp_path, stub_env):
     """submitit's LocalExecutor gets the same specs; each transfer runs after the pre-training it loads."""
     picked = ("chexpert", "t-chexpert")
-    cells = [c for c in sweepfile.load_sweep(_sweep(tmp_path))
-             if c.name == "t-in21k" or (c.arch == "resnetv2_50x1_bit" and c.name in picked and c.seed == 0)]
+    cells = [
+        c
+        for c in sweepfile.load_sweep(_sweep(tmp_path))
+        if c.name == "t-in21k" or (c.arch == "resnetv2_50x1_bit" and c.name in picked and c.seed == 0)
+    ]
     assert len(cells) == 4
     info = slurm.submit(cells, backend="local", folder=tmp_path / "slurm", executor=STUB)
     assert {name: job["outcomes"] for name, job in info["jobs"].items()} == {
-        "pretrain": ["DONE"], "transfer-after-chexpert-50x1": ["DONE", "DONE"], "transfer": ["DONE"]}
+        "pretrain": ["DONE"],
+        "transfer-after-chexpert-50x1": ["DONE", "DONE"],
+        "transfer": ["DONE"],
+    }
     done = collections.Counter(line.split()[0] for line in stub_env.read_text().splitlines() if line.endswith("done"))
     assert done == {c.run_id: 1 for c in cells}, "every cell exactly once"
     assert all(store.is_done(c) for c in cells)
@@ -659,5 +754,9 @@ def test_demo_sweep_file_is_the_demo_grid(tmp_path):
         from xrstudy import demo
     except ImportError as err:  # the data layer (layouts) has not landed in this checkout
         pytest.skip(f"xrstudy.demo not importable: {err}")
-    spec = demo.demo_sweep(tmp_path, {name: tmp_path / name for name in ("chexpert", "nih", "padchest-cl", "shapes", "digits")}, demo.SIZES["tiny"])
+    spec = demo.demo_sweep(
+        tmp_path,
+        {name: tmp_path / name for name in ("chexpert", "nih", "padchest-cl", "shapes", "digits")},
+        demo.SIZES["tiny"],
+    )
     assert [c.run_id for c in sweepfile.load_sweep(spec)] == [c.run_id for c in cells]

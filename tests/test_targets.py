@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from scipy.io import savemat
 
-from xrstudy.data import studydata, layouts, phantoms, sources, splits
 from xrstudy.config import RunConfig
+from xrstudy.data import layouts, phantoms, sources, splits, studydata
 from xrstudy.data.layouts import Record
 from xrstudy.data.sources import SourceError
 
@@ -38,8 +38,9 @@ def _natural(classes, per_split, seed):
 
 
 def _chest(label, patient, study, split, rng):
-    image = phantoms.to_pixels(phantoms.draw_chest(set() if label in ("negative", "normal") else {"Consolidation"},
-                                                   rng, SMALL), 8)
+    image = phantoms.to_pixels(
+        phantoms.draw_chest(set() if label in ("negative", "normal") else {"Consolidation"}, rng, SMALL), 8
+    )
     return Record(patient, study, "PA", "F", 50, {}, split, image, label)
 
 
@@ -64,20 +65,35 @@ MINIATURES = {  # registry name -> (writer, records, classes, {split: images} as
     "covidx": ("covidx", _covidx_records, ("negative", "positive"), {"train": 32, "test": 4}),
     "tuberculosis": ("tuberculosis", _tb_records, ("normal", "tuberculosis"), {"": 16}),
     "cifar10": ("cifar10", lambda: _natural(CIFAR10, {"train": 6, "test": 2}, 1), CIFAR10, {"train": 18, "test": 6}),
-    "cifar100": ("cifar100", lambda: _natural(CIFAR100, {"train": 5, "test": 2}, 2), CIFAR100, {"train": 20, "test": 8}),
+    "cifar100": (
+        "cifar100",
+        lambda: _natural(CIFAR100, {"train": 5, "test": 2}, 2),
+        CIFAR100,
+        {"train": 20, "test": 8},
+    ),
     "pets": ("pets", lambda: _natural(PETS, {"train": 5, "test": 2}, 3), PETS, {"train": 20, "test": 8}),
     # official split: 2 trnid, 2 valid, 6 tstid per class; the paper's swap trains on tstid
-    "flowers102": ("flowers102", lambda: _natural(FLOWERS, {"train": 2, "valid": 2, "test": 6}, 4), FLOWERS,
-                   {"train": 18, "valid": 6, "test": 6}),
-    "flowers102-official": ("flowers102", lambda: _natural(FLOWERS, {"train": 2, "valid": 2, "test": 6}, 4),
-                            FLOWERS, {"train": 6, "valid": 6, "test": 18}),
+    "flowers102": (
+        "flowers102",
+        lambda: _natural(FLOWERS, {"train": 2, "valid": 2, "test": 6}, 4),
+        FLOWERS,
+        {"train": 18, "valid": 6, "test": 6},
+    ),
+    "flowers102-official": (
+        "flowers102",
+        lambda: _natural(FLOWERS, {"train": 2, "valid": 2, "test": 6}, 4),
+        FLOWERS,
+        {"train": 6, "valid": 6, "test": 18},
+    ),
 }
 
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
     base = tmp_path_factory.mktemp("targets")
-    return {name: layouts.write_layout(writer, base / name, make()) for name, (writer, make, _, _) in MINIATURES.items()}
+    return {
+        name: layouts.write_layout(writer, base / name, make()) for name, (writer, make, _, _) in MINIATURES.items()
+    }
 
 
 def _fresh(tmp_path, source):
@@ -139,7 +155,10 @@ def test_covidx_val_file_and_metadata_only(tmp_path):
     records = _covidx_records() + [_chest("positive", 99, 1, "valid", rng), _chest("negative", 98, 1, "valid", rng)]
     root = layouts.write_layout("covidx", tmp_path / "covidx", records)
     table = sources.read_source("covidx", root)
-    assert table["split"].value_counts()["valid"] == 2 and table.query("split == 'valid'")["path"].str.contains("/val/").all()
+    assert (
+        table["split"].value_counts()["valid"] == 2
+        and table.query("split == 'valid'")["path"].str.contains("/val/").all()
+    )
     shutil.rmtree(root / "train")
     assert len(sources.read_source("covidx", root, metadata_only=True)) == len(records)
     with pytest.raises(SourceError, match="train does not exist"):
@@ -155,8 +174,10 @@ def test_covidx_bad_input(tmp_path):
         sources.read_source("covidx", root)
     for text, error in [
         (f"{lines[0]}\n{lines[1].rsplit(' ', 2)[0]}\n", r"test\.txt, line 2: .* has 2 field\(s\); expected 4"),
-        (f"{lines[0]}\n\n{lines[1].replace('positive', 'COVID-19')}\n",
-         r"test\.txt, line 3, field 3 \(class\): 'COVID-19'; expected one of"),
+        (
+            f"{lines[0]}\n\n{lines[1].replace('positive', 'COVID-19')}\n",
+            r"test\.txt, line 3, field 3 \(class\): 'COVID-19'; expected one of",
+        ),
         (f"{lines[0]}\n{lines[0]}\n", r"test\.txt, line 2: duplicate image 'test/.*line 1"),
         ("\n", r"test\.txt: no entries; expected lines 'patient_id filename class data_source'"),
     ]:
@@ -216,9 +237,14 @@ def test_cifar_bad_input(roots, tmp_path):
         sources.read_source("cifar10", root)
     for batch, error in [
         (b"not a pickle", r"data_batch_3: cannot read as a CIFAR python pickle"),
-        ({b"labels": [0, 7], b"data": np.zeros((2, 3072), np.uint8)},
-         r"data_batch_3, key 'labels', entry 1: value 7; expected 0..2"),
-        ({b"labels": [0, 1], b"data": np.zeros((3, 3072), np.uint8)}, r"key 'data': shape \(3, 3072\); expected \(2, 3072\)"),
+        (
+            {b"labels": [0, 7], b"data": np.zeros((2, 3072), np.uint8)},
+            r"data_batch_3, key 'labels', entry 1: value 7; expected 0..2",
+        ),
+        (
+            {b"labels": [0, 1], b"data": np.zeros((3, 3072), np.uint8)},
+            r"key 'data': shape \(3, 3072\); expected \(2, 3072\)",
+        ),
         ({b"labels": [0, 1]}, "no key 'data'"),
     ]:
         root = _fresh(tmp_path, base)
@@ -255,13 +281,21 @@ def test_pets_classes_and_bad_input(roots, tmp_path):
     with pytest.raises(SourceError, match=r"test\.txt, line 1: 'beagle_1 3 7 1'; expected .*SPECIES 1"):
         sources.read_source("pets", edited("beagle_1 3 7 1\n", "test.txt"))
     assert trainval[0] == "Abyssinian_1 1 1 1"
-    with pytest.raises(SourceError, match=r"trainval\.txt, line 2: 'beagle_1 1 2 1' gives breed 'beagle' CLASS-ID 1"
-                                          r", but trainval\.txt line 1 gives id 1 to 'Abyssinian'"):
+    with pytest.raises(
+        SourceError,
+        match=r"trainval\.txt, line 2: 'beagle_1 1 2 1' gives breed 'beagle' CLASS-ID 1"
+        r", but trainval\.txt line 1 gives id 1 to 'Abyssinian'",
+    ):
         sources.read_source("pets", edited(f"{trainval[0]}\nbeagle_1 1 2 1\n"))
-    with pytest.raises(SourceError, match=r"trainval\.txt, line 3: 'Abyssinian_10 9 1 1' gives breed 'Abyssinian' "
-                                          r"CLASS-ID 9.* gives 'Abyssinian' id 1; expected one CLASS-ID per breed"):
+    with pytest.raises(
+        SourceError,
+        match=r"trainval\.txt, line 3: 'Abyssinian_10 9 1 1' gives breed 'Abyssinian' "
+        r"CLASS-ID 9.* gives 'Abyssinian' id 1; expected one CLASS-ID per breed",
+    ):
         sources.read_source("pets", edited(f"{trainval[0]}\n{trainval[1]}\nAbyssinian_10 9 1 1\n"))
-    with pytest.raises(SourceError, match=r"test\.txt, line 1: duplicate image 'Abyssinian_1' \(first on .*trainval\.txt, line 1"):
+    with pytest.raises(
+        SourceError, match=r"test\.txt, line 1: duplicate image 'Abyssinian_1' \(first on .*trainval\.txt, line 1"
+    ):
         sources.read_source("pets", edited(trainval[0] + "\n", "test.txt"))
     root = _fresh(tmp_path, roots["pets"])
     (root / "annotations" / "test.txt").unlink()

@@ -20,12 +20,12 @@ import torch
 from fastai.callback.core import Callback
 from PIL import Image
 
-from xrstudy.training import recipes, train
-from xrstudy.training.callbacks import load_train_state
 from xrstudy.config import RunConfig
 from xrstudy.data.studydata import StudyData
-from xrstudy.training.learner import TrainSetup, make_learner, mean_loss
 from xrstudy.pixels.loaders import Augment
+from xrstudy.training import recipes, train
+from xrstudy.training.callbacks import load_train_state
+from xrstudy.training.learner import TrainSetup, make_learner, mean_loss
 from xrstudy.training.models import create_model, read_checkpoint
 
 FINDINGS = ("Cardiomegaly", "Effusion")
@@ -65,8 +65,16 @@ def xray_study(folder: Path, n: int = 30, seed: int = 0) -> StudyData:
         rows.append(row)
     table = pd.DataFrame(rows)
     cut = (n * 6 // 10, n * 8 // 10)
-    return StudyData(train=table[:cut[0]], valid=table[cut[0]:cut[1]], test=table[cut[1]:], classes=FINDINGS,
-                     multilabel=True, split_sha256="xray-split", dropped={"view": 1}, modality="xray")
+    return StudyData(
+        train=table[: cut[0]],
+        valid=table[cut[0] : cut[1]],
+        test=table[cut[1] :],
+        classes=FINDINGS,
+        multilabel=True,
+        split_sha256="xray-split",
+        dropped={"view": 1},
+        modality="xray",
+    )
 
 
 def shapes_study(folder: Path, per_class: int = 6, seed: int = 1) -> StudyData:
@@ -80,18 +88,46 @@ def shapes_study(folder: Path, per_class: int = 6, seed: int = 1) -> StudyData:
             rows.append({"image_id": f"{name}{i}", "path": str(path), "label": name})
     table = pd.DataFrame(rows).sample(frac=1.0, random_state=0).reset_index(drop=True)
     cut = len(table) * 2 // 3
-    return StudyData(train=table[:cut], valid=table[:0], test=table[cut:], classes=SHAPES, multilabel=False,
-                     split_sha256="shapes-split", shots_ids=tuple(table["image_id"][:3]))
+    return StudyData(
+        train=table[:cut],
+        valid=table[:0],
+        test=table[cut:],
+        classes=SHAPES,
+        multilabel=False,
+        split_sha256="shapes-split",
+        shots_ids=tuple(table["image_id"][:3]),
+    )
 
 
 def pretrain_cfg(out: Path, **changes) -> RunConfig:
-    return RunConfig(**{"kind": "pretrain", "sources": ("demo",), "arch": TINY, "image_size": 24, "steps": 6,
-                        "batch_size": 8, "mixup": 0.2, "out_dir": str(out), **changes})
+    return RunConfig(
+        **{
+            "kind": "pretrain",
+            "sources": ("demo",),
+            "arch": TINY,
+            "image_size": 24,
+            "steps": 6,
+            "batch_size": 8,
+            "mixup": 0.2,
+            "out_dir": str(out),
+            **changes,
+        }
+    )
 
 
 def transfer_cfg(out: Path, **changes) -> RunConfig:
-    return RunConfig(**{"kind": "transfer", "target": "shapes", "arch": TINY, "image_size": 24, "steps": 4,
-                        "batch_size": 6, "out_dir": str(out), **changes})
+    return RunConfig(
+        **{
+            "kind": "transfer",
+            "target": "shapes",
+            "arch": TINY,
+            "image_size": 24,
+            "steps": 4,
+            "batch_size": 6,
+            "out_dir": str(out),
+            **changes,
+        }
+    )
 
 
 class Stop(Exception):
@@ -238,21 +274,37 @@ def test_cli_trains_a_pretraining_and_a_transfer_cell_from_yaml(tmp_path):
     from xrstudy.data import layouts, phantoms
 
     style = phantoms.PhantomStyle(height=40, width=36)
-    chexpert = layouts.write_layout("chexpert", tmp_path / "CheXpert-v1.0-small", phantoms.xray_records(
-        16, seed=1, style=style, splits=(("train", 0.8), ("valid", 0.2))))
-    padchest = layouts.write_layout("padchest", tmp_path / "PadChest", phantoms.single_finding_records(
-        6, seed=3, classes=("normal", "Cardiomegaly", "Effusion"), style=style))
+    chexpert = layouts.write_layout(
+        "chexpert",
+        tmp_path / "CheXpert-v1.0-small",
+        phantoms.xray_records(16, seed=1, style=style, splits=(("train", 0.8), ("valid", 0.2))),
+    )
+    padchest = layouts.write_layout(
+        "padchest",
+        tmp_path / "PadChest",
+        phantoms.single_finding_records(6, seed=3, classes=("normal", "Cardiomegaly", "Effusion"), style=style),
+    )
     out = tmp_path / "out"
-    common = {"arch": TINY, "image_size": 24, "batch_size": 8, "out_dir": str(out),
-              "roots": [f"chexpert={chexpert}", f"padchest-cl={padchest}"]}
+    common = {
+        "arch": TINY,
+        "image_size": 24,
+        "batch_size": 8,
+        "out_dir": str(out),
+        "roots": [f"chexpert={chexpert}", f"padchest-cl={padchest}"],
+    }
     pre = RunConfig(kind="pretrain", sources=("chexpert",), steps=3, **common)
     pre.to_yaml(tmp_path / "pre.yaml")
-    transfer = RunConfig(kind="transfer", target="padchest-cl", steps=3, shots=2, init=f"run:{pre.run_id}",
-                         label_mode="terms", **common)  # the term task: "normal" is a class
+    transfer = RunConfig(
+        kind="transfer", target="padchest-cl", steps=3, shots=2, init=f"run:{pre.run_id}", label_mode="terms", **common
+    )  # the term task: "normal" is a class
     transfer.to_yaml(tmp_path / "transfer.yaml")
     for name, cfg in (("pre", pre), ("transfer", transfer)):
-        done = subprocess.run([sys.executable, "-m", "xrstudy.cli", "train", str(tmp_path / f"{name}.yaml")],
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-m", "xrstudy.cli", "train", str(tmp_path / f"{name}.yaml")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         assert cfg.run_id in done.stdout
         result = json.loads((out / "results" / f"{cfg.run_id}.json").read_text())
@@ -260,8 +312,12 @@ def test_cli_trains_a_pretraining_and_a_transfer_cell_from_yaml(tmp_path):
     assert result["counts"]["train"] == 6 and result["counts"]["shots_ids"] == 6  # 2 shots x 3 classes
     assert len(set(result["shots_ids"])) == 6 and result["split_file"].endswith(".csv")
     assert (out / "runs" / pre.run_id / "checkpoint.json").is_file()
-    missing = subprocess.run([sys.executable, "-m", "xrstudy.cli", "train", str(tmp_path / "nope.yaml")],
-                             capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [sys.executable, "-m", "xrstudy.cli", "train", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2 and "nope.yaml" in missing.stderr
 
 
@@ -279,8 +335,16 @@ def test_pretraining_keeps_the_best_validation_checkpoint_and_the_last(tmp_path,
 
     # The validation loss of each set of weights, through the same code path.
     splits, _ = train.open_splits(cfg, xray, 24, "L")
-    setup = TrainSetup(multilabel=True, num_classes=2, schedule=recipes.Schedule(1, 0, (), 0.0), per_device_batch=8, seed=0,
-                       augment=Augment(out_size=24), eval_size=24, weight_decay=0.0)
+    setup = TrainSetup(
+        multilabel=True,
+        num_classes=2,
+        schedule=recipes.Schedule(1, 0, (), 0.0),
+        per_device_batch=8,
+        seed=0,
+        augment=Augment(out_size=24),
+        eval_size=24,
+        weight_decay=0.0,
+    )
     losses = {}
     for name, ckpt in (("best", best), ("last", last)):
         model = create_model(cfg, 2)
@@ -291,15 +355,18 @@ def test_pretraining_keeps_the_best_validation_checkpoint_and_the_last(tmp_path,
 
 
 def test_inputs_are_normalised_with_the_inits_statistics():
-    from xrstudy.training.recipes import IMAGENET_STATS, XRAY_STATS
     from xrstudy.training.models import input_stats
+    from xrstudy.training.recipes import IMAGENET_STATS, XRAY_STATS
 
     assert input_stats(RunConfig(kind="transfer", target="t")) == XRAY_STATS  # scratch
     assert input_stats(RunConfig(kind="transfer", target="t", init="run:pretrain-0123456789ab")) == XRAY_STATS
     assert input_stats(RunConfig(kind="transfer", target="t", init="paper", init_label="chexpert_mimic")) == XRAY_STATS
     assert input_stats(RunConfig(kind="transfer", target="t", init="paper", init_label="imagenet21k")) == IMAGENET_STATS
     # configs/finetune/padchest.yaml sets 0.5 / 0.5, which their ImageNet models (no statistics) then use
-    assert input_stats(RunConfig(kind="transfer", target="padchest-cl", init="paper", init_label="imagenet21k")) == XRAY_STATS
+    assert (
+        input_stats(RunConfig(kind="transfer", target="padchest-cl", init="paper", init_label="imagenet21k"))
+        == XRAY_STATS
+    )
     assert IMAGENET_STATS == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     timm_bit = RunConfig(kind="transfer", target="t", init="timm", arch="resnetv2_50x1_bit.goog_in21k")
     assert input_stats(timm_bit) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # timm's pretrained_cfg of the tag
@@ -321,7 +388,9 @@ def test_memory_stays_bounded_when_the_dataset_grows(tmp_path):
     >= 1); streaming keeps a rank's share to its per-image metadata (tables, path index, targets)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("bench_memory", Path(__file__).parents[1] / "benchmarks" / "bench_memory.py")
+    spec = importlib.util.spec_from_file_location(
+        "bench_memory", Path(__file__).parents[1] / "benchmarks" / "bench_memory.py"
+    )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     args = SimpleNamespace(dir=str(tmp_path), px=96, steps=4, batch=16, threads=1)

@@ -15,8 +15,9 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
@@ -80,12 +81,22 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
     from xrstudy.config import LABEL_MODES, UNCERTAIN_POLICIES
 
     parser.add_argument("--views", type=views_arg, default=(), help="keep these views, e.g. PA,AP (default: all)")
-    parser.add_argument("--uncertain", choices=UNCERTAIN_POLICIES, default="ignore",
-                        help="uncertain (-1) labels become NaN (ignore, the paper's), 1 (ones) or 0 (zeros)")
-    parser.add_argument("--label-mode", choices=LABEL_MODES, default="paper",
-                        help="paper: each dataset as the authors' code reads it (PadChest's 27 pathologies, "
-                             "PadChest-Cl their 27-class task); terms: the exact-term vocabulary (default: %(default)s)")
-    parser.add_argument("--metadata-only", action="store_true", help="read the label files alone (images may be absent)")
+    parser.add_argument(
+        "--uncertain",
+        choices=UNCERTAIN_POLICIES,
+        default="ignore",
+        help="uncertain (-1) labels become NaN (ignore, the paper's), 1 (ones) or 0 (zeros)",
+    )
+    parser.add_argument(
+        "--label-mode",
+        choices=LABEL_MODES,
+        default="paper",
+        help="paper: each dataset as the authors' code reads it (PadChest's 27 pathologies, "
+        "PadChest-Cl their 27-class task); terms: the exact-term vocabulary (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--metadata-only", action="store_true", help="read the label files alone (images may be absent)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -96,17 +107,23 @@ def _add_data(sub: Any) -> None:
     commands = data.add_subparsers(dest="data_command", required=True)
 
     inspect = commands.add_parser("inspect", help="counts of one source: images, patients, views, labels, classes")
-    inspect.add_argument("source", help="registry name (chexpert, mimic, nih, padchest, padchest-cl, covidx, ...) "
-                                        "or an ImageFolder name")
+    inspect.add_argument(
+        "source", help="registry name (chexpert, mimic, nih, padchest, padchest-cl, covidx, ...) or an ImageFolder name"
+    )
     inspect.add_argument("--root", type=Path, required=True, help="the source's folder as distributed")
-    inspect.add_argument("--split-mode", choices=SPLIT_MODES, default=None,
-                         help="also count images per split (and per class of each split)")
+    inspect.add_argument(
+        "--split-mode",
+        choices=SPLIT_MODES,
+        default=None,
+        help="also count images per split (and per class of each split)",
+    )
     _data_options(inspect)
     _handler(inspect, "xrstudy.commands.data:cmd_inspect")
 
     merged = commands.add_parser("merge", help="merge sources into one canonical table")
-    merged.add_argument("--source", action="append", required=True, type=root_entry_arg, metavar="NAME=DIR",
-                        help="repeat per source")
+    merged.add_argument(
+        "--source", action="append", required=True, type=root_entry_arg, metavar="NAME=DIR", help="repeat per source"
+    )
     merged.add_argument("--labels", choices=LABEL_SETS, default="intersection")
     merged.add_argument("--out", type=Path, help="write the merged table (.csv or .parquet)")
     _data_options(merged)
@@ -116,14 +133,23 @@ def _add_data(sub: Any) -> None:
     split.add_argument("source")
     split.add_argument("--root", type=Path, required=True)
     split.add_argument("--metadata-only", action="store_true")
-    split.add_argument("--mode", choices=SPLIT_MODES, default="patient",
-                       help="patient-grouped, official, or the authors' split (paper: e.g. PadChest's image-level "
-                            "90/10 of RandomState(42), patients leak)")
-    split.add_argument("--views", type=views_arg, default=(),
-                       help="keep these views first, e.g. PA,AP,AP_SUPINE,LATERAL,COSTAL (default: all; "
-                            "padchest-cl in paper label mode: the authors' five)")
-    split.add_argument("--label-mode", choices=LABEL_MODES, default=None,
-                       help="default: paper with --mode paper, else terms")
+    split.add_argument(
+        "--mode",
+        choices=SPLIT_MODES,
+        default="patient",
+        help="patient-grouped, official, or the authors' split (paper: e.g. PadChest's image-level "
+        "90/10 of RandomState(42), patients leak)",
+    )
+    split.add_argument(
+        "--views",
+        type=views_arg,
+        default=(),
+        help="keep these views first, e.g. PA,AP,AP_SUPINE,LATERAL,COSTAL (default: all; "
+        "padchest-cl in paper label mode: the authors' five)",
+    )
+    split.add_argument(
+        "--label-mode", choices=LABEL_MODES, default=None, help="default: paper with --mode paper, else terms"
+    )
     split.add_argument("--test-fraction", type=float, default=0.1, help="patient / official modes")
     split.add_argument("--valid-fraction", type=float, default=0.1, help="patient / official modes")
     split.add_argument("--seed", type=int, default=None, help="patient / official modes (default: 0)")
@@ -131,28 +157,39 @@ def _add_data(sub: Any) -> None:
     _handler(split, "xrstudy.commands.data:cmd_split")
 
     shots = commands.add_parser("shots", help="print the image ids of a k-shot training set, one per line")
-    shots.add_argument("target", help="transfer target (cifar10, pets, flowers102, covidx, tuberculosis, padchest-cl, ...)")
+    shots.add_argument(
+        "target", help="transfer target (cifar10, pets, flowers102, covidx, tuberculosis, padchest-cl, ...)"
+    )
     shots.add_argument("--root", type=Path, required=True)
     shots.add_argument("--metadata-only", action="store_true")
-    shots.add_argument("--mode", choices=SHOTS_MODES, default="paper",
-                       help="paper: the authors' sampler on their split and order; exact: exactly k per class "
-                            "(default: %(default)s)")
+    shots.add_argument(
+        "--mode",
+        choices=SHOTS_MODES,
+        default="paper",
+        help="paper: the authors' sampler on their split and order; exact: exactly k per class (default: %(default)s)",
+    )
     shots.add_argument("--shots", type=int, required=True, help="images per class")
     shots.add_argument("--seed", type=int, default=0)
-    shots.add_argument("--split-mode", choices=SPLIT_MODES, default=None,
-                       help="default: paper with --mode paper, else official")
-    shots.add_argument("--label-mode", choices=LABEL_MODES, default=None,
-                       help="default: paper with --mode paper, else terms")
+    shots.add_argument(
+        "--split-mode", choices=SPLIT_MODES, default=None, help="default: paper with --mode paper, else official"
+    )
+    shots.add_argument(
+        "--label-mode", choices=LABEL_MODES, default=None, help="default: paper with --mode paper, else terms"
+    )
     _handler(shots, "xrstudy.commands.data:cmd_shots")
 
     cache = commands.add_parser("cache", help="build the pre-resized uint8 image cache of a source")
     cache.add_argument("source")
     cache.add_argument("--root", type=Path, required=True)
     cache.add_argument("--size", type=int, default=224, help="side length in pixels")
-    cache.add_argument("--mode", choices=("L", "RGB", "L:squash", "RGB:squash"), default=None,
-                       help="L / RGB: centre square (X-ray pipeline); ':squash': the whole image squashed to a square "
-                            "(BiT-HyperRule targets, as transfer cells cache them; --size 512, or 160 for CIFAR). "
-                            "Default: L for X-rays, RGB otherwise")
+    cache.add_argument(
+        "--mode",
+        choices=("L", "RGB", "L:squash", "RGB:squash"),
+        default=None,
+        help="L / RGB: centre square (X-ray pipeline); ':squash': the whole image squashed to a square "
+        "(BiT-HyperRule targets, as transfer cells cache them; --size 512, or 160 for CIFAR). "
+        "Default: L for X-rays, RGB otherwise",
+    )
     cache.add_argument("--views", type=views_arg, default=())
     cache.add_argument("--workers", type=int, default=0, help="decoding processes (default: all cores)")
     cache.add_argument("--cache-dir", type=Path, default=Path("xrstudy-out/cache"))
@@ -163,8 +200,13 @@ def _add_train(sub: Any) -> None:
     train = sub.add_parser("train", help="run one study cell from a RunConfig YAML (works under torchrun)")
     train.add_argument("config", type=Path, help="RunConfig YAML (the fields of xrstudy.config.RunConfig)")
     train.add_argument("--resume", action="store_true", help="continue from {run_dir}/train_state.pt if present")
-    train.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
-                       help="also save the training state every STEPS steps (default: every 10 minutes)")
+    train.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="also save the training state every STEPS steps (default: every 10 minutes)",
+    )
     _handler(train, "xrstudy.commands.train:cmd_train")
 
 
@@ -176,9 +218,14 @@ def _add_sweep(sub: Any) -> None:
 
     plan = commands.add_parser("plan", help="every cell's resolved recipe, sizes and cost, without images or models")
     plan.add_argument("sweep", help="sweep YAML")
-    plan.add_argument("--root", type=root_arg, action="append", metavar="NAME=DIR",
-                      help="read NAME's label files from DIR (repeat; overrides the sweep's roots); a root that "
-                           "does not exist here counts as not given")
+    plan.add_argument(
+        "--root",
+        type=root_arg,
+        action="append",
+        metavar="NAME=DIR",
+        help="read NAME's label files from DIR (repeat; overrides the sweep's roots); a root that "
+        "does not exist here counts as not given",
+    )
     plan.add_argument("--metadata-only", action="store_true", help="read label files only (images may be absent)")
     plan.add_argument("--json", action="store_true", help="print a JSON array, one object per cell")
     plan.add_argument("--device", default=DEFAULT_DEVICE, help="throughput table rows to estimate GPU-hours with")
@@ -189,32 +236,60 @@ def _add_sweep(sub: Any) -> None:
     local.add_argument("sweep", help="sweep YAML")
     local.add_argument("--workers", type=int, default=None, help="cells at once (default: one per GPU, else 1)")
     local.add_argument("--gpus", type=gpu_list_arg, default=None, help="e.g. 0,1 (one cell per GPU at a time)")
-    local.add_argument("--allow-cpu", action="store_true",
-                       help="run even when --gpus names GPUs this machine does not show (recorded)")
+    local.add_argument(
+        "--allow-cpu", action="store_true", help="run even when --gpus names GPUs this machine does not show (recorded)"
+    )
     local.add_argument("--only", default=None, help="glob over cell names / run ids (deps included)")
     local.add_argument("--retries", type=int, default=1, help="retries when a kernel dies")
-    local.add_argument("--isolate", action="store_true",
-                       help="a fresh worker process (and kernel) per cell instead of one warm kernel per worker")
+    local.add_argument(
+        "--isolate",
+        action="store_true",
+        help="a fresh worker process (and kernel) per cell instead of one warm kernel per worker",
+    )
     local.add_argument("--dry-run", action="store_true", help="check the cells and list what would run")
     local.add_argument("--no-progress", dest="progress", action="store_false")
     _handler(local, "xrstudy.commands.sweep:cmd_run")
 
     cluster = commands.add_parser("submit", help="size the cells by the plan and hand their jobs to submitit (SLURM)")
     cluster.add_argument("sweep", help="sweep YAML")
-    cluster.add_argument("--backend", choices=("slurm", "local"), default="slurm",
-                         help="slurm: submitit sends the jobs to sbatch; local: submitit runs the same jobs here")
-    cluster.add_argument("--folder", default=None, help="jobs.json, cell lists, sbatch scripts and submitit's logs (default: <out_dir>/slurm)")
+    cluster.add_argument(
+        "--backend",
+        choices=("slurm", "local"),
+        default="slurm",
+        help="slurm: submitit sends the jobs to sbatch; local: submitit runs the same jobs here",
+    )
+    cluster.add_argument(
+        "--folder",
+        default=None,
+        help="jobs.json, cell lists, sbatch scripts and submitit's logs (default: <out_dir>/slurm)",
+    )
     cluster.add_argument("--partition", default=None)
-    cluster.add_argument("--time-limit", default=None, metavar="[D-]HH:MM:SS",
-                         help="wall time per job; cells get the GPUs their estimate needs to fit it (default 24:00:00)")
+    cluster.add_argument(
+        "--time-limit",
+        default=None,
+        metavar="[D-]HH:MM:SS",
+        help="wall time per job; cells get the GPUs their estimate needs to fit it (default 24:00:00)",
+    )
     cluster.add_argument("--timeout-min", type=int, default=24 * 60, help=argparse.SUPPRESS)  # older spelling
     cluster.add_argument("--gpus-per-node", type=int, default=4, help="GPUs of one node (default: %(default)s)")
-    cluster.add_argument("--max-nodes", type=int, default=16, help="most nodes one cell may take (default: %(default)s)")
-    cluster.add_argument("--pretrain-nodes", type=int, default=None,
-                         help="fixed nodes per pre-training cell instead of sizing by the estimate")
-    cluster.add_argument("--device", default=DEFAULT_DEVICE, help="rows of the throughput and memory tables (benchmarks/)")
+    cluster.add_argument(
+        "--max-nodes", type=int, default=16, help="most nodes one cell may take (default: %(default)s)"
+    )
+    cluster.add_argument(
+        "--pretrain-nodes",
+        type=int,
+        default=None,
+        help="fixed nodes per pre-training cell instead of sizing by the estimate",
+    )
+    cluster.add_argument(
+        "--device", default=DEFAULT_DEVICE, help="rows of the throughput and memory tables (benchmarks/)"
+    )
     cluster.add_argument("--only", default=None)
-    cluster.add_argument("--dry-run", action="store_true", help="write the jobs (jobs.json) and the sbatch scripts submitit would send; send nothing")
+    cluster.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="write the jobs (jobs.json) and the sbatch scripts submitit would send; send nothing",
+    )
     _handler(cluster, "xrstudy.commands.sweep:cmd_submit")
 
 
@@ -241,7 +316,8 @@ def _add_models(sub: Any) -> None:
     commands = models.add_subparsers(dest="models_command", required=True)
 
     convert = commands.add_parser(
-        "import-paper", help="convert one of the authors' model.pth.tar (big_transfer naming) to a timm state dict")
+        "import-paper", help="convert one of the authors' model.pth.tar (big_transfer naming) to a timm state dict"
+    )
     convert.add_argument("file", type=Path, help="e.g. pretrained_models/chexpert_mimic_bit152x4/model.pth.tar")
     convert.add_argument("--arch", required=True, help="timm BiT ResNet-v2: resnetv2_50x1_bit or resnetv2_152x4_bit")
     convert.add_argument("--out", type=Path, required=True, help="output file (torch.save of name -> tensor)")
@@ -253,14 +329,25 @@ def _add_figures(sub: Any) -> None:
     figures = sub.add_parser("figures", help="draw the paper's figures from a results store")
     figures.add_argument("--results", default="xrstudy-out/results", help="results directory")
     figures.add_argument("--out", default=None, help="output directory (default: <results parent>/figures)")
-    figures.add_argument("--style", choices=("default", "paper"), default="default",
-                         help="default: xrstudy's figures; paper: the paper's figures as the authors' plots.ipynb "
-                              "draws them (%% on y, shot categories, the paper's model subsets), and the full-shot table")
+    figures.add_argument(
+        "--style",
+        choices=("default", "paper"),
+        default="default",
+        help="default: xrstudy's figures; paper: the paper's figures as the authors' plots.ipynb "
+        "draws them (%% on y, shot categories, the paper's model subsets), and the full-shot table",
+    )
     _handler(figures, "xrstudy.commands.figures:cmd_figures", draws=True)
 
 
-COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (_add_demo, _add_data, _add_train, _add_sweep, _add_models,
-                                                     _add_results, _add_figures)  # fmt: skip
+COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (
+    _add_demo,
+    _add_data,
+    _add_train,
+    _add_sweep,
+    _add_models,
+    _add_results,
+    _add_figures,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

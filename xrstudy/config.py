@@ -14,9 +14,10 @@ import json
 import math
 import numbers
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -73,18 +74,21 @@ class RunConfig:
     labels: LabelSet = "intersection"  # multi-source label set
     views: tuple[View, ...] = ("PA", "AP")
     uncertain: Uncertain = "ignore"  # CheXpert/MIMIC -1: ignore (NaN, the paper's) | ones | zeros
-    label_mode: LabelMode = "paper"  # the authors' label rules (PadChest: 27 pathologies by substring) | terms (exact terms)
+    # the authors' label rules (PadChest: 27 pathologies by substring) | terms (exact terms)
+    label_mode: LabelMode = "paper"
     split_mode: SplitMode = "official"  # official | patient | paper (the authors' splits, e.g. PadChest 90/10, seed 42)
     data_fraction: float = 1.0  # nested patient-grouped pre-training subset (data-scale curves)
     metadata_only: bool = False  # read label files only (exploration, counting); no training
     target: str = ""  # transfer: target name, e.g. "cifar10", "padchest-cl"
     shots: int = 0  # transfer: images per class; 0 = full training set
-    shots_mode: ShotsMode = "exact"  # exact k per class | paper (the authors' sampler: their sets, short classes allowed)
-    sampler: Sampler = "shuffle"  # training order: shuffle | oversample (class-balanced, the authors' full-shot COVIDx/Flowers)
+    # exact k per class | paper (the authors' sampler: their sets, short classes allowed)
+    shots_mode: ShotsMode = "exact"
+    # training order: shuffle | oversample (class-balanced, the authors' full-shot COVIDx/Flowers)
+    sampler: Sampler = "shuffle"
 
     # Model and initialisation.
     arch: str = "resnetv2_50x1_bit"  # any timm name; BiT ResNet-v2 in the paper
-    init: str = "scratch"  # scratch | timm (tag of `arch`, local file) | paper (the authors' checkpoint) | run:<run_id> | path.pt
+    init: str = "scratch"  # scratch | timm (arch tag, local file) | paper (authors') | run:<run_id> | path.pt
     init_label: str = ""  # how figures name the init, e.g. "chexpert_mimic"; derived when empty
     head: Head = "linear"  # transfer head: linear (1x1 conv / linear on pooled features) | concat (fastai's)
     head_init: HeadInit = "default"  # fresh head weights: default (torch's init, the authors') | zero (BiT)
@@ -124,21 +128,29 @@ class RunConfig:
         for name, kind in ONLY_FOR_KIND.items():
             value = getattr(self, name)
             if kind != self.kind and value != _DEFAULTS[name]:
-                raise ConfigError(f"RunConfig.{name} = {_shown(value)} on a {self.kind} cell; {name} only acts on "
-                                  f"{kind} cells (leave it at its default {_shown(_DEFAULTS[name])})")
+                raise ConfigError(
+                    f"RunConfig.{name} = {_shown(value)} on a {self.kind} cell; {name} only acts on "
+                    f"{kind} cells (leave it at its default {_shown(_DEFAULTS[name])})"
+                )
         if self.kind == "pretrain" and self.epochs and self.steps:
-            raise ConfigError(f"RunConfig.epochs = {self.epochs} and RunConfig.steps = {self.steps} on a pretrain "
-                              f"cell; steps overrides epochs, so set one of them")
+            raise ConfigError(
+                f"RunConfig.epochs = {self.epochs} and RunConfig.steps = {self.steps} on a pretrain "
+                f"cell; steps overrides epochs, so set one of them"
+            )
         seen: set[str] = set()
         for entry in self.roots:
             name, _ = _root_parts(entry, "RunConfig.roots")
             if name in seen:
-                raise ConfigError(f"RunConfig.roots names {name!r} twice ({list(self.roots)}); expected one DIR per name")
+                raise ConfigError(
+                    f"RunConfig.roots names {name!r} twice ({list(self.roots)}); expected one DIR per name"
+                )
             seen.add(name)
         parent_run_id(self.init)  # a malformed `run:<id>` fails here, not when the checkpoint is looked up
         if self.init.startswith(PRETRAIN_REFERENCE):
-            raise ConfigError(f"RunConfig.init = {self.init!r} names a pre-training cell of a sweep file; only "
-                              f"`xrstudy sweep` resolves it (to run:<run id>); in a single config use run:<run id>")
+            raise ConfigError(
+                f"RunConfig.init = {self.init!r} names a pre-training cell of a sweep file; only "
+                f"`xrstudy sweep` resolves it (to run:<run id>); in a single config use run:<run id>"
+            )
 
     # ---- identity -------------------------------------------------------------------------
     @functools.cached_property
@@ -180,11 +192,11 @@ class RunConfig:
 
     to_parameters = to_dict
 
-    def replace(self, **changes: Any) -> "RunConfig":
+    def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, origin: str = "config") -> "RunConfig":
+    def from_dict(cls, data: dict[str, Any], *, origin: str = "config") -> RunConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -195,13 +207,14 @@ class RunConfig:
             raise ConfigError(f"{origin}: {err}") from None
 
     @classmethod
-    def from_parameters(cls, namespace: dict[str, Any]) -> "RunConfig":
+    def from_parameters(cls, namespace: dict[str, Any]) -> RunConfig:
         """Build from a notebook's namespace after papermill injected its parameters."""
-        return cls.from_dict({name: namespace[name] for name in FIELD_NAMES if name in namespace},
-                             origin="notebook parameters")
+        return cls.from_dict(
+            {name: namespace[name] for name in FIELD_NAMES if name in namespace}, origin="notebook parameters"
+        )
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "RunConfig":
+    def from_yaml(cls, path: str | Path) -> RunConfig:
         path = Path(path)
         data = read_yaml(path, "config file", "a YAML file of RunConfig fields")
         if not isinstance(data, dict):
@@ -235,10 +248,18 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 # Fields that act on one kind of cell only (xrstudy.data.studydata.prepare, xrstudy.training.recipes.recipe_for,
 # xrstudy.training.models.create_model). On the other kind they must keep their default: see _check_kind.
 ONLY_FOR_KIND: dict[str, str] = {
-    "sources": "pretrain", "views": "pretrain", "labels": "pretrain", "data_fraction": "pretrain", "epochs": "pretrain",
-    "target": "transfer", "shots": "transfer", "shots_mode": "transfer", "sampler": "transfer", "head": "transfer",
+    "sources": "pretrain",
+    "views": "pretrain",
+    "labels": "pretrain",
+    "data_fraction": "pretrain",
+    "epochs": "pretrain",
+    "target": "transfer",
+    "shots": "transfer",
+    "shots_mode": "transfer",
+    "sampler": "transfer",
+    "head": "transfer",
     "head_init": "transfer",
-}  # fmt: skip
+}
 PRETRAIN_REFERENCE = "pretrain:"  # a sweep file's `init: pretrain:<cell name>`, resolved by xrstudy.sweeps.sweepfile
 RUN_REFERENCE = "run:"  # `init: run:<run id>`, the checkpoint of an earlier cell in the same out_dir
 _RUN_ID = re.compile(rf"(?:{'|'.join(KINDS)})-[0-9a-f]{{12}}")
@@ -274,8 +295,9 @@ def read_yaml(path: str | Path, what: str, expected: str) -> Any:
         raise ConfigError(f"{path}: cannot read the {what} ({err.strerror})") from None
     except UnicodeDecodeError as err:
         line = err.object[: err.start].count(b"\n") + 1
-        raise ConfigError(f"{path}, line {line}: byte {err.object[err.start]:#04x} is not UTF-8; "
-                          f"expected a UTF-8 YAML file") from None
+        raise ConfigError(
+            f"{path}, line {line}: byte {err.object[err.start]:#04x} is not UTF-8; expected a UTF-8 YAML file"
+        ) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
 
@@ -294,10 +316,12 @@ def parent_run_id(init: str) -> str | None:
     """The run id of `init: run:<run id>`; None for every other init. The one parser of that reference."""
     if not str(init).startswith(RUN_REFERENCE):
         return None
-    run_id = init[len(RUN_REFERENCE):]
+    run_id = init[len(RUN_REFERENCE) :]
     if not _RUN_ID.fullmatch(run_id):
-        raise ConfigError(f"RunConfig.init = {init!r}; expected run:<run id>, a run id being "
-                          f"'{{kind}}-{{12 hex digits}}' such as run:pretrain-0123456789ab")
+        raise ConfigError(
+            f"RunConfig.init = {init!r}; expected run:<run id>, a run id being "
+            f"'{{kind}}-{{12 hex digits}}' such as run:pretrain-0123456789ab"
+        )
     return run_id
 
 
@@ -316,11 +340,15 @@ def _type_check(hint: Any) -> tuple[Callable[[Any], Any], str]:
     if hint is bool:
         return (lambda v: v if isinstance(v, bool) else fail(v)), "true or false"
     if hint is int:  # numbers.Integral: numpy integers from a notebook loop are integers too
-        return (lambda v: int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else fail(v)), \
-            "an integer"
+        return (
+            lambda v: int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else fail(v)
+        ), "an integer"
     if hint is float:
-        return (lambda v: float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-                else fail(v)), "a finite number"  # fmt: skip
+        return (
+            lambda v: (
+                float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) else fail(v)
+            )
+        ), "a finite number"
     if hint is str:
         return (lambda v: v if isinstance(v, str) else fail(v)), "a string"
     if origin is Literal:
@@ -357,13 +385,34 @@ def _field_check(name: str, hint: Any) -> Callable[[Any], Any]:
 
 
 _HINTS = get_type_hints(RunConfig)
-_FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {f.name: _field_check(f.name, _HINTS[f.name]) for f in fields(RunConfig)}
+_FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
+    f.name: _field_check(f.name, _HINTS[f.name]) for f in fields(RunConfig)
+}
 _DEFAULTS: dict[str, Any] = {f.name: _FIELD_CHECKS[f.name](f.default) for f in fields(RunConfig)}
 _unknown = (set(RANGES) | set(ONLY_FOR_KIND)) - set(_FIELD_CHECKS)
 assert not _unknown, f"xrstudy.config tables name fields RunConfig does not have: {sorted(_unknown)}"
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
 __all__ = [
-    "RunConfig", "ConfigError", "FIELD_NAMES", "EXECUTION_FIELDS", "KINDS", "LABEL_SETS", "UNCERTAIN_POLICIES",
-    "SPLIT_MODES", "LABEL_MODES", "SHOTS_MODES", "SAMPLERS", "HEADS", "HEAD_INITS", "PRECISIONS", "VIEWS",
-    "RANGES", "ONLY_FOR_KIND", "parse_root", "parent_run_id", "base_arch", "read_yaml", "shot_label",
-]  # fmt: skip
+    "RunConfig",
+    "ConfigError",
+    "FIELD_NAMES",
+    "EXECUTION_FIELDS",
+    "KINDS",
+    "LABEL_SETS",
+    "UNCERTAIN_POLICIES",
+    "SPLIT_MODES",
+    "LABEL_MODES",
+    "SHOTS_MODES",
+    "SAMPLERS",
+    "HEADS",
+    "HEAD_INITS",
+    "PRECISIONS",
+    "VIEWS",
+    "RANGES",
+    "ONLY_FOR_KIND",
+    "parse_root",
+    "parent_run_id",
+    "base_arch",
+    "read_yaml",
+    "shot_label",
+]

@@ -13,15 +13,15 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import yaml
 
-from xrstudy.plots import render
 from xrstudy.data import layouts, phantoms
+from xrstudy.plots import render
 from xrstudy.results import store
 from xrstudy.sweeps import runner, sweepfile
 
@@ -63,12 +63,31 @@ class DemoSize:
 
 
 SIZES = {
-    "tiny": DemoSize(patients=60, target_per_class=40, shapes_per_class=40, image_size=24, pretrain_epochs=3,
-                     fewshot_steps=20, full_steps=60, shots=(1, 0), seeds=(0, 1), fewshot_seeds=(0, 1)),
-    "small": DemoSize(patients=300, target_per_class=120, shapes_per_class=150, image_size=24, pretrain_epochs=8,
-                      fewshot_steps=60, full_steps=500, shots=(1, 5, 10, 0), seeds=(0, 1),
-                      fewshot_seeds=(0, 1, 2, 3)),
-}  # fmt: skip
+    "tiny": DemoSize(
+        patients=60,
+        target_per_class=40,
+        shapes_per_class=40,
+        image_size=24,
+        pretrain_epochs=3,
+        fewshot_steps=20,
+        full_steps=60,
+        shots=(1, 0),
+        seeds=(0, 1),
+        fewshot_seeds=(0, 1),
+    ),
+    "small": DemoSize(
+        patients=300,
+        target_per_class=120,
+        shapes_per_class=150,
+        image_size=24,
+        pretrain_epochs=8,
+        fewshot_steps=60,
+        full_steps=500,
+        shots=(1, 5, 10, 0),
+        seeds=(0, 1),
+        fewshot_seeds=(0, 1, 2, 3),
+    ),
+}
 
 # The miniature sources: which registry adapter reads each, where its root lies, how it is drawn.
 XRAY_TARGET_CLASSES = ("normal", "Cardiomegaly", "Effusion", "Pneumothorax", "Consolidation")
@@ -113,17 +132,35 @@ def write_sources(data_dir: Path, size: DemoSize) -> dict[str, Path]:
         "padchest": phantoms.PhantomStyle(contrast=1.1, noise=0.03, bits=16),
     }
     roots = {
-        "chexpert": _write_once(data_dir / "CheXpert-v1.0-small", "chexpert", lambda: phantoms.xray_records(
-            size.patients, seed=1, style=styles["chexpert"], splits=split)),
-        "nih": _write_once(data_dir / "ChestX-ray14", "nih", lambda: phantoms.xray_records(
-            size.patients, seed=2, style=styles["nih"], uncertain_share=0.0, blank_share=0.0,
-            splits=(("train", 0.8), ("test", 0.2)))),
-        "padchest-cl": _write_once(data_dir / "PadChest", "padchest", lambda: phantoms.single_finding_records(
-            size.target_per_class, seed=3, classes=XRAY_TARGET_CLASSES, style=styles["padchest"])),
-        "shapes": _write_once(data_dir / "shapes", "imagefolder", lambda: phantoms.shape_records(
-            size.shapes_per_class, seed=4)),
+        "chexpert": _write_once(
+            data_dir / "CheXpert-v1.0-small",
+            "chexpert",
+            lambda: phantoms.xray_records(size.patients, seed=1, style=styles["chexpert"], splits=split),
+        ),
+        "nih": _write_once(
+            data_dir / "ChestX-ray14",
+            "nih",
+            lambda: phantoms.xray_records(
+                size.patients,
+                seed=2,
+                style=styles["nih"],
+                uncertain_share=0.0,
+                blank_share=0.0,
+                splits=(("train", 0.8), ("test", 0.2)),
+            ),
+        ),
+        "padchest-cl": _write_once(
+            data_dir / "PadChest",
+            "padchest",
+            lambda: phantoms.single_finding_records(
+                size.target_per_class, seed=3, classes=XRAY_TARGET_CLASSES, style=styles["padchest"]
+            ),
+        ),
+        "shapes": _write_once(
+            data_dir / "shapes", "imagefolder", lambda: phantoms.shape_records(size.shapes_per_class, seed=4)
+        ),
         "digits": _write_once(data_dir / "digits", "imagefolder", lambda: phantoms.digit_records(seed=5)),
-    }  # fmt: skip
+    }
     return roots
 
 
@@ -136,8 +173,13 @@ def miniature_roots(data_dir: str | Path | None = None, size: str = "tiny") -> d
     (`xrstudy-demo/data`, or `../xrstudy-demo/data` from `notebooks/`); else a `size` set written
     on the fly to a new temporary folder (a few seconds)."""
     candidates = [Path(data_dir)] if data_dir is not None else list(MINIATURE_PLACES)
-    names = {"chexpert": "CheXpert-v1.0-small", "nih": "ChestX-ray14", "padchest-cl": "PadChest",
-             "shapes": "shapes", "digits": "digits"}  # fmt: skip
+    names = {
+        "chexpert": "CheXpert-v1.0-small",
+        "nih": "ChestX-ray14",
+        "padchest-cl": "PadChest",
+        "shapes": "shapes",
+        "digits": "digits",
+    }
     for place in candidates:
         if all((place / folder / DONE_MARKER).is_file() for folder in names.values()):
             return {name: (place / folder).absolute() for name, folder in names.items()}
@@ -156,21 +198,47 @@ def demo_sweep(out: Path, roots: dict[str, Path], size: DemoSize) -> dict:
     root_list = [f"{name}={path}" for name, path in roots.items()]
     grid = {"target": ["padchest-cl", "digits"], "init": ["scratch", "pretrain:xray", "pretrain:natural"]}
     few = [k for k in size.shots if k > 0]
-    blocks = [{"steps": size.fewshot_steps, "batch_size": size.fewshot_batch, "lr": size.fewshot_lr,
-               "grid": {**grid, "shots": few, "seed": list(size.fewshot_seeds)}}] if few else []  # fmt: skip
+    blocks = (
+        [
+            {
+                "steps": size.fewshot_steps,
+                "batch_size": size.fewshot_batch,
+                "lr": size.fewshot_lr,
+                "grid": {**grid, "shots": few, "seed": list(size.fewshot_seeds)},
+            }
+        ]
+        if few
+        else []
+    )
     if 0 in size.shots:
-        blocks.append({"steps": size.full_steps, "batch_size": size.full_batch,
-                       "grid": {**grid, "shots": [0], "seed": list(size.seeds)}})
+        blocks.append(
+            {
+                "steps": size.full_steps,
+                "batch_size": size.full_batch,
+                "grid": {**grid, "shots": [0], "seed": list(size.seeds)},
+            }
+        )
     pretrain = {"epochs": size.pretrain_epochs, "batch_size": size.pretrain_batch, "lr": size.pretrain_lr}
     return {
-        "defaults": {"arch": "resnetv2_tiny_bit", "image_size": size.image_size, "lr": size.lr, "out_dir": str(out),
-                     "roots": root_list},
+        "defaults": {
+            "arch": "resnetv2_tiny_bit",
+            "image_size": size.image_size,
+            "lr": size.lr,
+            "out_dir": str(out),
+            "roots": root_list,
+        },
         "pretrain": [
-            {"name": "xray", "sources": ["chexpert", "nih"], "labels": "intersection", "views": ["PA", "AP"], **pretrain},
+            {
+                "name": "xray",
+                "sources": ["chexpert", "nih"],
+                "labels": "intersection",
+                "views": ["PA", "AP"],
+                **pretrain,
+            },
             {"name": "natural", "sources": ["shapes"], "views": [], **pretrain},
         ],
         "transfer": blocks,
-    }  # fmt: skip
+    }
 
 
 def summary_table(results_dir: Path) -> pd.DataFrame:
@@ -201,12 +269,20 @@ def xray_pretraining_effect(results_dir: Path) -> str:
     parts = ", ".join(f"{s.replace('_shot', '')}: {gap[s]:+.1f}" for s in order)
     helped = int((gap[order] > 0).sum())
     verdict = "helps" if helped == len(order) else ("does not help" if helped == 0 else "helps at some shot counts")
-    return (f"X-ray pre-training {verdict} on the X-ray target: mean AUC x100 minus the best other init's, "
-            f"per shots {parts} ({helped} of {len(order)} shot counts better)")
+    return (
+        f"X-ray pre-training {verdict} on the X-ray target: mean AUC x100 minus the best other init's, "
+        f"per shots {parts} ({helped} of {len(order)} shot counts better)"
+    )
 
 
-def run_demo(out: str | Path, size: str = "small", *, workers: int = 2, progress: bool = True,
-             say: Callable[[str], None] = lambda line: None) -> dict:
+def run_demo(
+    out: str | Path,
+    size: str = "small",
+    *,
+    workers: int = 2,
+    progress: bool = True,
+    say: Callable[[str], None] = lambda line: None,
+) -> dict:
     """Run the miniature study into `out`; return paths and the summary table. `say` receives one line
     per stage (`xrstudy demo` prints them)."""
     if size not in SIZES:
@@ -225,8 +301,11 @@ def run_demo(out: str | Path, size: str = "small", *, workers: int = 2, progress
     table = summary_table(out / "results")
     elapsed = time.perf_counter() - started
     say(f"[4/4] done in {elapsed:.0f} s")
-    return {"out": out, "sweep": sweep_path, "summary": summary, "figures": rendered.files,
-            "table": table, "seconds": elapsed}
-
-
-
+    return {
+        "out": out,
+        "sweep": sweep_path,
+        "summary": summary,
+        "figures": rendered.files,
+        "table": table,
+        "seconds": elapsed,
+    }

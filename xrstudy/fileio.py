@@ -6,7 +6,7 @@
     with file_lock(path): ...                                   # `filelock` (flock; released if the holder dies)
     check_free_space(folder, needed_bytes, what)                # before a large write (the image cache)
     sha256_file(path)                                           # the hash a checkpoint / split file is known by
-    read_regular_file(path) / entry_kind(path)                  # a FIFO or folder where a file belongs is named, not read
+    read_regular_file(path) / entry_kind(path)                  # a FIFO or folder where a file belongs: named
 
 Atomic means: the data goes to a uniquely named temporary file in the same folder, is flushed and
 fsync'd, then `os.replace`d over the target, so a reader sees the old file or the new one, never a
@@ -31,9 +31,10 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from filelock import FileLock
 
@@ -46,8 +47,10 @@ class DiskFullError(OSError):
 
     def __init__(self, path: str | os.PathLike[str], message: str = "") -> None:
         self.path = Path(path)
-        self.message = message or (f"no space left on device writing {self.path} ({format_bytes(free_bytes(self.path.parent))} "
-                                   f"free there); free some space and run the same command again")
+        self.message = message or (
+            f"no space left on device writing {self.path} ({format_bytes(free_bytes(self.path.parent))} "
+            f"free there); free some space and run the same command again"
+        )
         super().__init__(errno.ENOSPC, self.message, str(self.path))
 
     def __str__(self) -> str:
@@ -78,9 +81,12 @@ def check_free_space(folder: str | os.PathLike[str], needed_bytes: int, what: st
     """Raise DiskFullError before writing `needed_bytes` under `folder` if the file system has less free."""
     free = free_bytes(folder)
     if needed_bytes > free:
-        raise DiskFullError(folder, f"not enough free space in {folder} for {what}: needs {format_bytes(needed_bytes)}, "
-                                    f"{format_bytes(free)} free on that file system; free some space or choose "
-                                    f"another folder")
+        raise DiskFullError(
+            folder,
+            f"not enough free space in {folder} for {what}: needs {format_bytes(needed_bytes)}, "
+            f"{format_bytes(free)} free on that file system; free some space or choose "
+            f"another folder",
+        )
 
 
 @contextmanager
@@ -110,15 +116,23 @@ def atomic_path(path: str | os.PathLike[str], *, needed_bytes: int = 0) -> Itera
             raise DiskFullError(path) from err
         free = free_bytes(path.parent) if needed_bytes and isinstance(err, RuntimeError) else None
         if free is not None and free < needed_bytes:
-            raise DiskFullError(path, f"no space left on device writing {path} ({format_bytes(free)} free there, "
-                                      f"about {format_bytes(needed_bytes)} to write; the writer said: {err}); free "
-                                      f"some space and run the same command again") from err
+            raise DiskFullError(
+                path,
+                f"no space left on device writing {path} ({format_bytes(free)} free there, "
+                f"about {format_bytes(needed_bytes)} to write; the writer said: {err}); free "
+                f"some space and run the same command again",
+            ) from err
         raise
 
 
 # ---- what is at a path: regular files are read; anything else is named, never opened blocking -----------
-_SPECIAL_KINDS = {stat.S_IFDIR: "directory", stat.S_IFIFO: "FIFO (named pipe)", stat.S_IFSOCK: "socket",
-                  stat.S_IFCHR: "character device", stat.S_IFBLK: "block device"}  # fmt: skip
+_SPECIAL_KINDS = {
+    stat.S_IFDIR: "directory",
+    stat.S_IFIFO: "FIFO (named pipe)",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+}
 
 
 class NotRegularFileError(OSError):
@@ -130,12 +144,12 @@ class NotRegularFileError(OSError):
 
 
 def file_kind(mode: int) -> str:
-    """"file" for a regular file, else what the stat `mode` says it is ("directory", "FIFO (named pipe)", ...)."""
+    """ "file" for a regular file, else what the stat `mode` says it is ("directory", "FIFO (named pipe)", ...)."""
     return "file" if stat.S_ISREG(mode) else _SPECIAL_KINDS.get(stat.S_IFMT(mode), "special file")
 
 
 def entry_kind(path: str | os.PathLike[str]) -> str:
-    """"file", "absent", or what else is at `path` (a directory, a FIFO, a broken link, ...), from stat
+    """ "file", "absent", or what else is at `path` (a directory, a FIFO, a broken link, ...), from stat
     alone: never opened (opening a FIFO would block)."""
     try:
         mode = os.stat(path).st_mode
@@ -215,6 +229,23 @@ def file_lock(path: str | os.PathLike[str], timeout: float = -1) -> FileLock:
     return FileLock(str(path), timeout=timeout)
 
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_write_table",
-           "TABLE_FORMATS", "sha256_file", "file_kind", "entry_kind", "read_regular_file", "NotRegularFileError",
-           "file_lock", "check_free_space", "free_bytes", "format_bytes", "is_disk_full", "DiskFullError", "DISK_FULL_ERRNOS"]
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_write_table",
+    "TABLE_FORMATS",
+    "sha256_file",
+    "file_kind",
+    "entry_kind",
+    "read_regular_file",
+    "NotRegularFileError",
+    "file_lock",
+    "check_free_space",
+    "free_bytes",
+    "format_bytes",
+    "is_disk_full",
+    "DiskFullError",
+    "DISK_FULL_ERRNOS",
+]

@@ -28,15 +28,28 @@ def _print(summary: dict[str, Any], as_json: bool) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    summary = studydata.inspect_source(args.source, args.root, args.views, args.uncertain, args.metadata_only,
-                                       label_mode=args.label_mode, split_mode=args.split_mode)
+    summary = studydata.inspect_source(
+        args.source,
+        args.root,
+        args.views,
+        args.uncertain,
+        args.metadata_only,
+        label_mode=args.label_mode,
+        split_mode=args.split_mode,
+    )
     _print(summary, args.json)
     return 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    table = studydata.merge_entries(args.source, label_set=args.labels, views=args.views, uncertain=args.uncertain,
-                                    metadata_only=args.metadata_only, label_mode=args.label_mode)
+    table = studydata.merge_entries(
+        args.source,
+        label_set=args.labels,
+        views=args.views,
+        uncertain=args.uncertain,
+        metadata_only=args.metadata_only,
+        label_mode=args.label_mode,
+    )
     if args.out:
         atomic_write_table(table, args.out)  # Parquet for a .parquet name, else CSV
         print(f"wrote {len(table)} rows to {args.out}", file=sys.stderr)
@@ -45,11 +58,23 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    written = studydata.write_split(args.source, args.root, args.out, mode=args.mode, views=args.views,
-                                    label_mode=args.label_mode, metadata_only=args.metadata_only, seed=args.seed,
-                                    valid_fraction=args.valid_fraction, test_fraction=args.test_fraction)
-    print(f"{written.path}: {written.counts}, left out: {written.left_out}, patients in more than one split: "
-          f"{written.patient_overlap}", file=sys.stderr)
+    written = studydata.write_split(
+        args.source,
+        args.root,
+        args.out,
+        mode=args.mode,
+        views=args.views,
+        label_mode=args.label_mode,
+        metadata_only=args.metadata_only,
+        seed=args.seed,
+        valid_fraction=args.valid_fraction,
+        test_fraction=args.test_fraction,
+    )
+    print(
+        f"{written.path}: {written.counts}, left out: {written.left_out}, patients in more than one split: "
+        f"{written.patient_overlap}",
+        file=sys.stderr,
+    )
     print(written.sha256)
     return 0
 
@@ -57,15 +82,25 @@ def cmd_split(args: argparse.Namespace) -> int:
 def cmd_shots(args: argparse.Namespace) -> int:
     """Print the image ids of a k-shot training set, one per line, in the sampler's order."""
     paper = args.mode == "paper"
-    cfg = RunConfig(kind="transfer", name=f"{args.target}-{args.shots}-shot", target=args.target,
-                    roots=(f"{args.target}={args.root}",), metadata_only=args.metadata_only, shots=args.shots,
-                    seed=args.seed, shots_mode=args.mode,
-                    split_mode=args.split_mode or ("paper" if paper else "official"),
-                    label_mode=args.label_mode or ("paper" if paper else "terms"))
+    cfg = RunConfig(
+        kind="transfer",
+        name=f"{args.target}-{args.shots}-shot",
+        target=args.target,
+        roots=(f"{args.target}={args.root}",),
+        metadata_only=args.metadata_only,
+        shots=args.shots,
+        seed=args.seed,
+        shots_mode=args.mode,
+        split_mode=args.split_mode or ("paper" if paper else "official"),
+        label_mode=args.label_mode or ("paper" if paper else "terms"),
+    )
     ids, n_train = studydata.shot_ids(cfg)
     print("\n".join(ids))
-    print(f"{len(ids)} of {n_train} training images ({cfg.shots_mode}, seed {cfg.seed}; "
-          f"split_mode {cfg.split_mode}, label_mode {cfg.label_mode})", file=sys.stderr)
+    print(
+        f"{len(ids)} of {n_train} training images ({cfg.shots_mode}, seed {cfg.seed}; "
+        f"split_mode {cfg.split_mode}, label_mode {cfg.label_mode})",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -13,8 +13,10 @@ from xrstudy.plots import paper_figures, render
 def cmd_figures(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     rendered = render.render_all(args.results, args.out, style=args.style)
-    print(f"{len(rendered.pngs)} figures (PNG + PDF + CSV each) in {rendered.out_dir} "
-          f"({time.perf_counter() - start:.1f} s)")
+    print(
+        f"{len(rendered.pngs)} figures (PNG + PDF + CSV each) in {rendered.out_dir} "
+        f"({time.perf_counter() - start:.1f} s)"
+    )
     if args.style == "paper":
         print("\n" + paper_figures.format_full_shot(pd.read_csv(rendered.tables[paper_figures.FULL_SHOT_TABLE])))
         return 0
@@ -22,6 +24,8 @@ def cmd_figures(args: argparse.Namespace) -> int:
     if len(means):
         print("\nfull-shot mean ± SD over seeds:")
         for row in means.itertuples():
-            print(f"  {row.target:14s} {row.metric:9s} {row.pretrained_model:34s} {row.mean:.4f} ± {row.sd:.4f} "
-                  f"(n={row.seeds})")
+            print(
+                f"  {row.target:14s} {row.metric:9s} {row.pretrained_model:34s} {row.mean:.4f} ± {row.sd:.4f} "
+                f"(n={row.seeds})"
+            )
     return 0

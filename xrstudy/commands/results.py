@@ -20,6 +20,8 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 def cmd_import_legacy(args: argparse.Namespace) -> int:
     done = legacy.import_legacy_store(args.dir, args.results)
-    print(f"imported {len(done.written)} paper runs into {args.results}: {done.rows} rows from {done.files} files "
-          f"({done.distinct_rows} distinct, {done.rows - done.distinct_rows} exact repeats merged), all stored")
+    print(
+        f"imported {len(done.written)} paper runs into {args.results}: {done.rows} rows from {done.files} files "
+        f"({done.distinct_rows} distinct, {done.rows - done.distinct_rows} exact repeats merged), all stored"
+    )
     return 0

@@ -18,8 +18,10 @@ def _report(label: str, items: list[tuple[dict[str, Any], str]]) -> None:
         seen.setdefault(message, []).append(row)
     for message, rows in seen.items():
         first = rows[0]
-        print(f"xrstudy: {label} ({len(rows)} cell(s), e.g. {first['name']} [{first['run_id']}]): {message}",
-              file=sys.stderr)
+        print(
+            f"xrstudy: {label} ({len(rows)} cell(s), e.g. {first['name']} [{first['run_id']}]): {message}",
+            file=sys.stderr,
+        )
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -34,8 +36,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(plan.format_table(rows))
     _report("warning", [(row, w) for row in rows for w in row["warnings"]])
     unresolved = [r for r in rows if r["errors"] or r["steps"] is None]
-    _report("unresolved", [(r, "; ".join(r["errors"]) or r["train_size_from"].removeprefix("unresolved: "))
-                           for r in unresolved])
+    _report(
+        "unresolved",
+        [(r, "; ".join(r["errors"]) or r["train_size_from"].removeprefix("unresolved: ")) for r in unresolved],
+    )
     return 1 if unresolved else 0
 
 
@@ -44,9 +48,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cells = sweepfile.load_sweep(args.sweep)
     workers = args.workers if args.workers is not None else max(1, len(args.gpus or []))
-    summary = runner.run_sweep(cells, workers=workers, gpus=args.gpus, only=args.only, retries=args.retries,
-                               dry_run=args.dry_run, progress=args.progress, isolate=args.isolate,
-                               allow_cpu=args.allow_cpu)
+    summary = runner.run_sweep(
+        cells,
+        workers=workers,
+        gpus=args.gpus,
+        only=args.only,
+        retries=args.retries,
+        dry_run=args.dry_run,
+        progress=args.progress,
+        isolate=args.isolate,
+        allow_cpu=args.allow_cpu,
+    )
     if args.dry_run:
         by_id = {c.run_id: c for c in cells}
         for rid in summary.planned:
@@ -63,11 +75,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
     cells = sweepfile.load_sweep(args.sweep)
     folder = args.folder or str(Path(cells[0].out_dir if cells else "xrstudy-out") / "slurm")
     limit = args.time_limit if args.time_limit is not None else args.timeout_min
-    info = slurm.submit(cells, backend=args.backend, folder=folder, dry_run=args.dry_run, only=args.only,
-                        partition=args.partition, time_limit=limit, gpus_per_node=args.gpus_per_node,
-                        max_nodes=args.max_nodes, pretrain_nodes=args.pretrain_nodes, device=args.device)
+    info = slurm.submit(
+        cells,
+        backend=args.backend,
+        folder=folder,
+        dry_run=args.dry_run,
+        only=args.only,
+        partition=args.partition,
+        time_limit=limit,
+        gpus_per_node=args.gpus_per_node,
+        max_nodes=args.max_nodes,
+        pretrain_nodes=args.pretrain_nodes,
+        device=args.device,
+    )
     print(json.dumps(info, indent=1))
     if args.dry_run:
-        print(f"review {info['specs']} and the .sbatch scripts beside it: without --dry-run, submit hands these "
-              f"jobs to submitit, which sends these scripts", file=sys.stderr)
+        print(
+            f"review {info['specs']} and the .sbatch scripts beside it: without --dry-run, submit hands these "
+            f"jobs to submitit, which sends these scripts",
+            file=sys.stderr,
+        )
     return 0

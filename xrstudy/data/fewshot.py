@@ -19,7 +19,7 @@ The chosen `image_id`s go into the result (`StudyData.shots_ids`), in the sample
 from __future__ import annotations
 
 from collections import deque
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -125,8 +125,10 @@ def kshot_finder_shots(labels: Sequence[int], n_classes: int, k: int, seed: int)
             break
     else:
         short = {c: len(kept.get(c, ())) for c in range(n_classes) if len(kept.get(c, ())) < k}
-        raise FewShotError(f"the k-shot finder needs {k} training images of each of {n_classes} classes; "
-                           f"short: {short} (class index: images)")
+        raise FewShotError(
+            f"the k-shot finder needs {k} training images of each of {n_classes} classes; "
+            f"short: {short} (class index: images)"
+        )
     chosen = [position for queue in kept.values() for position in queue]
     np.random.RandomState(seed).shuffle(chosen)
     return chosen
@@ -137,8 +139,9 @@ PAPER_SAMPLERS = {"label_array": label_array_shots, "kshot_finder": kshot_finder
 PAPER_KINDS = tuple(PAPER_SAMPLERS)
 
 
-def sample_shots_paper(pool: pd.DataFrame, k: int, seed: int, classes: Sequence[str], kind: str,
-                       label_column: str = "label") -> pd.DataFrame:
+def sample_shots_paper(
+    pool: pd.DataFrame, k: int, seed: int, classes: Sequence[str], kind: str, label_column: str = "label"
+) -> pd.DataFrame:
     """The authors' k-shot rows of a single-label training pool (rows in their dataset's order), in the
     order their sampler returns them; `classes` gives the class indices."""
     _check_pool(pool)
@@ -154,5 +157,15 @@ def sample_shots_paper(pool: pd.DataFrame, k: int, seed: int, classes: Sequence[
     return pool.iloc[np.asarray(positions, dtype=np.int64)]
 
 
-__all__ = ["sample_shots", "sample_single_label", "sample_multi_label", "sample_shots_paper", "label_array_shots",
-           "kshot_finder_shots", "finder_order", "PAPER_KINDS", "PAPER_SAMPLERS", "FewShotError"]
+__all__ = [
+    "sample_shots",
+    "sample_single_label",
+    "sample_multi_label",
+    "sample_shots_paper",
+    "label_array_shots",
+    "kshot_finder_shots",
+    "finder_order",
+    "PAPER_KINDS",
+    "PAPER_SAMPLERS",
+    "FewShotError",
+]

@@ -7,9 +7,9 @@ Every function here returns a new table; the caller's DataFrame is never modifie
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from importlib import resources
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,16 +27,39 @@ NON_FINDING_COLUMNS = frozenset(META_COLUMNS) | {"label", NO_FINDING}
 
 # ---- CheXpert and MIMIC-CXR (the same 14 columns, CheXpert labeler) ----------------------------
 CHEXPERT_FINDINGS = (
-    "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation",
-    "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices",
-)  # fmt: skip
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
 CHEXPERT_SYNONYMS = {"Pleural Effusion": "Effusion"}  # source column -> canonical name
 
 # ---- NIH ChestX-ray14 ('Finding Labels', pipe-separated) ---------------------------------------
 NIH_FINDINGS = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
-    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
-)  # fmt: skip
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
 NIH_SYNONYMS = {"Pleural_Thickening": "Pleural Thickening"}
 NIH_NAMES = {canonical: term for term, canonical in NIH_SYNONYMS.items()}  # canonical -> NIH term
 
@@ -48,8 +71,15 @@ NIH_NAMES = {canonical: term for term, canonical in NIH_SYNONYMS.items()}  # can
 # "air bronchogram" is a sign that can accompany consolidation but is not one, "infiltrates" ->
 # NIH's Infiltration but not CheXpert's broader "Lung Opacity".
 PADCHEST_TERMS_OF = {
-    "Atelectasis": ["atelectasis", "laminar atelectasis", "lobar atelectasis", "segmental atelectasis",
-                    "round atelectasis", "atelectasis basal", "total atelectasis"],
+    "Atelectasis": [
+        "atelectasis",
+        "laminar atelectasis",
+        "lobar atelectasis",
+        "segmental atelectasis",
+        "round atelectasis",
+        "atelectasis basal",
+        "total atelectasis",
+    ],
     "Cardiomegaly": ["cardiomegaly"],
     "Consolidation": ["consolidation"],
     "Edema": ["pulmonary edema"],
@@ -63,15 +93,32 @@ PADCHEST_TERMS_OF = {
     "Pleural Thickening": ["pleural thickening", "apical pleural thickening"],
     "Hernia": ["hiatal hernia"],
     "Infiltration": ["infiltrates"],
-    "Fracture": ["fracture", "rib fracture", "callus rib fracture", "clavicle fracture", "humeral fracture",
-                 "vertebral fracture"],
+    "Fracture": [
+        "fracture",
+        "rib fracture",
+        "callus rib fracture",
+        "clavicle fracture",
+        "humeral fracture",
+        "vertebral fracture",
+    ],
     "Enlarged Cardiomediastinum": ["mediastinal enlargement", "superior mediastinal enlargement"],
-    "Support Devices": ["NSG tube", "endotracheal tube", "tracheostomy tube", "chest drain tube", "catheter",
-                        "central venous catheter", "central venous catheter via jugular vein",
-                        "central venous catheter via subclavian vein", "central venous catheter via umbilical vein",
-                        "reservoir central venous catheter", "pacemaker", "dual chamber device",
-                        "single chamber device", "electrical device"],
-}  # fmt: skip
+    "Support Devices": [
+        "NSG tube",
+        "endotracheal tube",
+        "tracheostomy tube",
+        "chest drain tube",
+        "catheter",
+        "central venous catheter",
+        "central venous catheter via jugular vein",
+        "central venous catheter via subclavian vein",
+        "central venous catheter via umbilical vein",
+        "reservoir central venous catheter",
+        "pacemaker",
+        "dual chamber device",
+        "single chamber device",
+        "electrical device",
+    ],
+}
 PADCHEST_SYNONYMS = {term: canonical for canonical, terms in PADCHEST_TERMS_OF.items() for term in terms}
 # Terms that say something about the study, not a finding. "normal" lists no finding (absent = 0
 # already); "exclude" marks a study the annotators set aside: its labels are unknown (NaN).
@@ -99,39 +146,86 @@ def padchest_finding(term: str) -> str:
 # row's `Labels` text (a substring test: "effusion" also hits "pericardial effusion", "device" hits
 # "electrical device"); listed in the order the authors sort them.
 PADCHEST_PATHOLOGIES = (
-    "Air Trapping", "Aortic Atheromatosis", "Aortic Elongation", "Atelectasis", "Bronchiectasis", "Cardiomegaly",
-    "Consolidation", "Costophrenic Angle Blunting", "Edema", "Effusion", "Emphysema", "Fibrosis",
-    "Flattened Diaphragm", "Fracture", "Granuloma", "Hemidiaphragm Elevation", "Hernia", "Hilar Enlargement",
-    "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax", "Scoliosis",
-    "Support Devices", "Tuberculosis",
-)  # fmt: skip
+    "Air Trapping",
+    "Aortic Atheromatosis",
+    "Aortic Elongation",
+    "Atelectasis",
+    "Bronchiectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Costophrenic Angle Blunting",
+    "Edema",
+    "Effusion",
+    "Emphysema",
+    "Fibrosis",
+    "Flattened Diaphragm",
+    "Fracture",
+    "Granuloma",
+    "Hemidiaphragm Elevation",
+    "Hernia",
+    "Hilar Enlargement",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pleural_Thickening",
+    "Pneumonia",
+    "Pneumothorax",
+    "Scoliosis",
+    "Support Devices",
+    "Tuberculosis",
+)
 PADCHEST_PATHOLOGY_SYNONYMS = {
-    "Infiltration": ("infiltrates", "interstitial pattern", "ground glass pattern", "reticular interstitial pattern",
-                     "reticulonodular interstitial pattern", "alveolar pattern", "consolidation", "air bronchogram"),
+    "Infiltration": (
+        "infiltrates",
+        "interstitial pattern",
+        "ground glass pattern",
+        "reticular interstitial pattern",
+        "reticulonodular interstitial pattern",
+        "alveolar pattern",
+        "consolidation",
+        "air bronchogram",
+    ),
     "Pleural_Thickening": ("pleural thickening",),
     "Consolidation": ("air bronchogram",),
     "Hilar Enlargement": ("adenopathy", "pulmonary artery enlargement"),
     "Support Devices": ("device", "pacemaker"),
-}  # fmt: skip
+}
 PADCHEST_PATHOLOGY_NAMES = {"Pleural_Thickening": "Pleural Thickening"}  # authors' name -> canonical (as NIH)
 # Image files the authors' class drops ("missing" and "wrong" files; one is listed twice there).
-PADCHEST_EXCLUDED_IMAGES = frozenset({
-    "216840111366964012819207061112010307142602253_04-014-084.png", "216840111366964012989926673512011074122523403_00-163-058.png",
-    "216840111366964012959786098432011033083840143_00-176-115.png", "216840111366964012558082906712009327122220177_00-102-064.png",
-    "216840111366964012339356563862009072111404053_00-043-192.png", "216840111366964013076187734852011291090445391_00-196-188.png",
-    "216840111366964012373310883942009117084022290_00-064-025.png", "216840111366964012283393834152009033102258826_00-059-087.png",
-    "216840111366964012373310883942009170084120009_00-097-074.png", "216840111366964012819207061112010315104455352_04-024-184.png",
-    "216840111366964013829543166512013353113303615_02-092-190.png", "216840111366964012904401302362010337093236130_03-198-079.png",
-    "216840111366964012904401302362010336141343749_03-198-010.png", "216840111366964012989926673512011151082430686_00-157-045.png",
-    "216840111366964012989926673512011083134050913_00-168-009.png", "216840111366964012373310883942009077082646386_00-047-124.png",
-    "216840111366964013686042548532013208193054515_02-026-007.png", "216840111366964013962490064942014134093945580_01-178-104.png",
-    "216840111366964012819207061112010281134410801_00-129-131.png", "216840111366964013590140476722013043111952381_02-065-198.png",
-    "216840111366964012283393834152009027091819347_00-007-136.png", "216840111366964012373310883942009152114636712_00-102-045.png",
-    "216840111366964012283393834152009033140208626_00-059-118.png", "216840111366964013590140476722013058110301622_02-056-111.png",
-    "216840111366964012487858717522009280135853083_00-075-001.png", "216840111366964013590140476722013049100117076_02-063-097.png",
-    "216840111366964013649110343042013092101343018_02-075-146.png", "216840111366964012819207061112010306085429121_04-020-102.png",
-    "269300710246070740096540277379121868595_e7zsan.png", "216840111366964012373310883942009180082307973_00-097-011.png",
-})  # fmt: skip
+PADCHEST_EXCLUDED_IMAGES = frozenset(
+    {
+        "216840111366964012819207061112010307142602253_04-014-084.png",
+        "216840111366964012989926673512011074122523403_00-163-058.png",
+        "216840111366964012959786098432011033083840143_00-176-115.png",
+        "216840111366964012558082906712009327122220177_00-102-064.png",
+        "216840111366964012339356563862009072111404053_00-043-192.png",
+        "216840111366964013076187734852011291090445391_00-196-188.png",
+        "216840111366964012373310883942009117084022290_00-064-025.png",
+        "216840111366964012283393834152009033102258826_00-059-087.png",
+        "216840111366964012373310883942009170084120009_00-097-074.png",
+        "216840111366964012819207061112010315104455352_04-024-184.png",
+        "216840111366964013829543166512013353113303615_02-092-190.png",
+        "216840111366964012904401302362010337093236130_03-198-079.png",
+        "216840111366964012904401302362010336141343749_03-198-010.png",
+        "216840111366964012989926673512011151082430686_00-157-045.png",
+        "216840111366964012989926673512011083134050913_00-168-009.png",
+        "216840111366964012373310883942009077082646386_00-047-124.png",
+        "216840111366964013686042548532013208193054515_02-026-007.png",
+        "216840111366964013962490064942014134093945580_01-178-104.png",
+        "216840111366964012819207061112010281134410801_00-129-131.png",
+        "216840111366964013590140476722013043111952381_02-065-198.png",
+        "216840111366964012283393834152009027091819347_00-007-136.png",
+        "216840111366964012373310883942009152114636712_00-102-045.png",
+        "216840111366964012283393834152009033140208626_00-059-118.png",
+        "216840111366964013590140476722013058110301622_02-056-111.png",
+        "216840111366964012487858717522009280135853083_00-075-001.png",
+        "216840111366964013590140476722013049100117076_02-063-097.png",
+        "216840111366964013649110343042013092101343018_02-075-146.png",
+        "216840111366964012819207061112010306085429121_04-020-102.png",
+        "269300710246070740096540277379121868595_e7zsan.png",
+        "216840111366964012373310883942009180082307973_00-097-011.png",
+    }
+)
 # The view names of the authors' configs (`views: ["PA", "AP", "AP Supine", "L", "COSTAL"]`), by canonical view.
 AUTHORS_VIEW_NAMES = {"PA": "PA", "AP": "AP", "AP_SUPINE": "AP Supine", "LATERAL": "L", "COSTAL": "COSTAL"}
 # Per source, the canonical views whose raw names are the authors' names (default: all of the above).
@@ -178,8 +272,9 @@ def as_authors_read(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     keep = np.flatnonzero(~np.logical_or.reduce([*reasons.values(), np.zeros(len(table), bool)]))
     if source == "padchest":  # select the metadata alone: the ~190 term columns are replaced
         meta = table[[c for c in table.columns if c not in set(finding_columns(table))]].iloc[keep]
-        return pd.concat([meta.reset_index(drop=True),
-                          padchest_pathologies(meta["raw_labels"]).reset_index(drop=True)], axis=1), dropped
+        return pd.concat(
+            [meta.reset_index(drop=True), padchest_pathologies(meta["raw_labels"]).reset_index(drop=True)], axis=1
+        ), dropped
     return (table.iloc[keep].reset_index(drop=True) if len(keep) < len(table) else table), dropped
 
 
@@ -251,7 +346,7 @@ def label_counts(table: pd.DataFrame, findings: Iterable[str] | None = None) -> 
     totals = np.zeros((4, len(names)), np.int64)  # positive, negative, unknown, uncertain
     values = table[names].to_numpy(dtype=np.float32, na_value=np.nan)
     for start in range(0, len(values), _COUNT_ROWS):
-        rows = values[start:start + _COUNT_ROWS]
+        rows = values[start : start + _COUNT_ROWS]
         totals += [(rows == 1).sum(0), (rows == 0).sum(0), np.isnan(rows).sum(0), (rows == -1).sum(0)]
     counts = {}
     for name, (positive, negative, unknown, uncertain) in zip(names, totals.T.tolist()):
@@ -266,8 +361,21 @@ _COUNT_ROWS = 1 << 16
 
 
 __all__ = [
-    "META_COLUMNS", "VIEWS", "CHEXPERT_FINDINGS", "NIH_FINDINGS", "PADCHEST_TERMS_OF", "PADCHEST_PATHOLOGIES",
-    "PADCHEST_EXCLUDED_IMAGES", "AUTHORS_VIEW_NAMES", "finding_columns", "apply_policy", "filter_views",
-    "label_counts", "padchest_vocabulary", "padchest_finding", "padchest_pathologies", "as_authors_read",
+    "META_COLUMNS",
+    "VIEWS",
+    "CHEXPERT_FINDINGS",
+    "NIH_FINDINGS",
+    "PADCHEST_TERMS_OF",
+    "PADCHEST_PATHOLOGIES",
+    "PADCHEST_EXCLUDED_IMAGES",
+    "AUTHORS_VIEW_NAMES",
+    "finding_columns",
+    "apply_policy",
+    "filter_views",
+    "label_counts",
+    "padchest_vocabulary",
+    "padchest_finding",
+    "padchest_pathologies",
+    "as_authors_read",
     "single_label",
-]  # fmt: skip
+]

@@ -9,7 +9,7 @@ before merging (`xrstudy.data.studydata.prepare` does).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -48,7 +48,9 @@ def merge_sources(tables: Sequence[pd.DataFrame], labels: str = "intersection") 
     offset = 0
     for table in tables:
         kept = [c for c in finding_columns(table) if c in position]
-        values[offset:offset + len(table), [position[c] for c in kept]] = table[kept].to_numpy(np.float32, na_value=np.nan)
+        values[offset : offset + len(table), [position[c] for c in kept]] = table[kept].to_numpy(
+            np.float32, na_value=np.nan
+        )
         offset += len(table)
     merged = pd.concat([meta, pd.DataFrame(values, columns=findings, copy=False)], axis=1)
     return merged

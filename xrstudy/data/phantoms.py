@@ -95,8 +95,12 @@ def draw_chest(findings: set[str], rng: np.random.Generator, style: PhantomStyle
     side_c = left_c if side is left else right_c
     # Every finding's extent and density is drawn whether or not it is present, so an image with and
     # without a finding share everything else (same random stream).
-    u = dict(zip(("level", "edge", "reach", "c_dy", "c_dx", "c_den", "c_r", "n_blobs", "a_dy", "a_tilt", "e_den"),
-                 rng.uniform(0.0, 1.0, 11)))  # fmt: skip
+    u = dict(
+        zip(
+            ("level", "edge", "reach", "c_dy", "c_dx", "c_den", "c_r", "n_blobs", "a_dy", "a_tilt", "e_den"),
+            rng.uniform(0.0, 1.0, 11),
+        )
+    )
     blobs = rng.uniform(0.0, 1.0, (5, 2))
     if "Effusion" in findings:
         level = side_c[0] + lung_r[0] * (-0.1 + 0.4 * u["level"])
@@ -173,8 +177,16 @@ def xray_records(
                     findings[name] = None if rng.random() < blank_share else 0.0
             image = to_pixels(draw_chest(drawn, rng, style, view), style.bits)
             records.append(
-                Record(patient=patient, study=study, view=view, sex=sex, age=age,
-                       findings=findings, split=split, image=image)
+                Record(
+                    patient=patient,
+                    study=study,
+                    view=view,
+                    sex=sex,
+                    age=age,
+                    findings=findings,
+                    split=split,
+                    image=image,
+                )
             )
     return records
 
@@ -194,9 +206,17 @@ def single_finding_records(
             image = to_pixels(draw_chest(drawn, rng, style, "PA"), style.bits)
             split = "test" if rng.random() < test_share else "train"
             records.append(
-                Record(patient=patient, study=1, view="PA", sex=("M", "F")[rng.integers(2)],
-                       age=int(rng.integers(20, 90)), findings=findings, split=split, image=image,
-                       label=name)
+                Record(
+                    patient=patient,
+                    study=1,
+                    view="PA",
+                    sex=("M", "F")[rng.integers(2)],
+                    age=int(rng.integers(20, 90)),
+                    findings=findings,
+                    split=split,
+                    image=image,
+                    label=name,
+                )
             )
     return records
 
@@ -218,7 +238,9 @@ def draw_shape(shape: str, rng: np.random.Generator, size: int = 48) -> np.ndarr
         "triangle": lambda: (y - cy > -r) & (y - cy < r) & (np.abs(x - cx) < (y - cy + r) / 2),
         "ring": lambda: np.abs(np.sqrt((y - cy) ** 2 + (x - cx) ** 2) - r * 0.8) < r * 0.2,
         "stripes": lambda: (np.sin((x + y) * rng.uniform(25, 40)) > 0.3) & (np.abs(y - cy) < r) & (np.abs(x - cx) < r),
-        "cross": lambda: ((np.abs(y - cy) < r * 0.25) | (np.abs(x - cx) < r * 0.25)) & (np.abs(y - cy) < r) & (np.abs(x - cx) < r),
+        "cross": lambda: (
+            ((np.abs(y - cy) < r * 0.25) | (np.abs(x - cx) < r * 0.25)) & (np.abs(y - cy) < r) & (np.abs(x - cx) < r)
+        ),
     }
     colour = (background + rng.uniform(0.35, 0.6, 3) * rng.choice([-1, 1], 3)) % 1.0
     img[masks[shape]()] = colour
@@ -230,11 +252,20 @@ def shape_records(n_per_class: int, seed: int, *, size: int = 48, test_share: fl
     rng = np.random.default_rng(seed)
     records = []
     for shape in SHAPES:
-        for i in range(n_per_class):
+        for _ in range(n_per_class):
             split = "test" if rng.random() < test_share else "train"
             records.append(
-                Record(patient=len(records) + 1, study=1, view="OTHER", sex="", age=0, findings={},
-                       split=split, image=draw_shape(shape, rng, size), label=shape)
+                Record(
+                    patient=len(records) + 1,
+                    study=1,
+                    view="OTHER",
+                    sex="",
+                    age=0,
+                    findings={},
+                    split=split,
+                    image=draw_shape(shape, rng, size),
+                    label=shape,
+                )
             )
     return records
 
@@ -248,7 +279,16 @@ def digit_records(seed: int, *, test_share: float = 0.2) -> list[Record]:
     test = rng.random(len(digits.target)) < test_share
     images = np.round(digits.images * (255 / 16)).astype(np.uint8)
     return [
-        Record(patient=i + 1, study=1, view="OTHER", sex="", age=0, findings={},
-               split="test" if test[i] else "train", image=images[i], label=str(digits.target[i]))
+        Record(
+            patient=i + 1,
+            study=1,
+            view="OTHER",
+            sex="",
+            age=0,
+            findings={},
+            split="test" if test[i] else "train",
+            image=images[i],
+            label=str(digits.target[i]),
+        )
         for i in range(len(images))
     ]

@@ -16,8 +16,8 @@ independent of row order and of the other patients, so nested subsets are nested
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -32,8 +32,13 @@ PAPER_SEED = 42
 def patient_uniform(patients: pd.Series, seed: int) -> np.ndarray:
     """A number in [0, 1) per row from the hash of (seed, patient id); equal patients -> equal numbers."""
     codes, uniques = pd.factorize(patients, sort=False)
-    values = np.array([int.from_bytes(hashlib.sha256(f"{seed}:{p}".encode()).digest()[:8], "big")
-                       for p in uniques], dtype=np.float64) / 2.0**64  # fmt: skip
+    values = (
+        np.array(
+            [int.from_bytes(hashlib.sha256(f"{seed}:{p}".encode()).digest()[:8], "big") for p in uniques],
+            dtype=np.float64,
+        )
+        / 2.0**64
+    )
     return values[codes]
 
 
@@ -42,8 +47,14 @@ def _by_patient(patients: pd.Series, seed: int, valid_fraction: float, test_frac
     return np.where(u < test_fraction, "test", np.where(u < test_fraction + valid_fraction, "valid", "train"))
 
 
-def assign_splits(table: pd.DataFrame, mode: str = "official", *, seed: int = 0, valid_fraction: float = 0.1,
-                  test_fraction: float = 0.1) -> pd.DataFrame:
+def assign_splits(
+    table: pd.DataFrame,
+    mode: str = "official",
+    *,
+    seed: int = 0,
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+) -> pd.DataFrame:
     """A new table whose `split` column is train / valid / test for every row (per source).
 
     `paper` follows the authors' rules (`paper_splits`; seed and fractions are theirs, the arguments
@@ -54,7 +65,9 @@ def assign_splits(table: pd.DataFrame, mode: str = "official", *, seed: int = 0,
     if mode == "paper":
         return paper_splits(table)[0]
     if not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
-        raise ValueError(f"valid_fraction={valid_fraction}, test_fraction={test_fraction}; expected fractions summing below 1")
+        raise ValueError(
+            f"valid_fraction={valid_fraction}, test_fraction={test_fraction}; expected fractions summing below 1"
+        )
     split = table["split"].fillna("").astype(str).to_numpy(dtype=object, copy=True)
     for source in pd.unique(table["source"]):
         rows = (table["source"] == source).to_numpy()
@@ -144,8 +157,13 @@ def _flowers(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """mod_train = official test set (train), mod_test = valid + train (test), each an ImageFolder:
     class folders in text order ("0", "1", "10", "100", ...), then file names in order."""
     split = np.where(rows["split"].to_numpy() == "train", "train", "test")
-    key = pd.DataFrame({"split": pd.Categorical(split, ["train", "test"]),
-                        "folder": rows["label"].map(flowers_folder).to_numpy(), "file": rows["image_id"].to_numpy()})
+    key = pd.DataFrame(
+        {
+            "split": pd.Categorical(split, ["train", "test"]),
+            "folder": rows["label"].map(flowers_folder).to_numpy(),
+            "file": rows["image_id"].to_numpy(),
+        }
+    )
     positions = key.sort_values(["split", "folder", "file"], kind="stable").index.to_numpy()
     return positions, split[positions]
 
@@ -155,8 +173,10 @@ def _nih(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """train_val_list.txt and test_list.txt (the authors join each list: images in neither are left out)."""
     positions = np.flatnonzero(rows["split"].isin(["train", "test"]).to_numpy())
     if len(rows) and not len(positions):
-        raise ValueError("nih: split_mode paper reads train_val_list.txt and test_list.txt (the authors' split); "
-                         "no image is listed in either: add both lists beside the Data_Entry file")
+        raise ValueError(
+            "nih: split_mode paper reads train_val_list.txt and test_list.txt (the authors' split); "
+            "no image is listed in either: add both lists beside the Data_Entry file"
+        )
     return positions, rows["split"].to_numpy()[positions]
 
 
@@ -169,10 +189,12 @@ def _covidx(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         found = ", ".join(f"{lists.get(s, s)} {n:,}" for s, n in sorted(counts.items()))
         path, image = str(rows["path"].iloc[0]), str(rows["image_id"].iloc[0])
         root = path[: -len(image)].rstrip("/\\") if path.endswith(image) else path
-        raise ValueError(f"covidx: {root} lists {found} images; split_mode paper reads COVIDx CXR-2 as the authors "
-                         f"downloaded it (Kaggle andyczhao/covidx-cxr2, version 3: train.txt "
-                         f"{COVIDX_PAPER_SIZES['train']:,} and test.txt {COVIDX_PAPER_SIZES['test']} images, no "
-                         f"val.txt); point the covidx root at that release, or read this one with split_mode official")
+        raise ValueError(
+            f"covidx: {root} lists {found} images; split_mode paper reads COVIDx CXR-2 as the authors "
+            f"downloaded it (Kaggle andyczhao/covidx-cxr2, version 3: train.txt "
+            f"{COVIDX_PAPER_SIZES['train']:,} and test.txt {COVIDX_PAPER_SIZES['test']} images, no "
+            f"val.txt); point the covidx root at that release, or read this one with split_mode official"
+        )
     return _official(rows)
 
 
@@ -180,8 +202,10 @@ def _official(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     split = rows["split"].fillna("").astype(str).to_numpy()
     if (split == "").any():
         source = rows["source"].iloc[0]
-        raise ValueError(f"{source}: {int((split == '').sum())} images without an official split and no rule of the "
-                         f"authors for them; use split_mode official or patient for {source!r}")
+        raise ValueError(
+            f"{source}: {int((split == '').sum())} images without an official split and no rule of the "
+            f"authors for them; use split_mode official or patient for {source!r}"
+        )
     return np.arange(len(rows)), split
 
 
@@ -244,5 +268,16 @@ def fraction_subset(table: pd.DataFrame, fraction: float, seed: int = 0) -> pd.D
     return table[patient_uniform(table["patient_id"], seed + 1000) < fraction].copy()
 
 
-__all__ = ["assign_splits", "paper_splits", "PAPER_RULES", "shuffled_cut", "patient_overlap", "save_split",
-           "save_split_by_content", "split_bytes", "fraction_subset", "patient_uniform", "SPLIT_MODES"]
+__all__ = [
+    "assign_splits",
+    "paper_splits",
+    "PAPER_RULES",
+    "shuffled_cut",
+    "patient_overlap",
+    "save_split",
+    "save_split_by_content",
+    "split_bytes",
+    "fraction_subset",
+    "patient_uniform",
+    "SPLIT_MODES",
+]

@@ -18,15 +18,16 @@ Three RunConfig fields choose between the corrected protocol and the authors' (`
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from xrstudy.data import fewshot, labels, merge, sources, splits
 from xrstudy.config import ConfigError, RunConfig, parse_root
+from xrstudy.data import fewshot, labels, merge, sources, splits
 
 SPLIT_SEED = 0  # splits do not change with the training seed: every seed sees the same test set
 # The authors' dataset order for merged pre-training sets: configs list chexpert, mimic, nih, padchest
@@ -76,8 +77,15 @@ class Labelled:
     single_label_of: str = ""  # label_mode paper: `table` is this multi-label source's, still to be made single-label
 
 
-def labelled(name: str, root: str | Path, *, views: Sequence[str] = (), uncertain: str = "ignore",
-             label_mode: str = "terms", metadata_only: bool = False) -> Labelled:
+def labelled(
+    name: str,
+    root: str | Path,
+    *,
+    views: Sequence[str] = (),
+    uncertain: str = "ignore",
+    label_mode: str = "terms",
+    metadata_only: bool = False,
+) -> Labelled:
     """Read source `name` and apply the label mode, the view filter and the uncertain-label policy.
 
     With `label_mode="paper"`, a target the authors built from a multi-label source (PadChest-Cl) is
@@ -99,8 +107,15 @@ def labelled(name: str, root: str | Path, *, views: Sequence[str] = (), uncertai
     return Labelled(raw, table.reset_index(drop=True), dropped, single_label_of=base if base != name else "")
 
 
-def read_labelled(name: str, root: str | Path, *, views: Sequence[str] = (), uncertain: str = "ignore",
-                  metadata_only: bool = False, label_mode: str = "terms") -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_labelled(
+    name: str,
+    root: str | Path,
+    *,
+    views: Sequence[str] = (),
+    uncertain: str = "ignore",
+    metadata_only: bool = False,
+    label_mode: str = "terms",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(the source's table as read, the table after the label mode, the view filter and the policy)."""
     read = labelled(name, root, views=views, uncertain=uncertain, label_mode=label_mode, metadata_only=metadata_only)
     table = read.table
@@ -121,14 +136,14 @@ def paper_order(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted(names, key=lambda n: rank.get(n, len(rank))))
 
 
-def split_table(table: pd.DataFrame, mode: str, *, seed: int | None = None, valid_fraction: float = 0.1,
-                test_fraction: float = 0.1) -> tuple[pd.DataFrame, dict[str, int]]:
+def split_table(
+    table: pd.DataFrame, mode: str, *, seed: int | None = None, valid_fraction: float = 0.1, test_fraction: float = 0.1
+) -> tuple[pd.DataFrame, dict[str, int]]:
     """Assign splits (paper: the authors' rules and order); returns the table and rows left out."""
     if mode == "paper":
         return splits.paper_splits(table)
     seed = _split_seed(mode) if seed is None else seed
-    return splits.assign_splits(table, mode, seed=seed, valid_fraction=valid_fraction,
-                                test_fraction=test_fraction), {}
+    return splits.assign_splits(table, mode, seed=seed, valid_fraction=valid_fraction, test_fraction=test_fraction), {}
 
 
 @dataclass(frozen=True)
@@ -167,8 +182,14 @@ def _split_stage(cfg: RunConfig) -> _Split:
     for name in names:
         # Views select pre-training images; a transfer target keeps its images (the authors': its configured views).
         views = cfg.views if cfg.kind == "pretrain" else ()
-        read = labelled(name, cfg.root_of(name), views=views, uncertain=cfg.uncertain, label_mode=cfg.label_mode,
-                        metadata_only=cfg.metadata_only)
+        read = labelled(
+            name,
+            cfg.root_of(name),
+            views=views,
+            uncertain=cfg.uncertain,
+            label_mode=cfg.label_mode,
+            metadata_only=cfg.metadata_only,
+        )
         dropped.update(read.dropped)
         reads.append(read)
     tables = [r.table for r in reads]
@@ -228,8 +249,10 @@ def _shots(cfg: RunConfig, train: pd.DataFrame, classes: tuple[str, ...], multil
         if cfg.shots_mode == "paper":
             kind = sources.source_of(cfg.target).paper_fewshot
             if multilabel or not kind:
-                raise fewshot.FewShotError(f"shots_mode paper: the authors drew no k-shot sets of {cfg.target!r} "
-                                           f"(multi-label or not a target of theirs); use shots_mode exact")
+                raise fewshot.FewShotError(
+                    f"shots_mode paper: the authors drew no k-shot sets of {cfg.target!r} "
+                    f"(multi-label or not a target of theirs); use shots_mode exact"
+                )
             return fewshot.sample_shots_paper(train, cfg.shots, cfg.seed, classes, kind)
         return fewshot.sample_shots(train, cfg.shots, cfg.seed, classes=classes if multilabel else None)
     except fewshot.FewShotError as err:
@@ -241,10 +264,20 @@ def prepare(cfg: RunConfig) -> StudyData:
     built = _tables(cfg)
     split_path, split_sha = splits.save_split_by_content(built.table, Path(cfg.out_dir) / "splits")
     universe, rows = universe_of(built.table, {"train": built.train, "valid": built.valid, "test": built.test})
-    return StudyData(train=built.train, valid=built.valid, test=built.test, classes=built.classes,
-                     multilabel=built.multilabel, split_sha256=split_sha, shots_ids=built.shots_ids,
-                     dropped=built.dropped, split_path=str(split_path), universe=universe, modality=built.modality,
-                     universe_rows=rows)
+    return StudyData(
+        train=built.train,
+        valid=built.valid,
+        test=built.test,
+        classes=built.classes,
+        multilabel=built.multilabel,
+        split_sha256=split_sha,
+        shots_ids=built.shots_ids,
+        dropped=built.dropped,
+        split_path=str(split_path),
+        universe=universe,
+        modality=built.modality,
+        universe_rows=rows,
+    )
 
 
 def universe_of(table: pd.DataFrame, parts: dict[str, pd.DataFrame]) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
@@ -257,8 +290,9 @@ def universe_of(table: pd.DataFrame, parts: dict[str, pd.DataFrame]) -> tuple[tu
     if (codes < 0).any():
         raise ValueError("universe_of: a table row has no image path")
     # The parts' paths are the table's, and the order is Python's (UTF-8 byte order = code point order).
-    if not np.bincount(codes[:len(table)], minlength=len(universe)).all() or \
-            not all(map(operator.lt, universe, universe[1:])):
+    if not np.bincount(codes[: len(table)], minlength=len(universe)).all() or not all(
+        map(operator.lt, universe, universe[1:])
+    ):
         raise ValueError("universe_of: the parts hold paths outside the table, or the paths did not sort as str")
     ends = np.cumsum([len(piece) for piece in pieces])
     return universe, {name: codes[start:end].astype(np.int64) for name, start, end in zip(parts, ends[:-1], ends[1:])}
@@ -276,8 +310,9 @@ def train_size(cfg: RunConfig) -> int:
     split file. The split stage is kept per data fields and label-file signature, so every shot count
     and seed of a target reads, relabels and splits its files once."""
     cfg = cfg.replace(metadata_only=True)
-    roots = tuple(sorted((name, sources.root_signature(path) if path.is_dir() else ())
-                         for name, path in cfg.root_map.items()))
+    roots = tuple(
+        sorted((name, sources.root_signature(path) if path.is_dir() else ()) for name, path in cfg.root_map.items())
+    )
     data_key = (*(getattr(cfg, f) for f in _STAGE_FIELDS), roots)
     key = (data_key, cfg.data_fraction, cfg.shots, cfg.shots_mode, cfg.seed if cfg.shots else 0)
     if key not in _TRAIN_SIZES:
@@ -294,14 +329,23 @@ def class_counts(table: pd.DataFrame) -> dict[str, dict[str, int]]:
     """Per finding (or class) positive / negative / unknown counts."""
     if "label" in table.columns:
         counts = table["label"].value_counts()
-        return {str(c): {"positive": int(n), "negative": int(len(table) - n), "unknown": 0}
-                for c, n in sorted(counts.items())}  # fmt: skip
+        return {
+            str(c): {"positive": int(n), "negative": int(len(table) - n), "unknown": 0}
+            for c, n in sorted(counts.items())
+        }
     return labels.label_counts(table)
 
 
-def inspect_source(name: str, root: str | Path, views: Sequence[str] = (), uncertain: str = "ignore",
-                   metadata_only: bool = False, *, label_mode: str = "terms",
-                   split_mode: str | None = None) -> dict[str, Any]:
+def inspect_source(
+    name: str,
+    root: str | Path,
+    views: Sequence[str] = (),
+    uncertain: str = "ignore",
+    metadata_only: bool = False,
+    *,
+    label_mode: str = "terms",
+    split_mode: str | None = None,
+) -> dict[str, Any]:
     """source, images and patients (after the label mode and view filter), views (before it), labels;
     single-label targets add `classes` (every class, in class order) and images per class; a
     `split_mode` adds images per split and per class of each split."""
@@ -339,14 +383,24 @@ def _per_class(table: pd.DataFrame, classes: Sequence[str]) -> dict[str, int]:
     return {str(c): int(counts.get(c, 0)) for c in classes}
 
 
-def merge_entries(entries: Sequence[str], *, label_set: str = "intersection", views: Sequence[str] = (),
-                  uncertain: str = "ignore", metadata_only: bool = False, label_mode: str = "terms") -> pd.DataFrame:
+def merge_entries(
+    entries: Sequence[str],
+    *,
+    label_set: str = "intersection",
+    views: Sequence[str] = (),
+    uncertain: str = "ignore",
+    metadata_only: bool = False,
+    label_mode: str = "terms",
+) -> pd.DataFrame:
     """Read NAME=DIR entries, apply the label mode, filter, apply the policy, merge."""
     tables = []
     for entry in entries:
         name, root = parse_root(entry, origin="--source")
-        tables.append(labelled(name, root, views=views, uncertain=uncertain, label_mode=label_mode,
-                               metadata_only=metadata_only).table)
+        tables.append(
+            labelled(
+                name, root, views=views, uncertain=uncertain, label_mode=label_mode, metadata_only=metadata_only
+            ).table
+        )
     return merge.merge_sources(tables, label_set)
 
 
@@ -372,15 +426,26 @@ class SplitWritten:
     patient_overlap: int
 
 
-def write_split(name: str, root: str | Path, out: str | Path, *, mode: str = "patient", views: Sequence[str] = (),
-                label_mode: str | None = None, metadata_only: bool = False, seed: int | None = None,
-                valid_fraction: float = 0.1, test_fraction: float = 0.1) -> SplitWritten:
+def write_split(
+    name: str,
+    root: str | Path,
+    out: str | Path,
+    *,
+    mode: str = "patient",
+    views: Sequence[str] = (),
+    label_mode: str | None = None,
+    metadata_only: bool = False,
+    seed: int | None = None,
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+) -> SplitWritten:
     """Split one source as `mode` says and save the split file (`xrstudy data split`). The label mode
     defaults to the authors' with the paper split, else to the exact terms."""
     label_mode = label_mode or ("paper" if mode == "paper" else "terms")
     read = labelled(name, root, views=views, label_mode=label_mode, metadata_only=metadata_only)
-    table, outside = split_table(read.table, mode, seed=seed, valid_fraction=valid_fraction,
-                                 test_fraction=test_fraction)
+    table, outside = split_table(
+        read.table, mode, seed=seed, valid_fraction=valid_fraction, test_fraction=test_fraction
+    )
     if read.single_label_of:
         table = labels.single_label(table, labels.finding_columns(table))
     sha = splits.save_split(table, out)
@@ -395,5 +460,20 @@ def shot_ids(cfg: RunConfig) -> tuple[tuple[str, ...], int]:
     return built.shots_ids, int((built.table["split"] == "train").sum())
 
 
-__all__ = ["StudyData", "Labelled", "prepare", "universe_of", "train_size", "labelled", "read_labelled", "split_table", "paper_order",
-           "inspect_source", "merge_entries", "merge_summary", "write_split", "SplitWritten", "shot_ids"]
+__all__ = [
+    "StudyData",
+    "Labelled",
+    "prepare",
+    "universe_of",
+    "train_size",
+    "labelled",
+    "read_labelled",
+    "split_table",
+    "paper_order",
+    "inspect_source",
+    "merge_entries",
+    "merge_summary",
+    "write_split",
+    "SplitWritten",
+    "shot_ids",
+]

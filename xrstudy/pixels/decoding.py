@@ -13,7 +13,6 @@ import pickle
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-
 MODES = ("L", "RGB", "L:squash", "RGB:squash")  # colour, then ":squash" = whole image, aspect not kept
 RESAMPLE = Image.Resampling.BILINEAR  # PIL's reducing BILINEAR is antialiased, like torchvision's Resize
 DICOM_SUFFIXES = (".dcm", ".dicom")

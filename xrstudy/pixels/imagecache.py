@@ -45,9 +45,10 @@ from typing import Any
 
 import numpy as np
 
+from xrstudy.fileio import DiskFullError, atomic_path, atomic_write_text, check_free_space, file_lock, is_disk_full
+
 # The build looks prepare_image up in this module (tests count decodes by patching images.prepare_image).
 from xrstudy.pixels.decoding import MODES, ImageError, original_size, prepare_image
-from xrstudy.fileio import DiskFullError, atomic_path, atomic_write_text, check_free_space, file_lock, is_disk_full
 
 FORMAT_VERSION = 1  # bump when the stored pixels would change (decoding, resampling, layout)
 
@@ -261,9 +262,16 @@ class _CacheFiles:
                     raise (DiskFullError(self.images_path) if is_disk_full(err) else err) from err
         if not paths_file.exists():
             atomic_write_text(paths_file, listed)
-        meta = {"format": FORMAT_VERSION, "key": self.key, "size": self.size, "mode": self.mode,
-                "count": len(self.paths), "shape": list(self.shape), "dtype": "uint8",
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        meta = {
+            "format": FORMAT_VERSION,
+            "key": self.key,
+            "size": self.size,
+            "mode": self.mode,
+            "count": len(self.paths),
+            "shape": list(self.shape),
+            "dtype": "uint8",
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         if not (self.folder / "meta.json").exists():
             _write_json(self.folder / "meta.json", meta)
 
@@ -319,7 +327,7 @@ def _worker_fill(items: Sequence[tuple[int, str]]) -> list[tuple[int, str | None
 
 def _chunks(indices: np.ndarray, paths: Sequence[str], chunk_size: int) -> list[list[tuple[int, str]]]:
     items = [(int(i), paths[i]) for i in indices]
-    return [items[start:start + chunk_size] for start in range(0, len(items), chunk_size)]
+    return [items[start : start + chunk_size] for start in range(0, len(items), chunk_size)]
 
 
 def _default_chunk_size(pending: int, workers: int) -> int:
@@ -334,7 +342,9 @@ def _show_progress() -> bool:
     return bool(is_tty) and os.environ.get("XRSTUDY_NO_PROGRESS") != "1"
 
 
-def _run_chunks(files: _CacheFiles, chunks: list[list[tuple[int, str]]], workers: int) -> Iterator[list[tuple[int, str | None]]]:
+def _run_chunks(
+    files: _CacheFiles, chunks: list[list[tuple[int, str]]], workers: int
+) -> Iterator[list[tuple[int, str | None]]]:
     """Outcome of each chunk, as it finishes, from this process or a pool of workers."""
     if workers <= 1 or len(chunks) <= 1:
         images = files.open(writable=True)
@@ -363,8 +373,9 @@ def _build(files: _CacheFiles, workers: int, chunk_size: int | None) -> tuple[in
 
     chunks = _chunks(pending, files.paths, chunk_size or _default_chunk_size(len(pending), workers))
     built = 0
-    with tqdm(total=len(pending), desc=f"caching images at {files.size}px", unit="img",
-              disable=not _show_progress()) as bar:
+    with tqdm(
+        total=len(pending), desc=f"caching images at {files.size}px", unit="img", disable=not _show_progress()
+    ) as bar:
         for outcome in _run_chunks(files, chunks, workers):
             for index, reason in outcome:
                 if reason is None:
@@ -379,8 +390,16 @@ def _build(files: _CacheFiles, workers: int, chunk_size: int | None) -> tuple[in
     return built, reused
 
 
-def build_cache(paths: Iterable[str | os.PathLike[str]], size: int, cache_dir: str | os.PathLike[str],
-                mode: str = "L", workers: int = 1, *, chunk_size: int | None = None, what: str = "") -> ImageCache:
+def build_cache(
+    paths: Iterable[str | os.PathLike[str]],
+    size: int,
+    cache_dir: str | os.PathLike[str],
+    mode: str = "L",
+    workers: int = 1,
+    *,
+    chunk_size: int | None = None,
+    what: str = "",
+) -> ImageCache:
     """Open the uint8 cache of `paths` at size x size, decoding only what is not there yet.
 
     Resumable (progress is flushed after each chunk), safe when several processes build the same
@@ -405,12 +424,15 @@ def build_cache(paths: Iterable[str | os.PathLike[str]], size: int, cache_dir: s
     done, quarantine = files.state()
     reused = int(done.sum()) - built
     quarantined = {path: quarantine[path] for path in sorted(quarantine) if files.row(path) >= 0}  # in row order
-    return ImageCache(files.folder, key, files.paths, size, mode, files.open(writable=False), quarantined, built, reused)
+    return ImageCache(
+        files.folder, key, files.paths, size, mode, files.open(writable=False), quarantined, built, reused
+    )
 
 
 # ---- before a build: will it fit? ----------------------------------------------------------------
-def bytes_to_build(paths: Iterable[str | os.PathLike[str]], size: int, cache_dir: str | os.PathLike[str],
-                   mode: str = "L") -> tuple[Path, int]:
+def bytes_to_build(
+    paths: Iterable[str | os.PathLike[str]], size: int, cache_dir: str | os.PathLike[str], mode: str = "L"
+) -> tuple[Path, int]:
     """(cache folder, bytes the build still has to allocate on its disk): 0 for a finished cache."""
     unique = sorted_unique(paths)
     key = _key(unique, size, mode)

@@ -31,8 +31,9 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ from xrstudy.pixels.prefetch import Prefetcher
 
 Sampler = Literal["shuffle", "oversample"]
 DEFAULT_PREFETCH = 2  # batches gathered ahead of the step (benchmarks/bench_memory.py: 0 vs 2)
+CPU = torch.device("cpu")  # default device of loaders built without one
 
 
 # ---- counter-based randomness -----------------------------------------------------------------
@@ -71,7 +73,9 @@ class Split:
     def __post_init__(self) -> None:
         shape = tuple(self.images.shape)
         if self.images.dtype != np.uint8 or not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 3)):
-            raise ValueError(f"Split.images: expected uint8 N x H x W or N x H x W x 3, got {self.images.dtype} {shape}")
+            raise ValueError(
+                f"Split.images: expected uint8 N x H x W or N x H x W x 3, got {self.images.dtype} {shape}"
+            )
         rows = np.asarray(self.rows, dtype=np.int64)
         object.__setattr__(self, "rows", rows)
         if rows.ndim != 1 or len(rows) != len(self.targets):
@@ -82,7 +86,7 @@ class Split:
             raise ValueError(f"Split.hw: expected {len(rows)} x 2 original sizes, got {np.shape(self.hw)}")
 
     @classmethod
-    def of(cls, images: np.ndarray, targets: torch.Tensor, hw: np.ndarray | None = None) -> "Split":
+    def of(cls, images: np.ndarray, targets: torch.Tensor, hw: np.ndarray | None = None) -> Split:
         """Every row of `images`, in order (tests, benchmarks)."""
         return cls(images, np.arange(len(images)), targets, hw)
 
@@ -98,7 +102,7 @@ class Split:
         rows = self.rows[positions]
         if out is None:
             return np.take(self.images, rows, axis=0)
-        return np.take(self.images, rows, axis=0, out=out[:len(rows)])
+        return np.take(self.images, rows, axis=0, out=out[: len(rows)])
 
 
 def empty_like(split: Split) -> Split:
@@ -144,8 +148,9 @@ class Augment:
         dx, dy = 2 * self.shift * u[:, 2], 2 * self.shift * u[:, 3]  # shift in output coordinates
         tx = (1.0 - fx) * u[:, 2] - (cos * sx * dx - sin * sy * dy)  # crop position + rotated shift
         ty = (1.0 - fy) * u[:, 3] - (sin * sx * dx + cos * sy * dy)
-        return torch.stack([torch.stack([cos * sx * flip, -sin * sy, tx], 1),
-                            torch.stack([sin * sx * flip, cos * sy, ty], 1)], 1)
+        return torch.stack(
+            [torch.stack([cos * sx * flip, -sin * sy, tx], 1), torch.stack([sin * sx * flip, cos * sy, ty], 1)], 1
+        )
 
 
 # ---- samplers: the order of one data epoch ---------------------------------------------------------
@@ -171,7 +176,7 @@ SAMPLERS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
 
 def _device_images(images: np.ndarray, buffer: torch.Tensor | None, device: torch.device) -> torch.Tensor:
     """B x H x W (x 3) host uint8 -> B x C x H x W uint8 on `device` (a view; PrepareBatch makes it float)."""
-    tensor = torch.from_numpy(images) if buffer is None else buffer[:len(images)]
+    tensor = torch.from_numpy(images) if buffer is None else buffer[: len(images)]
     tensor = tensor.to(device, non_blocking=True)
     return tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
 
@@ -198,8 +203,9 @@ class Batching:
 
     def __post_init__(self) -> None:
         if self.micro_batch and self.per_device_batch % self.micro_batch:
-            raise ValueError(f"micro_batch {self.micro_batch} does not divide the per-device batch "
-                             f"{self.per_device_batch}")
+            raise ValueError(
+                f"micro_batch {self.micro_batch} does not divide the per-device batch {self.per_device_batch}"
+            )
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler {self.sampler!r}; expected one of {sorted(SAMPLERS)}")
 
@@ -222,8 +228,15 @@ class StepLoader:
 
     n_inp = 2
 
-    def __init__(self, split: Split, batching: Batching, start: int, stop: int,
-                 device: torch.device = torch.device("cpu"), stats: dict[str, float] | None = None):
+    def __init__(
+        self,
+        split: Split,
+        batching: Batching,
+        start: int,
+        stop: int,
+        device: torch.device = CPU,
+        stats: dict[str, float] | None = None,
+    ):
         if len(split) == 0:
             raise ValueError("StepLoader: empty training split")
         self.split, self.batching, self.start, self.stop, self.device = split, batching, start, stop, device
@@ -236,11 +249,11 @@ class StepLoader:
     def __len__(self) -> int:
         return max(0, self.stop - self.start) * self.batching.micro_steps
 
-    def to(self, device: torch.device) -> "StepLoader":
+    def to(self, device: torch.device) -> StepLoader:
         self.device = torch.device(device)
         return self
 
-    def between(self, start: int, stop: int) -> "StepLoader":
+    def between(self, start: int, stop: int) -> StepLoader:
         """The same stream, for steps [start, stop)."""
         return StepLoader(self.split, self.batching, start, stop, self.device, self.stats)
 
@@ -275,7 +288,9 @@ class StepLoader:
 
     def lam(self, step: int) -> float:
         b = self.batching
-        return float(counter_rng(b.seed, "mixup", step).beta(b.mixup_alpha, b.mixup_alpha)) if b.mixup_alpha > 0 else 1.0
+        return (
+            float(counter_rng(b.seed, "mixup", step).beta(b.mixup_alpha, b.mixup_alpha)) if b.mixup_alpha > 0 else 1.0
+        )
 
     def thetas(self, step: int, rank: int, micro: int) -> torch.Tensor:
         """Affine views drawn for the whole global batch; this micro-batch's rows of them."""
@@ -284,7 +299,7 @@ class StepLoader:
         first = rank * b.per_device_batch + micro * b.micro
         u = torch.from_numpy(rng.uniform(-1.0, 1.0, size=(b.per_device_batch * b.world, 5)).astype(np.float32))
         hw = None if self.split.hw is None else self.split.hw[self.positions(step, rank, micro)]
-        return b.augment.thetas(u[first:first + b.micro], hw)
+        return b.augment.thetas(u[first : first + b.micro], hw)
 
     def known_targets(self, step: int) -> float:
         """Known (non-NaN) targets of the whole global batch of `step`, after MixUp masking."""
@@ -325,15 +340,27 @@ class StepLoader:
 
     def _to_device(self, host: tuple[Any, ...], buffer: torch.Tensor | None) -> tuple[Any, ...]:
         images, draws, targets, denominator = host
-        return (_device_images(images, buffer, self.device), {k: _move(v, self.device) for k, v in draws.items()},
-                _move(targets, self.device), _move(denominator, self.device))
+        return (
+            _device_images(images, buffer, self.device),
+            {k: _move(v, self.device) for k, v in draws.items()},
+            _move(targets, self.device),
+            _move(denominator, self.device),
+        )
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         micro_steps = self.batching.micro_steps
         items = [(step, micro) for step in range(self.start, self.stop) for micro in range(micro_steps)]
-        return iter(Prefetcher(len(items), lambda i, out: self.host_batch(*items[i], out), self._to_device,
-                               self.device, self.batching.prefetch, (self.batching.micro, *self.split.image_shape),
-                               self.stats))
+        return iter(
+            Prefetcher(
+                len(items),
+                lambda i, out: self.host_batch(*items[i], out),
+                self._to_device,
+                self.device,
+                self.batching.prefetch,
+                (self.batching.micro, *self.split.image_shape),
+                self.stats,
+            )
+        )
 
 
 # ---- evaluation: the split in order ---------------------------------------------------------------
@@ -347,14 +374,13 @@ class EvalLoader:
 
     n_inp = 2
 
-    def __init__(self, split: Split, batch: int, device: torch.device = torch.device("cpu"),
-                 prefetch: int = DEFAULT_PREFETCH):
+    def __init__(self, split: Split, batch: int, device: torch.device = CPU, prefetch: int = DEFAULT_PREFETCH):
         self.split, self.batch, self.device, self.prefetch = split, max(1, batch), device, prefetch
 
     def __len__(self) -> int:
         return math.ceil(len(self.split) / self.batch)
 
-    def to(self, device: torch.device) -> "EvalLoader":
+    def to(self, device: torch.device) -> EvalLoader:
         self.device = torch.device(device)
         return self
 
@@ -370,9 +396,28 @@ class EvalLoader:
         return _device_images(images, buffer, self.device), {}, _move(targets, self.device)
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        return iter(Prefetcher(len(self), self.host_batch, self._to_device, self.device, self.prefetch,
-                               (self.batch, *self.split.image_shape)))
+        return iter(
+            Prefetcher(
+                len(self),
+                self.host_batch,
+                self._to_device,
+                self.device,
+                self.prefetch,
+                (self.batch, *self.split.image_shape),
+            )
+        )
 
 
-__all__ = ["Split", "Augment", "Batching", "StepLoader", "EvalLoader", "SAMPLERS",
-           "class_balanced", "shuffled", "counter_rng", "empty_like", "DEFAULT_PREFETCH"]
+__all__ = [
+    "Split",
+    "Augment",
+    "Batching",
+    "StepLoader",
+    "EvalLoader",
+    "SAMPLERS",
+    "class_balanced",
+    "shuffled",
+    "counter_rng",
+    "empty_like",
+    "DEFAULT_PREFETCH",
+]

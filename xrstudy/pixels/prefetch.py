@@ -15,7 +15,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,9 +35,16 @@ class Prefetcher:
     `produce` in the caller's thread (no background work).
     """
 
-    def __init__(self, count: int, produce: Callable[[int, np.ndarray | None], HostBatch],
-                 to_device: Callable[[HostBatch, torch.Tensor | None], tuple[Any, ...]], device: torch.device,
-                 depth: int, buffer_shape: tuple[int, ...], stats: dict[str, float] | None = None):
+    def __init__(
+        self,
+        count: int,
+        produce: Callable[[int, np.ndarray | None], HostBatch],
+        to_device: Callable[[HostBatch, torch.Tensor | None], tuple[Any, ...]],
+        device: torch.device,
+        depth: int,
+        buffer_shape: tuple[int, ...],
+        stats: dict[str, float] | None = None,
+    ):
         self.count, self.produce, self.to_device, self.device = count, produce, to_device, device
         self.depth, self.buffer_shape = depth, buffer_shape
         self.stats = stats if stats is not None else {}  # "wait_s": time the step waited for a batch

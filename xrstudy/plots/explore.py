@@ -11,9 +11,9 @@ Every drawing function returns a matplotlib Figure; `explore_sources` saves them
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import matplotlib as mpl
 import numpy as np
@@ -21,11 +21,11 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from xrstudy.plots import figures
-from xrstudy.data import merge
 from xrstudy.config import parse_root
-from xrstudy.fileio import atomic_write_table
+from xrstudy.data import merge
 from xrstudy.data.labels import finding_columns
+from xrstudy.fileio import atomic_write_table
+from xrstudy.plots import figures
 
 TOP_FINDINGS = 25
 MAX_MATRIX = 30
@@ -67,9 +67,16 @@ def finding_counts(frame: pd.DataFrame) -> pd.DataFrame:
         values = part[finding_columns(part)].to_numpy(np.float32, na_value=np.nan)
         for i, finding in enumerate(finding_columns(part)):
             column = values[:, i]
-            rows.append({"source": source, "finding": finding, "positive": int((column == 1).sum()),
-                         "negative": int((column == 0).sum()), "uncertain": int((column == -1).sum()),
-                         "unknown": int(np.isnan(column).sum())})  # fmt: skip
+            rows.append(
+                {
+                    "source": source,
+                    "finding": finding,
+                    "positive": int((column == 1).sum()),
+                    "negative": int((column == 0).sum()),
+                    "uncertain": int((column == -1).sum()),
+                    "unknown": int(np.isnan(column).sum()),
+                }
+            )
     out = pd.DataFrame(rows, columns=["source", "finding", "positive", "negative", "uncertain", "unknown"])
     labelled = out.positive + out.negative + out.uncertain
     return out.assign(uncertain_share=(out.uncertain / labelled.where(labelled > 0)).fillna(0.0))
@@ -80,8 +87,9 @@ def merge_findings(frame: pd.DataFrame, labels: str = "intersection") -> list[st
     return merge.merged_findings(_per_source(frame), labels)
 
 
-def shown_findings(frame: pd.DataFrame, *, labels: str = "intersection", top: int = TOP_FINDINGS,
-                   limit: int | None = None) -> list[str]:  # fmt: skip
+def shown_findings(
+    frame: pd.DataFrame, *, labels: str = "intersection", top: int = TOP_FINDINGS, limit: int | None = None
+) -> list[str]:
     """The findings a figure shows, most positives first: the merge's label set (`labels`; with
     'union' every finding is in it, so only the ranking decides) plus the `top` findings by positives,
     at most `limit` in all (the merge's findings are kept first)."""
@@ -107,11 +115,15 @@ def cooccurrence_counts(frame: pd.DataFrame) -> pd.DataFrame:
     joint = positives.T @ positives
     given_idx, finding_idx = np.nonzero(joint)
     per = np.diag(joint)
-    return pd.DataFrame({
-        "given": np.asarray(findings)[given_idx], "finding": np.asarray(findings)[finding_idx],
-        "both_positive": joint[given_idx, finding_idx].astype(int), "given_positive": per[given_idx].astype(int),
-        "p_finding_given": joint[given_idx, finding_idx] / per[given_idx],
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "given": np.asarray(findings)[given_idx],
+            "finding": np.asarray(findings)[finding_idx],
+            "both_positive": joint[given_idx, finding_idx].astype(int),
+            "given_positive": per[given_idx].astype(int),
+            "p_finding_given": joint[given_idx, finding_idx] / per[given_idx],
+        }
+    )
 
 
 # ---- figures ----------------------------------------------------------------------------------
@@ -146,8 +158,17 @@ def plot_cooccurrence(frame: pd.DataFrame, *, labels: str = "intersection", top:
     fig = figures.new_figure(side + 1, side)
     with mpl.rc_context(figures.style()):
         ax = fig.subplots()
-        sns.heatmap(conditional, vmin=0, vmax=1, cmap="viridis", square=True, ax=ax,
-                    annot=len(conditional) <= 14, fmt=".2f", annot_kws={"fontsize": 7})  # fmt: skip
+        sns.heatmap(
+            conditional,
+            vmin=0,
+            vmax=1,
+            cmap="viridis",
+            square=True,
+            ax=ax,
+            annot=len(conditional) <= 14,
+            fmt=".2f",
+            annot_kws={"fontsize": 7},
+        )
         ax.set_title("label co-occurrence P(column | row)")
     return fig
 
@@ -160,8 +181,15 @@ def plot_uncertain_shares(frame: pd.DataFrame, *, labels: str = "intersection", 
     fig = figures.new_figure(1.2 * wide.shape[1] + 4, _height(len(wide), 0.3, 2))
     with mpl.rc_context(figures.style()):
         ax = fig.subplots()
-        sns.heatmap(wide, vmin=0, vmax=max(0.01, float(wide.to_numpy().max(initial=0.0))), cmap="rocket_r",
-                    annot=len(wide) <= MAX_MATRIX, fmt=".2f", ax=ax)  # fmt: skip
+        sns.heatmap(
+            wide,
+            vmin=0,
+            vmax=max(0.01, float(wide.to_numpy().max(initial=0.0))),
+            cmap="rocket_r",
+            annot=len(wide) <= MAX_MATRIX,
+            fmt=".2f",
+            ax=ax,
+        )
         ax.set_title("share of labelled images marked uncertain (-1)")
     return fig
 
@@ -201,8 +229,14 @@ class Exploration:
     files: list[Path] = field(default_factory=list)
 
 
-def explore_sources(frame: pd.DataFrame, out_dir: str | Path, *, labels: str = "intersection",
-                    top: int = TOP_FINDINGS, per_source: int = 4) -> Exploration:  # fmt: skip
+def explore_sources(
+    frame: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    labels: str = "intersection",
+    top: int = TOP_FINDINGS,
+    per_source: int = 4,
+) -> Exploration:
     """Counts per source / view / finding and the exploration figures, saved (PNG + PDF + full CSV) under out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -222,7 +256,18 @@ def explore_sources(frame: pd.DataFrame, out_dir: str | Path, *, labels: str = "
 
 
 __all__ = [
-    "read_sources", "source_counts", "finding_counts", "merge_findings", "shown_findings", "cooccurrence_counts",
-    "plot_finding_counts", "plot_cooccurrence", "plot_uncertain_shares", "plot_sample_grid", "explore_sources",
-    "Exploration", "TOP_FINDINGS", "MAX_MATRIX",
-]  # fmt: skip
+    "read_sources",
+    "source_counts",
+    "finding_counts",
+    "merge_findings",
+    "shown_findings",
+    "cooccurrence_counts",
+    "plot_finding_counts",
+    "plot_cooccurrence",
+    "plot_uncertain_shares",
+    "plot_sample_grid",
+    "explore_sources",
+    "Exploration",
+    "TOP_FINDINGS",
+    "MAX_MATRIX",
+]

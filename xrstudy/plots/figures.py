@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import colorsys
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import matplotlib as mpl
 import numpy as np
@@ -29,8 +29,8 @@ from matplotlib.axes import Axes
 from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 
-from xrstudy.results import store, scaling
 from xrstudy.fileio import atomic_write_table
+from xrstudy.results import scaling, store
 
 # ---- colours ----------------------------------------------------------------------------------
 SOURCE_COLOURS = {
@@ -150,8 +150,19 @@ def draw_shots_bar(data: pd.DataFrame, target: str, metric: str) -> Figure:
     fig = new_figure(min(width, 16), 4.2)
     with mpl.rc_context(style()):
         ax = fig.subplots()
-        sns.barplot(data=data, x="shot", y="value", hue="pretrained_model", order=order, hue_order=hue_order,
-                    palette=model_palette(data), errorbar="sd", capsize=0.1, err_kws={"linewidth": 1}, ax=ax)  # fmt: skip
+        sns.barplot(
+            data=data,
+            x="shot",
+            y="value",
+            hue="pretrained_model",
+            order=order,
+            hue_order=hue_order,
+            palette=model_palette(data),
+            errorbar="sd",
+            capsize=0.1,
+            err_kws={"linewidth": 1},
+            ax=ax,
+        )
         hatch_paper_bars(ax, hue_order)
         ax.set(xlabel="shots per class", ylabel=_metric_label(metric), title=f"{target}: {_metric_label(metric)}")
         ax.set_xticks(range(len(order)), [s.replace("_shot", "") for s in order])
@@ -175,8 +186,15 @@ def draw_model_size(data: pd.DataFrame, target: str, metric: str) -> Figure:
             part = data[data.shot == shot]
             for source, group in part.groupby("init_label", sort=True):
                 stats = group.groupby("params_m").value.agg(["mean", "std"]).reset_index()
-                ax.errorbar(stats.params_m, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
-                            color=source_colour(source), label=source)  # fmt: skip
+                ax.errorbar(
+                    stats.params_m,
+                    stats["mean"],
+                    yerr=stats["std"].fillna(0),
+                    marker="o",
+                    capsize=3,
+                    color=source_colour(source),
+                    label=source,
+                )
             ax.set_xscale("log")
             sizes = sorted(set(part.params_m))
             ax.set_xticks(sizes, [k for s in sizes for k, v in ARCH_PARAMS_M.items() if v == s][: len(sizes)])
@@ -203,11 +221,24 @@ def draw_fewshot_curves(data: pd.DataFrame, target: str, metric: str) -> Figure:
             line = "--" if store.arch_short(arch_of[model]) == "50x1" else "-"  # small models dashed
             if len(few):
                 ax.plot(few.shots, few["mean"], line, marker="o", color=palette[model], label=model)
-                ax.fill_between(few.shots, few["mean"] - few["std"].fillna(0), few["mean"] + few["std"].fillna(0),
-                                color=palette[model], alpha=0.12, linewidth=0)  # fmt: skip
+                ax.fill_between(
+                    few.shots,
+                    few["mean"] - few["std"].fillna(0),
+                    few["mean"] + few["std"].fillna(0),
+                    color=palette[model],
+                    alpha=0.12,
+                    linewidth=0,
+                )
             if len(full):
-                ax_full.errorbar([i], full["mean"], yerr=full["std"].fillna(0), marker="o", capsize=3,
-                                 color=palette[model], label=None if len(few) else model)  # fmt: skip
+                ax_full.errorbar(
+                    [i],
+                    full["mean"],
+                    yerr=full["std"].fillna(0),
+                    marker="o",
+                    capsize=3,
+                    color=palette[model],
+                    label=None if len(few) else model,
+                )
         ax.set_xscale("log")
         ks = sorted(set(data.shots) - {0})
         if ks:
@@ -244,15 +275,26 @@ def draw_scale_curve(data: pd.DataFrame, target: str, metric: str, *, scale: str
             colour = source_colour(key[0])
             label = " ".join(str(k) for k in key).replace("_shot", "-shot")
             stats = part.groupby(x).error.agg(["mean", "std"]).reset_index()
-            ax.errorbar(stats[x], stats["mean"], yerr=stats["std"].fillna(0), marker="o", linestyle="none",
-                        color=colour, capsize=3, label=label)  # fmt: skip
+            ax.errorbar(
+                stats[x],
+                stats["mean"],
+                yerr=stats["std"].fillna(0),
+                marker="o",
+                linestyle="none",
+                color=colour,
+                capsize=3,
+                label=label,
+            )
             if part[x].nunique() >= 3:
                 band = scaling.bootstrap_fit(part, x=x, y="error", n_boot=n_boot, seed=0)["band"]
                 ax.plot(band[x], band.fit, color=colour, linewidth=1.2)
                 ax.fill_between(band[x], band.lo, band.hi, color=colour, alpha=0.15, linewidth=0)
         ax.set_xscale("log")
-        ax.set(xlabel={"data": "fraction of pre-training data", "model": "backbone parameters (M)"}[scale],
-               ylabel=f"error (1 − {_metric_label(metric)})", title=f"{target}: {scale} scale")  # fmt: skip
+        ax.set(
+            xlabel={"data": "fraction of pre-training data", "model": "backbone parameters (M)"}[scale],
+            ylabel=f"error (1 − {_metric_label(metric)})",
+            title=f"{target}: {scale} scale",
+        )
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
     return fig
 
@@ -329,8 +371,12 @@ def _scale_kind(scale: str, min_points: int) -> FigureKind:
 
 FIGURE_KINDS = (
     FigureKind("bars", draw_shots_bar),
-    FigureKind("model_size", draw_model_size, lambda rows: rows.arch.map(store.arch_short).nunique() >= 2,
-               lambda rows, target: _with_params(rows).dropna(subset=["params_m"])),
+    FigureKind(
+        "model_size",
+        draw_model_size,
+        lambda rows: rows.arch.map(store.arch_short).nunique() >= 2,
+        lambda rows, target: _with_params(rows).dropna(subset=["params_m"]),
+    ),
     FigureKind("fewshot", draw_fewshot_curves, lambda rows: (rows.shots > 0).any() and rows.shots.nunique() >= 2),
     _scale_kind("data", 2),
     _scale_kind("model", 3),
@@ -368,8 +414,12 @@ class Rendered(Mapping):
         return [p for p in self.files if p.suffix == ".png"]
 
 
-def render_table(table: pd.DataFrame, out_dir: str | Path, kinds: Iterable[str] | None = None,
-                 figure_kinds: Iterable[FigureKind] = FIGURE_KINDS) -> Rendered:  # fmt: skip
+def render_table(
+    table: pd.DataFrame,
+    out_dir: str | Path,
+    kinds: Iterable[str] | None = None,
+    figure_kinds: Iterable[FigureKind] = FIGURE_KINDS,
+) -> Rendered:
     """Draw and save every figure kind (or those named in `kinds`, e.g. data_scale) per (target, test metric)."""
     drawn: dict[FigureKey, tuple[Figure, list[Path]]] = {}
     transfer = table[table.kind == "transfer"]
@@ -409,16 +459,55 @@ def scaling_fits(table: pd.DataFrame, *, n_boot: int = 100, seed: int = 0) -> pd
         fits = scaling.fit_table(data, x=x, y="error", by=by, n_boot=n_boot, seed=seed)
         if len(fits):
             frames.append(fits.assign(scale=scale, x=x))
-    columns = ["scale", "x", "target", "metric", "init_label", "shot", "arch", "data_fraction", "a", "alpha", "e_inf", "rss", "n",
-               "a_lo", "a_hi", "alpha_lo", "alpha_hi", "e_inf_lo", "e_inf_hi", "n_boot"]  # fmt: skip
+    columns = [
+        "scale",
+        "x",
+        "target",
+        "metric",
+        "init_label",
+        "shot",
+        "arch",
+        "data_fraction",
+        "a",
+        "alpha",
+        "e_inf",
+        "rss",
+        "n",
+        "a_lo",
+        "a_hi",
+        "alpha_lo",
+        "alpha_hi",
+        "e_inf_lo",
+        "e_inf_hi",
+        "n_boot",
+    ]
     if not frames:
         return pd.DataFrame(columns=columns)
     return pd.concat(frames, ignore_index=True).reindex(columns=columns)
 
 
 __all__ = [
-    "SOURCE_COLOURS", "source_colour", "model_colour", "model_palette", "style", "new_figure", "transfer_rows",
-    "shots_bar", "model_size", "fewshot_curves", "scale_curve", "draw_shots_bar", "draw_model_size",
-    "draw_fewshot_curves", "draw_scale_curve", "save_figure", "FigureKind", "FIGURE_KINDS", "Rendered",
-    "render_table", "full_shot_means", "scaling_fits",  "MAX_PIXELS",
-]  # fmt: skip
+    "SOURCE_COLOURS",
+    "source_colour",
+    "model_colour",
+    "model_palette",
+    "style",
+    "new_figure",
+    "transfer_rows",
+    "shots_bar",
+    "model_size",
+    "fewshot_curves",
+    "scale_curve",
+    "draw_shots_bar",
+    "draw_model_size",
+    "draw_fewshot_curves",
+    "draw_scale_curve",
+    "save_figure",
+    "FigureKind",
+    "FIGURE_KINDS",
+    "Rendered",
+    "render_table",
+    "full_shot_means",
+    "scaling_fits",
+    "MAX_PIXELS",
+]

@@ -24,21 +24,35 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from xrstudy.fileio import atomic_write_table
 from xrstudy.plots import figures
 from xrstudy.results import legacy, store
-from xrstudy.fileio import atomic_write_table
 
 # The paper's dataset and metric names (its CSV files) → xrstudy's: the import's tables (xrstudy.results.legacy),
 # for a store whose paper rows kept the published names.
 TARGET_ALIASES = {**legacy.DATASET_NAMES, "flowers": "flowers102"}
 METRIC_ALIASES = legacy.METRIC_NAMES
 HEADLINE_METRIC = {"padchest-cl": "test/auc"}  # every other target: test/acc
-TARGET_CAPTIONS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "pets": "Pets", "flowers102": "Flowers-102",
-                   "covidx": "COVIDx", "tuberculosis": "Tuberculosis", "padchest-cl": "PadChest-Cl"}  # fmt: skip
-SOURCE_CAPTIONS = {"imagenet1k": "ImageNet-1k", "imagenet21k": "ImageNet-21k", "chexpert": "CheXpert",
-                   "mimic": "MIMIC", "nih": "NIH", "padchest": "PadChest", "chexpert_mimic": "CheXpert-MIMIC",
-                   "chexpert_mimic_nih": "CheXpert-MIMIC-NIH",
-                   "chexpert_mimic_nih_padchest": "CheXpert-MIMIC-NIH-PadChest"}  # fmt: skip
+TARGET_CAPTIONS = {
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "pets": "Pets",
+    "flowers102": "Flowers-102",
+    "covidx": "COVIDx",
+    "tuberculosis": "Tuberculosis",
+    "padchest-cl": "PadChest-Cl",
+}
+SOURCE_CAPTIONS = {
+    "imagenet1k": "ImageNet-1k",
+    "imagenet21k": "ImageNet-21k",
+    "chexpert": "CheXpert",
+    "mimic": "MIMIC",
+    "nih": "NIH",
+    "padchest": "PadChest",
+    "chexpert_mimic": "CheXpert-MIMIC",
+    "chexpert_mimic_nih": "CheXpert-MIMIC-NIH",
+    "chexpert_mimic_nih_padchest": "CheXpert-MIMIC-NIH-PadChest",
+}
 METRIC_CAPTIONS = {"test/acc": "Test Accuracy", "test/auc": "Test Mean AUC", "test/ap": "Test Mean AP"}
 NATURAL_SOURCES = ("imagenet1k", "imagenet21k")
 
@@ -53,7 +67,7 @@ def _both_sizes(sources: tuple[str, ...]) -> tuple[str, ...]:
 
 _COVIDX = (*_both_sizes(XRAY_COMBOS), "mimic_bit152x4", "padchest_bit152x4", *IMAGENET)
 PAPER_MODELS: dict[str, tuple[str, ...]] = {
-    **{t: IMAGENET for t in ("cifar10", "cifar100", "pets", "flowers102")},
+    **dict.fromkeys(("cifar10", "cifar100", "pets", "flowers102"), IMAGENET),
     "covidx": _COVIDX,
     "tuberculosis": (*_COVIDX[:-4], "nih_bit152x4", *IMAGENET),
     # no PadChest-containing model: their pre-training saw PadChest-Cl's images
@@ -61,7 +75,7 @@ PAPER_MODELS: dict[str, tuple[str, ...]] = {
 }
 # The notebook's model-size line plot: one line per pre-training dataset.
 SIZE_SOURCES: dict[str, tuple[str, ...]] = {
-    **{t: NATURAL_SOURCES for t in ("cifar10", "cifar100", "pets", "flowers102")},
+    **dict.fromkeys(("cifar10", "cifar100", "pets", "flowers102"), NATURAL_SOURCES),
     "covidx": (*NATURAL_SOURCES, "chexpert", "chexpert_mimic_nih_padchest"),
     "tuberculosis": (*NATURAL_SOURCES, "chexpert", "chexpert_mimic_nih_padchest"),
     "padchest-cl": (*NATURAL_SOURCES, "chexpert", "chexpert_mimic_nih"),
@@ -73,19 +87,34 @@ FEWSHOT_MODELS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 # The notebook's colours (`get_color`; the line plot's palette goes by position).
 MODEL_COLOURS = {
-    "imagenet1k_bit50x1": "skyblue", "imagenet21k_bit50x1": "steelblue", "imagenet1k_bit152x4": "navajowhite",
-    "imagenet21k_bit152x4": "darkorange", "chexpert_bit50x1": "lightgreen", "chexpert_mimic_bit50x1": "mediumseagreen",
-    "chexpert_mimic_nih_bit50x1": "forestgreen", "chexpert_mimic_nih_padchest_bit50x1": "darkgreen",
-    "chexpert_bit152x4": "pink", "chexpert_mimic_bit152x4": "lightcoral", "chexpert_mimic_nih_bit152x4": "red",
+    "imagenet1k_bit50x1": "skyblue",
+    "imagenet21k_bit50x1": "steelblue",
+    "imagenet1k_bit152x4": "navajowhite",
+    "imagenet21k_bit152x4": "darkorange",
+    "chexpert_bit50x1": "lightgreen",
+    "chexpert_mimic_bit50x1": "mediumseagreen",
+    "chexpert_mimic_nih_bit50x1": "forestgreen",
+    "chexpert_mimic_nih_padchest_bit50x1": "darkgreen",
+    "chexpert_bit152x4": "pink",
+    "chexpert_mimic_bit152x4": "lightcoral",
+    "chexpert_mimic_nih_bit152x4": "red",
     "chexpert_mimic_nih_padchest_bit152x4": "darkred",
     # in the grid but not in the notebook's palette
-    "mimic_bit152x4": "plum", "padchest_bit152x4": "orchid", "nih_bit152x4": "mediumpurple",
-}  # fmt: skip
+    "mimic_bit152x4": "plum",
+    "padchest_bit152x4": "orchid",
+    "nih_bit152x4": "mediumpurple",
+}
 LINE_PALETTE = ("mediumseagreen", "darkgreen", "lightcoral", "darkred")
 SHOT_ORDER = figures.SHOT_ORDER
 FULL_SHOT_TABLE = "paper_full_shot.csv"
-RC = {"font.size": 13, "axes.titlesize": 14, "axes.labelsize": 15, "xtick.labelsize": 13, "ytick.labelsize": 13,
-      "legend.fontsize": 11}  # fmt: skip
+RC = {
+    "font.size": 13,
+    "axes.titlesize": 14,
+    "axes.labelsize": 15,
+    "xtick.labelsize": 13,
+    "ytick.labelsize": 13,
+    "legend.fontsize": 11,
+}
 
 
 def shot_caption(shot: str) -> str:
@@ -110,8 +139,12 @@ def paper_table(table: pd.DataFrame) -> pd.DataFrame:
     mixed = rows.groupby("target").origin.transform("nunique") > 1
     caption = rows.pretrained_model.map(model_caption)
     series = caption.where(~(mixed & (rows.origin == "paper")), caption + figures.PAPER_SUFFIX)
-    return rows.assign(percent=100 * rows.value, series=series, pretraining=rows.init_label,
-                       size=rows.arch.map(lambda a: f"R{store.arch_short(a)}"))  # fmt: skip
+    return rows.assign(
+        percent=100 * rows.value,
+        series=series,
+        pretraining=rows.init_label,
+        size=rows.arch.map(lambda a: f"R{store.arch_short(a)}"),
+    )
 
 
 def _models_of(rows: pd.DataFrame, target: str) -> list[str]:
@@ -195,12 +228,26 @@ def bars(rows: pd.DataFrame, target: str, metric: str) -> Figure | None:
     fig = _new_figure(12, 7.5)
     with mpl.rc_context(style()):
         ax = fig.subplots()
-        sns.barplot(data=rows, x="shot", y="percent", hue="series", order=shots, hue_order=order, palette=palette,
-                    errorbar="sd", capsize=0.01, edgecolor="w", ax=ax)  # fmt: skip
+        sns.barplot(
+            data=rows,
+            x="shot",
+            y="percent",
+            hue="series",
+            order=shots,
+            hue_order=order,
+            palette=palette,
+            errorbar="sd",
+            capsize=0.01,
+            edgecolor="w",
+            ax=ax,
+        )
         figures.hatch_paper_bars(ax, order)
         ax.set_xticks(range(len(shots)), [shot_caption(s) for s in shots])
-        ax.set(xlabel="Shots during transfer", ylabel=METRIC_CAPTIONS.get(metric, metric),
-               title=TARGET_CAPTIONS.get(target, target))  # fmt: skip
+        ax.set(
+            xlabel="Shots during transfer",
+            ylabel=METRIC_CAPTIONS.get(metric, metric),
+            title=TARGET_CAPTIONS.get(target, target),
+        )
         if target != "cifar100" and rows.percent.min() >= 30:  # the notebook starts the axis at 30 %
             ax.set_ylim(bottom=30)
         ax.legend(title="", loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
@@ -211,26 +258,45 @@ def model_size(rows: pd.DataFrame, target: str, metric: str) -> Figure | None:
     """Full-shot metric (%) from R50x1 to R152x4, one line per pre-training dataset; paper rows dashed."""
     full = size_rows(rows, target)
     sources = SIZE_SOURCES.get(target) or sorted(set(full.pretraining))
-    sizes = [f"R{s}" for s in sorted({store.arch_short(a) for a in full.arch},
-                                      key=lambda s: figures.ARCH_PARAMS_M.get(s, 1e9))]  # fmt: skip
+    sizes = [
+        f"R{s}"
+        for s in sorted({store.arch_short(a) for a in full.arch}, key=lambda s: figures.ARCH_PARAMS_M.get(s, 1e9))
+    ]
     if full.empty or len(sizes) < 2:
         return None
     present = [s for s in sources if s in set(full.pretraining)]
-    palette = {s: LINE_PALETTE[i] if target in SIZE_SOURCES and i < len(LINE_PALETTE) else figures.source_colour(s)
-               for i, s in enumerate(sources)}  # fmt: skip
-    full = full.assign(size=pd.Categorical(full["size"], categories=sizes, ordered=True),
-                       dataset=full.pretraining.map(lambda s: SOURCE_CAPTIONS.get(s, s)))  # fmt: skip
+    palette = {
+        s: LINE_PALETTE[i] if target in SIZE_SOURCES and i < len(LINE_PALETTE) else figures.source_colour(s)
+        for i, s in enumerate(sources)
+    }
+    full = full.assign(
+        size=pd.Categorical(full["size"], categories=sizes, ordered=True),
+        dataset=full.pretraining.map(lambda s: SOURCE_CAPTIONS.get(s, s)),
+    )
     fig = _new_figure(10, 6.5)
     with mpl.rc_context(style()):
         ax = fig.subplots()
-        sns.lineplot(data=full.sort_values("size"), x="size", y="percent", hue="dataset", sort=False, marker="o",
-                     errorbar="sd", err_style="bars", linewidth=2, ax=ax,
-                     hue_order=[SOURCE_CAPTIONS.get(s, s) for s in present],
-                     palette={SOURCE_CAPTIONS.get(s, s): palette[s] for s in present},
-                     style="origin" if full.origin.nunique() > 1 else None,
-                     style_order=["xrstudy", "paper"] if full.origin.nunique() > 1 else None)  # fmt: skip
-        ax.set(xlabel="Pre-training Model architecture", ylabel=METRIC_CAPTIONS.get(metric, metric),
-               title=f"{TARGET_CAPTIONS.get(target, target)}: full shot")  # fmt: skip
+        sns.lineplot(
+            data=full.sort_values("size"),
+            x="size",
+            y="percent",
+            hue="dataset",
+            sort=False,
+            marker="o",
+            errorbar="sd",
+            err_style="bars",
+            linewidth=2,
+            ax=ax,
+            hue_order=[SOURCE_CAPTIONS.get(s, s) for s in present],
+            palette={SOURCE_CAPTIONS.get(s, s): palette[s] for s in present},
+            style="origin" if full.origin.nunique() > 1 else None,
+            style_order=["xrstudy", "paper"] if full.origin.nunique() > 1 else None,
+        )
+        ax.set(
+            xlabel="Pre-training Model architecture",
+            ylabel=METRIC_CAPTIONS.get(metric, metric),
+            title=f"{TARGET_CAPTIONS.get(target, target)}: full shot",
+        )
         ax.legend(title="Pre-training dataset", loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return fig
 
@@ -248,13 +314,28 @@ def fewshot(rows: pd.DataFrame, target: str, metric: str) -> Figure | None:
             part = rows[rows.pretrained_model.isin(models)]
             order, palette = _series_order(part, models)
             part = part.assign(shot=pd.Categorical(part.shot, categories=shots, ordered=True)).sort_values("shot")
-            sns.lineplot(data=part, x="shot", y="percent", hue="series", hue_order=order, palette=palette, sort=False,
-                         marker="o", errorbar="sd", err_style="bars", linewidth=2, ax=ax,
-                         style="origin" if part.origin.nunique() > 1 else None,
-                         style_order=["xrstudy", "paper"] if part.origin.nunique() > 1 else None)  # fmt: skip
+            sns.lineplot(
+                data=part,
+                x="shot",
+                y="percent",
+                hue="series",
+                hue_order=order,
+                palette=palette,
+                sort=False,
+                marker="o",
+                errorbar="sd",
+                err_style="bars",
+                linewidth=2,
+                ax=ax,
+                style="origin" if part.origin.nunique() > 1 else None,
+                style_order=["xrstudy", "paper"] if part.origin.nunique() > 1 else None,
+            )
             ax.set_xticks(range(len(shots)), [shot_caption(s) for s in shots])
-            ax.set(xlabel="Shots during transfer", ylabel=METRIC_CAPTIONS.get(metric, metric),
-                   title=f"{TARGET_CAPTIONS.get(target, target)}: {domain} pre-training")  # fmt: skip
+            ax.set(
+                xlabel="Shots during transfer",
+                ylabel=METRIC_CAPTIONS.get(metric, metric),
+                title=f"{TARGET_CAPTIONS.get(target, target)}: {domain} pre-training",
+            )
             ax.legend(title="Model", loc="lower right", frameon=False)
     return fig
 
@@ -275,7 +356,9 @@ def full_shot_table(rows: pd.DataFrame) -> pd.DataFrame:
         models = _models_of(part, target)
         stats = part[part.pretrained_model.isin(models)].groupby(["metric", "pretrained_model", "origin"])
         stats = stats.percent.agg(mean="mean", sd="std", seeds="count").reset_index()
-        stats = stats.assign(target=target, rank=stats.pretrained_model.map(models.index)).sort_values(["rank", "origin"])
+        stats = stats.assign(target=target, rank=stats.pretrained_model.map(models.index)).sort_values(
+            ["rank", "origin"]
+        )
         parts.append(stats.drop(columns="rank"))
     columns = ["target", "metric", "pretrained_model", "origin", "mean", "sd", "seeds"]
     if not parts:
@@ -288,8 +371,10 @@ def format_full_shot(means: pd.DataFrame) -> str:
     """The full-shot table as the CLI prints it (percent)."""
     lines = ["full-shot mean ± SD over seeds (%), paper style:"]
     for row in means.itertuples():
-        lines.append(f"  {row.target:13s} {row.metric:9s} {model_caption(row.pretrained_model):38s} {row.origin:8s} "
-                     f"{row.mean:6.2f} ± {row.sd:5.2f} (n={row.seeds})")  # fmt: skip
+        lines.append(
+            f"  {row.target:13s} {row.metric:9s} {model_caption(row.pretrained_model):38s} {row.origin:8s} "
+            f"{row.mean:6.2f} ± {row.sd:5.2f} (n={row.seeds})"
+        )
     return "\n".join(lines)
 
 
@@ -304,5 +389,17 @@ def render(table: pd.DataFrame, out_dir: str | Path) -> figures.Rendered:
     return rendered
 
 
-__all__ = ["render", "bars", "model_size", "fewshot", "paper_table", "full_shot_table", "format_full_shot",
-           "PAPER_MODELS", "SIZE_SOURCES", "FEWSHOT_MODELS", "TARGET_ALIASES", "PAPER_KINDS"]  # fmt: skip
+__all__ = [
+    "render",
+    "bars",
+    "model_size",
+    "fewshot",
+    "paper_table",
+    "full_shot_table",
+    "format_full_shot",
+    "PAPER_MODELS",
+    "SIZE_SOURCES",
+    "FEWSHOT_MODELS",
+    "TARGET_ALIASES",
+    "PAPER_KINDS",
+]

@@ -13,8 +13,9 @@ from xrstudy.results import store
 STYLES = ("default", "paper")
 
 
-def render_all(results_dir: str | Path, out_dir: str | Path | None = None, *, n_boot: int = 100,
-               style: str = "default") -> figures.Rendered:  # fmt: skip
+def render_all(
+    results_dir: str | Path, out_dir: str | Path | None = None, *, n_boot: int = 100, style: str = "default"
+) -> figures.Rendered:
     """Every figure for every (target, test metric) in the store, plus `results_table.csv`,
     `full_shot_means.csv` and `scaling_fits.csv`; default out: `<results parent>/figures`.
     `style="paper"` draws the paper's figures instead (`xrstudy.plots.paper_figures`).
@@ -30,8 +31,11 @@ def render_all(results_dir: str | Path, out_dir: str | Path | None = None, *, n_
     if style == "paper":
         return paper_figures.render(table, out_dir)
     rendered = figures.render_table(table, out_dir)
-    tables = {"results_table.csv": table, "full_shot_means.csv": figures.full_shot_means(table),
-              "scaling_fits.csv": figures.scaling_fits(table, n_boot=n_boot)}  # fmt: skip
+    tables = {
+        "results_table.csv": table,
+        "full_shot_means.csv": figures.full_shot_means(table),
+        "scaling_fits.csv": figures.scaling_fits(table, n_boot=n_boot),
+    }
     for name, frame in tables.items():
         atomic_write_table(frame, out_dir / name)
         rendered.tables[name] = out_dir / name

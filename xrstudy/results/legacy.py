@@ -152,8 +152,11 @@ def read_legacy(legacy_dir: str | Path) -> pd.DataFrame:
         rows += found_rows
         problems += found_problems
     if problems:
-        raise ResultError(f"{legacy_dir}: {len(problems)} row(s) cannot be imported (nothing was written): "
-                          + "; ".join(problems[:10]) + (" ..." if len(problems) > 10 else ""))
+        raise ResultError(
+            f"{legacy_dir}: {len(problems)} row(s) cannot be imported (nothing was written): "
+            + "; ".join(problems[:10])
+            + (" ..." if len(problems) > 10 else "")
+        )
     return pd.DataFrame(rows, columns=[*LEGACY_COLUMNS, "file", "line"])
 
 
@@ -166,8 +169,16 @@ def _run(key: tuple[Any, ...], group: pd.DataFrame, conflicts: list[str]) -> dic
     dataset, model, shot, seed = key
     source, arch = parse_pretrained_model(model)
     target = DATASET_NAMES.get(dataset, dataset)
-    cfg = RunConfig(name=f"paper:{target}/{model}/{shot}/seed_{seed}", kind="transfer", target=target,
-                    shots=parse_shot(shot), seed=int(seed), arch=arch, init="paper", init_label=source)
+    cfg = RunConfig(
+        name=f"paper:{target}/{model}/{shot}/seed_{seed}",
+        kind="transfer",
+        target=target,
+        shots=parse_shot(shot),
+        seed=int(seed),
+        arch=arch,
+        init="paper",
+        init_label=source,
+    )
     metrics: dict[str, float | None] = {}
     per_class: dict[str, dict[str, float | None]] = {}
     names = [xrstudy_metric(m) for m in group["metric"]]
@@ -175,8 +186,10 @@ def _run(key: tuple[Any, ...], group: pd.DataFrame, conflicts: list[str]) -> dic
     for (name, cls), rows in renamed.groupby(["name", "cls"], sort=True):
         values = {None if v is None or v != v else float(v) for v in rows["metric_value"]}  # NaN: no value
         if len(values) > 1:
-            conflicts.append(f"{dataset}/{model}/{shot}/seed {seed} {name}{f'[{cls}]' if cls else ''} "
-                             f"has {len(values)} values ({_lines(rows)})")
+            conflicts.append(
+                f"{dataset}/{model}/{shot}/seed {seed} {name}{f'[{cls}]' if cls else ''} "
+                f"has {len(values)} values ({_lines(rows)})"
+            )
         value = next(iter(values))
         if not cls:
             metrics[name] = value
@@ -194,9 +207,15 @@ def _run(key: tuple[Any, ...], group: pd.DataFrame, conflicts: list[str]) -> dic
         "metrics": metrics,
         "origin": "paper",
         "last_step": steps[-1] if steps else None,
-        "legacy": {"dataset": dataset, "pretrained_model": model, "shot": shot,
-                   "metrics": sorted(set(group["metric"])), "paths": sorted(set(group["path"])),
-                   "rows": files, **({"last_steps": steps} if len(steps) > 1 else {})},
+        "legacy": {
+            "dataset": dataset,
+            "pretrained_model": model,
+            "shot": shot,
+            "metrics": sorted(set(group["metric"])),
+            "paths": sorted(set(group["path"])),
+            "rows": files,
+            **({"last_steps": steps} if len(steps) > 1 else {}),
+        },
     }
     if per_class:
         result["per_class"] = per_class
@@ -211,14 +230,18 @@ def legacy_results(rows: pd.DataFrame) -> list[dict[str, Any]]:
     conflicts: list[str] = []
     results = [_run(key, group, conflicts) for key, group in rows.groupby(list(RUN_KEY), sort=True, dropna=False)]
     if conflicts:
-        raise ResultError(f"{len(conflicts)} (run, metric) pair(s) with different values in the legacy CSVs "
-                          f"(nothing was written): " + "; ".join(conflicts[:10]))
+        raise ResultError(
+            f"{len(conflicts)} (run, metric) pair(s) with different values in the legacy CSVs "
+            f"(nothing was written): " + "; ".join(conflicts[:10])
+        )
     stored = {(f, n) for r in results for f, lines in r["legacy"]["rows"].items() for n in lines}
     read = set(zip(rows["file"], rows["line"]))
     if stored != read or sum(len(v) for r in results for v in r["legacy"]["rows"].values()) != len(rows):
         lost = sorted(read - stored)
-        raise ResultError(f"{len(rows)} legacy rows read but {len(stored)} stored; not stored: "
-                          + ", ".join(f"{f}:{n}" for f, n in lost[:10]))
+        raise ResultError(
+            f"{len(rows)} legacy rows read but {len(stored)} stored; not stored: "
+            + ", ".join(f"{f}:{n}" for f, n in lost[:10])
+        )
     return results
 
 
@@ -246,6 +269,16 @@ def import_legacy(legacy_dir: str | Path, results_dir: str | Path) -> list[Path]
 
 
 __all__ = [
-    "DATASET_NAMES", "METRIC_NAMES", "PER_CLASS_METRICS", "LEGACY_COLUMNS", "parse_shot", "parse_pretrained_model",
-    "xrstudy_metric", "read_legacy", "legacy_results", "import_legacy", "import_legacy_store", "LegacyImport", 
-]  # fmt: skip
+    "DATASET_NAMES",
+    "METRIC_NAMES",
+    "PER_CLASS_METRICS",
+    "LEGACY_COLUMNS",
+    "parse_shot",
+    "parse_pretrained_model",
+    "xrstudy_metric",
+    "read_legacy",
+    "legacy_results",
+    "import_legacy",
+    "import_legacy_store",
+    "LegacyImport",
+]

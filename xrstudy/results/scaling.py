@@ -6,8 +6,8 @@ Pure functions: arrays / DataFrames in, numbers / DataFrames out; randomness onl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -143,7 +143,21 @@ def fit_table(
             row[f"{name}_lo"], row[f"{name}_hi"] = lo, hi
         row["n_boot"] = out["n_boot"]
         rows.append(row)
-    columns = [*by, "a", "alpha", "e_inf", "rss", "n", "a_lo", "a_hi", "alpha_lo", "alpha_hi", "e_inf_lo", "e_inf_hi", "n_boot"]
+    columns = [
+        *by,
+        "a",
+        "alpha",
+        "e_inf",
+        "rss",
+        "n",
+        "a_lo",
+        "a_hi",
+        "alpha_lo",
+        "alpha_hi",
+        "e_inf_lo",
+        "e_inf_hi",
+        "n_boot",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 

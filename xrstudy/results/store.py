@@ -21,10 +21,11 @@ import json
 import math
 import re
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Literal, get_origin
+from typing import Any, Literal, get_origin
 
 import pandas as pd
 
@@ -36,9 +37,23 @@ SCHEMA = "xrstudy.result/1"
 STATUSES = ("ok", "failed")
 ORIGINS = ("xrstudy", "paper")
 TABLE_COLUMNS = (
-    "run_id", "kind", "target", "arch", "init", "init_label", "pretrained_model", "shots", "shot",
-    "seed", "metric", "value", "origin", "last_step", "sources", "data_fraction",
-)  # fmt: skip
+    "run_id",
+    "kind",
+    "target",
+    "arch",
+    "init",
+    "init_label",
+    "pretrained_model",
+    "shots",
+    "shot",
+    "seed",
+    "metric",
+    "value",
+    "origin",
+    "last_step",
+    "sources",
+    "data_fraction",
+)
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
 
 
@@ -120,8 +135,12 @@ def validate(result: Any) -> dict[str, Any]:
             except (ConfigError, TypeError, ValueError) as err:
                 problems.append(f"config is not a RunConfig: {err}")
     problems += _nested_type_problems(result)
-    if result.get("status") == "ok" and isinstance(result.get("metrics"), dict) and not result["metrics"] \
-            and not result.get("per_class"):
+    if (
+        result.get("status") == "ok"
+        and isinstance(result.get("metrics"), dict)
+        and not result["metrics"]
+        and not result.get("per_class")
+    ):
         problems.append("status 'ok' with no metrics")
     if problems:
         label = run_id if isinstance(run_id, str) else "<no run_id>"
@@ -168,8 +187,9 @@ def _nested_type_problems(result: dict[str, Any]) -> list[str]:
     ci = result.get("ci")
     if isinstance(ci, dict):
         for metric, bounds in ci.items():
-            if bounds is not None and not (isinstance(bounds, list) and len(bounds) == 2
-                                           and all(b is None or _is(b, _NUMBER) for b in bounds)):
+            if bounds is not None and not (
+                isinstance(bounds, list) and len(bounds) == 2 and all(b is None or _is(b, _NUMBER) for b in bounds)
+            ):
                 problems.append(f"ci[{metric!r}] should be [low, high]")
     return problems
 
@@ -403,7 +423,7 @@ def _rows(result: dict[str, Any], pretrain_configs: dict[str, dict[str, Any]]) -
 def table(results_dir: str | Path, *, status: str = "ok") -> pd.DataFrame:
     """One tidy row per (run, metric) for every valid result with `status` (invalid files: warned, left out)."""
     found = scan(results_dir)
-    for path, reason in found.invalid:
+    for _path, reason in found.invalid:
         warnings.warn(f"left out of the table: {reason}", stacklevel=2)
     return table_from_results(found.results, status=status)
 
@@ -416,8 +436,9 @@ def table_from_results(results: Iterable[dict[str, Any]], *, status: str = "ok")
         try:  # validate() has checked the types; this is the last guard for one odd result
             rows += list(_rows(result, pretrain_configs))
         except (TypeError, ValueError, AttributeError, KeyError) as err:
-            warnings.warn(f"left out of the table: result {result.get('run_id')!r}: {type(err).__name__}: {err}",
-                          stacklevel=2)
+            warnings.warn(
+                f"left out of the table: result {result.get('run_id')!r}: {type(err).__name__}: {err}", stacklevel=2
+            )
     frame = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     frame = frame.astype({"shots": "int64", "seed": "int64", "value": "float64", "data_fraction": "float64"})
     frame["last_step"] = frame["last_step"].astype("Int64")
@@ -436,6 +457,16 @@ def write_table(frame: pd.DataFrame, out: str | Path, fmt: str | None = None) ->
 
 # ---- CLI --------------------------------------------------------------------------------------
 __all__ = [
-    "SCHEMA", "ResultError", "validate", "new_result", "save", "load", "is_ok", "is_done", "scan", "table",
-    "table_from_results", "write_table", 
-]  # fmt: skip
+    "SCHEMA",
+    "ResultError",
+    "validate",
+    "new_result",
+    "save",
+    "load",
+    "is_ok",
+    "is_done",
+    "scan",
+    "table",
+    "table_from_results",
+    "write_table",
+]

@@ -1,11 +1,11 @@
 """Step 4: many cells: a sweep file -> a plan -> cells run here (papermill kernels) or on SLURM.
 
-    sweepfile    sweep YAML -> list of RunConfig, selection, dependency graph (pure)
-    plan         every cell's resolved recipe, sizes, input statistics, leak flag, GPU-hours (torch-free)
-    preflight    checks before anything runs (archs, weights, GPUs, parents)
-    celllock     a cell's claim and heartbeat, so runners on shared storage never run a cell twice
-    worker       one attempt at one cell (`AttemptEnd`)
-    kernels      warm Jupyter kernels that papermill runs cells in
-    runner       `run_sweep(cells)`: slots and one scheduler
-    slurm        job arrays sized by the plan, handed to submitit
+sweepfile    sweep YAML -> list of RunConfig, selection, dependency graph (pure)
+plan         every cell's resolved recipe, sizes, input statistics, leak flag, GPU-hours (torch-free)
+preflight    checks before anything runs (archs, weights, GPUs, parents)
+celllock     a cell's claim and heartbeat, so runners on shared storage never run a cell twice
+worker       one attempt at one cell (`AttemptEnd`)
+kernels      warm Jupyter kernels that papermill runs cells in
+runner       `run_sweep(cells)`: slots and one scheduler
+slurm        job arrays sized by the plan, handed to submitit
 """

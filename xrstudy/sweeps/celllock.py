@@ -78,13 +78,18 @@ class CellLock:
             with file_lock(self.guard_path, timeout=GUARD_TIMEOUT_S):
                 yield
         except Timeout:
-            raise LockError(f"{self.guard_path}: not obtained in {GUARD_TIMEOUT_S:.0f} s; "
-                            "is the store on a hung filesystem?") from None
+            raise LockError(
+                f"{self.guard_path}: not obtained in {GUARD_TIMEOUT_S:.0f} s; is the store on a hung filesystem?"
+            ) from None
 
     def _info(self, pids: Iterable[int]) -> dict[str, Any]:
-        return {"pid": os.getpid(), "pids": sorted({os.getpid(), *(int(p) for p in pids if p)}),
-                "host": socket.gethostname(), "token": self.token,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+        return {
+            "pid": os.getpid(),
+            "pids": sorted({os.getpid(), *(int(p) for p in pids if p)}),
+            "host": socket.gethostname(),
+            "token": self.token,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
 
     def acquire(self, pids: Iterable[int] = ()) -> bool:
         """Claim the cell for this process (and `pids`, e.g. the kernel running it); False when a live

@@ -17,7 +17,6 @@ import papermill
 from jupyter_client.manager import KernelManager
 from jupyter_core.utils import run_sync
 
-
 ASYNC_CLIENT = "jupyter_client.asynchronous.AsyncKernelClient"
 RESET = "get_ipython().run_line_magic('reset', '-f')"
 # The kernel app's own log (not a cell's output, which papermill records): at WARNING it prints, for
@@ -41,7 +40,9 @@ async def _reset(km: KernelManager) -> None:
 class WarmKernel:
     """One long-lived kernel; `execute` runs a parameterised notebook in it with papermill."""
 
-    def __init__(self, *, kernel_name: str = "python3", env: dict[str, str] | None = None, cwd: str | Path | None = None):
+    def __init__(
+        self, *, kernel_name: str = "python3", env: dict[str, str] | None = None, cwd: str | Path | None = None
+    ):
         self.kernel_name = kernel_name
         self.env = {**os.environ, **(env or {})}
         self.cwd = str(cwd) if cwd else None
@@ -110,8 +111,13 @@ class WarmKernel:
         km = self._ensure_started()
         self._reset_namespace(km)
         return papermill.execute_notebook(
-            str(notebook), str(output), parameters=parameters, km=km, kernel_name=self.kernel_name,
-            progress_bar=False, **papermill_kwargs,
+            str(notebook),
+            str(output),
+            parameters=parameters,
+            km=km,
+            kernel_name=self.kernel_name,
+            progress_bar=False,
+            **papermill_kwargs,
         )
 
     def close(self) -> None:
@@ -122,7 +128,7 @@ class WarmKernel:
                 self.km.cleanup_resources()
         self.km = None
 
-    def __enter__(self) -> "WarmKernel":
+    def __enter__(self) -> WarmKernel:
         return self
 
     def __exit__(self, *exc: object) -> None:

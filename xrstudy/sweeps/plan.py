@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from xrstudy.training import cost, recipes
+from xrstudy.config import RunConfig, base_arch
 from xrstudy.data import labels
+from xrstudy.data.sources import Source, source_of
 from xrstudy.results import store
 from xrstudy.sweeps import sweepfile
-from xrstudy.config import RunConfig, base_arch
-from xrstudy.data.sources import Source, source_of
+from xrstudy.training import cost, recipes
 
 LARGE_HW = (1024, 1024)  # "larger than 96 x 96": the HyperRule only asks whether images are small
 
@@ -83,8 +84,18 @@ class _Files:
     @staticmethod
     def _key(cfg: RunConfig) -> tuple:
         """The fields that decide a cell's full training table (not its shots or seed)."""
-        return (cfg.kind, _sources_of(cfg), cfg.roots, tuple(cfg.views) if cfg.kind == "pretrain" else (),
-                cfg.labels, cfg.uncertain, cfg.label_mode, cfg.split_mode, cfg.data_fraction, cfg.metadata_only)
+        return (
+            cfg.kind,
+            _sources_of(cfg),
+            cfg.roots,
+            tuple(cfg.views) if cfg.kind == "pretrain" else (),
+            cfg.labels,
+            cfg.uncertain,
+            cfg.label_mode,
+            cfg.split_mode,
+            cfg.data_fraction,
+            cfg.metadata_only,
+        )
 
     def study(self, cfg: RunConfig) -> Any:
         from xrstudy.data import studydata
@@ -152,8 +163,13 @@ def _image_hw(cfg: RunConfig, source: Source, table: Any) -> tuple[tuple[int, in
 
 
 # ---- one cell ------------------------------------------------------------------------------------
-def plan_cell(cfg: RunConfig, by_id: dict[str, RunConfig], files: _Files | None, device: str,
-              pretrain_configs: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def plan_cell(
+    cfg: RunConfig,
+    by_id: dict[str, RunConfig],
+    files: _Files | None,
+    device: str,
+    pretrain_configs: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The plan of one cell; `by_id`: the sweep's cells (parents), `files`: label-file reads or None."""
     if pretrain_configs is None:
         pretrain_configs = {c.run_id: c.to_dict() for c in by_id.values() if c.kind == "pretrain"}
@@ -178,7 +194,11 @@ def plan_cell(cfg: RunConfig, by_id: dict[str, RunConfig], files: _Files | None,
         n_cache = full
     image_hw, hw_from = _image_hw(cfg, source, table)
     pipeline = source.transfer_pipeline if cfg.kind == "transfer" else "xray"
-    recipe = recipes.recipe_for(cfg, size, image_hw, pipeline=pipeline, flip=source.mirror_invariant) if size is not None else None
+    recipe = (
+        recipes.recipe_for(cfg, size, image_hw, pipeline=pipeline, flip=source.mirror_invariant)
+        if size is not None
+        else None
+    )
     mean, std, stats_from = input_stats(cfg)
     seen = set(init_sources(cfg, by_id))
     leak = None
@@ -186,8 +206,10 @@ def plan_cell(cfg: RunConfig, by_id: dict[str, RunConfig], files: _Files | None,
         overlap = sorted(seen & ({cfg.target} | set(source.shares_images_with)))
         leak = bool(overlap)
         if leak:
-            warnings.append(f"leak: {cfg.target} holds images of {', '.join(overlap)}, which the pre-training of "
-                            f"its init read: its test images may have been seen in pre-training")
+            warnings.append(
+                f"leak: {cfg.target} holds images of {', '.join(overlap)}, which the pre-training of "
+                f"its init read: its test images may have been seen in pre-training"
+            )
     parent = sweepfile.parent_id(cfg)
     image_steps = recipe.steps * recipe.global_batch if recipe else None
     speed = cost.throughput(cfg.arch, recipe.crop, device, compiled=cfg.compile) if recipe else None
@@ -195,49 +217,85 @@ def plan_cell(cfg: RunConfig, by_id: dict[str, RunConfig], files: _Files | None,
     mode = "L" if source.modality == "xray" else "RGB"
     fit = cost.images_per_gpu(cfg.arch, recipe.crop, device) if recipe else None
     micro = cfg.micro_batch or cost.micro_batch(fit.images if fit else None, cfg.batch_size)
-    micro_from = ("the sweep file" if cfg.micro_batch else f"on one GPU ({fit.images} images fit)" if fit
-                  else f"no memory entry for {cfg.arch} on {device}: the whole batch at once")  # fmt: skip
+    micro_from = (
+        "the sweep file"
+        if cfg.micro_batch
+        else f"on one GPU ({fit.images} images fit)"
+        if fit
+        else f"no memory entry for {cfg.arch} on {device}: the whole batch at once"
+    )
     return {
-        "kind": cfg.kind, "run_id": cfg.run_id, "name": cfg.name,
+        "kind": cfg.kind,
+        "run_id": cfg.run_id,
+        "name": cfg.name,
         "target": cfg.target if cfg.kind == "transfer" else None,
         "sources": list(cfg.sources) if cfg.kind == "pretrain" else None,
         "pretrained_model": pretrained_model(cfg, pretrain_configs),
-        "init": cfg.init, "init_label": cfg.init_label, "arch": cfg.arch, "shots": cfg.shots, "seed": cfg.seed,
-        "train_size": size, "train_size_from": size_from, "image_hw": list(image_hw), "image_hw_from": hw_from,
+        "init": cfg.init,
+        "init_label": cfg.init_label,
+        "arch": cfg.arch,
+        "shots": cfg.shots,
+        "seed": cfg.seed,
+        "train_size": size,
+        "train_size_from": size_from,
+        "image_hw": list(image_hw),
+        "image_hw_from": hw_from,
         "pipeline": pipeline,
-        "steps": recipe.steps if recipe else None, "epochs": recipe.epochs if recipe and cfg.kind == "pretrain" else None,
-        "boundaries": list(recipe.boundaries) if recipe else None, "warmup": recipe.warmup if recipe else None,
-        "resize": recipe.resize if recipe else None, "crop": recipe.crop if recipe else None,
-        "eval_resize": recipe.eval_size if recipe else None, "augment": recipe.augment if recipe else None,
+        "steps": recipe.steps if recipe else None,
+        "epochs": recipe.epochs if recipe and cfg.kind == "pretrain" else None,
+        "boundaries": list(recipe.boundaries) if recipe else None,
+        "warmup": recipe.warmup if recipe else None,
+        "resize": recipe.resize if recipe else None,
+        "crop": recipe.crop if recipe else None,
+        "eval_resize": recipe.eval_size if recipe else None,
+        "augment": recipe.augment if recipe else None,
         "flip": recipe.flip if recipe else None,
-        "mixup_alpha": recipe.mixup_alpha if recipe else None, "lr": recipe.base_lr if recipe else None,
-        "global_batch": cfg.batch_size, "weight_decay": recipe.weight_decay if recipe else None,
-        "sampler": cfg.sampler, "head_init": cfg.head_init if cfg.kind == "transfer" else None,
-        "mean": list(mean) if mean else None, "std": list(std) if std else None, "stats_from": stats_from,
+        "mixup_alpha": recipe.mixup_alpha if recipe else None,
+        "lr": recipe.base_lr if recipe else None,
+        "global_batch": cfg.batch_size,
+        "weight_decay": recipe.weight_decay if recipe else None,
+        "sampler": cfg.sampler,
+        "head_init": cfg.head_init if cfg.kind == "transfer" else None,
+        "mean": list(mean) if mean else None,
+        "std": list(std) if std else None,
+        "stats_from": stats_from,
         "views": list(cfg.views) if cfg.kind == "pretrain" else None,
         "labels": cfg.labels if cfg.kind == "pretrain" else None,
-        "uncertain": cfg.uncertain, "split_mode": cfg.split_mode, "label_mode": cfg.label_mode,
+        "uncertain": cfg.uncertain,
+        "split_mode": cfg.split_mode,
+        "label_mode": cfg.label_mode,
         "shots_mode": cfg.shots_mode if cfg.kind == "transfer" else None,
         "depends_on": [parent] if parent in by_id else [],
-        "image_steps": image_steps, "images_per_s": round(speed.images_per_s, 1) if speed else None,
+        "image_steps": image_steps,
+        "images_per_s": round(speed.images_per_s, 1) if speed else None,
         "throughput_from": f"{device} bf16: {speed.how}" if speed else f"no throughput for {cfg.arch} on {device}",
         "gpu_hours": round(cost.gpu_hours(image_steps, speed), 3) if speed and image_steps else None,
-        "images_per_gpu": fit.images if fit else None, "images_per_gpu_from": fit.how if fit else None,
-        "micro_batch": micro, "micro_batch_from": micro_from,
-        "cache_images": n_cache, "cache_bytes": recipes.cache_bytes(n_cache, side, mode) if side and n_cache else None,
+        "images_per_gpu": fit.images if fit else None,
+        "images_per_gpu_from": fit.how if fit else None,
+        "micro_batch": micro,
+        "micro_batch_from": micro_from,
+        "cache_images": n_cache,
+        "cache_bytes": recipes.cache_bytes(n_cache, side, mode) if side and n_cache else None,
         "ram_per_rank_bytes": _ram_per_rank(cfg, n_cache, side, mode, micro, device) if side and n_cache else None,
-        "memory_from": f"{memory_from}; xrstudy.training.recipes (uint8 cache at the resize side, shared through the page "
-                       f"cache; a rank holds its tables, a staging ring of micro-batches and the model's host copy)",
-        "leak": leak, "warnings": warnings, "errors": errors,
-    }  # fmt: skip
+        "memory_from": f"{memory_from}; xrstudy.training.recipes (uint8 cache at the resize side, shared through "
+        f"the page cache; a rank holds its tables, a staging ring of micro-batches and the model's host copy)",
+        "leak": leak,
+        "warnings": warnings,
+        "errors": errors,
+    }
 
 
 def _ram_per_rank(cfg: RunConfig, n_images: int, side: int, mode: str, micro: int, device: str) -> int:
-    """Host memory of one training rank (xrstudy.training.recipes.ram_per_rank, measured by benchmarks/bench_memory.py)."""
+    """Host memory of one training rank (`recipes.ram_per_rank`, measured by benchmarks/bench_memory.py)."""
     per_device = micro or cfg.batch_size
     params = cost.arch_params().get(base_arch(cfg.arch))
-    return recipes.ram_per_rank(n_images, recipes.cache_bytes(1, side, mode), per_device,
-                              model_params=int(params * 1e6) if params else 0, cuda=device != "cpu")
+    return recipes.ram_per_rank(
+        n_images,
+        recipes.cache_bytes(1, side, mode),
+        per_device,
+        model_params=int(params * 1e6) if params else 0,
+        cuda=device != "cpu",
+    )
 
 
 def _with_roots(cfg: RunConfig, roots: dict[str, str], metadata_only: bool) -> RunConfig | None:
@@ -246,12 +304,19 @@ def _with_roots(cfg: RunConfig, roots: dict[str, str], metadata_only: bool) -> R
     needed = _sources_of(cfg)
     if not all(name in merged and Path(merged[name]).is_dir() for name in needed):
         return None
-    return cfg.replace(roots=tuple(f"{k}={v}" for k, v in merged.items()),
-                       metadata_only=metadata_only or cfg.metadata_only)  # fmt: skip
+    return cfg.replace(
+        roots=tuple(f"{k}={v}" for k, v in merged.items()), metadata_only=metadata_only or cfg.metadata_only
+    )
 
 
-def plan_cells(cells: Iterable[RunConfig], *, roots: dict[str, str] | None = None, metadata_only: bool = False,
-               use_roots: bool = True, device: str = cost.DEFAULT_DEVICE) -> list[dict[str, Any]]:
+def plan_cells(
+    cells: Iterable[RunConfig],
+    *,
+    roots: dict[str, str] | None = None,
+    metadata_only: bool = False,
+    use_roots: bool = True,
+    device: str = cost.DEFAULT_DEVICE,
+) -> list[dict[str, Any]]:
     """The plan of every cell, in the sweep's order. `use_roots=False` plans from published facts alone."""
     cells = list(cells)
     by_id = {c.run_id: c for c in cells}
@@ -271,14 +336,34 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     kinds = Counter(r["kind"] for r in rows)
     targets = Counter(r["target"] for r in rows if r["kind"] == "transfer")
     hours = {kind: round(sum(r["gpu_hours"] or 0 for r in rows if r["kind"] == kind), 1) for kind in kinds}
-    return {"cells": len(rows), "per_kind": dict(kinds), "per_target": dict(targets), "gpu_hours": hours,
-            "unresolved": sum(r["steps"] is None for r in rows), "leaks": sum(bool(r["leak"]) for r in rows),
-            "no_estimate": sum(r["gpu_hours"] is None for r in rows)}  # fmt: skip
+    return {
+        "cells": len(rows),
+        "per_kind": dict(kinds),
+        "per_target": dict(targets),
+        "gpu_hours": hours,
+        "unresolved": sum(r["steps"] is None for r in rows),
+        "leaks": sum(bool(r["leak"]) for r in rows),
+        "no_estimate": sum(r["gpu_hours"] is None for r in rows),
+    }
 
 
-COLUMNS = (("kind", 8), ("pretrained_model", 36), ("target", 13), ("shots", 5), ("seed", 4), ("train_size", 10),
-           ("steps", 6), ("resize", 6), ("crop", 4), ("mixup_alpha", 5), ("sampler", 10), ("lr", 7),
-           ("micro_batch", 5), ("gpu_hours", 9), ("leak", 5))  # fmt: skip
+COLUMNS = (
+    ("kind", 8),
+    ("pretrained_model", 36),
+    ("target", 13),
+    ("shots", 5),
+    ("seed", 4),
+    ("train_size", 10),
+    ("steps", 6),
+    ("resize", 6),
+    ("crop", 4),
+    ("mixup_alpha", 5),
+    ("sampler", 10),
+    ("lr", 7),
+    ("micro_batch", 5),
+    ("gpu_hours", 9),
+    ("leak", 5),
+)
 HEADINGS = {"mixup_alpha": "mixup", "pretrained_model": "model", "train_size": "train", "micro_batch": "micro"}
 
 
@@ -296,10 +381,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     info = summary(rows)
     per_target = ", ".join(f"{t} {n}" for t, n in info["per_target"].items())
     hours = ", ".join(f"{k} {h:,.1f}" for k, h in info["gpu_hours"].items())
-    lines.append(f"{info['cells']} cells: " + ", ".join(f"{k} {n}" for k, n in info["per_kind"].items())
-                 + (f" (transfer: {per_target})" if per_target else "")
-                 + f"; estimated GPU-hours: {hours}; unresolved {info['unresolved']}, leaks {info['leaks']}")
+    lines.append(
+        f"{info['cells']} cells: "
+        + ", ".join(f"{k} {n}" for k, n in info["per_kind"].items())
+        + (f" (transfer: {per_target})" if per_target else "")
+        + f"; estimated GPU-hours: {hours}; unresolved {info['unresolved']}, leaks {info['leaks']}"
+    )
     return "\n".join(lines)
 
 
-__all__ = ["plan_cells", "plan_cell", "input_stats", "init_sources", "pretrained_model", "summary", "format_table"]  # fmt: skip
+__all__ = ["plan_cells", "plan_cell", "input_stats", "init_sources", "pretrained_model", "summary", "format_table"]

@@ -13,12 +13,12 @@ from __future__ import annotations
 import difflib
 import shutil
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
+from xrstudy.config import RunConfig, base_arch
 from xrstudy.results import store
 from xrstudy.sweeps import sweepfile
-from xrstudy.config import RunConfig, base_arch
 from xrstudy.sweeps.sweepfile import SweepError
 
 
@@ -46,11 +46,14 @@ def check_gpus(gpus: list[str], allow_cpu: bool, count: int | None = None) -> li
     missing = [g for g in gpus if g.isdigit() and int(g) >= count] if count else list(gpus)
     if not missing:
         return []
-    text = (f"--gpus {','.join(gpus)}: this machine shows {count} GPU(s) (nvidia-smi -L); cells pinned to "
-            f"{','.join(missing)} would run on the CPU")
+    text = (
+        f"--gpus {','.join(gpus)}: this machine shows {count} GPU(s) (nvidia-smi -L); cells pinned to "
+        f"{','.join(missing)} would run on the CPU"
+    )
     if not allow_cpu:
-        raise SweepError(f"{text}. Pass --allow-cpu to run them there anyway (recorded in the summary and "
-                         f"in each cell's worker.log)")
+        raise SweepError(
+            f"{text}. Pass --allow-cpu to run them there anyway (recorded in the summary and in each cell's worker.log)"
+        )
     return [f"{text} (--allow-cpu)"]
 
 
@@ -63,7 +66,7 @@ def unknown_archs(cells: Iterable[RunConfig]) -> dict[str, str]:
 
         import xrstudy.training.archs  # noqa: F401 - registers resnetv2_tiny_bit
     except ImportError as err:
-        return {arch: f"cannot check: timm / xrstudy.training.archs not importable ({err})" for arch in archs}
+        return dict.fromkeys(archs, f"cannot check: timm / xrstudy.training.archs not importable ({err})")
     bad = {}
     for arch in archs:
         base = base_arch(arch)
@@ -83,8 +86,10 @@ def preflight(cells: list[RunConfig], *, executor: str = "papermill", check_arch
         return store.is_ok(store.result_path(run_id, cell.results_dir))
 
     for cell, parent in sweepfile.missing_parents(cells, parent_done):
-        problems.append(f"{cell.name} [{cell.run_id}]: init run:{parent} is neither a cell of this sweep nor a "
-                        f"finished result in {cell.results_dir}")
+        problems.append(
+            f"{cell.name} [{cell.run_id}]: init run:{parent} is neither a cell of this sweep nor a "
+            f"finished result in {cell.results_dir}"
+        )
     if check_archs:
         for arch, why in unknown_archs(cells).items():
             users = [c.name for c in cells if c.arch == arch]

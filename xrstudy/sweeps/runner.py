@@ -27,17 +27,18 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO
 
+from xrstudy.config import RunConfig
 from xrstudy.results import store
 from xrstudy.sweeps import sweepfile
 from xrstudy.sweeps.celllock import CellLock
 from xrstudy.sweeps.preflight import check_gpus, preflight
-from xrstudy.config import RunConfig
 from xrstudy.sweeps.worker import (
     Attempt,
     AttemptEnd,
@@ -72,8 +73,12 @@ class ProcessSlot:
 
     def attempt(self, cfg: RunConfig, notebook: Path, log: IO[str]) -> Attempt:
         attempt_path(cfg).unlink(missing_ok=True)
-        command = [sys.executable, "-m", "xrstudy.sweeps.worker",
-                   *worker_command(self.executor, notebook=str(notebook), config=cfg)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "xrstudy.sweeps.worker",
+            *worker_command(self.executor, notebook=str(notebook), config=cfg),
+        ]
         code = subprocess.run(command, env=self.env, stdout=log, stderr=subprocess.STDOUT).returncode
         outcome = AttemptEnd.of_exit(code)
         if outcome == AttemptEnd.DEAD_KERNEL:
@@ -145,8 +150,10 @@ def run_cell(cfg: RunConfig, slot: Slot, retries: int, stop: threading.Event, no
         if stop.is_set():
             return Attempt(AttemptEnd.INTERRUPTED, "interrupted")
         with open(log_path, "a") as log:
-            log.write(f"\n== attempt {number} {datetime.now(timezone.utc).isoformat()} slot={slot.label} "
-                      f"host={socket.gethostname()} runner={os.getpid()}{f' WARNING {note}' if note else ''}\n")
+            log.write(
+                f"\n== attempt {number} {datetime.now(timezone.utc).isoformat()} slot={slot.label} "
+                f"host={socket.gethostname()} runner={os.getpid()}{f' WARNING {note}' if note else ''}\n"
+            )
             log.flush()
             last = slot.attempt(cfg, notebook, log)
         if last.outcome != AttemptEnd.DEAD_KERNEL:
@@ -184,8 +191,9 @@ class SweepSummary:
     def record(self, cfg: RunConfig, attempt: Attempt) -> None:
         self.outcomes[cfg.run_id] = attempt.outcome
         if attempt.outcome.status == "failed":
-            self.failures[cfg.run_id] = Failure(cfg.run_id, cfg.name, attempt.cause,
-                                                str(cfg.run_dir / "notebook.ipynb"), attempt.outcome)  # fmt: skip
+            self.failures[cfg.run_id] = Failure(
+                cfg.run_id, cfg.name, attempt.cause, str(cfg.run_dir / "notebook.ipynb"), attempt.outcome
+            )
 
     def _with(self, status: str) -> list[str]:
         return [rid for rid, outcome in self.outcomes.items() if outcome.status == status]
@@ -200,8 +208,10 @@ class SweepSummary:
         return not self.failures
 
     def report(self) -> str:
-        lines = [f"done {len(self.done)}, skipped {len(self.skipped)}, failed {len(self.failed)}"
-                 + (f" in {self.seconds:.0f} s ({self.mode})" if self.mode else "")]  # fmt: skip
+        lines = [
+            f"done {len(self.done)}, skipped {len(self.skipped)}, failed {len(self.failed)}"
+            + (f" in {self.seconds:.0f} s ({self.mode})" if self.mode else "")
+        ]
         lines += [f"WARNING {w}" for w in self.warnings]
         if self.planned:
             lines.append(f"dry run: {len(self.planned)} cell(s) would run")
@@ -215,8 +225,16 @@ class _Scheduler:
     """Cells leave graphlib's TopologicalSorter when their parents have settled; a cell whose parent
     failed settles as DEPENDENCY_FAILED, one another runner holds waits `poll_s` and is asked again."""
 
-    def __init__(self, cells: list[RunConfig], slots: list[Slot], summary: SweepSummary, retries: int,
-                 poll_s: float, progress: bool, note: str) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cells: list[RunConfig],
+        slots: list[Slot],
+        summary: SweepSummary,
+        retries: int,
+        poll_s: float,
+        progress: bool,
+        note: str,
+    ) -> None:
         from tqdm.auto import tqdm
 
         self.by_id = {c.run_id: c for c in cells}
@@ -231,8 +249,9 @@ class _Scheduler:
         self.running: dict[Future[Attempt], str] = {}
         self.stop = threading.Event()
         pending = sum(not store.is_done(c) for c in cells)
-        self.bar = tqdm(total=pending, disable=not progress or not pending, unit="cell", desc="sweep",
-                        dynamic_ncols=True)  # fmt: skip
+        self.bar = tqdm(
+            total=pending, disable=not progress or not pending, unit="cell", desc="sweep", dynamic_ncols=True
+        )
 
     def settle(self, rid: str, attempt: Attempt, counted: bool = True) -> None:
         cfg = self.by_id[rid]
@@ -243,8 +262,9 @@ class _Scheduler:
         if counted:
             self.bar.update(1)
             s = self.summary
-            self.bar.set_postfix(done=len(s.done), skipped=len(s.skipped), failed=len(s.failed),
-                                 running=len(self.running), refresh=False)  # fmt: skip
+            self.bar.set_postfix(
+                done=len(s.done), skipped=len(s.skipped), failed=len(s.failed), running=len(self.running), refresh=False
+            )
 
     def _task(self, cfg: RunConfig) -> Attempt:
         slot = self.free.get()
@@ -363,10 +383,22 @@ def with_micro_batches(cells: list[RunConfig]) -> list[RunConfig]:
     from xrstudy.sweeps import plan
 
     rows = {row["run_id"]: row for row in plan.plan_cells(cells, use_roots=False)}
-    return [c if c.micro_batch or not rows[c.run_id]["micro_batch"] else c.replace(micro_batch=rows[c.run_id]["micro_batch"])
-            for c in cells]
+    return [
+        c
+        if c.micro_batch or not rows[c.run_id]["micro_batch"]
+        else c.replace(micro_batch=rows[c.run_id]["micro_batch"])
+        for c in cells
+    ]
 
 
 # ---- CLI --------------------------------------------------------------------------------------
-__all__ = ["run_sweep", "SweepSummary", "Failure", "ProcessSlot", "KernelSlot", "run_cell", "slot_env", 
-           "with_micro_batches"]
+__all__ = [
+    "run_sweep",
+    "SweepSummary",
+    "Failure",
+    "ProcessSlot",
+    "KernelSlot",
+    "run_cell",
+    "slot_env",
+    "with_micro_batches",
+]

@@ -30,15 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xrstudy.training import cost
-from xrstudy.results import store
-from xrstudy.sweeps import sweepfile
 from xrstudy.config import RunConfig
 from xrstudy.fileio import atomic_write_json, atomic_write_text
+from xrstudy.results import store
+from xrstudy.sweeps import sweepfile
 from xrstudy.sweeps.plan import plan_cells
 from xrstudy.sweeps.preflight import preflight
 from xrstudy.sweeps.sweepfile import SweepError
 from xrstudy.sweeps.worker import AttemptEnd, worker_command
+from xrstudy.training import cost
 
 SAFETY = 0.8  # plan for 80 % of the limit: the estimate is a model, not a measurement of this cell
 STARTUP_H = 0.25  # queue-to-first-step: environment, kernel, label files, image cache
@@ -80,13 +80,23 @@ class Size:
         return self.nodes * self.gpus_per_node
 
 
-def size_cell(gpu_hours: float | None, limit_min: int, *, gpus_per_node: int, max_nodes: int, global_batch: int,
-              fixed_nodes: int | None = None, name: str = "cell") -> Size:
+def size_cell(
+    gpu_hours: float | None,
+    limit_min: int,
+    *,
+    gpus_per_node: int,
+    max_nodes: int,
+    global_batch: int,
+    fixed_nodes: int | None = None,
+    name: str = "cell",
+) -> Size:
     """The fewest GPUs on which `gpu_hours` fits the limit (powers of two dividing the global batch)."""
     if fixed_nodes:
         if global_batch % (fixed_nodes * gpus_per_node):
-            raise SweepError(f"{name}: {fixed_nodes} node(s) x {gpus_per_node} GPU(s) do not divide its global batch "
-                             f"of {global_batch}; choose another --pretrain-nodes")
+            raise SweepError(
+                f"{name}: {fixed_nodes} node(s) x {gpus_per_node} GPU(s) do not divide its global batch "
+                f"of {global_batch}; choose another --pretrain-nodes"
+            )
         return Size(fixed_nodes, gpus_per_node, limit_min, _wall(gpu_hours, fixed_nodes * gpus_per_node))
     if gpu_hours is None:
         return Size(1, 1, limit_min, None)
@@ -97,9 +107,11 @@ def size_cell(gpu_hours: float | None, limit_min: int, *, gpus_per_node: int, ma
             minutes = min(limit_min, int(math.ceil(60 * (wall / SAFETY + STARTUP_H) / 15) * 15))
             return Size(max(1, gpus // gpus_per_node), min(gpus, gpus_per_node), minutes, wall)
     most = max_nodes * gpus_per_node
-    raise SweepError(f"{name}: ~{gpu_hours:.0f} GPU-hours do not fit {format_time(limit_min)} on up to {max_nodes} "
-                     f"node(s) x {gpus_per_node} GPU(s) ({_wall(gpu_hours, most):.1f} h on {most}); raise "
-                     f"--time-limit or --max-nodes")
+    raise SweepError(
+        f"{name}: ~{gpu_hours:.0f} GPU-hours do not fit {format_time(limit_min)} on up to {max_nodes} "
+        f"node(s) x {gpus_per_node} GPU(s) ({_wall(gpu_hours, most):.1f} h on {most}); raise "
+        f"--time-limit or --max-nodes"
+    )
 
 
 def _gpu_counts(gpus_per_node: int, max_nodes: int) -> list[int]:
@@ -117,8 +129,9 @@ def _wall(gpu_hours: float | None, gpus: int) -> float | None:
 # ---- the command of one cell ----------------------------------------------------------------------
 # Several nodes rendezvous (c10d) at the job's first node, whose name is known only inside the job: the
 # job's setup lines export it as PET_RDZV_ENDPOINT, torchrun's environment spelling of --rdzv_endpoint.
-RENDEZVOUS_SETUP = (f'export PET_RDZV_ENDPOINT="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
-                    f':{RENDEZVOUS_PORT}"',)  # fmt: skip
+RENDEZVOUS_SETUP = (
+    f'export PET_RDZV_ENDPOINT="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):{RENDEZVOUS_PORT}"',
+)
 
 
 def torchrun_command(nodes: int, gpus_per_node: int, rdzv_id: str) -> list[str]:
@@ -187,27 +200,40 @@ class JobSpec:
     def slurm_parameters(self, dependency: str | None) -> dict[str, Any]:
         """The arguments of submitit's `SlurmExecutor.update_parameters` for this job."""
         params: dict[str, Any] = {
-            "job_name": f"xrstudy-{self.name}", "time": self.timeout_min, "nodes": self.nodes, "ntasks_per_node": 1,
-            "gpus_per_node": self.gpus_per_node, "cpus_per_task": self.cpus_per_task,
-            "array_parallelism": self.array_parallelism, "stderr_to_stdout": True,
-        }  # fmt: skip
+            "job_name": f"xrstudy-{self.name}",
+            "time": self.timeout_min,
+            "nodes": self.nodes,
+            "ntasks_per_node": 1,
+            "gpus_per_node": self.gpus_per_node,
+            "cpus_per_task": self.cpus_per_task,
+            "array_parallelism": self.array_parallelism,
+            "stderr_to_stdout": True,
+        }
         optional = {"partition": self.partition, "setup": list(self.setup) or None, "dependency": dependency}
         return params | {key: value for key, value in optional.items() if value}
 
     def local_parameters(self) -> dict[str, Any]:
         """The same job for submitit's LocalExecutor (one node; no partition, array or dependency)."""
-        return {"timeout_min": self.timeout_min, "nodes": self.nodes, "tasks_per_node": 1,
-                "gpus_per_node": self.gpus_per_node}  # fmt: skip
+        return {
+            "timeout_min": self.timeout_min,
+            "nodes": self.nodes,
+            "tasks_per_node": 1,
+            "gpus_per_node": self.gpus_per_node,
+        }
 
     def to_dict(self, dependency: str | None) -> dict[str, Any]:
         return {
-            "name": self.name, "kind": self.kind, "nodes": self.nodes, "gpus_per_node": self.gpus_per_node,
-            "time": format_time(self.timeout_min), "estimate_h": self.estimate_h,
+            "name": self.name,
+            "kind": self.kind,
+            "nodes": self.nodes,
+            "gpus_per_node": self.gpus_per_node,
+            "time": format_time(self.timeout_min),
+            "estimate_h": self.estimate_h,
             "after": [f"{name}[{index}]" for name, index in self.after],
             "cells": [{"run_id": c.run_id, "name": c.name, "micro_batch": c.micro_batch} for c in self.cells],
             "commands": [shlex.join(command) for command in self.commands],
             "slurm_parameters": self.slurm_parameters(dependency),
-        }  # fmt: skip
+        }
 
 
 def cell_list_path(folder: Path, name: str) -> Path:
@@ -217,10 +243,18 @@ def cell_list_path(folder: Path, name: str) -> Path:
 def job_specs(cells: list[RunConfig], plan: Mapping[str, Mapping[str, Any]], cluster: Cluster) -> list[JobSpec]:
     """Every job of the sweep, built once: cells sized by their plan rows (`gpu_hours`, `images_per_gpu`),
     grouped into arrays (pre-training by size; transfers by size and parent cell), commands built."""
-    sizes = {c.run_id: size_cell(plan[c.run_id]["gpu_hours"], cluster.limit_min, gpus_per_node=cluster.gpus_per_node,
-                                 max_nodes=cluster.max_nodes, global_batch=c.batch_size, name=f"{c.name} [{c.run_id}]",
-                                 fixed_nodes=cluster.pretrain_nodes if c.kind == "pretrain" else None)
-             for c in cells}  # fmt: skip
+    sizes = {
+        c.run_id: size_cell(
+            plan[c.run_id]["gpu_hours"],
+            cluster.limit_min,
+            gpus_per_node=cluster.gpus_per_node,
+            max_nodes=cluster.max_nodes,
+            global_batch=c.batch_size,
+            name=f"{c.name} [{c.run_id}]",
+            fixed_nodes=cluster.pretrain_nodes if c.kind == "pretrain" else None,
+        )
+        for c in cells
+    }
     by_id = {c.run_id: c for c in cells}
     groups: dict[tuple, list[RunConfig]] = {}
     for cell in sorted(cells, key=lambda c: c.kind != "pretrain"):  # pre-training groups first
@@ -243,9 +277,22 @@ def job_specs(cells: list[RunConfig], plan: Mapping[str, Mapping[str, Any]], clu
             size = Size(shape[0], shape[1], max(sizes[c.run_id].minutes for c in chunk), round(longest, 2) or None)
             cell_list = cell_list_path(cluster.folder, name)
             commands = tuple(cell_command(cell_list, i, c, size, cluster.executor) for i, c in enumerate(chunk))
-            specs.append(JobSpec(name, kind, tuple(chunk), commands, size.nodes, size.gpus_per_node, size.minutes,
-                                 cluster.cpus_per_task, cluster.partition, cluster.array_parallelism,
-                                 (where[parent],) if parent else (), size.estimate_h))  # fmt: skip
+            specs.append(
+                JobSpec(
+                    name,
+                    kind,
+                    tuple(chunk),
+                    commands,
+                    size.nodes,
+                    size.gpus_per_node,
+                    size.minutes,
+                    cluster.cpus_per_task,
+                    cluster.partition,
+                    cluster.array_parallelism,
+                    (where[parent],) if parent else (),
+                    size.estimate_h,
+                )
+            )
             if kind == "pretrain":
                 where.update({c.run_id: (name, i) for i, c in enumerate(chunk)})
     return specs
@@ -266,8 +313,10 @@ def _slug(text: str) -> str:
 def pending_ids(specs: Iterable[JobSpec]) -> dict[str, list[str]]:
     """Job ids before sbatch answers: `@name@`, and `@name@_i` for array tasks as submitit names them. The
     one place a dry run's script differs from the one sent (tests substitute the numbers and compare)."""
-    return {s.name: [f"@{s.name}@_{i}" for i in range(len(s.commands))] if len(s.commands) > 1 else [f"@{s.name}@"]
-            for s in specs}  # fmt: skip
+    return {
+        s.name: [f"@{s.name}@_{i}" for i in range(len(s.commands))] if len(s.commands) > 1 else [f"@{s.name}@"]
+        for s in specs
+    }
 
 
 def dependency(spec: JobSpec, ids: Mapping[str, list[str]]) -> str | None:
@@ -347,11 +396,23 @@ def run_local(specs: list[JobSpec], folder: Path) -> dict[str, list[str]]:
 
 
 # ---- submit -------------------------------------------------------------------------------------
-def submit(cells: Iterable[RunConfig], *, backend: str = "slurm", folder: str | Path = "xrstudy-out/slurm",
-           dry_run: bool = False, only: str | None = None, partition: str | None = None,
-           time_limit: str | int = "24:00:00", gpus_per_node: int = 4, max_nodes: int = 16,
-           pretrain_nodes: int | None = None, cpus_per_task: int = 8, array_parallelism: int = 64,
-           executor: str = "papermill", device: str = cost.DEFAULT_DEVICE) -> dict[str, Any]:
+def submit(
+    cells: Iterable[RunConfig],
+    *,
+    backend: str = "slurm",
+    folder: str | Path = "xrstudy-out/slurm",
+    dry_run: bool = False,
+    only: str | None = None,
+    partition: str | None = None,
+    time_limit: str | int = "24:00:00",
+    gpus_per_node: int = 4,
+    max_nodes: int = 16,
+    pretrain_nodes: int | None = None,
+    cpus_per_task: int = 8,
+    array_parallelism: int = 64,
+    executor: str = "papermill",
+    device: str = cost.DEFAULT_DEVICE,
+) -> dict[str, Any]:
     """Build the jobs of every unfinished cell and write them under `folder` (jobs.json, cell lists, sbatch
     scripts); then, unless `dry_run`, hand them to submitit: `slurm` sends them to sbatch, `local` runs them
     here."""
@@ -359,16 +420,37 @@ def submit(cells: Iterable[RunConfig], *, backend: str = "slurm", folder: str | 
         raise SweepError(f"backend {backend!r}; expected slurm or local")
     cells = [c for c in sweepfile.select(list(cells), only) if not store.is_done(c)]
     preflight(cells, executor=executor)  # what would fail on the cluster fails here, dry run or not
-    cluster = Cluster(Path(folder).absolute(), parse_time(time_limit), gpus_per_node, max_nodes, pretrain_nodes,
-                      cpus_per_task, partition, array_parallelism, executor)  # fmt: skip
+    cluster = Cluster(
+        Path(folder).absolute(),
+        parse_time(time_limit),
+        gpus_per_node,
+        max_nodes,
+        pretrain_nodes,
+        cpus_per_task,
+        partition,
+        array_parallelism,
+        executor,
+    )
     plan = {row["run_id"]: row for row in plan_cells(cells, device=device)}  # published sizes without roots
     specs = job_specs(cells, plan, cluster)
     scripts = write_specs(specs, cluster.folder)
-    info: dict[str, Any] = {"folder": str(cluster.folder), "specs": str(cluster.folder / "jobs.json"), "jobs": {
-        s.name: {"cells": len(s.cells), "nodes": s.nodes, "gpus_per_node": s.gpus_per_node,
-                 "time": format_time(s.timeout_min), "estimate_h": s.estimate_h, "after": [f"{n}[{i}]" for n, i in s.after],
-                 "micro_batch": sorted({c.micro_batch for c in s.cells}), "script": str(scripts[s.name])}
-        for s in specs}}  # fmt: skip
+    info: dict[str, Any] = {
+        "folder": str(cluster.folder),
+        "specs": str(cluster.folder / "jobs.json"),
+        "jobs": {
+            s.name: {
+                "cells": len(s.cells),
+                "nodes": s.nodes,
+                "gpus_per_node": s.gpus_per_node,
+                "time": format_time(s.timeout_min),
+                "estimate_h": s.estimate_h,
+                "after": [f"{n}[{i}]" for n, i in s.after],
+                "micro_batch": sorted({c.micro_batch for c in s.cells}),
+                "script": str(scripts[s.name]),
+            }
+            for s in specs
+        },
+    }
     if dry_run or not specs:
         return info
     if backend == "local":
@@ -382,6 +464,23 @@ def submit(cells: Iterable[RunConfig], *, backend: str = "slurm", folder: str | 
     return info
 
 
-__all__ = ["submit", "job_specs", "JobSpec", "Cluster", "size_cell", "Size", "torchrun_command", "cell_command",
-           "run_cell", "sbatch_script", "pending_ids", "dependency", "write_specs", "send", "run_local", "parse_time",
-           "format_time",  "RENDEZVOUS_SETUP"]  # fmt: skip
+__all__ = [
+    "submit",
+    "job_specs",
+    "JobSpec",
+    "Cluster",
+    "size_cell",
+    "Size",
+    "torchrun_command",
+    "cell_command",
+    "run_cell",
+    "sbatch_script",
+    "pending_ids",
+    "dependency",
+    "write_specs",
+    "send",
+    "run_local",
+    "parse_time",
+    "format_time",
+    "RENDEZVOUS_SETUP",
+]

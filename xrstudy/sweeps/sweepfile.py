@@ -31,8 +31,16 @@ from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import Any
 
-from xrstudy.config import (FIELD_NAMES, PRETRAIN_REFERENCE, RUN_REFERENCE, ConfigError, RunConfig, base_arch,
-                            parent_run_id, read_yaml)
+from xrstudy.config import (
+    FIELD_NAMES,
+    PRETRAIN_REFERENCE,
+    RUN_REFERENCE,
+    ConfigError,
+    RunConfig,
+    base_arch,
+    parent_run_id,
+    read_yaml,
+)
 
 NOTEBOOKS = {"pretrain": "10_pretrain.ipynb", "transfer": "20_transfer.ipynb"}
 TOP_KEYS = ("defaults", "pretrain", "transfer")
@@ -185,5 +193,14 @@ def missing_parents(cells: Iterable[RunConfig], is_done: Any) -> list[tuple[RunC
     return [(c, p) for c in cells if (p := parent_id(c)) and p not in ids and not is_done(p, c)]
 
 
-__all__ = ["SweepError", "NOTEBOOKS", "notebook_path", "load_sweep", "parent_id", "dependencies",
-           "graph", "select", "missing_parents"]  # fmt: skip
+__all__ = [
+    "SweepError",
+    "NOTEBOOKS",
+    "notebook_path",
+    "load_sweep",
+    "parent_id",
+    "dependencies",
+    "graph",
+    "select",
+    "missing_parents",
+]

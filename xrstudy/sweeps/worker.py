@@ -27,10 +27,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from xrstudy.results import store
-from xrstudy.sweeps.celllock import CellLock, heartbeat
 from xrstudy.config import RunConfig
 from xrstudy.fileio import atomic_write_json
+from xrstudy.results import store
+from xrstudy.sweeps.celllock import CellLock, heartbeat
 from xrstudy.sweeps.sweepfile import NOTEBOOKS, SweepError, notebook_path
 
 
@@ -57,7 +57,7 @@ class AttemptEnd(enum.IntEnum):
         return _STATUS.get(self, "failed")
 
     @classmethod
-    def of_exit(cls, code: int) -> "AttemptEnd":
+    def of_exit(cls, code: int) -> AttemptEnd:
         """A worker's exit status; anything else (a signal, an unexpected code) is a dead worker."""
         try:
             outcome = cls(code)
@@ -66,8 +66,13 @@ class AttemptEnd(enum.IntEnum):
         return outcome if outcome <= cls.DISK_FULL else cls.DEAD_KERNEL
 
 
-_STATUS = {AttemptEnd.DONE: "done", AttemptEnd.DONE_ELSEWHERE: "skipped", AttemptEnd.SKIPPED: "skipped",
-           AttemptEnd.PLANNED: "planned", AttemptEnd.BUSY: "busy"}  # fmt: skip
+_STATUS = {
+    AttemptEnd.DONE: "done",
+    AttemptEnd.DONE_ELSEWHERE: "skipped",
+    AttemptEnd.SKIPPED: "skipped",
+    AttemptEnd.PLANNED: "planned",
+    AttemptEnd.BUSY: "busy",
+}
 
 
 @dataclass(frozen=True)
@@ -233,8 +238,9 @@ def read_attempt(cfg: RunConfig) -> str:
 
 
 # ---- python -m xrstudy.sweeps.worker -------------------------------------------------------------------
-def worker_command(executor: str, *, notebook: str = "", config: RunConfig | None = None,
-                   cell_list: str = "", index: str = "0") -> list[str]:
+def worker_command(
+    executor: str, *, notebook: str = "", config: RunConfig | None = None, cell_list: str = "", index: str = "0"
+) -> list[str]:
     """The arguments after `python -m xrstudy.sweeps.worker` (runner slots and SLURM scripts build them here)."""
     args = ["--executor", executor]
     if notebook:
@@ -273,9 +279,23 @@ def main(argv: list[str] | None = None) -> int:
     return int(run_in_process(cfg, args.executor, notebook).outcome)
 
 
-__all__ = ["AttemptEnd", "Attempt", "failure_cause", "signal_cause", "is_dead_kernel", "executor_of", "EXECUTORS",
-           "papermill_executor", "notebook_of", "lock_path", "locked_attempt", "run_in_process", "read_attempt",
-           "worker_command", "main"]  # fmt: skip
+__all__ = [
+    "AttemptEnd",
+    "Attempt",
+    "failure_cause",
+    "signal_cause",
+    "is_dead_kernel",
+    "executor_of",
+    "EXECUTORS",
+    "papermill_executor",
+    "notebook_of",
+    "lock_path",
+    "locked_attempt",
+    "run_in_process",
+    "read_attempt",
+    "worker_command",
+    "main",
+]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,7 +17,8 @@ from xrstudy.training.checkpoints import CheckpointError
 def resnetv2_tiny_bit(pretrained: bool = False, **kwargs: Any) -> ResNetV2:
     """BiT ResNet-v2 in miniature: one pre-activation bottleneck per stage, GroupNorm + StdConv2d.
 
-    ~0.3M parameters; `timm.create_model("resnetv2_tiny_bit")` works once xrstudy.training.archs (or xrstudy.training.models) is imported.
+    ~0.3M parameters; `timm.create_model("resnetv2_tiny_bit")` works once xrstudy.training.archs (or
+    xrstudy.training.models) is imported.
     """
     if pretrained:
         raise CheckpointError("resnetv2_tiny_bit has no published weights; use init=scratch or a local file")

@@ -34,9 +34,9 @@ with warnings.catch_warnings():
     from fastai.learner import Learner
 from timm.utils import adaptive_clip_grad
 
-from xrstudy.training.recipes import AGC_CLIP, Schedule
-from xrstudy.training.checkpoints import tensor_bytes, unwrap
 from xrstudy.fileio import atomic_path
+from xrstudy.training.checkpoints import tensor_bytes, unwrap
+from xrstudy.training.recipes import AGC_CLIP, Schedule
 
 TRAIN_STATE_FORMAT = "xrstudy.train_state/1"
 
@@ -54,16 +54,18 @@ class LocalCallback(Callback):
 
 
 @functools.lru_cache(maxsize=8)
-def _channel_affine(mean: tuple[float, ...], std: tuple[float, ...],
-                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _channel_affine(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) of `normalise` per channel, on `device`: built once, not copied to the GPU every batch."""
     scale = torch.tensor([1 / (255 * s) for s in std], device=device).view(1, 3, 1, 1)
     shift = torch.tensor([m / s for m, s in zip(mean, std)], device=device).view(1, 3, 1, 1)
     return scale, shift
 
 
-def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
-              channels_last: bool) -> torch.Tensor:
+def normalise(
+    images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool
+) -> torch.Tensor:
     """[0, 255] floats -> (x / 255 - mean) / std per channel; grayscale becomes 3 channels."""
     if len(set(mean)) == 1 and len(set(std)) == 1:  # one statistic for every channel (0.5 / 0.5)
         images = images.mul(1 / (255 * std[0])).sub_(mean[0] / std[0])
@@ -81,8 +83,15 @@ class PrepareBatch(LocalCallback):
 
     order = -5
 
-    def __init__(self, out_size: int, eval_size: int, mean: tuple[float, ...] = (0.5, 0.5, 0.5),
-                 std: tuple[float, ...] = (0.5, 0.5, 0.5), channels_last: bool = False, padding: str = "zeros"):
+    def __init__(
+        self,
+        out_size: int,
+        eval_size: int,
+        mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+        std: tuple[float, ...] = (0.5, 0.5, 0.5),
+        channels_last: bool = False,
+        padding: str = "zeros",
+    ):
         self.out_size, self.eval_size, self.mean, self.std = out_size, eval_size, tuple(mean), tuple(std)
         self.channels_last, self.padding = channels_last, padding
 
@@ -99,7 +108,9 @@ class PrepareBatch(LocalCallback):
         self.learn.draws = draws  # the step's MixUp draws, for MaskedMixUp (it runs next)
 
 
-def mix_targets(target: torch.Tensor, perm: torch.Tensor, lam: float, num_classes: int, multilabel: bool) -> torch.Tensor:
+def mix_targets(
+    target: torch.Tensor, perm: torch.Tensor, lam: float, num_classes: int, multilabel: bool
+) -> torch.Tensor:
     if not multilabel:
         target = F.one_hot(target, num_classes).float()
     return lam * target + (1.0 - lam) * target[perm]  # NaN in either -> NaN -> masked
@@ -168,8 +179,15 @@ class PeriodicCheckpoint(LocalCallback):
 
     order = 90
 
-    def __init__(self, path: str | Path, identity: dict[str, Any], schedule: Schedule | None = None,
-                 every_steps: int = 0, every_s: float = 600.0, rank: int = 0):
+    def __init__(
+        self,
+        path: str | Path,
+        identity: dict[str, Any],
+        schedule: Schedule | None = None,
+        every_steps: int = 0,
+        every_s: float = 600.0,
+        rank: int = 0,
+    ):
         self.path, self.identity, self.schedule = Path(path), identity, schedule
         self.every_steps, self.every_s, self.rank = every_steps, every_s, rank
 
@@ -186,8 +204,9 @@ class PeriodicCheckpoint(LocalCallback):
 
 
 # ---- the training state -------------------------------------------------------------------------
-def save_train_state(path: str | Path, learn: Learner, next_step: int, identity: dict[str, Any],
-                     schedule: Schedule | None = None) -> None:
+def save_train_state(
+    path: str | Path, learn: Learner, next_step: int, identity: dict[str, Any], schedule: Schedule | None = None
+) -> None:
     """Write-then-rename (fsync'd): model, optimiser, schedule + position, step, RNG, identity.
 
     The data / augmentation / MixUp randomness is counter-based (a function of seed and step), so
@@ -200,12 +219,22 @@ def save_train_state(path: str | Path, learn: Learner, next_step: int, identity:
         "step": next_step,
         "model": unwrap(learn.model).state_dict(),
         "opt": learn.opt.opt.state_dict(),
-        "schedule": None if schedule is None else {
-            "steps": schedule.steps, "warmup": schedule.warmup, "decays": list(schedule.decays),
-            "base_lr": schedule.base_lr, "factor": schedule.factor},
-        "rng": {"kind": "counter", "seed": identity.get("seed", 0), "step": next_step,
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "schedule": None
+        if schedule is None
+        else {
+            "steps": schedule.steps,
+            "warmup": schedule.warmup,
+            "decays": list(schedule.decays),
+            "base_lr": schedule.base_lr,
+            "factor": schedule.factor,
+        },
+        "rng": {
+            "kind": "counter",
+            "seed": identity.get("seed", 0),
+            "step": next_step,
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
     }
     with atomic_path(path, needed_bytes=2 * tensor_bytes(state["model"])) as temp, open(temp, "wb") as handle:
         torch.save(state, handle)  # weights + optimiser momentum: about twice the weights
@@ -217,12 +246,25 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any reader failure means the same thing here
-        raise RuntimeError(f"{path}: cannot read the training state ({type(err).__name__}: {err}); "
-                           "delete it to start the run afresh") from None
+        raise RuntimeError(
+            f"{path}: cannot read the training state ({type(err).__name__}: {err}); delete it to start the run afresh"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
         raise RuntimeError(f"{path}: not an xrstudy training state (expected format {TRAIN_STATE_FORMAT!r})")
     return state
 
 
-__all__ = ["LocalCallback", "PrepareBatch", "MaskedMixUp", "StepSchedule", "AdaptiveGradClip", "PeriodicCheckpoint",
-           "save_train_state", "load_train_state", "normalise", "mix_targets", "unwrap", "TRAIN_STATE_FORMAT"]
+__all__ = [
+    "LocalCallback",
+    "PrepareBatch",
+    "MaskedMixUp",
+    "StepSchedule",
+    "AdaptiveGradClip",
+    "PeriodicCheckpoint",
+    "save_train_state",
+    "load_train_state",
+    "normalise",
+    "mix_targets",
+    "unwrap",
+    "TRAIN_STATE_FORMAT",
+]

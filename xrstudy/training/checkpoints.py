@@ -122,5 +122,16 @@ def checkpoint_path(cfg: RunConfig, init: str) -> Path:
     return Path(init) if parent is None else Path(cfg.out_dir) / "runs" / parent / "checkpoint.pt"
 
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "Checkpoint", "base_arch", "unwrap", "tensor_bytes",
-           "read_state_dict", "read_checkpoint", "write_checkpoint", "checkpoint_path", "weights_dir"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "Checkpoint",
+    "base_arch",
+    "unwrap",
+    "tensor_bytes",
+    "read_state_dict",
+    "read_checkpoint",
+    "write_checkpoint",
+    "checkpoint_path",
+    "weights_dir",
+]

@@ -58,11 +58,20 @@ def throughput_table() -> tuple[dict[str, str], ...]:
 
 def arch_params() -> dict[str, float]:
     """Backbone parameters (millions) per timm arch name."""
-    return {row["arch"]: float(row["params_m"]) for row in _read(str(_table_path("arch_params.csv", "XRSTUDY_ARCH_PARAMS")))}
+    return {
+        row["arch"]: float(row["params_m"]) for row in _read(str(_table_path("arch_params.csv", "XRSTUDY_ARCH_PARAMS")))
+    }
 
 
-def throughput(arch: str, resolution: int, device: str = DEFAULT_DEVICE, *, compiled: bool = False,
-               table: tuple[dict[str, str], ...] | None = None, params: dict[str, float] | None = None) -> Throughput | None:
+def throughput(
+    arch: str,
+    resolution: int,
+    device: str = DEFAULT_DEVICE,
+    *,
+    compiled: bool = False,
+    table: tuple[dict[str, str], ...] | None = None,
+    params: dict[str, float] | None = None,
+) -> Throughput | None:
     """Training images/s of `arch` at `resolution` px on one `device`; None when nothing measured applies."""
     rows = [r for r in (throughput_table() if table is None else table) if r["device"] == device]
     params = arch_params() if params is None else params
@@ -81,8 +90,10 @@ def throughput(arch: str, resolution: int, device: str = DEFAULT_DEVICE, *, comp
     nearest_arch = min({r["arch"] for r in measured}, key=lambda a: abs(math.log(params[a] / params[base])))
     row = _nearest_resolution([r for r in measured if r["arch"] == nearest_arch], resolution)
     scale = (int(row["resolution"]) / resolution) ** 2 * params[nearest_arch] / params[base]
-    how = (f"scaled by parameter count ({params[base]:.0f}M vs {params[nearest_arch]:.0f}M) and pixel count from "
-           f"{nearest_arch} at {row['resolution']} px")
+    how = (
+        f"scaled by parameter count ({params[base]:.0f}M vs {params[nearest_arch]:.0f}M) and pixel count from "
+        f"{nearest_arch} at {row['resolution']} px"
+    )
     return Throughput(float(row["images_per_s"]) * scale, how + ("; eager figure" if compiled else ""))
 
 
@@ -100,8 +111,9 @@ def memory_table() -> tuple[dict[str, str], ...]:
     return _read(str(_table_path("memory.csv", "XRSTUDY_MEMORY")))
 
 
-def images_per_gpu(arch: str, resolution: int, device: str = DEFAULT_DEVICE,
-                   table: tuple[dict[str, str], ...] | None = None) -> Fit | None:
+def images_per_gpu(
+    arch: str, resolution: int, device: str = DEFAULT_DEVICE, table: tuple[dict[str, str], ...] | None = None
+) -> Fit | None:
     """Most training images of `arch` at `resolution` px one `device` holds; None when the table has no row."""
     base = base_arch(arch)
     rows = [r for r in (memory_table() if table is None else table) if r["device"] == device and r["arch"] == base]
@@ -113,7 +125,9 @@ def images_per_gpu(arch: str, resolution: int, device: str = DEFAULT_DEVICE,
         return Fit(images, f"{device} {row['precision']}: {row['source']}")
     scaled = images * (int(row["resolution"]) / resolution) ** 2  # activations grow with the pixels
     images = 1 << max(0, int(math.floor(math.log2(max(scaled, 1)))))
-    return Fit(images, f"{device} {row['precision']}: scaled by pixel count from {row['resolution']} px ({row['source']})")
+    return Fit(
+        images, f"{device} {row['precision']}: scaled by pixel count from {row['resolution']} px ({row['source']})"
+    )
 
 
 def micro_batch(images_per_gpu: int | None, per_device_batch: int) -> int:
@@ -130,5 +144,15 @@ def gpu_hours(image_steps: int, speed: Throughput | None) -> float | None:
     return None if speed is None or speed.images_per_s <= 0 else image_steps / speed.images_per_s / 3600
 
 
-__all__ = ["Throughput", "throughput", "throughput_table", "arch_params", "Fit", "images_per_gpu", "memory_table",
-           "micro_batch", "gpu_hours", "DEFAULT_DEVICE"]  # fmt: skip
+__all__ = [
+    "Throughput",
+    "throughput",
+    "throughput_table",
+    "arch_params",
+    "Fit",
+    "images_per_gpu",
+    "memory_table",
+    "micro_batch",
+    "gpu_hours",
+    "DEFAULT_DEVICE",
+]

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,15 +43,25 @@ with warnings.catch_warnings():
     from fastai.optimizer import OptimWrapper
 from torch import nn
 
+from xrstudy.pixels.loaders import (
+    DEFAULT_PREFETCH,
+    Augment,
+    Batching,
+    EvalLoader,
+    Sampler,
+    Split,
+    StepLoader,
+    empty_like,
+)
 from xrstudy.training.callbacks import AdaptiveGradClip, MaskedMixUp, PeriodicCheckpoint, PrepareBatch, StepSchedule
 from xrstudy.training.checkpoints import unwrap, write_checkpoint
 from xrstudy.training.recipes import AGC_CLIP, MOMENTUM, Schedule
-from xrstudy.pixels.loaders import DEFAULT_PREFETCH, Augment, Batching, EvalLoader, Sampler, Split, StepLoader, empty_like
 
 
 # ---- losses -------------------------------------------------------------------------------------
-def masked_bce_with_logits(logits: torch.Tensor, target: torch.Tensor,
-                           denominator: torch.Tensor | None = None) -> torch.Tensor:
+def masked_bce_with_logits(
+    logits: torch.Tensor, target: torch.Tensor, denominator: torch.Tensor | None = None
+) -> torch.Tensor:
     """BCE summed over known targets only (NaN = unknown, as in the paper's `mask = ~isnan(target)`),
     divided by `denominator` (default: their number, i.e. the mean)."""
     known = ~torch.isnan(target)
@@ -65,7 +76,9 @@ class MaskedBCE(nn.Module):
     with the loader's denominator (known targets of the global batch, scaled to this micro-batch's
     share), so micro-batches and DDP ranks add up to the 1-process loss of the step."""
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, denominator: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, denominator: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return masked_bce_with_logits(logits, target, denominator)
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
@@ -75,7 +88,9 @@ class MaskedBCE(nn.Module):
 class SoftCrossEntropy(nn.Module):
     """Single-label loss; targets are class indices or (MixUp) class probabilities."""
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, denominator: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, denominator: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return F.cross_entropy(logits.float(), target)
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
@@ -120,10 +135,18 @@ class TrainSetup:
 
     @property
     def batching(self) -> Batching:
-        return Batching(per_device_batch=self.per_device_batch, seed=self.seed, augment=self.augment,
-                        micro_batch=self.micro_batch if self.micro_batch < self.per_device_batch else 0,
-                        multilabel=self.multilabel, mixup_alpha=self.mixup_alpha, sampler=self.sampler,
-                        rank=self.rank, world=self.world, prefetch=self.prefetch)
+        return Batching(
+            per_device_batch=self.per_device_batch,
+            seed=self.seed,
+            augment=self.augment,
+            micro_batch=self.micro_batch if self.micro_batch < self.per_device_batch else 0,
+            multilabel=self.multilabel,
+            mixup_alpha=self.mixup_alpha,
+            sampler=self.sampler,
+            rank=self.rank,
+            world=self.world,
+            prefetch=self.prefetch,
+        )
 
 
 def precision_callbacks(precision: str, device: torch.device) -> list[Callback]:
@@ -133,8 +156,10 @@ def precision_callbacks(precision: str, device: torch.device) -> list[Callback]:
     if precision not in ("bf16", "fp16"):
         raise ValueError(f"precision {precision!r}; expected fp32, bf16 or fp16")
     if device.type != "cuda":
-        raise ValueError(f"precision {precision!r} needs a CUDA device (fastai's MixedPrecision autocasts CUDA); "
-                         f"use fp32 (or precision: auto) on {device}")
+        raise ValueError(
+            f"precision {precision!r} needs a CUDA device (fastai's MixedPrecision autocasts CUDA); "
+            f"use fp32 (or precision: auto) on {device}"
+        )
     return [MixedPrecision(amp_mode=AMPMode(precision))]
 
 
@@ -164,8 +189,9 @@ def make_learner(model: nn.Module, train: Split, setup: TrainSetup, callbacks: S
     cbs: list[Callback] = [
         TrainEvalCallback(),
         StepSchedule(setup.schedule),
-        PrepareBatch(setup.augment.out_size, setup.eval_size, setup.mean, setup.std, setup.channels_last,
-                     setup.augment.padding),
+        PrepareBatch(
+            setup.augment.out_size, setup.eval_size, setup.mean, setup.std, setup.channels_last, setup.augment.padding
+        ),
         *([MaskedMixUp(setup.num_classes, setup.multilabel)] if setup.mixup_alpha > 0 else []),
         *precision_callbacks(setup.precision, setup.device),
         AdaptiveGradClip(setup.agc),
@@ -173,13 +199,24 @@ def make_learner(model: nn.Module, train: Split, setup: TrainSetup, callbacks: S
     if batching.micro_steps > 1:
         cbs.append(GradientAccumulation(n_acc=setup.per_device_batch))
     if setup.checkpoint_path is not None:
-        cbs.append(PeriodicCheckpoint(setup.checkpoint_path, {**setup.checkpoint_identity, "seed": setup.seed},
-                                      setup.schedule, setup.checkpoint_every_steps, setup.checkpoint_every_s,
-                                      setup.rank))
+        cbs.append(
+            PeriodicCheckpoint(
+                setup.checkpoint_path,
+                {**setup.checkpoint_identity, "seed": setup.seed},
+                setup.schedule,
+                setup.checkpoint_every_steps,
+                setup.checkpoint_every_s,
+                setup.rank,
+            )
+        )
     learn = Learner(
-        loaders, model, loss_func=loss_for(setup.multilabel),
-        opt_func=partial(sgd, weight_decay=setup.weight_decay), lr=setup.schedule.base_lr,
-        cbs=cbs + list(callbacks), default_cbs=False,
+        loaders,
+        model,
+        loss_func=loss_for(setup.multilabel),
+        opt_func=partial(sgd, weight_decay=setup.weight_decay),
+        lr=setup.schedule.base_lr,
+        cbs=cbs + list(callbacks),
+        default_cbs=False,
         path=setup.checkpoint_path.parent if setup.checkpoint_path else None,
     )
     learn.step = setup.start_step
@@ -208,7 +245,11 @@ def restore(learn: Learner, state: dict[str, Any], setup: TrainSetup) -> None:
     saved = state.get("schedule")
     schedule = setup.schedule
     if saved is not None and (saved["steps"], saved["warmup"], tuple(saved["decays"]), saved["base_lr"]) != (
-            schedule.steps, schedule.warmup, tuple(schedule.decays), schedule.base_lr):
+        schedule.steps,
+        schedule.warmup,
+        tuple(schedule.decays),
+        schedule.base_lr,
+    ):
         raise ValueError(f"training state was saved with schedule {saved}, this run has {schedule}")
     if setup.start_step != state["step"]:
         raise ValueError(f"learner starts at step {setup.start_step}, the state is at step {state['step']}")
@@ -282,5 +323,20 @@ class BestCheckpoint:
             write_checkpoint(self.path, unwrap(model), {**self.sidecar, "step": step, "valid_loss": loss})
 
 
-__all__ = ["TrainSetup", "BestCheckpoint", "epoch_ends", "make_learner", "fit", "next_step", "predict", "mean_loss", "restore", "precision_callbacks",
-           "masked_bce_with_logits", "MaskedBCE", "SoftCrossEntropy", "loss_for", "sgd"]
+__all__ = [
+    "TrainSetup",
+    "BestCheckpoint",
+    "epoch_ends",
+    "make_learner",
+    "fit",
+    "next_step",
+    "predict",
+    "mean_loss",
+    "restore",
+    "precision_callbacks",
+    "masked_bce_with_logits",
+    "MaskedBCE",
+    "SoftCrossEntropy",
+    "loss_for",
+    "sgd",
+]

@@ -57,8 +57,9 @@ def accuracy(probs: np.ndarray, targets: np.ndarray, multilabel: bool) -> float:
     return float((probs.argmax(1) == targets).mean())
 
 
-def classification_metrics(probs: np.ndarray, targets: np.ndarray, classes: Sequence[str],
-                           multilabel: bool) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+def classification_metrics(
+    probs: np.ndarray, targets: np.ndarray, classes: Sequence[str], multilabel: bool
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """acc, mean AUC over classes with both labels present, mean AP; plus per-class AUC / AP (NaN = undefined)."""
     aucs, aps = [], []
     for truth, score in _class_columns(probs, targets, multilabel):
@@ -69,8 +70,9 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, classes: Sequ
     return metrics, per_class
 
 
-def bootstrap_ci(probs: np.ndarray, targets: np.ndarray, multilabel: bool, seed: int = 0,
-                 n_boot: int = 200, level: float = 0.95) -> dict[str, list[float]]:
+def bootstrap_ci(
+    probs: np.ndarray, targets: np.ndarray, multilabel: bool, seed: int = 0, n_boot: int = 200, level: float = 0.95
+) -> dict[str, list[float]]:
     """Percentile bootstrap CIs (rows resampled with a seeded generator) for acc, auc, ap.
 
     Each resample's metrics equal `classification_metrics` on `probs[rows], targets[rows]` bit for bit
@@ -89,8 +91,9 @@ def bootstrap_ci(probs: np.ndarray, targets: np.ndarray, multilabel: bool, seed:
     return percentile_intervals(samples, level)
 
 
-def resample_metrics_one_by_one(probs: np.ndarray, targets: np.ndarray, multilabel: bool,
-                                rows: Sequence[np.ndarray]) -> dict[str, list[float]]:
+def resample_metrics_one_by_one(
+    probs: np.ndarray, targets: np.ndarray, multilabel: bool, rows: Sequence[np.ndarray]
+) -> dict[str, list[float]]:
     """acc / auc / ap of each resample (`rows`: row indices per resample), one `classification_metrics`
     call each: the definition the vectorised path matches (and its fallback)."""
     classes = [str(k) for k in range(probs.shape[1])]
@@ -133,8 +136,9 @@ def _vectorisable(probs: np.ndarray, targets: np.ndarray, multilabel: bool) -> b
     return True
 
 
-def _resample_metrics(probs: np.ndarray, targets: np.ndarray, multilabel: bool,
-                      rows: list[np.ndarray]) -> dict[str, list[float]]:
+def _resample_metrics(
+    probs: np.ndarray, targets: np.ndarray, multilabel: bool, rows: list[np.ndarray]
+) -> dict[str, list[float]]:
     n, n_classes = probs.shape
     multiplicity = np.stack([np.bincount(picked, minlength=n) for picked in rows])  # (resamples, rows)
     acc = _resample_accuracy(probs, targets, multilabel, multiplicity)
@@ -153,10 +157,10 @@ def _resample_metrics(probs: np.ndarray, targets: np.ndarray, multilabel: bool,
         group_ends = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1] if len(scores) else np.zeros(0, int)
         step = max(1, _CHUNK_ELEMENTS // max(1, len(order)))
         for lo in range(0, len(rows), step):
-            counts = multiplicity[lo:lo + step][:, order]
+            counts = multiplicity[lo : lo + step][:, order]
             seen = np.cumsum(counts, axis=1)[:, group_ends]
             positives = np.cumsum(counts * truth_sorted, axis=1)[:, group_ends]
-            aucs[lo:lo + step, k], aps[lo:lo + step, k] = _auc_ap(seen, positives)
+            aucs[lo : lo + step, k], aps[lo : lo + step, k] = _auc_ap(seen, positives)
     return {"acc": acc, "auc": [_nanmean(list(row)) for row in aucs], "ap": [_nanmean(list(row)) for row in aps]}
 
 
@@ -197,7 +201,7 @@ def _auc_ap(seen: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.nda
     terms = terms[::-1]
     rev_ends = len(terms) - starts
     for b in np.flatnonzero(n_pos > 0):
-        ap[b] = max(0.0, -float(np.add.reduce(terms[rev_ends[b] - lengths[b]:rev_ends[b]])))
+        ap[b] = max(0.0, -float(np.add.reduce(terms[rev_ends[b] - lengths[b] : rev_ends[b]])))
 
     # ROC AUC: roc_curve(drop_intermediate=True) points, prepended (0, 0), trapezoid
     keep = np.ones(len(tps), bool)  # inner points of a curve are dropped unless at a corner
@@ -213,7 +217,7 @@ def _auc_ap(seen: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.nda
     areas /= 2.0
     kept_ends = np.cumsum(kept_lengths)
     for b in np.flatnonzero((n_pos > 0) & (n_neg > 0)):
-        auc[b] = float(np.add.reduce(areas[kept_ends[b] - kept_lengths[b]:kept_ends[b]]))
+        auc[b] = float(np.add.reduce(areas[kept_ends[b] - kept_lengths[b] : kept_ends[b]]))
     return auc, ap
 
 

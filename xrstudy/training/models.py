@@ -17,30 +17,48 @@ init as in the authors' code, or zero with `head_init: zero` as in BiT; with tim
 the multi-label head of pre-training) or "concat" (fastai's
 concat-pool head).
 
-Checkpoint files (xrstudy's own and any state-dict file) are `xrstudy.training.checkpoints`, the authors' files
-`xrstudy.training.paper_weights`, the tiny test architecture `xrstudy.training.archs`; their public names are re-exported here.
+Checkpoint files (xrstudy's own and any state-dict file) are `xrstudy.training.checkpoints`, the authors'
+files `xrstudy.training.paper_weights`, the tiny test architecture `xrstudy.training.archs`; their public
+names are re-exported here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import timm
 import torch
 from torch import nn
 
-from xrstudy.training import recipes, paper_weights
-from xrstudy.data import sources
-from xrstudy.training.archs import resnetv2_tiny_bit
-from xrstudy.training.checkpoints import (CHECKPOINT_FORMAT, Checkpoint, CheckpointError, base_arch, checkpoint_path,
-                                 read_checkpoint, read_state_dict, tensor_bytes, unwrap, weights_dir,
-                                 write_checkpoint)
 from xrstudy.config import RunConfig
+from xrstudy.data import sources
 from xrstudy.fileio import sha256_file
+from xrstudy.training import paper_weights, recipes
+from xrstudy.training.archs import resnetv2_tiny_bit
+from xrstudy.training.checkpoints import (
+    CHECKPOINT_FORMAT,
+    Checkpoint,
+    CheckpointError,
+    base_arch,
+    checkpoint_path,
+    read_checkpoint,
+    read_state_dict,
+    tensor_bytes,
+    unwrap,
+    weights_dir,
+    write_checkpoint,
+)
 
-WEIGHT_FILE_PATTERNS = ("{tag}.safetensors", "{tag}.pth", "{tag}.bin", "{tag}.npz",
-                        "{tag}/model.safetensors", "{tag}/pytorch_model.bin", "{tag}/model.npz")
+WEIGHT_FILE_PATTERNS = (
+    "{tag}.safetensors",
+    "{tag}.pth",
+    "{tag}.bin",
+    "{tag}.npz",
+    "{tag}/model.safetensors",
+    "{tag}/pytorch_model.bin",
+    "{tag}/model.npz",
+)
 
 
 # ---- names ----------------------------------------------------------------------------------
@@ -171,9 +189,10 @@ def create_model(cfg: RunConfig, num_classes: int, head: str = "linear", seed: i
     """The network of a cell: `cfg.arch` from timm, weights from `cfg.init`, then its head.
 
     Pre-training keeps timm's classifier with `num_classes` multi-label outputs; transfer swaps in
-    `HEADS[head]` (default: a fresh linear / 1x1-conv head; `cfg.head_init` = zero gives BiT's zero head). Random initialisation draws from a
-    generator seeded with `seed` (default `cfg.seed`) inside `torch.random.fork_rng`, so the same
-    cell always starts from the same weights and the caller's global RNG state is left untouched.
+    `HEADS[head]` (default: a fresh linear / 1x1-conv head; `cfg.head_init` = zero gives BiT's zero head).
+    Random initialisation draws from a generator seeded with `seed` (default `cfg.seed`) inside
+    `torch.random.fork_rng`, so the same cell always starts from the same weights and the caller's global RNG
+    state is left untouched.
     """
     if head not in HEADS:
         raise ValueError(f"head={head!r}; expected one of {sorted(HEADS)}")
@@ -190,7 +209,6 @@ def create_model(cfg: RunConfig, num_classes: int, head: str = "linear", seed: i
                 for param in model.get_classifier().parameters():
                     nn.init.zeros_(param)
     return model
-
 
 
 # ---- input statistics of an init ------------------------------------------------------------

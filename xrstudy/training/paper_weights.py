@@ -29,9 +29,10 @@ test arch also uses 8 GroupNorm groups instead of 32).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import timm
 import torch
@@ -44,10 +45,16 @@ from xrstudy.training.checkpoints import CheckpointError, base_arch, tensor_byte
 PAPER_FILE = "model.pth.tar"
 RELEASED = tuple(
     f"{source}_bit{size}"
-    for source in ("imagenet1k", "imagenet21k", "chexpert", "chexpert_mimic", "chexpert_mimic_nih",
-                   "chexpert_mimic_nih_padchest")
+    for source in (
+        "imagenet1k",
+        "imagenet21k",
+        "chexpert",
+        "chexpert_mimic",
+        "chexpert_mimic_nih",
+        "chexpert_mimic_nih_padchest",
+    )
     for size in ("50x1", "152x4")
-)  # fmt: skip
+)
 WRAPPER_PREFIXES = ("module.",)  # DataParallel / DistributedDataParallel; their Horovod files have none
 _BIT_ARCH = re.compile(r"resnetv2_(?P<size>\d+x\d+|tiny)_bit")
 _BLOCK = r"stages\.(?P<stage>\d+)\.blocks\.(?P<block>\d+)\."
@@ -75,11 +82,14 @@ def paper_model_name(init_label: str, arch: str) -> str:
     """`chexpert_mimic`, `resnetv2_152x4_bit` -> `chexpert_mimic_bit152x4` (the authors' folder name)."""
     match = _BIT_ARCH.fullmatch(base_arch(arch))
     if match is None:
-        raise CheckpointError(f"init 'paper' needs a BiT ResNet-v2 arch (resnetv2_50x1_bit, resnetv2_152x4_bit), "
-                              f"got {arch!r}")
+        raise CheckpointError(
+            f"init 'paper' needs a BiT ResNet-v2 arch (resnetv2_50x1_bit, resnetv2_152x4_bit), got {arch!r}"
+        )
     if not init_label:
-        raise CheckpointError(f"init 'paper' needs init_label, the pre-training source of the checkpoint "
-                              f"(e.g. chexpert_mimic); released: {', '.join(RELEASED)}")
+        raise CheckpointError(
+            f"init 'paper' needs init_label, the pre-training source of the checkpoint "
+            f"(e.g. chexpert_mimic); released: {', '.join(RELEASED)}"
+        )
     return f"{init_label}_bit{match['size']}"
 
 
@@ -112,8 +122,10 @@ def key_map(arch: str) -> dict[str, tuple[str, tuple[int, ...]]]:
     """big_transfer name -> (timm name, shape) for every tensor of `arch` (built on the meta device:
     no memory, R152x4 included). The pre-training head's shape is the default's, never checked."""
     if _BIT_ARCH.fullmatch(base_arch(arch)) is None:
-        raise CheckpointError(f"arch {arch!r} is not a BiT ResNet-v2; the authors' checkpoints are "
-                              f"resnetv2_50x1_bit and resnetv2_152x4_bit")
+        raise CheckpointError(
+            f"arch {arch!r} is not a BiT ResNet-v2; the authors' checkpoints are "
+            f"resnetv2_50x1_bit and resnetv2_152x4_bit"
+        )
     with torch.random.fork_rng(devices=[]), torch.device("meta"):  # cached: must not move the caller's RNG
         model = timm.create_model(base_arch(arch), pretrained=False)
     mapping = {bit_name(k): (k, tuple(v.shape)) for k, v in model.state_dict().items()}
@@ -154,7 +166,7 @@ def _state_of(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: expected a dict with a 'model' state dict (the authors' format), found {found}")
     for prefix in WRAPPER_PREFIXES:
         if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -162,8 +174,11 @@ def _problems(state: dict[str, torch.Tensor], mapping: dict[str, tuple[str, tupl
     head = {bit_name(k) for k in HEAD_KEYS}
     unexpected = [k for k in state if k not in mapping]
     missing = [k for k in mapping if k not in state and k not in head]
-    reshaped = [f"{k} {tuple(state[k].shape)} (expected {mapping[k][1]})"
-                for k in mapping if k in state and k not in head and tuple(state[k].shape) != mapping[k][1]]
+    reshaped = [
+        f"{k} {tuple(state[k].shape)} (expected {mapping[k][1]})"
+        for k in mapping
+        if k in state and k not in head and tuple(state[k].shape) != mapping[k][1]
+    ]
     problems = []
     for what, keys in (("missing", missing), ("unexpected", unexpected), ("with another shape", reshaped)):
         if keys:
@@ -222,6 +237,14 @@ def import_paper(path: str | Path, arch: str, out: str | Path) -> dict[str, Any]
 
 
 __all__ = [
-    "RELEASED", "KEY_RULES", "paper_model_name", "paper_weight_file", "bit_name", "key_map", "to_paper_state",
-    "read_paper_checkpoint", "use_bit_numerics", "import_paper", 
-]  # fmt: skip
+    "RELEASED",
+    "KEY_RULES",
+    "paper_model_name",
+    "paper_weight_file",
+    "bit_name",
+    "key_map",
+    "to_paper_state",
+    "read_paper_checkpoint",
+    "use_bit_numerics",
+    "import_paper",
+]

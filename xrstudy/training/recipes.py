@@ -15,8 +15,9 @@ The two LR rules are the authors' own, step for step:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from xrstudy.config import RunConfig
@@ -98,8 +99,15 @@ def goyal_lr(schedule: Schedule, step: int) -> float:
 LR_RULES: dict[str, Callable[[Schedule, int], float]] = {"bit": bit_lr, "goyal": goyal_lr}
 
 
-def lr_at(step: int, base_lr: float, warmup: int, decays: tuple[int, ...], factor: float = 0.1,
-          rule: LrRule = "bit", warmup_start: float = 0.0) -> float:
+def lr_at(
+    step: int,
+    base_lr: float,
+    warmup: int,
+    decays: tuple[int, ...],
+    factor: float = 0.1,
+    rule: LrRule = "bit",
+    warmup_start: float = 0.0,
+) -> float:
     """LR for optimiser step `step` (0-based) under `rule`."""
     return Schedule(max(step + 1, 1), warmup, decays, base_lr, factor, rule, warmup_start).lr_at(step)
 
@@ -140,8 +148,9 @@ def pretrain_schedule(total_steps: int, base_lr: float, global_batch: int = PAPE
     warmup = max(1, round(total_steps * PRETRAIN_WARMUP_FRACTION))
     decays = tuple(round(total_steps * f) for f in PRETRAIN_DECAY_FRACTIONS)
     gpus = max(1, global_batch // PAPER_GPU_BATCH)
-    return Schedule(steps=total_steps, warmup=warmup, decays=decays, base_lr=base_lr, rule="goyal",
-                    warmup_start=1.0 / gpus)
+    return Schedule(
+        steps=total_steps, warmup=warmup, decays=decays, base_lr=base_lr, rule="goyal", warmup_start=1.0 / gpus
+    )
 
 
 def pretrain_lr(global_batch: int) -> float:
@@ -193,12 +202,19 @@ class Recipe:
 
     @property
     def schedule(self) -> Schedule:
-        return Schedule(steps=self.steps, warmup=self.warmup, decays=self.decays, base_lr=self.base_lr,
-                        rule=self.rule, warmup_start=self.warmup_start)
+        return Schedule(
+            steps=self.steps,
+            warmup=self.warmup,
+            decays=self.decays,
+            base_lr=self.base_lr,
+            rule=self.rule,
+            warmup_start=self.warmup_start,
+        )
 
 
-def recipe_for(cfg: RunConfig, train_size: int, image_hw: tuple[int, int], *, pipeline: str = "bit",
-               flip: bool = True) -> Recipe:
+def recipe_for(
+    cfg: RunConfig, train_size: int, image_hw: tuple[int, int], *, pipeline: str = "bit", flip: bool = True
+) -> Recipe:
     """The recipe of `cfg` for a training set of `train_size` images of original size `image_hw`.
 
     pipeline: the target's transfer pipeline (`xrstudy.data.sources.Source.transfer_pipeline`): "bit"
@@ -212,11 +228,24 @@ def recipe_for(cfg: RunConfig, train_size: int, image_hw: tuple[int, int], *, pi
         steps = cfg.steps or epochs * per_epoch
         schedule = pretrain_schedule(steps, cfg.lr or pretrain_lr(cfg.batch_size), cfg.batch_size)
         size = cfg.image_size or PRETRAIN_IMAGE_SIZE
-        return Recipe(kind="pretrain", steps=schedule.steps, warmup=schedule.warmup, decays=schedule.decays,
-                      base_lr=schedule.base_lr, global_batch=cfg.batch_size, weight_decay=PRETRAIN_WEIGHT_DECAY,
-                      mixup_alpha=max(cfg.mixup, 0.0), resize=size, crop=size, eval_size=size, augment="xray",
-                      epochs=epochs, rule=schedule.rule, warmup_start=schedule.warmup_start,
-                      valid_every=per_epoch)  # fmt: skip
+        return Recipe(
+            kind="pretrain",
+            steps=schedule.steps,
+            warmup=schedule.warmup,
+            decays=schedule.decays,
+            base_lr=schedule.base_lr,
+            global_batch=cfg.batch_size,
+            weight_decay=PRETRAIN_WEIGHT_DECAY,
+            mixup_alpha=max(cfg.mixup, 0.0),
+            resize=size,
+            crop=size,
+            eval_size=size,
+            augment="xray",
+            epochs=epochs,
+            rule=schedule.rule,
+            warmup_start=schedule.warmup_start,
+            valid_every=per_epoch,
+        )
     rule = bit_hyperrule(train_size, image_hw, steps=cfg.steps)
     if pipeline == "xray":
         crop = cfg.image_size or PRETRAIN_IMAGE_SIZE
@@ -224,10 +253,22 @@ def recipe_for(cfg: RunConfig, train_size: int, image_hw: tuple[int, int], *, pi
     else:
         crop = cfg.image_size or rule.crop
         resize, augment, fit = round(crop * rule.resize / rule.crop), "bit", "squash"
-    return Recipe(kind="transfer", steps=rule.steps, warmup=rule.warmup, decays=rule.decays,
-                  base_lr=cfg.lr or transfer_lr(cfg.batch_size), global_batch=cfg.batch_size,
-                  weight_decay=TRANSFER_WEIGHT_DECAY, mixup_alpha=rule.mixup_alpha if cfg.mixup < 0 else cfg.mixup,
-                  resize=resize, crop=crop, eval_size=crop, augment=augment, cache_fit=fit, flip=flip)  # fmt: skip
+    return Recipe(
+        kind="transfer",
+        steps=rule.steps,
+        warmup=rule.warmup,
+        decays=rule.decays,
+        base_lr=cfg.lr or transfer_lr(cfg.batch_size),
+        global_batch=cfg.batch_size,
+        weight_decay=TRANSFER_WEIGHT_DECAY,
+        mixup_alpha=rule.mixup_alpha if cfg.mixup < 0 else cfg.mixup,
+        resize=resize,
+        crop=crop,
+        eval_size=crop,
+        augment=augment,
+        cache_fit=fit,
+        flip=flip,
+    )
 
 
 # ---- input normalisation ------------------------------------------------------------------------
@@ -235,8 +276,9 @@ XRAY_STATS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # the authors' X-ray configs (d
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # their build_transforms' default
 
 
-def input_stats(cfg: RunConfig, target_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
-                ) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+def input_stats(
+    cfg: RunConfig, target_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+) -> tuple[tuple[float, ...], tuple[float, ...], str]:
     """(mean, std, why) the cell's inputs are normalised with (per channel, on [0, 1] pixels), the
     authors' rule (finetune.py): the pre-training config's mean / std when it sets them (their X-ray
     models: 0.5 / 0.5), else the target's fine-tuning config's (`target_stats`, the registry's
@@ -245,7 +287,9 @@ def input_stats(cfg: RunConfig, target_stats: tuple[tuple[float, ...], tuple[flo
     normalised as its pre-training is, 0.5 / 0.5. `init: timm` is the tag's pretrained cfg, which only
     timm knows: the caller reads it (`models.input_stats`, `plan.input_stats`); here it is a ValueError."""
     if cfg.init == "timm":
-        raise ValueError("init 'timm': the statistics are the tag's timm pretrained cfg (xrstudy.training.models.input_stats)")
+        raise ValueError(
+            "init 'timm': the statistics are the tag's timm pretrained cfg (xrstudy.training.models.input_stats)"
+        )
     if cfg.init != "paper" or not cfg.init_label.startswith("imagenet"):
         label = f"the authors' {cfg.init_label} checkpoint" if cfg.init == "paper" else "xrstudy's X-ray pipeline"
         return (*XRAY_STATS, f"{label}: 0.5 / 0.5")
@@ -271,8 +315,9 @@ RANK_BASE_BYTES = 650_000_000
 RANK_BYTES_PER_IMAGE = 1_000
 
 
-def ram_per_rank(n_images: int, image_bytes: int, micro_batch: int, *, prefetch: int = 2,
-                 model_params: int = 0, cuda: bool = True) -> int:
+def ram_per_rank(
+    n_images: int, image_bytes: int, micro_batch: int, *, prefetch: int = 2, model_params: int = 0, cuda: bool = True
+) -> int:
     """Expected peak host memory of one training rank (bytes), excluding the shared page cache.
 
     n_images: images of the dataset (all splits); image_bytes: bytes of one cached image (size^2 or

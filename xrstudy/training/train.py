@@ -23,21 +23,31 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
 
-from xrstudy.training import recipes
-from xrstudy.training.callbacks import load_train_state, unwrap
 from xrstudy.config import ConfigError, RunConfig
 from xrstudy.data.studydata import StudyData
-from xrstudy.training.learner import BestCheckpoint, TrainSetup, epoch_ends, fit, make_learner, next_step, predict, restore
 from xrstudy.pixels.loaders import Augment, Split
+from xrstudy.training import recipes
+from xrstudy.training.callbacks import load_train_state, unwrap
+from xrstudy.training.learner import (
+    BestCheckpoint,
+    TrainSetup,
+    epoch_ends,
+    fit,
+    make_learner,
+    next_step,
+    predict,
+    restore,
+)
 from xrstudy.training.metrics import bootstrap_ci, classification_metrics
 from xrstudy.training.models import base_arch, create_model, input_stats, read_checkpoint, write_checkpoint
 
@@ -95,7 +105,9 @@ AUGMENTS: dict[str, Callable[[recipes.Recipe], Augment]] = {
     "bit": lambda r: Augment(out_size=r.crop, crop_fraction=r.crop / r.resize, flip=r.flip),
     # cohen_aug (transfer_learning/datasets/chexpert.py): ShiftScaleRotate(shift 0.25, scale 0.1, rotate 45,
     # albumentations' default border BORDER_REFLECT_101 ~ grid_sample "reflection"), HorizontalFlip(0.5).
-    "xray": lambda r: Augment(out_size=r.crop, shift=0.25, scale=0.1, rotate_deg=45.0, flip=r.flip, padding="reflection"),
+    "xray": lambda r: Augment(
+        out_size=r.crop, shift=0.25, scale=0.1, rotate_deg=45.0, flip=r.flip, padding="reflection"
+    ),
 }
 PROBE_ATTEMPTS = 20  # unreadable leading images are skipped (the cache quarantines them)
 
@@ -116,7 +128,7 @@ def probe_image(paths: Sequence[str]) -> tuple[int, int]:
 
 
 def pipeline_of(cfg: RunConfig) -> str:
-    """"xray" (pre-training, and targets that transfer with it) or "bit" (BiT-HyperRule resolution)."""
+    """ "xray" (pre-training, and targets that transfer with it) or "bit" (BiT-HyperRule resolution)."""
     from xrstudy.data import sources
 
     return sources.source_of(cfg.target).transfer_pipeline if cfg.kind == "transfer" else "xray"
@@ -128,8 +140,9 @@ def recipe_of(cfg: RunConfig, study: StudyData) -> recipes.Recipe:
 
     pipeline = pipeline_of(cfg)
     image_hw = probe_image(study.train["path"]) if pipeline == "bit" else (0, 0)
-    return recipes.recipe_for(cfg, len(study.train), image_hw, pipeline=pipeline,
-                            flip=sources.source_of(cfg.target).mirror_invariant)
+    return recipes.recipe_for(
+        cfg, len(study.train), image_hw, pipeline=pipeline, flip=sources.source_of(cfg.target).mirror_invariant
+    )
 
 
 def image_mode(study: StudyData, recipe: recipes.Recipe) -> str:
@@ -201,15 +214,19 @@ def evaluate(learn: Learner, splits: dict[str, Split], study: StudyData, batch: 
         metrics.update({f"{name}/{k}": v for k, v in values.items()})
         if name == "test":
             per_class = by_class
-            ci = {f"test/{k}": v for k, v in bootstrap_ci(probs, targets, study.multilabel, seed, BOOTSTRAP_SAMPLES).items()}
+            ci = {
+                f"test/{k}": v
+                for k, v in bootstrap_ci(probs, targets, study.multilabel, seed, BOOTSTRAP_SAMPLES).items()
+            }
     return Evaluation(metrics, per_class, ci, time.perf_counter() - started)
 
 
 # ---- provenance -------------------------------------------------------------------------------
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -221,8 +238,12 @@ def _versions() -> dict[str, str]:
 
     import xrstudy
 
-    return {"xrstudy": xrstudy.__version__, "torch": torch.__version__, "timm": timm.__version__,
-            "fastai": fastai.__version__}
+    return {
+        "xrstudy": xrstudy.__version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "fastai": fastai.__version__,
+    }
 
 
 def _device_name(device: torch.device) -> str:
@@ -234,8 +255,15 @@ def _precision(cfg: RunConfig, device: torch.device) -> str:
 
 
 # ---- the cell ---------------------------------------------------------------------------------
-def run(cfg: RunConfig, *, resume: bool = False, callbacks: Sequence[Any] = (), study: StudyData | None = None,
-        checkpoint_every_steps: int = 0, checkpoint_every_s: float = 600.0) -> dict[str, Any]:
+def run(
+    cfg: RunConfig,
+    *,
+    resume: bool = False,
+    callbacks: Sequence[Any] = (),
+    study: StudyData | None = None,
+    checkpoint_every_steps: int = 0,
+    checkpoint_every_s: float = 600.0,
+) -> dict[str, Any]:
     """Train and evaluate one cell; returns (and on rank 0 saves) its result dict.
 
     resume: continue from `{run_dir}/train_state.pt` when it exists (same cfg -> same run_id).
@@ -249,14 +277,23 @@ def run(cfg: RunConfig, *, resume: bool = False, callbacks: Sequence[Any] = (), 
             dist.destroy_process_group()
 
 
-def _run(cfg: RunConfig, proc: Process, resume: bool, callbacks: Sequence[Any], study: StudyData | None,
-         checkpoint_every_steps: int, checkpoint_every_s: float) -> dict[str, Any]:
+def _run(
+    cfg: RunConfig,
+    proc: Process,
+    resume: bool,
+    callbacks: Sequence[Any],
+    study: StudyData | None,
+    checkpoint_every_steps: int,
+    checkpoint_every_s: float,
+) -> dict[str, Any]:
     if cfg.batch_size % proc.world:
         raise ConfigError(f"batch_size {cfg.batch_size} (global) is not divisible by {proc.world} processes")
     per_device = cfg.batch_size // proc.world
     if cfg.micro_batch and per_device % min(cfg.micro_batch, per_device):
-        raise ConfigError(f"micro_batch {cfg.micro_batch} does not divide the per-device batch {per_device} "
-                          f"(batch_size {cfg.batch_size} over {proc.world} processes)")
+        raise ConfigError(
+            f"micro_batch {cfg.micro_batch} does not divide the per-device batch {per_device} "
+            f"(batch_size {cfg.batch_size} over {proc.world} processes)"
+        )
     if study is None:
         from xrstudy.data import studydata
 
@@ -306,8 +343,14 @@ def _run(cfg: RunConfig, proc: Process, resume: bool, callbacks: Sequence[Any], 
     if state is not None:
         restore(learn, state, setup)
     eval_batch = 2 * min(cfg.micro_batch or per_device, per_device)
-    sidecar = {"arch": base_arch(cfg.arch), "run_id": cfg.run_id, "config": cfg.to_dict(),
-               "split_sha256": study.split_sha256, "classes": list(study.classes), "multilabel": study.multilabel}
+    sidecar = {
+        "arch": base_arch(cfg.arch),
+        "run_id": cfg.run_id,
+        "config": cfg.to_dict(),
+        "split_sha256": study.split_sha256,
+        "classes": list(study.classes),
+        "multilabel": study.multilabel,
+    }
     best = None
     if cfg.kind == "pretrain" and len(splits["valid"]) and proc.is_main:
         best = BestCheckpoint(cfg.run_dir / CHECKPOINT, sidecar, splits["valid"], eval_batch, state is not None)
@@ -338,8 +381,14 @@ def _run(cfg: RunConfig, proc: Process, resume: bool, callbacks: Sequence[Any], 
     evaluation = evaluate(learn, splits, study, eval_batch, cfg.seed)
     state_path.unlink(missing_ok=True)  # finished: the result (and checkpoint) supersede it
 
-    outcome = Outcome(evaluation=evaluation, checkpoint=checkpoint, train_s=train_s, last_step=recipe.steps,
-                      counts={name: len(split) for name, split in splits.items()}, quarantined=quarantined)
+    outcome = Outcome(
+        evaluation=evaluation,
+        checkpoint=checkpoint,
+        train_s=train_s,
+        last_step=recipe.steps,
+        counts={name: len(split) for name, split in splits.items()},
+        quarantined=quarantined,
+    )
     result = _result(cfg, study, outcome, proc)
     save_result(result, cfg)
     return result
@@ -364,7 +413,8 @@ def _result(cfg: RunConfig, study: StudyData, outcome: Outcome, proc: Process) -
     if any(outcome.quarantined.values()):
         dropped["quarantine"] = dropped.get("quarantine", 0) + sum(outcome.quarantined.values())
     return store.new_result(
-        cfg, outcome.evaluation.metrics,
+        cfg,
+        outcome.evaluation.metrics,
         per_class=outcome.evaluation.per_class,
         ci=outcome.evaluation.ci,
         split_sha256=study.split_sha256,
@@ -387,4 +437,4 @@ def save_result(result: dict[str, Any], cfg: RunConfig) -> Path:
 
 
 # ---- command line -----------------------------------------------------------------------------
-__all__ = ["run", "recipe_of", "AUGMENTS", "open_splits", "evaluate",  "start_process", "Outcome"]
+__all__ = ["run", "recipe_of", "AUGMENTS", "open_splits", "evaluate", "start_process", "Outcome"]

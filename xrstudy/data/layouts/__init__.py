@@ -21,11 +21,11 @@ These are fixture writers into a fresh folder, not the study's outputs: they wri
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 # Importing the writer modules registers them.
-from xrstudy.data.layouts import xray, padchest, natural  # noqa: F401, I001
+from xrstudy.data.layouts import natural, padchest, xray  # noqa: F401, I001
 from xrstudy.data.layouts.padchest import PADCHEST_PAPER_CASES, padchest_paper_records
 from xrstudy.data.layouts.records import WRITERS, Record, Writer, register_writer, save_image
 
@@ -40,5 +40,13 @@ def write_layout(name: str, root: str | Path, records: Iterable[Record]) -> Path
     return root
 
 
-__all__ = ["Record", "Writer", "WRITERS", "register_writer", "write_layout", "save_image", "PADCHEST_PAPER_CASES",
-           "padchest_paper_records"]
+__all__ = [
+    "Record",
+    "Writer",
+    "WRITERS",
+    "register_writer",
+    "write_layout",
+    "save_image",
+    "PADCHEST_PAPER_CASES",
+    "padchest_paper_records",
+]

@@ -23,10 +23,17 @@ def write_imagefolder(root: Path, records: list[Record]) -> None:
 
 # ---- CIFAR-10 / CIFAR-100, python version: pickled dicts with bytes keys, data N x 3072 uint8 -------
 def _cifar_batch(records: list[Record], names: list[str], labels_key: bytes, batch_label: str) -> dict:
-    data = np.stack([rgb(r.image, 32).transpose(2, 0, 1).reshape(-1) for r in records]) if records \
+    data = (
+        np.stack([rgb(r.image, 32).transpose(2, 0, 1).reshape(-1) for r in records])
+        if records
         else np.zeros((0, 3072), np.uint8)
-    return {b"batch_label": batch_label.encode(), labels_key: [names.index(r.label) for r in records],
-            b"data": data, b"filenames": [f"{r.label}_s_{r.patient:06d}.png".encode() for r in records]}
+    )
+    return {
+        b"batch_label": batch_label.encode(),
+        labels_key: [names.index(r.label) for r in records],
+        b"data": data,
+        b"filenames": [f"{r.label}_s_{r.patient:06d}.png".encode() for r in records],
+    }
 
 
 def _dump(path: Path, value: dict) -> None:
@@ -44,10 +51,17 @@ def write_cifar10(root: Path, records: list[Record]) -> None:
     folder = root / "cifar-10-batches-py"
     train = [r for r in records if r.split != "test"]
     for b in range(5):
-        _dump(folder / f"data_batch_{b + 1}", _cifar_batch(train[b::5], names, b"labels", f"training batch {b + 1} of 5"))
-    _dump(folder / "test_batch", _cifar_batch([r for r in records if r.split == "test"], names, b"labels", "testing batch 1 of 1"))
-    _dump(folder / "batches.meta", {b"num_cases_per_batch": 10000, b"label_names": [n.encode() for n in names],
-                                    b"num_vis": 3072})
+        _dump(
+            folder / f"data_batch_{b + 1}", _cifar_batch(train[b::5], names, b"labels", f"training batch {b + 1} of 5")
+        )
+    _dump(
+        folder / "test_batch",
+        _cifar_batch([r for r in records if r.split == "test"], names, b"labels", "testing batch 1 of 1"),
+    )
+    _dump(
+        folder / "batches.meta",
+        {b"num_cases_per_batch": 10000, b"label_names": [n.encode() for n in names], b"num_vis": 3072},
+    )
 
 
 @register_writer("cifar100")
@@ -56,8 +70,10 @@ def write_cifar100(root: Path, records: list[Record]) -> None:
     check_labels("cifar100", records)
     names = sorted({r.label for r in records})
     folder = root / "cifar-100-python"
-    for split, subset in (("train", [r for r in records if r.split != "test"]),
-                          ("test", [r for r in records if r.split == "test"])):
+    for split, subset in (
+        ("train", [r for r in records if r.split != "test"]),
+        ("test", [r for r in records if r.split == "test"]),
+    ):
         batch = _cifar_batch(subset, names, b"fine_labels", f"{split}ing batch 1 of 1")
         batch[b"coarse_labels"] = [0] * len(subset)
         _dump(folder / split, batch)
@@ -84,9 +100,11 @@ def write_pets(root: Path, records: list[Record]) -> None:
         line = f"{image} {breeds.index(record.label) + 1} {species[record.label]} {breed_id[record.label]}\n"
         lines["test" if record.split == "test" else "trainval"].append(line)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
-    header = ("#Image CLASS-ID SPECIES BREED ID\n#ID: 1:37 Class ids\n#SPECIES: 1:Cat 2:Dog\n"
-              "#BREED ID: 1-25:Cat 1:12:Dog\n#All images with 1st letter as captial are cat images\n"
-              "#images with small first letter are dog images\n")
+    header = (
+        "#Image CLASS-ID SPECIES BREED ID\n#ID: 1:37 Class ids\n#SPECIES: 1:Cat 2:Dog\n"
+        "#BREED ID: 1-25:Cat 1:12:Dog\n#All images with 1st letter as captial are cat images\n"
+        "#images with small first letter are dog images\n"
+    )
     (root / "annotations" / "list.txt").write_text(header + "".join(lines["trainval"] + lines["test"]))
     for split, entries in lines.items():
         (root / "annotations" / f"{split}.txt").write_text("".join(entries))

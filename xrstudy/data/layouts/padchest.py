@@ -11,10 +11,15 @@ import pandas as pd
 from xrstudy.data import labels
 from xrstudy.data.layouts.records import Record, register_writer, save_image
 
-
 # ---- PadChest: PADCHEST_..._160K_01.02.19.csv + <ImageDir>/<ImageID> 16-bit PNGs -----------------
-PADCHEST_PROJECTIONS = {"PA": "PA", "AP": "AP", "AP_SUPINE": "AP_horizontal", "LATERAL": "L", "COSTAL": "COSTAL",
-                        "OTHER": "UNK"}
+PADCHEST_PROJECTIONS = {
+    "PA": "PA",
+    "AP": "AP",
+    "AP_SUPINE": "AP_horizontal",
+    "LATERAL": "L",
+    "COSTAL": "COSTAL",
+    "OTHER": "UNK",
+}
 # A value spanning two lines, as 5,214 rows of the real file have: line numbers are not row + 2.
 LONG_CUIS = "['C0262950' 'C0223683' 'C0020164' 'C0003483' 'C0444532' 'C0448034'\n 'C0920882' 'C0025066']"
 
@@ -33,16 +38,23 @@ def write_padchest(root: Path, records: list[Record]) -> None:
         if record.label and record.label != "normal":
             terms = [term_of.get(record.label, record.label.lower())]  # PadChest-Cl: exactly one term
         text = repr(terms or ["normal"]) if record.raw is None else (record.raw or None)
-        rows.append({
-            "ImageID": image_id, "ImageDir": image_dir, "StudyDate_DICOM": 20150101 + record.study,
-            "StudyID": f"{record.patient:06d}-{record.study}", "PatientID": f"{record.patient:06d}",
-            "PatientBirth": 2015 - record.age, "PatientSex_DICOM": record.sex or "O",
-            "Projection": PADCHEST_PROJECTIONS[record.view], "MethodLabel": "Physician",
-            "Labels": text,
-            # numpy-style reprs as in the real file, where long ones break over two lines
-            "labelCUIS": "[" + " ".join(f"'C{i:07d}'" for _ in terms) + "]",
-            "LocalizationsCUIS": LONG_CUIS if i % 4 == 1 else "[]",
-        })  # fmt: skip
+        rows.append(
+            {
+                "ImageID": image_id,
+                "ImageDir": image_dir,
+                "StudyDate_DICOM": 20150101 + record.study,
+                "StudyID": f"{record.patient:06d}-{record.study}",
+                "PatientID": f"{record.patient:06d}",
+                "PatientBirth": 2015 - record.age,
+                "PatientSex_DICOM": record.sex or "O",
+                "Projection": PADCHEST_PROJECTIONS[record.view],
+                "MethodLabel": "Physician",
+                "Labels": text,
+                # numpy-style reprs as in the real file, where long ones break over two lines
+                "labelCUIS": "[" + " ".join(f"'C{i:07d}'" for _ in terms) + "]",
+                "LocalizationsCUIS": LONG_CUIS if i % 4 == 1 else "[]",
+            }
+        )
     pd.DataFrame(rows).to_csv(root / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv", index=False)
 
 
@@ -80,8 +92,18 @@ def padchest_paper_records(repeat: int = 1, *, size: int = 16) -> list[Record]:
                 continue
             patient = r * len(PADCHEST_PAPER_CASES) + i + 1
             image = (np.arange(size * size, dtype=np.uint32).reshape(size, size) * 257 + patient * 911) % 65535
-            records.append(Record(patient=patient, study=1, view=view, sex="F",
-                                  age=60, findings={}, split="", image=image.astype(np.uint16), raw=text,
-                                  file=file))  # fmt: skip
+            records.append(
+                Record(
+                    patient=patient,
+                    study=1,
+                    view=view,
+                    sex="F",
+                    age=60,
+                    findings={},
+                    split="",
+                    image=image.astype(np.uint16),
+                    raw=text,
+                    file=file,
+                )
+            )
     return records
-

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,7 @@ WRITERS: dict[str, Writer] = {}
 
 def register_writer(name: str) -> Callable[[Writer], Writer]:
     """Register the writer of layout `name` (a registry name of `xrstudy.data.sources`, or a variant of one)."""
+
     def add(fn: Writer) -> Writer:
         WRITERS[name] = fn
         return fn
@@ -76,9 +77,19 @@ def check_labels(name: str, records: list[Record], allowed: Iterable[str] | None
     allowed = set(allowed) if allowed is not None else None
     bad = sorted({r.label for r in records if not r.label or (allowed is not None and r.label not in allowed)})
     if bad:
-        raise ValueError(f"{name} writer: labels {bad}; expected {sorted(allowed) if allowed else 'non-empty class names'}")
+        raise ValueError(
+            f"{name} writer: labels {bad}; expected {sorted(allowed) if allowed else 'non-empty class names'}"
+        )
 
 
-
-__all__ = ["Record", "Writer", "WRITERS", "register_writer", "save_image", "write_csv_gz", "as_uint8", "rgb",
-           "check_labels"]
+__all__ = [
+    "Record",
+    "Writer",
+    "WRITERS",
+    "register_writer",
+    "save_image",
+    "write_csv_gz",
+    "as_uint8",
+    "rgb",
+    "check_labels",
+]

@@ -14,7 +14,9 @@ from xrstudy.data.layouts.records import Record, as_uint8, check_labels, registe
 
 def _chexpert_values(record: Record) -> dict[str, float | None]:
     """The 14 CheXpert columns; `No Finding` is 1 when nothing positive or uncertain was drawn."""
-    row = {column: record.findings.get(labels.CHEXPERT_SYNONYMS.get(column, column)) for column in labels.CHEXPERT_FINDINGS}
+    row = {
+        column: record.findings.get(labels.CHEXPERT_SYNONYMS.get(column, column)) for column in labels.CHEXPERT_FINDINGS
+    }
     drawn = any(v in (1.0, -1.0) for v in record.findings.values())
     row["No Finding"] = None if drawn else 1.0
     return row
@@ -27,18 +29,23 @@ def write_chexpert(root: Path, records: list[Record]) -> None:
     views_in_study: dict[tuple[int, int], int] = {}
     for record in records:
         split = "valid" if record.split in ("valid", "test") else "train"
-        number = views_in_study[(record.patient, record.study)] = views_in_study.get((record.patient, record.study), 0) + 1
+        number = views_in_study[(record.patient, record.study)] = (
+            views_in_study.get((record.patient, record.study), 0) + 1
+        )
         lateral = record.view == "LATERAL"
-        relative = f"{split}/patient{record.patient:05d}/study{record.study}/view{number}_{'lateral' if lateral else 'frontal'}.jpg"
+        side = "lateral" if lateral else "frontal"
+        relative = f"{split}/patient{record.patient:05d}/study{record.study}/view{number}_{side}.jpg"
         save_image(root / relative, as_uint8(record.image))
-        rows[split].append({
-            "Path": f"{root.name}/{relative}",
-            "Sex": {"M": "Male", "F": "Female"}.get(record.sex, "Unknown"),
-            "Age": record.age,
-            "Frontal/Lateral": "Lateral" if lateral else "Frontal",
-            "AP/PA": None if lateral else {"PA": "PA", "AP": "AP", "AP_SUPINE": "AP"}.get(record.view, "LL"),
-            **_chexpert_values(record),
-        })  # fmt: skip
+        rows[split].append(
+            {
+                "Path": f"{root.name}/{relative}",
+                "Sex": {"M": "Male", "F": "Female"}.get(record.sex, "Unknown"),
+                "Age": record.age,
+                "Frontal/Lateral": "Lateral" if lateral else "Frontal",
+                "AP/PA": None if lateral else {"PA": "PA", "AP": "AP", "AP_SUPINE": "AP"}.get(record.view, "LL"),
+                **_chexpert_values(record),
+            }
+        )
     columns = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "No Finding", *labels.CHEXPERT_FINDINGS]
     for split, split_rows in rows.items():
         if split_rows:
@@ -56,10 +63,25 @@ def write_mimic(root: Path, records: list[Record]) -> None:
         path = root / "files" / f"p{str(subject)[:2]}" / f"p{subject}" / f"s{study}" / f"{dicom}.jpg"
         save_image(path, as_uint8(record.image))
         view = {"AP_SUPINE": "AP", "OTHER": "LL", "COSTAL": "LL"}.get(record.view, record.view)
-        meta_rows.append({"dicom_id": dicom, "subject_id": subject, "study_id": study, "PerformedProcedureStepDescription": "CHEST (PA AND LAT)",
-                          "ViewPosition": view, "Rows": record.image.shape[0], "Columns": record.image.shape[1]})  # fmt: skip
-        split_rows.append({"dicom_id": dicom, "study_id": study, "subject_id": subject,
-                           "split": {"valid": "validate"}.get(record.split, record.split)})
+        meta_rows.append(
+            {
+                "dicom_id": dicom,
+                "subject_id": subject,
+                "study_id": study,
+                "PerformedProcedureStepDescription": "CHEST (PA AND LAT)",
+                "ViewPosition": view,
+                "Rows": record.image.shape[0],
+                "Columns": record.image.shape[1],
+            }
+        )
+        split_rows.append(
+            {
+                "dicom_id": dicom,
+                "study_id": study,
+                "subject_id": subject,
+                "split": {"valid": "validate"}.get(record.split, record.split),
+            }
+        )
         if (subject, study) not in seen_studies and record.raw != "":  # one label row per study (if any)
             seen_studies.add((subject, study))
             label_rows.append({"subject_id": subject, "study_id": study, **_chexpert_values(record)})
@@ -82,17 +104,25 @@ def write_nih(root: Path, records: list[Record]) -> None:
         save_image(root / "images" / name, as_uint8(record.image))
         # NIH has no uncertain or unknown labels: -1 is written as a finding, blank as absent.
         found = [labels.NIH_NAMES.get(k, k) for k, v in sorted(record.findings.items()) if v in (1.0, -1.0)]
-        rows.append({
-            "Image Index": name, "Finding Labels": "|".join(found) or "No Finding", "Follow-up #": number,
-            "Patient ID": record.patient, "Patient Age": record.age, "Patient Gender": record.sex or "M",
-            "View Position": record.view, "OriginalImage[Width": record.image.shape[1],
-            "Height]": record.image.shape[0], "OriginalImagePixelSpacing[x": 0.143, "y]": 0.143,
-        })  # fmt: skip
+        rows.append(
+            {
+                "Image Index": name,
+                "Finding Labels": "|".join(found) or "No Finding",
+                "Follow-up #": number,
+                "Patient ID": record.patient,
+                "Patient Age": record.age,
+                "Patient Gender": record.sex or "M",
+                "View Position": record.view,
+                "OriginalImage[Width": record.image.shape[1],
+                "Height]": record.image.shape[0],
+                "OriginalImagePixelSpacing[x": 0.143,
+                "y]": 0.143,
+            }
+        )
         lists["test_list.txt" if record.split == "test" else "train_val_list.txt"].append(name)
     pd.DataFrame(rows).to_csv(root / "Data_Entry_2017_v2020.csv", index=False)
     for name, entries in lists.items():
         (root / name).write_text("".join(f"{e}\n" for e in entries))
-
 
 
 # ---- COVIDx CXR-2: train.txt / val.txt / test.txt ('patient file class source') + train/ val/ test/ --
@@ -125,7 +155,9 @@ def write_covidx_v3(root: Path, records: list[Record]) -> None:
         raise ValueError("covidx-v3 writer: splits train and test only (the pinned release has no val.txt)")
     write_covidx(root, records)
     for split, classes in COVIDX_V3_CLASSES.items():
-        lines = (root / f"{split}.txt").read_text().splitlines(keepends=True) if (root / f"{split}.txt").is_file() else []
+        lines = (
+            (root / f"{split}.txt").read_text().splitlines(keepends=True) if (root / f"{split}.txt").is_file() else []
+        )
         for cls, count in classes.items():
             have = sum(r.split == split and r.label == cls for r in records)
             if have > count:
@@ -153,7 +185,9 @@ def write_tuberculosis(root: Path, records: list[Record]) -> None:
         save_image(root / folder / "CXR_png" / f"{stem}.png", as_uint8(record.image))
         sex = {"M": "male", "F": "female"}.get(record.sex, "male")
         if prefix == "CHNCXR":
-            reading = f"{sex} {record.age}yrs\n{'normal' if record.label == 'normal' else 'PTB in the right upper field'}\n"
+            reading = (
+                f"{sex} {record.age}yrs\n{'normal' if record.label == 'normal' else 'PTB in the right upper field'}\n"
+            )
         else:
             reading = f"Patient's Sex: {sex[0].upper()}\nPatient's Age: {record.age:03d}Y\n{record.label}\n"
         (root / folder / "ClinicalReadings").mkdir(parents=True, exist_ok=True)
@@ -163,4 +197,3 @@ def write_tuberculosis(root: Path, records: list[Record]) -> None:
             mask[:, : mask.shape[1] // 2] = 255
             for side in ("leftMask", "rightMask"):
                 save_image(root / folder / "ManualMask" / side / f"{stem}.png", mask)
-

@@ -25,12 +25,55 @@ Importing the package registers every adapter. The writers of miniature copies i
 from __future__ import annotations
 
 # Importing the adapter modules registers them (pre-training X-ray sources first, as `list(SOURCES)` shows).
-from xrstudy.data.sources import xray, padchest, natural  # noqa: F401, I001
-from xrstudy.data.sources.registry import (CACHE_READS, SOURCES, CacheReads, Reader, Source, SourceError, read_source,
-                                      register, root_signature, source_of)
-from xrstudy.data.sources.tables import (NOTES, canonical, check_unique, check_values, find_file, line_of, lines_of,
-                                    notes_of, optional_file, read_table, read_text, require_images)
+from xrstudy.data.sources import natural, padchest, xray  # noqa: F401, I001
+from xrstudy.data.sources.registry import (
+    CACHE_READS,
+    SOURCES,
+    CacheReads,
+    Reader,
+    Source,
+    SourceError,
+    read_source,
+    register,
+    root_signature,
+    source_of,
+)
+from xrstudy.data.sources.tables import (
+    NOTES,
+    canonical,
+    check_unique,
+    check_values,
+    find_file,
+    line_of,
+    lines_of,
+    notes_of,
+    optional_file,
+    read_table,
+    read_text,
+    require_images,
+)
 
-__all__ = ["SOURCES", "Source", "SourceError", "Reader", "CacheReads", "CACHE_READS", "register", "read_source",
-           "source_of", "root_signature", "canonical", "read_table", "read_text", "find_file", "optional_file",
-           "check_unique", "check_values", "require_images", "line_of", "lines_of", "notes_of", "NOTES"]
+__all__ = [
+    "SOURCES",
+    "Source",
+    "SourceError",
+    "Reader",
+    "CacheReads",
+    "CACHE_READS",
+    "register",
+    "read_source",
+    "source_of",
+    "root_signature",
+    "canonical",
+    "read_table",
+    "read_text",
+    "find_file",
+    "optional_file",
+    "check_unique",
+    "check_values",
+    "require_images",
+    "line_of",
+    "lines_of",
+    "notes_of",
+    "NOTES",
+]

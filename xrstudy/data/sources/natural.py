@@ -21,8 +21,8 @@ import os
 import pickle  # the CIFAR batches are pickles (trusted input, as distributed)
 import re
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,8 +31,15 @@ from xrstudy.data.sources.registry import SOURCES, SourceError, register
 from xrstudy.data.sources.tables import canonical, find_file, require_images, text_lines, unique_lines
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
-SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "valid", "valid": "valid", "validation": "valid",
-                 "test": "test", "testing": "test"}  # fmt: skip
+SPLIT_FOLDERS = {
+    "train": "train",
+    "training": "train",
+    "val": "valid",
+    "valid": "valid",
+    "validation": "valid",
+    "test": "test",
+    "testing": "test",
+}
 IMAGEFOLDER_LAYOUT = "class folders of images, optionally inside train/, valid/ (or val/) and test/ folders"
 
 
@@ -45,24 +52,46 @@ def _class_images(folder: Path) -> Iterable[tuple[str, str]]:
 
 @register("imagefolder", multilabel=False, modality="natural", layout=IMAGEFOLDER_LAYOUT, paper_fewshot="kshot_finder")
 def read_imagefolder(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
-    split_dirs = {SPLIT_FOLDERS[p.name.lower()]: p for p in sorted(root.iterdir())
-                  if p.is_dir() and p.name.lower() in SPLIT_FOLDERS}  # fmt: skip
-    rows = [(split, label, path) for split, folder in (split_dirs or {"": root}).items()
-            for label, path in _class_images(folder)]
+    split_dirs = {
+        SPLIT_FOLDERS[p.name.lower()]: p
+        for p in sorted(root.iterdir())
+        if p.is_dir() and p.name.lower() in SPLIT_FOLDERS
+    }
+    rows = [
+        (split, label, path)
+        for split, folder in (split_dirs or {"": root}).items()
+        for label, path in _class_images(folder)
+    ]
     if not rows:
-        raise SourceError(f"{name}: no images under {root}; expected {IMAGEFOLDER_LAYOUT} "
-                          f"(a name outside {sorted(SOURCES)} is read as an ImageFolder tree)")
+        raise SourceError(
+            f"{name}: no images under {root}; expected {IMAGEFOLDER_LAYOUT} "
+            f"(a name outside {sorted(SOURCES)} is read as an ImageFolder tree)"
+        )
     split, label, path = zip(*rows)
     image_id = [os.path.relpath(p, root) for p in path]
-    return canonical(name, image_id=image_id, path=list(path), patient_id=image_id, study_id=image_id,
-                     view="OTHER", split=list(split), label=list(label))
+    return canonical(
+        name,
+        image_id=image_id,
+        path=list(path),
+        patient_id=image_id,
+        study_id=image_id,
+        view="OTHER",
+        split=list(split),
+        label=list(label),
+    )
 
 
 # Handwritten digits (the demo's natural target, scikit-learn's 8x8 digits) as an ImageFolder tree: a
 # mirrored digit is no digit, so their training crops are never flipped (with flips the demo's
 # full-shot accuracy was ~91 %, without ~96 %, as a logistic regression's).
-register("digits", multilabel=False, modality="natural", layout=IMAGEFOLDER_LAYOUT, paper_fewshot="kshot_finder",
-         mirror_invariant=False)(read_imagefolder)
+register(
+    "digits",
+    multilabel=False,
+    modality="natural",
+    layout=IMAGEFOLDER_LAYOUT,
+    paper_fewshot="kshot_finder",
+    mirror_invariant=False,
+)(read_imagefolder)
 
 
 # ---- CIFAR-10 / CIFAR-100 (python version) --------------------------------------------------------
@@ -75,10 +104,21 @@ def _cifar_pickle(path: Path, keys: Sequence[str]) -> dict[str, object]:
     try:
         with open(path, "rb") as handle:
             batch = pickle.load(handle, encoding="bytes")
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError,
-            IndexError, KeyError) as err:  # fmt: skip
-        raise SourceError(f"{path}: cannot read as a CIFAR python pickle ({type(err).__name__}: {err}); "
-                          f"expected a pickled dict with keys {keys}") from None
+    except (
+        OSError,
+        EOFError,
+        pickle.UnpicklingError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ImportError,
+        IndexError,
+        KeyError,
+    ) as err:
+        raise SourceError(
+            f"{path}: cannot read as a CIFAR python pickle ({type(err).__name__}: {err}); "
+            f"expected a pickled dict with keys {keys}"
+        ) from None
     if not isinstance(batch, dict):
         raise SourceError(f"{path}: holds a {type(batch).__name__}; expected a pickled dict with keys {keys}")
     out = {}
@@ -101,8 +141,17 @@ def _cifar_names(path: Path, key: str) -> list[str]:
         raise SourceError(f"{path}, key {key!r}: {err}; expected a list of class names") from None
 
 
-def _read_cifar(name: str, root: Path, metadata_only: bool, *, folder: str, meta: str, names_key: str,
-                labels_key: str, batches: Sequence[tuple[str, str]]) -> pd.DataFrame:
+def _read_cifar(
+    name: str,
+    root: Path,
+    metadata_only: bool,
+    *,
+    folder: str,
+    meta: str,
+    names_key: str,
+    labels_key: str,
+    batches: Sequence[tuple[str, str]],
+) -> pd.DataFrame:
     base = root / folder if (root / folder).is_dir() else root
     class_names = _cifar_names(find_file(base, [meta], f"{name} meta file"), names_key)
     tables = []
@@ -119,38 +168,84 @@ def _read_cifar(name: str, root: Path, metadata_only: bool, *, folder: str, meta
         bad = (values < 0) | (values >= len(class_names))
         if bad.any():
             i = int(np.argmax(bad))
-            raise SourceError(f"{path}, key {labels_key!r}, entry {i}: value {values[i]}; expected 0.."
-                              f"{len(class_names) - 1} (the {len(class_names)} names in {meta})")
+            raise SourceError(
+                f"{path}, key {labels_key!r}, entry {i}: value {values[i]}; expected 0.."
+                f"{len(class_names) - 1} (the {len(class_names)} names in {meta})"
+            )
         if "data" in batch:
             rows = int(np.shape(batch["data"])[0]) if np.ndim(batch["data"]) == 2 else -1
             if rows != len(values) or np.shape(batch["data"])[1] != 3072:
-                raise SourceError(f"{path}, key 'data': shape {np.shape(batch['data'])}; expected "
-                                  f"({len(values)}, 3072), one 3x32x32 image per label")
+                raise SourceError(
+                    f"{path}, key 'data': shape {np.shape(batch['data'])}; expected "
+                    f"({len(values)}, 3072), one 3x32x32 image per label"
+                )
         elif not metadata_only:
-            raise SourceError(f"{path}: no key 'data' (the pixels); to work from the labels alone pass "
-                              f"metadata_only=True (CLI: --metadata-only)")
+            raise SourceError(
+                f"{path}: no key 'data' (the pixels); to work from the labels alone pass "
+                f"metadata_only=True (CLI: --metadata-only)"
+            )
         image_id = [f"{batch_name}#{i}" for i in range(len(values))]
-        tables.append(canonical(name, image_id=image_id, path=[f"{path}#{i}" for i in range(len(values))],
-                                patient_id=image_id, study_id=image_id, view="OTHER", split=split,
-                                label=[class_names[v] for v in values]))  # fmt: skip
+        tables.append(
+            canonical(
+                name,
+                image_id=image_id,
+                path=[f"{path}#{i}" for i in range(len(values))],
+                patient_id=image_id,
+                study_id=image_id,
+                view="OTHER",
+                split=split,
+                label=[class_names[v] for v in values],
+            )
+        )
     return pd.concat(tables, ignore_index=True)
 
 
-@register("cifar10", multilabel=False, modality="natural", layout=CIFAR10_LAYOUT, published_classes=10, published_train_size=50_000,
-          native_hw=(32, 32), paper_fewshot="kshot_finder")
+@register(
+    "cifar10",
+    multilabel=False,
+    modality="natural",
+    layout=CIFAR10_LAYOUT,
+    published_classes=10,
+    published_train_size=50_000,
+    native_hw=(32, 32),
+    paper_fewshot="kshot_finder",
+)
 def read_cifar10(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     batches = [(f"data_batch_{i}", "train") for i in range(1, 6)] + [("test_batch", "test")]
-    return _read_cifar(name, root, metadata_only, folder="cifar-10-batches-py", meta="batches.meta",
-                       names_key="label_names", labels_key="labels", batches=batches)
+    return _read_cifar(
+        name,
+        root,
+        metadata_only,
+        folder="cifar-10-batches-py",
+        meta="batches.meta",
+        names_key="label_names",
+        labels_key="labels",
+        batches=batches,
+    )
 
 
-@register("cifar100", multilabel=False, modality="natural", layout=CIFAR100_LAYOUT, published_classes=100, published_train_size=50_000,
-          native_hw=(32, 32), paper_fewshot="kshot_finder")
+@register(
+    "cifar100",
+    multilabel=False,
+    modality="natural",
+    layout=CIFAR100_LAYOUT,
+    published_classes=100,
+    published_train_size=50_000,
+    native_hw=(32, 32),
+    paper_fewshot="kshot_finder",
+)
 def read_cifar100(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """CIFAR-100 with its 100 fine labels (the coarse super-classes are not used by the study)."""
-    return _read_cifar(name, root, metadata_only, folder="cifar-100-python", meta="meta",
-                       names_key="fine_label_names", labels_key="fine_labels",
-                       batches=[("train", "train"), ("test", "test")])
+    return _read_cifar(
+        name,
+        root,
+        metadata_only,
+        folder="cifar-100-python",
+        meta="meta",
+        names_key="fine_label_names",
+        labels_key="fine_labels",
+        batches=[("train", "train"), ("test", "test")],
+    )
 
 
 # ---- Oxford-IIIT Pets ---------------------------------------------------------------------------------
@@ -158,8 +253,15 @@ PETS_LAYOUT = "annotations/trainval.txt and annotations/test.txt ('Abyssinian_10
 PETS_LINE = re.compile(r"^(?P<image>(?P<cls>\S+)_\d+)\s+(?P<id>\d+)\s+(?P<species>\d+)\s+(?P<breed>\d+)$")
 
 
-@register("pets", multilabel=False, modality="natural", layout=PETS_LAYOUT, published_classes=37, published_train_size=3_680,
-          paper_fewshot="kshot_finder")
+@register(
+    "pets",
+    multilabel=False,
+    modality="natural",
+    layout=PETS_LAYOUT,
+    published_classes=37,
+    published_train_size=3_680,
+    paper_fewshot="kshot_finder",
+)
 def read_pets(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """Oxford-IIIT Pets, 37 breeds; the class name is the image name without its trailing _NNN
     (cat breeds are capitalised in the originals, dog breeds are not: kept as distributed)."""
@@ -172,27 +274,40 @@ def read_pets(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
         for line, text in text_lines(path, expected, comments=True):
             match = PETS_LINE.match(text)
             if match is None or int(match["id"]) < 1 or match["species"] not in ("1", "2"):
-                raise SourceError(f"{path}, line {line}: {text!r}; expected {expected} "
-                                  f"(CLASS-ID 1..37, SPECIES 1 = cat or 2 = dog)")
+                raise SourceError(
+                    f"{path}, line {line}: {text!r}; expected {expected} (CLASS-ID 1..37, SPECIES 1 = cat or 2 = dog)"
+                )
             class_id, breed = int(match["id"]), match["cls"]
             seen_breed, seen_path, seen_line = first_of_id.setdefault(class_id, (breed, path, line))
             seen_id, other_path, other_line = first_of_breed.setdefault(breed, (class_id, path, line))
             if seen_breed != breed or seen_id != class_id:
-                raise SourceError(f"{path}, line {line}: {text!r} gives breed {breed!r} CLASS-ID {class_id}, but "
-                                  f"{seen_path.name} line {seen_line} gives id {class_id} to {seen_breed!r} and "
-                                  f"{other_path.name} line {other_line} gives {breed!r} id {seen_id}; "
-                                  f"expected one CLASS-ID per breed")
+                raise SourceError(
+                    f"{path}, line {line}: {text!r} gives breed {breed!r} CLASS-ID {class_id}, but "
+                    f"{seen_path.name} line {seen_line} gives id {class_id} to {seen_breed!r} and "
+                    f"{other_path.name} line {other_line} gives {breed!r} id {seen_id}; "
+                    f"expected one CLASS-ID per breed"
+                )
             rows.append((split, match["image"], breed, path, line))
     require_images(root, "images", name, metadata_only)
     split, image, cls, path, line = zip(*rows)
     unique_lines(image, list(zip(path, line)), "image")
-    return canonical(name, image_id=list(image), path=[str(root / "images" / f"{i}.jpg") for i in image],
-                     patient_id=list(image), study_id=list(image), view="OTHER", split=list(split), label=list(cls))
+    return canonical(
+        name,
+        image_id=list(image),
+        path=[str(root / "images" / f"{i}.jpg") for i in image],
+        patient_id=list(image),
+        study_id=list(image),
+        view="OTHER",
+        split=list(split),
+        label=list(cls),
+    )
 
 
 # ---- Oxford Flowers-102 ------------------------------------------------------------------------------
-FLOWERS_LAYOUT = ("imagelabels.mat and setid.mat (trnid, valid, tstid) beside jpg/image_00001.jpg ..., or fast.ai's "
-                  "copy: train.txt, valid.txt, test.txt ('jpg/image_00001.jpg 76', classes from 0) beside jpg/")
+FLOWERS_LAYOUT = (
+    "imagelabels.mat and setid.mat (trnid, valid, tstid) beside jpg/image_00001.jpg ..., or fast.ai's "
+    "copy: train.txt, valid.txt, test.txt ('jpg/image_00001.jpg 76', classes from 0) beside jpg/"
+)
 FLOWERS_SETS = ("trnid", "valid", "tstid")
 
 
@@ -232,56 +347,95 @@ def _read_flowers_fastai(name: str, root: Path, metadata_only: bool, split_of: d
     require_images(root, "jpg", name, metadata_only)
     image, label, key, path, line = zip(*rows)
     unique_lines(image, list(zip(path, line)), "image")
-    return canonical(name, image_id=list(image), path=[str(root / "jpg" / i) for i in image], patient_id=list(image),
-                     study_id=list(image), view="OTHER", split=[split_of[k] for k in key], label=list(label))
+    return canonical(
+        name,
+        image_id=list(image),
+        path=[str(root / "jpg" / i) for i in image],
+        patient_id=list(image),
+        study_id=list(image),
+        view="OTHER",
+        split=[split_of[k] for k in key],
+        label=list(label),
+    )
 
 
 def _read_flowers(name: str, root: Path, metadata_only: bool, split_of: dict[str, str]) -> pd.DataFrame:
-    if not any((root / f).is_file() for f in ("imagelabels.mat", "imagelabels.mat.gz")) and (root / "train.txt").is_file():
+    if (
+        not any((root / f).is_file() for f in ("imagelabels.mat", "imagelabels.mat.gz"))
+        and (root / "train.txt").is_file()
+    ):
         return _read_flowers_fastai(name, root, metadata_only, split_of)
     label_path = find_file(root, ["imagelabels.mat"], "Flowers-102 label file")
     set_path = find_file(root, ["setid.mat"], "Flowers-102 split file")
     classes = _mat_vector(label_path, "labels")
     if len(classes) == 0 or classes.min() < 1:
-        raise SourceError(f"{label_path}, variable 'labels': smallest value {classes.min(initial=0)}; "
-                          f"expected class numbers from 1 (1..102)")
+        raise SourceError(
+            f"{label_path}, variable 'labels': smallest value {classes.min(initial=0)}; "
+            f"expected class numbers from 1 (1..102)"
+        )
     split = np.full(len(classes), "", dtype=object)
     for key in FLOWERS_SETS:
         ids = _mat_vector(set_path, key)
         outside = (ids < 1) | (ids > len(classes))
         if outside.any():
             i = int(np.argmax(outside))
-            raise SourceError(f"{set_path}, variable {key!r}, entry {i}: image {ids[i]}; expected 1.."
-                              f"{len(classes)} (the images of {label_path.name})")
+            raise SourceError(
+                f"{set_path}, variable {key!r}, entry {i}: image {ids[i]}; expected 1.."
+                f"{len(classes)} (the images of {label_path.name})"
+            )
         taken = split[ids - 1] != ""
         if taken.any() or len(np.unique(ids)) < len(ids):
             i = int(np.argmax(taken)) if taken.any() else int(np.argmax(pd.Series(ids).duplicated().to_numpy()))
-            raise SourceError(f"{set_path}, variable {key!r}, entry {i}: image {ids[i]} is listed twice; "
-                              f"expected {list(FLOWERS_SETS)} to be disjoint")
+            raise SourceError(
+                f"{set_path}, variable {key!r}, entry {i}: image {ids[i]} is listed twice; "
+                f"expected {list(FLOWERS_SETS)} to be disjoint"
+            )
         split[ids - 1] = key
     require_images(root, "jpg", name, metadata_only)
     listed = np.flatnonzero(split != "")
     if len(listed) < len(classes):
-        warnings.warn(f"{name}: {len(classes) - len(listed)} of the {len(classes)} images of {label_path.name} "
-                      f"are in none of {list(FLOWERS_SETS)} of {set_path.name}; left out", stacklevel=3)
+        warnings.warn(
+            f"{name}: {len(classes) - len(listed)} of the {len(classes)} images of {label_path.name} "
+            f"are in none of {list(FLOWERS_SETS)} of {set_path.name}; left out",
+            stacklevel=3,
+        )
     image_id = [f"image_{i + 1:05d}.jpg" for i in listed]
-    return canonical(name, image_id=image_id, path=[str(root / "jpg" / i) for i in image_id], patient_id=image_id,
-                     study_id=image_id, view="OTHER", split=[split_of[s] for s in split[listed]],
-                     label=[str(c) for c in classes[listed]])
+    return canonical(
+        name,
+        image_id=image_id,
+        path=[str(root / "jpg" / i) for i in image_id],
+        patient_id=image_id,
+        study_id=image_id,
+        view="OTHER",
+        split=[split_of[s] for s in split[listed]],
+        label=[str(c) for c in classes[listed]],
+    )
 
 
-@register("flowers102", multilabel=False, modality="natural", layout=FLOWERS_LAYOUT, published_classes=102, published_train_size=6_149,
-          paper_fewshot="kshot_finder")
+@register(
+    "flowers102",
+    multilabel=False,
+    modality="natural",
+    layout=FLOWERS_LAYOUT,
+    published_classes=102,
+    published_train_size=6_149,
+    paper_fewshot="kshot_finder",
+)
 def read_flowers102(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """Flowers-102 as the paper uses it: official train and test swapped, i.e. train = tstid (6,149
     images), valid = valid (1,020), test = trnid (1,020). `flowers102-official` keeps the official split."""
     return _read_flowers(name, root, metadata_only, {"trnid": "test", "valid": "valid", "tstid": "train"})
 
 
-@register("flowers102-official", multilabel=False, modality="natural", layout=FLOWERS_LAYOUT,
-          published_classes=102, published_train_size=1_020, paper_fewshot="kshot_finder")
+@register(
+    "flowers102-official",
+    multilabel=False,
+    modality="natural",
+    layout=FLOWERS_LAYOUT,
+    published_classes=102,
+    published_train_size=1_020,
+    paper_fewshot="kshot_finder",
+)
 def read_flowers102_official(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """Flowers-102 with the official split: train = trnid (1,020), valid = valid (1,020), test = tstid (6,149)."""
     return _read_flowers(name, root, metadata_only, {"trnid": "train", "valid": "valid", "tstid": "test"})
-
-

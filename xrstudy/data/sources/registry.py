@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import pandas as pd
 
@@ -67,7 +68,9 @@ class Source:
 
     def __post_init__(self) -> None:
         if self.cache_reads not in CACHE_READS:
-            raise ValueError(f"Source {self.name!r}: cache_reads = {self.cache_reads!r}; expected one of {list(CACHE_READS)}")
+            raise ValueError(
+                f"Source {self.name!r}: cache_reads = {self.cache_reads!r}; expected one of {list(CACHE_READS)}"
+            )
 
     def caches(self, metadata_only: bool) -> bool:
         """Whether a read of this source (with this `metadata_only`) may be answered from the read cache."""
@@ -79,6 +82,7 @@ SOURCES: dict[str, Source] = {}
 
 def register(name: str, *, multilabel: bool, modality: str, layout: str, **facts: object) -> Callable[[Reader], Reader]:
     """Register an adapter; `facts` fill the optional Source fields (cache policy, published sizes, ...)."""
+
     def add(read: Reader) -> Reader:
         SOURCES[name] = Source(name, read, multilabel, modality, layout, **facts)  # type: ignore[arg-type]
         return read
@@ -137,6 +141,7 @@ _COPY_ON_WRITE = int(pd.__version__.split(".")[0]) >= 3
 
 def root_signature(root: Path) -> tuple:
     """(name, size, mtime) of every entry at the top of `root`: changes when a label file there changes."""
+
     def signature(entry: os.DirEntry) -> tuple:
         try:
             info = entry.stat()
@@ -148,5 +153,15 @@ def root_signature(root: Path) -> tuple:
         return tuple(sorted(signature(e) for e in entries))
 
 
-__all__ = ["SourceError", "Source", "Reader", "CacheReads", "CACHE_READS", "SOURCES", "register", "source_of",
-           "read_source", "root_signature"]
+__all__ = [
+    "SourceError",
+    "Source",
+    "Reader",
+    "CacheReads",
+    "CACHE_READS",
+    "SOURCES",
+    "register",
+    "source_of",
+    "read_source",
+    "root_signature",
+]

@@ -26,25 +26,49 @@ import pyarrow.compute as pc
 
 from xrstudy.data import labels
 from xrstudy.data.sources.registry import SourceError, register
-from xrstudy.data.sources.tables import (canonical, check_unique, check_values, concat, fallback, find_file, line_of,
-                                    lines_of, optional_file, read_table, read_text, regex_groups, require_images,
-                                    split_names, text_lines, unique_lines, with_notes)
+from xrstudy.data.sources.tables import (
+    canonical,
+    check_unique,
+    check_values,
+    concat,
+    fallback,
+    find_file,
+    line_of,
+    lines_of,
+    optional_file,
+    read_table,
+    read_text,
+    regex_groups,
+    require_images,
+    split_names,
+    text_lines,
+    unique_lines,
+    with_notes,
+)
 
 # ---- CheXpert v1.0 / v1.0-small ---------------------------------------------------------------
 CHEXPERT_LAYOUT = "train.csv and valid.csv (CheXpert v1.0 or v1.0-small) beside train/ and valid/ image folders"
 
 
 # train.csv of CheXpert v1.0 (the torchxrayvision wheel's copy): Frontal rows by AP/PA (LL, RL -> OTHER), Lateral.
-@register("chexpert", multilabel=True, modality="xray", layout=CHEXPERT_LAYOUT, cache_reads="always",
-          published_train_by_view=(("PA", 29_420), ("AP", 161_590), ("LATERAL", 32_387), ("OTHER", 17)))
+@register(
+    "chexpert",
+    multilabel=True,
+    modality="xray",
+    layout=CHEXPERT_LAYOUT,
+    cache_reads="always",
+    published_train_by_view=(("PA", 29_420), ("AP", 161_590), ("LATERAL", 32_387), ("OTHER", 17)),
+)
 def read_chexpert(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     required = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", labels.NO_FINDING, *labels.CHEXPERT_FINDINGS]
     frames, notes = [], {}
     for split in ("train", "valid"):
         path = optional_file(root, [f"{split}.csv"], f"CheXpert {split} label file")
         if path is None and split == "valid":  # some copies ship train.csv alone: say so, and record it
-            notes["valid_split"] = fallback(name, f"{root}/valid.csv is absent: the valid split is carved "
-                                                   f"from train by patient (xrstudy.data.splits)")
+            notes["valid_split"] = fallback(
+                name,
+                f"{root}/valid.csv is absent: the valid split is carved from train by patient (xrstudy.data.splits)",
+            )
             continue
         path = path or find_file(root, [f"{split}.csv"], f"CheXpert {split} label file")
         frame = read_table(path, required)
@@ -52,8 +76,10 @@ def read_chexpert(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
         parts = regex_groups(frame["Path"], r"(?P<patient>patient\d+)/(?P<study>study\d+)/")
         if parts["patient"].isna().any():
             index = parts["patient"].isna().idxmax()
-            raise SourceError(f"{path}, line {line_of(path, index)}, column 'Path': {frame['Path'][index]!r}; "
-                              f"expected '<folder>/{split}/patientNNNNN/studyN/viewN_<frontal|lateral>.jpg'")
+            raise SourceError(
+                f"{path}, line {line_of(path, index)}, column 'Path': {frame['Path'][index]!r}; "
+                f"expected '<folder>/{split}/patientNNNNN/studyN/viewN_<frontal|lateral>.jpg'"
+            )
         frames.append((split, path, frame, parts))
     require_images(root, "train", name, metadata_only)
 
@@ -62,17 +88,28 @@ def read_chexpert(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
         check_unique(frame["Path"], path, "Path")
         # `Path` starts with the distributed folder name; resolve the rest against --root so a
         # renamed copy (e.g. /data/chexpert) works as well.
-        relative = pd.Series(pc.replace_substring_regex(pa.array(frame["Path"]), r"^[^/]*/", "", max_replacements=1),
-                             index=frame.index, dtype="str")
+        relative = pd.Series(
+            pc.replace_substring_regex(pa.array(frame["Path"]), r"^[^/]*/", "", max_replacements=1),
+            index=frame.index,
+            dtype="str",
+        )
         frontal = frame["Frontal/Lateral"].eq("Frontal")
-        view = np.select([~frontal, frame["AP/PA"].eq("PA"), frame["AP/PA"].eq("AP")],
-                         ["LATERAL", "PA", "AP"], "OTHER")
+        view = np.select([~frontal, frame["AP/PA"].eq("PA"), frame["AP/PA"].eq("AP")], ["LATERAL", "PA", "AP"], "OTHER")
         findings = frame[[labels.NO_FINDING, *labels.CHEXPERT_FINDINGS]].rename(columns=labels.CHEXPERT_SYNONYMS)
-        tables.append(canonical(
-            name, image_id=frame["Path"], path=str(root) + os.sep + relative, patient_id=parts["patient"],
-            study_id=parts["patient"] + "/" + parts["study"], view=view,
-            sex=frame["Sex"].map({"Male": "M", "Female": "F"}), age=frame["Age"], split=split,
-            findings=findings))  # fmt: skip
+        tables.append(
+            canonical(
+                name,
+                image_id=frame["Path"],
+                path=str(root) + os.sep + relative,
+                patient_id=parts["patient"],
+                study_id=parts["patient"] + "/" + parts["study"],
+                view=view,
+                sex=frame["Sex"].map({"Male": "M", "Female": "F"}),
+                age=frame["Age"],
+                split=split,
+                findings=findings,
+            )
+        )
     return with_notes(concat(tables), notes)
 
 
@@ -82,8 +119,14 @@ MIMIC_LAYOUT = "mimic-cxr-2.0.0-{chexpert,metadata,split}.csv.gz and files/pXX/p
 
 # Not in any wheel: MIMIC-CXR-JPG 2.0.0 metadata ViewPosition counts over all splits (PA 96,161, AP 147,173,
 # LATERAL + LL 117,985) times the official train share 368,960 / 377,110 images; estimates.
-@register("mimic", multilabel=True, modality="xray", layout=MIMIC_LAYOUT, cache_reads="always",
-          published_train_by_view=(("PA", 94_083), ("AP", 143_992), ("LATERAL", 115_435)))
+@register(
+    "mimic",
+    multilabel=True,
+    modality="xray",
+    layout=MIMIC_LAYOUT,
+    cache_reads="always",
+    published_train_by_view=(("PA", 94_083), ("AP", 143_992), ("LATERAL", 115_435)),
+)
 def read_mimic(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     label_path = find_file(root, ["mimic-cxr-2.0.0-chexpert.csv"], "MIMIC-CXR-JPG CheXpert label file")
     meta_path = find_file(root, ["mimic-cxr-2.0.0-metadata.csv"], "MIMIC-CXR-JPG metadata file")
@@ -100,23 +143,35 @@ def read_mimic(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
 
     # One row per image; studies without a label row keep unknown (NaN) findings.
     images = meta.merge(split, on="dicom_id", how="left", validate="one_to_one")
-    images = images.merge(study_labels, on=["subject_id", "study_id"], how="left", validate="many_to_one",
-                          indicator="label_row")
+    images = images.merge(
+        study_labels, on=["subject_id", "study_id"], how="left", validate="many_to_one", indicator="label_row"
+    )
     subject, study = images["subject_id"].astype(str), images["study_id"].astype(str)
     relative = "files/p" + subject.str[:2] + "/p" + subject + "/s" + study + "/" + images["dicom_id"] + ".jpg"
     position = images["ViewPosition"]
-    view = np.select([position.eq("PA"), position.eq("AP"), position.isin(["LATERAL", "LL"])],
-                     ["PA", "AP", "LATERAL"], "OTHER")
+    view = np.select(
+        [position.eq("PA"), position.eq("AP"), position.isin(["LATERAL", "LL"])], ["PA", "AP", "LATERAL"], "OTHER"
+    )
     findings = images[finding_columns].rename(columns=labels.CHEXPERT_SYNONYMS)
     # Which images have a row in the label file (the authors read only those: label_mode paper).
     raw_labels = np.where((images["label_row"] == "both").to_numpy(), labels.MIMIC_LABEL_FILE, "")
-    return canonical(name, image_id=images["dicom_id"], path=str(root) + os.sep + relative, patient_id=subject,
-                     study_id=study, view=view, split=split_names(images["split"]), raw_labels=raw_labels,
-                     findings=findings)
+    return canonical(
+        name,
+        image_id=images["dicom_id"],
+        path=str(root) + os.sep + relative,
+        patient_id=subject,
+        study_id=study,
+        view=view,
+        split=split_names(images["split"]),
+        raw_labels=raw_labels,
+        findings=findings,
+    )
 
 
 # ---- NIH ChestX-ray14 ------------------------------------------------------------------------------
-NIH_LAYOUT = "Data_Entry_2017.csv or Data_Entry_2017_v2020.csv, images*/ folders, optional train_val_list.txt / test_list.txt"
+NIH_LAYOUT = (
+    "Data_Entry_2017.csv or Data_Entry_2017_v2020.csv, images*/ folders, optional train_val_list.txt / test_list.txt"
+)
 
 
 def _nih_image_index(root: Path) -> dict[str, str]:
@@ -145,32 +200,47 @@ def _nih_official_split(name: str, root: Path, entry_path: Path, images: pd.Seri
         return split, {"official_split": fallback(name, message)}
     absent = [file for file, path in lists.items() if path is None]
     if absent:
-        raise SourceError(f"{root}: {absent[0]} is absent but {[f for f in lists if f not in absent][0]} is "
-                          f"there; expected both official NIH split lists (or neither, to split by patient)")
+        raise SourceError(
+            f"{root}: {absent[0]} is absent but {[f for f in lists if f not in absent][0]} is "
+            f"there; expected both official NIH split lists (or neither, to split by patient)"
+        )
     listed = {file: set(read_text(path, "image file names").split()) for file, path in lists.items()}
     in_both = sorted(set.intersection(*listed.values()) & set(images))
     if in_both:
-        raise SourceError(f"{' and '.join(str(p) for p in lists.values())}: {len(in_both)} image(s) are in both "
-                          f"lists, e.g. {in_both[:3]}; expected each image of {entry_path.name} in exactly one")
+        raise SourceError(
+            f"{' and '.join(str(p) for p in lists.values())}: {len(in_both)} image(s) are in both "
+            f"lists, e.g. {in_both[:3]}; expected each image of {entry_path.name} in exactly one"
+        )
     for file, split_name in NIH_LISTS.items():
         split[images.isin(listed[file])] = split_name
     unlisted = images[split == ""]
     if len(unlisted):
-        raise SourceError(f"{' and '.join(str(p) for p in lists.values())}: {len(unlisted)} of the {len(images)} "
-                          f"images of {entry_path.name} are in neither list, e.g. {unlisted.iloc[:3].tolist()} "
-                          f"(line(s) {lines_of(entry_path, unlisted.index[:3])}); expected every image in exactly "
-                          f"one of them (a truncated list?). Restore the lists, or remove both to split NIH by patient")
+        raise SourceError(
+            f"{' and '.join(str(p) for p in lists.values())}: {len(unlisted)} of the {len(images)} "
+            f"images of {entry_path.name} are in neither list, e.g. {unlisted.iloc[:3].tolist()} "
+            f"(line(s) {lines_of(entry_path, unlisted.index[:3])}); expected every image in exactly "
+            f"one of them (a truncated list?). Restore the lists, or remove both to split NIH by patient"
+        )
     return split, {}
 
 
 # train_val_list.txt holds 86,524 images (not in the wheel); split by view with the whole file's shares
 # (Data_Entry_2017_v2020: PA 67,310, AP 44,810 of 112,120), so the per-view numbers are estimates.
-@register("nih", multilabel=True, modality="xray", layout=NIH_LAYOUT, cache_reads="metadata_only",
-          published_train_by_view=(("PA", 51_944), ("AP", 34_580)))
+@register(
+    "nih",
+    multilabel=True,
+    modality="xray",
+    layout=NIH_LAYOUT,
+    cache_reads="metadata_only",
+    published_train_by_view=(("PA", 51_944), ("AP", 34_580)),
+)
 def read_nih(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     path = find_file(root, ["Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv"], "NIH Data_Entry file")
-    frame = read_table(path, ["Image Index", "Finding Labels", "Patient ID", "View Position"],
-                       optional=["Follow-up #", "Patient Age", "Patient Gender"])
+    frame = read_table(
+        path,
+        ["Image Index", "Finding Labels", "Patient ID", "View Position"],
+        optional=["Follow-up #", "Patient Age", "Patient Gender"],
+    )
     check_unique(frame["Image Index"], path, "Image Index")
     known = set(labels.NIH_FINDINGS) | {"No Finding"}
     # The label strings repeat (~800 distinct in 112k rows): check and split each distinct one once.
@@ -180,12 +250,16 @@ def read_nih(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     if bad:
         first = frame.index[np.flatnonzero(codes == bad[0])[0]]
         term = next(t for t in distinct[bad[0]].split("|") if t not in known)
-        raise SourceError(f"{path}, line {line_of(path, first)}, column 'Finding Labels': unknown term "
-                          f"{term!r}; expected '|'-separated terms from {sorted(known)}")
+        raise SourceError(
+            f"{path}, line {line_of(path, first)}, column 'Finding Labels': unknown term "
+            f"{term!r}; expected '|'-separated terms from {sorted(known)}"
+        )
     # NIH has no uncertain or unknown labels: a finding not listed is absent (0).
     present = np.array([[finding in listed for finding in labels.NIH_FINDINGS] for listed in terms], np.float32)
-    findings = pd.DataFrame(present.reshape(-1, len(labels.NIH_FINDINGS))[codes],
-                            columns=[labels.NIH_SYNONYMS.get(f, f) for f in labels.NIH_FINDINGS])
+    findings = pd.DataFrame(
+        present.reshape(-1, len(labels.NIH_FINDINGS))[codes],
+        columns=[labels.NIH_SYNONYMS.get(f, f) for f in labels.NIH_FINDINGS],
+    )
 
     split, notes = _nih_official_split(name, root, path, frame["Image Index"])
     if metadata_only:
@@ -193,8 +267,10 @@ def read_nih(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     else:
         index = _nih_image_index(root)
         if not index:
-            raise SourceError(f"{name}: no images under {root}/images*/; to work from {path.name} alone pass "
-                              f"metadata_only=True (CLI: --metadata-only)")
+            raise SourceError(
+                f"{name}: no images under {root}/images*/; to work from {path.name} alone pass "
+                f"metadata_only=True (CLI: --metadata-only)"
+            )
         fallback = str(root / "images") + os.sep  # absent files: quarantined and reported by the cache
         paths = [index.get(image, fallback + image) for image in frame["Image Index"]]
     age = np.nan
@@ -205,25 +281,46 @@ def read_nih(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     follow = frame["Follow-up #"].astype(str) if "Follow-up #" in frame else frame["Image Index"]
     patient = frame["Patient ID"].astype(str)
     return canonical(
-        name, image_id=frame["Image Index"], path=paths, patient_id=patient, study_id=patient + "/" + follow,
+        name,
+        image_id=frame["Image Index"],
+        path=paths,
+        patient_id=patient,
+        study_id=patient + "/" + follow,
         view=frame["View Position"].where(frame["View Position"].isin(["PA", "AP"]), "OTHER"),
-        sex=frame.get("Patient Gender", ""), age=age, split=split, raw_labels=frame["Finding Labels"],
-        findings=findings).pipe(with_notes, notes)  # fmt: skip
+        sex=frame.get("Patient Gender", ""),
+        age=age,
+        split=split,
+        raw_labels=frame["Finding Labels"],
+        findings=findings,
+    ).pipe(with_notes, notes)
 
 
 # ---- COVIDx CXR-2 ----------------------------------------------------------------------------------
-COVIDX_LAYOUT = ("train.txt and test.txt (and val.txt) with lines 'patient_id filename class data_source' "
-                 "(class positive or negative) beside train/ and test/ (and val/) image folders")
+COVIDX_LAYOUT = (
+    "train.txt and test.txt (and val.txt) with lines 'patient_id filename class data_source' "
+    "(class positive or negative) beside train/ and test/ (and val/) image folders"
+)
 COVIDX_LINE = re.compile(r"^(?P<patient>\S+)\s+(?P<file>\S.*?)\s+(?P<cls>\S+)\s+(?P<origin>\S+)$")
 COVIDX_CLASSES = ("negative", "positive")
 
 
-@register("covidx", multilabel=False, modality="xray", layout=COVIDX_LAYOUT, cache_reads="always", published_classes=2,
-          published_train_size=15_952, shares_images_with=("nih",), paper_fewshot="kshot_finder")
+@register(
+    "covidx",
+    multilabel=False,
+    modality="xray",
+    layout=COVIDX_LAYOUT,
+    cache_reads="always",
+    published_classes=2,
+    published_train_size=15_952,
+    shares_images_with=("nih",),
+    paper_fewshot="kshot_finder",
+)
 def read_covidx(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """COVIDx CXR-2: binary COVID-19 positive vs negative, official train / (val /) test files."""
-    files = {"train": find_file(root, ["train.txt"], "COVIDx train list"),
-             "test": find_file(root, ["test.txt"], "COVIDx test list")}  # fmt: skip
+    files = {
+        "train": find_file(root, ["train.txt"], "COVIDx train list"),
+        "test": find_file(root, ["test.txt"], "COVIDx test list"),
+    }
     if (val := optional_file(root, ["val.txt"], "COVIDx val list")) is not None:  # older releases have none
         files["valid"] = val
     folders = {"train": "train", "valid": "val", "test": "test"}
@@ -233,31 +330,52 @@ def read_covidx(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
         for line, text in text_lines(path, expected):
             match = COVIDX_LINE.match(text)
             if match is None:
-                raise SourceError(f"{path}, line {line}: {text!r} has {len(text.split())} field(s); "
-                                  f"expected 4 space-separated fields {expected}")
+                raise SourceError(
+                    f"{path}, line {line}: {text!r} has {len(text.split())} field(s); "
+                    f"expected 4 space-separated fields {expected}"
+                )
             cls = match["cls"].lower()
             if cls not in COVIDX_CLASSES:
-                raise SourceError(f"{path}, line {line}, field 3 (class): {match['cls']!r}; "
-                                  f"expected one of {list(COVIDX_CLASSES)}")
+                raise SourceError(
+                    f"{path}, line {line}, field 3 (class): {match['cls']!r}; expected one of {list(COVIDX_CLASSES)}"
+                )
             rows.append((split, match["patient"], match["file"], cls, match["cls"], path, line))
     for split in files:
         require_images(root, folders[split], name, metadata_only)
     split, patient, filename, cls, written, path, line = zip(*rows)
     image_id = [f"{folders[s]}/{f}" for s, f in zip(split, filename)]
     unique_lines(image_id, list(zip(path, line)), "image")
-    return canonical(name, image_id=image_id, path=[str(root / i) for i in image_id], patient_id=list(patient),
-                     study_id=image_id, view="OTHER", split=list(split), raw_labels=list(written), label=list(cls))
+    return canonical(
+        name,
+        image_id=image_id,
+        path=[str(root / i) for i in image_id],
+        patient_id=list(patient),
+        study_id=image_id,
+        view="OTHER",
+        split=list(split),
+        raw_labels=list(written),
+        label=list(cls),
+    )
 
 
 # ---- Tuberculosis: Shenzhen + Montgomery ------------------------------------------------------------
 TUBERCULOSIS_PATTERN = re.compile(r"^(?P<set>CHNCXR|MCUCXR)_(?P<number>\d+)_(?P<label>[01])\.png$", re.IGNORECASE)
 TUBERCULOSIS_CLASSES = {"0": "normal", "1": "tuberculosis"}
-TUBERCULOSIS_LAYOUT = ("Shenzhen (CHNCXR_NNNN_L.png) and/or Montgomery (MCUCXR_NNNN_L.png) PNGs anywhere under "
-                       "the root, e.g. ChinaSet_AllFiles/CXR_png/ and MontgomerySet/CXR_png/; L = 0 normal, 1 TB")
+TUBERCULOSIS_LAYOUT = (
+    "Shenzhen (CHNCXR_NNNN_L.png) and/or Montgomery (MCUCXR_NNNN_L.png) PNGs anywhere under "
+    "the root, e.g. ChinaSet_AllFiles/CXR_png/ and MontgomerySet/CXR_png/; L = 0 normal, 1 TB"
+)
 
 
-@register("tuberculosis", multilabel=False, modality="xray", layout=TUBERCULOSIS_LAYOUT, published_classes=2, published_train_size=679,
-          paper_fewshot="kshot_finder")
+@register(
+    "tuberculosis",
+    multilabel=False,
+    modality="xray",
+    layout=TUBERCULOSIS_LAYOUT,
+    published_classes=2,
+    published_train_size=679,
+    paper_fewshot="kshot_finder",
+)
 def read_tuberculosis(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """Shenzhen + Montgomery TB sets; the label is the file-name suffix. The file names are the labels,
     so `metadata_only` reads the same files. Masks (any folder named *mask*, e.g. Montgomery's
@@ -276,21 +394,35 @@ def read_tuberculosis(name: str, root: Path, metadata_only: bool) -> pd.DataFram
             elif in_mask_folder:
                 masks += 1
             elif filename in found:
-                raise SourceError(f"{name}: {filename} occurs twice, {found[filename]} and "
-                                  f"{os.path.join(directory, filename)}; point the root at one copy of each set")
+                raise SourceError(
+                    f"{name}: {filename} occurs twice, {found[filename]} and "
+                    f"{os.path.join(directory, filename)}; point the root at one copy of each set"
+                )
             else:
                 found[filename] = os.path.join(directory, filename)
     if not found:
-        raise SourceError(f"{name}: no image named like CHNCXR_0001_0.png or MCUCXR_0001_0.png under {root} "
-                          f"({len(skipped)} other files, {masks} masks); expected {TUBERCULOSIS_LAYOUT}")
+        raise SourceError(
+            f"{name}: no image named like CHNCXR_0001_0.png or MCUCXR_0001_0.png under {root} "
+            f"({len(skipped)} other files, {masks} masks); expected {TUBERCULOSIS_LAYOUT}"
+        )
     if skipped or masks:
-        warnings.warn(f"{name}: read {len(found)} images under {root}; skipped {masks} segmentation mask(s) and "
-                      f"{len(skipped)} file(s) not named like CHNCXR_0001_0.png / MCUCXR_0001_0.png "
-                      f"(e.g. {skipped[:3]})", stacklevel=2)
+        warnings.warn(
+            f"{name}: read {len(found)} images under {root}; skipped {masks} segmentation mask(s) and "
+            f"{len(skipped)} file(s) not named like CHNCXR_0001_0.png / MCUCXR_0001_0.png "
+            f"(e.g. {skipped[:3]})",
+            stacklevel=2,
+        )
     filenames = sorted(found)
     matches = [TUBERCULOSIS_PATTERN.match(f) for f in filenames]
     stems = [f"{m['set'].upper()}_{m['number']}" for m in matches]
-    return canonical(name, image_id=filenames, path=[found[f] for f in filenames], patient_id=stems,
-                     study_id=stems, view="PA", split="", raw_labels=[m["label"] for m in matches],
-                     label=[TUBERCULOSIS_CLASSES[m["label"]] for m in matches])
-
+    return canonical(
+        name,
+        image_id=filenames,
+        path=[found[f] for f in filenames],
+        patient_id=stems,
+        study_id=stems,
+        view="PA",
+        split="",
+        raw_labels=[m["label"] for m in matches],
+        label=[TUBERCULOSIS_CLASSES[m["label"]] for m in matches],
+    )
