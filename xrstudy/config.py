@@ -35,6 +35,8 @@ ShotsMode = Literal["exact", "paper"]  # exactly k per class | the authors' k-sh
 Sampler = Literal["shuffle", "oversample"]  # training order: plain shuffle | class-balanced, with replacement
 Head = Literal["linear", "concat"]  # xrstudy.training.models.HEADS
 HeadInit = Literal["default", "zero"]  # fresh head: torch's default init (the authors') | zero (BiT)
+WeightInit = Literal["torch", "timm"]  # a network built from scratch: PyTorch's default init (the authors') | timm's
+TrainMode = Literal["finetune", "probe"]  # transfer: fine-tune the whole network | linear probe on frozen features
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 View = Literal["PA", "AP", "AP_SUPINE", "LATERAL", "COSTAL", "OTHER"]
 
@@ -47,14 +49,20 @@ SHOTS_MODES: tuple[str, ...] = get_args(ShotsMode)
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
 HEADS: tuple[str, ...] = get_args(Head)
 HEAD_INITS: tuple[str, ...] = get_args(HeadInit)
+WEIGHT_INITS: tuple[str, ...] = get_args(WeightInit)
+TRAIN_MODES: tuple[str, ...] = get_args(TrainMode)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 VIEWS: tuple[str, ...] = get_args(View)
 
 # Fields that do not change what a run computes: where files go, how many loader workers,
 # whether the graph is compiled. Everything else feeds `run_id`.
 EXECUTION_FIELDS = frozenset(
-    {"name", "roots", "out_dir", "cache_dir", "weights_dir", "workers", "compile", "device", "micro_batch"}
+    {"name", "roots", "out_dir", "cache_dir", "weights_dir", "workers", "compile", "device", "micro_batch", "log_every"}
 )
+# Fields added after the first results were stored. Each enters `run_id` only at a value that computes
+# something else than cells computed before the field existed, so a stored result keeps its run id
+# exactly where it still holds (timm's init was the only init; every transfer was a fine-tune).
+LEGACY_VALUES: dict[str, Any] = {"weight_init": "timm", "train_mode": "finetune"}
 
 
 class ConfigError(ValueError):
@@ -92,6 +100,11 @@ class RunConfig:
     init_label: str = ""  # how figures name the init, e.g. "chexpert_mimic"; derived when empty
     head: Head = "linear"  # transfer head: linear (1x1 conv / linear on pooled features) | concat (fastai's)
     head_init: HeadInit = "default"  # fresh head weights: default (torch's init, the authors') | zero (BiT)
+    # Weights of a network built from scratch (init: scratch): torch = PyTorch's default init, as the
+    # authors' model (their weight-standardisation eps too); timm = timm's init. Weights loaded from a
+    # file leave it nothing to act on: it is then left out of run_id (see `run_id`).
+    weight_init: WeightInit = "torch"
+    train_mode: TrainMode = "finetune"  # transfer: finetune (the whole network) | probe (frozen backbone + logistic)
 
     # Recipe (0 = the paper's default for this kind; see xrstudy.training.recipes).
     seed: int = 0
@@ -108,6 +121,7 @@ class RunConfig:
     device: str = "auto"
     workers: int = 0
     micro_batch: int = 0  # most images per device per forward pass; > 0 accumulates gradients to the global batch
+    log_every: int = 0  # training history every N steps; 0 = about 200 points (every step when 200 or fewer)
     out_dir: str = "xrstudy-out"
     cache_dir: str = ""
     weights_dir: str = ""
@@ -157,7 +171,13 @@ class RunConfig:
     def run_id(self) -> str:
         """Stable id from the fields that change the result: `{kind}-{12 hex}` (computed once: the
         object is frozen; `replace` makes a new one)."""
-        keyed = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
+        keyed = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in EXECUTION_FIELDS and not (k in LEGACY_VALUES and v == LEGACY_VALUES[k])
+        }
+        if self.init != "scratch":  # weights come from a file: the scratch init does not act
+            keyed.pop("weight_init", None)
         digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
         return f"{self.kind}-{digest[:12]}"
 
@@ -240,6 +260,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mixup": (lambda v: v == -1.0 or v >= 0.0, "-1 (BiT-HyperRule decides) or a MixUp alpha >= 0"),
     "workers": (lambda v: v >= 0, "an integer >= 0"),
     "micro_batch": (lambda v: v >= 0, "an integer >= 0 (0 = the whole per-device batch at once)"),
+    "log_every": (lambda v: v >= 0, "an integer >= 0 (0 = about 200 points per run)"),
     "arch": (bool, "a non-empty string: a timm model name"),
     "init": (bool, "a non-empty string: scratch, timm, paper, run:<run id> or a checkpoint path"),
     "device": (bool, "a non-empty string: auto, cpu, cuda or cuda:N"),
@@ -259,6 +280,7 @@ ONLY_FOR_KIND: dict[str, str] = {
     "sampler": "transfer",
     "head": "transfer",
     "head_init": "transfer",
+    "train_mode": "transfer",
 }
 PRETRAIN_REFERENCE = "pretrain:"  # a sweep file's `init: pretrain:<cell name>`, resolved by xrstudy.sweeps.sweepfile
 RUN_REFERENCE = "run:"  # `init: run:<run id>`, the checkpoint of an earlier cell in the same out_dir
@@ -406,6 +428,9 @@ __all__ = [
     "SAMPLERS",
     "HEADS",
     "HEAD_INITS",
+    "WEIGHT_INITS",
+    "TRAIN_MODES",
+    "LEGACY_VALUES",
     "PRECISIONS",
     "VIEWS",
     "RANGES",
