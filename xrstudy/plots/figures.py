@@ -254,16 +254,37 @@ SCALE_AXES = {"data": "data_fraction", "model": "params_m"}
 
 
 def scale_rows(data: pd.DataFrame, scale: str) -> list[tuple[tuple, pd.DataFrame]]:
-    """Groups (source, shot, arch | data fraction) with ≥ 2 points along the scale axis, error = 1 − metric."""
+    """Groups (source, shot, arch | data fraction, origin) with ≥ 2 points along the scale axis, error = 1 − metric.
+
+    Origins stay apart (the paper's rows and a re-run are two series), as in `scaling.fit_table`."""
     x = SCALE_AXES[scale]
     data = _with_params(data).assign(error=1.0 - data.value).dropna(subset=["params_m", "error"])
-    group_by = ["init_label", "shot"] + (["arch"] if scale == "data" else ["data_fraction"])
+    group_by = ["init_label", "shot"] + (["arch"] if scale == "data" else ["data_fraction"]) + ["origin"]
     return [(key, part) for key, part in data.groupby(group_by, sort=True) if part[x].nunique() >= 2]
 
 
-def draw_scale_curve(data: pd.DataFrame, target: str, metric: str, *, scale: str, n_boot: int = 100) -> Figure | None:
+def series_fit(part: pd.DataFrame, x: str, *, n_boot: int = 1000, seed: int = 0) -> scaling.FitCurve | None:
+    """The fitted curve of one series of tidy rows (error column, one point per seed and size: re-runs of
+    a seed averaged, as in `scaling.fit_table`); None with fewer than three sizes (no fit is made then)."""
+    points = part.groupby([x, "seed"], sort=True).error.mean().reset_index()
+    if points[x].nunique() < scaling.MIN_SIZES:
+        return None
+    return scaling.fit_curve(points[x].to_numpy(float), points.error.to_numpy(float), n_boot=n_boot, seed=seed)
+
+
+def draw_fit(ax: Axes, curve: scaling.FitCurve, colour: str, *, as_metric: bool = False, **line: Any) -> None:
+    """Draw a fitted curve and its bootstrap band on `ax`: in error units, or as the metric (1 − error)
+    when the axis shows the metric (e.g. a metric-vs-parameters figure)."""
+    band = curve.band
+    fit, lo, hi = (band.fit, band.lo, band.hi) if not as_metric else (1 - band.fit, 1 - band.hi, 1 - band.lo)
+    ax.plot(band.x, fit, color=colour, linewidth=1.2, **line)
+    ax.fill_between(band.x, lo, hi, color=colour, alpha=0.15, linewidth=0)
+
+
+def draw_scale_curve(data: pd.DataFrame, target: str, metric: str, *, scale: str, n_boot: int = 1000) -> Figure | None:
     """Error (1 − metric) vs pre-training data fraction (`scale="data"`) or model size (`"model"`), per
-    source, with the power-law fit and its bootstrap band where a source has ≥ 3 scale points."""
+    source, with the law AICc picks (power or saturating, `scaling.fit_curve`) and its bootstrap band
+    where a series has ≥ 3 scale points; the legend gives the law and α with its interval."""
     groups = scale_rows(data, scale)
     if not groups:
         return None
@@ -273,7 +294,12 @@ def draw_scale_curve(data: pd.DataFrame, target: str, metric: str, *, scale: str
         ax = fig.subplots()
         for key, part in groups:
             colour = source_colour(key[0])
-            label = " ".join(str(k) for k in key).replace("_shot", "-shot")
+            label = " ".join(str(k) for k in key[:-1]).replace("_shot", "-shot")
+            label += PAPER_SUFFIX if key[-1] == "paper" else ""
+            curve = series_fit(part, x, n_boot=n_boot)
+            if curve is not None:
+                draw_fit(ax, curve, colour)
+                label += f"\n{curve.label()}"
             stats = part.groupby(x).error.agg(["mean", "std"]).reset_index()
             ax.errorbar(
                 stats[x],
@@ -285,10 +311,6 @@ def draw_scale_curve(data: pd.DataFrame, target: str, metric: str, *, scale: str
                 capsize=3,
                 label=label,
             )
-            if part[x].nunique() >= 3:
-                band = scaling.bootstrap_fit(part, x=x, y="error", n_boot=n_boot, seed=0)["band"]
-                ax.plot(band[x], band.fit, color=colour, linewidth=1.2)
-                ax.fill_between(band[x], band.lo, band.hi, color=colour, alpha=0.15, linewidth=0)
         ax.set_xscale("log")
         ax.set(
             xlabel={"data": "fraction of pre-training data", "model": "backbone parameters (M)"}[scale],
@@ -312,7 +334,7 @@ def fewshot_curves(table: pd.DataFrame, target: str, metric: str) -> Figure:
     return draw_fewshot_curves(transfer_rows(table, target, metric), target, metric)
 
 
-def scale_curve(table: pd.DataFrame, target: str, metric: str, *, scale: str, n_boot: int = 100) -> Figure | None:
+def scale_curve(table: pd.DataFrame, target: str, metric: str, *, scale: str, n_boot: int = 1000) -> Figure | None:
     return draw_scale_curve(transfer_rows(table, target, metric), target, metric, scale=scale, n_boot=n_boot)
 
 
@@ -448,42 +470,15 @@ def full_shot_means(table: pd.DataFrame) -> pd.DataFrame:
     return stats.assign(sd=stats.sd.fillna(0.0))
 
 
-def scaling_fits(table: pd.DataFrame, *, n_boot: int = 100, seed: int = 0) -> pd.DataFrame:
-    """Power-law fits of the error (1 − metric) against pre-training data fraction and model size, per
-    target / metric / source / shot (and arch, for data scale), for every group with ≥ 3 scale points."""
-    data = table[(table.kind == "transfer") & table.metric.str.startswith("test/")]
-    data = _with_params(data).assign(error=1.0 - data.value).dropna(subset=["params_m", "error"])
-    frames = []
-    for scale, x in SCALE_AXES.items():
-        by = ["target", "metric", "init_label", "shot"] + (["arch"] if scale == "data" else ["data_fraction"])
-        fits = scaling.fit_table(data, x=x, y="error", by=by, n_boot=n_boot, seed=seed)
-        if len(fits):
-            frames.append(fits.assign(scale=scale, x=x))
-    columns = [
-        "scale",
-        "x",
-        "target",
-        "metric",
-        "init_label",
-        "shot",
-        "arch",
-        "data_fraction",
-        "a",
-        "alpha",
-        "e_inf",
-        "rss",
-        "n",
-        "a_lo",
-        "a_hi",
-        "alpha_lo",
-        "alpha_hi",
-        "e_inf_lo",
-        "e_inf_hi",
-        "n_boot",
-    ]
-    if not frames:
-        return pd.DataFrame(columns=columns)
-    return pd.concat(frames, ignore_index=True).reindex(columns=columns)
+def scaling_fits(
+    table: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, sizes: Mapping[str, float] | None = None
+) -> pd.DataFrame:
+    """`scaling_fits.csv`: the power and the saturating law fitted to the error (1 − metric) against model
+    size (`sizes`: arch → backbone parameters in millions, default ARCH_PARAMS_M) and pre-training data
+    fraction, per target / metric / source / origin / shot, with bootstrap intervals over seeds, AICc,
+    the chosen law and a leave-one-size-out check; series with two sizes get a row saying why no fit
+    was made (`xrstudy.results.scaling.scaling_fits`)."""
+    return scaling.scaling_fits(table, sizes=ARCH_PARAMS_M if sizes is None else sizes, n_boot=n_boot, seed=seed)
 
 
 __all__ = [
@@ -502,6 +497,8 @@ __all__ = [
     "draw_model_size",
     "draw_fewshot_curves",
     "draw_scale_curve",
+    "draw_fit",
+    "series_fit",
     "save_figure",
     "FigureKind",
     "FIGURE_KINDS",
