@@ -318,3 +318,74 @@ def test_importing_the_modules_imports_no_torch_and_no_matplotlib():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- many cells: multiple-comparison control ------------------------------------------------------
+def test_holm_and_bonferroni_keep_the_family_wise_false_alarm_rate():
+    # 200 honest reproductions of 20 cells (published and new seeds from one distribution, 3 each). Per
+    # cell, ~1 - 0.95^20 = 64 % of them show a cell outside; adjusted, at most 5 % (binomial SD 0.015).
+    rng = np.random.default_rng(21)
+    reps, cells = 200, 20
+    pub, new = [], []
+    for i in range(reps * cells):
+        mean = 0.5 + 0.3 * rng.random()
+        pub += [row(model=f"m{i}_bit50x1", seed=s, value=mean + rng.normal(0, 0.01), origin="paper") for s in range(3)]
+        new += [row(model=f"m{i}_bit50x1", seed=s, value=mean + rng.normal(0, 0.01)) for s in range(3)]
+    out = stats.compare_tables(frame(new), frame(pub))
+    p = out.set_index("pretrained_model").interval_p.reindex([f"m{i}_bit50x1" for i in range(reps * cells)])
+    assert (out.status == "outside").mean() == pytest.approx(0.05, abs=0.01)  # each cell at its nominal rate
+    alarms = dict.fromkeys(stats.ADJUSTMENTS, 0)
+    for one in p.to_numpy().reshape(reps, cells):
+        for adjust in stats.ADJUSTMENTS:
+            levels, adjusted = stats.adjusted_levels(one, 0.95, adjust)
+            alarms[adjust] += bool((one < 1 - levels).any())
+            assert ((adjusted <= 0.05) == (one < 1 - levels)).all()  # adjusted p-values tell the same
+    rates = {k: v / reps for k, v in alarms.items()}
+    assert rates["none"] == pytest.approx(1 - 0.95**cells, abs=0.1)
+    assert rates["bonferroni"] <= rates["holm"] <= 0.05 + 0.035, rates
+
+
+def test_holm_steps_down_as_written():
+    # Four cells, 3 published seeds (SD 0.01) each, and new means at chosen distances: Holm by hand.
+    pub = frame(
+        [
+            row(model=f"m{i}_bit50x1", seed=s, value=v, origin="paper")
+            for i in range(4)
+            for s, v in enumerate((0.49, 0.50, 0.51))
+        ]
+    )
+    offsets = (0.40, 0.065, 0.05, 0.0)  # p: ~0, 0.0154, 0.0256, 1
+    new = frame([row(model=f"m{i}_bit50x1", seed=s, value=0.5 + d) for i, d in enumerate(offsets) for s in range(3)])
+    out = {a: stats.compare_tables(new, pub, adjust=a).set_index("pretrained_model") for a in stats.ADJUSTMENTS}
+    scale = 0.01 * np.sqrt(2 / 3)
+    p = {f"m{i}_bit50x1": 2 * sps.t.sf(d / scale, 2) for i, d in enumerate(offsets)}
+    assert out["none"].interval_p.to_dict() == pytest.approx(p)
+    holm = out["holm"]
+    # steps: p(m0) <= .05/4 and p(m1) <= .05/3: outside; p(m2) > .05/2 stops: m2, m3 inside at level 1 - .05/2
+    assert p["m0_bit50x1"] <= 0.05 / 4 and p["m1_bit50x1"] <= 0.05 / 3 and p["m2_bit50x1"] > 0.05 / 2
+    assert holm.status.to_dict() == {
+        "m0_bit50x1": "outside",
+        "m1_bit50x1": "outside",
+        "m2_bit50x1": "inside",
+        "m3_bit50x1": "inside",
+    }
+    assert holm.test_level.to_dict() == pytest.approx(
+        {"m0_bit50x1": 1 - 0.05 / 4, "m1_bit50x1": 1 - 0.05 / 3, "m2_bit50x1": 1 - 0.05 / 2, "m3_bit50x1": 1 - 0.05 / 2}
+    )
+    assert holm.p_adjusted["m1_bit50x1"] == pytest.approx(max(4 * p["m0_bit50x1"], 3 * p["m1_bit50x1"]))
+    # per cell, m2 is outside too; Bonferroni (every cell at 1 - .05/4) flags m0 only, Holm m0 and m1
+    assert holm.inside_per_cell.to_dict() == {
+        "m0_bit50x1": False,
+        "m1_bit50x1": False,
+        "m2_bit50x1": False,
+        "m3_bit50x1": True,
+    }
+    assert list(out["none"].status).count("outside") == 3
+    assert set(out["bonferroni"][out["bonferroni"].status == "outside"].index) == {"m0_bit50x1"}
+    summary = stats.compare_summary(holm.reset_index())
+    assert (summary["outside"], summary["outside_per_cell"], summary["adjust"]) == (2, 3, "holm")
+    assert "Holm: family-wise over 4 cells" in summary["line"]
+    with pytest.raises(ValueError, match="range"):
+        stats.compare_tables(new, pub, interval="range", adjust="holm")
+    with pytest.raises(ValueError, match="adjust"):
+        stats.compare_tables(new, pub, adjust="fdr")

@@ -30,7 +30,7 @@ from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 
 from xrstudy.fileio import atomic_write_table
-from xrstudy.results import scaling, store
+from xrstudy.results import scaling, stats, store
 
 # ---- colours ----------------------------------------------------------------------------------
 SOURCE_COLOURS = {
@@ -50,8 +50,8 @@ SOURCE_COLOURS = {
     "xray": "#cb181d",
     "scratch": "#7f7f7f",
 }
-# Model sizes in backbone parameters (millions), for ordering and model-scale curves.
-ARCH_PARAMS_M = {"50x1": 23.5, "50x3": 211.0, "101x1": 42.5, "101x3": 382.0, "152x2": 232.0, "152x4": 928.0}
+# Model sizes in backbone parameters (millions), for ordering and model-scale curves (the fits' sizes too).
+ARCH_PARAMS_M = scaling.BIT_PARAMS_M
 SHOT_ORDER = ("1_shot", "5_shot", "10_shot", "100_shot", "500_shot", "full_shot")
 METRIC_NAMES = {"test/acc": "accuracy", "test/auc": "mean AUC", "test/ap": "mean AP"}
 MAX_PIXELS = 2400  # no saved PNG is wider or taller than this (the DPI gives way)
@@ -250,6 +250,48 @@ def draw_fewshot_curves(data: pd.DataFrame, target: str, metric: str) -> Figure:
     return fig
 
 
+def draw_sd_by_shots(data: pd.DataFrame, target: str, metric: str) -> Figure | None:
+    """Seed-to-seed SD (points) against shots per class, one line per pre-trained model (and origin, and
+    data fraction where several), full shot one decade right of the largest k, with the SD at which the
+    usual number of seeds gives a ±1-point 95 % interval of the mean (`stats.variance_table`,
+    `stats.sd_by_shots`). None when no cell has two seeds."""
+    points = stats.sd_by_shots(stats.variance_table(data, metric=metric, n_boot=1))  # the SD needs no resamples
+    if points.empty:
+        return None
+    meta = data.drop_duplicates("pretrained_model").set_index("pretrained_model")[["init_label", "arch"]]
+    points = points.join(meta, on="pretrained_model")
+    series = points.pretrained_model.where(points.origin != "paper", points.pretrained_model + PAPER_SUFFIX)
+    if points.origin.nunique() < 2:
+        series = points.pretrained_model
+    if points.data_fraction.nunique() > 1:
+        series = series + points.data_fraction.map(lambda f: f" ({f:g} of the data)")
+    points = points.assign(series=series)
+    fig = new_figure(7.5, 4.0)
+    with mpl.rc_context(style()):
+        ax = fig.subplots()
+        for model in _model_order(points):
+            for name, part in points[points.pretrained_model == model].groupby("series", sort=True):
+                first = part.iloc[0]
+                line = "--" if first.origin == "paper" and points.origin.nunique() > 1 else "-"
+                colour = model_colour(first.init_label, first.arch)
+                ax.plot(part.x, 100 * part.sd, line, marker="o", color=colour, label=name)
+        seeds = int(points.n_seeds.mode().iloc[0])
+        threshold = 100 * stats.sd_for_half_width(seeds)
+        ax.axhline(threshold, color="0.4", linewidth=0.8, linestyle=":", label=f"±1 point with {seeds} seeds")
+        ax.set_xscale("log")
+        ticks = points.drop_duplicates("x").sort_values("x")
+        ax.set_xticks(ticks.x, ["full" if full else str(int(k)) for k, full in zip(ticks.x, ticks.full)])
+        ax.minorticks_off()
+        ax.set_ylim(bottom=0)
+        ax.set(
+            xlabel="shots per class",
+            ylabel="SD over seeds (points)",
+            title=f"{target}: {_metric_label(metric)}, seed SD",
+        )
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, title="pre-trained model")
+    return fig
+
+
 SCALE_AXES = {"data": "data_fraction", "model": "params_m"}
 
 
@@ -334,6 +376,10 @@ def fewshot_curves(table: pd.DataFrame, target: str, metric: str) -> Figure:
     return draw_fewshot_curves(transfer_rows(table, target, metric), target, metric)
 
 
+def sd_by_shots(table: pd.DataFrame, target: str, metric: str) -> Figure | None:
+    return draw_sd_by_shots(transfer_rows(table, target, metric), target, metric)
+
+
 def scale_curve(table: pd.DataFrame, target: str, metric: str, *, scale: str, n_boot: int = 1000) -> Figure | None:
     return draw_scale_curve(transfer_rows(table, target, metric), target, metric, scale=scale, n_boot=n_boot)
 
@@ -402,6 +448,7 @@ FIGURE_KINDS = (
     FigureKind("fewshot", draw_fewshot_curves, lambda rows: (rows.shots > 0).any() and rows.shots.nunique() >= 2),
     _scale_kind("data", 2),
     _scale_kind("model", 3),
+    FigureKind("variance", draw_sd_by_shots, lambda rows: rows.shots.nunique() >= 2 and rows.seed.nunique() >= 2),
 )
 
 
@@ -499,6 +546,8 @@ __all__ = [
     "draw_scale_curve",
     "draw_fit",
     "series_fit",
+    "sd_by_shots",
+    "draw_sd_by_shots",
     "save_figure",
     "FigureKind",
     "FIGURE_KINDS",

@@ -50,6 +50,9 @@ GOLDEN_STEPS = 45  # point fits: the 2-grid-step bracket shrinks by 0.618^45, |�
 BOOT_STEPS = 24  # bootstrap refits: |Δα| < 1e-6, far inside any interval
 SIGMA2_FLOOR = 1e-12  # σ̂² floor for the likelihood (σ = 1e-6 on a 0-1 error scale): noise-free fits stay finite
 SCALE_COLUMNS = {"model": "params_m", "data": "data_fraction"}
+# BiT backbones, millions of parameters (benchmarks/arch_params.csv rounded): the model-scale sizes of the
+# fits and of the figures (xrstudy.plots.figures.ARCH_PARAMS_M), keyed by BiT short name.
+BIT_PARAMS_M = {"50x1": 23.5, "50x3": 211.0, "101x1": 42.5, "101x3": 382.0, "152x2": 232.0, "152x4": 928.0}
 _BIT = re.compile(r"resnetv2_(\d+x\d+)_bit")
 
 
@@ -276,6 +279,10 @@ def bootstrap_law(
     samples = np.column_stack([a * ref**alpha, alpha, c])
     df = int(counts.sum()) - len(sizes)
     lo, hi = stretched_quantiles(samples, np.array([fit.a, fit.alpha, fit.e_inf]), level, df)
+    # the t stretch may reach past a constraint of the law (a ≥ 0, E∞ ≥ 0, α in its bounds): no value
+    # there is possible, so the interval ends at the bound (coverage can only gain)
+    bounds_lo, bounds_hi = np.array([0.0, ALPHA_BOUNDS[law][0], 0.0]), np.array([np.inf, ALPHA_BOUNDS[law][1], np.inf])
+    lo, hi = np.clip(lo, bounds_lo, bounds_hi), np.clip(hi, bounds_lo, bounds_hi)
     ci = {name: (float(lo[i]), float(hi[i])) for i, name in enumerate(("a", "alpha", "e_inf"))}
     if law == "power":
         ci["e_inf"] = (float("nan"), float("nan"))  # not a parameter of the pure power law
@@ -651,9 +658,16 @@ SCALING_FITS_COLUMNS = [
 
 
 def scaling_fits(
-    table: pd.DataFrame, *, sizes: Mapping[str, float], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+    table: pd.DataFrame,
+    *,
+    sizes: Mapping[str, float] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
 ) -> pd.DataFrame:
-    """`scaling_fits.csv`: both scales, one row per (scale, series group, law); refusals included."""
+    """`scaling_fits.csv`: both scales, one row per (scale, series group, law); refusals included.
+    `sizes`: arch → parameters in millions (default BIT_PARAMS_M)."""
+    sizes = BIT_PARAMS_M if sizes is None else sizes
     frames = [fit_table(table, scale=s, sizes=sizes, n_boot=n_boot, seed=seed, level=level) for s in SCALE_COLUMNS]
     frames = [f for f in frames if len(f)]
     if not frames:
@@ -678,4 +692,6 @@ __all__ = [
     "SCALING_FITS_COLUMNS",
     "FitCurve",
     "fit_curve",
+    "BIT_PARAMS_M",
+    "MIN_SIZES",
 ]

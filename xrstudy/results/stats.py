@@ -3,10 +3,10 @@
     xrstudy results variance [--results DIR] [--json]
     xrstudy results compare --against DIR [--results DIR] [--json] [--fail-outside]
 
-Pure functions over the tidy results table (`xrstudy.results.table`: one row per run and metric);
-numpy, pandas and scipy only, no xrstudy import (the readers are passed in, see `published_rows`).
+Pure functions over the tidy results table (`xrstudy.results.store.table`: one row per run and metric),
+numpy, pandas and scipy; `published_rows` reads `--against` through the package's own readers.
 
-Definitions (NOTES.md has the reasoning):
+Definitions:
 - A *cell* is (target, pretrained_model, data_fraction, shots, shot, metric); `origin` (paper / xrstudy)
   is always kept apart, so an imported paper cell and a re-run of it never pool. data_fraction is in the
   key because the pretrained_model name does not carry it (data-scale runs share one name).
@@ -28,6 +28,14 @@ Definitions (NOTES.md has the reasoning):
   any n_new; the interval of the published *mean* alone (`interval="ci"`) is too narrow for that
   (~84-91 % for 1-3 new seeds against 3 published) and min-max of the seeds (`interval="range"`)
   has no fixed rate. Both are available; the columns say which was used.
+- Many cells: each cell's interval lets about 1 − level of honest cells fall outside, so over ~100 cells a
+  gate on "any cell outside" would fail almost always (1 − 0.95^100 = 99 %). `adjust="holm"` (Holm's
+  step-down on the interval test's p-values) or `"bonferroni"` (every interval at 1 − α/m) make `level`
+  family-wise: an honest reproduction shows any cell outside with probability ≤ 1 − level, whatever the
+  dependence between cells. Holm flags at least what Bonferroni flags. The price is power: over 90
+  cells (3 new seeds each) an offset must exceed ~6 published SDs with the paper's 5 seeds, ~35 SDs
+  with 3 seeds (t with 2 df), so the per-cell reading (`inside_per_cell`) is reported beside it. `xrstudy results
+  compare` defaults to holm (a gate that fails by chance would be useless); this function to none.
 """
 
 from __future__ import annotations
@@ -42,8 +50,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from xrstudy.results import legacy, store
+
 CELL = ("target", "pretrained_model", "data_fraction", "shots", "shot", "metric")
 INTERVALS = ("prediction", "ci", "range")
+ADJUSTMENTS = ("none", "bonferroni", "holm")  # multiple-comparison control of `compare` (see top)
 TOLERANCE = 1e-9  # float slack for "inside" (a published SD of 0 gives a point interval)
 
 
@@ -100,6 +111,13 @@ def seeds_needed(sd: float, half_width: float = 0.01, level: float = 0.95) -> fl
     while sps.t.ppf(q, n - 1) * sd / np.sqrt(n) > half_width:
         n += 1
     return float(n)
+
+
+def sd_for_half_width(n_seeds: int, half_width: float = 0.01, level: float = 0.95) -> float:
+    """The largest SD at which `n_seeds` seeds give a t interval of the mean no wider than ±half_width."""
+    if n_seeds < 2:
+        return float("nan")
+    return float(half_width * np.sqrt(n_seeds) / sps.t.ppf(0.5 + level / 2, n_seeds - 1))
 
 
 # ---- variance -----------------------------------------------------------------------------------
@@ -213,6 +231,11 @@ COMPARE_COLUMNS = [
     "published_min",
     "published_max",
     "inside",
+    "interval_p",
+    "p_adjusted",
+    "adjust",
+    "test_level",
+    "inside_per_cell",
     "reason",
 ]
 
@@ -245,6 +268,46 @@ def _interval(pub: np.ndarray, n_new: int, level: float, kind: str) -> tuple[flo
     return mean - half, mean + half
 
 
+def _interval_p(pub: np.ndarray, mean_new: float, n_new: int, kind: str) -> float:
+    """Two-sided p-value of the test whose acceptance region is `_interval` (inside at level L <=> p >= 1 − L):
+    t = (mean_new − mean_p) / (sd_p·sqrt(1/n_p + 1/n_new)) [prediction] or / (sd_p/√n_p) [ci], t(n_p − 1).
+    NaN for `range` (no distribution behind it)."""
+    if kind == "range":
+        return float("nan")
+    n, sd = len(pub), float(np.std(pub, ddof=1))
+    diff = abs(mean_new - float(np.mean(pub)))
+    scale = sd * np.sqrt(1 / n + 1 / n_new) if kind == "prediction" else sd / np.sqrt(n)
+    if scale == 0:  # no published spread: a point interval
+        return 1.0 if diff <= TOLERANCE else 0.0
+    return float(2 * sps.t.sf(diff / scale, n - 1))
+
+
+def adjusted_levels(p: np.ndarray, level: float, adjust: str) -> tuple[np.ndarray, np.ndarray]:
+    """(the level each cell's interval is drawn at, adjusted p-values) for the m determinable cells.
+
+    bonferroni: every cell at 1 − α/m. holm (step-down): cells by ascending p; the i-th (0-based) is
+    tested at 1 − α/(m − i) while every earlier one fell outside; the first inside stops the procedure
+    and every later cell is drawn at that same level (it is inside it: its p is no smaller). Both
+    control the chance of any false "outside" over all m cells at α = 1 − level, whatever the
+    dependence between cells (metrics of one run are strongly correlated)."""
+    m, alpha = len(p), 1 - level
+    if adjust == "none" or m == 0:
+        return np.full(m, level), p.copy()
+    if adjust == "bonferroni":
+        return np.full(m, 1 - alpha / m), np.minimum(1.0, p * m)
+    order = np.lexsort((np.arange(m), p))  # ascending p, ties in table order
+    levels, adjusted = np.empty(m), np.empty(m)
+    stop = None
+    running = 0.0
+    for i, cell in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p[cell]))
+        adjusted[cell] = running
+        if stop is None and p[cell] > alpha / (m - i):
+            stop = alpha / (m - i)
+        levels[cell] = 1 - (stop if stop is not None else alpha / (m - i))
+    return levels, adjusted
+
+
 def _welch(new: np.ndarray, pub: np.ndarray) -> tuple[float, float, float, str]:
     if len(new) < 2 or len(pub) < 2:
         side = "new" if len(new) < 2 else "published"
@@ -266,19 +329,30 @@ def compare_tables(
     metric: str | Sequence[str] | None = None,
     level: float = 0.95,
     interval: str = "prediction",
+    adjust: str = "none",
     kinds: Sequence[str] | None = ("transfer",),
 ) -> pd.DataFrame:
     """Per cell in either table: both sides' seeds and means, new − published, Welch t test, the published
     seeds' interval (`interval`, see top) and whether the new mean is inside it.
 
+    `adjust` controls the multiple comparisons of many cells (see top): "none" reads each cell at `level`
+    (about 1 − level of honest cells fall outside); "bonferroni" / "holm" make `level` family-wise over the
+    determinable cells, so any "outside" at all is a false alarm with probability ≤ 1 − level. The interval
+    columns are drawn at each cell's `test_level`; `inside_per_cell` is the unadjusted reading at `level`.
     Origins stay apart on both sides (a cell with paper and xrstudy rows gives one row per origin pair).
     `status`: inside / outside / undetermined (published side < 2 seeds: no interval) / only_new /
-    only_published. Tables are not modified."""
+    only_published; rows by status (outside first), then by `interval_p`. Tables are not modified."""
     if interval not in INTERVALS:
         raise ValueError(f"interval={interval!r}; expected one of {INTERVALS}")
+    if adjust not in ADJUSTMENTS:
+        raise ValueError(f"adjust={adjust!r}; expected one of {ADJUSTMENTS}")
+    if adjust != "none" and interval == "range":
+        raise ValueError("interval 'range' has no p-value to adjust; use adjust 'none' or another interval")
+    if not 0 < level < 1:
+        raise ValueError(f"level={level}; expected a number between 0 and 1, e.g. 0.95")
     left, right = _side(new, metric, kinds), _side(published, metric, kinds)
     merged = left.merge(right, on=list(CELL), how="outer", suffixes=("_new", "_published"), indicator=True)
-    rows = []
+    rows, tested = [], []  # tested: (row, published seeds) of the cells with an interval
     for rec in merged.to_dict("records"):
         new_v, pub_v = (
             np.asarray(v if isinstance(v, list) else [], dtype=float)  # NaN: cell absent on that side
@@ -299,33 +373,44 @@ def compare_tables(
             interval_low=np.nan,
             interval_high=np.nan,
             inside=pd.NA,
+            interval_p=np.nan,
+            p_adjusted=np.nan,
+            adjust=adjust,
+            test_level=np.nan,
+            inside_per_cell=pd.NA,
             reason="",
         )
         row["difference"] = row["mean_new"] - row["mean_published"]
+        rows.append(row)
         if rec["_merge"] != "both":
             row["status"] = "only_new" if rec["_merge"] == "left_only" else "only_published"
             row["reason"] = "cell only in the new results" if len(new_v) else "cell only in the published results"
-            rows.append(row)
             continue
         row["welch_t"], row["welch_df"], row["p_value"], reason = _welch(new_v, pub_v)
         if len(pub_v) < 2:
             row["status"] = "undetermined"
-            reasons = [f"published side has {len(pub_v)} seed: no interval", reason]
-        else:
-            lo, hi = _interval(pub_v, len(new_v), level, interval)
-            row["interval_low"], row["interval_high"] = lo, hi
-            row["inside"] = bool(lo - TOLERANCE <= row["mean_new"] <= hi + TOLERANCE)
-            row["status"] = "inside" if row["inside"] else "outside"
-            reasons = [reason]
-        row["reason"] = "; ".join(r for r in reasons if r)
-        rows.append(row)
+            row["reason"] = "; ".join(r for r in (f"published side has {len(pub_v)} seed: no interval", reason) if r)
+            continue
+        lo, hi = _interval(pub_v, len(new_v), level, interval)
+        row["inside_per_cell"] = bool(lo - TOLERANCE <= row["mean_new"] <= hi + TOLERANCE)
+        row["interval_p"] = _interval_p(pub_v, row["mean_new"], len(new_v), interval)
+        row["reason"] = reason
+        tested.append((row, pub_v))
+    p = np.array([row["interval_p"] for row, _ in tested], dtype=float)
+    levels, adjusted = adjusted_levels(p, level, adjust)
+    for (row, pub_v), cell_level, p_adj in zip(tested, levels, adjusted):
+        lo, hi = _interval(pub_v, row["n_new"], float(cell_level), interval)
+        row.update(interval_low=lo, interval_high=hi, test_level=float(cell_level), p_adjusted=float(p_adj))
+        row["inside"] = bool(lo - TOLERANCE <= row["mean_new"] <= hi + TOLERANCE)
+        row["status"] = "inside" if row["inside"] else "outside"
     out = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
     out["inside"] = out["inside"].astype("boolean")
+    out["inside_per_cell"] = out["inside_per_cell"].astype("boolean")
     order = {"outside": 0, "undetermined": 1, "inside": 2, "only_new": 3, "only_published": 4}
-    out = out.sort_values(
-        by=["status", *CELL], key=lambda s: s.map(order) if s.name == "status" else s, ignore_index=True
+    out = out.sort_values(  # outside first, then the nearest misses (smallest interval p) first
+        by=["status", "interval_p", *CELL], key=lambda s: s.map(order) if s.name == "status" else s, ignore_index=True
     )
-    out.attrs.update(level=level, interval=interval)
+    out.attrs.update(level=level, interval=interval, adjust=adjust, tested=len(tested))
     return out
 
 
@@ -343,13 +428,22 @@ def compare_summary(comparison: pd.DataFrame) -> dict[str, Any]:
     }
     both = comparison[comparison["status"].isin(["inside", "outside", "undetermined"])]
     summary["new_origins"] = {str(k): int(v) for k, v in both["origin_new"].value_counts().sort_index().items()}
+    summary["outside_per_cell"] = int((comparison["inside_per_cell"] == False).sum())  # noqa: E712 (NA-aware)
     interval = comparison.attrs.get("interval", "prediction")
     level = comparison.attrs.get("level", 0.95)
+    adjust = comparison.attrs.get("adjust", "none")
+    summary.update(adjust=adjust, level=level, interval=interval)
+    how = f"the published seeds' {level:.0%} {interval} interval"
+    if adjust != "none":
+        tested = summary["inside"] + summary["outside"]
+        how += (
+            f" ({adjust.capitalize()}: family-wise over {tested} cells; each cell at its own {level:.0%}: "
+            f"{summary['outside_per_cell']} outside)"
+        )
     summary["line"] = (
-        f"{summary['compared']} cells compared: {summary['inside']} inside, {summary['outside']} outside"
+        f"{summary['compared']} cells compared: {summary['inside']} inside, {summary['outside']} outside {how}"
         + (f", {summary['undetermined']} undetermined (published < 2 seeds)" if summary["undetermined"] else "")
-        + f" the published seeds' {level:.0%} {interval} interval; only in new {summary['only_new']}, "
-        f"only in published {summary['only_published']}"
+        + f"; only in new {summary['only_new']}, only in published {summary['only_published']}"
         + (
             f" (new origins: {', '.join(f'{k} {v}' for k, v in summary['new_origins'].items())})"
             if len(summary["new_origins"]) > 1
@@ -371,14 +465,22 @@ def json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 # ---- I/O (thin) ---------------------------------------------------------------------------------
+def _paper_csv_table(path: Path) -> pd.DataFrame:
+    """The paper's CSVs as the tidy table `import-legacy` followed by `table` would give (nothing written)."""
+    return store.table_from_results(legacy.legacy_results(legacy.read_legacy(path)))
+
+
 def published_rows(
-    path: str | Path, *, csv_table: Callable[[Path], pd.DataFrame], store_table: Callable[[Path], pd.DataFrame]
+    path: str | Path,
+    *,
+    csv_table: Callable[[Path], pd.DataFrame] = _paper_csv_table,
+    store_table: Callable[[Path], pd.DataFrame] = store.table,
 ) -> pd.DataFrame:
     """The tidy table of `--against`: a folder of the paper's `finetuning_results_*.csv` or a results store.
 
-    Parsing is the package's: `csv_table` turns a CSV folder into a tidy table (the legacy importer's rules,
-    repeats merged, names mapped), `store_table` reads a store (xrstudy.results.table). See NOTES.md for
-    the two calls to pass."""
+    Parsing is the package's: `csv_table` turns a CSV folder into a tidy table (the legacy importer's rules:
+    repeats merged, names mapped, a conflicting repeat an error naming its lines), `store_table` reads a
+    store. A folder holding both kinds, or neither, is refused."""
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"{path}: not a directory; --against takes a folder of finetuning_results_*.csv or a store")
@@ -396,9 +498,12 @@ def published_rows(
 __all__ = [
     "CELL",
     "INTERVALS",
+    "ADJUSTMENTS",
+    "adjusted_levels",
     "seed_values",
     "bootstrap_means",
     "seeds_needed",
+    "sd_for_half_width",
     "variance_table",
     "sd_by_shots",
     "compare_tables",
