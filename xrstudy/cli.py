@@ -195,6 +195,40 @@ def _add_data(sub: Any) -> None:
     cache.add_argument("--cache-dir", type=Path, default=Path("xrstudy-out/cache"))
     _handler(cache, "xrstudy.commands.data:cmd_cache")
 
+    audit = commands.add_parser(
+        "audit",
+        help="leakage audit of split files: patients and images on more than one side, target test images "
+        "in an init's pre-training data",
+    )
+    audit.add_argument("split_files", nargs="+", metavar="SPLIT_FILE", help="source,image_id,split files")
+    audit.add_argument(
+        "--root",
+        type=root_arg,
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a source's folder as distributed (repeat): patient ids, image files; a source with a root and "
+        "no split file counts as pre-training data in full",
+    )
+    audit.add_argument(
+        "--content",
+        choices=("bytes", "pixels", "none"),
+        default="bytes",
+        help="how images are compared where they are on disk: file bytes (default), decoded pixels "
+        "(re-encoded copies match), or not at all",
+    )
+    audit.add_argument("--metadata-only", action="store_true", help="read label files alone (compare by id)")
+    audit.add_argument("--workers", type=int, default=0, help="hashing threads (default: one per core)")
+    audit.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path("xrstudy-out/cache"),
+        help="keep content hashes here, so a rerun or an interrupted audit resumes (default: %(default)s)",
+    )
+    audit.add_argument("--fail-on-leak", action="store_true", help="exit 1 when any check finds a leak")
+    audit.add_argument("--json", action="store_true", help="print one JSON object")
+    _handler(audit, "xrstudy.commands.data:cmd_audit")
+
 
 def _add_train(sub: Any) -> None:
     train = sub.add_parser("train", help="run one study cell from a RunConfig YAML (works under torchrun)")
