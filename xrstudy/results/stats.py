@@ -32,10 +32,11 @@ Definitions:
   gate on "any cell outside" would fail almost always (1 − 0.95^100 = 99 %). `adjust="holm"` (Holm's
   step-down on the interval test's p-values) or `"bonferroni"` (every interval at 1 − α/m) make `level`
   family-wise: an honest reproduction shows any cell outside with probability ≤ 1 − level, whatever the
-  dependence between cells. Holm flags at least what Bonferroni flags. The price is power: over 90
-  cells (3 new seeds each) an offset must exceed ~6 published SDs with the paper's 5 seeds, ~35 SDs
-  with 3 seeds (t with 2 df), so the per-cell reading (`inside_per_cell`) is reported beside it. `xrstudy results
-  compare` defaults to holm (a gate that fails by chance would be useless); this function to none.
+  dependence between cells. Holm flags at least what Bonferroni flags. The price is power: over 90 cells
+  (3-5 new seeds each) an offset must exceed ~6-7 published SDs with the paper's 5 seeds, ~31-35 SDs with
+  3 seeds (t with 2 df), so the per-cell reading (`inside_per_cell`) is reported beside it.
+  `xrstudy results compare` defaults to holm (a gate that fails by chance is useless); this function to
+  none (one cell read alone).
 """
 
 from __future__ import annotations
