@@ -199,7 +199,8 @@ def content_digests(
             return item, None, f"{type(err).__name__}: {err}"
 
     batch = 2048
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
+    try:
         for start in range(0, len(todo), batch):
             done = list(pool.map(one, todo[start : start + batch]))
             for (path, _, _), value, error in done:
@@ -209,6 +210,8 @@ def content_digests(
                     out.digests[path] = value
             if cache_file:
                 _append_cache(cache_file, [(item, value) for item, value, _ in done if value is not None])
+    finally:  # Ctrl-C: drop the queued files at once (the batches done are in the cache)
+        pool.shutdown(wait=True, cancel_futures=True)
     return out
 
 
