@@ -5,8 +5,11 @@
 
 Commands: `xrstudy --help`, `xrstudy data merge` of the three real label files shipped in the
 torchxrayvision wheel (`--labels union --metadata-only --json`; goal < 3.5 s end to end),
-`xrstudy figures` of the paper-format fixtures, `xrstudy sweep plan --help` when that command exists.
-Goal for `--help`: < 1 s.
+`xrstudy figures` of the paper-format fixtures, `xrstudy sweep plan --help` when that command exists;
+the checks of results (issue 21): `results variance`, `results compare` (against the paper's CSV fixture)
+and `results scaling` on the paper-format fixtures and on the demo's store, and `data audit` of the
+authors' five-view PadChest split of the real label file (written first, not timed). Goals: `--help`
+< 1 s; each check < 5 s.
 """
 
 from __future__ import annotations
@@ -99,6 +102,43 @@ def main() -> None:
                 "union",
                 "--metadata-only",
                 "--json",
+            ]
+        example = REPO / "notebooks" / "example-results"
+        for label, results in (("paper-format fixtures", store), ("demo store", example)):
+            commands[f"xrstudy results variance ({label})"] = [
+                *xrstudy,
+                "results",
+                "variance",
+                "--results",
+                str(results),
+            ]
+            commands[f"xrstudy results compare ({label})"] = [
+                *xrstudy,
+                "results",
+                "compare",
+                "--against",
+                str(REPO / "tests" / "data" / "legacy") if results == store else str(example),
+                "--results",
+                str(results),
+            ]
+            commands[f"xrstudy results scaling ({label})"] = [*xrstudy, "results", "scaling", "--results", str(results)]
+        if roots:
+            split = base / "padchest-paper.csv"
+            views = "PA,AP,AP_SUPINE,LATERAL,COSTAL"
+            subprocess.run(
+                [*xrstudy, "data", "split", "padchest", "--root", str(roots["padchest"]), "--metadata-only"]
+                + ["--mode", "paper", "--views", views, "--out", str(split)],
+                check=True,
+                capture_output=True,
+            )
+            commands["xrstudy data audit (real PadChest, paper split)"] = [
+                *xrstudy,
+                "data",
+                "audit",
+                str(split),
+                "--root",
+                f"padchest={roots['padchest']}",
+                "--metadata-only",
             ]
         commands["xrstudy figures (paper-format fixtures)"] = [
             *xrstudy,

@@ -36,12 +36,17 @@ def test_bootstrap_ci_covers_truth_and_is_seeded():
     assert again["ci"] == out["ci"]
 
 
-def test_fit_table_one_row_per_group_and_needs_three_points():
+def test_fit_table_one_row_per_group_and_law_and_needs_three_points():
     frame = pd.concat([_noisy().assign(source="a"), _noisy(alpha=0.3).assign(source="b")])
     few = pd.DataFrame({"images": [1.0, 2.0], "seed": [0, 0], "error": [0.5, 0.4], "source": "c"})
-    table = scaling.fit_table(pd.concat([frame, few]), x="images", y="error", by=["source"], n_boot=20)
-    assert list(table.source) == ["a", "b"]
-    assert table.set_index("source").alpha["b"] == pytest.approx(0.3, abs=0.08)
+    table = scaling.fit_table(
+        pd.concat([frame, few]), x="images", y="error", by=["source"], n_boot=20, laws=("saturating",)
+    )
+    assert list(table.source) == ["a", "b", "c"]  # c: two sizes, a refused row that says why
+    fitted = table[table.reason == ""]
+    assert list(fitted.source) == ["a", "b"]
+    assert fitted.set_index("source").alpha["b"] == pytest.approx(0.3, abs=0.08)
+    assert table.set_index("source").reason["c"].startswith("refused: 2 distinct sizes")
     with pytest.raises(ValueError, match="3 distinct"):
         scaling.fit_power_law([1, 2], [0.5, 0.4])
 

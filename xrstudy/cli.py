@@ -195,6 +195,40 @@ def _add_data(sub: Any) -> None:
     cache.add_argument("--cache-dir", type=Path, default=Path("xrstudy-out/cache"))
     _handler(cache, "xrstudy.commands.data:cmd_cache")
 
+    audit = commands.add_parser(
+        "audit",
+        help="leakage audit of split files: patients and images on more than one side, target test images "
+        "in an init's pre-training data",
+    )
+    audit.add_argument("split_files", nargs="+", metavar="SPLIT_FILE", help="source,image_id,split files")
+    audit.add_argument(
+        "--root",
+        type=root_arg,
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a source's folder as distributed (repeat): patient ids, image files; a source with a root and "
+        "no split file counts as pre-training data in full",
+    )
+    audit.add_argument(
+        "--content",
+        choices=("bytes", "pixels", "none"),
+        default="bytes",
+        help="how images are compared where they are on disk: file bytes (default), decoded pixels "
+        "(re-encoded copies match), or not at all",
+    )
+    audit.add_argument("--metadata-only", action="store_true", help="read label files alone (compare by id)")
+    audit.add_argument("--workers", type=int, default=0, help="hashing threads (default: one per core)")
+    audit.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path("xrstudy-out/cache"),
+        help="keep content hashes here, so a rerun or an interrupted audit resumes (default: %(default)s)",
+    )
+    audit.add_argument("--fail-on-leak", action="store_true", help="exit 1 when any check finds a leak")
+    audit.add_argument("--json", action="store_true", help="print one JSON object")
+    _handler(audit, "xrstudy.commands.data:cmd_audit")
+
 
 def _add_train(sub: Any) -> None:
     train = sub.add_parser("train", help="run one study cell from a RunConfig YAML (works under torchrun)")
@@ -296,7 +330,9 @@ def _add_sweep(sub: Any) -> None:
 def _add_results(sub: Any) -> None:
     from xrstudy.fileio import TABLE_FORMATS
 
-    results = sub.add_parser("results", help="the results store: tidy table, legacy import")
+    results = sub.add_parser(
+        "results", help="the results store: tidy table, legacy import, seed statistics, comparison, scaling fits"
+    )
     commands = results.add_subparsers(dest="results_command", required=True)
 
     show = commands.add_parser("table", help="all valid results as one tidy table")
@@ -309,6 +345,79 @@ def _add_results(sub: Any) -> None:
     legacy.add_argument("dir", help="directory with finetuning_results_{target}_{metric}.csv files")
     legacy.add_argument("--results", default="xrstudy-out/results", help="results directory to write to")
     _handler(legacy, "xrstudy.commands.results:cmd_import_legacy")
+
+    _add_results_statistics(commands)
+
+
+def level_arg(text: str) -> float:
+    """A confidence level strictly between 0 and 1 (0.95, 0.99)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a level between 0 and 1, e.g. 0.95")
+    return value
+
+
+def _add_results_statistics(commands: Any) -> None:
+    """`results variance | compare | scaling` (xrstudy.results.stats and .scaling; no torch)."""
+    variance = commands.add_parser(
+        "variance", help="per cell: seeds, mean, SD, 95%% interval of the mean, seeds needed for ±1 point"
+    )
+    variance.add_argument("--results", default="xrstudy-out/results", help="results directory")
+    variance.add_argument("--metric", default=None, help="one metric, e.g. valid/acc (default: every test/ metric)")
+    variance.add_argument("--level", type=level_arg, default=0.95, help="interval level (default: %(default)s)")
+    variance.add_argument(
+        "--half-width", type=float, default=0.01, help="target half-width, as a fraction (default 0.01: ±1 point)"
+    )
+    variance.add_argument(
+        "--n-boot", type=int, default=2000, help="bootstrap resamples per cell (default: %(default)s)"
+    )
+    variance.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: %(default)s)")
+    variance.add_argument("--out", default=None, help="also draw SD against shots per target here (PNG + PDF + CSV)")
+    variance.add_argument("--json", action="store_true", help="print one JSON object")
+    _handler(variance, "xrstudy.commands.results:cmd_variance")
+
+    compare = commands.add_parser(
+        "compare", help="new results against published ones: means, difference, Welch test, inside the interval?"
+    )
+    compare.add_argument(
+        "--against", required=True, help="a folder of the paper's finetuning_results_*.csv, or a results store"
+    )
+    compare.add_argument("--results", default="xrstudy-out/results", help="results directory of the new runs")
+    compare.add_argument("--metric", default=None, help="one metric (default: every test/ metric)")
+    compare.add_argument(
+        "--interval",
+        choices=("prediction", "ci", "range"),
+        default="prediction",
+        help="prediction: where the new mean falls with probability LEVEL when nothing changed (default); "
+        "ci: the published mean's interval (too narrow for that); range: min-max of the published seeds",
+    )
+    compare.add_argument("--level", type=level_arg, default=0.95, help="interval level (default: %(default)s)")
+    compare.add_argument(
+        "--adjust",
+        choices=("holm", "bonferroni", "none"),
+        default="holm",
+        help="multiple comparisons: holm (default) and bonferroni make LEVEL family-wise, so an honest "
+        "reproduction fails --fail-outside with probability <= 1 - LEVEL however many cells; none reads "
+        "each cell at LEVEL (about 1 in 20 honest cells falls outside a 95%% interval)",
+    )
+    compare.add_argument("--fail-outside", action="store_true", help="exit 1 when any cell lies outside")
+    compare.add_argument("--all", action="store_true", help="list every cell (default: the first 40, outside first)")
+    compare.add_argument("--json", action="store_true", help="print one JSON object: summary and every cell")
+    _handler(compare, "xrstudy.commands.results:cmd_compare")
+
+    fits = commands.add_parser(
+        "scaling", help="power and saturating laws against model size and data fraction, with bootstrap intervals"
+    )
+    fits.add_argument("--results", default="xrstudy-out/results", help="results directory")
+    fits.add_argument("--level", type=level_arg, default=0.95, help="interval level (default: %(default)s)")
+    fits.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples per fit (default: %(default)s)")
+    fits.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: %(default)s)")
+    fits.add_argument("--out", default=None, help="also write the fit table (scaling_fits.csv columns) here")
+    fits.add_argument("--json", action="store_true", help="print the fit table as JSON")
+    _handler(fits, "xrstudy.commands.results:cmd_scaling")
 
 
 def _add_models(sub: Any) -> None:

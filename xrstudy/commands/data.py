@@ -1,4 +1,4 @@
-"""`xrstudy data inspect | merge | split | shots | cache`."""
+"""`xrstudy data inspect | merge | split | shots | cache | audit`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from xrstudy.config import RunConfig
-from xrstudy.data import labels, sources, studydata
+from xrstudy.data import audit, labels, sources, studydata
 from xrstudy.fileio import atomic_write_table
 
 
@@ -113,3 +113,46 @@ def cmd_cache(args: argparse.Namespace) -> int:
     cache = imagecache.build_cache(sorted(table["path"].astype(str)), args.size, args.cache_dir, mode, workers)
     print(cache.report())
     return 0
+
+
+def _finding_line(finding: dict[str, Any]) -> str:
+    where = f"{finding['file']} {finding['source']}"
+    count = finding["count"]
+    if finding["check"] == "test_in_pretraining":
+        against = finding["against"]
+        other = f"{against['file']} {against['source']}" if against["file"] else f"{against['source']} (every image)"
+        if count is None:
+            return f"{where}: test images in {other}'s pre-training rows: not checkable ({finding['reason']})"
+        line = f"{where}: {count:,} test images in {other}'s pre-training rows (by {' and '.join(finding['by'])})"
+        if "patients" in finding:
+            line += f"; {finding['patients']:,} test patients there"
+    elif finding["check"] == "patients":
+        line = f"{where}: {count:,} patients on more than one side ({finding['images']:,} images)"
+    elif finding["check"] == "image_ids":
+        line = f"{where}: {count:,} image ids on more than one side"
+    else:
+        line = f"{where}: {count:,} images with equal content on more than one side ({finding['how']})"
+    if finding["examples"]:
+        line += f", e.g. {json.dumps(finding['examples'][:3])}"
+    return line
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    report = audit.audit(
+        args.split_files,
+        dict(args.root),
+        content=args.content,
+        metadata_only=args.metadata_only,
+        workers=args.workers,
+        cache_dir=args.cache_dir if args.content != "none" else None,
+    )
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        for finding in report["findings"]:
+            print(_finding_line(finding))
+        for line in report["skipped"]:
+            print(f"skipped: {line}")
+        checked = [f for f in report["findings"] if f["count"] is not None]
+        print(f"{len(checked)} checks, {report['leaks']} with a leak; {len(report['skipped'])} skipped (reasons above)")
+    return 1 if args.fail_on_leak and report["leaks"] else 0

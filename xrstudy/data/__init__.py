@@ -6,6 +6,8 @@
     splits       official / patient / the authors' splits, split files + SHA-256
     fewshot      k-shot sets (never from test)
     studydata    `prepare(cfg) -> StudyData`: a RunConfig's tables, classes and split hash
+    audit        leakage audit of split files (patients / images on two sides, target test images in an
+                 init's pre-training data); `init_leak`, the rule `sweep plan` flags leaks by
     layouts/     the other direction: miniature copies in the distributed layouts (demo, tests)
     phantoms     procedural chest phantoms drawn for those layouts
 

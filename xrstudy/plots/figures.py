@@ -30,7 +30,7 @@ from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 
 from xrstudy.fileio import atomic_write_table
-from xrstudy.results import scaling, store
+from xrstudy.results import scaling, stats, store
 
 # ---- colours ----------------------------------------------------------------------------------
 SOURCE_COLOURS = {
@@ -50,8 +50,8 @@ SOURCE_COLOURS = {
     "xray": "#cb181d",
     "scratch": "#7f7f7f",
 }
-# Model sizes in backbone parameters (millions), for ordering and model-scale curves.
-ARCH_PARAMS_M = {"50x1": 23.5, "50x3": 211.0, "101x1": 42.5, "101x3": 382.0, "152x2": 232.0, "152x4": 928.0}
+# Model sizes in backbone parameters (millions), for ordering and model-scale curves (the fits' sizes too).
+ARCH_PARAMS_M = scaling.BIT_PARAMS_M
 SHOT_ORDER = ("1_shot", "5_shot", "10_shot", "100_shot", "500_shot", "full_shot")
 METRIC_NAMES = {"test/acc": "accuracy", "test/auc": "mean AUC", "test/ap": "mean AP"}
 MAX_PIXELS = 2400  # no saved PNG is wider or taller than this (the DPI gives way)
@@ -250,20 +250,83 @@ def draw_fewshot_curves(data: pd.DataFrame, target: str, metric: str) -> Figure:
     return fig
 
 
+def draw_sd_by_shots(data: pd.DataFrame, target: str, metric: str) -> Figure | None:
+    """Seed-to-seed SD (points) against shots per class, one line per pre-trained model (and origin, and
+    data fraction where several), full shot one decade right of the largest k, with the SD at which the
+    usual number of seeds gives a ±1-point 95 % interval of the mean (`stats.variance_table`,
+    `stats.sd_by_shots`). None when no cell has two seeds."""
+    points = stats.sd_by_shots(stats.variance_table(data, metric=metric, n_boot=1))  # the SD needs no resamples
+    if points.empty:
+        return None
+    meta = data.drop_duplicates("pretrained_model").set_index("pretrained_model")[["init_label", "arch"]]
+    points = points.join(meta, on="pretrained_model")
+    series = points.pretrained_model.where(points.origin != "paper", points.pretrained_model + PAPER_SUFFIX)
+    if points.origin.nunique() < 2:
+        series = points.pretrained_model
+    if points.data_fraction.nunique() > 1:
+        series = series + points.data_fraction.map(lambda f: f" ({f:g} of the data)")
+    points = points.assign(series=series)
+    fig = new_figure(7.5, 4.0)
+    with mpl.rc_context(style()):
+        ax = fig.subplots()
+        for model in _model_order(points):
+            for name, part in points[points.pretrained_model == model].groupby("series", sort=True):
+                first = part.iloc[0]
+                line = "--" if first.origin == "paper" and points.origin.nunique() > 1 else "-"
+                colour = model_colour(first.init_label, first.arch)
+                ax.plot(part.x, 100 * part.sd, line, marker="o", color=colour, label=name)
+        seeds = int(points.n_seeds.mode().iloc[0])
+        threshold = 100 * stats.sd_for_half_width(seeds)
+        ax.axhline(threshold, color="0.4", linewidth=0.8, linestyle=":", label=f"±1 point with {seeds} seeds")
+        ax.set_xscale("log")
+        ticks = points.drop_duplicates("x").sort_values("x")
+        ax.set_xticks(ticks.x, ["full" if full else str(int(k)) for k, full in zip(ticks.x, ticks.full)])
+        ax.minorticks_off()
+        ax.set_ylim(bottom=0)
+        ax.set(
+            xlabel="shots per class",
+            ylabel="SD over seeds (points)",
+            title=f"{target}: {_metric_label(metric)}, seed SD",
+        )
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, title="pre-trained model")
+    return fig
+
+
 SCALE_AXES = {"data": "data_fraction", "model": "params_m"}
 
 
 def scale_rows(data: pd.DataFrame, scale: str) -> list[tuple[tuple, pd.DataFrame]]:
-    """Groups (source, shot, arch | data fraction) with ≥ 2 points along the scale axis, error = 1 − metric."""
+    """Groups (source, shot, arch | data fraction, origin) with ≥ 2 points along the scale axis, error = 1 − metric.
+
+    Origins stay apart (the paper's rows and a re-run are two series), as in `scaling.fit_table`."""
     x = SCALE_AXES[scale]
     data = _with_params(data).assign(error=1.0 - data.value).dropna(subset=["params_m", "error"])
-    group_by = ["init_label", "shot"] + (["arch"] if scale == "data" else ["data_fraction"])
+    group_by = ["init_label", "shot"] + (["arch"] if scale == "data" else ["data_fraction"]) + ["origin"]
     return [(key, part) for key, part in data.groupby(group_by, sort=True) if part[x].nunique() >= 2]
 
 
-def draw_scale_curve(data: pd.DataFrame, target: str, metric: str, *, scale: str, n_boot: int = 100) -> Figure | None:
+def series_fit(part: pd.DataFrame, x: str, *, n_boot: int = 1000, seed: int = 0) -> scaling.FitCurve | None:
+    """The fitted curve of one series of tidy rows (error column, one point per seed and size: re-runs of
+    a seed averaged, as in `scaling.fit_table`); None with fewer than three sizes (no fit is made then)."""
+    points = part.groupby([x, "seed"], sort=True).error.mean().reset_index()
+    if points[x].nunique() < scaling.MIN_SIZES:
+        return None
+    return scaling.fit_curve(points[x].to_numpy(float), points.error.to_numpy(float), n_boot=n_boot, seed=seed)
+
+
+def draw_fit(ax: Axes, curve: scaling.FitCurve, colour: str, *, as_metric: bool = False, **line: Any) -> None:
+    """Draw a fitted curve and its bootstrap band on `ax`: in error units, or as the metric (1 − error)
+    when the axis shows the metric (e.g. a metric-vs-parameters figure)."""
+    band = curve.band
+    fit, lo, hi = (band.fit, band.lo, band.hi) if not as_metric else (1 - band.fit, 1 - band.hi, 1 - band.lo)
+    ax.plot(band.x, fit, color=colour, linewidth=1.2, **line)
+    ax.fill_between(band.x, lo, hi, color=colour, alpha=0.15, linewidth=0)
+
+
+def draw_scale_curve(data: pd.DataFrame, target: str, metric: str, *, scale: str, n_boot: int = 1000) -> Figure | None:
     """Error (1 − metric) vs pre-training data fraction (`scale="data"`) or model size (`"model"`), per
-    source, with the power-law fit and its bootstrap band where a source has ≥ 3 scale points."""
+    source, with the law AICc picks (power or saturating, `scaling.fit_curve`) and its bootstrap band
+    where a series has ≥ 3 scale points; the legend gives the law and α with its interval."""
     groups = scale_rows(data, scale)
     if not groups:
         return None
@@ -273,7 +336,12 @@ def draw_scale_curve(data: pd.DataFrame, target: str, metric: str, *, scale: str
         ax = fig.subplots()
         for key, part in groups:
             colour = source_colour(key[0])
-            label = " ".join(str(k) for k in key).replace("_shot", "-shot")
+            label = " ".join(str(k) for k in key[:-1]).replace("_shot", "-shot")
+            label += PAPER_SUFFIX if key[-1] == "paper" else ""
+            curve = series_fit(part, x, n_boot=n_boot)
+            if curve is not None:
+                draw_fit(ax, curve, colour)
+                label += f"\n{curve.label()}"
             stats = part.groupby(x).error.agg(["mean", "std"]).reset_index()
             ax.errorbar(
                 stats[x],
@@ -285,10 +353,6 @@ def draw_scale_curve(data: pd.DataFrame, target: str, metric: str, *, scale: str
                 capsize=3,
                 label=label,
             )
-            if part[x].nunique() >= 3:
-                band = scaling.bootstrap_fit(part, x=x, y="error", n_boot=n_boot, seed=0)["band"]
-                ax.plot(band[x], band.fit, color=colour, linewidth=1.2)
-                ax.fill_between(band[x], band.lo, band.hi, color=colour, alpha=0.15, linewidth=0)
         ax.set_xscale("log")
         ax.set(
             xlabel={"data": "fraction of pre-training data", "model": "backbone parameters (M)"}[scale],
@@ -312,7 +376,11 @@ def fewshot_curves(table: pd.DataFrame, target: str, metric: str) -> Figure:
     return draw_fewshot_curves(transfer_rows(table, target, metric), target, metric)
 
 
-def scale_curve(table: pd.DataFrame, target: str, metric: str, *, scale: str, n_boot: int = 100) -> Figure | None:
+def sd_by_shots(table: pd.DataFrame, target: str, metric: str) -> Figure | None:
+    return draw_sd_by_shots(transfer_rows(table, target, metric), target, metric)
+
+
+def scale_curve(table: pd.DataFrame, target: str, metric: str, *, scale: str, n_boot: int = 1000) -> Figure | None:
     return draw_scale_curve(transfer_rows(table, target, metric), target, metric, scale=scale, n_boot=n_boot)
 
 
@@ -380,6 +448,7 @@ FIGURE_KINDS = (
     FigureKind("fewshot", draw_fewshot_curves, lambda rows: (rows.shots > 0).any() and rows.shots.nunique() >= 2),
     _scale_kind("data", 2),
     _scale_kind("model", 3),
+    FigureKind("variance", draw_sd_by_shots, lambda rows: rows.shots.nunique() >= 2 and rows.seed.nunique() >= 2),
 )
 
 
@@ -448,42 +517,15 @@ def full_shot_means(table: pd.DataFrame) -> pd.DataFrame:
     return stats.assign(sd=stats.sd.fillna(0.0))
 
 
-def scaling_fits(table: pd.DataFrame, *, n_boot: int = 100, seed: int = 0) -> pd.DataFrame:
-    """Power-law fits of the error (1 − metric) against pre-training data fraction and model size, per
-    target / metric / source / shot (and arch, for data scale), for every group with ≥ 3 scale points."""
-    data = table[(table.kind == "transfer") & table.metric.str.startswith("test/")]
-    data = _with_params(data).assign(error=1.0 - data.value).dropna(subset=["params_m", "error"])
-    frames = []
-    for scale, x in SCALE_AXES.items():
-        by = ["target", "metric", "init_label", "shot"] + (["arch"] if scale == "data" else ["data_fraction"])
-        fits = scaling.fit_table(data, x=x, y="error", by=by, n_boot=n_boot, seed=seed)
-        if len(fits):
-            frames.append(fits.assign(scale=scale, x=x))
-    columns = [
-        "scale",
-        "x",
-        "target",
-        "metric",
-        "init_label",
-        "shot",
-        "arch",
-        "data_fraction",
-        "a",
-        "alpha",
-        "e_inf",
-        "rss",
-        "n",
-        "a_lo",
-        "a_hi",
-        "alpha_lo",
-        "alpha_hi",
-        "e_inf_lo",
-        "e_inf_hi",
-        "n_boot",
-    ]
-    if not frames:
-        return pd.DataFrame(columns=columns)
-    return pd.concat(frames, ignore_index=True).reindex(columns=columns)
+def scaling_fits(
+    table: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, sizes: Mapping[str, float] | None = None
+) -> pd.DataFrame:
+    """`scaling_fits.csv`: the power and the saturating law fitted to the error (1 − metric) against model
+    size (`sizes`: arch → backbone parameters in millions, default ARCH_PARAMS_M) and pre-training data
+    fraction, per target / metric / source / origin / shot, with bootstrap intervals over seeds, AICc,
+    the chosen law and a leave-one-size-out check; series with two sizes get a row saying why no fit
+    was made (`xrstudy.results.scaling.scaling_fits`)."""
+    return scaling.scaling_fits(table, sizes=ARCH_PARAMS_M if sizes is None else sizes, n_boot=n_boot, seed=seed)
 
 
 __all__ = [
@@ -502,6 +544,10 @@ __all__ = [
     "draw_model_size",
     "draw_fewshot_curves",
     "draw_scale_curve",
+    "draw_fit",
+    "series_fit",
+    "sd_by_shots",
+    "draw_sd_by_shots",
     "save_figure",
     "FigureKind",
     "FIGURE_KINDS",

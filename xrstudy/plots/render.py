@@ -14,7 +14,7 @@ STYLES = ("default", "paper")
 
 
 def render_all(
-    results_dir: str | Path, out_dir: str | Path | None = None, *, n_boot: int = 100, style: str = "default"
+    results_dir: str | Path, out_dir: str | Path | None = None, *, n_boot: int = 1000, style: str = "default"
 ) -> figures.Rendered:
     """Every figure for every (target, test metric) in the store, plus `results_table.csv`,
     `full_shot_means.csv` and `scaling_fits.csv`; default out: `<results parent>/figures`.

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from xrstudy.config import RunConfig, base_arch
-from xrstudy.data import labels
+from xrstudy.data import audit, labels
 from xrstudy.data.sources import Source, source_of
 from xrstudy.results import store
 from xrstudy.sweeps import sweepfile
@@ -200,10 +200,9 @@ def plan_cell(
         else None
     )
     mean, std, stats_from = input_stats(cfg)
-    seen = set(init_sources(cfg, by_id))
     leak = None
     if cfg.kind == "transfer":
-        overlap = sorted(seen & ({cfg.target} | set(source.shares_images_with)))
+        overlap = audit.init_leak(cfg.target, init_sources(cfg, by_id))  # the rule of `xrstudy data audit`
         leak = bool(overlap)
         if leak:
             warnings.append(
