@@ -207,7 +207,7 @@ def test_grid_of_100_to_the_5_is_refused_by_count_before_expanding():
     assert str(err.value) == (
         "sweep.yaml: transfer[0]: grid of 10,000,000,000 cells (seed 100 x shots 100 x steps 100 "
         "x lr 100 x mixup 100) exceeds the limit of 10,000 cells per sweep; split the sweep or "
-        "raise the limit (max_grid_cells)"
+        "raise the limit (--max-grid-cells N)"
     )
 
 
@@ -219,7 +219,7 @@ def test_grid_counts_and_the_running_total():
         check_grid_size({"seed": [0, 1, 2]}, "s: transfer[7]", counted=MAX_GRID_CELLS - 2)
     assert str(err.value) == (
         "s: transfer[7]: grid of 3 cells (seed 3), 10,001 with the 9,998 before it, exceeds the "
-        "limit of 10,000 cells per sweep; split the sweep or raise the limit (max_grid_cells)"
+        "limit of 10,000 cells per sweep; split the sweep or raise the limit (--max-grid-cells N)"
     )
     assert check_grid_size({"seed": list(range(20_000))}, "s: transfer[0]", limit=50_000) == 20_000
 

@@ -286,7 +286,7 @@ def check_grid_size(grid: Mapping[str, Any], where: str, limit: int = MAX_GRID_C
         where,
         None,
         f"grid of {count:,} cells ({sizes}){so_far} exceeds the limit of {limit:,} cells "
-        f"per sweep; split the sweep or raise the limit (max_grid_cells)",
+        f"per sweep; split the sweep or raise the limit (--max-grid-cells N)",
     )
 
 

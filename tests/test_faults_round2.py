@@ -1,0 +1,256 @@
+"""The second adversarial round (issue 19): each fault a careless or hostile user can cause ends in one line
+naming the file, line or field, or in an honest count, and nothing else is written.
+
+The loaders themselves are tested in tests/test_yamlfiles.py and tests/test_pickles.py; here are the call
+sites: the CLI, sweep files, cell configs, CIFAR roots, checkpoints, the legacy importer, the store, the
+image cache and the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xrstudy import cli
+from xrstudy.config import ConfigError, RunConfig
+from xrstudy.sweeps import slurm, sweepfile
+from xrstudy.sweeps.sweepfile import SweepError
+
+
+def _one_error_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _cli_error(capsys, argv: list[str]) -> str:
+    """The one line `xrstudy ARGV` prints when it refuses (exit status 2), and nothing on stdout."""
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    return _one_error_line(err)
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+# ---- sweep and cell YAML (items 2-4; mixed key types, deep nesting) -------------------------------
+SWEEP = """\
+defaults: {out_dir: OUT}
+transfer:
+  - {target: cifar10, init: scratch, arch: resnetv2_50x1_bit, shots: 1, name: first}
+pretrain: []
+transfer:
+  - {target: pets, init: scratch, arch: resnetv2_50x1_bit, shots: 5, name: second}
+"""
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text.replace("OUT", str(path.parent / "out")))
+    return path
+
+
+def test_a_repeated_transfer_section_is_refused_naming_file_line_and_key(tmp_path, capsys):
+    sweep = _write(tmp_path / "sweep.yaml", SWEEP)
+    for command in ("plan", "run", "submit"):
+        extra = ["--dry-run"] if command != "plan" else []
+        line = _cli_error(capsys, ["sweep", command, str(sweep), *extra])
+        assert line == f"xrstudy: error: {sweep}:5: key 'transfer' repeated (first at line 2)"
+    assert _files(tmp_path) == ["sweep.yaml"]  # nothing planned, run or written
+
+
+def test_repeated_shots_in_one_mapping_of_a_sweep_or_a_cell_config(tmp_path, capsys):
+    sweep = _write(
+        tmp_path / "sweep.yaml",
+        "transfer:\n  - {target: cifar10, init: scratch, shots: 1, shots: 10}\n",
+    )
+    with pytest.raises(SweepError) as err:
+        sweepfile.load_sweep(sweep)
+    assert str(err.value) == f"{sweep}:2: key 'shots' repeated (first at line 2)"
+    cell = _write(tmp_path / "cell.yaml", "kind: transfer\ntarget: cifar10\nshots: 1\nseed: 0\nshots: 10\n")
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_yaml(cell)
+    assert str(err.value) == f"{cell}:5: key 'shots' repeated (first at line 3)"
+    grid = _write(
+        tmp_path / "grid.yaml",
+        "transfer:\n  - target: cifar10\n    grid:\n      seed: [0]\n      shots: [1]\n      shots: [10]\n",
+    )
+    line = _cli_error(capsys, ["sweep", "plan", str(grid)])
+    assert line == f"xrstudy: error: {grid}:6: key 'shots' repeated (first at line 5)"
+
+
+def _laughs(levels: int) -> str:
+    lines = ['l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_in_a_field_is_refused_in_a_short_message(tmp_path, capsys):
+    bomb = _laughs(9).replace("l8:", "name:")
+    assert len(bomb) < 600
+    cell = tmp_path / "cell.yaml"
+    cell.write_text("kind: transfer\ntarget: cifar10\n" + bomb)
+    line = _cli_error(capsys, ["train", str(cell)])
+    assert line == (
+        f"xrstudy: error: {cell}:6: aliases repeat more than 10,000 YAML nodes (at *l2, 1,111 nodes); "
+        "write the values out or use fewer aliases"
+    )
+    # Below the alias bound a value can still be long: a message shows it cut, never whole.
+    long = tmp_path / "long.yaml"
+    long.write_text("kind: transfer\ntarget: cifar10\ninit: &i [" + ", ".join(["abcdefgh"] * 500) + "]\nname: *i\n")
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_yaml(long)
+    assert len(str(err.value)) < 400 and "..." in str(err.value), str(err.value)
+
+
+def test_fifty_thousand_levels_and_mixed_key_types_are_one_line(tmp_path, capsys):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("transfer: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    assert (
+        _cli_error(capsys, ["sweep", "plan", str(deep)]) == f"xrstudy: error: {deep}:1: nested deeper than 100 levels"
+    )
+    mixed = _write(tmp_path / "mixed.yaml", "transfer:\n  - target: cifar10\n    1: x\n")
+    assert _cli_error(capsys, ["sweep", "plan", str(mixed)]) == (
+        f"xrstudy: error: {mixed}:3: key 1 is an int, not a string; keys are field names (quote it if it is one)"
+    )
+    # A dict handed over by code (a notebook) is not YAML: its mixed keys are named, not a TypeError.
+    with pytest.raises(SweepError) as err:
+        sweepfile.load_sweep({"transfer": [{"target": "cifar10", 1: "x", "2": "y"}]})
+    assert str(err.value) == "<sweep>: transfer[0]: unknown key(s) ['2', 1]; allowed: RunConfig fields and 'grid'"
+    with pytest.raises(ConfigError, match=r"^config: unknown RunConfig field\(s\) \['2', 1\]; known: "):
+        RunConfig.from_dict({"kind": "transfer", "target": "cifar10", 1: "x", "2": "y"})
+
+
+GRID_100_TO_THE_5 = "transfer:\n  - target: cifar10\n    init: scratch\n    grid:\n" + "".join(
+    f"      {key}: [{', '.join(str(v) for v in range(1, 101))}]\n" for key in ("seed", "shots", "steps", "lr", "mixup")
+)
+
+
+def test_a_grid_of_100_to_the_5_cells_is_refused_by_count_naming_the_block(tmp_path, capsys):
+    sweep = _write(tmp_path / "huge.yaml", GRID_100_TO_THE_5)
+    assert len(sweep.read_bytes()) < 2500
+    line = _cli_error(capsys, ["sweep", "plan", str(sweep)])
+    assert line == (
+        f"xrstudy: error: {sweep}: transfer[0]: grid of 10,000,000,000 cells (seed 100 x shots 100 x steps 100 x "
+        "lr 100 x mixup 100) exceeds the limit of 10,000 cells per sweep; split the sweep or raise the limit "
+        "(--max-grid-cells N)"
+    )
+
+
+def test_the_grid_limit_counts_all_blocks_and_an_option_raises_it(tmp_path, capsys):
+    block = {"target": "cifar10", "init": "scratch", "grid": {"seed": [0, 1, 2]}}
+    spec = {"defaults": {"out_dir": str(tmp_path / "out")}, "transfer": [block, {**block, "shots": 5}]}
+    assert len(sweepfile.load_sweep(spec, max_grid_cells=6)) == 6
+    with pytest.raises(SweepError) as err:
+        sweepfile.load_sweep(spec, max_grid_cells=5)
+    assert str(err.value) == (
+        "<sweep>: transfer[1]: grid of 3 cells (seed 3), 6 with the 3 before it, exceeds the limit of 5 cells per "
+        "sweep; split the sweep or raise the limit (--max-grid-cells N)"
+    )
+    sweep = tmp_path / "six.yaml"
+    sweep.write_text(yaml.safe_dump(spec))
+    assert _cli_error(capsys, ["sweep", "plan", str(sweep), "--max-grid-cells", "5"]).startswith(
+        f"xrstudy: error: {sweep}: transfer[1]: grid of 3 cells (seed 3), 6 with the 3 before it, exceeds the limit of"
+    )
+    assert cli.main(["sweep", "plan", str(sweep), "--max-grid-cells", "6", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 6
+    with pytest.raises(SystemExit):
+        cli.main(["sweep", "plan", str(sweep), "--max-grid-cells", "0"])
+    assert "--max-grid-cells: 0; expected an integer >= 1" in capsys.readouterr().err
+
+
+# ---- options accepted without a word -------------------------------------------------------------
+@pytest.fixture()
+def small_sweep(tmp_path) -> Path:
+    spec = {
+        "defaults": {"out_dir": str(tmp_path / "out")},
+        "transfer": [{"target": "cifar10", "init": "scratch", "name": "c10", "grid": {"seed": [0, 1]}}],
+    }
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_an_only_glob_that_matches_nothing_is_an_error(small_sweep, capsys):
+    for command in (["plan"], ["run", "--dry-run"], ["submit", "--dry-run"]):
+        line = _cli_error(capsys, ["sweep", *command, str(small_sweep), "--only", "c100*"])
+        assert line == (
+            "xrstudy: error: --only 'c100*' matches no cell name or run id of the sweep's 2 cell(s) (names: ['c10'])"
+        )
+    assert not (small_sweep.parent / "out").exists()
+    assert len(sweepfile.select(sweepfile.load_sweep(small_sweep), "c1*")) == 2
+
+
+def test_an_unknown_device_is_an_error_naming_the_known_ones(small_sweep, capsys):
+    for command in (["plan"], ["submit", "--dry-run"]):
+        line = _cli_error(capsys, ["sweep", *command, str(small_sweep), "--device", "H10"])
+        assert line.startswith("xrstudy: error: device 'H10' has no row in the throughput or memory tables (")
+        assert line.endswith("; known devices: A100-40GB, H100")
+    assert not (small_sweep.parent / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--gpus-per-node", "0", "argument --gpus-per-node: 0; expected an integer >= 1"),
+        ("--max-nodes", "0", "argument --max-nodes: 0; expected an integer >= 1"),
+        ("--pretrain-nodes", "-1", "argument --pretrain-nodes: -1; expected an integer >= 1"),
+        ("--pretrain-nodes", "two", "argument --pretrain-nodes: 'two' is not an integer"),
+    ],
+)
+def test_node_and_gpu_counts_below_one_are_refused_before_anything_is_written(
+    small_sweep, capsys, option, value, message
+):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["sweep", "submit", str(small_sweep), "--dry-run", option, value])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(message)
+    assert not (small_sweep.parent / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "keyword, value, message",
+    [
+        ("gpus_per_node", 0, "--gpus-per-node 0; expected an integer >= 1"),
+        ("max_nodes", -2, "--max-nodes -2; expected an integer >= 1"),
+        ("pretrain_nodes", -1, "--pretrain-nodes -1; expected an integer >= 1 (or none: sized by the plan)"),
+    ],
+)
+def test_submit_refuses_the_same_counts_from_code(small_sweep, tmp_path, keyword, value, message):
+    cells = sweepfile.load_sweep(small_sweep)
+    with pytest.raises(SweepError) as err:
+        slurm.submit(cells, folder=tmp_path / "slurm", dry_run=True, **{keyword: value})
+    assert str(err.value) == message
+    assert not (tmp_path / "slurm").exists()
+
+
+# ---- xrstudy train CONFIG: the config is read before torch is imported ---------------------------
+_TRAIN_PROBE = """
+import contextlib, io, json, sys
+from xrstudy import cli
+err = io.StringIO()
+with contextlib.redirect_stderr(err):
+    code = cli.main(["train", sys.argv[1]])
+print(json.dumps({"code": code, "err": err.getvalue(), "torch": "torch" in sys.modules}))
+"""
+
+
+@pytest.mark.slow  # a subprocess
+def test_train_reports_a_typo_in_the_config_before_importing_torch(tmp_path):
+    config = tmp_path / "cell.yaml"
+    config.write_text("kind: transfer\ntarget: cifar10\nshotz: 5\n")
+    done = subprocess.run(
+        [sys.executable, "-c", _TRAIN_PROBE, str(config)], capture_output=True, text=True, timeout=300, check=True
+    )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["code"] == 2 and report["torch"] is False, report
+    assert _one_error_line(report["err"]).startswith(
+        f"xrstudy: error: {config}: unknown RunConfig field(s) ['shotz']; known: "
+    )
