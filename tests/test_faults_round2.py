@@ -9,9 +9,11 @@ image cache and the figures.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -326,3 +328,49 @@ def test_a_crafted_data_batch_is_refused_when_its_pixels_are_decoded(tmp_path):
     assert not marker.exists()
     # The honest files of the layout writer still decode.
     assert decoding.prepare_image(f"{folder / 'test_batch'}#0", 8, "RGB").shape == (8, 8, 3)
+
+
+# ---- item 6: every reader that opens a weight file by name checks it is a regular file first ------------
+def _returns(call, fifo: Path, timeout: float = 120.0):
+    """`call()`'s outcome (value or exception), failing the test if it waits on `fifo` instead."""
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():  # release the reader (a writer that closes at once), then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail(f"waited on the FIFO {fifo}")
+    return outcome
+
+
+def test_weight_readers_name_a_fifo_instead_of_waiting_on_it(tmp_path, capsys):
+    from xrstudy import fileio
+    from xrstudy.training import callbacks, checkpoints, paper_weights
+
+    fifo = tmp_path / "model.pth.tar"
+    os.mkfifo(fifo)
+    outcome = _returns(
+        lambda: cli.main(["models", "import-paper", str(fifo), "--arch", "resnetv2_50x1_bit", "--out", "x.pt"]), fifo
+    )
+    assert outcome == {"value": 2}
+    assert _one_error_line(capsys.readouterr().err) == (
+        f"xrstudy: error: {fifo}: not a regular file (a FIFO (named pipe)); expected the authors' model.pth.tar"
+    )
+    cases = [
+        (lambda: paper_weights.read_paper_checkpoint(fifo, "resnetv2_50x1_bit"), "expected the authors' model.pth.tar"),
+        (lambda: checkpoints.read_state_dict(fifo), "expected a weight file"),
+        (lambda: checkpoints.read_checkpoint(fifo), "expected an xrstudy checkpoint"),
+        (lambda: callbacks.load_train_state(fifo), "expected a training state: delete it to start the run afresh"),
+        (lambda: fileio.sha256_file(fifo), "is a FIFO (named pipe), not a regular file"),
+    ]
+    for call, expected in cases:
+        error = _returns(call, fifo)["error"]
+        assert str(fifo) in str(error) and expected in str(error), error
+    assert _files(tmp_path) == ["model.pth.tar"]
