@@ -374,3 +374,142 @@ def test_weight_readers_name_a_fifo_instead_of_waiting_on_it(tmp_path, capsys):
         error = _returns(call, fifo)["error"]
         assert str(fifo) in str(error) and expected in str(error), error
     assert _files(tmp_path) == ["model.pth.tar"]
+
+
+# ---- items 7, 8: the legacy importer stores what it says, or nothing -----------------------------------
+HEADER = "metric_value,metric,path,seed,shot,pretrained_model,dataset,last_step\n"
+
+
+def _legacy(folder: Path, files: dict[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in files.items():
+        (folder / name).write_text(HEADER + rows)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ("inf", "column 'metric_value': 'inf' is not a finite number"),
+        ("-inf", "column 'metric_value': '-inf' is not a finite number"),
+        ("1e999", "column 'metric_value': '1e999' is not a finite number"),
+        ("1.5", "column 'metric_value': 1.5 is outside [0, 1] for test/acc"),
+        ("-0.01", "column 'metric_value': -0.01 is outside [0, 1] for test/acc"),
+    ],
+)
+def test_legacy_values_not_finite_or_outside_0_1_are_refused_naming_file_line_column(tmp_path, capsys, value, problem):
+    source = _legacy(
+        tmp_path / "csv",
+        {
+            "finetuning_results_cifar10_test_acc.csv": "0.4,test/acc,p,0,1_shot,chexpert_bit50x1,cifar10,500\n"
+            f"{value},test/acc,p,1,1_shot,chexpert_bit50x1,cifar10,500\n"
+        },
+    )
+    line = _cli_error(capsys, ["results", "import-legacy", str(source), "--results", str(tmp_path / "store")])
+    assert line == (
+        f"xrstudy: error: {source}: 1 row(s) cannot be imported (nothing was written): "
+        f"finetuning_results_cifar10_test_acc.csv:3, {problem}"
+    )
+    assert not (tmp_path / "store").exists()
+
+
+def test_other_fractions_are_bounded_and_other_metrics_only_finite(tmp_path):
+    from xrstudy.results import legacy
+
+    rows = (
+        "1.2,test/mean_auc,p,0,1_shot,chexpert_bit50x1,padchest,500\n"
+        "1.1,test/average_precision_class_3,p,0,1_shot,chexpert_bit50x1,padchest,500\n"
+        "2.5,test/loss,p,0,1_shot,chexpert_bit50x1,padchest,500\n"
+        "nan,test/mean_average_precision,p,0,1_shot,chexpert_bit50x1,padchest,500\n"
+    )
+    source = _legacy(tmp_path / "csv", {"finetuning_results_padchest_test_mean_auc.csv": rows})
+    with pytest.raises(legacy.ResultError) as err:
+        legacy.read_legacy(source)
+    assert str(err.value) == (
+        f"{source}: 2 row(s) cannot be imported (nothing was written): "
+        "finetuning_results_padchest_test_mean_auc.csv:2, column 'metric_value': 1.2 is outside [0, 1] for "
+        "test/mean_auc; finetuning_results_padchest_test_mean_auc.csv:3, column 'metric_value': 1.1 is outside "
+        "[0, 1] for test/average_precision_class_3"
+    )
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        (("covidx_cxr2", "1_shot"), ("covidx", "1_shot")),
+        (("covidx", "0_shot"), ("covidx", "full_shot")),
+        (("covidx", "05_shot"), ("covidx", "5_shot")),
+    ],
+)
+def test_two_spellings_of_one_cell_are_one_run_and_two_values_are_refused(tmp_path, capsys, first, second):
+    from xrstudy.results import store
+
+    def rows(value_a: float, value_b: float) -> dict[str, str]:
+        (dataset_a, shot_a), (dataset_b, shot_b) = first, second
+        return {
+            "finetuning_results_covidx_cxr2_test_acc.csv": f"{value_a},test/acc,a,0,{shot_a},nih_bit50x1,{dataset_a},\n"
+            f"0.5,test/acc,a,1,{shot_a},nih_bit50x1,{dataset_a},\n",
+            "finetuning_results_covidx_test_acc.csv": f"{value_b},test/acc,b,0,{shot_b},nih_bit50x1,{dataset_b},\n",
+        }
+
+    agreeing = _legacy(tmp_path / "same", rows(0.75, 0.75))
+    assert cli.main(["results", "import-legacy", str(agreeing), "--results", str(tmp_path / "s1")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"imported 2 paper runs into {tmp_path / 's1'}: 3 rows from 2 files (3 distinct, 0 exact")
+    assert "1 more merged into a row of the same cell, metric and value" in printed and "all stored" in printed
+    found = store.scan(tmp_path / "s1").results
+    assert sorted(sum(len(lines) for lines in r["legacy"]["rows"].values()) for r in found) == [1, 2]
+    merged = next(r for r in found if r["config"]["seed"] == 0)
+    assert merged["metrics"] == {"test/acc": 0.75}
+    assert merged["legacy"]["rows"] == {
+        "finetuning_results_covidx_cxr2_test_acc.csv": [2],
+        "finetuning_results_covidx_test_acc.csv": [2],
+    }
+
+    conflicting = _legacy(tmp_path / "differ", rows(0.75, 0.25))
+    line = _cli_error(capsys, ["results", "import-legacy", str(conflicting), "--results", str(tmp_path / "s2")])
+    shot = "full_shot" if first[1] == "0_shot" else "5_shot" if first[1] == "05_shot" else "1_shot"
+    assert line == (
+        "xrstudy: error: 1 problem(s) in the legacy CSVs (nothing was written): "
+        f"covidx/nih_bit50x1/{shot}/seed 0 test/acc has 2 values (finetuning_results_covidx_cxr2_test_acc.csv:2, "
+        "finetuning_results_covidx_test_acc.csv:2)"
+    )
+    assert not (tmp_path / "s2").exists()
+
+
+def test_a_metric_without_a_slash_is_refused_before_any_result_is_written(tmp_path, capsys):
+    source = _legacy(
+        tmp_path / "csv",
+        {
+            "finetuning_results_cifar10_test_acc.csv": "0.4,test/acc,p,0,1_shot,chexpert_bit50x1,cifar10,500\n",
+            "finetuning_results_pets_acc.csv": "0.4,acc,p,0,1_shot,chexpert_bit50x1,pets,500\n",
+        },
+    )
+    line = _cli_error(capsys, ["results", "import-legacy", str(source), "--results", str(tmp_path / "store")])
+    assert line == (
+        f"xrstudy: error: {source}: 1 row(s) cannot be imported (nothing was written): "
+        "finetuning_results_pets_acc.csv:2, column 'metric': 'acc'; expected a name like 'test/acc'"
+    )
+    assert not (tmp_path / "store").exists()
+
+
+def test_files_whose_names_do_not_match_are_listed(tmp_path, capsys):
+    (tmp_path / "csv" / "more").mkdir(parents=True)
+    source = _legacy(
+        tmp_path / "csv",
+        {
+            "finetuning_results_cifar10_test_acc.csv": "0.4,test/acc,p,0,1_shot,chexpert_bit50x1,cifar10,500\n",
+            "finetuning_results_pets.csv": "0.4,test/acc,p,0,1_shot,chexpert_bit50x1,pets,500\n",
+            "more/finetuning_results_flowers_test_acc.csv.gz": "",
+            "results_pets_acc.csv": "",
+        },
+    )
+    (source / "README.md").write_text("not a result\n")
+    assert cli.main(["results", "import-legacy", str(source), "--results", str(tmp_path / "store")]) == 0
+    out, err = capsys.readouterr()
+    assert "imported 1 paper runs" in out and "all stored" in out
+    assert _one_error_line(err) == (
+        f"xrstudy: warning: 3 file(s) in {source} not read: their names are not "
+        "finetuning_results_{dataset}_{metric}.csv: finetuning_results_pets.csv, "
+        "more/finetuning_results_flowers_test_acc.csv.gz, results_pets_acc.csv"
+    )
