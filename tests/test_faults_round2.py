@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import threading
@@ -513,3 +514,25 @@ def test_files_whose_names_do_not_match_are_listed(tmp_path, capsys):
         "finetuning_results_{dataset}_{metric}.csv: finetuning_results_pets.csv, "
         "more/finetuning_results_flowers_test_acc.csv.gz, results_pets_acc.csv"
     )
+
+
+# ---- one bad file in the store is skipped and named --------------------------------------------------
+def test_a_100000_deep_json_in_the_store_is_named_and_left_out(tmp_path, capsys):
+    from xrstudy.results import store
+
+    results = tmp_path / "results"
+    cfg = RunConfig(kind="transfer", target="cifar10", shots=1, out_dir=str(tmp_path))
+    store.save(store.new_result(cfg, {"test/acc": 0.5}), results)
+    other = RunConfig(kind="transfer", target="cifar10", shots=5, out_dir=str(tmp_path))
+    deep = results / f"{other.run_id}.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    reason = f"{deep}: nested too deeply to be a result file"
+    found = store.scan(results)
+    assert [r["run_id"] for r in found.results] == [cfg.run_id] and found.invalid == [(deep, reason)]
+    assert not store.is_done(other, results) and store.is_done(cfg, results)  # sweep run: the cell is to do
+    with pytest.warns(UserWarning, match=f"^left out of the table: {re.escape(reason)}$"):
+        assert cli.main(["results", "table", "--results", str(results)]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2  # header + the one valid row
+    with pytest.warns(UserWarning, match=f"^left out of the table: {re.escape(reason)}$"):
+        assert cli.main(["figures", "--results", str(results), "--out", str(tmp_path / "figures")]) == 0
+    assert list((tmp_path / "figures").glob("*.png"))
