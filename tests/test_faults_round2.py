@@ -536,3 +536,46 @@ def test_a_100000_deep_json_in_the_store_is_named_and_left_out(tmp_path, capsys)
     with pytest.warns(UserWarning, match=f"^left out of the table: {re.escape(reason)}$"):
         assert cli.main(["figures", "--results", str(results), "--out", str(tmp_path / "figures")]) == 0
     assert list((tmp_path / "figures").glob("*.png"))
+
+
+# ---- tracebacks that now name their input --------------------------------------------------------------
+def test_a_non_utf8_file_name_in_an_imagefolder_is_named(tmp_path, capsys):
+    from PIL import Image
+
+    for label in ("cat", "dog"):
+        (tmp_path / "pets" / label).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / "pets" / label / f"{i}.png")
+    os.rename(tmp_path / "pets" / "cat" / "0.png", os.fsencode(tmp_path / "pets" / "cat") + b"/\xff\xfe.png")
+    line = _cli_error(capsys, ["data", "inspect", "mypets", "--root", str(tmp_path / "pets")])
+    assert line == (
+        f"xrstudy: error: mypets: file name {tmp_path / 'pets' / 'cat'}/\\xff\\xfe.png is not UTF-8; rename it "
+        "(xrstudy writes every path as UTF-8 text)"
+    )
+
+
+def test_a_gzip_bomb_as_a_label_file_is_refused_before_it_fills_memory(tmp_path, capsys, monkeypatch):
+    import gzip
+
+    from xrstudy.data import layouts, phantoms
+    from xrstudy.data.sources import tables
+
+    root = layouts.write_layout("mimic", tmp_path / "mimic", phantoms.xray_records(6, seed=0, lateral_share=0.0))
+    code = cli.main(["data", "inspect", "mimic", "--root", str(root), "--metadata-only", "--json"])
+    assert code == 0, capsys.readouterr().err  # the layout's own .gz files are far below the bound
+    capsys.readouterr()
+    monkeypatch.setattr(tables, "GZIP_RATIO_FLOOR", 1 << 20)  # the bound of 64 MiB, scaled down to 1 MiB
+    labels = root / "mimic-cxr-2.0.0-chexpert.csv.gz"
+    header = gzip.decompress(labels.read_bytes()).split(b"\n")[0] + b"\n"
+    labels.write_bytes(gzip.compress(header + b"1,2" + b"," * (8 << 20) + b"\n", compresslevel=9))
+    size = labels.stat().st_size
+    assert size < 20_000
+    line = _cli_error(capsys, ["data", "inspect", "mimic", "--root", str(root), "--metadata-only"])
+    assert line.startswith(
+        f"xrstudy: error: {labels}: expands past {1 << 20:,} bytes, more than 100-fold its {size:,} compressed "
+        "bytes (a gzip bomb?); expected a CSV label file with columns ['subject_id', 'study_id', "
+    )
+    labels.write_bytes(b"\x1f\x8b not gzip")
+    assert _cli_error(capsys, ["data", "inspect", "mimic", "--root", str(root), "--metadata-only"]).startswith(
+        f"xrstudy: error: {labels}: cannot read as gzip ("
+    )

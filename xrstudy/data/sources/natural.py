@@ -45,11 +45,25 @@ SPLIT_FOLDERS = {
 IMAGEFOLDER_LAYOUT = "class folders of images, optionally inside train/, valid/ (or val/) and test/ folders"
 
 
-def _class_images(folder: Path) -> Iterable[tuple[str, str]]:
+def _utf8(path: Path, name: str) -> str:
+    """`str(path)`, or a SourceError naming a file name that is not UTF-8 (Python hands such bytes over as
+    lone surrogates, which no split file, cache key or result JSON can hold)."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise SourceError(
+            f"{name}: file name {shown} is not UTF-8; rename it (xrstudy writes every path as UTF-8 text)"
+        ) from None
+    return text
+
+
+def _class_images(folder: Path, name: str) -> Iterable[tuple[str, str]]:
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         for file in sorted(class_dir.iterdir()):
             if file.suffix.lower() in IMAGE_SUFFIXES:
-                yield class_dir.name, str(file)
+                yield class_dir.name, _utf8(file, name)
 
 
 @register("imagefolder", multilabel=False, modality="natural", layout=IMAGEFOLDER_LAYOUT, paper_fewshot="kshot_finder")
@@ -62,7 +76,7 @@ def read_imagefolder(name: str, root: Path, metadata_only: bool) -> pd.DataFrame
     rows = [
         (split, label, path)
         for split, folder in (split_dirs or {"": root}).items()
-        for label, path in _class_images(folder)
+        for label, path in _class_images(folder, name)
     ]
     if not rows:
         raise SourceError(
