@@ -579,3 +579,52 @@ def test_a_gzip_bomb_as_a_label_file_is_refused_before_it_fills_memory(tmp_path,
     assert _cli_error(capsys, ["data", "inspect", "mimic", "--root", str(root), "--metadata-only"]).startswith(
         f"xrstudy: error: {labels}: cannot read as gzip ("
     )
+
+
+def _xray_study(folder: Path, n: int = 10, unreadable_train: bool = False):
+    """A tiny multi-label X-ray study; with `unreadable_train` every training file holds no image."""
+    import pandas as pd
+    from PIL import Image
+
+    from xrstudy.data.studydata import StudyData
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        path = folder / f"x{i:02d}.png"
+        Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8)).save(path)
+        rows.append({"image_id": f"x{i}", "path": str(path), "Effusion": float(i % 2), "Edema": float(i % 3 == 0)})
+    table = pd.DataFrame(rows)
+    train, valid, test = table[:6], table[6:8], table[8:]
+    if unreadable_train:
+        for path in train["path"]:
+            Path(path).write_bytes(b"not an image")
+    return StudyData(
+        train=train, valid=valid, test=test, classes=("Edema", "Effusion"), multilabel=True, split_sha256="s",
+        modality="xray",
+    )  # fmt: skip
+
+
+def test_every_training_image_quarantined_names_the_data_and_the_quarantine_report(tmp_path):
+    from xrstudy.training import train
+
+    study = _xray_study(tmp_path / "images", unreadable_train=True)
+    cfg = RunConfig(
+        kind="pretrain", sources=("chexpert",), arch="resnetv2_tiny_bit", image_size=24, steps=2, batch_size=4,
+        out_dir=str(tmp_path / "out"),
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        train.run(cfg, study=study)
+    report = next((tmp_path / "out" / "cache").rglob("quarantine.json"))
+    assert str(err.value).startswith(
+        f"{cfg.name}: all 6 training images of chexpert were quarantined by the image cache (unreadable), so nothing "
+        f"is left to train on; the reasons are in {report} (e.g. {tmp_path / 'images' / 'x00.png'}: "
+    )
+    assert sorted(json.loads(report.read_text())) == sorted(study.train["path"])
+    assert not (tmp_path / "out" / "results").exists()  # no result claims a run
+    with pytest.raises(ConfigError) as err:
+        train.probe_image(list(study.train["path"]), "training images of cifar10")
+    assert str(err.value).startswith(
+        f"none of the first 6 training images of cifar10 is readable (the first: {tmp_path / 'images' / 'x00.png'}: "
+    )
