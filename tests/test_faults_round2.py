@@ -628,3 +628,20 @@ def test_every_training_image_quarantined_names_the_data_and_the_quarantine_repo
     assert str(err.value).startswith(
         f"none of the first 6 training images of cifar10 is readable (the first: {tmp_path / 'images' / 'x00.png'}: "
     )
+
+
+def test_data_shots_0_says_full_shot_has_no_k_shot_set(tmp_path, capsys):
+    from PIL import Image
+
+    for label in ("cat", "dog"):
+        (tmp_path / "pets" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / "pets" / label / f"{i}.png")
+    argv = ["data", "shots", "mypets", "--root", str(tmp_path / "pets"), "--mode", "exact", "--metadata-only"]
+    assert _cli_error(capsys, [*argv, "--shots", "0"]) == (
+        "xrstudy: error: mypets-0-shot: shots 0 is full shot (every training image), which has no k-shot set to "
+        "list; ask for k >= 1 images per class"
+    )
+    assert cli.main([*argv, "--shots", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.split()) == 2 and err.startswith("2 of ")
