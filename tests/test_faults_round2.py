@@ -645,3 +645,51 @@ def test_data_shots_0_says_full_shot_has_no_k_shot_set(tmp_path, capsys):
     assert cli.main([*argv, "--shots", "1"]) == 0
     out, err = capsys.readouterr()
     assert len(out.split()) == 2 and err.startswith("2 of ")
+
+
+# ---- figures on a full disk ----------------------------------------------------------------------------
+@pytest.fixture()
+def one_result_store(tmp_path) -> Path:
+    from xrstudy.results import store
+
+    results = tmp_path / "results"
+    for shots in (1, 0):
+        cfg = RunConfig(kind="transfer", target="cifar10", shots=shots, out_dir=str(tmp_path))
+        store.save(store.new_result(cfg, {"test/acc": 0.5 + shots / 10}), results)
+    return results
+
+
+def test_figures_on_a_full_disk_name_the_file_and_leave_no_empty_png(one_result_store, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from matplotlib.figure import Figure
+
+    out = tmp_path / "figures"
+
+    def savefig_on_a_full_disk(self, fname, **kwargs):
+        fname.write(b"\x89PNG partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", savefig_on_a_full_disk)
+    line = _cli_error(capsys, ["figures", "--results", str(one_result_store), "--out", str(out)])
+    assert re.fullmatch(
+        rf"xrstudy: error: no space left on device writing {re.escape(str(out))}/\w+\.png \(.* free there\); "
+        r"free some space and run the same command again",
+        line,
+    ), line
+    assert _files(out) == []  # no 0-byte or partial PNG, no temporary file
+
+
+@pytest.mark.slow  # mounts a tmpfs (needs root; skipped elsewhere)
+def test_figures_on_a_real_full_tmpfs(one_result_store, tmp_path, capsys):
+    out = tmp_path / "figures"
+    out.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(out)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        line = _cli_error(capsys, ["figures", "--results", str(one_result_store), "--out", str(out)])
+        assert line.startswith(f"xrstudy: error: no space left on device writing {out}/") and ".png (" in line
+        assert not [p for p in out.iterdir() if p.suffix in (".png", ".pdf", ".tmp") and p.stat().st_size == 0]
+        assert not list(out.glob(".*.tmp"))
+    finally:
+        subprocess.run(["umount", str(out)], capture_output=True)
