@@ -693,3 +693,80 @@ def test_figures_on_a_real_full_tmpfs(one_result_store, tmp_path, capsys):
         assert not list(out.glob(".*.tmp"))
     finally:
         subprocess.run(["umount", str(out)], capture_output=True)
+
+
+# ---- the image cache: damaged pixels are found before they are trained on ---------------------------------
+def _png_paths(folder: Path, count: int = 8) -> list[str]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        paths.append(str(folder / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "zeros"])
+def test_a_damaged_cache_is_found_on_first_read_naming_its_folder(tmp_path, damage):
+    from xrstudy.pixels import imagecache
+
+    paths = _png_paths(tmp_path / "images")
+    built = imagecache.build_cache(paths, 16, tmp_path / "cache", "L")
+    built.check_rows(np.arange(len(paths)))  # as built: every row matches
+    images = built.folder / "images.u8"
+    size = images.stat().st_size
+    done = (built.folder / "done.npy").read_bytes()
+    with open(images, "r+b") as handle:  # the done bitmap stays intact: only the checksums can tell
+        handle.seek(3 * 16 * 16)
+        handle.write(np.random.default_rng(1).bytes(2 * 16 * 16) if damage == "random bytes" else bytes(size - 768))
+    assert (built.folder / "done.npy").read_bytes() == done
+    reopened = imagecache.build_cache(paths, 16, tmp_path / "cache", "L")
+    assert reopened.built == 0  # finished: reopened as it is, not rebuilt
+    reopened.check_rows(np.array([0, 1, 2]))  # the rows before the damage are fine
+    with pytest.raises(imagecache.CacheCorruptError) as err:
+        reopened.check_rows(np.array([2, 3, 4, 5]))
+    count = 2 if damage == "random bytes" else 3  # rows 3-4 overwritten; zeros: 3-7, of which 3-5 read
+    assert str(err.value) == (
+        f"image cache {built.folder}: {count} of the 3 images just read differ from the checksums recorded when the "
+        f"cache was built (first: row 3, {paths[3]}); its images.u8 was damaged after the build. Delete "
+        f"{built.folder} and run again: it is rebuilt from the image files"
+    )
+
+
+def test_a_cache_without_checksums_is_rebuilt_not_trusted(tmp_path):
+    from xrstudy.pixels import imagecache
+
+    paths = _png_paths(tmp_path / "images")
+    built = imagecache.build_cache(paths, 16, tmp_path / "cache", "L")
+    (built.folder / "checksums.npy").unlink()  # a cache built before checksums were recorded
+    with open(built.folder / "images.u8", "r+b") as handle:
+        handle.write(bytes(16 * 16))  # and damaged meanwhile
+    again = imagecache.build_cache(paths, 16, tmp_path / "cache", "L")
+    assert (again.built, again.reused) == (len(paths), 0)
+    again.check_rows(np.arange(len(paths)))
+    np.testing.assert_array_equal(np.asarray(again.images), np.asarray(built.images))
+
+
+@pytest.mark.slow  # two short training runs
+def test_a_damaged_cache_fails_the_cell_and_keeps_the_stored_ok_result(tmp_path):
+    """The issue's probe: a cell re-run on a damaged cache used to train on it and replace the good result."""
+    from xrstudy.pixels import imagecache
+    from xrstudy.results import store
+    from xrstudy.training import train
+
+    study = _xray_study(tmp_path / "images")
+    cfg = RunConfig(
+        kind="pretrain", sources=("chexpert",), arch="resnetv2_tiny_bit", image_size=24, steps=2, batch_size=4,
+        out_dir=str(tmp_path / "out"),
+    )  # fmt: skip
+    train.run(cfg, study=study)
+    stored = store.result_path(cfg.run_id, cfg.results_dir)
+    good = stored.read_bytes()
+    assert store.load(stored)["status"] == "ok"
+    (images,) = (tmp_path / "out" / "cache").rglob("images.u8")
+    images.write_bytes(bytes(images.stat().st_size))  # zeroed, done bitmap intact
+    with pytest.raises(imagecache.CacheCorruptError, match=rf"^image cache {re.escape(str(images.parent))}: "):
+        train.run(cfg, study=study)
+    assert stored.read_bytes() == good  # the ok result stays, untouched

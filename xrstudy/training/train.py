@@ -198,7 +198,8 @@ def open_splits(cfg: RunConfig, study: StudyData, size: int, mode: str) -> tuple
             table, rows = table[keep], rows[keep]
         # A squashed image is cropped aspect-true in training: it needs the original sizes.
         hw = cache.original_sizes()[rows] if name == "train" and mode.endswith(":squash") else None
-        splits[name] = Split(cache.images, rows, targets_of(table, study.classes, study.multilabel), hw)
+        targets = targets_of(table, study.classes, study.multilabel)
+        splits[name] = Split(cache.images, rows, targets, hw, check=cache.check_rows)  # checksums checked on read
     if len(splits["train"]) == 0:  # every training image unreadable: say which data and where the reasons are
         train_paths = set(study.train["path"].astype(str))
         first = next(((p, why) for p, why in cache.quarantined.items() if p in train_paths), ("", ""))
