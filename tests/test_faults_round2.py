@@ -575,6 +575,8 @@ def test_a_gzip_bomb_as_a_label_file_is_refused_before_it_fills_memory(tmp_path,
         f"xrstudy: error: {labels}: expands past {1 << 20:,} bytes, more than 100-fold its {size:,} compressed "
         "bytes (a gzip bomb?); expected a CSV label file with columns ['subject_id', 'study_id', "
     )
+    with pytest.raises(tables.SourceError, match=r"expands past 1,048,576 bytes, more than 100-fold"):
+        tables.read_text(labels, "lines of text")  # the text reader (split lists) decompresses with the same bound
     labels.write_bytes(b"\x1f\x8b not gzip")
     assert _cli_error(capsys, ["data", "inspect", "mimic", "--root", str(root), "--metadata-only"]).startswith(
         f"xrstudy: error: {labels}: cannot read as gzip ("
