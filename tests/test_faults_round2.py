@@ -536,6 +536,14 @@ def test_a_100000_deep_json_in_the_store_is_named_and_left_out(tmp_path, capsys)
     with pytest.warns(UserWarning, match=f"^left out of the table: {re.escape(reason)}$"):
         assert cli.main(["figures", "--results", str(results), "--out", str(tmp_path / "figures")]) == 0
     assert list((tmp_path / "figures").glob("*.png"))
+    # Other files json reads but no result can be: a 5,000-digit number, a NaN the digest cannot encode.
+    digits = results / "transfer-000000000001.json"
+    digits.write_text("1" * 5000)
+    nan = results / "transfer-000000000002.json"
+    nan.write_text((results / f"{cfg.run_id}.json").read_text().replace('"test/acc": 0.5', '"test/acc": NaN'))
+    invalid = dict(store.scan(results).invalid)
+    assert invalid[digits].startswith(f"{digits}: not a readable result file (ValueError: Exceeds the limit")
+    assert invalid[nan].startswith(f"{nan}: not a readable result file (ValueError: Out of range float values")
 
 
 # ---- tracebacks that now name their input --------------------------------------------------------------

@@ -276,6 +276,8 @@ def load(path: str | Path) -> dict[str, Any]:
     except ResultError as err:
         message = str(err)
         raise ResultError(message if message.startswith(f"{path}: ") else f"{path}: {message}") from None
+    except (ValueError, TypeError) as err:  # an int of 5,000 digits, a NaN the digest cannot encode, ...
+        raise ResultError(f"{path}: not a readable result file ({type(err).__name__}: {str(err)[:200]})") from None
     if path.stem != result["run_id"]:
         raise ResultError(f"{path}: file name does not match run_id {result['run_id']!r}")
     return result
