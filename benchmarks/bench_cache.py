@@ -5,6 +5,8 @@ Writes N synthetic 512 x 512 grayscale JPEGs (X-ray-like: smooth shapes + noise)
   - decode + centre crop + resize (xrstudy.pixels.decoding.prepare_image), 1 worker and all workers (img/s)
   - build_cache with all workers into a fresh cache (img/s; includes memmap writes and progress flushes)
   - reading random batches of 256 from the cache memmap (img/s; the page cache is warm after the build)
+  - one first epoch (every row once, random batches of 256) with and without the checksum check that
+    loaders run on first read (`ImageCache.check_rows`), best of 3 alternating: the check's cost ratio
 and prints the ratio cache-read / decode.
 
     python benchmarks/bench_cache.py [--n 2000] [--size 224] [--results benchmarks/RESULTS.md]
@@ -26,6 +28,7 @@ from PIL import Image
 
 from xrstudy.pixels.decoding import prepare_image
 from xrstudy.pixels.imagecache import build_cache
+from xrstudy.training.cost import throughput
 
 SIDE = 512
 BATCH = 256
@@ -85,6 +88,20 @@ def read_rate(images: np.ndarray, seconds: float = 2.0, seed: int = 0) -> float:
     return count / (time.perf_counter() - start)
 
 
+def first_epoch_seconds(cache_dir: Path, paths: list[str], size: int, mode: str, checked: bool, seed: int = 0) -> float:
+    """Seconds to gather every row once in random batches of 256 from a freshly opened cache (nothing
+    verified yet), checking each batch's rows against the build's checksums first when `checked`."""
+    cache = build_cache(paths, size, cache_dir, mode)  # reopened: a new object, no row verified
+    order = np.random.default_rng(seed).permutation(len(cache))
+    start = time.perf_counter()
+    for first in range(0, len(order), BATCH):
+        rows = order[first : first + BATCH]
+        if checked:
+            cache.check_rows(rows)
+        np.take(cache.images, rows, axis=0)
+    return time.perf_counter() - start
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(
@@ -137,6 +154,20 @@ def main() -> None:
         read = read_rate(cache.images)
         print(f"cache read, random batches of {BATCH}: {read:8.0f} img/s")
         print(f"ratio cache read / decode: {read / one:.0f}x (1 worker), {read / many:.0f}x ({args.workers} workers)")
+        plain, checked = [], []
+        for _ in range(3):  # alternating, best of 3: the page cache is warm for both
+            plain.append(first_epoch_seconds(work_dir / "cache", paths, args.size, args.mode, checked=False))
+            checked.append(first_epoch_seconds(work_dir / "cache", paths, args.size, args.mode, checked=True))
+        check_ratio = min(checked) / min(plain)
+        check_us = (min(checked) - min(plain)) / len(paths) * 1e6
+        speed = throughput("resnetv2_50x1_bit", args.size)  # the cost table's fastest training step (H100)
+        share = check_us / (1e6 / speed.images_per_s) if speed else float("nan")
+        print(
+            f"first epoch, gather only: {min(plain) * 1000:.0f} ms; with checksums checked: "
+            f"{min(checked) * 1000:.0f} ms; ratio {check_ratio:.2f}; the check costs {check_us:.1f} us/image "
+            f"(decode: {1e6 / one:.0f} us/image), {share:.1%} of a first epoch of R50x1 training at the cost "
+            f"table's H100 rate (less where the prefetch thread overlaps it with the step)"
+        )
         load = os.getloadavg()[0]
         print(f"load average (1 min) at the end: {load:.2f} on {os.cpu_count()} CPUs")
 
@@ -147,7 +178,10 @@ def main() -> None:
         f"{args.n} x 512px JPEG/16-bit PNG -> {args.size}px {args.mode}: decode+resize {one:.0f} img/s (1 worker), "
         f"{many:.0f} img/s ({args.workers} workers); cache build {build:.0f} img/s; cache read {read:.0f} img/s "
         f"(random batches of {BATCH}, warm page cache); read/decode {read / one:.0f}x (1 worker), "
-        f"{read / many:.0f}x ({args.workers} workers); reopen {reopen * 1000:.0f} ms; load avg {load:.1f}"
+        f"{read / many:.0f}x ({args.workers} workers); reopen {reopen * 1000:.0f} ms; first epoch gather "
+        f"{min(plain) * 1000:.0f} ms, with checksums {min(checked) * 1000:.0f} ms (ratio {check_ratio:.2f}; "
+        f"{check_us:.1f} us/image = {share:.1%} of an H100 R50x1 first epoch); "
+        f"load avg {load:.1f}"
     )
     row = f"| image cache | `{command}` | {args.device} | {args.date} | {git_commit()} | {figures} |"
     print(row)

@@ -15,7 +15,9 @@ adds only fastai's callback dispatch and its Learner / optimiser set-up (timed t
   the learner's own overhead over a raw timm loop.
 --stream: the learner fed from a memory-mapped uint8 file in the image cache's layout (the training
   data path) vs the same learner on device-resident batches; prints images/s of both, their ratio and
-  the share of the time the step waited for a batch.
+  the share of the time the step waited for a batch. With --checked every gathered row is first checked
+  against its CRC-32 (`ImageCache.check_rows`, as training does), from a fresh state each run: every
+  read is a first read, the worst case of the cache's checksums.
 Runs alternate (learner, raw, raw, learner, ...) after a warm-up. Shared machines are noisy and noise
 only ever adds time, so ratios are taken from the fastest repeat of each side (medians and process CPU
 time are printed too); ratio = raw / learner time per step (1.0 = no overhead). A last line
@@ -55,6 +57,24 @@ def make_data(n: int, size: int, classes: int, seed: int = 0, images: np.ndarray
     targets = rng.integers(0, 2, (n, classes)).astype(np.float32)
     targets[rng.random((n, classes)) < 0.2] = np.nan
     return Split.of(images, torch.from_numpy(targets))
+
+
+def with_checksums(split: Split) -> Callable[[], Split]:
+    """A maker of `split` checked as the training path checks cache rows: a fresh ImageCache (no row
+    verified yet) over the same memmap, with each row's CRC-32 recorded once here."""
+    import dataclasses
+
+    from xrstudy.pixels.imagecache import ImageCache, slot_checksum
+
+    pixels = split.images.view(np.ndarray)
+    checksums = np.array([slot_checksum(row) for row in pixels], dtype=np.uint32)
+    paths = tuple(f"{i:08d}" for i in range(len(pixels)))
+
+    def fresh() -> Split:
+        cache = ImageCache(Path("."), "bench", paths, pixels.shape[1], "L", split.images, {}, checksums=checksums)
+        return dataclasses.replace(split, check=cache.check_rows)
+
+    return fresh
 
 
 def memmap_images(folder: Path, n: int, size: int) -> np.ndarray:
@@ -173,6 +193,9 @@ def main() -> None:
         default=2,
         help="batches gathered ahead by the loader's thread (0: in the step's thread, as a loop without a data thread)",
     )
+    parser.add_argument(
+        "--checked", action="store_true", help="--stream: check each row's CRC-32 on first read (the cache's rule)"
+    )
     parser.add_argument("--images", type=int, default=0, help="--stream: images in the file (default 32 x batch)")
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="--stream: where the uint8 file goes")
     args = parser.parse_args()
@@ -203,8 +226,9 @@ def main() -> None:
         streamed = make_data(
             0, side, args.classes, images=memmap_images(Path(args.dir), args.images or 32 * args.batch, side)
         )
+        stream_split = with_checksums(streamed) if args.checked else lambda: streamed
         loops = {
-            "learner": lambda m: learner_loop(m, streamed, setup),  # "learner" = the streaming path here
+            "learner": lambda m: learner_loop(m, stream_split(), setup),  # "learner" = the streaming path here
             "raw": lambda m: learner_loop(m, in_memory, setup, resident),
         }  # "raw" = the same learner, resident
     elif args.resident:
@@ -250,7 +274,9 @@ def main() -> None:
         if cuda
         else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     )
-    mode = "stream" if args.stream else "resident" if args.resident else "loader"
+    mode = (
+        ("stream_checked" if args.checked else "stream") if args.stream else "resident" if args.resident else "loader"
+    )
     labels = {"learner": "streamed" if args.stream else "learner", "raw": "resident" if args.stream else "raw"}
     print(f"device: {where}; torch {torch.__version__}; mode {mode}{' compiled' if args.compile else ''}")
     print(f"model {args.arch}, crop {args.size} px, batch {args.batch}, {args.steps} steps x {args.repeats} repeats")

@@ -5,7 +5,7 @@
     PYTHONPATH=/path/to/old/checkout python benchmarks/bench_memory.py ...   # the same cells on other code
 
 For each size it writes a synthetic image cache in the real format (xrstudy.pixels.imagecache: images.u8 +
-paths.txt + done.npy + quarantine.json + meta.json under cache/{key[:16]}, so `build_cache` finds it
+paths.txt + done.npy + checksums.npy + quarantine.json + meta.json under cache/{key[:16]}, so `build_cache` finds it
 finished and decodes nothing), builds a 7-finding StudyData over it, and runs a short pre-training
 cell through `xrstudy.training.train.run` (resnetv2_tiny_bit, grayscale, the X-ray pipeline at --px) in fresh
 processes: one process, then two gloo processes (WORLD_SIZE=2, as torchrun sets it).
@@ -59,11 +59,15 @@ def write_synthetic_cache(cache_dir: Path, paths: list[str], size: int, mode: st
     rng = np.random.default_rng(seed)
     per_image = int(np.prod(shape[1:]))
     chunk = max(1, (64 << 20) // per_image)
+    checksums = np.zeros(len(unique), dtype=np.uint32)  # a done slot needs its CRC-32, as the build records it
     with open(folder / "images.u8", "wb") as handle:
         for first in range(0, len(unique), chunk):
             count = min(chunk, len(unique) - first)
-            handle.write(rng.integers(0, 256, count * per_image, dtype=np.uint8).tobytes())
+            pixels = rng.integers(0, 256, (count, per_image), dtype=np.uint8)
+            checksums[first : first + count] = [imagecache.slot_checksum(row) for row in pixels]
+            handle.write(pixels.tobytes())
     (folder / "paths.txt").write_text("".join(f"{p}\n" for p in unique))
+    np.save(folder / "checksums.npy", checksums)
     np.save(folder / "done.npy", np.ones(len(unique), dtype=bool))
     (folder / "meta.json").write_text(
         json.dumps(

@@ -160,7 +160,7 @@ def test_dicom_monochrome2_is_not_inverted(rg1_uncr: str, tmp_path: Path) -> Non
 def test_cifar_batch_member(tmp_path: Path) -> None:
     data = _noise(4, (5, 3 * 32 * 32))
     batch = tmp_path / "data_batch_1"
-    batch.write_bytes(pickle.dumps({b"data": data, b"labels": [0, 1, 2, 3, 4]}))
+    batch.write_bytes(pickle.dumps({b"data": data, b"labels": [0, 1, 2, 3, 4]}, protocol=2))
     expected = data[2].reshape(3, 32, 32).transpose(1, 2, 0)
     np.testing.assert_allclose(load_image(f"{batch}#2"), expected / 255.0, atol=1e-7)
     np.testing.assert_array_equal(prepare_image(f"{batch}#2", 32, "RGB"), expected)

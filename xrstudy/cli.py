@@ -56,6 +56,29 @@ def root_arg(text: str) -> tuple[str, str]:
     return name, str(folder)
 
 
+def positive_int_arg(text: str) -> int:
+    """An integer >= 1 (GPUs, nodes, a limit): 0 or -1 would reach a division or an sbatch line."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}; expected an integer >= 1")
+    return value
+
+
+def _add_max_grid_cells(parser: argparse.ArgumentParser) -> None:
+    from xrstudy.yamlfiles import MAX_GRID_CELLS
+
+    parser.add_argument(
+        "--max-grid-cells",
+        type=positive_int_arg,
+        default=MAX_GRID_CELLS,
+        metavar="N",
+        help="refuse a sweep whose grids expand to more cells, counted before expanding (default: %(default)s)",
+    )
+
+
 def gpu_list_arg(text: str) -> list[str]:
     return [g.strip() for g in text.split(",") if g.strip()]
 
@@ -264,6 +287,7 @@ def _add_sweep(sub: Any) -> None:
     plan.add_argument("--json", action="store_true", help="print a JSON array, one object per cell")
     plan.add_argument("--device", default=DEFAULT_DEVICE, help="throughput table rows to estimate GPU-hours with")
     plan.add_argument("--only", default=None, help="glob over cell names / run ids (deps included)")
+    _add_max_grid_cells(plan)
     _handler(plan, "xrstudy.commands.sweep:cmd_plan")
 
     local = commands.add_parser("run", help="execute every unfinished cell here")
@@ -282,6 +306,7 @@ def _add_sweep(sub: Any) -> None:
     )
     local.add_argument("--dry-run", action="store_true", help="check the cells and list what would run")
     local.add_argument("--no-progress", dest="progress", action="store_false")
+    _add_max_grid_cells(local)
     _handler(local, "xrstudy.commands.sweep:cmd_run")
 
     cluster = commands.add_parser("submit", help="size the cells by the plan and hand their jobs to submitit (SLURM)")
@@ -305,13 +330,15 @@ def _add_sweep(sub: Any) -> None:
         help="wall time per job; cells get the GPUs their estimate needs to fit it (default 24:00:00)",
     )
     cluster.add_argument("--timeout-min", type=int, default=24 * 60, help=argparse.SUPPRESS)  # older spelling
-    cluster.add_argument("--gpus-per-node", type=int, default=4, help="GPUs of one node (default: %(default)s)")
     cluster.add_argument(
-        "--max-nodes", type=int, default=16, help="most nodes one cell may take (default: %(default)s)"
+        "--gpus-per-node", type=positive_int_arg, default=4, help="GPUs of one node (default: %(default)s)"
+    )
+    cluster.add_argument(
+        "--max-nodes", type=positive_int_arg, default=16, help="most nodes one cell may take (default: %(default)s)"
     )
     cluster.add_argument(
         "--pretrain-nodes",
-        type=int,
+        type=positive_int_arg,
         default=None,
         help="fixed nodes per pre-training cell instead of sizing by the estimate",
     )
@@ -324,6 +351,7 @@ def _add_sweep(sub: Any) -> None:
         action="store_true",
         help="write the jobs (jobs.json) and the sbatch scripts submitit would send; send nothing",
     )
+    _add_max_grid_cells(cluster)
     _handler(cluster, "xrstudy.commands.sweep:cmd_submit")
 
 

@@ -22,6 +22,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from xrstudy.fileio import NotRegularFileError, atomic_write_text, read_regular_file
+from xrstudy.yamlfiles import YamlError, load_yaml_text, shorten
 
 # The allowed values of every choice, defined once: RunConfig's annotations, the CLI's `choices`
 # and the modules that act on them (labels, merge, splits, fewshot, models, learner) all read these.
@@ -156,13 +157,13 @@ class RunConfig:
             name, _ = _root_parts(entry, "RunConfig.roots")
             if name in seen:
                 raise ConfigError(
-                    f"RunConfig.roots names {name!r} twice ({list(self.roots)}); expected one DIR per name"
+                    f"RunConfig.roots names {_shown(name)} twice ({_shown(self.roots)}); expected one DIR per name"
                 )
             seen.add(name)
         parent_run_id(self.init)  # a malformed `run:<id>` fails here, not when the checkpoint is looked up
         if self.init.startswith(PRETRAIN_REFERENCE):
             raise ConfigError(
-                f"RunConfig.init = {self.init!r} names a pre-training cell of a sweep file; only "
+                f"RunConfig.init = {_shown(self.init)} names a pre-training cell of a sweep file; only "
                 f"`xrstudy sweep` resolves it (to run:<run id>); in a single config use run:<run id>"
             )
 
@@ -218,9 +219,9 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, origin: str = "config") -> RunConfig:
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known, key=repr)  # a dict from code may mix key types
         if unknown:
-            raise ConfigError(f"{origin}: unknown RunConfig field(s) {unknown}; known: {sorted(known)}")
+            raise ConfigError(f"{origin}: unknown RunConfig field(s) {_shown(unknown)}; known: {sorted(known)}")
         try:
             return cls(**data)
         except (TypeError, ConfigError) as err:
@@ -298,17 +299,23 @@ def _root_parts(entry: str, origin: str) -> tuple[str, str]:
     name, sep, folder = str(entry).partition("=")
     name, folder = name.strip(), folder.strip()
     if not (sep and name and folder):
-        raise ConfigError(f"{origin} entry {entry!r}; expected 'name=DIR', e.g. 'chexpert=/data/CheXpert-v1.0-small'")
+        raise ConfigError(
+            f"{origin} entry {_shown(entry)}; expected 'name=DIR', e.g. 'chexpert=/data/CheXpert-v1.0-small'"
+        )
     return name, folder
 
 
 def read_yaml(path: str | Path, what: str, expected: str) -> Any:
     """The YAML document in the file `path` (a RunConfig, a sweep). A FIFO is refused, not waited on; a
     missing or unreadable file, a byte that is not UTF-8 (with its line) or bad YAML is a ConfigError
-    naming the file; `what` ("config file") and `expected` ("a YAML file of ...") word it."""
+    naming the file; `what` ("config file") and `expected` ("a YAML file of ...") word it. Repeated keys,
+    keys that are not strings, deep nesting and large aliases are refused with the line
+    (`xrstudy.yamlfiles`)."""
     path = Path(path)
     try:
-        return yaml.safe_load(read_regular_file(path).decode("utf-8"))
+        return load_yaml_text(read_regular_file(path).decode("utf-8"), str(path))
+    except YamlError as err:
+        raise ConfigError(str(err)) from None
     except NotRegularFileError as err:
         raise ConfigError(f"{path}: not a regular file (a {err.kind}); expected {expected}") from None
     except FileNotFoundError:
@@ -341,14 +348,15 @@ def parent_run_id(init: str) -> str | None:
     run_id = init[len(RUN_REFERENCE) :]
     if not _RUN_ID.fullmatch(run_id):
         raise ConfigError(
-            f"RunConfig.init = {init!r}; expected run:<run id>, a run id being "
+            f"RunConfig.init = {_shown(init)}; expected run:<run id>, a run id being "
             f"'{{kind}}-{{12 hex digits}}' such as run:pretrain-0123456789ab"
         )
     return run_id
 
 
 def _shown(value: Any) -> str:
-    return repr(list(value) if isinstance(value, tuple) else value)
+    """A value as messages show it: its repr, cut to a readable length (a YAML alias can make it huge)."""
+    return shorten(list(value) if isinstance(value, tuple) else value)
 
 
 def _type_check(hint: Any) -> tuple[Callable[[Any], Any], str]:

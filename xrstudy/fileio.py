@@ -7,6 +7,7 @@
     check_free_space(folder, needed_bytes, what)                # before a large write (the image cache)
     sha256_file(path)                                           # the hash a checkpoint / split file is known by
     read_regular_file(path) / entry_kind(path)                  # a FIFO or folder where a file belongs: named
+    require_regular_file(path)                                  # the same check before a reader that opens by name
 
 Atomic means: the data goes to a uniquely named temporary file in the same folder, is flushed and
 fsync'd, then `os.replace`d over the target, so a reader sees the old file or the new one, never a
@@ -174,12 +175,32 @@ def read_regular_file(path: str | os.PathLike[str]) -> bytes:
         os.close(fd)
 
 
+def require_regular_file(path: str | os.PathLike[str]) -> Path:
+    """`path` when it is a regular file (symlinks followed); else FileNotFoundError, or NotRegularFileError
+    naming what is there. The check before a reader that opens a file by name (torch.load, safetensors,
+    scipy): on a FIFO such a reader would wait for a writer forever."""
+    kind = entry_kind(path)
+    if kind == "absent":
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+    if kind != "file":
+        raise NotRegularFileError(path, kind)
+    return Path(path)
+
+
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """The SHA-256 of a file's bytes (hex), read in chunks (checkpoints are GBs)."""
+    """The SHA-256 of a file's bytes (hex), read in chunks (checkpoints are GBs). Opened non-blocking and
+    checked on the descriptor: a FIFO is NotRegularFileError, not waited on."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        kind = file_kind(os.fstat(fd).st_mode)
+        if kind != "file":
+            raise NotRegularFileError(path, kind)
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
+    finally:
+        os.close(fd)
     return digest.hexdigest()
 
 
@@ -240,6 +261,7 @@ __all__ = [
     "file_kind",
     "entry_kind",
     "read_regular_file",
+    "require_regular_file",
     "NotRegularFileError",
     "file_lock",
     "check_free_space",

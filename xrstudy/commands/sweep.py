@@ -27,7 +27,7 @@ def _report(label: str, items: list[tuple[dict[str, Any], str]]) -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     from xrstudy.sweeps import plan
 
-    cells = sweepfile.select(sweepfile.load_sweep(args.sweep), args.only)
+    cells = sweepfile.select(sweepfile.load_sweep(args.sweep, max_grid_cells=args.max_grid_cells), args.only)
     rows = plan.plan_cells(cells, roots=dict(args.root or []), metadata_only=args.metadata_only, device=args.device)
     if args.json:
         json.dump(rows, sys.stdout, indent=1)
@@ -46,7 +46,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from xrstudy.sweeps import runner
 
-    cells = sweepfile.load_sweep(args.sweep)
+    cells = sweepfile.load_sweep(args.sweep, max_grid_cells=args.max_grid_cells)
     workers = args.workers if args.workers is not None else max(1, len(args.gpus or []))
     summary = runner.run_sweep(
         cells,
@@ -72,7 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from xrstudy.sweeps import slurm
 
-    cells = sweepfile.load_sweep(args.sweep)
+    cells = sweepfile.load_sweep(args.sweep, max_grid_cells=args.max_grid_cells)
     folder = args.folder or str(Path(cells[0].out_dir if cells else "xrstudy-out") / "slurm")
     limit = args.time_limit if args.time_limit is not None else args.timeout_min
     info = slurm.submit(

@@ -455,7 +455,12 @@ def write_split(
 
 def shot_ids(cfg: RunConfig) -> tuple[tuple[str, ...], int]:
     """(the k-shot image ids of a transfer cell in the sampler's order, its full training-set size);
-    pure: no split file is written."""
+    pure: no split file is written. A full-shot cell (shots 0) has no k-shot set: a ConfigError, not an empty list."""
+    if cfg.shots < 1:
+        raise ConfigError(
+            f"{cfg.name}: shots {cfg.shots} is full shot (every training image), which has no k-shot set to "
+            f"list; ask for k >= 1 images per class"
+        )
     built = _tables(cfg)
     return built.shots_ids, int((built.table["split"] == "train").sum())
 

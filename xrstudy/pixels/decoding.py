@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import functools
 import os
-import pickle
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from xrstudy.pickles import DatasetPickleError, load_dataset_pickle
 
 MODES = ("L", "RGB", "L:squash", "RGB:squash")  # colour, then ":squash" = whole image, aspect not kept
 RESAMPLE = Image.Resampling.BILINEAR  # PIL's reducing BILINEAR is antialiased, like torchvision's Resize
@@ -45,8 +46,7 @@ def _member(path: str) -> tuple[str, int] | None:
 @functools.lru_cache(maxsize=4)
 def _cifar_batch(path: str) -> np.ndarray:
     """The b"data" array (N x 3072, channel-major) of one CIFAR python batch, once per process."""
-    with open(path, "rb") as handle:
-        batch = pickle.load(handle, encoding="bytes")  # the CIFAR format is a pickle; trusted input
+    batch = load_dataset_pickle(path)  # restricted: a pickle naming anything else is refused, not run
     data = np.asarray(batch[b"data"], dtype=np.uint8)
     if data.ndim != 2 or data.shape[1] != 3 * CIFAR_SIDE * CIFAR_SIDE:
         raise ValueError(f"b'data' has shape {data.shape}, expected N x {3 * CIFAR_SIDE * CIFAR_SIDE}")
@@ -58,8 +58,10 @@ def _decode_member(path: str, base: str, index: int) -> Image.Image:
         raise ImageError(path, f"CIFAR batch file {base} not found (expected FILE#N with FILE a CIFAR python batch)")
     try:
         data = _cifar_batch(base)
-    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError, AttributeError) as error:
-        raise ImageError(path, f"expected a CIFAR python batch with key b'data' in {base}: {error}") from error
+    except DatasetPickleError as error:  # its message names the batch file
+        raise ImageError(path, f"expected a CIFAR python batch with key b'data': {error}") from None
+    except (OSError, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ImageError(path, f"expected a CIFAR python batch with key b'data' in {base}: {error}") from None
     if index >= len(data):
         raise ImageError(path, f"index {index} out of range: the CIFAR batch {base} holds {len(data)} images")
     pixels = data[index].reshape(3, CIFAR_SIDE, CIFAR_SIDE).transpose(1, 2, 0)

@@ -32,7 +32,7 @@ import hashlib
 import math
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -63,12 +63,15 @@ class Split:
     targets: float32 len x K with NaN for unknown (multi-label) or int64 class indices (single-label).
     hw: original (height, width) per row when the cache squashed each image to a square (the BiT
         pipeline's aspect-true random crops need it); None when the cached square is the image.
+    check: called with the rows of every gather before they are read (the cache's `check_rows`: its
+        checksums), so damaged pixels stop the run instead of being trained on; None reads unchecked.
     """
 
     images: np.ndarray
     rows: np.ndarray
     targets: torch.Tensor
     hw: np.ndarray | None = None
+    check: Callable[[np.ndarray], None] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         shape = tuple(self.images.shape)
@@ -100,13 +103,17 @@ class Split:
     def gather(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Images at split positions, read from `images` (into `out` when given)."""
         rows = self.rows[positions]
+        if self.check is not None:
+            self.check(rows)
         if out is None:
             return np.take(self.images, rows, axis=0)
         return np.take(self.images, rows, axis=0, out=out[: len(rows)])
 
 
 def empty_like(split: Split) -> Split:
-    return Split(split.images, split.rows[:0], split.targets[:0], None if split.hw is None else split.hw[:0])
+    return Split(
+        split.images, split.rows[:0], split.targets[:0], None if split.hw is None else split.hw[:0], split.check
+    )
 
 
 # ---- augmentation draws --------------------------------------------------------------------------

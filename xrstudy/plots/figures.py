@@ -29,7 +29,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 
-from xrstudy.fileio import atomic_write_table
+from xrstudy.fileio import atomic_path, atomic_write_table
 from xrstudy.results import scaling, stats, store
 
 # ---- colours ----------------------------------------------------------------------------------
@@ -394,11 +394,15 @@ def save_figure(fig: Figure, rows: pd.DataFrame, out_dir: str | Path, name: str,
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf", out_dir / f"{name}.csv"]
     dpi = min(dpi, MAX_PIXELS / max(fig.get_size_inches()))
-    fig.savefig(paths[0], dpi=dpi)
+    # Atomically, as every file of the study: a full disk is a DiskFullError naming the file, and leaves
+    # the previous figure (or none), never a 0-byte or half-written PNG.
+    with atomic_path(paths[0]) as temp, open(temp, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=dpi)
     engine = fig.get_layout_engine()
     fig.set_layout_engine("none")  # keep the layout just computed: the PDF need not redo it
     try:
-        fig.savefig(paths[1])
+        with atomic_path(paths[1]) as temp, open(temp, "wb") as handle:
+            fig.savefig(handle, format="pdf")
     finally:
         fig.set_layout_engine(engine)
     atomic_write_table(rows, paths[2])

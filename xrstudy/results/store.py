@@ -264,16 +264,20 @@ def load(path: str | Path) -> dict[str, Any]:
         raise ResultError(f"{path}: unreadable ({err})") from None
     try:
         result = json.loads(text)
+        validate(result)
+        if "digest" not in result:
+            raise ResultError(f"{path}: no 'digest'; result files are written by xrstudy.results.store.save")
+        if result["digest"] != _digest(result):
+            raise ResultError(f"{path}: content does not match its digest (edited after it was written)")
     except json.JSONDecodeError as err:
         raise ResultError(f"{path}: not valid JSON, probably truncated ({err})") from None
-    try:
-        validate(result)
+    except RecursionError:  # e.g. 100,000 nested lists: no result nests more than 4 levels
+        raise ResultError(f"{path}: nested too deeply to be a result file") from None
     except ResultError as err:
-        raise ResultError(f"{path}: {err}") from None
-    if "digest" not in result:
-        raise ResultError(f"{path}: no 'digest'; result files are written by xrstudy.results.store.save")
-    if result["digest"] != _digest(result):
-        raise ResultError(f"{path}: content does not match its digest (edited after it was written)")
+        message = str(err)
+        raise ResultError(message if message.startswith(f"{path}: ") else f"{path}: {message}") from None
+    except (ValueError, TypeError) as err:  # an int of 5,000 digits, a NaN the digest cannot encode, ...
+        raise ResultError(f"{path}: not a readable result file ({type(err).__name__}: {str(err)[:200]})") from None
     if path.stem != result["run_id"]:
         raise ResultError(f"{path}: file name does not match run_id {result['run_id']!r}")
     return result

@@ -317,6 +317,7 @@ def plan_cells(
     device: str = cost.DEFAULT_DEVICE,
 ) -> list[dict[str, Any]]:
     """The plan of every cell, in the sweep's order. `use_roots=False` plans from published facts alone."""
+    cost.check_device(device)
     cells = list(cells)
     by_id = {c.run_id: c for c in cells}
     pretrain_configs = {c.run_id: c.to_dict() for c in cells if c.kind == "pretrain"}

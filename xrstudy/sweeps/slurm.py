@@ -418,6 +418,16 @@ def submit(
     here."""
     if backend not in ("slurm", "local"):
         raise SweepError(f"backend {backend!r}; expected slurm or local")
+    # Checked before anything is planned or written: 0 GPUs per node divides by zero while sizing, and
+    # -1 nodes would be written into the sbatch script.
+    for option, value in (("--gpus-per-node", gpus_per_node), ("--max-nodes", max_nodes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SweepError(f"{option} {value!r}; expected an integer >= 1")
+    if pretrain_nodes is not None and (
+        isinstance(pretrain_nodes, bool) or not isinstance(pretrain_nodes, int) or pretrain_nodes < 1
+    ):
+        raise SweepError(f"--pretrain-nodes {pretrain_nodes!r}; expected an integer >= 1 (or none: sized by the plan)")
+    cost.check_device(device)
     cells = [c for c in sweepfile.select(list(cells), only) if not store.is_done(c)]
     preflight(cells, executor=executor)  # what would fail on the cluster fails here, dry run or not
     cluster = Cluster(

@@ -41,6 +41,7 @@ from xrstudy.config import (
     parent_run_id,
     read_yaml,
 )
+from xrstudy.yamlfiles import MAX_GRID_CELLS, YamlError, check_grid_size, shorten
 
 NOTEBOOKS = {"pretrain": "10_pretrain.ipynb", "transfer": "20_transfer.ipynb"}
 TOP_KEYS = ("defaults", "pretrain", "transfer")
@@ -72,14 +73,25 @@ def notebook_path(name: str) -> Path:
 def _check_keys(entry: Any, allowed: Iterable[str], where: str) -> dict[str, Any]:
     if not isinstance(entry, Mapping):
         raise SweepError(f"{where}: expected a mapping of RunConfig fields, got {type(entry).__name__}")
-    unknown = sorted(set(entry) - set(allowed))
+    unknown = sorted(set(entry) - set(allowed), key=repr)  # a dict given by code may mix key types
     if unknown:
-        raise SweepError(f"{where}: unknown key(s) {unknown}; allowed: RunConfig fields and 'grid'")
+        raise SweepError(f"{where}: unknown key(s) {shorten(unknown)}; allowed: RunConfig fields and 'grid'")
     return dict(entry)
 
 
-def _expand(entry: dict[str, Any], where: str) -> list[dict[str, Any]]:
-    """Fixed fields x cartesian product of `grid:` (only grid keys expand; list fields stay lists)."""
+def _blocks(data: Mapping[str, Any], section: str, origin: str) -> list[Any]:
+    blocks = data.get(section) or []
+    if not isinstance(blocks, list):
+        raise SweepError(f"{origin}: {section}: expected a list of blocks, got {type(blocks).__name__}")
+    return blocks
+
+
+def _expand(
+    entry: dict[str, Any], where: str, max_grid_cells: int = MAX_GRID_CELLS, counted: int = 0
+) -> tuple[list[dict[str, Any]], int]:
+    """(fixed fields x cartesian product of `grid:`, cells counted so far in the sweep). Only grid keys expand;
+    list fields stay lists. The cells are counted before any is made: a sweep above `max_grid_cells` (this
+    block and the `counted` cells of the blocks before it) is refused, naming the block and its count."""
     grid = entry.pop(GRID_KEY, None) or {}
     grid = _check_keys(grid, FIELD_NAMES, f"{where}.grid")
     for key, values in grid.items():
@@ -87,8 +99,13 @@ def _expand(entry: dict[str, Any], where: str) -> list[dict[str, Any]]:
             raise SweepError(f"{where}.grid.{key}: expected a non-empty list of values")
         if key in entry:
             raise SweepError(f"{where}: {key!r} is both a fixed field and a grid key")
+    try:
+        counted = check_grid_size(grid, where, max_grid_cells, counted)
+    except YamlError as err:
+        raise SweepError(str(err)) from None
     keys = list(grid)
-    return [{**entry, **dict(zip(keys, combo))} for combo in itertools.product(*(grid[k] for k in keys))]
+    cells = [{**entry, **dict(zip(keys, combo))} for combo in itertools.product(*(grid[k] for k in keys))]
+    return cells, counted
 
 
 def _make(fields: dict[str, Any], where: str) -> RunConfig:
@@ -103,18 +120,19 @@ def _resolve_pretrain(ref: str, arch: str, by_name: dict[str, list[RunConfig]], 
     name = ref[len(PRETRAIN_REFERENCE) :]
     named = by_name.get(name, [])
     if not named:
-        raise SweepError(f"{where}: init {ref!r} matches 0 pretrain cells (pretrain names: {sorted(by_name)})")
+        raise SweepError(f"{where}: init {shorten(ref)} matches 0 pretrain cells (pretrain names: {sorted(by_name)})")
     same_arch = [c for c in named if base_arch(c.arch) == base_arch(arch)]
     if len(same_arch) != 1:
         raise SweepError(
-            f"{where}: init {ref!r} matches {len(same_arch)} pretrain cells for arch {arch!r}; "
+            f"{where}: init {shorten(ref)} matches {len(same_arch)} pretrain cells for arch {shorten(arch)}; "
             f"pretrain {name!r} exists for {sorted({c.arch for c in named})}"
         )
     return same_arch[0]
 
 
-def load_sweep(source: str | Path | Mapping[str, Any]) -> list[RunConfig]:
-    """Sweep YAML (path) or an already-parsed dict -> cells, pretrain cells first, unique run ids."""
+def load_sweep(source: str | Path | Mapping[str, Any], *, max_grid_cells: int = MAX_GRID_CELLS) -> list[RunConfig]:
+    """Sweep YAML (path) or an already-parsed dict -> cells, pretrain cells first, unique run ids. The grids
+    of all blocks together may expand to `max_grid_cells` cells at most (counted before expanding)."""
     if isinstance(source, Mapping):
         origin, data = "<sweep>", dict(source)
     else:
@@ -126,23 +144,26 @@ def load_sweep(source: str | Path | Mapping[str, Any]) -> list[RunConfig]:
     data = _check_keys(data or {}, TOP_KEYS, origin)
     defaults = _check_keys(data.get("defaults") or {}, FIELD_NAMES, f"{origin}: defaults")
 
+    counted = 0  # cells of the blocks so far, against max_grid_cells
     pretrain: list[RunConfig] = []
-    for i, entry in enumerate(data.get("pretrain") or []):
+    for i, entry in enumerate(_blocks(data, "pretrain", origin)):
         where = f"{origin}: pretrain[{i}]"
         entry = _check_keys(entry, (*FIELD_NAMES, GRID_KEY), where)
         if not entry.get("name"):
             raise SweepError(f"{where}: every pretrain cell needs a `name` (transfer cells refer to it)")
-        for fields in _expand(entry, where):
+        cells, counted = _expand(entry, where, max_grid_cells, counted)
+        for fields in cells:
             pretrain.append(_make({**defaults, **fields, "kind": "pretrain"}, where))
     by_name: dict[str, list[RunConfig]] = {}
     for cell in pretrain:
         by_name.setdefault(cell.name, []).append(cell)
 
     transfer: list[RunConfig] = []
-    for i, block in enumerate(data.get("transfer") or []):
+    for i, block in enumerate(_blocks(data, "transfer", origin)):
         where = f"{origin}: transfer[{i}]"
         block = _check_keys(block, (*FIELD_NAMES, GRID_KEY), where)
-        for fields in _expand(block, where):
+        cells, counted = _expand(block, where, max_grid_cells, counted)
+        for fields in cells:
             fields = {**defaults, **fields, "kind": "transfer"}
             init = str(fields.get("init", ""))
             if init.startswith(PRETRAIN_REFERENCE):
@@ -176,10 +197,17 @@ def graph(cells: Iterable[RunConfig]) -> TopologicalSorter[str]:
 
 
 def select(cells: list[RunConfig], only: str | None) -> list[RunConfig]:
-    """Cells whose name or run id matches the glob `only` (plus the pretrain cells they depend on)."""
+    """Cells whose name or run id matches the glob `only` (plus the pretrain cells they depend on). A glob
+    that matches no cell is a SweepError: an empty selection would look like a sweep with nothing left to do."""
     if not only:
         return cells
     chosen = {c.run_id for c in cells if fnmatch.fnmatch(c.name, only) or fnmatch.fnmatch(c.run_id, only)}
+    if not chosen:
+        names = sorted({c.name for c in cells})
+        raise SweepError(
+            f"--only {shorten(only)} matches no cell name or run id of the sweep's {len(cells)} cell(s) "
+            f"(names: {shorten(names, 200)})"
+        )
     deps = dependencies(cells)
     chosen |= {d for rid in chosen for d in deps[rid]}
     return [c for c in cells if c.run_id in chosen]

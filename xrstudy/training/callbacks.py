@@ -34,7 +34,7 @@ with warnings.catch_warnings():
     from fastai.learner import Learner
 from timm.utils import adaptive_clip_grad
 
-from xrstudy.fileio import atomic_path
+from xrstudy.fileio import NotRegularFileError, atomic_path, require_regular_file
 from xrstudy.training.checkpoints import tensor_bytes, unwrap
 from xrstudy.training.recipes import AGC_CLIP, Schedule
 
@@ -244,7 +244,12 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
     """Read a training state (weights_only=True); a truncated / foreign file is a clear error."""
     path = Path(path)
     try:
+        require_regular_file(path)  # torch.load opens by name: on a FIFO it would wait forever
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except NotRegularFileError as err:
+        raise RuntimeError(
+            f"{path}: not a regular file (a {err.kind}); expected a training state: delete it to start the run afresh"
+        ) from None
     except Exception as err:  # noqa: BLE001 - any reader failure means the same thing here
         raise RuntimeError(
             f"{path}: cannot read the training state ({type(err).__name__}: {err}); delete it to start the run afresh"

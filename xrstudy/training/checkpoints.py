@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from xrstudy.config import RunConfig, base_arch, parent_run_id
-from xrstudy.fileio import atomic_path, atomic_write_json, sha256_file
+from xrstudy.fileio import (
+    NotRegularFileError,
+    atomic_path,
+    atomic_write_json,
+    entry_kind,
+    require_regular_file,
+    sha256_file,
+)
 
 CHECKPOINT_FORMAT = "xrstudy.checkpoint/1"
 
@@ -37,6 +44,12 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A timm-format weight file: safetensors, or a torch pickle read with weights_only=True."""
+    try:
+        require_regular_file(path)  # both readers open by name: on a FIFO they would wait forever
+    except NotRegularFileError as err:
+        raise CheckpointError(f"{path}: not a regular file (a {err.kind}); expected a weight file") from None
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such weight file") from None
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -66,8 +79,13 @@ def read_checkpoint(path: str | Path, arch: str | None = None) -> Checkpoint:
     """Read an xrstudy checkpoint, checking its sidecar, SHA-256 and (optionally) its architecture."""
     path = Path(path)
     sidecar_path = path.with_suffix(".json")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    kind = entry_kind(path)  # stat only: a FIFO is named, never opened
+    if kind != "file":
+        raise CheckpointError(
+            f"{path}: no such checkpoint file"
+            if kind == "absent"
+            else f"{path}: not a regular file (a {kind}); expected an xrstudy checkpoint"
+        )
     if not sidecar_path.is_file():
         raise CheckpointError(
             f"{path}: no sidecar {sidecar_path.name} next to it; an xrstudy checkpoint is written by a "
@@ -75,8 +93,8 @@ def read_checkpoint(path: str | Path, arch: str | None = None) -> Checkpoint:
         )
     try:
         sidecar = json.loads(sidecar_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{sidecar_path}: not valid JSON ({err})") from None
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, bytes that are not UTF-8, 100,000 levels
+        raise CheckpointError(f"{sidecar_path}: not valid JSON ({type(err).__name__}: {str(err)[:200]})") from None
     if sidecar.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{sidecar_path}: format {sidecar.get('format')!r}; expected {CHECKPOINT_FORMAT!r}")
     actual = sha256_file(path)

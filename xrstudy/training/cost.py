@@ -139,6 +139,23 @@ def micro_batch(images_per_gpu: int | None, per_device_batch: int) -> int:
     return max(d for d in range(1, images_per_gpu + 1) if per_device_batch % d == 0)
 
 
+def known_devices() -> list[str]:
+    """The devices the throughput and memory tables have rows for (sorted)."""
+    return sorted({r["device"] for r in (*throughput_table(), *memory_table())})
+
+
+def check_device(device: str) -> str:
+    """`device`, or a ValueError when the tables have rows but none for it: a typo (`H10`) would otherwise
+    plan every cell without an estimate and size every job for one GPU, without a word."""
+    known = known_devices()
+    if known and device not in known:
+        raise ValueError(
+            f"device {device[:40]!r} has no row in the throughput or memory tables "
+            f"({_table_path('throughput.csv', 'XRSTUDY_THROUGHPUT')}, memory.csv); known devices: {', '.join(known)}"
+        )
+    return device
+
+
 def gpu_hours(image_steps: int, speed: Throughput | None) -> float | None:
     """Hours on one GPU for `image_steps` training images (forward + backward + update)."""
     return None if speed is None or speed.images_per_s <= 0 else image_steps / speed.images_per_s / 3600
@@ -154,5 +171,7 @@ __all__ = [
     "memory_table",
     "micro_batch",
     "gpu_hours",
+    "known_devices",
+    "check_device",
     "DEFAULT_DEVICE",
 ]

@@ -38,7 +38,7 @@ import timm
 import torch
 
 from xrstudy.config import RunConfig
-from xrstudy.fileio import atomic_path, sha256_file
+from xrstudy.fileio import NotRegularFileError, atomic_path, require_regular_file, sha256_file
 from xrstudy.training import archs  # noqa: F401 - registers resnetv2_tiny_bit (key_map builds it)
 from xrstudy.training.checkpoints import CheckpointError, base_arch, tensor_bytes, weights_dir
 
@@ -143,6 +143,7 @@ def to_paper_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _load_pickle(path: Path, arch: str) -> Any:
     """torch.load with weights_only=True, memory-mapped where the file allows (R152x4 + optimizer: ~7 GB)."""
     try:
+        require_regular_file(path)  # torch.load opens by name: on a FIFO it would wait forever
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as err:
@@ -151,6 +152,10 @@ def _load_pickle(path: Path, arch: str) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file (arch {base_arch(arch)!r})") from None
+    except NotRegularFileError as err:
+        raise CheckpointError(
+            f"{path}: not a regular file (a {err.kind}); expected the authors' model.pth.tar"
+        ) from None
     except Exception as err:  # noqa: BLE001 - truncated zip, bad pickle, refused global: one meaning here
         raise CheckpointError(
             f"{path}: cannot read the authors' checkpoint for arch {base_arch(arch)!r} "

@@ -112,19 +112,22 @@ AUGMENTS: dict[str, Callable[[recipes.Recipe], Augment]] = {
 PROBE_ATTEMPTS = 20  # unreadable leading images are skipped (the cache quarantines them)
 
 
-def probe_image(paths: Sequence[str]) -> tuple[int, int]:
+def probe_image(paths: Sequence[str], what: str = "training images") -> tuple[int, int]:
     """Original (height, width) of the first readable image, decoded by xrstudy.pixels.imagecache (so DICOM,
     16-bit PNG and CIFAR `FILE#N` members are probed like any JPEG). Unreadable files are skipped
     here; the image cache quarantines and counts them."""
     from xrstudy.pixels.decoding import ImageError, load_image
 
-    for path in list(paths)[:PROBE_ATTEMPTS]:
+    first_error = None
+    tried = list(paths)[:PROBE_ATTEMPTS]
+    for path in tried:
         try:
             pixels = load_image(str(path))
-        except ImageError:
+        except ImageError as err:
+            first_error = first_error or err
             continue
         return int(pixels.shape[0]), int(pixels.shape[1])
-    raise ConfigError(f"none of the first {PROBE_ATTEMPTS} training images is readable (first: {list(paths)[:1]})")
+    raise ConfigError(f"none of the first {len(tried)} {what} is readable (the first: {first_error})")
 
 
 def pipeline_of(cfg: RunConfig) -> str:
@@ -139,10 +142,17 @@ def recipe_of(cfg: RunConfig, study: StudyData) -> recipes.Recipe:
     from xrstudy.data import sources
 
     pipeline = pipeline_of(cfg)
-    image_hw = probe_image(study.train["path"]) if pipeline == "bit" else (0, 0)
+    image_hw = (
+        probe_image(study.train["path"], f"training images of {_data_name(cfg)}") if pipeline == "bit" else (0, 0)
+    )
     return recipes.recipe_for(
         cfg, len(study.train), image_hw, pipeline=pipeline, flip=sources.source_of(cfg.target).mirror_invariant
     )
+
+
+def _data_name(cfg: RunConfig) -> str:
+    """What a cell trains on, as messages name it: its target, or its pre-training sources."""
+    return cfg.target if cfg.kind == "transfer" else "+".join(cfg.sources)
 
 
 def image_mode(study: StudyData, recipe: recipes.Recipe) -> str:
@@ -188,7 +198,16 @@ def open_splits(cfg: RunConfig, study: StudyData, size: int, mode: str) -> tuple
             table, rows = table[keep], rows[keep]
         # A squashed image is cropped aspect-true in training: it needs the original sizes.
         hw = cache.original_sizes()[rows] if name == "train" and mode.endswith(":squash") else None
-        splits[name] = Split(cache.images, rows, targets_of(table, study.classes, study.multilabel), hw)
+        targets = targets_of(table, study.classes, study.multilabel)
+        splits[name] = Split(cache.images, rows, targets, hw, check=cache.check_rows)  # checksums checked on read
+    if len(splits["train"]) == 0:  # every training image unreadable: say which data and where the reasons are
+        train_paths = set(study.train["path"].astype(str))
+        first = next(((p, why) for p, why in cache.quarantined.items() if p in train_paths), ("", ""))
+        raise ConfigError(
+            f"{cfg.name}: all {dropped['train']} training images of {_data_name(cfg)} were quarantined by the "
+            f"image cache (unreadable), so nothing is left to train on; the reasons are in "
+            f"{cache.quarantine_file} (e.g. {first[0]}: {first[1]})"
+        )
     return splits, dropped
 
 

@@ -6,7 +6,8 @@ Layouts, each exactly as distributed (root = the extracted folder):
                       every name outside the registry (`source_of`).
   cifar10, cifar100   the python pickles: cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} and
                       cifar-100-python/{train, test, meta}; root is that folder or its parent. Image paths are batch
-                      members `FILE#N` (decoded by xrstudy.pixels.imagecache). Official train/test.
+                      members `FILE#N` (decoded by xrstudy.pixels.imagecache). Official train/test. Every file is
+                      read by xrstudy.pickles' restricted unpickler: a pickle naming code is refused, never run.
   pets                Oxford-IIIT Pets: annotations/{trainval,test}.txt (`Abyssinian_100 1 1 1`), images/{name}.jpg;
                       class = name without the trailing _NNN. trainval -> train, test -> test.
   flowers102          imagelabels.mat, setid.mat, jpg/image_00001.jpg (or fast.ai's train.txt / valid.txt / test.txt,
@@ -18,7 +19,6 @@ Layouts, each exactly as distributed (root = the extracted folder):
 from __future__ import annotations
 
 import os
-import pickle  # the CIFAR batches are pickles (trusted input, as distributed)
 import re
 import warnings
 from collections.abc import Iterable, Sequence
@@ -29,6 +29,8 @@ import pandas as pd
 
 from xrstudy.data.sources.registry import SOURCES, SourceError, register
 from xrstudy.data.sources.tables import canonical, find_file, require_images, text_lines, unique_lines
+from xrstudy.pickles import DatasetPickleError, load_dataset_pickle
+from xrstudy.yamlfiles import shorten
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 SPLIT_FOLDERS = {
@@ -43,11 +45,25 @@ SPLIT_FOLDERS = {
 IMAGEFOLDER_LAYOUT = "class folders of images, optionally inside train/, valid/ (or val/) and test/ folders"
 
 
-def _class_images(folder: Path) -> Iterable[tuple[str, str]]:
+def _utf8(path: Path, name: str) -> str:
+    """`str(path)`, or a SourceError naming a file name that is not UTF-8 (Python hands such bytes over as
+    lone surrogates, which no split file, cache key or result JSON can hold)."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise SourceError(
+            f"{name}: file name {shown} is not UTF-8; rename it (xrstudy writes every path as UTF-8 text)"
+        ) from None
+    return text
+
+
+def _class_images(folder: Path, name: str) -> Iterable[tuple[str, str]]:
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         for file in sorted(class_dir.iterdir()):
             if file.suffix.lower() in IMAGE_SUFFIXES:
-                yield class_dir.name, str(file)
+                yield class_dir.name, _utf8(file, name)
 
 
 @register("imagefolder", multilabel=False, modality="natural", layout=IMAGEFOLDER_LAYOUT, paper_fewshot="kshot_finder")
@@ -60,7 +76,7 @@ def read_imagefolder(name: str, root: Path, metadata_only: bool) -> pd.DataFrame
     rows = [
         (split, label, path)
         for split, folder in (split_dirs or {"": root}).items()
-        for label, path in _class_images(folder)
+        for label, path in _class_images(folder, name)
     ]
     if not rows:
         raise SourceError(
@@ -100,25 +116,12 @@ CIFAR100_LAYOUT = "cifar-100-python/ (or its contents): train, test, meta"
 
 
 def _cifar_pickle(path: Path, keys: Sequence[str]) -> dict[str, object]:
-    """The entries `keys` (b"..." in the originals; str keys accepted) of one CIFAR pickle."""
+    """The entries `keys` (b"..." in the originals; str keys accepted) of one CIFAR pickle, read by the
+    restricted unpickler: a pickle naming anything but what CIFAR's files hold is refused, not run."""
     try:
-        with open(path, "rb") as handle:
-            batch = pickle.load(handle, encoding="bytes")
-    except (
-        OSError,
-        EOFError,
-        pickle.UnpicklingError,
-        ValueError,
-        TypeError,
-        AttributeError,
-        ImportError,
-        IndexError,
-        KeyError,
-    ) as err:
-        raise SourceError(
-            f"{path}: cannot read as a CIFAR python pickle ({type(err).__name__}: {err}); "
-            f"expected a pickled dict with keys {keys}"
-        ) from None
+        batch = load_dataset_pickle(path)
+    except DatasetPickleError as err:  # names the file, and the refused global if there is one
+        raise SourceError(f"{err}; CIFAR's python pickles are dicts with keys {list(keys)}") from None
     if not isinstance(batch, dict):
         raise SourceError(f"{path}: holds a {type(batch).__name__}; expected a pickled dict with keys {keys}")
     out = {}
@@ -129,7 +132,9 @@ def _cifar_pickle(path: Path, keys: Sequence[str]) -> dict[str, object]:
                 break
     missing = [k for k in keys if k not in out and k != "data"]
     if missing:
-        raise SourceError(f"{path}: no key(s) {missing}; expected keys {list(keys)}, found {list(batch)[:10]}")
+        raise SourceError(
+            f"{path}: no key(s) {missing}; expected keys {list(keys)}, found {shorten(list(batch)[:10], 200)}"
+        )
     return out
 
 

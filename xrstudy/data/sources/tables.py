@@ -10,6 +10,8 @@ One place, so every adapter follows them:
   column we read stops the read with the file, the physical line and the column; it is never
   decoded some other way and never reaches an adapter as bytes (`_check_utf8`).
 - Errors name the file, the physical line (header = 1) and the column (`lines_of`, `check_*`).
+- A gzipped label file may not expand more than GZIP_MAX_RATIO-fold past GZIP_RATIO_FLOOR bytes
+  (`check_gzip`): text compresses 4-15-fold, a gzip bomb 1,000-fold, and would otherwise fill memory.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import csv
 import gzip
 import warnings
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -28,6 +31,10 @@ import pyarrow.compute as pc
 from xrstudy.data.sources.registry import SourceError
 from xrstudy.fileio import entry_kind
 
+# Gzipped label files: the real ones (MIMIC's, PadChest's) expand 4-15-fold to at most ~100 MB. A file that
+# expands more than GZIP_MAX_RATIO-fold beyond GZIP_RATIO_FLOOR bytes is a bomb or not a label file.
+GZIP_MAX_RATIO = 100
+GZIP_RATIO_FLOOR = 64 << 20
 NOTES = "notes"  # DataFrame.attrs key: what the reader counted or decided, e.g. {"age_unreadable": 3}
 
 
@@ -78,12 +85,39 @@ def find_file(root: Path, names: Sequence[str], what: str) -> Path:
     return found
 
 
+def _gunzip(path: Path, expected: str, keep: bool) -> bytes:
+    """Decompress the .gz file `path` in 1 MiB steps, stopping as soon as it passes the bomb bound (so a
+    500-byte file of 10 GB never reaches memory); the bytes when `keep`, else b"" (a check only)."""
+    limit = max(GZIP_RATIO_FLOOR, GZIP_MAX_RATIO * path.stat().st_size)
+    parts, size = [], 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                size += len(block)
+                if size > limit:
+                    raise SourceError(
+                        f"{path}: expands past {limit:,} bytes, more than {GZIP_MAX_RATIO}-fold its "
+                        f"{path.stat().st_size:,} compressed bytes (a gzip bomb?); expected {expected}"
+                    )
+                if keep:
+                    parts.append(block)
+    except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError
+        raise SourceError(f"{path}: cannot read as gzip ({err}); expected {expected}") from None
+    return b"".join(parts)
+
+
+def check_gzip(path: Path, expected: str) -> None:
+    """For a `.gz` label file: a SourceError naming it when it is not gzip or expands like a bomb
+    (GZIP_MAX_RATIO). Readers that decompress by themselves (pandas, pyarrow) are called after it."""
+    if path.suffix == ".gz":
+        _gunzip(path, expected, keep=False)
+
+
 def read_text(path: Path, expected: str) -> str:
     """A text file (plain or .gz) as UTF-8; an error names the physical line of the first bad byte."""
     try:
-        raw = path.read_bytes()
-        raw = gzip.decompress(raw) if path.suffix == ".gz" else raw
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        raw = _gunzip(path, expected, keep=True) if path.suffix == ".gz" else path.read_bytes()
+    except OSError as err:
         raise SourceError(f"{path}: cannot read as a text file ({err}); expected {expected}") from None
     try:
         return raw.decode("utf-8")
@@ -99,6 +133,7 @@ def read_table(
 ) -> pd.DataFrame:
     """Read a label file (csv or csv.gz), checking it has rows and the columns we need."""
     required, optional = list(required), list(optional)
+    check_gzip(path, f"a CSV label file with columns {required}")
     try:
         header = pd.read_csv(path, nrows=0).columns
     except pd.errors.EmptyDataError:
@@ -379,6 +414,9 @@ def unique_lines(ids: Sequence[str], where: Sequence[tuple[Path, int]], what: st
 
 __all__ = [
     "NOTES",
+    "GZIP_MAX_RATIO",
+    "GZIP_RATIO_FLOOR",
+    "check_gzip",
     "notes_of",
     "with_notes",
     "concat",
