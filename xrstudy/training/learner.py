@@ -13,7 +13,9 @@ benchmarks/bench_learner.py compares it with a plain PyTorch loop doing the same
 
 Precision: "bf16" / "fp16" = fastai's MixedPrecision (autocast on CUDA; fp16 with its GradScaler).
 It autocasts CUDA only, and CPU bf16 autocast of BiT gave intermittent NaN gradients in torch 2.14,
-so CPU runs are fp32 (precision "auto"), and bf16 / fp16 on a CPU are refused.
+so CPU runs are fp32 (precision "auto"), and bf16 / fp16 on a CPU are refused. Evaluation (`predict`,
+and with it the validation loss that keeps the best pre-training checkpoint) always runs in fp32,
+without the MixedPrecision callback (which would autocast fastai's `get_preds` too), as the authors'.
 Gradient accumulation: when `micro_batch` is smaller than the per-device batch, fastai's
 GradientAccumulation turns micro-batches into one optimiser step (the loaders scale the masked loss
 so that the step equals the one of the whole batch).
@@ -265,11 +267,15 @@ def restore(learn: Learner, state: dict[str, Any], setup: TrainSetup) -> None:
 
 
 def predict(learn: Learner, split: Split, batch: int, *, logits: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities (or logits) and targets for a whole split (eval mode, no augmentation)."""
+    """Probabilities (or logits) and targets for a whole split (eval mode, no augmentation), computed in
+    fp32 whatever the training precision: fastai's MixedPrecision would autocast `get_preds` too, so it
+    is taken out while predicting (the model keeps its memory format; the authors' evaluation is fp32)."""
     if len(split) == 0:
         return np.zeros((0, _outputs(learn.model)), np.float32), split.targets.numpy()
     loader = EvalLoader(split, batch, learn.dls.device, learn.dls.train.batching.prefetch)
-    probs, targets = learn.get_preds(dl=loader, act=(lambda x: x.float()) if logits else None)
+    autocasting = [cb for cb in learn.cbs if isinstance(cb, MixedPrecision)]
+    with learn.removed_cbs(autocasting):
+        probs, targets = learn.get_preds(dl=loader, act=(lambda x: x.float()) if logits else None)
     return probs.float().numpy(), targets.numpy()
 
 

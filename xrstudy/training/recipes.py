@@ -298,6 +298,24 @@ def input_stats(
     return (*IMAGENET_STATS, f"{cfg.init_label} sets none: ImageNet mean / std (their loader's default)")
 
 
+# ---- the authors' initialisation and evaluation precision -------------------------------------------
+EVAL_PRECISION = "fp32"  # finetune.py run_eval and pretrain.py validate run without autocast, in every mode
+
+
+def weight_init_of(cfg: RunConfig) -> str:
+    """What initialises the network: `cfg.weight_init` ("torch": PyTorch's default init in the authors'
+    draw order with their weight-standardisation eps; "timm": timm's) for a network built from scratch;
+    "loaded" when the weights come from a file (`init` timm / paper / run:<id> / path), where weight_init
+    has nothing to act on (and stays out of the run id). A transfer's fresh head follows `head_init`."""
+    return cfg.weight_init if cfg.init == "scratch" else "loaded"
+
+
+def eval_precision(cfg: RunConfig) -> str:
+    """Evaluation (test metrics, the pre-training validation loss that picks the kept checkpoint) runs in
+    fp32 whatever the training precision, as the authors' does."""
+    return EVAL_PRECISION
+
+
 # ---- what a cell needs from the machine ----------------------------------------------------------
 def cache_bytes(n_images: int, size: int, mode: str) -> int:
     """Bytes of the uint8 image cache on disk: n x size x size (x 3 for colour modes "RGB...")."""
@@ -336,6 +354,9 @@ def ram_per_rank(
 __all__ = [
     "Recipe",
     "recipe_for",
+    "weight_init_of",
+    "eval_precision",
+    "EVAL_PRECISION",
     "cache_bytes",
     "ram_per_rank",
     "input_stats",

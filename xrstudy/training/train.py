@@ -49,7 +49,14 @@ from xrstudy.training.learner import (
     restore,
 )
 from xrstudy.training.metrics import bootstrap_ci, classification_metrics
-from xrstudy.training.models import base_arch, create_model, input_stats, read_checkpoint, write_checkpoint
+from xrstudy.training.models import (
+    base_arch,
+    create_model,
+    input_stats,
+    read_checkpoint,
+    standardisation_eps,
+    write_checkpoint,
+)
 
 if TYPE_CHECKING:
     from fastai.learner import Learner
@@ -350,6 +357,7 @@ def _run(
         "split_sha256": study.split_sha256,
         "classes": list(study.classes),
         "multilabel": study.multilabel,
+        "std_eps": standardisation_eps(model),  # the weights' numerics, for the transfers that load them
     }
     best = None
     if cfg.kind == "pretrain" and len(splits["valid"]) and proc.is_main:
