@@ -152,10 +152,14 @@ def recipe_of(cfg: RunConfig, study: StudyData) -> recipes.Recipe:
     )
 
 
-def image_mode(study: StudyData, recipe: recipes.Recipe) -> str:
-    """X-ray images are cached grayscale, natural images in colour (as `xrstudy data cache` does); the
-    BiT pipeline caches the whole image squashed to a square (its evaluation view)."""
-    colour = "L" if study.modality == "xray" else "RGB"
+def image_mode(cfg: RunConfig, study: StudyData, recipe: recipes.Recipe) -> str:
+    """X-ray images are cached grayscale, natural images in colour (as `xrstudy data cache` does), except the
+    targets the authors read in colour, in loader_mode paper (`recipes.image_colour`); the BiT pipeline
+    caches the whole image squashed to a square (its evaluation view)."""
+    from xrstudy.data import sources
+
+    keeps_colour = cfg.kind == "transfer" and sources.source_of(cfg.target).paper_keeps_colour
+    colour = recipes.image_colour(cfg, study.modality, keeps_colour)
     return colour + (":squash" if recipe.cache_fit == "squash" else "")
 
 
@@ -310,7 +314,7 @@ def _run(
 
     # Recipe first (it fixes the cache size), then the cache rows of each split.
     recipe = recipe_of(cfg, study)
-    splits, quarantined = open_splits(cfg, study, recipe.resize, image_mode(study, recipe))
+    splits, quarantined = open_splits(cfg, study, recipe.resize, image_mode(cfg, study, recipe))
 
     # Model, and the training state to resume from.
     model = create_model(cfg, num_classes=len(study.classes), head=cfg.head)
@@ -331,6 +335,8 @@ def _run(
         eval_size=recipe.eval_size,
         weight_decay=recipe.weight_decay,
         mixup_alpha=recipe.mixup_alpha,
+        group=recipes.loss_group(cfg),
+        group_stream=recipes.loader_stream(cfg) == "micro-batches",
         sampler=cfg.sampler,
         mean=mean,
         std=std,
