@@ -358,13 +358,13 @@ class StepLoader:
             positions = self._epoch_stream(step * b.global_batch, b.global_batch)
             real = np.ones(b.global_batch, dtype=bool)
         group_of = np.arange(b.global_batch) // b.group if b.group else np.zeros(b.global_batch, dtype=np.int64)
-        partner = self._partners(step, real, group_of)
+        partner = self._partners(step, real)
         plan = StepPlan(positions, real, partner, self._weights(positions, real, partner, group_of))
         with self._lock:
             self._plan = (step, plan)
         return plan
 
-    def _partners(self, step: int, real: np.ndarray, group_of: np.ndarray) -> np.ndarray | None:
+    def _partners(self, step: int, real: np.ndarray) -> np.ndarray | None:
         """MixUp partner of each position: a permutation within each group's images (self-pairs allowed, as
         torch.randperm; padding keeps itself) or, without groups, within each device micro-batch."""
         b = self.batching
@@ -376,9 +376,10 @@ class StepLoader:
                 rng = counter_rng(b.seed, "mixup-pairs", step, slot)
                 partner[slot * b.micro : (slot + 1) * b.micro] = slot * b.micro + rng.permutation(b.micro)
             return partner
-        for group in range(int(group_of[-1]) + 1):
-            members = np.flatnonzero((group_of == group) & real)
-            partner[members] = members[counter_rng(b.seed, "mixup-group-pairs", step, group).permutation(len(members))]
+        rng = counter_rng(b.seed, "mixup-group-pairs", step)
+        for start in range(0, b.global_batch, b.group):  # a group is `group` consecutive positions
+            members = start + np.flatnonzero(real[start : start + b.group])
+            partner[members] = members[rng.permutation(len(members))]
         return partner
 
     def _weights(
