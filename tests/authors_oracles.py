@@ -539,7 +539,8 @@ def authors_transfer_steps(
 
     This assumes their non-Horovod path (`USE_HOROVOD = False`, sampler None): with Horovod importable
     every cell with micro <= n < batch crashes at `step // steps_per_epoch` (steps_per_epoch =
-    n // 128 = 0, :473-479), yet such cells (e.g. Pets 1-shot) are published; see docs/PROTOCOL.md (sampler row).
+    n // 128 = 0, :473-479), yet such cells (e.g. Pets 1-shot) are published; see docs/PROTOCOL.md,
+    "sampler and micro-batches".
     `keep_indices=False` stores empty index tuples (fast for 10,000-step cells).
     """
     micro = batch // batch_split

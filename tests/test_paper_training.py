@@ -189,6 +189,29 @@ def test_every_mode_evaluates_in_fp32():
     assert {recipes.eval_precision(cfg.replace(precision=p)) for cfg in cells for p in ("auto", "bf16")} == {"fp32"}
 
 
+def test_step_zero_runs_the_optimiser_at_lr_zero_so_its_gradient_enters_step_one():
+    """Their SGD_AGC starts the momentum buffer from step 0's gradient (sgd_agc.py:146-148), although the
+    BiT schedule gives step 0 LR 0: the weights stay, the buffer holds that gradient."""
+    rng = np.random.default_rng(1)
+    split = Split.of(rng.integers(0, 256, (8, 20, 20), dtype=np.uint8), torch.from_numpy(rng.integers(0, 2, 8)))
+    setup = TrainSetup(
+        multilabel=False,
+        num_classes=2,
+        schedule=Schedule(steps=1, warmup=5, decays=(), base_lr=0.1),
+        per_device_batch=4,
+        seed=0,
+        augment=Augment(out_size=16),
+        eval_size=16,
+        weight_decay=0.0,
+    )
+    learn = make_learner(create_model(RunConfig(target="demo", arch=TINY), 2), split, setup)
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    fit(learn)
+    assert all(torch.equal(before[k], v) for k, v in learn.model.state_dict().items())
+    buffers = [s["momentum_buffer"] for s in learn.opt.opt.state.values()]
+    assert buffers and any(b.abs().sum() > 0 for b in buffers)
+
+
 # ---- 3. the pre-training loss of their 64 GPUs ------------------------------------------------------
 def _multilabel_split(n: int, classes: int = 7, seed: int = 3) -> Split:
     rng = np.random.default_rng(seed)
