@@ -133,7 +133,7 @@ def raw_loop(model: torch.nn.Module, batches: Callable[[], Any], setup: TrainSet
     )
     forward = torch.compile(model) if setup.compile else model
     size = setup.augment.out_size
-    for step, (images, draws, targets, denominator) in zip(range(setup.schedule.steps), batches()):
+    for step, (images, draws, targets, weights) in zip(range(setup.schedule.steps), batches()):
         images = images.to(torch.float32, memory_format=torch.contiguous_format)
         grid = F.affine_grid(draws["theta"], [len(images), images.shape[1], size, size], align_corners=False)
         images = normalise(
@@ -146,7 +146,7 @@ def raw_loop(model: torch.nn.Module, batches: Callable[[], Any], setup: TrainSet
             group["lr"] = setup.schedule.lr_at(step)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=setup.precision == "bf16"):
             logits = forward(images)
-        loss = masked_bce_with_logits(logits.float(), targets, denominator)
+        loss = masked_bce_with_logits(logits.float(), targets, weights)
         loss.backward()
         adaptive_clip_grad(clipped, clip_factor=AGC_CLIP)
         opt.step()

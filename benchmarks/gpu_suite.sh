@@ -13,6 +13,7 @@
 #   2b. the same streamed run with every row checked against the cache's CRC-32 on its first read (each
 #      run starts unverified: the worst case, a first epoch), vs resident.              goal >= 0.95
 #   3. a 1-GPU torchrun smoke run of `xrstudy train` (a phantom CheXpert source, R50x1, a few steps).
+#   4. evaluation in fp32 while training runs in bf16, channels_last kept (benchmarks/check_eval_precision.py).
 #
 # Needs torch (CUDA) and timm on the machine. fastai and its pure-Python dependencies can come as
 # wheels carried along (the GPU machine has no network). On a machine with network, from the repo root:
@@ -114,7 +115,10 @@ else
   echo "RESULT mode=torchrun ok=0" | tee -a "$LOG"
 fi
 
-echo "== summary (goal >= 0.95 learner/raw and streamed/resident)" | tee -a "$LOG"
+echo "== 4. evaluation in fp32 after bf16 training" | tee -a "$LOG"
+python benchmarks/check_eval_precision.py --device "$DEVICE" 2>&1 | grep "^RESULT" | tee -a "$LOG" || true
+
+echo "== summary (goal >= 0.95 learner/raw and streamed/resident; eval_fp32 ok=1)" | tee -a "$LOG"
 grep "^RESULT" "$LOG" | tee "$OUT/results.txt"
 echo "total $((SECONDS - STARTED)) s; log $LOG" | tee -a "$LOG"
 rm -rf "$WORK"

@@ -37,6 +37,9 @@ Sampler = Literal["shuffle", "oversample"]  # training order: plain shuffle | cl
 Head = Literal["linear", "concat"]  # xrstudy.training.models.HEADS
 HeadInit = Literal["default", "zero"]  # fresh head: torch's default init (the authors') | zero (BiT)
 WeightInit = Literal["torch", "timm"]  # a network built from scratch: PyTorch's default init (the authors') | timm's
+# How a step's images are read and weighed: uniform (every image of a step weighs the same, X-rays one grey
+# channel) | paper (the authors' per-GPU / micro-batch groups and their readers' channels; docs/PROTOCOL.md)
+LoaderMode = Literal["uniform", "paper"]
 TrainMode = Literal["finetune", "probe"]  # transfer: fine-tune the whole network | linear probe on frozen features
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 View = Literal["PA", "AP", "AP_SUPINE", "LATERAL", "COSTAL", "OTHER"]
@@ -51,6 +54,7 @@ SAMPLERS: tuple[str, ...] = get_args(Sampler)
 HEADS: tuple[str, ...] = get_args(Head)
 HEAD_INITS: tuple[str, ...] = get_args(HeadInit)
 WEIGHT_INITS: tuple[str, ...] = get_args(WeightInit)
+LOADER_MODES: tuple[str, ...] = get_args(LoaderMode)
 TRAIN_MODES: tuple[str, ...] = get_args(TrainMode)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 VIEWS: tuple[str, ...] = get_args(View)
@@ -63,7 +67,7 @@ EXECUTION_FIELDS = frozenset(
 # Fields added after the first results were stored. Each enters `run_id` only at a value that computes
 # something else than cells computed before the field existed, so a stored result keeps its run id
 # exactly where it still holds (timm's init was the only init; every transfer was a fine-tune).
-LEGACY_VALUES: dict[str, Any] = {"weight_init": "timm", "train_mode": "finetune"}
+LEGACY_VALUES: dict[str, Any] = {"weight_init": "timm", "train_mode": "finetune", "loader_mode": "uniform"}
 
 
 class ConfigError(ValueError):
@@ -92,6 +96,11 @@ class RunConfig:
     shots: int = 0  # transfer: images per class; 0 = full training set
     # exact k per class | paper (the authors' sampler: their sets, short classes allowed)
     shots_mode: ShotsMode = "exact"
+    # uniform: a step's loss is the mean over its whole global batch, X-rays are read as one grey channel |
+    # paper: the authors' groups (pre-training: the masked mean of each 16 images, averaged; transfers: their
+    # micro-batches of 128 / batch_split images, partial ones included, MixUp within one) and, for the targets
+    # they read with torchvision's default loader (COVIDx, Tuberculosis), the channels the file holds
+    loader_mode: LoaderMode = "uniform"
     # training order: shuffle | oversample (class-balanced, the authors' full-shot COVIDx/Flowers)
     sampler: Sampler = "shuffle"
 
@@ -437,6 +446,7 @@ __all__ = [
     "HEADS",
     "HEAD_INITS",
     "WEIGHT_INITS",
+    "LOADER_MODES",
     "TRAIN_MODES",
     "LEGACY_VALUES",
     "PRECISIONS",

@@ -2,7 +2,7 @@
 
     train = Split(cache.images, rows, targets)            # cache rows + targets; no pixel is read yet
     loader = StepLoader(train, Batching(...), start=0, stop=500, device=device)
-    for images, draws, targets, denominator in loader: ...   # one micro-batch per item
+    for images, draws, targets, weights in loader: ...       # one micro-batch per item
 
 Design notes
 - Nothing holds a split in memory. A split is a list of cache rows (plus targets); each micro-batch
@@ -19,11 +19,22 @@ Design notes
 - The global batch of step s is positions [s*B, (s+1)*B) of the epoch stream (so a batch larger
   than a few-shot training set wraps into the next epoch); rank r takes its slice of it, micro-batch
   m the m-th part of that slice. The augmentation is drawn for the whole global batch, so 1 or N
-  processes see the same views. The masked BCE divides by the number of known targets of the whole
-  global batch after MixUp, counted here from the targets: N processes x M micro-batches compute the
-  1-process loss of the step up to float summation order, with no collective besides DDP's own.
-  MixUp pairs images within what a device holds at once (its micro-batch), as BiT and the authors'
-  finetune.py do, so with MixUp on the pairing depends on the per-device micro-batch.
+  processes see the same views. Each image comes with its weight in the step's loss, computed here
+  for the whole global batch (`StepPlan`): N processes x M micro-batches compute the 1-process loss of
+  the step up to float summation order, with no collective besides DDP's own.
+- Weights, `Batching.group` 0 (loader_mode uniform): every image weighs 1 / B (single-label), every
+  known target 1 / (known targets of the global batch after MixUp) (multi-label), and MixUp pairs images
+  within what a device holds at once (its micro-batch, an execution choice).
+- Groups, `Batching.group` g > 0 (loader_mode paper, the authors' per-GPU / micro-batch groups): the
+  step's loss is the mean over its groups of each group's mean (of its images; multi-label: of its known
+  targets), and MixUp pairs within a group, whatever micro-batch or number of processes runs it.
+  Pre-training groups are consecutive slices of g = 16 (their 64 GPUs x 16 images). With `group_stream`
+  (their transfers) the images come as their recycled DataLoader gives them: each pass over the set a
+  fresh order cut into micro-batches of g, the last one partial, a step = B / g consecutive micro-batches
+  crossing passes, and a set smaller than g one micro-batch of g draws with replacement per pass. A
+  partial micro-batch weighs as much as a full one; it fills its slot of g positions with weightless
+  copies of its first image (padding), so shapes stay fixed and a group never straddles a micro-batch
+  that holds whole groups.
 """
 
 from __future__ import annotations
@@ -207,6 +218,9 @@ class Batching:
     rank: int = 0
     world: int = 1
     prefetch: int = DEFAULT_PREFETCH
+    # Images averaged together before the step averages its groups (module doc); 0 = the whole global batch.
+    group: int = 0
+    group_stream: bool = False  # groups are the authors' transfer micro-batches of a recycled loader
 
     def __post_init__(self) -> None:
         if self.micro_batch and self.per_device_batch % self.micro_batch:
@@ -215,6 +229,19 @@ class Batching:
             )
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler {self.sampler!r}; expected one of {sorted(SAMPLERS)}")
+        if self.group < 0 or (self.group_stream and not self.group):
+            raise ValueError(f"group {self.group}; expected images per group >= 1 (0 = one group per step)")
+        if self.group_stream and self.global_batch % self.group:
+            raise ValueError(
+                f"batch {self.global_batch} is not a whole number of the authors' micro-batches of "
+                f"{self.group} images (loader_mode paper: a step is batch / micro-batch of them)"
+            )
+        if self.group and self.mixup_alpha > 0 and (self.per_device_batch % self.group or self.micro % self.group):
+            raise ValueError(
+                f"MixUp pairs images within the authors' micro-batch of {self.group} (loader_mode paper), but a "
+                f"device holds {self.micro} at once (per-device batch {self.per_device_batch}); use a micro_batch "
+                f"and a number of processes that keep whole groups of {self.group} together"
+            )
 
     @property
     def micro(self) -> int:
@@ -225,11 +252,27 @@ class Batching:
         """Forward passes per optimiser step on one device."""
         return self.per_device_batch // self.micro
 
+    @property
+    def global_batch(self) -> int:
+        return self.per_device_batch * self.world
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The global batch of one optimiser step (B = world x per-device positions; rank r, micro-batch m
+    take positions [r * per_device + m * micro, + micro))."""
+
+    positions: np.ndarray  # (B,) split positions of the images
+    real: np.ndarray  # (B,) False: padding of a partial group (a copy of its first image, weight 0)
+    partner: np.ndarray | None  # (B,) position index of each image's MixUp partner; None without MixUp
+    weights: np.ndarray  # (B,) the step's loss = sum_i weights_i * loss_i (loss_i: the image's cross-entropy,
+    #                      or its BCE summed over its known targets)
+
 
 class StepLoader:
     """Micro-batches of optimiser steps [start, stop), as fastai iterates a DataLoader.
 
-    Each item is (images uint8 B x C x H x W, draws {"theta", "perm", "lam"}, targets, denominator);
+    Each item is (images uint8 B x C x H x W, draws {"theta", "perm", "lam"}, targets, weights);
     `n_inp` = 2 tells fastai that the first two are the input (PrepareBatch consumes the draws).
     """
 
@@ -250,7 +293,7 @@ class StepLoader:
         self.stats = stats if stats is not None else {"wait_s": 0.0}  # shared by the loaders of one run
         self._targets = split.targets.numpy()
         self._orders: dict[int, np.ndarray] = {}
-        self._count: tuple[int, float] | None = None  # (step, known targets of its global batch)
+        self._plan: tuple[int, StepPlan] | None = None  # the step in flight (its micro-batches share it)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -266,34 +309,127 @@ class StepLoader:
 
     # -- which images ---------------------------------------------------------------------------
     def epoch_order(self, epoch: int) -> np.ndarray:
+        """The order of one pass over the split: the sampler's, or -- a set smaller than the authors'
+        micro-batch, group_stream -- `group` draws with replacement (their RandomSampler(replacement=True,
+        num_samples=micro_batch), finetune.py:195-209)."""
         with self._lock:
             if epoch not in self._orders:
                 if len(self._orders) > 4:
                     self._orders.pop(min(self._orders))
-                rng = counter_rng(self.batching.seed, "epoch", epoch)
-                self._orders[epoch] = SAMPLERS[self.batching.sampler](self._targets, rng)
+                b, n = self.batching, len(self._targets)
+                rng = counter_rng(b.seed, "epoch", epoch)
+                if b.group_stream and n < b.group:
+                    self._orders[epoch] = rng.integers(0, n, size=b.group)
+                else:
+                    self._orders[epoch] = SAMPLERS[b.sampler](self._targets, rng)
             return self._orders[epoch]
 
-    def positions(self, step: int, rank: int, micro: int) -> np.ndarray:
-        """Split positions of micro-batch `micro` of `rank` at `step` (the epoch stream, sliced)."""
-        b = self.batching
+    def _epoch_stream(self, first: int, count: int) -> np.ndarray:
+        """Positions `first` .. `first + count` of the stream of epoch orders."""
         n = len(self.split)
-        first = (step * b.world + rank) * b.per_device_batch + micro * b.micro
-        stream = np.arange(first, first + b.micro)
+        stream = np.arange(first, first + count)
         epochs, offsets = stream // n, stream % n
         if epochs[0] == epochs[-1]:
             return self.epoch_order(int(epochs[0]))[offsets]
-        return np.array([self.epoch_order(int(e))[o] for e, o in zip(epochs, offsets)])
+        out = np.empty(count, dtype=np.int64)
+        for epoch in np.unique(epochs):
+            where = epochs == epoch
+            out[where] = self.epoch_order(int(epoch))[offsets[where]]
+        return out
 
-    # -- what happens to them ------------------------------------------------------------------------
-    def pairing(self, step: int, rank: int, micro: int) -> np.ndarray | None:
-        """MixUp partner of each image of a micro-batch (None without MixUp)."""
+    def _group_stream(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, real) of a step of the authors' recycled loader: B / g micro-batches of g, each pass
+        (a fresh order) cut into ceil(n / g) of them, the last partial; padded to g with its first image."""
+        b, n = self.batching, len(self.split)
+        g, slots = b.group, b.global_batch // b.group
+        per_pass = -(-n // g) if n >= g else 1
+        positions = np.empty(b.global_batch, dtype=np.int64)
+        real = np.zeros(b.global_batch, dtype=bool)
+        for slot in range(slots):
+            epoch, k = divmod(step * slots + slot, per_pass)
+            chunk = self.epoch_order(epoch)[k * g : (k + 1) * g]
+            positions[slot * g : (slot + 1) * g] = chunk[0]
+            positions[slot * g : slot * g + len(chunk)] = chunk
+            real[slot * g : slot * g + len(chunk)] = True
+        return positions, real
+
+    def plan(self, step: int) -> StepPlan:
+        """The global batch of `step`: its images, MixUp partners and loss weights (module doc)."""
+        with self._lock:
+            if self._plan is not None and self._plan[0] == step:
+                return self._plan[1]
+        b = self.batching
+        if b.group_stream:
+            positions, real = self._group_stream(step)
+        else:
+            positions = self._epoch_stream(step * b.global_batch, b.global_batch)
+            real = np.ones(b.global_batch, dtype=bool)
+        group_of = np.arange(b.global_batch) // b.group if b.group else np.zeros(b.global_batch, dtype=np.int64)
+        partner = self._partners(step, real)
+        plan = StepPlan(positions, real, partner, self._weights(positions, real, partner, group_of))
+        with self._lock:
+            self._plan = (step, plan)
+        return plan
+
+    def _partners(self, step: int, real: np.ndarray) -> np.ndarray | None:
+        """MixUp partner of each position: a permutation within each group's images (self-pairs allowed, as
+        torch.randperm; padding keeps itself) or, without groups, within each device micro-batch."""
         b = self.batching
         if b.mixup_alpha <= 0:
             return None
-        return counter_rng(b.seed, "mixup-pairs", step, rank * b.micro_steps + micro).permutation(b.micro)
+        partner = np.arange(b.global_batch)
+        if not b.group:
+            for slot in range(b.global_batch // b.micro):
+                rng = counter_rng(b.seed, "mixup-pairs", step, slot)
+                partner[slot * b.micro : (slot + 1) * b.micro] = slot * b.micro + rng.permutation(b.micro)
+            return partner
+        rng = counter_rng(b.seed, "mixup-group-pairs", step)
+        for start in range(0, b.global_batch, b.group):  # a group is `group` consecutive positions
+            members = start + np.flatnonzero(real[start : start + b.group])
+            partner[members] = members[rng.permutation(len(members))]
+        return partner
 
+    def _weights(
+        self, positions: np.ndarray, real: np.ndarray, partner: np.ndarray | None, group_of: np.ndarray
+    ) -> np.ndarray:
+        """Each image's weight: 1 / (groups x the images of its group) (single-label), or 1 / (groups x the
+        known targets of its group after MixUp) (multi-label; a group without any adds nothing and still
+        counts, as Horovod averages a GPU whose BCE selected nothing)."""
+        groups = int(group_of[-1]) + 1
+        if self.batching.multilabel:
+            known = ~np.isnan(self._targets[positions])
+            if partner is not None:
+                known &= known[partner]
+            per_image = known.sum(axis=1) * real
+        else:
+            per_image = real.astype(np.int64)
+        per_group = np.bincount(group_of, weights=per_image, minlength=groups)
+        return real / (groups * np.maximum(per_group[group_of], 1.0))
+
+    def _slice(self, rank: int, micro: int) -> slice:
+        b = self.batching
+        first = rank * b.per_device_batch + micro * b.micro
+        return slice(first, first + b.micro)
+
+    def positions(self, step: int, rank: int, micro: int) -> np.ndarray:
+        """Split positions of micro-batch `micro` of `rank` at `step`."""
+        return self.plan(step).positions[self._slice(rank, micro)]
+
+    def pairing(self, step: int, rank: int, micro: int) -> np.ndarray | None:
+        """MixUp partner of each image of a micro-batch, as an index into it (None without MixUp)."""
+        partner = self.plan(step).partner
+        where = self._slice(rank, micro)
+        return None if partner is None else partner[where] - where.start
+
+    def weights(self, step: int, rank: int, micro: int) -> np.ndarray:
+        """The micro-batch's images' weights in the loss of the step (`StepPlan.weights`), scaled so that
+        fastai's GradientAccumulation (x micro / per-device batch) and DDP's mean over ranks undo it."""
+        b = self.batching
+        return self.plan(step).weights[self._slice(rank, micro)] * (b.global_batch / b.micro)
+
+    # -- what happens to them ------------------------------------------------------------------------
     def lam(self, step: int) -> float:
+        """One MixUp lambda per optimiser step (the authors draw one per step, finetune.py:470, 546)."""
         b = self.batching
         return (
             float(counter_rng(b.seed, "mixup", step).beta(b.mixup_alpha, b.mixup_alpha)) if b.mixup_alpha > 0 else 1.0
@@ -304,28 +440,9 @@ class StepLoader:
         b = self.batching
         rng = counter_rng(b.seed, "augment", step)
         first = rank * b.per_device_batch + micro * b.micro
-        u = torch.from_numpy(rng.uniform(-1.0, 1.0, size=(b.per_device_batch * b.world, 5)).astype(np.float32))
+        u = torch.from_numpy(rng.uniform(-1.0, 1.0, size=(b.global_batch, 5)).astype(np.float32))
         hw = None if self.split.hw is None else self.split.hw[self.positions(step, rank, micro)]
         return b.augment.thetas(u[first : first + b.micro], hw)
-
-    def known_targets(self, step: int) -> float:
-        """Known (non-NaN) targets of the whole global batch of `step`, after MixUp masking."""
-        with self._lock:
-            if self._count is not None and self._count[0] == step:
-                return self._count[1]
-        b = self.batching
-        total = 0
-        for rank in range(b.world):
-            for micro in range(b.micro_steps):
-                known = ~np.isnan(self._targets[self.positions(step, rank, micro)])
-                perm = self.pairing(step, rank, micro)
-                if perm is not None:
-                    known &= known[perm]
-                total += int(known.sum())
-        count = float(max(total, 1))
-        with self._lock:
-            self._count = (step, count)
-        return count
 
     def host_batch(self, step: int, micro: int, out: np.ndarray | None = None) -> tuple[Any, ...]:
         b = self.batching
@@ -336,22 +453,16 @@ class StepLoader:
         perm = self.pairing(step, b.rank, micro)
         if perm is not None:
             draws.update(perm=torch.from_numpy(perm), lam=self.lam(step))
-        if b.multilabel:
-            # The loss of one micro-batch is sum / denominator: summed over micro-batches (fastai's
-            # GradientAccumulation scales each by its share) and averaged over ranks (DDP), it is the
-            # mean over the known targets of the global batch.
-            denominator = self.known_targets(step) * b.micro / (b.world * b.per_device_batch)
-        else:
-            denominator = float(b.micro)
-        return images, draws, targets, torch.tensor(denominator, dtype=torch.float32)
+        weights = torch.from_numpy(self.weights(step, b.rank, micro).astype(np.float32))
+        return images, draws, targets, weights
 
     def _to_device(self, host: tuple[Any, ...], buffer: torch.Tensor | None) -> tuple[Any, ...]:
-        images, draws, targets, denominator = host
+        images, draws, targets, weights = host
         return (
             _device_images(images, buffer, self.device),
             {k: _move(v, self.device) for k, v in draws.items()},
             _move(targets, self.device),
-            _move(denominator, self.device),
+            _move(weights, self.device),
         )
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
@@ -420,6 +531,7 @@ __all__ = [
     "Augment",
     "Batching",
     "StepLoader",
+    "StepPlan",
     "EvalLoader",
     "SAMPLERS",
     "class_balanced",

@@ -213,7 +213,7 @@ def plan_cell(
     image_steps = recipe.steps * recipe.global_batch if recipe else None
     speed = cost.throughput(cfg.arch, recipe.crop, device, compiled=cfg.compile) if recipe else None
     side = recipe.resize if recipe else None
-    mode = "L" if source.modality == "xray" else "RGB"
+    mode = recipes.image_colour(cfg, source.modality, source.paper_keeps_colour)
     fit = cost.images_per_gpu(cfg.arch, recipe.crop, device) if recipe else None
     micro = cfg.micro_batch or cost.micro_batch(fit.images if fit else None, cfg.batch_size)
     micro_from = (

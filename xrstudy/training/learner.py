@@ -13,10 +13,12 @@ benchmarks/bench_learner.py compares it with a plain PyTorch loop doing the same
 
 Precision: "bf16" / "fp16" = fastai's MixedPrecision (autocast on CUDA; fp16 with its GradScaler).
 It autocasts CUDA only, and CPU bf16 autocast of BiT gave intermittent NaN gradients in torch 2.14,
-so CPU runs are fp32 (precision "auto"), and bf16 / fp16 on a CPU are refused.
+so CPU runs are fp32 (precision "auto"), and bf16 / fp16 on a CPU are refused. Evaluation (`predict`,
+and with it the validation loss that keeps the best pre-training checkpoint) always runs in fp32,
+without the MixedPrecision callback (which would autocast fastai's `get_preds` too), as the authors'.
 Gradient accumulation: when `micro_batch` is smaller than the per-device batch, fastai's
-GradientAccumulation turns micro-batches into one optimiser step (the loaders scale the masked loss
-so that the step equals the one of the whole batch).
+GradientAccumulation turns micro-batches into one optimiser step (the loader weighs each image's loss
+so that the step equals the one of the whole batch, or of the authors' groups in loader_mode paper).
 """
 
 from __future__ import annotations
@@ -60,38 +62,37 @@ from xrstudy.training.recipes import AGC_CLIP, MOMENTUM, Schedule
 
 # ---- losses -------------------------------------------------------------------------------------
 def masked_bce_with_logits(
-    logits: torch.Tensor, target: torch.Tensor, denominator: torch.Tensor | None = None
+    logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """BCE summed over known targets only (NaN = unknown, as in the paper's `mask = ~isnan(target)`),
-    divided by `denominator` (default: their number, i.e. the mean)."""
+    """BCE over known targets only (NaN = unknown, as in the paper's `mask = ~isnan(target)`): their mean,
+    or with per-image `weights` (the loader's) sum_i weights_i * (image i's BCE summed over its known targets)."""
     known = ~torch.isnan(target)
     losses = F.binary_cross_entropy_with_logits(logits.float(), torch.nan_to_num(target), reduction="none")
-    if denominator is None:
+    if weights is None:
         return (losses * known).sum() / known.sum().clamp(min=1)
-    return (losses * known).sum() / denominator
+    return ((losses * known).sum(dim=1) * weights).sum()
 
 
 class MaskedBCE(nn.Module):
     """Multi-label loss; targets may be fractional (MixUp) or NaN (unknown). A training batch comes
-    with the loader's denominator (known targets of the global batch, scaled to this micro-batch's
-    share), so micro-batches and DDP ranks add up to the 1-process loss of the step."""
+    with the loader's per-image weights (xrstudy.pixels.loaders.StepPlan), so micro-batches and DDP ranks
+    add up to the 1-process loss of the step."""
 
-    def forward(
-        self, logits: torch.Tensor, target: torch.Tensor, denominator: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return masked_bce_with_logits(logits, target, denominator)
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        return masked_bce_with_logits(logits, target, weights)
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits.float())
 
 
 class SoftCrossEntropy(nn.Module):
-    """Single-label loss; targets are class indices or (MixUp) class probabilities."""
+    """Single-label loss; targets are class indices or (MixUp) class probabilities: their mean, or with
+    per-image `weights` (the loader's) sum_i weights_i * cross-entropy_i."""
 
-    def forward(
-        self, logits: torch.Tensor, target: torch.Tensor, denominator: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), target)
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        if weights is None:
+            return F.cross_entropy(logits.float(), target)
+        return (F.cross_entropy(logits.float(), target, reduction="none") * weights).sum()
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits.float(), dim=-1)
@@ -132,6 +133,8 @@ class TrainSetup:
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)  # the init's input statistics (xrstudy.training.models.input_stats)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     prefetch: int = DEFAULT_PREFETCH
+    group: int = 0  # images averaged together before the step averages its groups (recipes.loss_group); 0 = all
+    group_stream: bool = False  # the authors' transfer micro-batch stream (recipes.loader_stream)
 
     @property
     def batching(self) -> Batching:
@@ -146,6 +149,8 @@ class TrainSetup:
             rank=self.rank,
             world=self.world,
             prefetch=self.prefetch,
+            group=self.group,
+            group_stream=self.group_stream,
         )
 
 
@@ -265,11 +270,15 @@ def restore(learn: Learner, state: dict[str, Any], setup: TrainSetup) -> None:
 
 
 def predict(learn: Learner, split: Split, batch: int, *, logits: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities (or logits) and targets for a whole split (eval mode, no augmentation)."""
+    """Probabilities (or logits) and targets for a whole split (eval mode, no augmentation), computed in
+    fp32 whatever the training precision: fastai's MixedPrecision would autocast `get_preds` too, so it
+    is taken out while predicting (the model keeps its memory format; the authors' evaluation is fp32)."""
     if len(split) == 0:
         return np.zeros((0, _outputs(learn.model)), np.float32), split.targets.numpy()
     loader = EvalLoader(split, batch, learn.dls.device, learn.dls.train.batching.prefetch)
-    probs, targets = learn.get_preds(dl=loader, act=(lambda x: x.float()) if logits else None)
+    autocasting = [cb for cb in learn.cbs if isinstance(cb, MixedPrecision)]
+    with learn.removed_cbs(autocasting):
+        probs, targets = learn.get_preds(dl=loader, act=(lambda x: x.float()) if logits else None)
     return probs.float().numpy(), targets.numpy()
 
 

@@ -3,7 +3,9 @@
     model = create_model(cfg, num_classes)             # cfg.init picks the weights, cfg.kind the head
 
 Inits (`cfg.init`), resolved through the `INITS` registry:
-  scratch        timm's own initialisation
+  scratch        a network built from scratch: `cfg.weight_init` "torch" (PyTorch's default init, as the
+                 authors' network, with their weight-standardisation eps: `torch_default_init`) or
+                 "timm" (timm's own)
   timm           the pretrained tag in `cfg.arch` (e.g. resnetv2_50x1_bit.goog_in21k), read from a local
                  file under `cfg.weights_dir` -- never downloaded
   paper          the authors' released checkpoint `{weights_dir}/{init_label}_bit{50x1|152x4}/model.pth.tar`,
@@ -145,8 +147,73 @@ def timm_weight_file(cfg: RunConfig) -> Path:
     return found
 
 
+# Layers PyTorch initialises itself (their constructors call `reset_parameters`); timm's StdConv2d and
+# GroupNormAct are subclasses that keep torch's method.
+TORCH_INIT_LAYERS = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.Linear,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+)
+_SHORTCUT = ".downsample.conv"  # timm's projection shortcut of a BiT unit (big_transfer: `unitNN.downsample`)
+
+
+def _authors_draw_order(model: nn.Module) -> list[nn.Module]:
+    """The model's layers in the order big_transfer's constructor creates them: timm's order, except that a
+    unit's shortcut conv comes after its conv3 (their PreActBottleneck builds gn1, conv1, gn2, conv2, gn3,
+    conv3, downsample; timm builds the shortcut first)."""
+    ordered: list[nn.Module] = []
+    deferred: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        if name.endswith(_SHORTCUT):
+            deferred[name[: -len(_SHORTCUT)]] = module
+            continue
+        ordered.append(module)
+        unit, _, last = name.rpartition(".")
+        if last == "conv3" and unit in deferred:
+            ordered.append(deferred.pop(unit))
+    return ordered + list(deferred.values())
+
+
+def torch_default_init(model: nn.Module) -> nn.Module:
+    """PyTorch's default initialisation, as the authors' network has it (their models/bit.py holds no init
+    code): every conv / linear / norm layer's own `reset_parameters` (convs and linears
+    kaiming_uniform(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in)), a bias U(+-1/sqrt(fan_in)); norms 1 / 0), drawn from
+    torch's RNG in the order their constructor creates the layers, so their seed gives their weights; and
+    big_transfer's weight-standardisation eps (1e-10). Returns `model`, changed in place."""
+    for module in _authors_draw_order(model):
+        if isinstance(module, TORCH_INIT_LAYERS):
+            module.reset_parameters()
+    return paper_weights.use_bit_numerics(model)
+
+
+def standardisation_eps(model: nn.Module) -> float | None:
+    """The weight-standardisation eps of `model`'s StdConv2d layers (None without any): a checkpoint
+    records it, so the weights are read back with the numerics they were trained with."""
+    from timm.layers import StdConv2d
+
+    return next((float(m.eps) for m in model.modules() if isinstance(m, StdConv2d)), None)
+
+
+def set_standardisation_eps(model: nn.Module, eps: float) -> nn.Module:
+    from timm.layers import StdConv2d
+
+    for module in model.modules():
+        if isinstance(module, StdConv2d):
+            module.eps = eps
+    return model
+
+
 def init_scratch(model: nn.Module, cfg: RunConfig, arg: str) -> None:
-    """timm's own initialisation: nothing to load."""
+    """Nothing to load: PyTorch's default init (`weight_init: torch`, the authors') or timm's own (`timm`,
+    what `timm.create_model` drew)."""
+    if cfg.weight_init == "torch":
+        torch_default_init(model)
 
 
 def init_timm(model: nn.Module, cfg: RunConfig, arg: str) -> None:
@@ -162,6 +229,9 @@ def init_timm(model: nn.Module, cfg: RunConfig, arg: str) -> None:
 def init_checkpoint(model: nn.Module, cfg: RunConfig, arg: str) -> None:
     ckpt = read_checkpoint(checkpoint_path(cfg, arg), arch=cfg.arch)
     load_backbone(model, ckpt.state, origin=str(ckpt.path))
+    eps = ckpt.sidecar.get("std_eps")  # the numerics the weights were trained with (checkpoints before it: timm's)
+    if eps is not None:
+        set_standardisation_eps(model, float(eps))
 
 
 def init_paper(model: nn.Module, cfg: RunConfig, arg: str) -> None:
@@ -192,16 +262,20 @@ def create_model(cfg: RunConfig, num_classes: int, head: str = "linear", seed: i
     `HEADS[head]` (default: a fresh linear / 1x1-conv head; `cfg.head_init` = zero gives BiT's zero head).
     Random initialisation draws from a generator seeded with `seed` (default `cfg.seed`) inside
     `torch.random.fork_rng`, so the same cell always starts from the same weights and the caller's global RNG
-    state is left untouched.
+    state is left untouched. `weight_init: torch` draws from the seed afresh, in the authors' layer order:
+    with their seed (42) a scratch network gets the weights their constructor drew (under one torch version).
     """
     if head not in HEADS:
         raise ValueError(f"head={head!r}; expected one of {sorted(HEADS)}")
+    seed = cfg.seed if seed is None else seed
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed if seed is None else seed)
+        torch.manual_seed(seed)
         try:
             model = timm.create_model(base_arch(cfg.arch), pretrained=False, num_classes=num_classes)
         except RuntimeError as err:
             raise ValueError(f"arch={cfg.arch!r}: {err}") from None
+        if init_kind(cfg.init) == "scratch" and cfg.weight_init == "torch":
+            torch.manual_seed(seed)  # the authors' draws: their constructor's, from the seed (pretrain.py:211, 266)
         INITS[init_kind(cfg.init)](model, cfg, cfg.init)
         if cfg.kind == "transfer":
             model = HEADS[head](model, num_classes)
@@ -230,6 +304,10 @@ def input_stats(cfg: RunConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
 __all__ = [
     "create_model",
     "input_stats",
+    "torch_default_init",
+    "standardisation_eps",
+    "set_standardisation_eps",
+    "TORCH_INIT_LAYERS",
     "HEADS",
     "INITS",
     "CheckpointError",

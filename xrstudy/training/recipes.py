@@ -298,6 +298,72 @@ def input_stats(
     return (*IMAGENET_STATS, f"{cfg.init_label} sets none: ImageNet mean / std (their loader's default)")
 
 
+# ---- the authors' execution rules: groups, colour, initialisation, evaluation precision ------------
+# Pure decisions the resolver (and `sweep plan`) shows and training obeys (docs/PROTOCOL.md rows
+# "pre-training loss", "micro-batches and MixUp", "X-ray pixels", "weight initialisation", "evaluation").
+EVAL_PRECISION = "fp32"  # finetune.py run_eval and pretrain.py validate run without autocast, in every mode
+
+
+def paper_micro_batch(target: str) -> int:
+    """The authors' fine-tuning micro-batch of `target`: batch / batch_split of its configs/finetune/*.yaml,
+    64 for CIFAR-10/100, 4 for every other target (the registry's `Source.paper_micro_batch`)."""
+    from xrstudy.data import sources
+
+    return sources.source_of(target).paper_micro_batch
+
+
+def loss_group(cfg: RunConfig) -> int:
+    """Images whose loss is averaged together before a step averages its groups. 0 = one group, the whole
+    global batch (loader_mode uniform: every image / known target of a step weighs the same). In loader_mode
+    paper the authors' groups: pre-training the 16 images of one of their 64 GPUs (pretrain.py compute_loss,
+    then Horovod's average), transfers their micro-batch (`paper_micro_batch`: each of the batch_split
+    micro-batches of a step weighs 1 / batch_split, a partial one too; finetune.py:521)."""
+    if cfg.loader_mode != "paper":
+        return 0
+    return PAPER_GPU_BATCH if cfg.kind == "pretrain" else paper_micro_batch(cfg.target)
+
+
+def loader_stream(cfg: RunConfig) -> str:
+    """Which images make a step: "epochs" (xrstudy: the global batch is the next `batch` positions of one
+    permutation per data epoch) or, for transfers in loader_mode paper, "micro-batches" (the authors'
+    recycled DataLoader: each pass cut into micro-batches, the last one partial, a step = batch_split of
+    them, crossing passes; a set smaller than a micro-batch gives one micro-batch of draws with replacement
+    per pass)."""
+    return "micro-batches" if cfg.loader_mode == "paper" and cfg.kind == "transfer" else "epochs"
+
+
+def mixup_group(cfg: RunConfig, device_micro: int) -> int:
+    """Images MixUp pairs within: the authors' micro-batch in loader_mode paper (64 for CIFAR, 4 otherwise:
+    finetune.py mixup_data permutes each micro-batch), else what one device holds at once (`device_micro`,
+    its micro-batch: an execution choice)."""
+    return loss_group(cfg) or device_micro
+
+
+def image_colour(cfg: RunConfig, modality: str, paper_keeps_colour: bool = False) -> str:
+    """How a cell's images are cached: "RGB" for natural images; X-rays "L" (one grey channel), except a
+    transfer target the authors read in colour (`Source.paper_keeps_colour`: COVIDx, Tuberculosis, through
+    torchvision's default_loader) in loader_mode paper, which keeps the file's channels (grey files are
+    the same either way; the cache is 3x larger)."""
+    if modality != "xray":
+        return "RGB"
+    keeps = cfg.loader_mode == "paper" and cfg.kind == "transfer" and paper_keeps_colour
+    return "RGB" if keeps else "L"
+
+
+def weight_init_of(cfg: RunConfig) -> str:
+    """What initialises the network: `cfg.weight_init` ("torch": PyTorch's default init in the authors'
+    draw order with their weight-standardisation eps; "timm": timm's) for a network built from scratch;
+    "loaded" when the weights come from a file (`init` timm / paper / run:<id> / path), where weight_init
+    has nothing to act on (and stays out of the run id). A transfer's fresh head follows `head_init`."""
+    return cfg.weight_init if cfg.init == "scratch" else "loaded"
+
+
+def eval_precision(cfg: RunConfig) -> str:
+    """Evaluation (test metrics, the pre-training validation loss that picks the kept checkpoint) runs in
+    fp32 whatever the training precision, as the authors' does."""
+    return EVAL_PRECISION
+
+
 # ---- what a cell needs from the machine ----------------------------------------------------------
 def cache_bytes(n_images: int, size: int, mode: str) -> int:
     """Bytes of the uint8 image cache on disk: n x size x size (x 3 for colour modes "RGB...")."""
@@ -336,6 +402,14 @@ def ram_per_rank(
 __all__ = [
     "Recipe",
     "recipe_for",
+    "paper_micro_batch",
+    "loss_group",
+    "loader_stream",
+    "mixup_group",
+    "image_colour",
+    "weight_init_of",
+    "eval_precision",
+    "EVAL_PRECISION",
     "cache_bytes",
     "ram_per_rank",
     "input_stats",

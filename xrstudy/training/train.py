@@ -49,7 +49,14 @@ from xrstudy.training.learner import (
     restore,
 )
 from xrstudy.training.metrics import bootstrap_ci, classification_metrics
-from xrstudy.training.models import base_arch, create_model, input_stats, read_checkpoint, write_checkpoint
+from xrstudy.training.models import (
+    base_arch,
+    create_model,
+    input_stats,
+    read_checkpoint,
+    standardisation_eps,
+    write_checkpoint,
+)
 
 if TYPE_CHECKING:
     from fastai.learner import Learner
@@ -155,10 +162,14 @@ def _data_name(cfg: RunConfig) -> str:
     return cfg.target if cfg.kind == "transfer" else "+".join(cfg.sources)
 
 
-def image_mode(study: StudyData, recipe: recipes.Recipe) -> str:
-    """X-ray images are cached grayscale, natural images in colour (as `xrstudy data cache` does); the
-    BiT pipeline caches the whole image squashed to a square (its evaluation view)."""
-    colour = "L" if study.modality == "xray" else "RGB"
+def image_mode(cfg: RunConfig, study: StudyData, recipe: recipes.Recipe) -> str:
+    """X-ray images are cached grayscale, natural images in colour (as `xrstudy data cache` does), except the
+    targets the authors read in colour, in loader_mode paper (`recipes.image_colour`); the BiT pipeline
+    caches the whole image squashed to a square (its evaluation view)."""
+    from xrstudy.data import sources
+
+    keeps_colour = cfg.kind == "transfer" and sources.source_of(cfg.target).paper_keeps_colour
+    colour = recipes.image_colour(cfg, study.modality, keeps_colour)
     return colour + (":squash" if recipe.cache_fit == "squash" else "")
 
 
@@ -322,7 +333,7 @@ def _run(
 
     # Recipe first (it fixes the cache size), then the cache rows of each split.
     recipe = recipe_of(cfg, study)
-    splits, quarantined = open_splits(cfg, study, recipe.resize, image_mode(study, recipe))
+    splits, quarantined = open_splits(cfg, study, recipe.resize, image_mode(cfg, study, recipe))
 
     # Model, and the training state to resume from.
     model = create_model(cfg, num_classes=len(study.classes), head=cfg.head)
@@ -343,6 +354,8 @@ def _run(
         eval_size=recipe.eval_size,
         weight_decay=recipe.weight_decay,
         mixup_alpha=recipe.mixup_alpha,
+        group=recipes.loss_group(cfg),
+        group_stream=recipes.loader_stream(cfg) == "micro-batches",
         sampler=cfg.sampler,
         mean=mean,
         std=std,
@@ -369,6 +382,7 @@ def _run(
         "split_sha256": study.split_sha256,
         "classes": list(study.classes),
         "multilabel": study.multilabel,
+        "std_eps": standardisation_eps(model),  # the weights' numerics, for the transfers that load them
     }
     best = None
     if cfg.kind == "pretrain" and len(splits["valid"]) and proc.is_main:

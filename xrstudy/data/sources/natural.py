@@ -214,6 +214,7 @@ def _read_cifar(
     published_train_size=50_000,
     native_hw=(32, 32),
     paper_fewshot="kshot_finder",
+    paper_micro_batch=64,  # configs/finetune/cifar10.yaml: batch 128, batch_split 2
 )
 def read_cifar10(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     batches = [(f"data_batch_{i}", "train") for i in range(1, 6)] + [("test_batch", "test")]
@@ -238,6 +239,7 @@ def read_cifar10(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     published_train_size=50_000,
     native_hw=(32, 32),
     paper_fewshot="kshot_finder",
+    paper_micro_batch=64,  # configs/finetune/cifar100.yaml: batch 128, batch_split 2
 )
 def read_cifar100(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """CIFAR-100 with its 100 fine labels (the coarse super-classes are not used by the study)."""

@@ -62,6 +62,14 @@ class Source:
     # exactly one finding positive (the authors' --multilabel-force-classification), read in `paper_views`.
     paper_single_label_of: str = ""
     paper_views: tuple[str, ...] = ()
+    # The authors' fine-tuning micro-batch for this target: batch / batch_split of its configs/finetune/*.yaml
+    # (cifar10.yaml, cifar100.yaml: 128 / 2 = 64; every other config, their ImageFolder template included:
+    # 128 / 32 = 4). loader_mode paper groups a transfer's images with it (xrstudy.training.recipes).
+    paper_micro_batch: int = 4
+    # An X-ray target the authors read with torchvision's default_loader (PIL `convert("RGB")`: colour files
+    # stay colour; datasets/covidx_cxr2.py:21, tuberculosis.py:27); their CheXpert / MIMIC / NIH / PadChest
+    # readers keep one channel. loader_mode paper caches such a target in colour.
+    paper_keeps_colour: bool = False
     # Reads the canonical table without its finding columns, where building them is costly and a caller
     # replaces them anyway (PadChest: ~190 term columns of 161k rows, rebuilt by label_mode paper).
     read_without_findings: Reader | None = None

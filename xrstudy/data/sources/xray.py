@@ -314,6 +314,7 @@ COVIDX_CLASSES = ("negative", "positive")
     published_train_size=15_952,
     shares_images_with=("nih",),
     paper_fewshot="kshot_finder",
+    paper_keeps_colour=True,  # their datasets/covidx_cxr2.py:21: default_loader
 )
 def read_covidx(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """COVIDx CXR-2: binary COVID-19 positive vs negative, official train / (val /) test files."""
@@ -375,6 +376,7 @@ TUBERCULOSIS_LAYOUT = (
     published_classes=2,
     published_train_size=679,
     paper_fewshot="kshot_finder",
+    paper_keeps_colour=True,  # their datasets/tuberculosis.py:27: default_loader
 )
 def read_tuberculosis(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """Shenzhen + Montgomery TB sets; the label is the file-name suffix. The file names are the labels,
