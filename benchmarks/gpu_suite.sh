@@ -19,7 +19,8 @@
 #   (plus, if missing there: pip download --no-deps -d wheels filelock pyyaml scikit-learn)
 # then copy wheels/ along; the script installs them with `pip install --no-deps wheels/*.whl` when
 # fastai is not importable. Results go to $OUT (default: a temp dir); copy them into RESULTS.md with
-# the device, date and commit this script prints.
+# the device, date and commit this script prints; a measured images/s for `xrstudy sweep plan`'s cost goes into
+# xrstudy/training/tables/throughput.csv (package data, shipped in the wheel).
 set -euo pipefail
 
 MODE=gpu

@@ -24,6 +24,7 @@ Where the cells go from here:
 from __future__ import annotations
 
 import fnmatch
+import importlib.resources
 import itertools
 import os
 from collections.abc import Iterable, Mapping
@@ -51,21 +52,27 @@ class SweepError(ValueError):
     """A sweep file or a sweep request is not valid."""
 
 
-# ---- notebooks --------------------------------------------------------------------------------
+# ---- notebooks ----------------------------------------------------------------------------------
 def notebook_path(name: str) -> Path:
-    """The repo's `notebooks/{name}`: `$XRSTUDY_NOTEBOOKS` first, else `notebooks/` next to the package."""
+    """The notebook `name` that cells run: `$XRSTUDY_NOTEBOOKS/{name}` when set, else the package's copy
+    (`xrstudy.notebooks`: the repository's `notebooks/` folder, shipped in the wheel as package data)."""
     name = name if name.endswith(".ipynb") else f"{name}.ipynb"
-    package = Path(__file__).resolve().parent.parent
-    candidates = [package.parent / "notebooks", package / "notebooks"]
-    if os.environ.get("XRSTUDY_NOTEBOOKS"):
-        candidates.insert(0, Path(os.environ["XRSTUDY_NOTEBOOKS"]))
-    for folder in candidates:
-        if (folder / name).is_file():
-            return folder / name
-    raise SweepError(
-        f"notebook {name!r} not found in {[str(c) for c in candidates]}; install xrstudy editable "
-        "from its repository (pip install -e .) or set XRSTUDY_NOTEBOOKS to the notebooks folder"
-    )
+    folder = os.environ.get("XRSTUDY_NOTEBOOKS")
+    if folder:
+        candidate = Path(folder) / name
+        where = f"$XRSTUDY_NOTEBOOKS ({folder})"
+    else:
+        try:
+            candidate = Path(str(importlib.resources.files("xrstudy.notebooks") / name))
+        except ModuleNotFoundError:
+            candidate = None
+        where = "the xrstudy.notebooks package data"
+    if candidate is None or not candidate.is_file():
+        raise SweepError(
+            f"notebook {name!r} not found in {where}; reinstall xrstudy (its wheel ships the notebooks) "
+            "or set XRSTUDY_NOTEBOOKS to a folder holding it"
+        )
+    return candidate
 
 
 # ---- sweep file -> cells ----------------------------------------------------------------------
