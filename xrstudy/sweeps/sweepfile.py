@@ -12,7 +12,8 @@ Sweep file format::
 
 `init: pretrain:<name>` picks the pretrain cell with that name and the same architecture; a name
 without a cell of that architecture is an error (a transfer never loads another size's checkpoint).
-Cells are de-duplicated by run id.
+Every cell is made canonical (`xrstudy.training.resolve.canonical`: recipe values the recipe would pick anyway
+are reset), so a cell that spells out its recipe is the plain cell; cells are then de-duplicated by run id.
 
 Where the cells go from here:
     xrstudy.sweeps.plan     every cell's resolved recipe, sizes and cost, without loading images or models
@@ -42,6 +43,7 @@ from xrstudy.config import (
     parent_run_id,
     read_yaml,
 )
+from xrstudy.training import resolve
 
 NOTEBOOKS = {"pretrain": "10_pretrain.ipynb", "transfer": "20_transfer.ipynb"}
 TOP_KEYS = ("defaults", "pretrain", "transfer")
@@ -99,8 +101,10 @@ def _expand(entry: dict[str, Any], where: str) -> list[dict[str, Any]]:
 
 
 def _make(fields: dict[str, Any], where: str) -> RunConfig:
+    """The cell of `fields`, canonical: recipe values the recipe would pick anyway are reset, so one computation
+    has one run id however the file spells it (`xrstudy.training.resolve.canonical`)."""
     try:
-        return RunConfig.from_dict(fields, origin=where)
+        return resolve.canonical(RunConfig.from_dict(fields, origin=where))
     except ConfigError as err:
         message = str(err)
         raise SweepError(message if message.startswith(where) else f"{where}: {message}") from None

@@ -2,15 +2,17 @@
 
 Read it top to bottom -- it is the whole path from a RunConfig to a result JSON:
 
+    cfg     = resolve.canonical(cfg)                 one run id per computation (spelled-out recipe values reset)
     study   = data.prepare(cfg)                      tables, classes, split hash, modality
-    recipe  = recipe_of(cfg, study)                  steps, LR schedule, sizes (xrstudy.training.recipes.recipe_for)
-    splits  = open_splits(cfg, study, recipe)        cache rows + targets (the pixels stay in the memmap)
+    cell    = resolve_cell(cfg, study, proc)         recipe, cache size and mode, statistics, precision: the
+                                                     `xrstudy sweep plan` row of the cell (xrstudy.training.resolve)
+    splits  = open_splits(cfg, study, ...)           cache rows + targets (the pixels stay in the memmap)
     model   = create_model(cfg, num_classes)         timm network, init, head
     learn   = make_learner(model, splits.train, setup)
     fit(learn, epoch_end) ...                        (resumes from {run_dir}/train_state.pt); pre-training
                                                      validates every epoch and keeps the best checkpoint
     metrics = evaluate on valid and test             NaN-safe metrics + bootstrap CIs
-    checkpoint (pre-training cells) + results.save
+    checkpoint (pre-training cells) + results.save   the result records `cell.row()` as `resolved`
 
 Multi-GPU: the same command under `torchrun --nproc_per_node N xrstudy train cfg.yaml`. `batch_size`
 is the global batch (the recipe's), split evenly over the processes, and `micro_batch` (> 0) caps
@@ -20,6 +22,7 @@ the global batch, so a cell computes the same thing on 1 or N devices.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import time
@@ -36,7 +39,7 @@ import torch.distributed as dist
 from xrstudy.config import ConfigError, RunConfig
 from xrstudy.data.studydata import StudyData
 from xrstudy.pixels.loaders import Augment, Split
-from xrstudy.training import recipes
+from xrstudy.training import cost, recipes, resolve
 from xrstudy.training.callbacks import load_train_state, unwrap
 from xrstudy.training.learner import (
     BestCheckpoint,
@@ -49,7 +52,7 @@ from xrstudy.training.learner import (
     restore,
 )
 from xrstudy.training.metrics import bootstrap_ci, classification_metrics
-from xrstudy.training.models import base_arch, create_model, input_stats, read_checkpoint, write_checkpoint
+from xrstudy.training.models import base_arch, create_model, read_checkpoint, timm_input_stats, write_checkpoint
 
 if TYPE_CHECKING:
     from fastai.learner import Learner
@@ -98,9 +101,9 @@ def start_process(cfg: RunConfig) -> Process:
     return Process(rank=rank, world=world, device=device, owns_group=owns)
 
 
-# ---- the recipe of a cell ---------------------------------------------------------------------
-# The numbers come from xrstudy.training.recipes.recipe_for (pure, shared with `xrstudy sweep plan`); here they
-# become the learner's augmentation.
+# ---- the resolved cell ------------------------------------------------------------------------
+# Every number comes from xrstudy.training.resolve (pure, the same object `xrstudy sweep plan` prints); here the
+# recipe becomes the learner's augmentation.
 AUGMENTS: dict[str, Callable[[recipes.Recipe], Augment]] = {
     "bit": lambda r: Augment(out_size=r.crop, crop_fraction=r.crop / r.resize, flip=r.flip),
     # cohen_aug (transfer_learning/datasets/chexpert.py): ShiftScaleRotate(shift 0.25, scale 0.1, rotate 45,
@@ -127,29 +130,19 @@ def probe_image(paths: Sequence[str]) -> tuple[int, int]:
     raise ConfigError(f"none of the first {PROBE_ATTEMPTS} training images is readable (first: {list(paths)[:1]})")
 
 
-def pipeline_of(cfg: RunConfig) -> str:
-    """ "xray" (pre-training, and targets that transfer with it) or "bit" (BiT-HyperRule resolution)."""
-    from xrstudy.data import sources
-
-    return sources.source_of(cfg.target).transfer_pipeline if cfg.kind == "transfer" else "xray"
-
-
-def recipe_of(cfg: RunConfig, study: StudyData) -> recipes.Recipe:
-    """The cell's recipe; the BiT pipeline needs the original image size, so only it probes one."""
-    from xrstudy.data import sources
-
-    pipeline = pipeline_of(cfg)
-    image_hw = probe_image(study.train["path"]) if pipeline == "bit" else (0, 0)
-    return recipes.recipe_for(
-        cfg, len(study.train), image_hw, pipeline=pipeline, flip=sources.source_of(cfg.target).mirror_invariant
-    )
+def device_name(device: torch.device) -> str:
+    """The cost tables' name of a device (`xrstudy.training.cost.table_device`); "cpu" for anything but CUDA."""
+    if device.type != "cuda":
+        return cost.CPU
+    return cost.table_device(torch.cuda.get_device_name(device))
 
 
-def image_mode(study: StudyData, recipe: recipes.Recipe) -> str:
-    """X-ray images are cached grayscale, natural images in colour (as `xrstudy data cache` does); the
-    BiT pipeline caches the whole image squashed to a square (its evaluation view)."""
-    colour = "L" if study.modality == "xray" else "RGB"
-    return colour + (":squash" if recipe.cache_fit == "squash" else "")
+def resolve_cell(cfg: RunConfig, study: StudyData, device: torch.device, world: int = 1) -> resolve.ResolvedCell:
+    """The cell resolved from the tables training built: the BiT pipeline needs the original image size, so only
+    it probes the first readable training image; `init: timm` reads the tag's statistics from timm."""
+    probed = probe_image(study.train["path"]) if resolve.pipeline_of(cfg) == "bit" else None
+    facts = resolve.study_facts(cfg, study, probed, init_stats=timm_input_stats(cfg) if cfg.init == "timm" else None)
+    return resolve.resolve(cfg, facts, device=device_name(device), world=world, fit_micro_batch=False)
 
 
 # ---- images and targets -----------------------------------------------------------------------
@@ -250,10 +243,6 @@ def _device_name(device: torch.device) -> str:
     return f"cuda:{torch.cuda.get_device_name(device)}" if device.type == "cuda" else device.type
 
 
-def _precision(cfg: RunConfig, device: torch.device) -> str:
-    return ("bf16" if device.type == "cuda" else "fp32") if cfg.precision == "auto" else cfg.precision
-
-
 # ---- the cell ---------------------------------------------------------------------------------
 def run(
     cfg: RunConfig,
@@ -269,6 +258,7 @@ def run(
     resume: continue from `{run_dir}/train_state.pt` when it exists (same cfg -> same run_id).
     callbacks: extra fastai callbacks (notebooks, tests). study: a ready StudyData (else data.prepare).
     """
+    cfg = resolve.canonical(cfg)  # the run id of what the cell computes, however the caller spelled it
     proc = start_process(cfg)
     try:
         return _run(cfg, proc, resume, callbacks, study, checkpoint_every_steps, checkpoint_every_s)
@@ -301,9 +291,10 @@ def _run(
     if len(study.train) == 0:
         raise ConfigError(f"{cfg.name}: the training split is empty ({dict(study.dropped)} rows dropped)")
 
-    # Recipe first (it fixes the cache size), then the cache rows of each split.
-    recipe = recipe_of(cfg, study)
-    splits, quarantined = open_splits(cfg, study, recipe.resize, image_mode(study, recipe))
+    # The resolved cell first (its recipe fixes the cache size and mode), then the cache rows of each split.
+    cell = resolve_cell(cfg, study, proc.device, proc.world)
+    recipe = cell.recipe
+    splits, quarantined = open_splits(cfg, study, recipe.resize, cell.cache_mode)
 
     # Model, and the training state to resume from.
     model = create_model(cfg, num_classes=len(study.classes), head=cfg.head)
@@ -312,7 +303,6 @@ def _run(
     if state is not None and state.get("run_id") != cfg.run_id:
         raise ConfigError(f"{state_path}: training state of run {state.get('run_id')!r}, not {cfg.run_id!r}")
 
-    mean, std = input_stats(cfg)
     setup = TrainSetup(
         multilabel=study.multilabel,
         num_classes=len(study.classes),
@@ -325,10 +315,10 @@ def _run(
         weight_decay=recipe.weight_decay,
         mixup_alpha=recipe.mixup_alpha,
         sampler=cfg.sampler,
-        mean=mean,
-        std=std,
+        mean=cell.mean,
+        std=cell.std,
         device=proc.device,
-        precision=_precision(cfg, proc.device),
+        precision=cell.precision,
         channels_last=proc.device.type == "cuda",
         compile=cfg.compile,
         start_step=int(state["step"]) if state else 0,
@@ -388,6 +378,7 @@ def _run(
         last_step=recipe.steps,
         counts={name: len(split) for name, split in splits.items()},
         quarantined=quarantined,
+        resolved=cell.row(),
     )
     result = _result(cfg, study, outcome, proc)
     save_result(result, cfg)
@@ -404,6 +395,7 @@ class Outcome:
     last_step: int
     counts: dict[str, int]  # images per split (after the quarantine)
     quarantined: dict[str, int]  # per split: images dropped because the cache could not decode them
+    resolved: dict[str, Any] = dataclasses.field(default_factory=dict)  # the resolved cell (`ResolvedCell.row()`)
 
 
 def _result(cfg: RunConfig, study: StudyData, outcome: Outcome, proc: Process) -> dict[str, Any]:
@@ -427,6 +419,7 @@ def _result(cfg: RunConfig, study: StudyData, outcome: Outcome, proc: Process) -
         device=_device_name(proc.device) + (f" x{proc.world}" if proc.world > 1 else ""),
         timings={"train_s": outcome.train_s, "eval_s": outcome.evaluation.seconds},
         last_step=outcome.last_step,
+        resolved=outcome.resolved,
     )
 
 
@@ -437,4 +430,4 @@ def save_result(result: dict[str, Any], cfg: RunConfig) -> Path:
 
 
 # ---- command line -----------------------------------------------------------------------------
-__all__ = ["run", "recipe_of", "AUGMENTS", "open_splits", "evaluate", "start_process", "Outcome"]
+__all__ = ["run", "resolve_cell", "AUGMENTS", "open_splits", "evaluate", "start_process", "Outcome", "probe_image"]
