@@ -92,7 +92,7 @@ echo "== 3. 1-GPU torchrun smoke run" | tee -a "$LOG"
 python - "$WORK" "$SMOKE_ARCH" "$SMOKE_SIZE" "$SMOKE_DEVICE" <<'EOF'
 import sys
 from pathlib import Path
-from xrstudy import layouts, phantoms
+from xrstudy.data import layouts, phantoms
 from xrstudy.config import RunConfig
 
 work, arch, size, device = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -108,6 +108,17 @@ if torchrun --standalone --nproc_per_node 1 -m xrstudy.cli train "$WORK/smoke.ya
 else
   echo "RESULT mode=torchrun ok=0" | tee -a "$LOG"
 fi
+# The cell as training resolved it on this device (xrstudy.training.resolve; the result's `resolved`):
+# on a GPU, precision auto must be bf16, evaluation fp32, and the device named as the cost tables name it
+# (an H200 has no rows yet: no GPU-hours estimate).
+python - "$WORK/out/results" <<'PY' | tee -a "$LOG"
+import json, sys
+from pathlib import Path
+for path in sorted(Path(sys.argv[1]).glob("*.json")):
+    r = json.loads(path.read_text())["resolved"]
+    print(f"RESULT mode=resolved precision={r['precision']} eval_precision={r['eval_precision']} "
+          f"cache_mode={r['cache_mode']} micro_batch={r['micro_batch']} throughput_from={r['throughput_from']!r}")
+PY
 
 echo "== summary (goal >= 0.95 learner/raw and streamed/resident)" | tee -a "$LOG"
 grep "^RESULT" "$LOG" | tee "$OUT/results.txt"

@@ -4,7 +4,7 @@ Read it top to bottom -- it is the whole path from a RunConfig to a result JSON:
 
     cfg     = resolve.canonical(cfg)                 one run id per computation (spelled-out recipe values reset)
     study   = data.prepare(cfg)                      tables, classes, split hash, modality
-    cell    = resolve_cell(cfg, study, proc)         recipe, cache size and mode, statistics, precision: the
+    cell    = resolve_cell(cfg, study, device)       recipe, cache size and mode, statistics, precision: the
                                                      `xrstudy sweep plan` row of the cell (xrstudy.training.resolve)
     splits  = open_splits(cfg, study, ...)           cache rows + targets (the pixels stay in the memmap)
     model   = create_model(cfg, num_classes)         timm network, init, head
