@@ -254,6 +254,9 @@ def test_a_missing_cost_table_is_an_error_naming_it_never_a_zero(tmp_path, monke
         cost.throughput("resnetv2_50x1_bit", 224)
     assert cli.main(["sweep", "plan", str(SWEEPS / "demo.yaml")]) == 2
     assert f"xrstudy: error: {missing}: cannot read the throughput table" in capsys.readouterr().err
+    cell = RunConfig(target="cifar10")  # a run only reports its cost: the table cannot stop it
+    running = resolve.resolve(cell, resolve.registry_facts(cell), device="H100", planning=False)
+    assert running.gpu_hours is None and running.throughput_from.startswith(f"no estimate: {missing}")
     missing.write_text("device,precision,arch,resolution,mode,images_per_s,source\n")
     with pytest.raises(cost.CostTableError, match="the throughput table has no rows"):
         cost.throughput_table()

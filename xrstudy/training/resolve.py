@@ -394,12 +394,13 @@ def resolve(
     *,
     device: str = cost.DEFAULT_DEVICE,
     world: int = 1,
-    fit_micro_batch: bool = True,
+    planning: bool = True,
 ) -> ResolvedCell:
     """Every decision of `cfg` given its data's `facts`, on `world` devices named `device` (a row name of the
-    cost tables, e.g. "H100"; "cpu" for a run without a GPU). `fit_micro_batch`: a cell without a `micro_batch`
-    gets the one the memory table says a GPU holds (`sweep plan`, `sweep run --gpus`, `sweep submit` set it so);
-    False: it runs the whole per-device batch at once (`train.run`, which runs the cell as given)."""
+    cost tables, e.g. "H100"; "cpu" for a run without a GPU). `planning` (the plan's view): a cell without a
+    `micro_batch` gets the one the memory table says a GPU holds (`sweep run --gpus` and `sweep submit` set it so),
+    and an unreadable cost table is an error. False (a run's view, `train.run`): the cell runs as given (its own
+    `micro_batch`, else the whole per-device batch at once), and the cost is estimated where the tables allow."""
     pipeline = pipeline_of(cfg)
     size = facts.train_size
     recipe = (
@@ -410,12 +411,18 @@ def resolve(
     mean, std, stats_from = input_stats(cfg, facts.init_stats)
     per_device = max(1, cfg.batch_size // world)
     gpu = not is_cpu(device)
-    speed = cost.throughput(cfg.arch, recipe.crop, device, compiled=cfg.compile) if recipe and gpu else None
-    fit = cost.images_per_gpu(cfg.arch, recipe.crop, device) if recipe and gpu else None
-    micro = cfg.micro_batch or (cost.micro_batch(fit.images if fit else None, per_device) if fit_micro_batch else 0)
+    speed, fit, unestimated = None, None, f"no throughput for {cfg.arch} on {device}"
+    try:
+        speed = cost.throughput(cfg.arch, recipe.crop, device, compiled=cfg.compile) if recipe and gpu else None
+        fit = cost.images_per_gpu(cfg.arch, recipe.crop, device) if recipe and gpu else None
+    except cost.CostTableError as err:
+        if planning:
+            raise
+        unestimated = f"no estimate: {err}"  # a run only reports its cost: an unreadable table must not stop it
+    micro = cfg.micro_batch or (cost.micro_batch(fit.images if fit else None, per_device) if planning else 0)
     if cfg.micro_batch:
         micro_from = "the sweep file"
-    elif not fit_micro_batch:
+    elif not planning:
         micro_from = "the cell sets none: the whole per-device batch at once"
     elif fit:
         micro_from = f"on one GPU ({fit.images} images fit)"
@@ -457,7 +464,7 @@ def resolve(
         mixup_group_from=group_from,
         image_steps=image_steps,
         images_per_s=round(speed.images_per_s, 1) if speed else None,
-        throughput_from=f"{device} bf16: {speed.how}" if speed else f"no throughput for {cfg.arch} on {device}",
+        throughput_from=f"{device} bf16: {speed.how}" if speed else unestimated,
         gpu_hours=round(cost.gpu_hours(image_steps, speed), 3) if speed and image_steps else None,
         images_per_gpu=fit.images if fit else None,
         images_per_gpu_from=fit.how if fit else None,

@@ -134,7 +134,11 @@ def device_name(device: torch.device) -> str:
     """The cost tables' name of a device (`xrstudy.training.cost.table_device`); "cpu" for anything but CUDA."""
     if device.type != "cuda":
         return cost.CPU
-    return cost.table_device(torch.cuda.get_device_name(device))
+    name = torch.cuda.get_device_name(device)
+    try:
+        return cost.table_device(name)
+    except cost.CostTableError:  # the run's cost estimate says so (resolve, planning=False); the run goes on
+        return name
 
 
 def resolve_cell(cfg: RunConfig, study: StudyData, device: torch.device, world: int = 1) -> resolve.ResolvedCell:
@@ -142,7 +146,7 @@ def resolve_cell(cfg: RunConfig, study: StudyData, device: torch.device, world: 
     it probes the first readable training image; `init: timm` reads the tag's statistics from timm."""
     probed = probe_image(study.train["path"]) if resolve.pipeline_of(cfg) == "bit" else None
     facts = resolve.study_facts(cfg, study, probed, init_stats=timm_input_stats(cfg) if cfg.init == "timm" else None)
-    return resolve.resolve(cfg, facts, device=device_name(device), world=world, fit_micro_batch=False)
+    return resolve.resolve(cfg, facts, device=device_name(device), world=world, planning=False)
 
 
 # ---- images and targets -----------------------------------------------------------------------
