@@ -49,10 +49,9 @@ if TYPE_CHECKING:
 
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
 LARGE_HW = (1024, 1024)  # "larger than 96 x 96": the HyperRule only asks whether images are small
-SMALL_HW = (8, 8)
+SMALL_HW = (8, 8)  # an image size under 96 x 96 (the HyperRule's other case), for `canonical`'s scenarios
 # The recipe fields whose default (0 / -1) lets the recipe decide; `canonical` resets a spelled-out one.
 RECIPE_FIELDS = ("epochs", "steps", "image_size", "lr", "mixup")
-AUTHORS_TRANSFER_BATCH = 128  # configs/finetune/*.yaml: batch 128, split into batch_split micro-batches
 EVAL_PRECISION = "fp32"  # the authors evaluate in fp32 (finetune.py run_eval, pretrain.py validate: no autocast)
 OPTIMIZER = "sgd"  # SGD_AGC (optim/builder.py): SGD with Nesterov momentum 0.9 + adaptive gradient clipping
 MEMORY_NOTE = (
@@ -82,11 +81,6 @@ class DataFacts:
 def cell_sources(cfg: RunConfig) -> tuple[str, ...]:
     """The datasets a cell reads: its pre-training sources, or its transfer target."""
     return tuple(cfg.sources) if cfg.kind == "pretrain" else (cfg.target,)
-
-
-def source_of_cell(cfg: RunConfig) -> Source:
-    """The registry entry that decides a cell's pipeline and flips: the target, or the first pre-training source."""
-    return source_of(cell_sources(cfg)[0])
 
 
 def pipeline_of(cfg: RunConfig) -> str:
