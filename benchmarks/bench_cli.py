@@ -1,15 +1,17 @@
 """CLI response time: each command's wall time as a user runs it (a fresh `xrstudy` process), beside
 `python -c "import pandas"` measured in the same run, so the ratios hold on a loaded machine.
 
-    python benchmarks/bench_cli.py [--repeat 3] [--real DIR]
+    python benchmarks/bench_cli.py [--repeat 3] [--real DIR] [--baseline OLD_CHECKOUT]
 
 Commands: `xrstudy --help`, `xrstudy data merge` of the three real label files shipped in the
 torchxrayvision wheel (`--labels union --metadata-only --json`; goal < 3.5 s end to end),
-`xrstudy figures` of the paper-format fixtures, `xrstudy sweep plan --help` when that command exists;
+`xrstudy figures` of the paper-format fixtures, `xrstudy sweep plan --help` when that command exists,
+`xrstudy sweep plan sweeps/paper.yaml --json` (1,456 cells resolved from published facts), and
 the checks of results (issue 21): `results variance`, `results compare` (against the paper's CSV fixture)
 and `results scaling` on the paper-format fixtures and on the demo's store, and `data audit` of the
 authors' five-view PadChest split of the real label file (written first, not timed). Goals: `--help`
-< 1 s; each check < 5 s.
+< 1 s; each check < 5 s. `--baseline DIR` times the plan again with the package of another checkout
+(`PYTHONPATH=DIR`, e.g. a `git archive` of an older commit) in the same run and prints the ratio.
 """
 
 from __future__ import annotations
@@ -37,12 +39,12 @@ def _xrstudy() -> list[str]:
     return [found] if found else [sys.executable, "-m", "xrstudy.cli"]
 
 
-def wall(argv: list[str], repeat: int, cwd: Path) -> tuple[float, float]:
+def wall(argv: list[str], repeat: int, cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
     """(best, median) seconds of `argv` as a fresh process, output discarded; fails loudly on a non-zero exit."""
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        done = subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        done = subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         times.append(time.perf_counter() - start)
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(argv)} exited {done.returncode}:\n{done.stderr[-2000:]}")
@@ -72,6 +74,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--real", type=Path, default=None, help="folder with the real label files (default: torchxrayvision's)"
+    )
+    parser.add_argument(
+        "--baseline", type=Path, default=None, help="another checkout whose `sweep plan` is timed beside this one's"
     )
     args = parser.parse_args()
     xrstudy = _xrstudy()
@@ -140,6 +145,8 @@ def main() -> None:
                 f"padchest={roots['padchest']}",
                 "--metadata-only",
             ]
+        paper_plan = ["sweep", "plan", str(REPO / "sweeps" / "paper.yaml"), "--json"]
+        commands["xrstudy sweep plan sweeps/paper.yaml --json"] = [*xrstudy, *paper_plan]
         commands["xrstudy figures (paper-format fixtures)"] = [
             *xrstudy,
             "figures",
@@ -158,6 +165,14 @@ def main() -> None:
             print(f"  {name:52s} best {best:6.2f} s  median {median:6.2f} s  ({best / baseline:4.1f}x import pandas)")
         if not roots:
             print("  (real label files not found: install torchxrayvision or pass --real DIR)")
+        if args.baseline is not None:
+            now = wall([sys.executable, "-m", "xrstudy.cli", *paper_plan], args.repeat, base)[0]
+            env = {**os.environ, "PYTHONPATH": str(args.baseline.absolute())}
+            then = wall([sys.executable, "-m", "xrstudy.cli", *paper_plan], args.repeat, base, env=env)[0]
+            print(
+                f"  sweep plan sweeps/paper.yaml --json: this checkout {now:.2f} s, {args.baseline} {then:.2f} s "
+                f"(best of {args.repeat}; ratio {now / then:.2f})"
+            )
 
 
 if __name__ == "__main__":

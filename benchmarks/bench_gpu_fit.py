@@ -1,7 +1,10 @@
-"""Images per GPU that fit in training memory: the estimate behind `benchmarks/memory.csv` (no GPU needed).
+"""Images per GPU that fit in training memory: the estimate behind `xrstudy/training/tables/memory.csv` (no GPU).
 
     python benchmarks/bench_gpu_fit.py            # print the estimate and the check against the authors
-    python benchmarks/bench_gpu_fit.py --write    # also rewrite the H100 rows of benchmarks/memory.csv
+    python benchmarks/bench_gpu_fit.py --write    # also rewrite the H100 rows of the package's memory table
+
+The table is package data (`xrstudy/training/tables/memory.csv`, read by `xrstudy.training.cost` through
+importlib.resources): `--write` rewrites the repository's copy, which the next install or wheel ships.
 
 The model, per (arch, resolution), one training step with SGD + momentum under bf16 autocast:
 - fixed: fp32 weights, gradients and momentum (12 bytes per parameter), autocast's bf16 weight copies
@@ -27,7 +30,7 @@ import argparse
 import csv
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+TABLES = Path(__file__).resolve().parents[1] / "xrstudy" / "training" / "tables"  # the package data
 HEADROOM = 0.8
 CARDS_MIB = {"A100-40GB": 40_536, "H100": 81_559}  # memory.total that nvidia-smi reports
 ARCHS = ("resnetv2_50x1_bit", "resnetv2_152x2_bit", "resnetv2_152x4_bit")
@@ -77,7 +80,7 @@ def images_per_gpu(arch: str, side: int, card_mib: int) -> tuple[int, float, flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--write", action="store_true", help="rewrite the H100 rows of benchmarks/memory.csv")
+    parser.add_argument("--write", action="store_true", help="rewrite the H100 rows of the package's memory table")
     args = parser.parse_args()
     rows = []
     for arch in ARCHS:
@@ -102,7 +105,7 @@ def main() -> None:
                         }
                     )
     if args.write:
-        path = HERE / "memory.csv"
+        path = TABLES / "memory.csv"
         with open(path, newline="") as handle:
             kept = [r for r in csv.DictReader(handle) if r["device"] != "H100"]
         with open(path, "w", newline="") as handle:

@@ -22,7 +22,8 @@
 #   (plus, if missing there: pip download --no-deps -d wheels filelock pyyaml scikit-learn)
 # then copy wheels/ along; the script installs them with `pip install --no-deps wheels/*.whl` when
 # fastai is not importable. Results go to $OUT (default: a temp dir); copy them into RESULTS.md with
-# the device, date and commit this script prints.
+# the device, date and commit this script prints; a measured images/s for `xrstudy sweep plan`'s cost goes into
+# xrstudy/training/tables/throughput.csv (package data, shipped in the wheel).
 set -euo pipefail
 
 MODE=gpu
@@ -114,6 +115,17 @@ if torchrun --standalone --nproc_per_node 1 -m xrstudy.cli train "$WORK/smoke.ya
 else
   echo "RESULT mode=torchrun ok=0" | tee -a "$LOG"
 fi
+# The cell as training resolved it on this device (xrstudy.training.resolve; the result's `resolved`):
+# on a GPU, precision auto must be bf16, evaluation fp32, and the device named as the cost tables name it
+# (an H200 has no rows yet: no GPU-hours estimate).
+python - "$WORK/out/results" <<'PY' | tee -a "$LOG"
+import json, sys
+from pathlib import Path
+for path in sorted(Path(sys.argv[1]).glob("*.json")):
+    r = json.loads(path.read_text())["resolved"]
+    print(f"RESULT mode=resolved precision={r['precision']} eval_precision={r['eval_precision']} "
+          f"cache_mode={r['cache_mode']} micro_batch={r['micro_batch']} throughput_from={r['throughput_from']!r}")
+PY
 
 echo "== 4. evaluation in fp32 after bf16 training" | tee -a "$LOG"
 python benchmarks/check_eval_precision.py --device "$DEVICE" 2>&1 | grep "^RESULT" | tee -a "$LOG" || true

@@ -57,3 +57,21 @@ def test_version_is_the_projects(capsys):
     with pytest.raises(SystemExit) as exited:
         cli.main(["--version"])
     assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"xrstudy {version}"
+
+
+def test_the_package_list_is_every_package_folder():
+    """pyproject.toml lists its packages (so that `xrstudy.notebooks` can be mapped onto notebooks/): a new
+    subpackage must be added there, or it would silently miss the wheel."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "xrstudy").rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    assert set(setuptools["packages"]) == folders | {"xrstudy.notebooks"}
+    assert setuptools["package-dir"] == {"xrstudy.notebooks": "notebooks"}
+    assert (ROOT / "notebooks" / "__init__.py").is_file(), "the editable finder maps only a folder it sees as a package"
+    data = setuptools["package-data"]
+    assert "tables/*.csv" in data["xrstudy.training"] and "*.ipynb" in data["xrstudy.notebooks"]
+    unpackaged = [p for p in (ROOT / "xrstudy").rglob("*") if p.is_dir() and p.name != "__pycache__"]
+    assert all((p / "__init__.py").is_file() or p.name == "tables" for p in unpackaged), unpackaged

@@ -57,14 +57,14 @@ def test_padchest_paper_labels_are_substrings_and_synonyms(padchest_root):
 def test_read_without_findings_is_the_whole_read_less_its_findings(padchest_root):
     """PadChest's reader without the term matrix (what label_mode paper reads) gives the same rows,
     metadata, order and notes; a source without such a reader drops its finding columns."""
-    sources.registry._READ_CACHE.clear()
+    sources.clear_read_cache()
     light = sources.read_source("padchest", padchest_root, findings=False)
     whole = sources.read_source("padchest", padchest_root)
     meta = [c for c in whole.columns if c in labels.META_COLUMNS]
     assert list(light.columns) == meta and "Effusion" in whole.columns
     pd.testing.assert_frame_equal(light, whole[meta])
     assert sources.notes_of(light) == sources.notes_of(whole)
-    sources.registry._READ_CACHE.clear()  # the other order: the cached whole read answers
+    sources.clear_read_cache()  # the other order: the whole read first
     whole = sources.read_source("padchest", padchest_root)
     pd.testing.assert_frame_equal(sources.read_source("padchest", padchest_root, findings=False), light)
     cl = sources.read_source("padchest-cl", padchest_root, findings=False)  # no such reader: columns dropped

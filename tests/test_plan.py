@@ -17,7 +17,7 @@ from xrstudy import cli
 from xrstudy.config import RunConfig
 from xrstudy.data.sources import SOURCES
 from xrstudy.sweeps import plan, runner, slurm, sweepfile
-from xrstudy.training import cost, recipes
+from xrstudy.training import cost, recipes, resolve
 
 SWEEPS = Path(__file__).parent.parent / "sweeps"
 SEEDS = range(5)
@@ -201,9 +201,7 @@ def test_plan_and_run_agree_on_cells_and_run_ids(tmp_path):
     assert [r["run_id"] for r in plan.plan_cells(cells)] == planned == [c.run_id for c in cells]
 
 
-@pytest.mark.slow  # imports torch and fastai (xrstudy.training.train)
 def test_plan_recipes_are_what_training_computes():
-    train = pytest.importorskip("xrstudy.training.train")
     cells = sweepfile.load_sweep(SWEEPS / "paper.yaml") + sweepfile.load_sweep(SWEEPS / "extended.yaml")
     seen = set()
     for cfg, row in zip(cells, plan.plan_cells(cells)):
@@ -211,7 +209,9 @@ def test_plan_recipes_are_what_training_computes():
         if key in seen:
             continue
         seen.add(key)
-        recipe = recipes.recipe_for(cfg, row["train_size"], tuple(row["image_hw"]), pipeline=train.pipeline_of(cfg))
+        recipe = recipes.recipe_for(
+            cfg, row["train_size"], tuple(row["image_hw"]), pipeline=resolve.pipeline_of(cfg), flip=resolve.flip_of(cfg)
+        )
         got = (
             row["steps"],
             tuple(row["boundaries"]),
@@ -241,6 +241,8 @@ def test_plan_recipes_are_what_training_computes():
 def test_digits_are_never_mirrored_in_training(tmp_path):
     """Handwriting has a handedness: the digits target's recipe (plan and training) turns flips off."""
     train = pytest.importorskip("xrstudy.training.train")
+    import torch
+
     from xrstudy import demo
     from xrstudy.data import studydata
 
@@ -259,7 +261,7 @@ def test_digits_are_never_mirrored_in_training(tmp_path):
     flips = [row["flip"] for row in plan.plan_cells(cells)]
     assert flips == [False, True]
     for cfg, expected in zip(cells, flips):
-        recipe = train.recipe_of(cfg, studydata.prepare(cfg))
+        recipe = train.resolve_cell(cfg, studydata.prepare(cfg), torch.device("cpu")).recipe
         assert recipe.flip is expected and train.AUGMENTS[recipe.augment](recipe).flip is expected
 
 
@@ -330,7 +332,7 @@ def test_torch_free_statistics_agree_with_timm():
     for tag in ("goog_in21k", "goog_in21k_ft_in1k", "goog_distilled_in1k"):
         arch = f"resnetv2_50x1_bit.{tag}"
         cfg = timm_models.get_pretrained_cfg(arch)
-        mean, std, _ = plan.input_stats(RunConfig(target="pets", init="timm", arch=arch))
+        mean, std, _ = resolve.input_stats(RunConfig(target="pets", init="timm", arch=arch))
         assert (mean, std) == (tuple(cfg.mean), tuple(cfg.std))
 
 
@@ -341,7 +343,7 @@ def test_torch_free_statistics_agree_with_models_input_stats():
     for init, label in (("paper", "imagenet21k"), ("paper", "chexpert"), ("scratch", ""), ("timm", "")):
         arch = "resnetv2_50x1_bit.goog_in21k" if init == "timm" else "resnetv2_50x1_bit"
         cfg = RunConfig(target="pets", init=init, init_label=label, arch=arch)
-        mean, std, _ = plan.input_stats(cfg)
+        mean, std, _ = resolve.input_stats(cfg)
         assert tuple(map(tuple, models.input_stats(cfg))) == (mean, std)
 
 

@@ -354,10 +354,11 @@ def test_special_files_in_the_store_are_reported_not_waited_on(tmp_path):
 @pytest.mark.parametrize(
     "field, value, reason",
     [
-        (("config", "seed"), "abc", "config.seed should be int, got str"),
-        (("config", "arch"), 5, "config.arch should be str, got int"),
-        (("config", "shots"), True, "config.shots should be int, got bool"),
-        (("config", "sources"), "chexpert", "config.sources should be a list of strings"),
+        # the config is checked by RunConfig's own rules (xrstudy.config), once
+        (("config", "seed"), "abc", "config is not a RunConfig: config: RunConfig.seed = 'abc'; expected an integer"),
+        (("config", "arch"), 5, "config is not a RunConfig: config: RunConfig.arch = 5; expected a non-empty string"),
+        (("config", "shots"), True, "RunConfig.shots = True; expected an integer >= 0"),
+        (("config", "views"), 5, "RunConfig.views = 5; expected a list whose entries are each one of"),
         (("per_class", "auc"), 0.5, "per_class['auc'] should map class names"),
         (("ci", "test/auc"), "wide", "ci['test/auc'] should be [low, high]"),
     ],

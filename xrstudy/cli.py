@@ -343,7 +343,7 @@ def _add_sweep(sub: Any) -> None:
         help="fixed nodes per pre-training cell instead of sizing by the estimate",
     )
     cluster.add_argument(
-        "--device", default=DEFAULT_DEVICE, help="rows of the throughput and memory tables (benchmarks/)"
+        "--device", default=DEFAULT_DEVICE, help="rows of the throughput and memory tables (xrstudy/training/tables)"
     )
     cluster.add_argument("--only", default=None)
     cluster.add_argument(

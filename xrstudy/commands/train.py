@@ -8,7 +8,9 @@ from xrstudy.config import RunConfig
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = RunConfig.from_yaml(args.config)
+    from xrstudy.training import resolve
+
+    cfg = resolve.canonical(RunConfig.from_yaml(args.config))  # one run id per computation, however it is spelled
     from xrstudy.training import train  # torch: imported once the config is known to be valid
 
     result = train.run(cfg, resume=args.resume, checkpoint_every_steps=args.checkpoint_every)

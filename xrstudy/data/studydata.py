@@ -17,6 +17,7 @@ Three RunConfig fields choose between the corrected protocol and the authors' (`
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -175,7 +176,7 @@ def _split_stage(cfg: RunConfig) -> _Split:
         names = paper_order(names)
     kinds = {sources.source_of(n).multilabel for n in names}
     if len(kinds) > 1:
-        raise ConfigError(f"{cfg.name}: sources {list(names)} mix multi-label and single-label datasets")
+        raise ConfigError(f"sources {list(names)} mix multi-label and single-label datasets")
     multilabel = kinds.pop()
     dropped: dict[str, int] = {}
     reads = []
@@ -298,30 +299,92 @@ def universe_of(table: pd.DataFrame, parts: dict[str, pd.DataFrame]) -> tuple[tu
     return universe, {name: codes[start:end].astype(np.int64) for name, start, end in zip(parts, ends[:-1], ends[1:])}
 
 
-# ---- training-set sizes for the planner -----------------------------------------------------------
-_STAGES: dict[tuple, _Split] = {}  # split stages by data key (a few: the real tables are large)
-_STAGES_KEPT = 4
-_TRAIN_SIZES: dict[tuple, int] = {}
-_STAGE_FIELDS = ("kind", "sources", "target", "roots", "labels", "views", "uncertain", "label_mode", "split_mode")
+# ---- one cache of tables: what the planner asks of every cell ---------------------------------------
+# The fields that decide a cell's full table (every row with its split, before the data fraction and the
+# k-shot draw), defined once: every cell that agrees on them shares one read, relabel, merge and split.
+TABLE_FIELDS = (
+    "kind",
+    "sources",
+    "target",
+    "roots",
+    "labels",
+    "views",
+    "uncertain",
+    "label_mode",
+    "split_mode",
+    "metadata_only",
+)
+# ... and the fields that then decide its training set.
+TRAINING_SET_FIELDS = ("data_fraction", "shots", "shots_mode", "seed")
+TABLES_KEPT = 4  # full tables kept (the real ones are hundreds of MB)
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """What `prepare(cfg)` trains on, without building it again: its size, its k-shot image ids (in the sampler's
+    order; empty when full), the first training image of the full set, and the images of the dataset."""
+
+    size: int
+    shots_ids: tuple[str, ...]
+    first_path: str  # of the full training set (the planner reads its header for the image size)
+    universe: int  # distinct images of the full table (the image cache)
+    evaluated: int  # valid + test images
+
+
+def table_config(cfg: RunConfig) -> RunConfig:
+    """`cfg` reduced to TABLE_FIELDS (every other field at its default): equal for every cell sharing a full table."""
+    return RunConfig(name=cfg.target or "+".join(cfg.sources), **{f: getattr(cfg, f) for f in TABLE_FIELDS})
+
+
+def training_config(cfg: RunConfig) -> RunConfig:
+    """`cfg` reduced to TABLE_FIELDS + TRAINING_SET_FIELDS; the seed and the k-shot mode only count for a k-shot set."""
+    kept = {f: getattr(cfg, f) for f in TRAINING_SET_FIELDS if cfg.shots or f in ("data_fraction", "shots")}
+    return table_config(cfg).replace(**kept)
+
+
+def files_signature(cfg: RunConfig) -> tuple:
+    """The label files behind `cfg.roots` (name, size, mtime at the top of each root): an edited file is read afresh."""
+    return tuple(
+        sorted((name, sources.root_signature(path) if path.is_dir() else ()) for name, path in cfg.root_map.items())
+    )
+
+
+@functools.lru_cache(maxsize=TABLES_KEPT)
+def _full_table(data: RunConfig, files: tuple) -> _Split:
+    return _split_stage(data)
+
+
+@functools.lru_cache(maxsize=4096)
+def _training_set(cell: RunConfig, files: tuple) -> TrainingSet:
+    stage = _full_table(table_config(cell), files)
+    built = _tables(cell, stage)
+    full = built.train if not cell.shots else _tables(cell.replace(shots=0), stage).train
+    split = stage.table["split"]
+    return TrainingSet(
+        size=len(built.train),
+        shots_ids=built.shots_ids,
+        first_path=str(full["path"].iloc[0]) if len(full) else "",
+        universe=int(stage.table["path"].nunique()),
+        evaluated=int(split.isin(("valid", "test")).sum()),
+    )
+
+
+def full_table(cfg: RunConfig) -> _Split:
+    """The cell's full table (`_split_stage`), built once per TABLE_FIELDS and label files (least recently used
+    dropped first). Pure: no split file is written."""
+    return _full_table(table_config(cfg), files_signature(cfg))
+
+
+def training_set(cfg: RunConfig) -> TrainingSet:
+    """The training set `prepare(cfg)` builds, from the cached full table: every shot count and seed of a target
+    reads, relabels and splits its files once. Pure: no split file is written."""
+    cell = training_config(cfg)
+    return _training_set(cell, files_signature(cell))
 
 
 def train_size(cfg: RunConfig) -> int:
-    """`len(prepare(cfg.replace(metadata_only=True)).train)` from the label files alone, without writing a
-    split file. The split stage is kept per data fields and label-file signature, so every shot count
-    and seed of a target reads, relabels and splits its files once."""
-    cfg = cfg.replace(metadata_only=True)
-    roots = tuple(
-        sorted((name, sources.root_signature(path) if path.is_dir() else ()) for name, path in cfg.root_map.items())
-    )
-    data_key = (*(getattr(cfg, f) for f in _STAGE_FIELDS), roots)
-    key = (data_key, cfg.data_fraction, cfg.shots, cfg.shots_mode, cfg.seed if cfg.shots else 0)
-    if key not in _TRAIN_SIZES:
-        if data_key not in _STAGES:
-            if len(_STAGES) >= _STAGES_KEPT:
-                _STAGES.pop(next(iter(_STAGES)))
-            _STAGES[data_key] = _split_stage(cfg)
-        _TRAIN_SIZES[key] = len(_tables(cfg, _STAGES[data_key]).train)
-    return _TRAIN_SIZES[key]
+    """`len(prepare(cfg.replace(metadata_only=True)).train)` from the label files alone (`training_set`)."""
+    return training_set(cfg.replace(metadata_only=True)).size
 
 
 # ---- summaries (the JSON of `xrstudy data inspect / merge`) ---------------------------------
@@ -471,6 +534,11 @@ __all__ = [
     "prepare",
     "universe_of",
     "train_size",
+    "training_set",
+    "full_table",
+    "TrainingSet",
+    "TABLE_FIELDS",
+    "TRAINING_SET_FIELDS",
     "labelled",
     "read_labelled",
     "split_table",

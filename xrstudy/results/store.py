@@ -6,8 +6,11 @@ file from a truncated or hand-edited one; such files raise `ResultError` and `ta
 with a warning instead of plotting them.
 
 `load` opens only regular files (a FIFO or directory named `*.json` is reported, never waited on);
-`scan` / `table` refuse a store that is missing or not a directory. `validate` checks types down to the
-config's fields, so a result with a matching digest but wrong types is reported and left out too.
+`scan` / `table` refuse a store that is missing or not a directory. `validate` checks the types of every key and
+the config through RunConfig's own checks (each field is checked once, in `xrstudy.config`), so a result with a
+matching digest but wrong types is reported and left out too. The table warns when results would be averaged
+as one seed: two or more runs with the same kind, target, pretrained model, shots, seed, origin, data fraction
+and train mode (`duplicate_cells`).
 
 The paper's published CSVs are imported into the same schema (`origin: "paper"`, xrstudy.results.legacy), so
 the paper's numbers and new runs sit in one table and one figure. (About 460 lines: the schema, the
@@ -22,14 +25,13 @@ import math
 import re
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, get_origin
+from typing import Any
 
 import pandas as pd
 
-from xrstudy import config as config_module
 from xrstudy.config import ConfigError, RunConfig, base_arch, parent_run_id, shot_label
 from xrstudy.fileio import TABLE_FORMATS, NotRegularFileError, atomic_write_json, atomic_write_table, read_regular_file
 
@@ -91,6 +93,7 @@ FIELDS: dict[str, Field] = {
     "origin": Field((str,)),
     "error": Field((str, type(None))),
     "legacy": Field((dict,)),
+    "resolved": Field((dict,)),  # the resolved cell it ran (xrstudy.training.resolve.ResolvedCell.row())
     "digest": Field((str,)),
 }
 
@@ -126,14 +129,11 @@ def validate(result: Any) -> dict[str, Any]:
         if value is not None and (isinstance(value, bool) or not isinstance(value, _NUMBER)):
             problems.append(f"metric {name!r} should be a number or null, got {type(value).__name__}")
     config = result.get("config")
-    if isinstance(config, dict):
-        typed = _config_type_problems(config)
-        problems += typed
-        if not typed:
-            try:
-                RunConfig.from_dict(config, origin="config")
-            except (ConfigError, TypeError, ValueError) as err:
-                problems.append(f"config is not a RunConfig: {err}")
+    if isinstance(config, dict):  # each field checked once, by RunConfig's own rules (xrstudy.config)
+        try:
+            RunConfig.from_dict(config, origin="config")
+        except (ConfigError, TypeError, ValueError) as err:
+            problems.append(f"config is not a RunConfig: {err}")
     problems += _nested_type_problems(result)
     if (
         result.get("status") == "ok"
@@ -148,32 +148,8 @@ def validate(result: Any) -> dict[str, Any]:
     return result
 
 
-# JSON types of RunConfig fields by annotation (Literal choices are strings; tuples are JSON lists of strings).
-_CONFIG_JSON_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
-
-
 def _is(value: Any, types: tuple[type, ...]) -> bool:
     return isinstance(value, types) and (bool in types or not isinstance(value, bool))
-
-
-def _config_type_problems(config: dict[str, Any]) -> list[str]:
-    """Each stored config field has its RunConfig type (a `seed: "abc"` would crash the table later)."""
-    problems = []
-    for f in fields(RunConfig):
-        if f.name not in config:
-            continue
-        value, annotation = config[f.name], str(f.type)
-        if annotation.startswith("tuple["):
-            ok, wanted = isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of strings"
-        else:
-            alias = getattr(config_module, annotation, None)  # Kind, Head, ...: Literal choices of strings
-            types = (str,) if get_origin(alias) is Literal else _CONFIG_JSON_TYPES.get(annotation)
-            if types is None:  # a type this check does not know: RunConfig itself decides
-                continue
-            ok, wanted = _is(value, types), " or ".join(t.__name__ for t in types)
-        if not ok:
-            problems.append(f"config.{f.name} should be {wanted}, got {type(value).__name__} {value!r}"[:200])
-    return problems
 
 
 def _nested_type_problems(result: dict[str, Any]) -> list[str]:
@@ -393,7 +369,7 @@ def pretrained_model_name(init_label: str, arch: str) -> str:
 
 
 def _rows(result: dict[str, Any], pretrain_configs: dict[str, dict[str, Any]]) -> Iterable[dict[str, Any]]:
-    config = result["config"]
+    config = RunConfig.from_dict(result["config"]).to_dict()  # as RunConfig reads it ("PA,AP" is a list)
     init = config.get("init", "scratch")
     parent = pretrain_configs.get(_parent_id(init) or "", {})
     init_label = config.get("init_label") or default_init_label(config, pretrain_configs)
@@ -446,7 +422,35 @@ def table_from_results(results: Iterable[dict[str, Any]], *, status: str = "ok")
     frame = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     frame = frame.astype({"shots": "int64", "seed": "int64", "value": "float64", "data_fraction": "float64"})
     frame["last_step"] = frame["last_step"].astype("Int64")
-    return frame.sort_values(["kind", "target", "pretrained_model", "shots", "seed", "metric"], ignore_index=True)
+    frame = frame.sort_values(["kind", "target", "pretrained_model", "shots", "seed", "metric"], ignore_index=True)
+    train_modes = {r["run_id"]: r["config"].get("train_mode", "finetune") for r in results}
+    duplicates = duplicate_cells(frame, train_modes)
+    if duplicates:
+        shown = "; ".join(f"{'/'.join(map(str, key))}: {', '.join(ids)}" for key, ids in list(duplicates.items())[:5])
+        more = f" (and {len(duplicates) - 5} more)" if len(duplicates) > 5 else ""
+        warnings.warn(
+            f"{len(duplicates)} cell(s) of the table hold more than one result, which figures average as one "
+            f"seed ({'/'.join(CELL_KEY)}): {shown}{more}; keep one run per cell (a cell spelled out differently, "
+            f"or one differing in a field the table does not show)",
+            stacklevel=3,
+        )
+    return frame
+
+
+# What one seed of one figure's bar is: two results that agree on all of these are averaged as one seed.
+CELL_KEY = ("kind", "target", "pretrained_model", "shots", "seed", "origin", "data_fraction", "train_mode")
+
+
+def duplicate_cells(frame: pd.DataFrame, train_modes: dict[str, str] | None = None) -> dict[tuple, list[str]]:
+    """CELL_KEY -> the run ids of the tidy table that share it, for every key held by more than one run."""
+    runs = frame.drop_duplicates("run_id")
+    modes = train_modes or {}
+    runs = runs.assign(train_mode=[modes.get(run_id, "finetune") for run_id in runs["run_id"]])
+    return {
+        tuple(key): sorted(group["run_id"])
+        for key, group in runs.groupby(list(CELL_KEY), sort=True, dropna=False)
+        if len(group) > 1
+    }
 
 
 def write_table(frame: pd.DataFrame, out: str | Path, fmt: str | None = None) -> Path:
@@ -472,5 +476,7 @@ __all__ = [
     "scan",
     "table",
     "table_from_results",
+    "duplicate_cells",
+    "CELL_KEY",
     "write_table",
 ]

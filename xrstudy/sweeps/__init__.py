@@ -1,7 +1,7 @@
 """Step 4: many cells: a sweep file -> a plan -> cells run here (papermill kernels) or on SLURM.
 
-sweepfile    sweep YAML -> list of RunConfig, selection, dependency graph (pure)
-plan         every cell's resolved recipe, sizes, input statistics, leak flag, GPU-hours (torch-free)
+sweepfile    sweep YAML -> list of canonical RunConfig (one run id per computation), selection, dependency graph
+plan         every cell's `xrstudy.training.resolve.ResolvedCell` row, leak flag, dependencies (torch-free)
 preflight    checks before anything runs (archs, weights, GPUs, parents)
 celllock     a cell's claim and heartbeat, so runners on shared storage never run a cell twice
 worker       one attempt at one cell (`AttemptEnd`)

@@ -12,7 +12,8 @@ Sweep file format::
 
 `init: pretrain:<name>` picks the pretrain cell with that name and the same architecture; a name
 without a cell of that architecture is an error (a transfer never loads another size's checkpoint).
-Cells are de-duplicated by run id.
+Every cell is made canonical (`xrstudy.training.resolve.canonical`: recipe values the recipe would pick anyway
+are reset), so a cell that spells out its recipe is the plain cell; cells are then de-duplicated by run id.
 
 Where the cells go from here:
     xrstudy.sweeps.plan     every cell's resolved recipe, sizes and cost, without loading images or models
@@ -24,6 +25,7 @@ Where the cells go from here:
 from __future__ import annotations
 
 import fnmatch
+import importlib.resources
 import itertools
 import os
 from collections.abc import Iterable, Mapping
@@ -41,6 +43,7 @@ from xrstudy.config import (
     parent_run_id,
     read_yaml,
 )
+from xrstudy.training import resolve
 from xrstudy.yamlfiles import MAX_GRID_CELLS, YamlError, check_grid_size, shorten
 
 NOTEBOOKS = {"pretrain": "10_pretrain.ipynb", "transfer": "20_transfer.ipynb"}
@@ -52,21 +55,27 @@ class SweepError(ValueError):
     """A sweep file or a sweep request is not valid."""
 
 
-# ---- notebooks --------------------------------------------------------------------------------
+# ---- notebooks ----------------------------------------------------------------------------------
 def notebook_path(name: str) -> Path:
-    """The repo's `notebooks/{name}`: `$XRSTUDY_NOTEBOOKS` first, else `notebooks/` next to the package."""
+    """The notebook `name` that cells run: `$XRSTUDY_NOTEBOOKS/{name}` when set, else the package's copy
+    (`xrstudy.notebooks`: the repository's `notebooks/` folder, shipped in the wheel as package data)."""
     name = name if name.endswith(".ipynb") else f"{name}.ipynb"
-    package = Path(__file__).resolve().parent.parent
-    candidates = [package.parent / "notebooks", package / "notebooks"]
-    if os.environ.get("XRSTUDY_NOTEBOOKS"):
-        candidates.insert(0, Path(os.environ["XRSTUDY_NOTEBOOKS"]))
-    for folder in candidates:
-        if (folder / name).is_file():
-            return folder / name
-    raise SweepError(
-        f"notebook {name!r} not found in {[str(c) for c in candidates]}; install xrstudy editable "
-        "from its repository (pip install -e .) or set XRSTUDY_NOTEBOOKS to the notebooks folder"
-    )
+    folder = os.environ.get("XRSTUDY_NOTEBOOKS")
+    if folder:
+        candidate = Path(folder) / name
+        where = f"$XRSTUDY_NOTEBOOKS ({folder})"
+    else:
+        try:
+            candidate = Path(str(importlib.resources.files("xrstudy.notebooks") / name))
+        except ModuleNotFoundError:
+            candidate = None
+        where = "the xrstudy.notebooks package data"
+    if candidate is None or not candidate.is_file():
+        raise SweepError(
+            f"notebook {name!r} not found in {where}; reinstall xrstudy (its wheel ships the notebooks) "
+            "or set XRSTUDY_NOTEBOOKS to a folder holding it"
+        )
+    return candidate
 
 
 # ---- sweep file -> cells ----------------------------------------------------------------------
@@ -109,8 +118,10 @@ def _expand(
 
 
 def _make(fields: dict[str, Any], where: str) -> RunConfig:
+    """The cell of `fields`, canonical: recipe values the recipe would pick anyway are reset, so one computation
+    has one run id however the file spells it (`xrstudy.training.resolve.canonical`)."""
     try:
-        return RunConfig.from_dict(fields, origin=where)
+        return resolve.canonical(RunConfig.from_dict(fields, origin=where))
     except ConfigError as err:
         message = str(err)
         raise SweepError(message if message.startswith(where) else f"{where}: {message}") from None

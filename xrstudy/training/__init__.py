@@ -1,7 +1,9 @@
 """Step 3: one study cell, from a RunConfig and its tables to a result JSON.
 
     recipes      pure numbers: BiT-HyperRule, the pre-training schedule, a cell's `Recipe`, input statistics
-    cost         throughput and memory tables: GPU-hours and the micro-batch a GPU holds (torch-free)
+    cost         throughput and memory tables (package data `tables/`): GPU-hours, the micro-batch a GPU holds
+    resolve      one cell resolved (`resolve(cfg, facts) -> ResolvedCell`, what `sweep plan` prints and `train` runs)
+                 and `canonical(cfg)`: one run id per computation (torch-free)
     archs        architectures xrstudy registers in timm
     checkpoints  weight files (xrstudy checkpoints, state dicts), `CheckpointError`
     paper_weights  the authors' released checkpoints: key map and reading
@@ -11,5 +13,5 @@
     learner      the fastai Learner: masked BCE, fit / predict / restore, best-validation checkpoint
     train        `run(cfg) -> result`: the one readable path of a cell
 
-`recipes` and `cost` import no torch (`xrstudy sweep plan` uses them).
+`recipes`, `cost` and `resolve` import no torch (`xrstudy sweep plan` uses them).
 """

@@ -1,14 +1,18 @@
 """What a cell costs, as pure functions: throughput, GPU-hours, images per GPU and the micro-batch, cache bytes
 on disk, RAM per rank.
 
-Throughput comes from `benchmarks/throughput.csv` (images/s per device, precision, arch, resolution,
+The tables are package data (`xrstudy/training/tables/*.csv`, read through `importlib.resources`, so a wheel
+install plans as the repository does); `$XRSTUDY_THROUGHPUT`, `$XRSTUDY_MEMORY` and `$XRSTUDY_ARCH_PARAMS`
+name other files. A missing or unreadable table is a `CostTableError` naming it, never an estimate of zero.
+
+Throughput comes from `tables/throughput.csv` (images/s per device, precision, arch, resolution,
 eager or compiled: measured training steps). A pair not in the table is estimated from the nearest
 measured one: by pixel count (images/s ~ 1 / side^2) for the same arch, and also by parameter count
-(`benchmarks/arch_params.csv`; images/s ~ 1 / params) for another arch. Both are first-order models:
+(`tables/arch_params.csv`; images/s ~ 1 / params) for another arch. Both are first-order models:
 the measured R50x1 480-px figure is 14 % above the pixel-scaled 224-px one, and R152x4 runs 2.6x
 slower than R152x2, not the 4.0x of their parameter counts, so every estimate says how it was made.
 
-Images per GPU come from `benchmarks/memory.csv`: per (device, arch, resolution) the most training
+Images per GPU come from `tables/memory.csv`: per (device, arch, resolution) the most training
 images one GPU holds (H100 bf16: estimates of `benchmarks/bench_gpu_fit.py`, a model that reproduces the
 authors' own R152x4 micro-batches on A100-40GB; A100-40GB rows: the authors' choices). A resolution not
 in the table is scaled from the nearest one by pixel count. `micro_batch` turns that into the cell's
@@ -22,15 +26,26 @@ from __future__ import annotations
 
 import csv
 import functools
+import importlib.resources
+import io
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from xrstudy.config import base_arch
 
-BENCHMARKS = Path(__file__).resolve().parent.parent.parent / "benchmarks"
 DEFAULT_DEVICE = "H100"
+# table -> the environment variable naming another file for it (benchmarks write the package's own copy)
+TABLES = {
+    "throughput.csv": "XRSTUDY_THROUGHPUT",
+    "memory.csv": "XRSTUDY_MEMORY",
+    "arch_params.csv": "XRSTUDY_ARCH_PARAMS",
+}
+CPU = "cpu"  # the device name of a run without a GPU: no table row, fp32
+
+
+class CostTableError(OSError):
+    """A throughput / memory / parameter table is missing or unreadable (a wheel built without its package data)."""
 
 
 @dataclass(frozen=True)
@@ -39,28 +54,52 @@ class Throughput:
     how: str  # "measured" or how it was scaled from a measured figure
 
 
-def _table_path(name: str, variable: str) -> Path:
-    return Path(os.environ.get(variable) or BENCHMARKS / name)
-
-
-@functools.lru_cache(maxsize=4)
-def _read(path: str) -> tuple[dict[str, str], ...]:
+def table_text(name: str) -> tuple[str, str]:
+    """(where, text) of table `name`: the file its environment variable names, else the package's copy."""
+    override = os.environ.get(TABLES[name])
     try:
-        with open(path, newline="") as handle:
-            return tuple(csv.DictReader(handle))
-    except FileNotFoundError:
-        return ()
+        if override:
+            with open(override, newline="", encoding="utf-8") as handle:
+                return override, handle.read()
+        resource = importlib.resources.files("xrstudy.training") / "tables" / name
+        return str(resource), resource.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        where = override or f"xrstudy/training/tables/{name} (package data)"
+        raise CostTableError(
+            f"{where}: cannot read the {name.removesuffix('.csv')} table ({getattr(err, 'strerror', None) or err}); "
+            f"reinstall xrstudy with its package data{'' if override else f' or set ${TABLES[name]} to a copy'}"
+        ) from None
+
+
+@functools.lru_cache(maxsize=len(TABLES))
+def _read(name: str, override: str | None) -> tuple[dict[str, str], ...]:
+    where, text = table_text(name)
+    rows = tuple(csv.DictReader(io.StringIO(text, newline="")))
+    if not rows:
+        raise CostTableError(f"{where}: the {name.removesuffix('.csv')} table has no rows")
+    return rows
+
+
+def read_table(name: str) -> tuple[dict[str, str], ...]:
+    """The rows of table `name` (cached per file: a changed environment variable reads the other file)."""
+    return _read(name, os.environ.get(TABLES[name]))
 
 
 def throughput_table() -> tuple[dict[str, str], ...]:
-    return _read(str(_table_path("throughput.csv", "XRSTUDY_THROUGHPUT")))
+    return read_table("throughput.csv")
 
 
 def arch_params() -> dict[str, float]:
     """Backbone parameters (millions) per timm arch name."""
-    return {
-        row["arch"]: float(row["params_m"]) for row in _read(str(_table_path("arch_params.csv", "XRSTUDY_ARCH_PARAMS")))
-    }
+    return {row["arch"]: float(row["params_m"]) for row in read_table("arch_params.csv")}
+
+
+def table_device(name: str) -> str:
+    """The tables' name of a GPU (`torch.cuda.get_device_name`: "NVIDIA H100 80GB HBM3" -> "H100"); a GPU
+    the tables do not list keeps its own name (no estimate for it)."""
+    devices = {row["device"] for row in (*throughput_table(), *memory_table())}
+    matches = [d for d in devices if all(part.lower() in name.lower() for part in d.split("-"))]
+    return max(matches, key=len) if matches else name
 
 
 def throughput(
@@ -108,7 +147,7 @@ class Fit:
 
 
 def memory_table() -> tuple[dict[str, str], ...]:
-    return _read(str(_table_path("memory.csv", "XRSTUDY_MEMORY")))
+    return read_table("memory.csv")
 
 
 def images_per_gpu(
@@ -162,6 +201,11 @@ def gpu_hours(image_steps: int, speed: Throughput | None) -> float | None:
 
 
 __all__ = [
+    "CostTableError",
+    "read_table",
+    "table_device",
+    "TABLES",
+    "CPU",
     "Throughput",
     "throughput",
     "throughput_table",

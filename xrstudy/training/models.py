@@ -34,9 +34,8 @@ import torch
 from torch import nn
 
 from xrstudy.config import RunConfig
-from xrstudy.data import sources
 from xrstudy.fileio import sha256_file
-from xrstudy.training import paper_weights, recipes
+from xrstudy.training import paper_weights, resolve
 from xrstudy.training.archs import resnetv2_tiny_bit
 from xrstudy.training.checkpoints import (
     CHECKPOINT_FORMAT,
@@ -286,18 +285,20 @@ def create_model(cfg: RunConfig, num_classes: int, head: str = "linear", seed: i
 
 
 # ---- input statistics of an init ------------------------------------------------------------
-def input_stats(cfg: RunConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) the inputs of `cfg` are normalised with, per channel, on [0, 1] pixels: the tag's
-    pretrained_cfg for `init: timm`, else the authors' rule (`xrstudy.training.recipes.input_stats`)."""
-    if cfg.init == "timm":
-        from timm.models import get_pretrained_cfg
+def timm_input_stats(cfg: RunConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of `cfg.arch`'s pretrained tag in timm's pretrained cfg (`init: timm`)."""
+    from timm.models import get_pretrained_cfg
 
-        pretrained = get_pretrained_cfg(cfg.arch)
-        if pretrained is None:
-            raise CheckpointError(f"init='timm': timm knows no pretrained config for {cfg.arch!r}")
-        return tuple(pretrained.mean), tuple(pretrained.std)
-    target = sources.source_of(cfg.target).input_stats if cfg.kind == "transfer" else None
-    mean, std, _ = recipes.input_stats(cfg, target)
+    pretrained = get_pretrained_cfg(cfg.arch)
+    if pretrained is None:
+        raise CheckpointError(f"init='timm': timm knows no pretrained config for {cfg.arch!r}")
+    return tuple(pretrained.mean), tuple(pretrained.std)
+
+
+def input_stats(cfg: RunConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the inputs of `cfg` are normalised with, per channel, on [0, 1] pixels: the resolver's
+    (`xrstudy.training.resolve.input_stats`), told the tag's timm pretrained cfg for `init: timm`."""
+    mean, std, _ = resolve.input_stats(cfg, timm_input_stats(cfg) if cfg.init == "timm" else None)
     return mean, std
 
 
@@ -308,6 +309,7 @@ __all__ = [
     "standardisation_eps",
     "set_standardisation_eps",
     "TORCH_INIT_LAYERS",
+    "timm_input_stats",
     "HEADS",
     "INITS",
     "CheckpointError",

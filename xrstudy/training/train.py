@@ -2,15 +2,17 @@
 
 Read it top to bottom -- it is the whole path from a RunConfig to a result JSON:
 
+    cfg     = resolve.canonical(cfg)                 one run id per computation (spelled-out recipe values reset)
     study   = data.prepare(cfg)                      tables, classes, split hash, modality
-    recipe  = recipe_of(cfg, study)                  steps, LR schedule, sizes (xrstudy.training.recipes.recipe_for)
-    splits  = open_splits(cfg, study, recipe)        cache rows + targets (the pixels stay in the memmap)
+    cell    = resolve_cell(cfg, study, device)       recipe, cache size and mode, statistics, precision: the
+                                                     `xrstudy sweep plan` row of the cell (xrstudy.training.resolve)
+    splits  = open_splits(cfg, study, ...)           cache rows + targets (the pixels stay in the memmap)
     model   = create_model(cfg, num_classes)         timm network, init, head
     learn   = make_learner(model, splits.train, setup)
     fit(learn, epoch_end) ...                        (resumes from {run_dir}/train_state.pt); pre-training
                                                      validates every epoch and keeps the best checkpoint
     metrics = evaluate on valid and test             NaN-safe metrics + bootstrap CIs
-    checkpoint (pre-training cells) + results.save
+    checkpoint (pre-training cells) + results.save   the result records `cell.row()` as `resolved`
 
 Multi-GPU: the same command under `torchrun --nproc_per_node N xrstudy train cfg.yaml`. `batch_size`
 is the global batch (the recipe's), split evenly over the processes, and `micro_batch` (> 0) caps
@@ -20,6 +22,7 @@ the global batch, so a cell computes the same thing on 1 or N devices.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import time
@@ -36,7 +39,7 @@ import torch.distributed as dist
 from xrstudy.config import ConfigError, RunConfig
 from xrstudy.data.studydata import StudyData
 from xrstudy.pixels.loaders import Augment, Split
-from xrstudy.training import recipes
+from xrstudy.training import cost, recipes, resolve
 from xrstudy.training.callbacks import load_train_state, unwrap
 from xrstudy.training.learner import (
     BestCheckpoint,
@@ -52,9 +55,9 @@ from xrstudy.training.metrics import bootstrap_ci, classification_metrics
 from xrstudy.training.models import (
     base_arch,
     create_model,
-    input_stats,
     read_checkpoint,
     standardisation_eps,
+    timm_input_stats,
     write_checkpoint,
 )
 
@@ -105,9 +108,9 @@ def start_process(cfg: RunConfig) -> Process:
     return Process(rank=rank, world=world, device=device, owns_group=owns)
 
 
-# ---- the recipe of a cell ---------------------------------------------------------------------
-# The numbers come from xrstudy.training.recipes.recipe_for (pure, shared with `xrstudy sweep plan`); here they
-# become the learner's augmentation.
+# ---- the resolved cell ------------------------------------------------------------------------
+# Every number comes from xrstudy.training.resolve (pure, the same object `xrstudy sweep plan` prints); here the
+# recipe becomes the learner's augmentation.
 AUGMENTS: dict[str, Callable[[recipes.Recipe], Augment]] = {
     "bit": lambda r: Augment(out_size=r.crop, crop_fraction=r.crop / r.resize, flip=r.flip),
     # cohen_aug (transfer_learning/datasets/chexpert.py): ShiftScaleRotate(shift 0.25, scale 0.1, rotate 45,
@@ -137,24 +140,15 @@ def probe_image(paths: Sequence[str], what: str = "training images") -> tuple[in
     raise ConfigError(f"none of the first {len(tried)} {what} is readable (the first: {first_error})")
 
 
-def pipeline_of(cfg: RunConfig) -> str:
-    """ "xray" (pre-training, and targets that transfer with it) or "bit" (BiT-HyperRule resolution)."""
-    from xrstudy.data import sources
-
-    return sources.source_of(cfg.target).transfer_pipeline if cfg.kind == "transfer" else "xray"
-
-
-def recipe_of(cfg: RunConfig, study: StudyData) -> recipes.Recipe:
-    """The cell's recipe; the BiT pipeline needs the original image size, so only it probes one."""
-    from xrstudy.data import sources
-
-    pipeline = pipeline_of(cfg)
-    image_hw = (
-        probe_image(study.train["path"], f"training images of {_data_name(cfg)}") if pipeline == "bit" else (0, 0)
-    )
-    return recipes.recipe_for(
-        cfg, len(study.train), image_hw, pipeline=pipeline, flip=sources.source_of(cfg.target).mirror_invariant
-    )
+def device_name(device: torch.device) -> str:
+    """The cost tables' name of a device (`xrstudy.training.cost.table_device`); "cpu" for anything but CUDA."""
+    if device.type != "cuda":
+        return cost.CPU
+    name = torch.cuda.get_device_name(device)
+    try:
+        return cost.table_device(name)
+    except cost.CostTableError:  # the run's cost estimate says so (resolve, planning=False); the run goes on
+        return name
 
 
 def _data_name(cfg: RunConfig) -> str:
@@ -162,15 +156,16 @@ def _data_name(cfg: RunConfig) -> str:
     return cfg.target if cfg.kind == "transfer" else "+".join(cfg.sources)
 
 
-def image_mode(cfg: RunConfig, study: StudyData, recipe: recipes.Recipe) -> str:
-    """X-ray images are cached grayscale, natural images in colour (as `xrstudy data cache` does), except the
-    targets the authors read in colour, in loader_mode paper (`recipes.image_colour`); the BiT pipeline
-    caches the whole image squashed to a square (its evaluation view)."""
-    from xrstudy.data import sources
-
-    keeps_colour = cfg.kind == "transfer" and sources.source_of(cfg.target).paper_keeps_colour
-    colour = recipes.image_colour(cfg, study.modality, keeps_colour)
-    return colour + (":squash" if recipe.cache_fit == "squash" else "")
+def resolve_cell(cfg: RunConfig, study: StudyData, device: torch.device, world: int = 1) -> resolve.ResolvedCell:
+    """The cell resolved from the tables training built: the BiT pipeline needs the original image size, so only
+    it probes the first readable training image; `init: timm` reads the tag's statistics from timm."""
+    probed = (
+        probe_image(study.train["path"], f"training images of {_data_name(cfg)}")
+        if resolve.pipeline_of(cfg) == "bit"
+        else None
+    )
+    facts = resolve.study_facts(cfg, study, probed, init_stats=timm_input_stats(cfg) if cfg.init == "timm" else None)
+    return resolve.resolve(cfg, facts, device=device_name(device), world=world, planning=False)
 
 
 # ---- images and targets -----------------------------------------------------------------------
@@ -280,10 +275,6 @@ def _device_name(device: torch.device) -> str:
     return f"cuda:{torch.cuda.get_device_name(device)}" if device.type == "cuda" else device.type
 
 
-def _precision(cfg: RunConfig, device: torch.device) -> str:
-    return ("bf16" if device.type == "cuda" else "fp32") if cfg.precision == "auto" else cfg.precision
-
-
 # ---- the cell ---------------------------------------------------------------------------------
 def run(
     cfg: RunConfig,
@@ -299,6 +290,7 @@ def run(
     resume: continue from `{run_dir}/train_state.pt` when it exists (same cfg -> same run_id).
     callbacks: extra fastai callbacks (notebooks, tests). study: a ready StudyData (else data.prepare).
     """
+    cfg = resolve.canonical(cfg)  # the run id of what the cell computes, however the caller spelled it
     proc = start_process(cfg)
     try:
         return _run(cfg, proc, resume, callbacks, study, checkpoint_every_steps, checkpoint_every_s)
@@ -331,9 +323,10 @@ def _run(
     if len(study.train) == 0:
         raise ConfigError(f"{cfg.name}: the training split is empty ({dict(study.dropped)} rows dropped)")
 
-    # Recipe first (it fixes the cache size), then the cache rows of each split.
-    recipe = recipe_of(cfg, study)
-    splits, quarantined = open_splits(cfg, study, recipe.resize, image_mode(cfg, study, recipe))
+    # The resolved cell first (its recipe fixes the cache size and mode), then the cache rows of each split.
+    cell = resolve_cell(cfg, study, proc.device, proc.world)
+    recipe = cell.recipe
+    splits, quarantined = open_splits(cfg, study, recipe.resize, cell.cache_mode)
 
     # Model, and the training state to resume from.
     model = create_model(cfg, num_classes=len(study.classes), head=cfg.head)
@@ -342,7 +335,6 @@ def _run(
     if state is not None and state.get("run_id") != cfg.run_id:
         raise ConfigError(f"{state_path}: training state of run {state.get('run_id')!r}, not {cfg.run_id!r}")
 
-    mean, std = input_stats(cfg)
     setup = TrainSetup(
         multilabel=study.multilabel,
         num_classes=len(study.classes),
@@ -357,10 +349,10 @@ def _run(
         group=recipes.loss_group(cfg),
         group_stream=recipes.loader_stream(cfg) == "micro-batches",
         sampler=cfg.sampler,
-        mean=mean,
-        std=std,
+        mean=cell.mean,
+        std=cell.std,
         device=proc.device,
-        precision=_precision(cfg, proc.device),
+        precision=cell.precision,
         channels_last=proc.device.type == "cuda",
         compile=cfg.compile,
         start_step=int(state["step"]) if state else 0,
@@ -421,6 +413,7 @@ def _run(
         last_step=recipe.steps,
         counts={name: len(split) for name, split in splits.items()},
         quarantined=quarantined,
+        resolved=cell.row(),
     )
     result = _result(cfg, study, outcome, proc)
     save_result(result, cfg)
@@ -437,6 +430,7 @@ class Outcome:
     last_step: int
     counts: dict[str, int]  # images per split (after the quarantine)
     quarantined: dict[str, int]  # per split: images dropped because the cache could not decode them
+    resolved: dict[str, Any] = dataclasses.field(default_factory=dict)  # the resolved cell (`ResolvedCell.row()`)
 
 
 def _result(cfg: RunConfig, study: StudyData, outcome: Outcome, proc: Process) -> dict[str, Any]:
@@ -460,6 +454,7 @@ def _result(cfg: RunConfig, study: StudyData, outcome: Outcome, proc: Process) -
         device=_device_name(proc.device) + (f" x{proc.world}" if proc.world > 1 else ""),
         timings={"train_s": outcome.train_s, "eval_s": outcome.evaluation.seconds},
         last_step=outcome.last_step,
+        resolved=outcome.resolved,
     )
 
 
@@ -470,4 +465,4 @@ def save_result(result: dict[str, Any], cfg: RunConfig) -> Path:
 
 
 # ---- command line -----------------------------------------------------------------------------
-__all__ = ["run", "recipe_of", "AUGMENTS", "open_splits", "evaluate", "start_process", "Outcome"]
+__all__ = ["run", "resolve_cell", "AUGMENTS", "open_splits", "evaluate", "start_process", "Outcome", "probe_image"]

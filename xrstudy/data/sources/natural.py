@@ -107,6 +107,10 @@ register(
     layout=IMAGEFOLDER_LAYOUT,
     paper_fewshot="kshot_finder",
     mirror_invariant=False,
+    # scikit-learn's 1,797 digits of 8 x 8 px as the demo writes them (xrstudy.data.phantoms.digit_records, seed 5)
+    published_classes=10,
+    published_train_size=1_422,
+    native_hw=(8, 8),
 )(read_imagefolder)
 
 
@@ -212,9 +216,10 @@ def _read_cifar(
     layout=CIFAR10_LAYOUT,
     published_classes=10,
     published_train_size=50_000,
+    class_size=5_000,
     native_hw=(32, 32),
     paper_fewshot="kshot_finder",
-    paper_micro_batch=64,  # configs/finetune/cifar10.yaml: batch 128, batch_split 2
+    paper_batch_split=2,  # configs/finetune/cifar*.yaml: batch 128, batch_split 2
 )
 def read_cifar10(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     batches = [(f"data_batch_{i}", "train") for i in range(1, 6)] + [("test_batch", "test")]
@@ -237,9 +242,10 @@ def read_cifar10(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     layout=CIFAR100_LAYOUT,
     published_classes=100,
     published_train_size=50_000,
+    class_size=500,
     native_hw=(32, 32),
     paper_fewshot="kshot_finder",
-    paper_micro_batch=64,  # configs/finetune/cifar100.yaml: batch 128, batch_split 2
+    paper_batch_split=2,  # configs/finetune/cifar*.yaml: batch 128, batch_split 2
 )
 def read_cifar100(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """CIFAR-100 with its 100 fine labels (the coarse super-classes are not used by the study)."""

@@ -165,6 +165,8 @@ def read_padchest(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     paper_single_label_of="padchest",
     paper_views=labels.PADCHEST_PAPER_VIEWS,
     input_stats=((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    # Consolidation's name and its synonym (air bronchogram) also mark Infiltration: no image has it alone
+    paper_empty_classes=("Consolidation",),
 )  # configs/finetune/padchest.yaml: mean, std
 def read_padchest_cl(name: str, root: Path, metadata_only: bool) -> pd.DataFrame:
     """PadChest-Cl: images whose label list holds exactly one term, that term (or "normal") as the class."""

@@ -7,6 +7,7 @@ reads may be cached (`cache_reads`); the adapters themselves live in `xray`, `pa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,9 @@ class Source:
     # What a plan needs without the files (xrstudy sweep plan with no roots):
     published_train_size: int | None = None  # training images of the paper's split, as published
     published_classes: int | None = None  # classes of a single-label target (few-shot sizes without the files)
+    # Training images of every class where all classes have as many (CIFAR): a k-shot set with k at most this
+    # holds exactly k per class, whichever sampler draws it.
+    class_size: int | None = None
     native_hw: tuple[int, int] | None = None  # typical original (height, width); None = large (>= 96 px)
     transfer_pipeline: str = "bit"  # "bit": BiT-HyperRule resolution | "xray": the pre-training X-ray pipeline
     # False for images with a handedness (handwriting): training augmentation then never mirrors them.
@@ -62,10 +66,6 @@ class Source:
     # exactly one finding positive (the authors' --multilabel-force-classification), read in `paper_views`.
     paper_single_label_of: str = ""
     paper_views: tuple[str, ...] = ()
-    # The authors' fine-tuning micro-batch for this target: batch / batch_split of its configs/finetune/*.yaml
-    # (cifar10.yaml, cifar100.yaml: 128 / 2 = 64; every other config, their ImageFolder template included:
-    # 128 / 32 = 4). loader_mode paper groups a transfer's images with it (xrstudy.training.recipes).
-    paper_micro_batch: int = 4
     # An X-ray target the authors read with torchvision's default_loader (PIL `convert("RGB")`: colour files
     # stay colour; datasets/covidx_cxr2.py:21, tuberculosis.py:27); their CheXpert / MIMIC / NIH / PadChest
     # readers keep one channel. loader_mode paper caches such a target in colour.
@@ -73,6 +73,13 @@ class Source:
     # Reads the canonical table without its finding columns, where building them is costly and a caller
     # replaces them anyway (PadChest: ~190 term columns of 161k rows, rebuilt by label_mode paper).
     read_without_findings: Reader | None = None
+    # Classes of the authors' reading (label_mode paper) that hold no training image: a paper k-shot set has at
+    # most k x (published_classes - these) images, an exact one cannot be drawn (PadChest-Cl: Consolidation).
+    paper_empty_classes: tuple[str, ...] = ()
+    # `batch_split` of the authors' fine-tuning config of this target (configs/finetune/*.yaml, their ImageFolder
+    # template included): their micro-batch, the group loader_mode paper weighs and MixUp pairs within, is
+    # batch // batch_split (CIFAR 128 // 2 = 64, every other target 128 // 32 = 4; xrstudy.training.recipes).
+    paper_batch_split: int = 32
 
     def __post_init__(self) -> None:
         if self.cache_reads not in CACHE_READS:
@@ -115,21 +122,13 @@ def read_source(name: str, root: str | Path, metadata_only: bool = False, *, fin
     if not root.is_dir():
         raise SourceError(f"{name}: root {root} is not a directory; expected {source_of(name).layout}")
     source = source_of(name)
-    read = source.read if findings or source.read_without_findings is None else source.read_without_findings
+    whole = findings or source.read_without_findings is None
     if not source.caches(metadata_only):
+        read = source.read if whole else source.read_without_findings
         return _without_findings(read(name, root, metadata_only), findings)
-    signature = root_signature(root)
-    key = (name, str(root), metadata_only, signature, read is source.read)
-    if key not in _READ_CACHE and not findings:  # the whole table is read already: take its metadata
-        whole = _READ_CACHE.get((name, str(root), metadata_only, signature, True))
-        if whole is not None:
-            return _without_findings(whole, False).copy(deep=not _COPY_ON_WRITE)
-    if key not in _READ_CACHE:
-        if len(_READ_CACHE) >= _READ_CACHE_SIZE:  # real tables are hundreds of MB: keep a few
-            _READ_CACHE.pop(next(iter(_READ_CACHE)))
-        _READ_CACHE[key] = read(name, root, metadata_only)
+    table = _cached_read(name, str(root), metadata_only, root_signature(root), whole)
     # With pandas' copy-on-write (always on from pandas 3) a shallow copy already protects the cache.
-    return _without_findings(_READ_CACHE[key], findings).copy(deep=not _COPY_ON_WRITE)
+    return _without_findings(table, findings).copy(deep=not _COPY_ON_WRITE)
 
 
 def _without_findings(table: pd.DataFrame, findings: bool) -> pd.DataFrame:
@@ -142,9 +141,23 @@ def _without_findings(table: pd.DataFrame, findings: bool) -> pd.DataFrame:
 # Sweeps in a warm kernel and notebooks read the same label files again and again; parsing the
 # real ones takes seconds. Keyed by the size and mtime of the files at the top of the root, so an
 # edited label file is read afresh; which sources and reads qualify is each entry's `cache_reads`.
-_READ_CACHE: dict[tuple, pd.DataFrame] = {}
-_READ_CACHE_SIZE = 4
+# Real tables are hundreds of MB: a few are kept, the least recently used dropped first.
+READ_CACHE_SIZE = 4
 _COPY_ON_WRITE = int(pd.__version__.split(".")[0]) >= 3
+
+
+@functools.lru_cache(maxsize=READ_CACHE_SIZE)
+def _cached_read(name: str, root: str, metadata_only: bool, signature: tuple, whole: bool) -> pd.DataFrame:
+    """One read of a source, shared by every caller with the same files (`signature`); never handed out
+    as is (`read_source` copies it)."""
+    source = source_of(name)
+    read = source.read if whole else source.read_without_findings
+    return read(name, Path(root), metadata_only)
+
+
+def clear_read_cache() -> None:
+    """Forget every cached read (tests that count reads; nothing else needs it: edits are noticed)."""
+    _cached_read.cache_clear()
 
 
 def root_signature(root: Path) -> tuple:
@@ -172,4 +185,5 @@ __all__ = [
     "source_of",
     "read_source",
     "root_signature",
+    "clear_read_cache",
 ]
