@@ -24,7 +24,6 @@ from typing import Any
 
 from xrstudy.config import RunConfig
 from xrstudy.data import audit
-from xrstudy.data.sources import source_of
 from xrstudy.results import store
 from xrstudy.sweeps import sweepfile
 from xrstudy.training import cost, resolve

@@ -187,10 +187,10 @@ def check_device(device: str) -> str:
     """`device`, or a ValueError when the tables have rows but none for it: a typo (`H10`) would otherwise
     plan every cell without an estimate and size every job for one GPU, without a word."""
     known = known_devices()
-    if known and device not in known:
+    if known and device not in known and device.lower() != CPU:
         raise ValueError(
             f"device {device[:40]!r} has no row in the throughput or memory tables "
-            f"({_table_path('throughput.csv', 'XRSTUDY_THROUGHPUT')}, memory.csv); known devices: {', '.join(known)}"
+            f"({table_text('throughput.csv')[0]}, memory.csv); known devices: {', '.join(known)}, or {CPU}"
         )
     return device
 
