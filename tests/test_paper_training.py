@@ -32,13 +32,12 @@ from torch import nn
 from xrstudy.config import RunConfig
 from xrstudy.pixels.decoding import load_image, prepare_image
 from xrstudy.pixels.loaders import Augment, Batching, EvalLoader, Split, StepLoader
-from xrstudy.training import recipes
+from xrstudy.training import recipes, resolve
 from xrstudy.training.callbacks import MaskedMixUp
 from xrstudy.training.checkpoints import write_checkpoint
 from xrstudy.training.learner import TrainSetup, fit, make_learner, masked_bce_with_logits, predict
 from xrstudy.training.models import create_model, standardisation_eps, torch_default_init
 from xrstudy.training.recipes import Schedule
-from xrstudy.training.train import image_mode
 
 TINY = "resnetv2_tiny_bit"
 R50X1 = ([3, 4, 6, 3], 1)
@@ -451,7 +450,7 @@ def xray_files(tmp_path):
 
 
 def _mode(cfg: RunConfig, modality: str = "xray") -> str:
-    return image_mode(cfg, SimpleNamespace(modality=modality), SimpleNamespace(cache_fit="squash"))
+    return resolve.cache_mode(cfg, SimpleNamespace(cache_fit="squash"), modality)
 
 
 def test_paper_mode_keeps_the_channels_their_default_loader_keeps(xray_files):

@@ -190,7 +190,7 @@ def check_device(device: str) -> str:
     if known and device not in known and device.lower() != CPU:
         raise ValueError(
             f"device {device[:40]!r} has no row in the throughput or memory tables "
-            f"({table_text('throughput.csv')[0]}, memory.csv); known devices: {', '.join(known)}, or {CPU}"
+            f"({table_text('throughput.csv')[0]}, memory.csv); known devices: {', '.join(known)}"
         )
     return device
 

@@ -304,12 +304,15 @@ def input_stats(
 EVAL_PRECISION = "fp32"  # finetune.py run_eval and pretrain.py validate run without autocast, in every mode
 
 
-def paper_micro_batch(target: str, batch_size: int = 128) -> int:
-    """The authors' fine-tuning micro-batch of `target`: batch // batch_split of its configs/finetune/*.yaml,
-    64 for CIFAR-10/100, 4 for every other target at their batch of 128 (`Source.paper_batch_split`)."""
+PAPER_TRANSFER_BATCH = 128  # `batch` of every configs/finetune/*.yaml
+
+
+def paper_micro_batch(target: str) -> int:
+    """The authors' fine-tuning micro-batch of `target`: their batch 128 // batch_split of its
+    configs/finetune/*.yaml, 64 for CIFAR-10/100, 4 for every other target (`Source.paper_batch_split`)."""
     from xrstudy.data import sources
 
-    return max(1, batch_size // sources.source_of(target).paper_batch_split)
+    return PAPER_TRANSFER_BATCH // sources.source_of(target).paper_batch_split
 
 
 def loss_group(cfg: RunConfig) -> int:
@@ -320,7 +323,7 @@ def loss_group(cfg: RunConfig) -> int:
     micro-batches of a step weighs 1 / batch_split, a partial one too; finetune.py:521)."""
     if cfg.loader_mode != "paper":
         return 0
-    return PAPER_GPU_BATCH if cfg.kind == "pretrain" else paper_micro_batch(cfg.target, cfg.batch_size)
+    return PAPER_GPU_BATCH if cfg.kind == "pretrain" else paper_micro_batch(cfg.target)
 
 
 def loader_stream(cfg: RunConfig) -> str:

@@ -284,13 +284,12 @@ def precision_of(cfg: RunConfig, device: str) -> tuple[str, str]:
 
 
 def weight_init_of(cfg: RunConfig) -> tuple[str, str]:
-    """(what initialises the network, why): `recipes.weight_init_of` ("torch" / "timm" for a network built from
-    scratch, "loaded" for weights from a file)."""
-    value = recipes.weight_init_of(cfg)
-    if value == "loaded":
-        return value, f"weights from init {cfg.init!r}: weight_init does not act (a fresh head: head_init)"
-    rule = "PyTorch's default init, as the authors' model" if value == "torch" else "timm's init"
-    return value, f"the network is built from scratch: {rule}"
+    """(the cell's weight_init, where it acts): `recipes.weight_init_of` says "loaded" where weights come from a
+    file, and the field then does not act."""
+    if recipes.weight_init_of(cfg) == "loaded":
+        return cfg.weight_init, f"weights from init {cfg.init!r}: it does not act (a fresh head: head_init)"
+    rule = "PyTorch's default init, as the authors' model" if cfg.weight_init == "torch" else "timm's init"
+    return cfg.weight_init, f"the network is built from scratch: {rule}"
 
 
 def mixup_group_of(cfg: RunConfig, micro: int, per_device: int) -> tuple[int, str]:
@@ -303,7 +302,10 @@ def mixup_group_of(cfg: RunConfig, micro: int, per_device: int) -> tuple[int, st
         return group, "the authors' per-GPU batch (train_local_batch_size; no MixUp in theirs)"
     if recipes.loss_group(cfg):
         split = source_of(cfg.target).paper_batch_split
-        return group, f"the authors' micro-batch: batch {cfg.batch_size} / batch_split {split} (configs/finetune)"
+        return (
+            group,
+            f"the authors' micro-batch: batch {recipes.PAPER_TRANSFER_BATCH} / batch_split {split} (configs/finetune)",
+        )
     return group, "the device's micro-batch" if micro and micro < per_device else "the per-device batch"
 
 
