@@ -15,6 +15,9 @@ No image and no model is loaded (and neither torch nor timm imported). Per cell:
 - memory: the images one GPU holds at the cell's crop (`benchmarks/memory.csv`) and the `micro_batch`
   the cell runs with on one GPU (gradient accumulation up to the global batch); `sweep submit` sets it
   per cell for the GPUs it gives the cell, by the same function (`xrstudy.training.cost.micro_batch`).
+- probe cells (`train_mode: probe`): no optimiser step; their cost is one forward pass over the dataset's
+  images (a third of a training step each, `recipes.FORWARD_SHARE`), paid by the first cell of a feature
+  group (`feature_group`) and read from its file by the others; the regression runs on a CPU.
 """
 
 from __future__ import annotations
@@ -224,6 +227,9 @@ def plan_cell(
         if fit
         else f"no memory entry for {cfg.arch} on {device}: the whole batch at once"
     )
+    probe = _probe_plan(cfg, recipe, n_cache, speed, micro, from_files=files is not None) if recipe else {}
+    if probe:  # no optimiser step: what it costs is one forward pass over the dataset's images
+        image_steps, speed = probe.pop("image_steps"), probe.pop("speed")
     return {
         "kind": cfg.kind,
         "run_id": cfg.run_id,
@@ -282,7 +288,81 @@ def plan_cell(
         "leak": leak,
         "warnings": warnings,
         "errors": errors,
+        "train_mode": cfg.train_mode if cfg.kind == "transfer" else None,
+        **probe,
     }
+
+
+def feature_group(cfg: RunConfig) -> tuple:
+    """Probe cells that read one feature file (xrstudy.training.probe: the same init weights, images and
+    evaluation view): every seed and shot count of an (init, target, preprocessing), or one seed for a
+    scratch init, whose random weights depend on it."""
+    scratch = cfg.init == "scratch"
+    return (
+        cfg.init,
+        cfg.init_label if cfg.init == "paper" else "",
+        cfg.arch,
+        (cfg.weight_init, cfg.seed) if scratch else (),
+        cfg.target,
+        cfg.roots,
+        cfg.label_mode,
+        cfg.split_mode,
+        cfg.uncertain,
+        cfg.image_size,
+    )
+
+
+def _probe_plan(
+    cfg: RunConfig, recipe: recipes.Recipe, n_images: int | None, train_speed: Any, micro: int, *, from_files: bool
+) -> dict[str, Any]:
+    """The plan fields of a probe cell (empty for a fine-tune cell): its numbers (`recipes.probe_recipe`),
+    and the one forward pass over the dataset's images its features cost. `plan_cells` leaves that cost
+    with the first cell of each feature group; the others read the file."""
+    if cfg.train_mode != "probe":
+        return {}
+    numbers = recipes.probe_recipe(recipe, batch_size=cfg.batch_size, micro_batch=micro)
+    speed = (
+        cost.Throughput(
+            train_speed.images_per_s / recipes.FORWARD_SHARE,
+            f"forward only: {1 / recipes.FORWARD_SHARE:.0f} x the training images/s ({train_speed.how}); the "
+            f"features are fp32, the training figure bf16: not measured, a lower bound on the time",
+        )
+        if train_speed
+        else None
+    )
+    counted = "every image of the dataset" if from_files else "the published training images (valid / test unknown)"
+    return {
+        "image_steps": n_images,
+        "speed": speed,
+        "steps": 0,
+        "boundaries": [],
+        "warmup": None,
+        "lr": None,
+        "mixup_alpha": None,
+        "augment": "evaluation view",
+        "eval_resize": numbers.eval_size,
+        "feature_batch": numbers.feature_batch,
+        "feature_images": n_images,
+        "feature_images_from": counted,
+        "probe_c_grid": list(numbers.c_grid),
+    }
+
+
+def _share_features(rows: list[dict[str, Any]], cells: list[RunConfig]) -> None:
+    """Only the first probe cell of a feature group extracts; the others' GPU-hours are 0 (they read its file)."""
+    first: dict[tuple, dict[str, Any]] = {}
+    for row, cfg in zip(rows, cells):
+        if row.get("train_mode") != "probe":
+            continue
+        group = feature_group(cfg)
+        if group not in first:
+            first[group] = row
+            row["features_from"] = "extracted here"
+            continue
+        row["features_from"] = f"the feature file of {first[group]['run_id']} ({first[group]['name']})"
+        row["image_steps"] = 0
+        if row["gpu_hours"] is not None:
+            row["gpu_hours"] = 0.0
 
 
 def _ram_per_rank(cfg: RunConfig, n_images: int, side: int, mode: str, micro: int, device: str) -> int:
@@ -328,6 +408,7 @@ def plan_cells(
             reading = _with_roots(cfg, roots or {}, metadata_only) if use_roots else None
             rows.append(plan_cell(reading or cfg, by_id, files if reading else None, device, pretrain_configs))
             rows[-1]["run_id"] = cfg.run_id  # roots are execution fields: the id does not change
+    _share_features(rows, cells)
     return rows
 
 
@@ -344,6 +425,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "unresolved": sum(r["steps"] is None for r in rows),
         "leaks": sum(bool(r["leak"]) for r in rows),
         "no_estimate": sum(r["gpu_hours"] is None for r in rows),
+        "probe": sum(r.get("train_mode") == "probe" for r in rows),
     }
 
 
@@ -353,6 +435,7 @@ COLUMNS = (
     ("target", 13),
     ("shots", 5),
     ("seed", 4),
+    ("train_mode", 8),
     ("train_size", 10),
     ("steps", 6),
     ("resize", 6),
@@ -364,7 +447,13 @@ COLUMNS = (
     ("gpu_hours", 9),
     ("leak", 5),
 )
-HEADINGS = {"mixup_alpha": "mixup", "pretrained_model": "model", "train_size": "train", "micro_batch": "micro"}
+HEADINGS = {
+    "mixup_alpha": "mixup",
+    "pretrained_model": "model",
+    "train_size": "train",
+    "micro_batch": "micro",
+    "train_mode": "mode",
+}
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -385,6 +474,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         f"{info['cells']} cells: "
         + ", ".join(f"{k} {n}" for k, n in info["per_kind"].items())
         + (f" (transfer: {per_target})" if per_target else "")
+        + (f" ({info['probe']} of them linear probes)" if info["probe"] else "")
         + f"; estimated GPU-hours: {hours}; unresolved {info['unresolved']}, leaks {info['leaks']}"
     )
     return "\n".join(lines)
