@@ -11,6 +11,9 @@
 #      on resident batches, R50x1 224 px compiled (images/s, and the share of time the step waited
 #      for a batch: the GPU waits when that is above ~0).                               goal >= 0.95
 #   3. a 1-GPU torchrun smoke run of `xrstudy train` (a phantom CheXpert source, R50x1, a few steps).
+#   4. the linear probe (bench_probe.py): fp32 feature extraction streamed from a uint8 memmap vs a bf16
+#      training step, R50x1 and R152x4 at 224 px (the plan prices extraction at 3x the training images/s),
+#      and the feature file read back vs extracted.
 #
 # Needs torch (CUDA) and timm on the machine. fastai and its pure-Python dependencies can come as
 # wheels carried along (the GPU machine has no network). On a machine with network, from the repo root:
@@ -91,7 +94,7 @@ echo "== 3. 1-GPU torchrun smoke run" | tee -a "$LOG"
 python - "$WORK" "$SMOKE_ARCH" "$SMOKE_SIZE" "$SMOKE_DEVICE" <<'EOF'
 import sys
 from pathlib import Path
-from xrstudy import layouts, phantoms
+from xrstudy.data import layouts, phantoms
 from xrstudy.config import RunConfig
 
 work, arch, size, device = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -106,6 +109,20 @@ if torchrun --standalone --nproc_per_node 1 -m xrstudy.cli train "$WORK/smoke.ya
   echo "RESULT mode=torchrun ok=1 seconds=$((SECONDS - t0))" | tee -a "$LOG"
 else
   echo "RESULT mode=torchrun ok=0" | tee -a "$LOG"
+fi
+
+echo "== 4. linear probe: fp32 feature extraction vs a training step, feature file reuse" | tee -a "$LOG"
+probe_bench() {
+  local t0=$SECONDS
+  python benchmarks/bench_probe.py --device "$DEVICE" --repeats "$REPEATS" "$@" 2>&1 \
+    | grep -v -i "warn" | tee -a "$LOG" | grep -E "^(RESULT|extraction|training|features)" || true
+  echo "   ($((SECONDS - t0)) s)" | tee -a "$LOG"
+}
+if [[ $MODE == gpu ]]; then
+  probe_bench --arch "$R50" --size 224 --batch 128 --images 4096 --steps 10
+  probe_bench --arch "$R152" --size 224 --batch 32 --images 1024 --steps 6
+else
+  probe_bench --arch "$R50" --size 32 --batch 8 --images 128 --steps "$STEPS"
 fi
 
 echo "== summary (goal >= 0.95 learner/raw and streamed/resident)" | tee -a "$LOG"
