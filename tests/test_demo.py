@@ -61,7 +61,11 @@ def test_default_demo_digits_full_shot_accuracy_is_at_least_90_percent_for_every
     size = demo.SIZES["small"]
     roots = demo.write_sources(tmp_path / "data", size)
     cells = sweepfile.load_sweep(demo.demo_sweep(tmp_path, roots, size))
-    chosen = [c for c in cells if c.kind == "pretrain" or (c.target == "digits" and c.shots == 0)]
+    chosen = [
+        c
+        for c in cells
+        if c.kind == "pretrain" or (c.target == "digits" and c.shots == 0 and c.train_mode == "finetune")
+    ]
     assert len(chosen) == 2 + 3 * len(size.seeds)
     summary = runner.run_sweep(chosen, workers=2, progress=False)
     assert summary.ok, summary.report()
