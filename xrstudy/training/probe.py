@@ -236,7 +236,7 @@ def cached_features(
             piece = _read_part(path, stop - start)
             if piece is None:
                 piece = extract(Split(images.images, images.rows[start:stop], images.targets[start:stop]))
-                if index == 0:  # the whole file, its parts and the final copy, must fit
+                if not extracted:  # the first part this call writes: the parts and the final copy must fit
                     check_free_space(root, 2 * count * piece.shape[1] * 4, f"the probe features {folder}")
                 _save_npy(path, piece)
                 extracted += stop - start
