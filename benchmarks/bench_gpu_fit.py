@@ -33,7 +33,14 @@ from pathlib import Path
 TABLES = Path(__file__).resolve().parents[1] / "xrstudy" / "training" / "tables"  # the package data
 HEADROOM = 0.8
 CARDS_MIB = {"A100-40GB": 40_536, "H100": 81_559}  # memory.total that nvidia-smi reports
-ARCHS = ("resnetv2_50x1_bit", "resnetv2_152x2_bit", "resnetv2_152x4_bit")
+ARCHS = (  # the six BiT sizes of sweeps/scale.yaml
+    "resnetv2_50x1_bit",
+    "resnetv2_50x3_bit",
+    "resnetv2_101x1_bit",
+    "resnetv2_101x3_bit",
+    "resnetv2_152x2_bit",
+    "resnetv2_152x4_bit",
+)
 RESOLUTIONS = (128, 224, 480)
 AUTHORS = {("resnetv2_152x4_bit", 128): 64, ("resnetv2_152x4_bit", 224): 16, ("resnetv2_152x4_bit", 480): 4}
 SOURCE = (

@@ -14,6 +14,9 @@
 #      run starts unverified: the worst case, a first epoch), vs resident.              goal >= 0.95
 #   3. a 1-GPU torchrun smoke run of `xrstudy train` (a phantom CheXpert source, R50x1, a few steps).
 #   4. evaluation in fp32 while training runs in bf16, channels_last kept (benchmarks/check_eval_precision.py).
+#   5. the linear probe (bench_probe.py): fp32 feature extraction streamed from a uint8 memmap vs a bf16
+#      training step, R50x1 and R152x4 at 224 px (the plan prices extraction at 3x the training images/s),
+#      and the feature file read back vs extracted.
 #
 # Needs torch (CUDA) and timm on the machine. fastai and its pure-Python dependencies can come as
 # wheels carried along (the GPU machine has no network). On a machine with network, from the repo root:
@@ -129,6 +132,20 @@ PY
 
 echo "== 4. evaluation in fp32 after bf16 training" | tee -a "$LOG"
 python benchmarks/check_eval_precision.py --device "$DEVICE" 2>&1 | grep "^RESULT" | tee -a "$LOG" || true
+
+echo "== 5. linear probe: fp32 feature extraction vs a training step, feature file reuse" | tee -a "$LOG"
+probe_bench() {
+  local t0=$SECONDS
+  python benchmarks/bench_probe.py --device "$DEVICE" --repeats "$REPEATS" "$@" 2>&1 \
+    | grep -v -i "warn" | tee -a "$LOG" | grep -E "^(RESULT|extraction|training|features)" || true
+  echo "   ($((SECONDS - t0)) s)" | tee -a "$LOG"
+}
+if [[ $MODE == gpu ]]; then
+  probe_bench --arch "$R50" --size 224 --batch 128 --images 4096 --steps 10
+  probe_bench --arch "$R152" --size 224 --batch 32 --images 1024 --steps 6
+else
+  probe_bench --arch "$R50" --size 32 --batch 8 --images 128 --steps "$STEPS"
+fi
 
 echo "== summary (goal >= 0.95 learner/raw and streamed/resident; eval_fp32 ok=1)" | tee -a "$LOG"
 grep "^RESULT" "$LOG" | tee "$OUT/results.txt"

@@ -21,7 +21,8 @@ def test_tiny_demo_writes_results_notebooks_and_figures(tiny_demo):
     assert summary.ok, summary.report()
     size = demo.SIZES["tiny"]
     few = [k for k in size.shots if k]
-    expected_cells = 2 + 2 * 3 * (len(few) * len(size.fewshot_seeds) + (0 in size.shots) * len(size.seeds))
+    fine_tuned = len(few) * len(size.fewshot_seeds) + (0 in size.shots) * len(size.seeds)
+    expected_cells = 2 + 2 * 3 * (fine_tuned + len(size.probe_shots) * len(size.probe_seeds))
     stored = sorted((out / "results").glob("*.json"))
     assert len(stored) == expected_cells
     for path in stored:
@@ -38,6 +39,8 @@ def test_tiny_demo_writes_results_notebooks_and_figures(tiny_demo):
     table = tiny_demo["table"]
     assert set(table.index.get_level_values("target")) == {"padchest-cl", "digits"}
     assert set(table.index.get_level_values("init_label")) == {"scratch", "xray", "natural"}
+    assert set(table.index.get_level_values("train_mode")) == {"finetune", "probe"}  # a probe row per init
+    assert len(table) == 2 * 3 * 2
     assert list(table.columns) == [f"{k}_shot" if k else "full_shot" for k in size.shots]
     assert table.notna().all().all(), "every init has a mean at every shot count"
     effect = demo.xray_pretraining_effect(out / "results")
@@ -58,7 +61,11 @@ def test_default_demo_digits_full_shot_accuracy_is_at_least_90_percent_for_every
     size = demo.SIZES["small"]
     roots = demo.write_sources(tmp_path / "data", size)
     cells = sweepfile.load_sweep(demo.demo_sweep(tmp_path, roots, size))
-    chosen = [c for c in cells if c.kind == "pretrain" or (c.target == "digits" and c.shots == 0)]
+    chosen = [
+        c
+        for c in cells
+        if c.kind == "pretrain" or (c.target == "digits" and c.shots == 0 and c.train_mode == "finetune")
+    ]
     assert len(chosen) == 2 + 3 * len(size.seeds)
     summary = runner.run_sweep(chosen, workers=2, progress=False)
     assert summary.ok, summary.report()

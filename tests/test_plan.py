@@ -429,7 +429,9 @@ def test_micro_batch_divides_the_per_device_batch():
     assert fit.images == 16 and "train_local_batch_size" in fit.how, "the authors' own micro-batch"
     scaled = cost.images_per_gpu("resnetv2_152x4_bit", 512, "H100")
     assert scaled.images == 8 and "scaled by pixel count from 480 px" in scaled.how
-    assert cost.images_per_gpu("resnetv2_tiny_bit", 224) is None
+    assert cost.images_per_gpu("resnetv2_tiny_bit", 224, "V100") is None, "nothing known for the device"
+    other = cost.images_per_gpu("resnetv2_101x3_bit", 224, "A100-40GB")  # no row: from R152x4 by parameters
+    assert other.images == 32 and "by parameter count from resnetv2_152x4_bit (382M vs 928M" in other.how
 
 
 def test_sweep_run_on_gpus_sets_the_planned_micro_batch():

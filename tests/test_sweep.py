@@ -745,10 +745,11 @@ def test_demo_sweep_file_is_the_demo_grid(tmp_path):
     cells = sweepfile.load_sweep(TESTS.parent / "sweeps" / "demo.yaml")
     pre = [c for c in cells if c.kind == "pretrain"]
     transfer = [c for c in cells if c.kind == "transfer"]
-    assert len(pre) == 2 and len(transfer) == 24
+    assert len(pre) == 2 and len(transfer) == 48
+    assert sum(c.train_mode == "probe" for c in transfer) == 24  # every fine-tuned cell's linear probe beside it
     assert {c.arch for c in cells} == {"resnetv2_tiny_bit"}
     deps = sweepfile.dependencies(cells)
-    assert sum(bool(deps[c.run_id]) for c in transfer) == 16  # X-ray and natural inits wait for pre-training
+    assert sum(bool(deps[c.run_id]) for c in transfer) == 32  # X-ray and natural inits wait for pre-training
     assert all(deps[c.run_id] <= {p.run_id for p in pre} for c in transfer)
     try:
         from xrstudy import demo

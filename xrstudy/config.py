@@ -156,6 +156,14 @@ class RunConfig:
                     f"RunConfig.{name} = {_shown(value)} on a {self.kind} cell; {name} only acts on "
                     f"{kind} cells (leave it at its default {_shown(_DEFAULTS[name])})"
                 )
+        if self.train_mode == "probe":  # a probe trains no network: the fine-tuning recipe's fields do not act
+            for name in FINETUNE_ONLY:
+                value = getattr(self, name)
+                if value != _DEFAULTS[name]:
+                    raise ConfigError(
+                        f"RunConfig.{name} = {_shown(value)} on a probe cell (train_mode: probe); {name} only acts "
+                        f"when fine-tuning (leave it at its default {_shown(_DEFAULTS[name])})"
+                    )
         if self.kind == "pretrain" and self.epochs and self.steps:
             raise ConfigError(
                 f"RunConfig.epochs = {self.epochs} and RunConfig.steps = {self.steps} on a pretrain "
@@ -292,6 +300,9 @@ ONLY_FOR_KIND: dict[str, str] = {
     "head_init": "transfer",
     "train_mode": "transfer",
 }
+# Fields of the fine-tuning recipe. A linear probe (train_mode: probe, xrstudy.training.probe) extracts frozen fp32
+# features and fits a logistic regression: on a probe cell these keep their defaults (see _check_kind).
+FINETUNE_ONLY: tuple[str, ...] = ("steps", "lr", "mixup", "sampler", "head", "head_init", "precision")
 PRETRAIN_REFERENCE = "pretrain:"  # a sweep file's `init: pretrain:<cell name>`, resolved by xrstudy.sweeps.sweepfile
 RUN_REFERENCE = "run:"  # `init: run:<run id>`, the checkpoint of an earlier cell in the same out_dir
 _RUN_ID = re.compile(rf"(?:{'|'.join(KINDS)})-[0-9a-f]{{12}}")
@@ -428,7 +439,7 @@ _FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
     f.name: _field_check(f.name, _HINTS[f.name]) for f in fields(RunConfig)
 }
 _DEFAULTS: dict[str, Any] = {f.name: _FIELD_CHECKS[f.name](f.default) for f in fields(RunConfig)}
-_unknown = (set(RANGES) | set(ONLY_FOR_KIND)) - set(_FIELD_CHECKS)
+_unknown = (set(RANGES) | set(ONLY_FOR_KIND) | set(FINETUNE_ONLY)) - set(_FIELD_CHECKS)
 assert not _unknown, f"xrstudy.config tables name fields RunConfig does not have: {sorted(_unknown)}"
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
 __all__ = [
@@ -453,6 +464,7 @@ __all__ = [
     "VIEWS",
     "RANGES",
     "ONLY_FOR_KIND",
+    "FINETUNE_ONLY",
     "parse_root",
     "parent_run_id",
     "base_arch",

@@ -2,7 +2,8 @@
 
 sources (phantoms written in the real CheXpert / NIH / PadChest layouts, natural-like shapes,
 scikit-learn's digits) → the real adapters and merge → pre-training cells → transfer cells at
-several shots and seeds from three inits → results store → the paper's figures.
+several shots and seeds from three inits, fine-tuned and linearly probed → results store → the
+paper's figures.
 
 Every cell is a papermill execution of `notebooks/10_pretrain.ipynb` or `20_transfer.ipynb`
 driven by `xrstudy.sweeps.sweepfile`, exactly as on a GPU node; finished cells are reused on a re-run.
@@ -60,6 +61,11 @@ class DemoSize:
     lr: float = 1.0  # full-shot cells
     fewshot_lr: float = 0.1  # a few images per class: gentler steps (at 0.3 and above 10-shot fell below 1-shot)
     pretrain_lr: float = 0.5
+    # Linear probes (train_mode probe) beside the fine-tuned cells: every init on both targets at these shots
+    # and seeds. A probe costs little (one feature pass per init and target, then a logistic regression), so
+    # its cells add mostly the per-cell overhead.
+    probe_shots: tuple[int, ...] = ()
+    probe_seeds: tuple[int, ...] = (0, 1)
 
 
 SIZES = {
@@ -74,6 +80,7 @@ SIZES = {
         shots=(1, 0),
         seeds=(0, 1),
         fewshot_seeds=(0, 1),
+        probe_shots=(1, 0),
     ),
     "small": DemoSize(
         patients=300,
@@ -86,6 +93,7 @@ SIZES = {
         shots=(1, 5, 10, 0),
         seeds=(0, 1),
         fewshot_seeds=(0, 1, 2, 3),
+        probe_shots=(1, 5, 10, 0),
     ),
 }
 
@@ -215,15 +223,19 @@ def demo_sweep(out: Path, roots: dict[str, Path], size: DemoSize) -> dict:
             {
                 "steps": size.full_steps,
                 "batch_size": size.full_batch,
+                "lr": size.lr,
                 "grid": {**grid, "shots": [0], "seed": list(size.seeds)},
             }
+        )
+    if size.probe_shots:  # the frozen init's features + a logistic regression: no steps, no LR
+        blocks.append(
+            {"train_mode": "probe", "grid": {**grid, "shots": list(size.probe_shots), "seed": list(size.probe_seeds)}}
         )
     pretrain = {"epochs": size.pretrain_epochs, "batch_size": size.pretrain_batch, "lr": size.pretrain_lr}
     return {
         "defaults": {
             "arch": "resnetv2_tiny_bit",
             "image_size": size.image_size,
-            "lr": size.lr,
             "out_dir": str(out),
             "roots": root_list,
         },
@@ -242,14 +254,15 @@ def demo_sweep(out: Path, roots: dict[str, Path], size: DemoSize) -> dict:
 
 
 def summary_table(results_dir: Path) -> pd.DataFrame:
-    """Mean ± SD over seeds of each target's headline metric, init × shots."""
+    """Mean ± SD over seeds of each target's headline metric: rows target × init × mode (fine-tuned, then
+    the linear probe of the same init), columns shots."""
     tidy = store.table(results_dir)
     tidy = tidy[(tidy["kind"] == "transfer") & (tidy["metric"].isin(["test/acc", "test/auc"]))]
     if tidy.empty:
         return pd.DataFrame()
     headline = {"padchest-cl": "test/auc", "digits": "test/acc"}
     tidy = tidy[tidy["metric"] == tidy["target"].map(headline).fillna("test/acc")]
-    stats = tidy.groupby(["target", "metric", "init_label", "shot"])["value"].agg(["mean", "std"])
+    stats = tidy.groupby(["target", "metric", "init_label", "train_mode", "shot"])["value"].agg(["mean", "std"])
     cell = (100 * stats["mean"]).round(1).astype(str) + " ± " + (100 * stats["std"].fillna(0)).round(1).astype(str)
     table = cell.unstack("shot")
     ordered = [c for c in [f"{k}_shot" for k in (1, 5, 10, 100, 500)] + ["full_shot"] if c in table.columns]
@@ -257,10 +270,11 @@ def summary_table(results_dir: Path) -> pd.DataFrame:
 
 
 def xray_pretraining_effect(results_dir: Path) -> str:
-    """The demo's result, in words: on the X-ray target, X-ray pre-training's mean AUC minus the best
-    other init's, per shot count (whatever the sign: it is reported, not tuned)."""
+    """The demo's result, in words: on the X-ray target, fine-tuned X-ray pre-training's mean AUC minus the
+    best other fine-tuned init's, per shot count (whatever the sign: it is reported, not tuned)."""
     tidy = store.table(results_dir)
     tidy = tidy[(tidy["kind"] == "transfer") & (tidy["target"] == "padchest-cl") & (tidy["metric"] == "test/auc")]
+    tidy = tidy[tidy["train_mode"] == "finetune"]  # fine-tuned inits; probes are their own rows of the table
     means = tidy.groupby(["shot", "init_label"])["value"].mean().unstack("init_label")
     if means.empty or "xray" not in means.columns or len(means.columns) < 2:
         return "X-ray pre-training on the X-ray target: not measured (no X-ray init and other inits in the store)"

@@ -21,7 +21,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     pngs = sum(p.suffix == ".png" for p in outcome["figures"])
     print(f"  {pngs} figures, each as PNG + PDF + the CSV it was drawn from")
     if not outcome["table"].empty:
-        print("\nmean ± SD over seeds (×100): PadChest-Cl mean AUC, digits accuracy")
+        print("\nmean ± SD over seeds (×100): PadChest-Cl mean AUC, digits accuracy; fine-tuned and linear probe")
         print(outcome["table"].to_string())
         print("\n" + demo.xray_pretraining_effect(outcome["out"] / "results"))
     return 1 if outcome["summary"].failed else 0

@@ -24,8 +24,6 @@ def cmd_figures(args: argparse.Namespace) -> int:
     if len(means):
         print("\nfull-shot mean ± SD over seeds:")
         for row in means.itertuples():
-            print(
-                f"  {row.target:14s} {row.metric:9s} {row.pretrained_model:34s} {row.mean:.4f} ± {row.sd:.4f} "
-                f"(n={row.seeds})"
-            )
+            model = row.pretrained_model + (" (probe)" if getattr(row, "train_mode", "") == "probe" else "")
+            print(f"  {row.target:14s} {row.metric:9s} {model:42s} {row.mean:.4f} ± {row.sd:.4f} (n={row.seeds})")
     return 0

@@ -29,8 +29,10 @@ from matplotlib.axes import Axes
 from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 
+from xrstudy.config import base_arch
 from xrstudy.fileio import atomic_path, atomic_write_table
 from xrstudy.results import scaling, stats, store
+from xrstudy.training import cost
 
 # ---- colours ----------------------------------------------------------------------------------
 SOURCE_COLOURS = {
@@ -38,6 +40,8 @@ SOURCE_COLOURS = {
     "imagenet1k_distilled": "#6baed6",
     "imagenet21k": "#08519c",
     "imagenet21k_ft_imagenet1k": "#3182bd",
+    "imagenet21k_bitm": "#4292c6",  # Google's BiT-M weights (timm's goog_in21k tags), beside the authors' own
+    "google_imagenet21k": "#4292c6",
     "chexpert": "#e6550d",
     "mimic": "#31a354",
     "nih": "#756bb1",
@@ -56,6 +60,7 @@ SHOT_ORDER = ("1_shot", "5_shot", "10_shot", "100_shot", "500_shot", "full_shot"
 METRIC_NAMES = {"test/acc": "accuracy", "test/auc": "mean AUC", "test/ap": "mean AP"}
 MAX_PIXELS = 2400  # no saved PNG is wider or taller than this (the DPI gives way)
 PAPER_SUFFIX = " (paper)"  # a series drawn from the paper's rows beside new runs of the same model
+PROBE_SUFFIX = " (probe)"  # a linear probe's series beside the fine-tuned runs of the same model
 
 
 def source_colour(source: str) -> str:
@@ -83,7 +88,8 @@ def _model_order(frame: pd.DataFrame) -> list[str]:
 
     def key(row: Any) -> tuple:
         rank = sources.index(row.init_label) if row.init_label in sources else len(sources)
-        return (rank, row.init_label, ARCH_PARAMS_M.get(store.arch_short(row.arch), 1e9))
+        probe = row.pretrained_model.endswith(PROBE_SUFFIX)
+        return (rank, row.init_label, ARCH_PARAMS_M.get(store.arch_short(row.arch), 1e9), probe)
 
     return [row.pretrained_model for row in sorted(models.itertuples(), key=key)]
 
@@ -119,12 +125,32 @@ def _with_origin(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(pretrained_model=model.where(~paper, model + PAPER_SUFFIX))
 
 
+def _with_mode(frame: pd.DataFrame) -> pd.DataFrame:
+    """Linear probes beside fine-tuned runs: a probe's model gets PROBE_SUFFIX (same colour, its own series)."""
+    if "train_mode" not in frame or not (frame["train_mode"] == "probe").any():
+        return frame
+    probe = (frame["train_mode"] == "probe").to_numpy()
+    return frame.assign(
+        pretrained_model=frame["pretrained_model"].where(~probe, frame["pretrained_model"] + PROBE_SUFFIX)
+    )
+
+
+def series_label(init_label: str, train_mode: str = "finetune") -> str:
+    """A source's series in the model-size figures: the init, marked when it is a linear probe."""
+    return init_label + (PROBE_SUFFIX if train_mode == "probe" else "")
+
+
+HATCHES = {PAPER_SUFFIX: "///", PROBE_SUFFIX: "..."}
+
+
 def hatch_paper_bars(ax: Axes, hue_order: Iterable[str]) -> None:
-    """Hatch the bars of the paper's series (names ending PAPER_SUFFIX; seaborn's containers follow hue_order)."""
+    """Hatch the bars of the paper's series (names ending PAPER_SUFFIX, "///") and of linear probes
+    (PROBE_SUFFIX, "..."); seaborn's containers follow hue_order."""
     for container, label in zip(ax.containers, hue_order):
-        if label.endswith(PAPER_SUFFIX):
+        hatch = next((h for suffix, h in HATCHES.items() if label.endswith(suffix)), None)
+        if hatch:
             for bar in container:
-                bar.set_hatch("///")
+                bar.set_hatch(hatch)
 
 
 def transfer_rows(table: pd.DataFrame, target: str, metric: str) -> pd.DataFrame:
@@ -142,8 +168,9 @@ def _unique(axes: Iterable[Axes]) -> tuple[list, list]:
 
 # ---- the figures: draw(rows, target, metric) -> Figure -----------------------------------------
 def draw_shots_bar(data: pd.DataFrame, target: str, metric: str) -> Figure:
-    """Metric vs shots (x), one bar per pre-trained model (hue), SD error bars over seeds."""
-    data = _with_origin(data)
+    """Metric vs shots (x), one bar per pre-trained model (hue), SD error bars over seeds; the paper's rows
+    and linear probes hatched beside the fine-tuned runs of the same model."""
+    data = _with_mode(_with_origin(data))
     order = [s for s in SHOT_ORDER if s in set(data.shot)] + sorted(set(data.shot) - set(SHOT_ORDER))
     hue_order = _model_order(data)
     width = max(6.5, 1.0 + 0.18 * len(order) * len(hue_order))
@@ -170,44 +197,120 @@ def draw_shots_bar(data: pd.DataFrame, target: str, metric: str) -> Figure:
     return fig
 
 
+def params_m(arch: str) -> float:
+    """Backbone parameters (millions) of an arch: the cost tables' count (`xrstudy.training.cost.arch_params`),
+    else the rounded BiT sizes of ARCH_PARAMS_M, else NaN."""
+    counted = cost.arch_params().get(base_arch(arch))
+    return counted if counted is not None else ARCH_PARAMS_M.get(store.arch_short(arch), np.nan)
+
+
 def _with_params(data: pd.DataFrame) -> pd.DataFrame:
-    return data.assign(params_m=data.arch.map(lambda a: ARCH_PARAMS_M.get(store.arch_short(a), np.nan)))
+    return data.assign(params_m=data.arch.map(params_m))
 
 
-def draw_model_size(data: pd.DataFrame, target: str, metric: str) -> Figure:
-    """R50x1 → R152x4 per source: mean ± SD over seeds vs model size, one panel per shot count."""
+def draw_model_size(data: pd.DataFrame, target: str, metric: str, fits: pd.DataFrame | None = None) -> Figure:
+    """Metric vs backbone parameters (log x, ticks named by the BiT sizes), one panel per shot count: one
+    series per init (fine-tuned solid; linear probes dashed, "(probe)"), mean ± SD over seeds with every
+    seed's value as a dot. `fits` (`model_size_fits`: init_label, train_mode, shot, params_m, value[, lo,
+    hi]) draws each series' fitted curve and its band on top."""
     data = _with_params(data).dropna(subset=["params_m"])
-    shots = [s for s in SHOT_ORDER if s in set(data.shot)]
+    if "train_mode" not in data:
+        data = data.assign(train_mode="finetune")
+    shots = [s for s in SHOT_ORDER if s in set(data.shot)] + sorted(set(data.shot) - set(SHOT_ORDER))
     panels = max(1, len(shots))
-    fig = new_figure(2.6 * panels + 1.8, 3.6)
+    fig = new_figure(3.0 * panels + 2.4, 4.0)
+    names = dict(zip(data.params_m, data.arch.map(store.arch_short)))
     with mpl.rc_context(style()):
         axes = fig.subplots(1, panels, sharey=True, squeeze=False)[0]
         for ax, shot in zip(axes, shots):
             part = data[data.shot == shot]
-            for source, group in part.groupby("init_label", sort=True):
+            for (source, mode), group in part.groupby(["init_label", "train_mode"], sort=True):
+                colour, line = source_colour(source), "--" if mode == "probe" else "-"
                 stats = group.groupby("params_m").value.agg(["mean", "std"]).reset_index()
+                ax.plot(group.params_m, group.value, ".", color=colour, alpha=0.35, markersize=4)
                 ax.errorbar(
                     stats.params_m,
                     stats["mean"],
                     yerr=stats["std"].fillna(0),
                     marker="o",
+                    linestyle=line,
                     capsize=3,
-                    color=source_colour(source),
-                    label=source,
+                    color=colour,
+                    label=series_label(source, mode),
                 )
+                curve = _curve(fits, source, mode, shot)
+                if len(curve):
+                    ax.plot(curve.params_m, curve.value, ":", color=colour, linewidth=1.4)
+                    if {"lo", "hi"} <= set(curve.columns):
+                        ax.fill_between(curve.params_m, curve.lo, curve.hi, color=colour, alpha=0.12, linewidth=0)
             ax.set_xscale("log")
-            sizes = sorted(set(part.params_m))
-            ax.set_xticks(sizes, [k for s in sizes for k, v in ARCH_PARAMS_M.items() if v == s][: len(sizes)])
+            ticks, labels = size_ticks(sorted(set(part.params_m)), names)
+            ax.set_xticks(ticks, labels, rotation=50, ha="right", rotation_mode="anchor")
             ax.minorticks_off()
-            ax.set(title=shot.replace("_", " "), xlabel="model (BiT R-)")
+            ax.set(title=shot.replace("_", " "))
         axes[0].set_ylabel(_metric_label(metric))
+        fig.supxlabel("backbone parameters, log scale (BiT R-)", fontsize=STYLE["axes.labelsize"])
         fig.legend(*_unique(axes), loc="outside right upper", frameon=False, title="pre-training")
-        fig.suptitle(f"{target}: model size")
+        fig.suptitle(f"{target}: model size" + (" (dotted: fits)" if fits is not None and len(fits) else ""))
     return fig
+
+
+def size_ticks(sizes: list[float], names: dict[float, str], close: float = 1.25) -> tuple[list[float], list[str]]:
+    """Ticks of a log parameter axis: sizes within a factor `close` of each other share one tick, named by
+    both (R50x3, 211M, and R152x2, 232M: "50x3/152x2"), at their geometric mean."""
+    clusters: list[list[float]] = []
+    for size in sizes:
+        if clusters and size / clusters[-1][-1] < close:
+            clusters[-1].append(size)
+        else:
+            clusters.append([size])
+    ticks = [float(np.exp(np.mean(np.log(group)))) for group in clusters]
+    return ticks, ["/".join(names[s] for s in group) for group in clusters]
+
+
+def _curve(fits: pd.DataFrame | None, source: str, mode: str, shot: str) -> pd.DataFrame:
+    if fits is None or not len(fits):
+        return pd.DataFrame(columns=["params_m", "value"])
+    modes = fits.train_mode if "train_mode" in fits else pd.Series("finetune", index=fits.index)
+    chosen = fits[(fits.init_label == source) & (modes == mode) & (fits.shot == shot)]
+    return chosen.sort_values("params_m")
+
+
+def model_size_fits(data: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Fitted curves of the metric against backbone parameters, per (init, train mode, shot) with three or
+    more sizes: the law AICc picks for the error (power or saturating, `series_fit` /
+    `xrstudy.results.scaling.fit_curve`) with its bootstrap band over seeds, as the metric. The one place the
+    model-size figure takes its fits from. Columns: init_label, train_mode, shot, law, params_m, value, lo, hi."""
+    data = _with_params(data).dropna(subset=["params_m", "value"])
+    if "train_mode" not in data:
+        data = data.assign(train_mode="finetune")
+    frames = []
+    for (source, mode, shot), part in data.groupby(["init_label", "train_mode", "shot"], sort=True):
+        curve = series_fit(part.assign(error=1.0 - part.value), "params_m", n_boot=n_boot, seed=seed)
+        if curve is None:
+            continue
+        band = curve.band.rename(columns={"x": "params_m"})
+        frames.append(
+            pd.DataFrame(
+                {
+                    "init_label": source,
+                    "train_mode": mode,
+                    "shot": shot,
+                    "law": curve.law,
+                    "params_m": band.params_m,
+                    "value": 1.0 - band.fit,
+                    "lo": 1.0 - band.hi,
+                    "hi": 1.0 - band.lo,
+                }
+            )
+        )
+    columns = ["init_label", "train_mode", "shot", "law", "params_m", "value", "lo", "hi"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
 def draw_fewshot_curves(data: pd.DataFrame, target: str, metric: str) -> Figure:
     """Metric vs k (log x) per source and size; full-shot results in a separate panel on the right."""
+    data = _with_mode(data)
     palette = model_palette(data)
     order = _model_order(data)
     fig = new_figure(8.5, 4.0)
@@ -219,6 +322,7 @@ def draw_fewshot_curves(data: pd.DataFrame, target: str, metric: str) -> Figure:
             part = stats[stats.pretrained_model == model]
             few, full = part[part.shots > 0], part[part.shots == 0]
             line = "--" if store.arch_short(arch_of[model]) == "50x1" else "-"  # small models dashed
+            line = ":" if model.endswith(PROBE_SUFFIX) else line  # linear probes dotted
             if len(few):
                 ax.plot(few.shots, few["mean"], line, marker="o", color=palette[model], label=model)
                 ax.fill_between(
@@ -301,7 +405,9 @@ def scale_rows(data: pd.DataFrame, scale: str) -> list[tuple[tuple, pd.DataFrame
     Origins stay apart (the paper's rows and a re-run are two series), as in `scaling.fit_table`."""
     x = SCALE_AXES[scale]
     data = _with_params(data).assign(error=1.0 - data.value).dropna(subset=["params_m", "error"])
-    group_by = ["init_label", "shot"] + (["arch"] if scale == "data" else ["data_fraction"]) + ["origin"]
+    if "train_mode" not in data:
+        data = data.assign(train_mode="finetune")
+    group_by = ["init_label", "train_mode", "shot"] + (["arch"] if scale == "data" else ["data_fraction"]) + ["origin"]
     return [(key, part) for key, part in data.groupby(group_by, sort=True) if part[x].nunique() >= 2]
 
 
@@ -336,11 +442,13 @@ def draw_scale_curve(data: pd.DataFrame, target: str, metric: str, *, scale: str
         ax = fig.subplots()
         for key, part in groups:
             colour = source_colour(key[0])
-            label = " ".join(str(k) for k in key[:-1]).replace("_shot", "-shot")
-            label += PAPER_SUFFIX if key[-1] == "paper" else ""
+            mode, origin = key[1], key[-1]
+            shown = (key[0], *key[2:-1]) if mode == "finetune" else key[:-1]
+            label = " ".join(str(k) for k in shown).replace("_shot", "-shot")
+            label += PAPER_SUFFIX if origin == "paper" else ""
             curve = series_fit(part, x, n_boot=n_boot)
             if curve is not None:
-                draw_fit(ax, curve, colour)
+                draw_fit(ax, curve, colour, linestyle="--" if mode == "probe" else "-")
                 label += f"\n{curve.label()}"
             stats = part.groupby(x).error.agg(["mean", "std"]).reset_index()
             ax.errorbar(
@@ -363,13 +471,70 @@ def draw_scale_curve(data: pd.DataFrame, target: str, metric: str, *, scale: str
     return fig
 
 
+def probe_pairs(data: pd.DataFrame) -> pd.DataFrame:
+    """The rows of models (pretrained_model) with both fine-tuned and linear-probe results."""
+    if "train_mode" not in data:
+        return data.head(0)
+    both = data.groupby("pretrained_model").train_mode.nunique()
+    return data[data.pretrained_model.isin(both[both >= 2].index)]
+
+
+def draw_probe_vs_finetune(data: pd.DataFrame, target: str, metric: str) -> Figure:
+    """What fine-tuning adds over a linear probe, per model and shot count: left, both (fine-tuned solid,
+    probe dotted, mean ± SD over seeds); right, fine-tune minus probe, paired by seed (mean ± SD)."""
+    data = probe_pairs(data)
+    order = [s for s in SHOT_ORDER if s in set(data.shot)] + sorted(set(data.shot) - set(SHOT_ORDER))
+    where = {shot: i for i, shot in enumerate(order)}
+    palette = model_palette(data)
+    fig = new_figure(11.0, 4.2)
+    with mpl.rc_context(style()):
+        ax, ax_gain = fig.subplots(1, 2)
+        for model in _model_order(data):
+            part = data[data.pretrained_model == model]
+            for mode, line in (("finetune", "-"), ("probe", ":")):
+                stats = part[part.train_mode == mode].groupby("shot").value.agg(["mean", "std"]).reset_index()
+                stats = stats.assign(x=stats.shot.map(where)).sort_values("x")
+                label = model if mode == "finetune" else None  # one legend entry per model: the line style says
+                ax.errorbar(
+                    stats.x,
+                    stats["mean"],
+                    yerr=stats["std"].fillna(0),
+                    marker="o",
+                    linestyle=line,
+                    capsize=3,
+                    color=palette[model],
+                    label=label,
+                )
+            wide = part.pivot_table(index=["shot", "seed"], columns="train_mode", values="value", aggfunc="mean")
+            gain = (wide["finetune"] - wide["probe"]).dropna().groupby(level="shot").agg(["mean", "std"]).reset_index()
+            gain = gain.assign(x=gain.shot.map(where)).sort_values("x")
+            ax_gain.errorbar(
+                gain.x,
+                gain["mean"],
+                yerr=gain["std"].fillna(0),
+                marker="o",
+                capsize=3,
+                color=palette[model],
+                label=model,
+            )
+        for axis in (ax, ax_gain):
+            axis.set_xticks(range(len(order)), [s.replace("_shot", "") for s in order])
+            axis.set_xlabel("shots per class")
+        ax_gain.axhline(0.0, color="0.4", linewidth=0.8)
+        ax.set(ylabel=_metric_label(metric), title=f"{target}: fine-tuned (solid) vs linear probe (dotted)")
+        ax_gain.set(ylabel=f"fine-tune − probe ({_metric_label(metric)})", title="what fine-tuning adds")
+        fig.legend(*_unique([ax]), loc="outside right upper", frameon=False, title="pre-trained model")
+    return fig
+
+
 # Public one-call versions: the tidy table in, a Figure out.
 def shots_bar(table: pd.DataFrame, target: str, metric: str) -> Figure:
     return draw_shots_bar(transfer_rows(table, target, metric), target, metric)
 
 
-def model_size(table: pd.DataFrame, target: str, metric: str) -> Figure:
-    return draw_model_size(transfer_rows(table, target, metric), target, metric)
+def model_size(table: pd.DataFrame, target: str, metric: str, *, fits: bool = True) -> Figure:
+    rows = transfer_rows(table, target, metric)
+    return draw_model_size(rows, target, metric, fits=model_size_fits(rows) if fits else None)
 
 
 def fewshot_curves(table: pd.DataFrame, target: str, metric: str) -> Figure:
@@ -378,6 +543,10 @@ def fewshot_curves(table: pd.DataFrame, target: str, metric: str) -> Figure:
 
 def sd_by_shots(table: pd.DataFrame, target: str, metric: str) -> Figure | None:
     return draw_sd_by_shots(transfer_rows(table, target, metric), target, metric)
+
+
+def probe_vs_finetune(table: pd.DataFrame, target: str, metric: str) -> Figure:
+    return draw_probe_vs_finetune(transfer_rows(table, target, metric), target, metric)
 
 
 def scale_curve(table: pd.DataFrame, target: str, metric: str, *, scale: str, n_boot: int = 1000) -> Figure | None:
@@ -445,7 +614,7 @@ FIGURE_KINDS = (
     FigureKind("bars", draw_shots_bar),
     FigureKind(
         "model_size",
-        draw_model_size,
+        lambda rows, target, metric: draw_model_size(rows, target, metric, fits=model_size_fits(rows)),
         lambda rows: rows.arch.map(store.arch_short).nunique() >= 2,
         lambda rows, target: _with_params(rows).dropna(subset=["params_m"]),
     ),
@@ -453,6 +622,9 @@ FIGURE_KINDS = (
     _scale_kind("data", 2),
     _scale_kind("model", 3),
     FigureKind("variance", draw_sd_by_shots, lambda rows: rows.shots.nunique() >= 2 and rows.seed.nunique() >= 2),
+    FigureKind(
+        "probe", draw_probe_vs_finetune, lambda rows: len(probe_pairs(rows)) > 0, lambda rows, t: probe_pairs(rows)
+    ),
 )
 
 
@@ -516,7 +688,9 @@ def render_table(
 def full_shot_means(table: pd.DataFrame) -> pd.DataFrame:
     """Mean ± SD over seeds of every full-shot transfer result: target, metric, pretrained model, origin."""
     data = table[(table.kind == "transfer") & (table.shot == "full_shot") & table.metric.str.startswith("test/")]
-    keys = ["target", "metric", "pretrained_model", "init_label", "arch", "origin"]
+    keys = ["target", "metric", "pretrained_model", "init_label", "arch", "origin", "train_mode"]
+    if "train_mode" not in data:
+        data = data.assign(train_mode="finetune")
     stats = data.groupby(keys, sort=True).value.agg(mean="mean", sd="std", seeds="count").reset_index()
     return stats.assign(sd=stats.sd.fillna(0.0))
 
@@ -552,6 +726,13 @@ __all__ = [
     "series_fit",
     "sd_by_shots",
     "draw_sd_by_shots",
+    "draw_probe_vs_finetune",
+    "probe_vs_finetune",
+    "probe_pairs",
+    "model_size_fits",
+    "params_m",
+    "series_label",
+    "PROBE_SUFFIX",
     "save_figure",
     "FigureKind",
     "FIGURE_KINDS",

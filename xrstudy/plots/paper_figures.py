@@ -132,8 +132,11 @@ def model_caption(model: str) -> str:
 
 def paper_table(table: pd.DataFrame) -> pd.DataFrame:
     """Transfer rows under xrstudy's target / metric names, in percent, with a `series` per model and
-    origin (paper rows carry ' (paper)' where a target has both origins)."""
+    origin (paper rows carry ' (paper)' where a target has both origins). The paper fine-tuned every model:
+    linear probes (train_mode probe) are not drawn in its style."""
     rows = table[table.kind == "transfer"]
+    if "train_mode" in rows:
+        rows = rows[rows.train_mode != "probe"]
     rows = rows.assign(target=rows.target.replace(TARGET_ALIASES), metric=rows.metric.replace(METRIC_ALIASES))
     rows = rows[rows.metric == rows.target.map(HEADLINE_METRIC).fillna("test/acc")]
     mixed = rows.groupby("target").origin.transform("nunique") > 1

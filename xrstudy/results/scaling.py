@@ -619,8 +619,8 @@ def _params(arch: str, sizes: Mapping[str, float]) -> float:
 
 
 BY = {
-    "model": ["target", "metric", "init_label", "origin", "shots", "shot", "data_fraction"],
-    "data": ["target", "metric", "init_label", "origin", "shots", "shot", "arch"],
+    "model": ["target", "metric", "init_label", "train_mode", "origin", "shots", "shot", "data_fraction"],
+    "data": ["target", "metric", "init_label", "train_mode", "origin", "shots", "shot", "arch"],
 }
 
 
@@ -631,6 +631,8 @@ def _scale_frame(table: pd.DataFrame, scale: str, sizes: Mapping[str, float] | N
     if "kind" in data.columns:
         data = data[data["kind"] == "transfer"]
     data = data[data["metric"].astype(str).str.startswith("test/")]
+    if "train_mode" not in data.columns:  # a table written before linear probes: every run a fine-tune
+        data = data.assign(train_mode="finetune")
     x = SCALE_COLUMNS[scale]
     if scale == "model" and "params_m" not in data.columns:
         if sizes is None:
@@ -648,6 +650,7 @@ SCALING_FITS_COLUMNS = [
     "target",
     "metric",
     "init_label",
+    "train_mode",
     "origin",
     "shots",
     "shot",

@@ -53,7 +53,7 @@ from scipy import stats as sps
 
 from xrstudy.results import legacy, store
 
-CELL = ("target", "pretrained_model", "data_fraction", "shots", "shot", "metric")
+CELL = ("target", "pretrained_model", "train_mode", "data_fraction", "shots", "shot", "metric")
 INTERVALS = ("prediction", "ci", "range")
 ADJUSTMENTS = ("none", "bonferroni", "holm")  # multiple-comparison control of `compare` (see top)
 TOLERANCE = 1e-9  # float slack for "inside" (a published SD of 0 gives a point interval)
@@ -66,6 +66,8 @@ def _rng(seed: int, key: tuple) -> np.random.Generator:
 
 
 def _select(table: pd.DataFrame, metric: str | Sequence[str] | None, kinds: Sequence[str] | None) -> pd.DataFrame:
+    if "train_mode" not in table.columns:  # a table written before linear probes: every run a fine-tune
+        table = table.assign(train_mode="finetune")
     missing = {*CELL, "seed", "value", "origin"} - set(table.columns)
     if missing:
         raise ValueError(f"not a tidy results table: missing columns {sorted(missing)}")

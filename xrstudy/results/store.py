@@ -55,6 +55,7 @@ TABLE_COLUMNS = (
     "last_step",
     "sources",
     "data_fraction",
+    "train_mode",
 )
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
 
@@ -94,6 +95,7 @@ FIELDS: dict[str, Field] = {
     "error": Field((str, type(None))),
     "legacy": Field((dict,)),
     "resolved": Field((dict,)),  # the resolved cell it ran (xrstudy.training.resolve.ResolvedCell.row())
+    "probe": Field((dict,)),  # train_mode probe: the chosen C, the feature cache, the backbone's digest
     "digest": Field((str,)),
 }
 
@@ -397,6 +399,8 @@ def _rows(result: dict[str, Any], pretrain_configs: dict[str, dict[str, Any]]) -
             "sources": "+".join(sources),
             # Data-scale curves: the fraction of the pre-training data behind this model.
             "data_fraction": float(parent.get("data_fraction", config.get("data_fraction", 1.0))),
+            # finetune | probe (pre-training cells and the paper's rows: finetune, what they did)
+            "train_mode": config.get("train_mode", "finetune"),
         }
 
 

@@ -13,6 +13,9 @@ The data's facts come from the label files when the cell's roots exist here (`tr
 the registry's published facts (`resolve.registry_facts`). A root that does not exist on this machine counts as
 not given. `micro_batch` is the one the cell runs with on one GPU (the memory table; `sweep submit` sets it per
 cell for the GPUs it gives the cell, by the same function, `xrstudy.training.cost.micro_batch`).
+- probe cells (`train_mode: probe`): no optimiser step; their cost is one forward pass over the dataset's
+  images (a third of a training step each, `recipes.FORWARD_SHARE`: the resolver's `probe`), paid by the
+  first cell of a feature group (`feature_group`) and read from its file by the others.
 """
 
 from __future__ import annotations
@@ -102,7 +105,44 @@ def plan_cell(
         "leak": leak,
         "warnings": [*leak_warnings, *facts.warnings],
         "errors": list(facts.errors),
+        "train_mode": cfg.train_mode if transfer else None,
     }
+
+
+def feature_group(cfg: RunConfig) -> tuple:
+    """Probe cells that read one feature file (xrstudy.training.probe: the same init weights, images and
+    evaluation view): every seed and shot count of an (init, target, preprocessing), or one seed for a
+    scratch init, whose random weights depend on it."""
+    scratch = cfg.init == "scratch"
+    return (
+        cfg.init,
+        cfg.init_label if cfg.init == "paper" else "",
+        cfg.arch,
+        (cfg.weight_init, cfg.seed) if scratch else (),
+        cfg.target,
+        cfg.roots,
+        cfg.label_mode,
+        cfg.split_mode,
+        cfg.uncertain,
+        cfg.image_size,
+    )
+
+
+def _share_features(rows: list[dict[str, Any]], cells: list[RunConfig]) -> None:
+    """Only the first probe cell of a feature group extracts; the others' GPU-hours are 0 (they read its file)."""
+    first: dict[tuple, dict[str, Any]] = {}
+    for row, cfg in zip(rows, cells):
+        if row.get("train_mode") != "probe":
+            continue
+        group = feature_group(cfg)
+        if group not in first:
+            first[group] = row
+            row["features_from"] = "extracted here"
+            continue
+        row["features_from"] = f"the feature file of {first[group]['run_id']} ({first[group]['name']})"
+        row["image_steps"] = 0
+        if row["gpu_hours"] is not None:
+            row["gpu_hours"] = 0.0
 
 
 def _with_roots(cfg: RunConfig, roots: dict[str, str], metadata_only: bool) -> RunConfig | None:
@@ -137,6 +177,7 @@ def plan_cells(
         facts = resolve.label_file_facts(reading) if reading else resolve.registry_facts(cfg)
         rows.append(plan_cell(reading or cfg, by_id, facts, device, pretrain_configs))
         rows[-1]["run_id"] = cfg.run_id  # roots are execution fields: the id does not change
+    _share_features(rows, cells)
     return rows
 
 
@@ -153,6 +194,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "unresolved": sum(r["steps"] is None for r in rows),
         "leaks": sum(bool(r["leak"]) for r in rows),
         "no_estimate": sum(r["gpu_hours"] is None for r in rows),
+        "probe": sum(r.get("train_mode") == "probe" for r in rows),
     }
 
 
@@ -162,6 +204,7 @@ COLUMNS = (
     ("target", 13),
     ("shots", 5),
     ("seed", 4),
+    ("train_mode", 8),
     ("train_size", 10),
     ("steps", 6),
     ("resize", 6),
@@ -173,7 +216,13 @@ COLUMNS = (
     ("gpu_hours", 9),
     ("leak", 5),
 )
-HEADINGS = {"mixup_alpha": "mixup", "pretrained_model": "model", "train_size": "train", "micro_batch": "micro"}
+HEADINGS = {
+    "mixup_alpha": "mixup",
+    "pretrained_model": "model",
+    "train_size": "train",
+    "micro_batch": "micro",
+    "train_mode": "mode",
+}
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -194,6 +243,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         f"{info['cells']} cells: "
         + ", ".join(f"{k} {n}" for k, n in info["per_kind"].items())
         + (f" (transfer: {per_target})" if per_target else "")
+        + (f" ({info['probe']} of them linear probes)" if info["probe"] else "")
         + f"; estimated GPU-hours: {hours}; unresolved {info['unresolved']}, leaks {info['leaks']}"
     )
     return "\n".join(lines)

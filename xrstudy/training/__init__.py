@@ -11,7 +11,8 @@
     metrics      NaN-safe accuracy, mean AUC / AP, bootstrap intervals (numpy / scikit-learn)
     callbacks    fastai callbacks: batch preparation, masked MixUp, LR schedule, AGC, training state
     learner      the fastai Learner: masked BCE, fit / predict / restore, best-validation checkpoint
-    train        `run(cfg) -> result`: the one readable path of a cell
+    probe        `train_mode: probe`: frozen fp32 features (cached per weights, view and images), a logistic regression
+    train        `run(cfg) -> result`: the one readable path of a cell (probe cells fork to `run_probe_cell`)
 
 `recipes`, `cost` and `resolve` import no torch (`xrstudy sweep plan` uses them).
 """

@@ -77,6 +77,17 @@ def normalise(
     return images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def eval_view(
+    raw: torch.Tensor, eval_size: int, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool
+) -> torch.Tensor:
+    """The evaluation view of a uint8 batch: float32, resized to eval_size x eval_size (antialiased bilinear)
+    when the cache holds another size, normalised. Evaluation and the probe's features see images this way."""
+    images = raw.to(torch.float32, memory_format=torch.contiguous_format)
+    if images.shape[-1] != eval_size or images.shape[-2] != eval_size:
+        images = F.interpolate(images, size=(eval_size, eval_size), mode="bilinear", antialias=True)
+    return normalise(images, mean, std, channels_last)
+
+
 class PrepareBatch(LocalCallback):
     """uint8 batch -> float on the device, the loader's affine view (training) or a resize to the
     evaluation size, normalised with the init's mean / std; replaces xb by (images,)."""
@@ -97,14 +108,14 @@ class PrepareBatch(LocalCallback):
 
     def before_batch(self) -> None:
         raw, draws = self.learn.xb
-        images = raw.to(torch.float32, memory_format=torch.contiguous_format)
         if self.learn.training:
+            images = raw.to(torch.float32, memory_format=torch.contiguous_format)
             size = self.out_size
             grid = F.affine_grid(draws["theta"], [len(images), images.shape[1], size, size], align_corners=False)
             images = F.grid_sample(images, grid, mode="bilinear", padding_mode=self.padding, align_corners=False)
-        elif images.shape[-1] != self.eval_size or images.shape[-2] != self.eval_size:
-            images = F.interpolate(images, size=(self.eval_size, self.eval_size), mode="bilinear", antialias=True)
-        self.learn.xb = (normalise(images, self.mean, self.std, self.channels_last),)
+            self.learn.xb = (normalise(images, self.mean, self.std, self.channels_last),)
+        else:
+            self.learn.xb = (eval_view(raw, self.eval_size, self.mean, self.std, self.channels_last),)
         self.learn.draws = draws  # the step's MixUp draws, for MaskedMixUp (it runs next)
 
 
@@ -269,6 +280,7 @@ __all__ = [
     "save_train_state",
     "load_train_state",
     "normalise",
+    "eval_view",
     "mix_targets",
     "unwrap",
     "TRAIN_STATE_FORMAT",

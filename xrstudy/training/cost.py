@@ -13,9 +13,10 @@ the measured R50x1 480-px figure is 14 % above the pixel-scaled 224-px one, and 
 slower than R152x2, not the 4.0x of their parameter counts, so every estimate says how it was made.
 
 Images per GPU come from `tables/memory.csv`: per (device, arch, resolution) the most training
-images one GPU holds (H100 bf16: estimates of `benchmarks/bench_gpu_fit.py`, a model that reproduces the
-authors' own R152x4 micro-batches on A100-40GB; A100-40GB rows: the authors' choices). A resolution not
-in the table is scaled from the nearest one by pixel count. `micro_batch` turns that into the cell's
+images one GPU holds (H100 bf16: estimates of `benchmarks/bench_gpu_fit.py` for the six BiT sizes, a model
+that reproduces the authors' own R152x4 micro-batches on A100-40GB; A100-40GB rows: the authors' choices).
+A resolution not in the table is scaled from the nearest one by pixel count, an arch without rows from the
+nearest arch by parameter count (a lower bound for wider networks). `micro_batch` turns that into the cell's
 execution field: the global batch is then reached by gradient accumulation (the training side).
 
 Cache bytes on disk and host memory per rank are the training side's own pure functions
@@ -151,22 +152,37 @@ def memory_table() -> tuple[dict[str, str], ...]:
 
 
 def images_per_gpu(
-    arch: str, resolution: int, device: str = DEFAULT_DEVICE, table: tuple[dict[str, str], ...] | None = None
+    arch: str,
+    resolution: int,
+    device: str = DEFAULT_DEVICE,
+    table: tuple[dict[str, str], ...] | None = None,
+    params: dict[str, float] | None = None,
 ) -> Fit | None:
-    """Most training images of `arch` at `resolution` px one `device` holds; None when the table has no row."""
+    """Most training images of `arch` at `resolution` px one `device` holds; None when the table has no row
+    for the device (an arch without rows is scaled from the nearest one by parameter count)."""
     base = base_arch(arch)
-    rows = [r for r in (memory_table() if table is None else table) if r["device"] == device and r["arch"] == base]
-    if not rows:
-        return None
+    on_device = [r for r in (memory_table() if table is None else table) if r["device"] == device]
+    rows = [r for r in on_device if r["arch"] == base]
+    scaled_by, share = [], 1.0
+    if not rows:  # the nearest arch of the table by parameter count
+        params = arch_params() if params is None else params
+        known = {r["arch"] for r in on_device} & set(params)
+        if base not in params or not known:
+            return None
+        nearest = min(known, key=lambda a: abs(math.log(params[a] / params[base])))
+        rows, share = [r for r in on_device if r["arch"] == nearest], params[nearest] / params[base]
+        scaled_by.append(
+            f"by parameter count from {nearest} ({params[base]:.0f}M vs {params[nearest]:.0f}M; activations grow "
+            f"more slowly than parameters with width, so this errs small)"
+        )
     row = _nearest_resolution(rows, resolution)
-    images = int(row["images_per_gpu"])
-    if int(row["resolution"]) == resolution:
-        return Fit(images, f"{device} {row['precision']}: {row['source']}")
-    scaled = images * (int(row["resolution"]) / resolution) ** 2  # activations grow with the pixels
+    if int(row["resolution"]) != resolution:
+        scaled_by.append(f"by pixel count from {row['resolution']} px")  # activations grow with the pixels
+    if not scaled_by:
+        return Fit(int(row["images_per_gpu"]), f"{device} {row['precision']}: {row['source']}")
+    scaled = int(row["images_per_gpu"]) * share * (int(row["resolution"]) / resolution) ** 2
     images = 1 << max(0, int(math.floor(math.log2(max(scaled, 1)))))
-    return Fit(
-        images, f"{device} {row['precision']}: scaled by pixel count from {row['resolution']} px ({row['source']})"
-    )
+    return Fit(images, f"{device} {row['precision']}: scaled {' and '.join(scaled_by)} ({row['source']})")
 
 
 def micro_batch(images_per_gpu: int | None, per_device_batch: int) -> int:

@@ -271,6 +271,47 @@ def recipe_for(
     )
 
 
+# ---- the linear probe of a cell (train_mode: probe) ------------------------------------------------
+# A probe keeps the backbone frozen: its images are seen once, through the evaluation view of the cell's
+# recipe, and its only training is a logistic regression on CPU (xrstudy.training.probe).
+PROBE_C_GRID = tuple(10.0**k for k in range(-4, 5))  # inverse L2 strengths tried, 1e-4 .. 1e4
+PROBE_DEFAULT_C = 1.0  # scikit-learn's default, when no validation image can be held out (1-shot)
+PROBE_VALID_FRACTION = 0.2  # of the training images, per class, held out to choose C
+PROBE_MAX_ITER = 1000
+FORWARD_SHARE = 1 / 3  # a forward pass costs about a third of a training step (forward + backward + update)
+
+
+@dataclass(frozen=True)
+class ProbeRecipe:
+    """Every number of a probe cell, resolved from its fine-tuning recipe: the images are cached at `resize`
+    (`cache_fit`) and seen at `eval_size` x `eval_size` (the evaluation view), `feature_batch` per forward
+    pass; C from `c_grid` by validation log-loss on `valid_fraction` of the training images per class,
+    or `default_c` when a class has a single training image."""
+
+    resize: int
+    eval_size: int
+    cache_fit: str
+    feature_batch: int
+    c_grid: tuple[float, ...] = PROBE_C_GRID
+    default_c: float = PROBE_DEFAULT_C
+    valid_fraction: float = PROBE_VALID_FRACTION
+    max_iter: int = PROBE_MAX_ITER
+
+
+def probe_recipe(recipe: Recipe, *, batch_size: int, micro_batch: int = 0, world: int = 1) -> ProbeRecipe:
+    """The probe of a cell whose fine-tuning recipe is `recipe`: its evaluation view, and a feature batch of
+    twice what one device runs per training pass (no activations are kept for a backward pass: the
+    evaluation batch of xrstudy.training.train). `micro_batch` comes from the memory table (sweep plan /
+    submit) when the per-device batch does not fit."""
+    per_device = max(1, batch_size // max(1, world))
+    return ProbeRecipe(
+        resize=recipe.resize,
+        eval_size=recipe.eval_size,
+        cache_fit=recipe.cache_fit,
+        feature_batch=2 * min(micro_batch or per_device, per_device),
+    )
+
+
 # ---- input normalisation ------------------------------------------------------------------------
 XRAY_STATS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # the authors' X-ray configs (data.mean / data.std); BiT's
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # their build_transforms' default
@@ -413,6 +454,10 @@ __all__ = [
     "weight_init_of",
     "eval_precision",
     "EVAL_PRECISION",
+    "ProbeRecipe",
+    "probe_recipe",
+    "PROBE_C_GRID",
+    "FORWARD_SHARE",
     "cache_bytes",
     "ram_per_rank",
     "input_stats",

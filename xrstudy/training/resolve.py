@@ -356,6 +356,10 @@ class ResolvedCell:
     cache_bytes: int | None
     ram_per_rank_bytes: int | None
     memory_from: str
+    train_mode: str = "finetune"
+    # train_mode probe: the probe's numbers (no optimiser step: one fp32 forward pass over the dataset's images,
+    # then a logistic regression on a CPU; xrstudy.training.probe)
+    probe: recipes.ProbeRecipe | None = None
 
     def row(self) -> dict[str, Any]:
         """Plain JSON (lists, not tuples): the `sweep plan` row's resolved fields, a result's `resolved` entry."""
@@ -375,9 +379,18 @@ class ResolvedCell:
             "weight_decay": r.weight_decay if r else None,
             "valid_every": r.valid_every if r and r.kind == "pretrain" else None,
         }
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "recipe"}
+        probe = {}
+        if self.probe is not None:  # no steps, LR or MixUp: the evaluation view's features, then C by validation
+            recipe.update(steps=0, boundaries=[], warmup=None, lr=None, mixup_alpha=None, augment="evaluation view")
+            probe = {
+                "feature_batch": self.probe.feature_batch,
+                "feature_images": self.cache_images,
+                "probe_c_grid": list(self.probe.c_grid),
+            }
+        skip = ("recipe", "probe")
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
         first = ("train_size", "train_size_from", "image_hw", "image_hw_from", "pipeline")  # the plan's column order
-        row = {**{k: values.pop(k) for k in first}, **recipe, **values}
+        row = {**{k: values.pop(k) for k in first}, **recipe, **values, **probe}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in row.items()}
 
 
@@ -422,6 +435,16 @@ def resolve(
     else:
         micro_from = f"no memory entry for {cfg.arch} on {device}: the whole batch at once"
     image_steps = recipe.steps * recipe.global_batch if recipe else None
+    probe = None
+    if cfg.train_mode == "probe" and recipe is not None:
+        probe = recipes.probe_recipe(recipe, batch_size=cfg.batch_size, micro_batch=micro, world=world)
+        image_steps = facts.cache_images  # one forward pass over every image of the dataset, no optimiser step
+        if speed is not None:
+            speed = cost.Throughput(
+                speed.images_per_s / recipes.FORWARD_SHARE,
+                f"forward only: {1 / recipes.FORWARD_SHARE:.0f} x the training images/s ({speed.how}); the features "
+                f"are fp32, the training figure bf16: not measured, a lower bound on the time",
+            )
     mode = cache_mode(cfg, recipe, facts.modality)
     n_cache = facts.cache_images
     side = recipe.resize if recipe else None
@@ -467,6 +490,8 @@ def resolve(
         cache_bytes=recipes.cache_bytes(n_cache, side, mode) if cached else None,
         ram_per_rank_bytes=_ram_per_rank(cfg, n_cache, side, mode, micro, gpu) if cached else None,
         memory_from=f"{facts.memory_from}; {MEMORY_NOTE}",
+        train_mode=cfg.train_mode,
+        probe=probe,
     )
 
 

@@ -6,6 +6,8 @@ Read it top to bottom -- it is the whole path from a RunConfig to a result JSON:
     study   = data.prepare(cfg)                      tables, classes, split hash, modality
     cell    = resolve_cell(cfg, study, device)       recipe, cache size and mode, statistics, precision: the
                                                      `xrstudy sweep plan` row of the cell (xrstudy.training.resolve)
+    (train_mode probe: run_probe_cell -- the frozen init's cached features + a logistic regression; the rest
+     of this list is fine-tuning)
     splits  = open_splits(cfg, study, ...)           cache rows + targets (the pixels stay in the memmap)
     model   = create_model(cfg, num_classes)         timm network, init, head
     learn   = make_learner(model, splits.train, setup)
@@ -188,12 +190,15 @@ def open_cache(cfg: RunConfig, paths: Sequence[str], size: int, mode: str) -> Im
     return imagecache.build_cache(paths, size, cache_dir, mode, cfg.workers, what=f"the image cache of {cfg.name}")
 
 
-def open_splits(cfg: RunConfig, study: StudyData, size: int, mode: str) -> tuple[dict[str, Split], dict[str, int]]:
+def open_splits(
+    cfg: RunConfig, study: StudyData, size: int, mode: str, cache: ImageCache | None = None
+) -> tuple[dict[str, Split], dict[str, int]]:
     """Each split as rows of the memory-mapped cache + targets; quarantined images are dropped and
     counted. No pixel is read here: the loaders gather each batch when it is needed. Nor is a path
     looked up when the study knows its rows in the cache (`StudyData.universe_rows`, from prepare):
-    the start-up then does no per-image work in Python, whatever the dataset's size."""
-    cache = open_cache(cfg, study.universe or study.paths, size, mode)
+    the start-up then does no per-image work in Python, whatever the dataset's size. `cache`: the
+    cache already opened (`open_cache`)."""
+    cache = cache or open_cache(cfg, study.universe or study.paths, size, mode)
     known_rows = bool(study.universe_rows) and cache.paths == study.universe  # the universe is the cache's order
     splits, dropped = {}, {}
     for name, table in {"train": study.train, "valid": study.valid, "test": study.test}.items():
@@ -228,13 +233,22 @@ class Evaluation:
 
 def evaluate(learn: Learner, splits: dict[str, Split], study: StudyData, batch: int, seed: int) -> Evaluation:
     started = time.perf_counter()
+    predictions = {name: predict(learn, splits[name], batch) for name in ("valid", "test") if len(splits[name])}
+    return scored(predictions, study, seed, started)
+
+
+def scored(
+    predictions: dict[str, tuple[np.ndarray, np.ndarray]], study: StudyData, seed: int, started: float
+) -> Evaluation:
+    """Metrics of (probabilities, targets) per split, per-class values and bootstrap CIs on test: what a
+    fine-tuned network's evaluation and a probe's regression both report."""
     metrics: dict[str, float] = {}
     per_class: dict[str, dict[str, float]] = {}
     ci: dict[str, list[float]] = {}
     for name in ("valid", "test"):
-        if len(splits[name]) == 0:
+        if name not in predictions:
             continue
-        probs, targets = predict(learn, splits[name], batch)
+        probs, targets = predictions[name]
         values, by_class = classification_metrics(probs, targets, study.classes, study.multilabel)
         metrics.update({f"{name}/{k}": v for k, v in values.items()})
         if name == "test":
@@ -326,6 +340,8 @@ def _run(
     # The resolved cell first (its recipe fixes the cache size and mode), then the cache rows of each split.
     cell = resolve_cell(cfg, study, proc.device, proc.world)
     recipe = cell.recipe
+    if cfg.train_mode == "probe":  # the backbone stays frozen: features once, then a logistic regression
+        return run_probe_cell(cfg, proc, study, cell) if proc.is_main else {}
     splits, quarantined = open_splits(cfg, study, recipe.resize, cell.cache_mode)
 
     # Model, and the training state to resume from.
@@ -420,6 +436,53 @@ def _run(
     return result
 
 
+def run_probe_cell(cfg: RunConfig, proc: Process, study: StudyData, cell: resolve.ResolvedCell) -> dict[str, Any]:
+    """The probe's fork of `run` (`train_mode: probe`, xrstudy.training.probe): the same data, image cache,
+    init and evaluation as a fine-tuned cell; instead of training, the frozen backbone's features of every
+    image of the dataset (read from the feature cache when an earlier seed or shot count made them) and an
+    L2 logistic regression. Rank 0 alone: the regression runs on its CPU."""
+    from xrstudy.training import probe
+
+    recipe, mode = cell.recipe, cell.cache_mode
+    cache = open_cache(cfg, study.universe or study.paths, recipe.resize, mode)
+    splits, quarantined = open_splits(cfg, study, recipe.resize, mode, cache=cache)
+    model = create_model(cfg, num_classes=len(study.classes), head=cfg.head)
+    mean, std = cell.mean, cell.std
+    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out_dir) / "cache"
+    started = time.perf_counter()
+    done = probe.run_probe(
+        model,
+        Split(cache.images, np.arange(len(cache)), torch.zeros(len(cache))),  # every image of the dataset
+        cache.key,
+        splits,
+        arch=base_arch(cfg.arch),
+        multilabel=study.multilabel,
+        num_classes=len(study.classes),
+        recipe=cell.probe,
+        mean=mean,
+        std=std,
+        device=proc.device,
+        seed=cfg.seed,
+        feature_root=cache_root / "features",
+        log=probe.JsonlProbeLog(cfg.run_dir / "probe_history.jsonl"),
+    )
+    evaluation = scored(done.predictions, study, cfg.seed, started + done.extract_s + done.fit_s)
+    outcome = Outcome(
+        evaluation=evaluation,
+        checkpoint=None,
+        train_s=done.extract_s + done.fit_s,
+        last_step=None,
+        counts={name: len(split) for name, split in splits.items()},
+        quarantined=quarantined,
+        extra={"probe": done.details},
+        resolved=cell.row(),
+        timings={"extract_s": done.extract_s, "fit_s": done.fit_s},
+    )
+    result = _result(cfg, study, outcome, proc)
+    save_result(result, cfg)
+    return result
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What a finished cell produced, for its result JSON."""
@@ -427,10 +490,12 @@ class Outcome:
     evaluation: Evaluation
     checkpoint: dict[str, str] | None
     train_s: float
-    last_step: int
+    last_step: int | None  # None: a probe takes no optimiser step
     counts: dict[str, int]  # images per split (after the quarantine)
     quarantined: dict[str, int]  # per split: images dropped because the cache could not decode them
     resolved: dict[str, Any] = dataclasses.field(default_factory=dict)  # the resolved cell (`ResolvedCell.row()`)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # more top-level result fields (a probe's "probe")
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)  # beyond train_s and eval_s
 
 
 def _result(cfg: RunConfig, study: StudyData, outcome: Outcome, proc: Process) -> dict[str, Any]:
@@ -452,9 +517,10 @@ def _result(cfg: RunConfig, study: StudyData, outcome: Outcome, proc: Process) -
         versions=_versions(),
         git_commit=_git_commit(),
         device=_device_name(proc.device) + (f" x{proc.world}" if proc.world > 1 else ""),
-        timings={"train_s": outcome.train_s, "eval_s": outcome.evaluation.seconds},
+        timings={"train_s": outcome.train_s, "eval_s": outcome.evaluation.seconds, **outcome.timings},
         last_step=outcome.last_step,
         resolved=outcome.resolved,
+        **outcome.extra,
     )
 
 
@@ -465,4 +531,15 @@ def save_result(result: dict[str, Any], cfg: RunConfig) -> Path:
 
 
 # ---- command line -----------------------------------------------------------------------------
-__all__ = ["run", "resolve_cell", "AUGMENTS", "open_splits", "evaluate", "start_process", "Outcome", "probe_image"]
+__all__ = [
+    "run",
+    "run_probe_cell",
+    "resolve_cell",
+    "AUGMENTS",
+    "open_splits",
+    "evaluate",
+    "scored",
+    "start_process",
+    "Outcome",
+    "probe_image",
+]
