@@ -183,7 +183,9 @@ def test_probes_never_pool_with_fine_tuned_runs(drawn):
     rendered, out = drawn
     fits = pd.read_csv(out / "scaling_fits.csv")
     model = fits[fits.scale == "model"]
-    assert set(model.train_mode) == {"finetune", "probe"} and len(model) == 8
+    # 4 series (2 inits x 2 modes) x 2 metrics x 2 laws (power, saturating), never a probe pooled with a fine-tune
+    assert set(model.train_mode) == {"finetune", "probe"} and len(model) == 16
+    assert (model.groupby(["init_label", "train_mode", "metric"]).law.nunique() == 2).all()
     means = pd.read_csv(out / "full_shot_means.csv")
     assert (means.seeds == 3).all() and set(means.train_mode) == {"finetune", "probe"}
     bars = pd.read_csv(out / "bars_covidx_acc.csv")

@@ -231,5 +231,5 @@ def test_repository_sweeps_fit_the_default_limits(path):
     for section in ("pretrain", "transfer"):
         for i, block in enumerate(data.get(section) or []):
             total = check_grid_size(block.get("grid") or {}, f"{path}: {section}[{i}]", counted=total)
-    assert total <= MAX_GRID_CELLS // 5  # the paper's 1,456 cells (extended.yaml: 1,499)
+    assert total <= MAX_GRID_CELLS // 3  # the paper's 1,456 cells (extended.yaml: 1,499; scale.yaml: 2,604)
     assert MAX_ALIAS_NODES >= 10 * 904  # extended.yaml's merges repeat 904 nodes

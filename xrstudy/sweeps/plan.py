@@ -105,7 +105,6 @@ def plan_cell(
         "leak": leak,
         "warnings": [*leak_warnings, *facts.warnings],
         "errors": list(facts.errors),
-        "train_mode": cfg.train_mode if transfer else None,
     }
 
 

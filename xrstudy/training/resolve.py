@@ -356,7 +356,7 @@ class ResolvedCell:
     cache_bytes: int | None
     ram_per_rank_bytes: int | None
     memory_from: str
-    train_mode: str = "finetune"
+    train_mode: str | None = "finetune"  # None for pre-training
     # train_mode probe: the probe's numbers (no optimiser step: one fp32 forward pass over the dataset's images,
     # then a logistic regression on a CPU; xrstudy.training.probe)
     probe: recipes.ProbeRecipe | None = None
@@ -490,7 +490,7 @@ def resolve(
         cache_bytes=recipes.cache_bytes(n_cache, side, mode) if cached else None,
         ram_per_rank_bytes=_ram_per_rank(cfg, n_cache, side, mode, micro, gpu) if cached else None,
         memory_from=f"{facts.memory_from}; {MEMORY_NOTE}",
-        train_mode=cfg.train_mode,
+        train_mode=cfg.train_mode if cfg.kind == "transfer" else None,
         probe=probe,
     )
 
