@@ -10,7 +10,11 @@
 #   2. the learner streamed from a memory-mapped uint8 file in the cache's layout vs the same learner
 #      on resident batches, R50x1 224 px compiled (images/s, and the share of time the step waited
 #      for a batch: the GPU waits when that is above ~0).                               goal >= 0.95
-#   3. a 1-GPU torchrun smoke run of `xrstudy train` (a phantom CheXpert source, R50x1, a few steps).
+#   3. a 1-GPU torchrun smoke run of `xrstudy train` (a phantom CheXpert source, R50x1, a few steps),
+#      then its history.csv (a row per step, peak GPU memory filled in) and TensorBoard events read back.
+#   4. the training history's cost: the learner with / without its HistoryLogger, R50x1 224 px bf16,
+#      every step logged (the default of runs of <= 200 steps) and every 50 (a 10k-step run's default).
+#                                                                                     goal <= 2 % of step time
 #
 # Needs torch (CUDA) and timm on the machine. fastai and its pure-Python dependencies can come as
 # wheels carried along (the GPU machine has no network). On a machine with network, from the repo root:
@@ -91,7 +95,7 @@ echo "== 3. 1-GPU torchrun smoke run" | tee -a "$LOG"
 python - "$WORK" "$SMOKE_ARCH" "$SMOKE_SIZE" "$SMOKE_DEVICE" <<'EOF'
 import sys
 from pathlib import Path
-from xrstudy import layouts, phantoms
+from xrstudy.data import layouts, phantoms
 from xrstudy.config import RunConfig
 
 work, arch, size, device = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -108,7 +112,31 @@ else
   echo "RESULT mode=torchrun ok=0" | tee -a "$LOG"
 fi
 
-echo "== summary (goal >= 0.95 learner/raw and streamed/resident)" | tee -a "$LOG"
+python - "$WORK" <<'EOF' 2>&1 | grep -v -i warn | tee -a "$LOG" || true
+import sys
+from pathlib import Path
+
+try:
+    from tensorboard.backend.event_processing import event_accumulator
+    from xrstudy.training import history
+
+    run = next(Path(sys.argv[1], "out", "runs").iterdir())
+    rows = history.read_rows(run / history.HISTORY_FILE)
+    events = event_accumulator.EventAccumulator(str(run / history.TENSORBOARD_DIR))
+    events.Reload()
+    steps = [r["step"] for r in rows]
+    peak = max((r["train/gpu_peak_gib"] or 0.0) for r in rows) if rows else 0.0
+    ok = steps == list(range(1, 7)) and [e.step for e in events.Scalars("train/loss")] == steps
+    print(f"RESULT mode=history_rows ok={int(ok)} rows={len(rows)} gpu_peak_gib={peak:.2f}")
+except Exception as err:  # the torchrun run failed above: say so, keep going
+    print(f"RESULT mode=history_rows ok=0 error={type(err).__name__}")
+EOF
+
+echo "== 4. the training history's cost (learner with / without HistoryLogger)" | tee -a "$LOG"
+bench --history --arch "$R50" --size "$STREAM_SIZE" --batch "$STREAM_BATCH" --log-every 1
+bench --history --arch "$R50" --size "$STREAM_SIZE" --batch "$STREAM_BATCH" --log-every 50 --steps $((STEPS * 5))
+
+echo "== summary (goal >= 0.95 learner/raw and streamed/resident; history cost_pct <= 2)" | tee -a "$LOG"
 grep "^RESULT" "$LOG" | tee "$OUT/results.txt"
 echo "total $((SECONDS - STARTED)) s; log $LOG" | tee -a "$LOG"
 rm -rf "$WORK"
