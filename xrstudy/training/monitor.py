@@ -1,7 +1,8 @@
 """Watching a run while it trains: `HistoryLogger`, the fastai callback behind `{run_dir}/history.csv`
 and the TensorBoard scalars under `{run_dir}/tensorboard/`, which also stops a diverging run.
 
-    history = HistoryLogger(run_dir, total_steps=..., every=log_interval(...), global_batch=..., train_size=...)
+    history = HistoryLogger(run_dir, total_steps=..., every=log_interval(...), global_batch=..., train_size=...,
+                            hold_segment_ends=True)
     learn = make_learner(model, train_split, setup, [history])
     history.open(start_step)                     # after a resume's restore: rows beyond it are dropped
     for stop in segment_ends:                    # pre-training: one segment per epoch, then validation
@@ -9,11 +10,12 @@ and the TensorBoard scalars under `{run_dir}/tensorboard/`, which also stops a d
         history.close_segment(stop, {"loss": valid_loss, ...})
     history.close()
 
-Per step it adds the loss to a buffer on the device and nothing else: no host sync. Every `every`
-steps (and at each segment's last step, where the row waits for the validation values) it reads
-the buffer once, and writes one row (`xrstudy.training.history.COLUMNS`): the mean loss since the
-previous row, the LR, the gradient norm before AGC (measured at that step only), images/s, the share
-of time spent waiting for data, the CUDA peak memory. A non-finite loss raises `TrainingDiverged`
+(Without `hold_segment_ends`, `fit(learn)` and `close()` are all it takes.) Per step it adds the loss to
+a buffer on the device and nothing else: no host sync. Every `every` steps (and at each fit segment's
+last step, whose row can wait for the validation values) it reads the buffer once, and writes one
+row (`xrstudy.training.history.COLUMNS`): the mean loss since the previous row, the LR, the gradient
+norm before AGC (measured at that step only), images/s, the share of time spent waiting for data,
+the CUDA peak memory. A non-finite loss raises `TrainingDiverged`
 there: the cell stops within `every` steps, and `PeriodicCheckpoint` never saved the diverged weights.
 
 Under torchrun every rank measures (the loss of a row is averaged over ranks with one all-reduce)
@@ -111,12 +113,16 @@ class HistoryLogger(LocalCallback):
         rank: int = 0,
         world: int = 1,
         tensorboard: bool = True,
+        hold_segment_ends: bool = False,
     ):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / HISTORY_FILE
         self.tensorboard_dir = self.run_dir / TENSORBOARD_DIR
         self.total_steps, self.every, self.global_batch = int(total_steps), max(1, int(every)), int(global_batch)
         self.train_size, self.rank, self.world, self.tensorboard = max(1, int(train_size)), rank, world, tensorboard
+        # train.run validates after each fit segment and closes the segment's row with those values
+        # (close_segment); without that, a segment's last row is written at once like any other.
+        self.hold_segment_ends = hold_segment_ends
         self.file: Any = None
         self.writer: Any = None
         # The interval since the last row: losses on the device (per micro-batch) + those carried over a resume.
@@ -225,12 +231,12 @@ class HistoryLogger(LocalCallback):
     # ---- fastai events ----------------------------------------------------------------------------
     def before_fit(self) -> None:
         model = self.learn.model
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.device = next(iter(model.parameters())).device
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        self._device = next(iter(model.parameters())).device
         self._t0 = time.perf_counter()
         self._wait0 = self._wait_s()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        if self._device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self._device)
 
     def _wait_s(self) -> float:
         stats = getattr(self.learn.dls.train, "stats", None) or {}
@@ -253,7 +259,7 @@ class HistoryLogger(LocalCallback):
     def before_step(self) -> None:
         if not self._logs_at(self.learn.step + 1):
             return
-        grads = [p.grad for p in self.params if p.grad is not None]
+        grads = [p.grad for p in self._params if p.grad is not None]
         if grads:  # one fused pass over the gradients, at logged steps only
             self.grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
 
@@ -262,7 +268,7 @@ class HistoryLogger(LocalCallback):
         if not self._logs_at(done):
             return
         row = self._row(done)
-        if done == self.learn.dl.stop:
+        if self.hold_segment_ends and done == self.learn.dl.stop:
             self.held = row  # written by close_segment, with the validation values when there are
         else:
             self._write(row)
@@ -347,7 +353,7 @@ class HistoryLogger(LocalCallback):
         raise TrainingDiverged(step, values[bad], last)
 
     def _gpu_peak_gib(self) -> float | None:
-        device = getattr(self, "device", None)
+        device = getattr(self, "_device", None)
         if device is None or device.type != "cuda":
             return None
         peak = torch.cuda.max_memory_allocated(device) / 2**30

@@ -378,6 +378,7 @@ def _run(
         train_size=len(splits["train"]),
         rank=proc.rank,
         world=proc.world,
+        hold_segment_ends=True,
     )
     learn = make_learner(model, splits["train"], setup, [watch, *callbacks])
     if state is not None:
