@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from xrstudy import cli
 from xrstudy.config import RunConfig
@@ -462,3 +463,48 @@ def test_a_full_disk_while_logging_is_one_line_naming_the_file_and_keeps_the_tra
     assert "\n" not in message and str(cfg.run_dir / history.HISTORY_FILE) in message
     assert load_train_state(cfg.run_dir / train.TRAIN_STATE)["step"] == 2
     assert [r["step"] for r in history.read_rows(cfg.run_dir / history.HISTORY_FILE)] == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_diverging_cell_of_a_sweep_is_in_its_failure_list_and_its_status(tmp_path, capsys):
+    """The real notebook in a warm kernel: the cell stops itself, the runner lists its cause, `sweep status`
+    says failed with the same cause, and its executed notebook opens with the parameter cells collapsed."""
+    import nbformat
+
+    from xrstudy import demo
+    from xrstudy.sweeps import runner
+
+    roots = demo.write_sources(tmp_path / "data", demo.SIZES["tiny"])
+    sweep = {
+        "defaults": {"out_dir": str(tmp_path / "out"), "roots": [f"digits={roots['digits']}"]},
+        "transfer": [
+            {
+                "name": "diverges",
+                "target": "digits",
+                "arch": "resnetv2_tiny_bit",
+                "image_size": 24,
+                "steps": 30,
+                "batch_size": 32,
+                "lr": 1e30,
+                "log_every": 5,
+            }
+        ],
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    (cfg,) = sweepfile.load_sweep(path)
+    summary = runner.run_sweep([cfg], workers=1, progress=False)
+    (failure,) = summary.failed
+    assert "TrainingDiverged: loss became NaN at step" in failure.reason and "(last finite loss" in failure.reason
+    result = store.load(store.result_path(cfg.run_id, cfg.results_dir))
+    assert result["status"] == "failed" and result["error"] in failure.reason
+    assert cli.main(["sweep", "status", str(path)]) == 0
+    assert "failed   transfer diverges" in capsys.readouterr().out
+    (row,) = status.sweep_status([cfg])
+    assert (row["state"], row["cause"]) == ("failed", result["error"])
+    notebook = nbformat.read(cfg.run_dir / "notebook.ipynb", as_version=4)
+    assert all(
+        c.metadata["jupyter"]["source_hidden"]
+        for c in notebook.cells
+        if {"parameters", "injected-parameters"} & set(c.metadata.get("tags", []))
+    )
