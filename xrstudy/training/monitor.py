@@ -139,7 +139,7 @@ class HistoryLogger(LocalCallback):
         self._t0 = time.perf_counter()
         self._wait0 = 0.0
         self._last_flush = time.monotonic()
-        self._events: list[tuple[Any, int, float]] = []  # TensorBoard events not yet handed to the writer
+        self._events: list[tuple[dict[str, Any], float]] = []  # rows not yet handed to TensorBoard
 
     # ---- files (rank 0) ---------------------------------------------------------------------------
     def open(self, start_step: int = 0) -> None:
@@ -204,14 +204,7 @@ class HistoryLogger(LocalCallback):
         except OSError as err:
             raise _history_error(self.path, err, "append to") from None
         if self.writer is not None:
-            # One event per row holding every scalar, handed to the SummaryWriter in batches (`flush`):
-            # add_scalar per value wakes its writer thread each time, which cost a short CPU step ~20 %.
-            values = [
-                self._summary.Value(tag=tensorboard_tag(name), simple_value=float(value))
-                for name, value in row.items()
-                if name not in ("step", "total_steps") and value is not None
-            ]
-            self._events.append((self._summary(value=values), row["step"], time.time()))
+            self._events.append((row, time.time()))
             if time.monotonic() - self._last_flush > TENSORBOARD_FLUSH_S:
                 self.flush()
 
@@ -219,10 +212,17 @@ class HistoryLogger(LocalCallback):
         """Hand the pending TensorBoard events to the writer and push them to disk (every
         TENSORBOARD_FLUSH_S, at segment ends and training-state saves; the CSV is flushed at every row)."""
         if self.writer is not None:
+            # One event per row holding all its scalars, handed over in batches: add_scalar per value wakes
+            # the SummaryWriter's writer thread each time, which cost a short CPU step ~20 % when every step logs.
             events, self._events = self._events, []
             try:
-                for summary, step, walltime in events:
-                    self.writer.file_writer.add_summary(summary, step, walltime)
+                for row, walltime in events:
+                    values = [
+                        self._summary.Value(tag=tensorboard_tag(name), simple_value=float(value))
+                        for name, value in row.items()
+                        if name not in ("step", "total_steps") and value is not None
+                    ]
+                    self.writer.file_writer.add_summary(self._summary(value=values), row["step"], walltime)
                 self.writer.flush()
             except OSError as err:
                 raise _history_error(self.tensorboard_dir, err, "write") from None
