@@ -330,18 +330,27 @@ def _same_history(resumed: Path, reference: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_resume_mid_interval_continues_the_same_history(tmp_path, xray):
-    """Rows every 2 steps and at each epoch's end (3, 6); the run stops after step 5 with a training state
-    at step 5, halfway through the interval (4, 6]: the resumed row at step 6 averages both steps."""
+@pytest.mark.parametrize(
+    ("log_every", "stop_after", "rows_before"),
+    [
+        # rows every 2 steps and at each epoch's end (3, 6); the training state at step 5 sits halfway
+        # through the interval (4, 6]: the resumed row at step 6 averages steps 5 and 6
+        (2, 5, [2, 3, 4]),
+        # every step; stopped after the training state at step 3 was saved, before epoch 1's validation:
+        # the resumed run validates at step 3 first and writes that row with its validation values
+        (0, 3, [1, 2]),
+    ],
+)
+def test_a_resumed_run_continues_the_same_history(tmp_path, xray, log_every, stop_after, rows_before):
     from xrstudy.training import train
 
     helpers = _train_helpers()
-    reference = helpers.pretrain_cfg(tmp_path / "ref", log_every=2)
+    reference = helpers.pretrain_cfg(tmp_path / "ref", log_every=log_every)
     train.run(reference, study=xray)
-    cfg = helpers.pretrain_cfg(tmp_path / "b", log_every=2)
+    cfg = helpers.pretrain_cfg(tmp_path / "b", log_every=log_every)
     with pytest.raises(helpers.Stop):
-        train.run(cfg, study=xray, callbacks=[helpers.StopAfter(5)], checkpoint_every_steps=1)
-    assert [r["step"] for r in history.read_rows(cfg.run_dir / history.HISTORY_FILE)] == [2, 3, 4]
+        train.run(cfg, study=xray, callbacks=[helpers.StopAfter(stop_after)], checkpoint_every_steps=1)
+    assert [r["step"] for r in history.read_rows(cfg.run_dir / history.HISTORY_FILE)] == rows_before
     train.run(cfg, study=xray, resume=True)
     _same_history(cfg.run_dir, reference.run_dir)
 
