@@ -187,6 +187,7 @@ def test_sweep_status_reads_every_state_from_the_files(tmp_path, capsys):
     assert by_id[failed.run_id]["cause"] == cause
     run = by_id[running.run_id]
     assert (run["step"], run["steps"], run["loss"], run["images_per_s"]) == (50, 500, 0.04, 128.0)
+    assert run["last_row_age_s"] < status.STALLED_AFTER_S and run["heartbeat_age_s"] is not None and not run["cause"]
     assert run["eta_s"] == pytest.approx(450 * running.batch_size / 128.0)
     assert "interrupted at step 20" in by_id[interrupted.run_id]["cause"]
     assert "parent" in by_id[cells["t-nih-0"].run_id]["cause"]
@@ -202,6 +203,20 @@ def test_sweep_status_reads_every_state_from_the_files(tmp_path, capsys):
     assert cli.main(["sweep", "status", str(path)]) == 0
     text = capsys.readouterr().out
     assert cause in text and "7 cells: done 2, failed 1, blocked 1, pending 3" in text  # no claim is held now
+
+
+def test_a_running_cell_without_a_new_row_for_ten_minutes_is_flagged(tmp_path):
+    (cfg,) = [c for c in sweepfile.load_sweep(_status_sweep(tmp_path)) if c.name == "nih"]
+    _write_history(cfg, 3, 900)
+    old = time.time() - 1200
+    os.utime(cfg.run_dir / history.HISTORY_FILE, (old, old))
+    lock = CellLock(cfg.run_dir / "cell.lock")
+    assert lock.acquire()
+    try:
+        (row,) = status.sweep_status([cfg])
+    finally:
+        lock.release()
+    assert row["state"] == "running" and row["cause"].startswith("no new history row for 20 min")
 
 
 def test_a_failed_attempt_without_a_result_is_failed_with_its_cause(tmp_path):

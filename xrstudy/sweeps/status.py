@@ -31,6 +31,7 @@ from xrstudy.sweeps.celllock import CellLock
 from xrstudy.training import history
 
 STATES = ("done", "failed", "running", "blocked", "pending")
+STALLED_AFTER_S = 600.0  # a running cell with no new history row for this long is flagged
 _WORLD = re.compile(r" x(\d+)$")
 
 
@@ -81,6 +82,7 @@ def cell_status(
         "eta_s": None,
         "torch_threads": None,
         "hours": None,
+        "device_kind": None,
     }
     if result is not None:
         kind, hours = _hours(result)
@@ -96,7 +98,10 @@ def cell_status(
     if last is not None and lock.held():
         row.update(state="running", cause="")
         _progress(row, last, cfg.batch_size)
-        row["heartbeat_age_s"] = round(now - lock.path.stat().st_mtime, 1) if lock.path.exists() else None
+        row["heartbeat_age_s"] = _age(lock.path, now)
+        row["last_row_age_s"] = _age(cfg.run_dir / history.HISTORY_FILE, now)
+        if row["last_row_age_s"] is not None and row["last_row_age_s"] > STALLED_AFTER_S:
+            row["cause"] = f"no new history row for {row['last_row_age_s'] / 60:.0f} min: stalled, or validating?"
         return row
     if lock.held():
         row.update(state="running", cause="starting (no history row yet)")
@@ -121,6 +126,13 @@ def cell_status(
         _progress(row, last, cfg.batch_size)
         row["cause"] = f"interrupted at step {last['step']}; it resumes from its training state"
     return row
+
+
+def _age(path: Path, now: float) -> float | None:
+    try:
+        return round(now - path.stat().st_mtime, 1)
+    except OSError:
+        return None
 
 
 def _progress(row: dict[str, Any], last: dict[str, Any], batch: int) -> None:
@@ -171,7 +183,7 @@ def summary(rows: list[dict[str, Any]], plan_rows: list[dict[str, Any]] | None =
     spent: Counter = Counter()
     for row in rows:
         if row["hours"] is not None:
-            spent[row.get("device_kind", "cpu")] += row["hours"]
+            spent[row["device_kind"] or "cpu"] += row["hours"]
     info: dict[str, Any] = {
         "cells": len(rows),
         "states": {state: sum(r["state"] == state for r in rows) for state in STATES},
