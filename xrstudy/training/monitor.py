@@ -145,12 +145,13 @@ class HistoryLogger(LocalCallback):
     def open(self, start_step: int = 0) -> None:
         """Open the history for a run that starts (or resumes) at `start_step`: rows of later steps
         (run again now) are dropped, and TensorBoard hides its events of those steps (`purge_step`)."""
-        self.interval_start = max(self.interval_start, 0) if start_step else 0
+        if not start_step:  # a fresh start (a resume's interval came with the training state)
+            self.interval_start = 0
         if self.rank != 0:
             return
         check_writable(self.run_dir)
         try:
-            kept = keep_until(self.path, start_step) if start_step else keep_until(self.path, 0)
+            kept = keep_until(self.path, start_step)
             self.last_written = kept[-1]["step"] if kept else 0
             self.file = open(self.path, "a")  # noqa: SIM115 - appended to for the whole run, closed by close()
             if self.path.stat().st_size == 0:
