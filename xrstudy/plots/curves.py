@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib as mpl
+import matplotlib.lines
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -144,14 +145,15 @@ def curve_rows(results: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else curve_rows([])
 
 
-def draw_curves(rows: pd.DataFrame, title: str) -> Figure:
-    """One panel per pre-trained model; each seed one line of the model's colour, validation points on top."""
+def draw_curves(rows: pd.DataFrame, title: str, *, sharey: bool = True) -> Figure:
+    """One panel per pre-trained model; each seed one line of the model's colour, validation points on top.
+    `sharey=False` where the panels' losses are not comparable (pre-training on different label sets)."""
     models = sorted(rows["pretrained_model"].unique())
     columns = min(len(models), 4)
     lines = math.ceil(len(models) / columns)
     fig = figures.new_figure(3.4 * columns + 0.6, 2.8 * lines + 0.6)
     with mpl.rc_context(figures.style()):
-        axes = fig.subplots(lines, columns, sharex=True, sharey=True, squeeze=False).ravel()
+        axes = fig.subplots(lines, columns, sharex=True, sharey=sharey, squeeze=False).ravel()
         for ax, model in zip(axes, models):
             part = rows[rows["pretrained_model"] == model]
             colour = figures.source_colour(str(part["init_label"].iloc[0]))
@@ -163,21 +165,27 @@ def draw_curves(rows: pd.DataFrame, title: str) -> Figure:
             ax.set(title=model, xlabel="optimiser step")
         for ax in axes[len(models) :]:
             ax.set_visible(False)
-        for ax in axes[::columns]:
+        for ax in axes[::columns] if sharey else axes[: len(models)]:
             ax.set_ylabel("training loss")
+        if "valid/loss" in rows and rows["valid/loss"].notna().any():
+            marker = mpl.lines.Line2D([], [], color="white", markeredgecolor="black", **VALID_MARKER)
+            line = mpl.lines.Line2D([], [], color="grey")
+            fig.legend([line, marker], ["train, one line per seed", "validation"], loc="outside lower center", ncols=2)
         fig.suptitle(title)
     return fig
 
 
-def curve_groups(rows: pd.DataFrame) -> list[tuple[tuple[str, str, str], str, pd.DataFrame]]:
-    """((kind, target, shot) key, title, rows) per figure: transfers per target and shot count, pre-training in one."""
+def curve_groups(rows: pd.DataFrame) -> list[tuple[tuple[str, str, str], str, pd.DataFrame, bool]]:
+    """((kind, target, shot) key, title, rows, shared y) per figure: transfers per target and shot count
+    (one loss scale), pre-training in one figure (each model its own scale: label sets differ)."""
     groups = []
     for (kind, target, shot), part in rows.groupby(["kind", "target", "shot"], sort=True):
         if kind == "transfer":
-            groups.append(((CURVE_PREFIX, target, shot), f"{target}, {shot.replace('_', ' ')}: learning curves", part))
+            title = f"{target}, {shot.replace('_', ' ')}: learning curves"
+            groups.append(((CURVE_PREFIX, target, shot), title, part, True))
     pretrain = rows[rows["kind"] == "pretrain"]
     if len(pretrain):
-        groups.append(((CURVE_PREFIX, "pretrain", ""), "pre-training: learning curves", pretrain))
+        groups.append(((CURVE_PREFIX, "pretrain", ""), "pre-training: learning curves", pretrain, False))
     return groups
 
 
@@ -185,9 +193,9 @@ def render_curves(results: Iterable[dict[str, Any]], out_dir: str | Path) -> dic
     """Every learning-curve figure of a store's results: {(curves, target, shot): (Figure, files)}."""
     rows = curve_rows(results)
     drawn = {}
-    for key, title, part in curve_groups(rows):
+    for key, title, part, sharey in curve_groups(rows):
         name = "_".join(figures._slug(p) for p in key if p)
-        fig = draw_curves(part, title)
+        fig = draw_curves(part, title, sharey=sharey)
         drawn[key] = (fig, figures.save_figure(fig, part.reset_index(drop=True), out_dir, name))
     return drawn
 

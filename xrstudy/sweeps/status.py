@@ -88,8 +88,11 @@ def cell_status(
         kind, hours = _hours(result)
         row.update(hours=round(hours, 4), device_kind=kind, step=result.get("last_step"))
         row["torch_threads"] = (result.get("reproducibility") or {}).get("torch_threads")
-        steps = (result.get("history") or {}).get("total_steps")
-        row["steps"] = steps[-1] if steps else result.get("last_step")
+        curve = result.get("history") or {}
+        row["steps"] = curve["total_steps"][-1] if curve.get("total_steps") else result.get("last_step")
+        losses = [v for v in curve.get("train/loss", []) if v is not None]
+        speeds = [v for v in curve.get("train/images_per_s", []) if v is not None]
+        row["loss"], row["images_per_s"] = (losses[-1] if losses else None), (speeds[-1] if speeds else None)
         if result["status"] == "ok":
             row["state"] = "done"
             return row
