@@ -9,9 +9,11 @@ torchxrayvision wheel (`--labels union --metadata-only --json`; goal < 3.5 s end
 `xrstudy sweep plan sweeps/paper.yaml --json` (1,456 cells resolved from published facts), and
 the checks of results (issue 21): `results variance`, `results compare` (against the paper's CSV fixture)
 and `results scaling` on the paper-format fixtures and on the demo's store, and `data audit` of the
-authors' five-view PadChest split of the real label file (written first, not timed). Goals: `--help`
-< 1 s; each check < 5 s. `--baseline DIR` times the plan again with the package of another checkout
-(`PYTHONPATH=DIR`, e.g. a `git archive` of an older commit) in the same run and prints the ratio.
+authors' five-view PadChest split of the real label file (written first, not timed); `xrstudy sweep
+status sweeps/paper.yaml` with an empty store (goal < 2 s) and with a result for each of its 1,456 cells,
+each with a 200-point history (goal < 5 s). Goals: `--help` < 1 s; each check < 5 s. `--baseline DIR` times
+the plan again with the package of another checkout (`PYTHONPATH=DIR`, e.g. a `git archive` of an older
+commit) in the same run and prints the ratio.
 """
 
 from __future__ import annotations
@@ -49,6 +51,30 @@ def wall(argv: list[str], repeat: int, cwd: Path, env: dict[str, str] | None = N
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(argv)} exited {done.returncode}:\n{done.stderr[-2000:]}")
     return min(times), statistics.median(times)
+
+
+def finished_paper_store(base: Path) -> Path:
+    """`base/paper-out/results` (sweeps/paper.yaml's out_dir, relative to where the command runs) with an ok
+    result for every cell of the paper sweep, each carrying a 200-point history and its timings."""
+    from xrstudy.results import store
+    from xrstudy.sweeps import sweepfile
+
+    steps = list(range(50, 10_001, 50))
+    curve = {"step": steps, "train/loss": [1.0 / s for s in steps], "train/lr": [0.001] * len(steps)}
+    cells = sweepfile.load_sweep(REPO / "sweeps" / "paper.yaml")
+    results = base / "paper-out" / "results"
+    for cfg in cells:
+        result = store.new_result(
+            cfg,
+            {"test/acc": 0.9, "test/auc": 0.8},
+            history=curve,
+            timings={"train_s": 3600.0, "eval_s": 60.0},
+            device="cuda:NVIDIA H100",
+            last_step=10_000,
+            reproducibility={"torch_threads": 8},
+        )
+        store.save(result, results)
+    return results
 
 
 def real_roots(base: Path, real: Path | None) -> dict[str, Path] | None:
@@ -96,6 +122,15 @@ def main() -> None:
         plan = subprocess.run([*xrstudy, "sweep", "plan", "--help"], capture_output=True)
         if plan.returncode == 0:
             commands["xrstudy sweep plan --help"] = [*xrstudy, "sweep", "plan", "--help"]
+        paper = str(REPO / "sweeps" / "paper.yaml")
+        empty, finished = base / "status-empty", base / "status-finished"
+        empty.mkdir()
+        finished.mkdir()
+        finished_paper_store(finished)
+        status_runs = {
+            "xrstudy sweep status paper.yaml, empty store": ([*xrstudy, "sweep", "status", paper], empty),
+            "xrstudy sweep status paper.yaml, 1,456 results": ([*xrstudy, "sweep", "status", paper], finished),
+        }
         roots = real_roots(base, args.real)
         if roots:
             commands["xrstudy data merge (3 real label files, union)"] = [
@@ -162,6 +197,9 @@ def main() -> None:
         for name, argv in commands.items():
             best, median = wall(argv, args.repeat, base)
             baseline = baseline or best
+            print(f"  {name:52s} best {best:6.2f} s  median {median:6.2f} s  ({best / baseline:4.1f}x import pandas)")
+        for name, (argv, cwd) in status_runs.items():
+            best, median = wall(argv, args.repeat, cwd)
             print(f"  {name:52s} best {best:6.2f} s  median {median:6.2f} s  ({best / baseline:4.1f}x import pandas)")
         if not roots:
             print("  (real label files not found: install torchxrayvision or pass --real DIR)")

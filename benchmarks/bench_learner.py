@@ -5,6 +5,7 @@
     python benchmarks/bench_learner.py --device cuda --resident --compile \
         --arch resnetv2_50x1_bit --size 224 --batch 128
     python benchmarks/bench_learner.py --device cuda --stream --compile --arch resnetv2_50x1_bit --size 224 --batch 128
+    python benchmarks/bench_learner.py --history --log-every 1 --steps 40   # the training history's cost
 
 Default: both sides iterate the same step-indexed batches gathered from one uint8 image array
 (`StepLoader`, with its background prefetch), the same augmentation on the device (one affine_grid /
@@ -18,6 +19,11 @@ adds only fastai's callback dispatch and its Learner / optimiser set-up (timed t
   the share of the time the step waited for a batch. With --checked every gathered row is first checked
   against its CRC-32 (`ImageCache.check_rows`, as training does), from a fresh state each run: every
   read is a first read, the worst case of the cache's checksums.
+  the share of the time the step waited for a batch.
+--history: the learner with its HistoryLogger (history.csv + TensorBoard every --log-every steps; 0 =
+  the run's default interval, i.e. every step up to 200 steps) vs the same learner without, the
+  training steps alone timed (the writer's set-up is once per run); prints what logging costs in % of
+  step time (goal <= 2 % at the default interval).
 Runs alternate (learner, raw, raw, learner, ...) after a warm-up. Shared machines are noisy and noise
 only ever adds time, so ratios are taken from the fastest repeat of each side (medians and process CPU
 time are printed too); ratio = raw / learner time per step (1.0 = no overhead). A last line
@@ -44,6 +50,7 @@ from timm.utils import adaptive_clip_grad
 from xrstudy.config import RunConfig
 from xrstudy.pixels.loaders import Augment, Batching, Split, StepLoader
 from xrstudy.training.callbacks import normalise
+from xrstudy.training.history import log_interval
 from xrstudy.training.learner import TrainSetup, fit, make_learner, masked_bce_with_logits
 from xrstudy.training.models import create_model
 from xrstudy.training.recipes import AGC_CLIP, MOMENTUM, Schedule
@@ -164,6 +171,72 @@ def learner_loop(
     return stats
 
 
+def history_bench(args: argparse.Namespace, setup: TrainSetup, split: Split, device: torch.device) -> None:
+    """The same learner with and without its training history, alternating; only `fit` is timed."""
+    from xrstudy.training.monitor import HistoryLogger
+
+    every = log_interval(args.steps, args.log_every)
+    model = make_model(args.arch, args.classes)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    times: dict[str, list[float]] = {"logging": [], "silent": []}
+    cpu: dict[str, list[float]] = {"logging": [], "silent": []}
+    with tempfile.TemporaryDirectory(prefix="bench-history-") as folder:
+
+        def once(logged: bool) -> tuple[float, float]:
+            model.load_state_dict(initial)
+            watch = (
+                HistoryLogger(
+                    Path(folder) / "run",
+                    total_steps=args.steps,
+                    every=every,
+                    global_batch=args.batch,
+                    train_size=len(split),
+                )
+                if logged
+                else None
+            )
+            learn = make_learner(model, split, setup, [watch] if watch else [])
+            if watch:
+                watch.open(0)
+            try:
+                seconds, cpu_seconds, _ = timed(lambda: fit(learn), device, args.steps)
+            finally:
+                if watch:
+                    watch.close()
+            return seconds, cpu_seconds
+
+        once(True), once(False)  # warm-up
+        for repeat in range(args.repeats):
+            for logged in (True, False) if repeat % 2 == 0 else (False, True):
+                name = "logging" if logged else "silent"
+                wall, cpu_time = once(logged)
+                times[name].append(wall)
+                cpu[name].append(cpu_time)
+    best = {name: min(values) for name, values in times.items()}
+    median = {name: statistics.median(values) for name, values in times.items()}
+    cpu_best = {name: min(values) for name, values in cpu.items()}
+    cost = best["logging"] / best["silent"] - 1
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {where}; model {args.arch}, crop {args.size} px, batch {args.batch}")
+    print(f"{args.steps} steps x {args.repeats} repeats per side, alternating")
+    print(f"history every {every} step(s) ({'the default' if not args.log_every else '--log-every'})")
+    for name in times:
+        print(
+            f"  {name:8s} best {1000 * best[name]:.2f} ms/step, median {1000 * median[name]:.2f}, "
+            f"best CPU time {1000 * cpu_best[name]:.2f} ms/step"
+        )
+    print(
+        f"logging costs {100 * cost:+.1f} % of step time (best wall), "
+        f"{100 * (median['logging'] / median['silent'] - 1):+.1f} % (median wall), "
+        f"{100 * (cpu_best['logging'] / cpu_best['silent'] - 1):+.1f} % (best CPU time)"
+    )
+    print("goal: <= 2 % at the default interval")
+    print(
+        f"RESULT mode=history arch={args.arch} size={args.size} batch={args.batch} every={every} "
+        f"ratio={best['silent'] / best['logging']:.3f} cost_pct={100 * cost:.2f}"
+    )
+
+
 def timed(loop: Callable[[], Any], device: torch.device, steps: int) -> tuple[float, float, Any]:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -196,6 +269,8 @@ def main() -> None:
     parser.add_argument(
         "--checked", action="store_true", help="--stream: check each row's CRC-32 on first read (the cache's rule)"
     )
+    parser.add_argument("--history", action="store_true", help="learner with / without its training history")
+    parser.add_argument("--log-every", type=int, default=0, help="--history: steps between rows (0: the default)")
     parser.add_argument("--images", type=int, default=0, help="--stream: images in the file (default 32 x batch)")
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="--stream: where the uint8 file goes")
     args = parser.parse_args()
@@ -221,6 +296,9 @@ def main() -> None:
     )
     side = round(args.size * 1.1)
     in_memory = make_data(max(4 * args.batch, 64), side, args.classes)
+    if args.history:
+        history_bench(args, setup, in_memory, device)
+        return
     resident = resident_batches(in_memory, setup) if (args.resident or args.stream) else None
     if args.stream:
         streamed = make_data(

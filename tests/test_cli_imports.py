@@ -1,4 +1,4 @@
-"""The CLI answers at once: `--help` and every data, results, figures and sweep-plan command run without
+"""The CLI answers at once: `--help` and every data, results, figures, sweep-plan and sweep-status command run without
 importing torch, timm or fastai (checked through `sys.modules` in a fresh interpreter, not a timer)."""
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ def _commands(base: Path, roots: dict, store: Path) -> list[list[str]]:
         ["figures", "--results", str(store), "--out", str(base / "paper"), "--style", "paper"],
         ["sweep", "plan", "--help"],
         ["sweep", "plan", str(Path(__file__).resolve().parents[1] / "sweeps" / "paper.yaml"), "--json"],
+        ["sweep", "status", str(Path(__file__).resolve().parents[1] / "sweeps" / "paper.yaml"), "--json"],
     ]
     return commands
 

@@ -8,7 +8,9 @@ all_reduce vs one batch). Tolerance tested: every weight within 1e-5 absolute + 
 1-process run after 4 SGD steps, and test probabilities within 1e-4 (measured differences are around
 1e-7). MixUp is off here: it pairs images within a device's batch, so with MixUp on N processes pair
 differently from 1 process (documented in xrstudy.pixels.loaders). A second case runs each rank with
-2 micro-batches (fastai's GradientAccumulation): the same 1-process result.
+2 micro-batches (fastai's GradientAccumulation): the same 1-process result. The training history
+(xrstudy.training.monitor.HistoryLogger) is written by rank 0 alone, with the loss averaged over ranks:
+the 1-process history's.
 """
 
 from __future__ import annotations
@@ -61,9 +63,26 @@ def _model() -> torch.nn.Module:
     return create_model(RunConfig(kind="pretrain", sources=("demo",), arch="resnetv2_tiny_bit"), 3)
 
 
-def _train(world: int, rank: int, micro_batch: int = 0) -> tuple[dict[str, torch.Tensor], np.ndarray]:
-    learn = make_learner(_model(), _data(), _setup(world, rank, micro_batch))
-    fit(learn)
+def _train(
+    world: int, rank: int, micro_batch: int = 0, run_dir: Path | None = None
+) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    from xrstudy.training.monitor import HistoryLogger
+
+    watch = (
+        HistoryLogger(
+            run_dir, total_steps=STEPS, every=1, global_batch=GLOBAL_BATCH, train_size=20, rank=rank, world=world
+        )
+        if run_dir is not None
+        else None
+    )
+    learn = make_learner(_model(), _data(), _setup(world, rank, micro_batch), [watch] if watch else [])
+    if watch:
+        watch.open(0)
+    try:
+        fit(learn)
+    finally:
+        if watch:
+            watch.close()
     model = getattr(learn.model, "module", learn.model)
     learn.model = model
     probs, _ = predict(learn, _data(), 16)
@@ -77,7 +96,7 @@ def _worker(rank: int, world: int, port: int, out: str, micro_batch: int) -> Non
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        state, probs = _train(world, rank, micro_batch)
+        state, probs = _train(world, rank, micro_batch, Path(out) / "run-ddp")
         torch.save({"state": state, "probs": torch.from_numpy(probs)}, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -98,7 +117,7 @@ def test_two_process_gloo_matches_one_process(tmp_path, micro_batch):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        single, probs = _train(1, 0)
+        single, probs = _train(1, 0, run_dir=tmp_path / "run-single")
     finally:
         torch.set_num_threads(threads)
     for key, value in single.items():
@@ -106,5 +125,11 @@ def test_two_process_gloo_matches_one_process(tmp_path, micro_batch):
         assert torch.allclose(ranks[0]["state"][key], value, rtol=1e-4, atol=1e-5), key
     assert any(not torch.equal(single[k], _model().state_dict()[k]) for k in single)  # it trained
     assert np.allclose(ranks[0]["probs"].numpy(), probs, atol=1e-4)
+    from xrstudy.training import history
+
+    ddp_rows = history.read_rows(tmp_path / "run-ddp" / history.HISTORY_FILE)
+    single_rows = history.read_rows(tmp_path / "run-single" / history.HISTORY_FILE)
+    assert [r["step"] for r in ddp_rows] == [r["step"] for r in single_rows] == [1, 2, 3, 4]  # rank 0 alone wrote
+    assert [r["train/loss"] for r in ddp_rows] == pytest.approx([r["train/loss"] for r in single_rows], rel=1e-4)
     diff = max((ranks[0]["state"][k] - v).abs().max().item() for k, v in single.items() if v.is_floating_point())
     print(f"max |w_ddp - w_single| = {diff:.2e}")

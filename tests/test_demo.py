@@ -48,6 +48,42 @@ def test_tiny_demo_writes_results_notebooks_and_figures(tiny_demo):
 
 
 @pytest.mark.slow
+def test_every_demo_cell_can_be_watched(tiny_demo, capsys):
+    """history.csv (steps strictly increasing, finite losses) and TensorBoard events in every run folder, a
+    history in every result, executed notebooks that open on their summary, `sweep status` all done."""
+    import math
+
+    import nbformat
+    from tensorboard.backend.event_processing import event_accumulator
+
+    from xrstudy.training import history
+
+    out = tiny_demo["out"]
+    for path in sorted((out / "results").glob("*.json")):
+        result = store.load(path)
+        run = out / "runs" / result["run_id"]
+        rows = history.read_rows(run / history.HISTORY_FILE)
+        steps = [r["step"] for r in rows]
+        assert steps == sorted(set(steps)) and steps[-1] == result["last_step"], run
+        assert all(math.isfinite(r["train/loss"]) for r in rows), run
+        events = event_accumulator.EventAccumulator(str(run / history.TENSORBOARD_DIR))
+        events.Reload()
+        assert [e.step for e in events.Scalars("train/loss")] == steps
+        assert result["schema"] == store.SCHEMA and result["history"]["step"][-1] == steps[-1]
+        assert result["reproducibility"]["torch_threads"] >= 1
+        notebook = nbformat.read(run / "notebook.ipynb", as_version=4)
+        tagged = [c for c in notebook.cells if {"parameters", "injected-parameters"} & set(c.metadata.get("tags", []))]
+        assert len(tagged) == 2 and all(c.metadata["jupyter"]["source_hidden"] for c in tagged)
+        text = json.dumps([c.get("outputs", []) for c in notebook.cells])
+        assert "TqdmWarning" not in text and "main metric" in text
+    assert cli.main(["sweep", "status", str(out / "demo-sweep.yaml"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {c["state"] for c in report["cells"]} == {"done"} and report["summary"]["states"]["done"] == len(
+        report["cells"]
+    )
+
+
+@pytest.mark.slow
 def test_rerun_reuses_every_finished_cell(tiny_demo):
     again = demo.run_demo(tiny_demo["out"], "tiny", workers=2, progress=False)
     assert not again["summary"].done and not again["summary"].failed

@@ -40,6 +40,24 @@ def test_cell_notebooks_are_stored_without_outputs(name):
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
 
 
+@pytest.mark.parametrize("name", ["10_pretrain.ipynb", "20_transfer.ipynb"])
+def test_cell_notebooks_lead_with_the_summary_and_collapse_their_parameters(name):
+    """JupyterLab hides a cell's source when its metadata says jupyter.source_hidden."""
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata["tags"] and code[0].metadata["jupyter"]["source_hidden"]
+    assert code[1].metadata["jupyter"]["source_hidden"] and "train.run(cfg, resume=True)" in code[1].source
+    assert code[2].source == "curves.run_summary(result)" and code[3].source.startswith("curves.learning_curve(")
+
+
+TQDM_WARNINGS = ("TqdmWarning", "IProgress not found")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
+def test_no_shipped_notebook_shows_a_tqdm_warning(name):
+    assert not any(w in _outputs(NOTEBOOKS / name) for w in TQDM_WARNINGS)
+
+
 # ---- the study notebooks: thin, parameterised, executed at tiny sizes -------------------------
 STUDY_PARAMETERS = {
     "00_explore_sources.ipynb": ["sources", "metadata_only", "labels", "top", "out_dir"],
@@ -210,10 +228,12 @@ def test_data_notebooks_run_as_shipped_on_the_miniature_sources(name, tmp_path, 
     demo_cwd_kernel.execute(NOTEBOOKS / name, executed, {})
     assert not _errors(executed)
     text = _outputs(executed)
+    assert not any(w in text for w in TQDM_WARNINGS), "ipywidgets is installed: tqdm renders its bars"
     if name.startswith("00"):
         assert _images(executed) == 4 and "images from 3 source(s)" in text
     else:
         assert "status: ok" in text and "test/auc" in text
+        assert "main metric" in text and _images(executed) == 1  # the summary, then the learning curve
 
 
 @pytest.mark.slow

@@ -309,6 +309,17 @@ def _add_sweep(sub: Any) -> None:
     _add_max_grid_cells(local)
     _handler(local, "xrstudy.commands.sweep:cmd_run")
 
+    status = commands.add_parser(
+        "status", help="every cell: done, failed (why), running (step, loss, ETA), pending or blocked"
+    )
+    status.add_argument("sweep", help="sweep YAML")
+    status.add_argument(
+        "--results", default=None, metavar="DIR", help="the results store (default: each cell's out_dir/results)"
+    )
+    status.add_argument("--json", action="store_true", help="print {cells: [one object per cell], summary: {...}}")
+    status.add_argument("--only", default=None, help="glob over cell names / run ids (deps included)")
+    _handler(status, "xrstudy.commands.sweep:cmd_status")
+
     cluster = commands.add_parser("submit", help="size the cells by the plan and hand their jobs to submitit (SLURM)")
     cluster.add_argument("sweep", help="sweep YAML")
     cluster.add_argument(

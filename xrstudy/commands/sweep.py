@@ -1,4 +1,4 @@
-"""`xrstudy sweep plan | run | submit`."""
+"""`xrstudy sweep plan | run | status | submit`."""
 
 from __future__ import annotations
 
@@ -67,6 +67,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"xrstudy: warning: {warning}", file=sys.stderr)
     print(summary.report())
     return 0 if summary.ok else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from xrstudy.sweeps import plan, status
+
+    cells = sweepfile.select(sweepfile.load_sweep(args.sweep), args.only)
+    plan_rows = plan.plan_cells(cells, use_roots=False)  # the estimate from published facts: no label file read
+    rows = status.sweep_status(cells, args.results, plan_rows)
+    info = status.summary(rows, plan_rows)
+    if args.json:
+        json.dump({"cells": rows, "summary": info}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print(status.format_status(rows, info))
+    return 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

@@ -35,7 +35,9 @@ import pandas as pd
 from xrstudy.config import ConfigError, RunConfig, base_arch, parent_run_id, shot_label
 from xrstudy.fileio import TABLE_FORMATS, NotRegularFileError, atomic_write_json, atomic_write_table, read_regular_file
 
-SCHEMA = "xrstudy.result/1"
+SCHEMA = "xrstudy.result/2"  # 2: `history` (the training curve) and `reproducibility` (threads, determinism)
+READABLE_SCHEMAS = ("xrstudy.result/1", SCHEMA)  # results written before still read (they have no history)
+HISTORY_POINTS = 200  # most points of a result's `history` (xrstudy.training.history.for_result)
 STATUSES = ("ok", "failed")
 ORIGINS = ("xrstudy", "paper")
 TABLE_COLUMNS = (
@@ -96,6 +98,8 @@ FIELDS: dict[str, Field] = {
     "legacy": Field((dict,)),
     "resolved": Field((dict,)),  # the resolved cell it ran (xrstudy.training.resolve.ResolvedCell.row())
     "probe": Field((dict,)),  # train_mode probe: the chosen C, the feature cache, the backbone's digest
+    "history": Field((dict,)),  # schema 2: {column: [value per point]}; imported paper rows have none
+    "reproducibility": Field((dict,)),  # schema 2: torch threads, determinism settings, thread environment
     "digest": Field((str,)),
 }
 
@@ -115,8 +119,8 @@ def validate(result: Any) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, spec.types):
             wanted = " or ".join(t.__name__ for t in spec.types)
             problems.append(f"{key!r} should be {wanted}, got {type(value).__name__}")
-    if "schema" in result and result["schema"] != SCHEMA:
-        problems.append(f"schema is {result['schema']!r}; this version reads {SCHEMA!r}")
+    if "schema" in result and result["schema"] not in READABLE_SCHEMAS:
+        problems.append(f"schema is {result['schema']!r}; this version reads {' and '.join(READABLE_SCHEMAS)}")
     if "status" in result and result["status"] not in STATUSES:
         problems.append(f"status is {result['status']!r}; expected one of {STATUSES}")
     if "origin" in result and result["origin"] not in ORIGINS:
@@ -155,7 +159,7 @@ def _is(value: Any, types: tuple[type, ...]) -> bool:
 
 
 def _nested_type_problems(result: dict[str, Any]) -> list[str]:
-    """per_class: {measure: {class: number|null}}; ci: {metric: [lo, hi]}."""
+    """per_class: {measure: {class: number|null}}; ci: {metric: [lo, hi]}; history: {column: [number|null]}."""
     problems = []
     per_class = result.get("per_class")
     if isinstance(per_class, dict):
@@ -169,6 +173,17 @@ def _nested_type_problems(result: dict[str, Any]) -> list[str]:
                 isinstance(bounds, list) and len(bounds) == 2 and all(b is None or _is(b, _NUMBER) for b in bounds)
             ):
                 problems.append(f"ci[{metric!r}] should be [low, high]")
+    history = result.get("history")
+    if isinstance(history, dict) and history:
+        lengths = {len(v) if isinstance(v, list) else -1 for v in history.values()}
+        if "step" not in history:
+            problems.append("history has no 'step' column")
+        if len(lengths) != 1 or -1 in lengths:
+            problems.append("history should map column names to lists of one length")
+        elif lengths.pop() > HISTORY_POINTS:
+            problems.append(f"history holds more than {HISTORY_POINTS} points")
+        elif not all(v is None or _is(v, _NUMBER) for values in history.values() for v in values):
+            problems.append("history values should be numbers or null")
     return problems
 
 
@@ -470,6 +485,8 @@ def write_table(frame: pd.DataFrame, out: str | Path, fmt: str | None = None) ->
 # ---- CLI --------------------------------------------------------------------------------------
 __all__ = [
     "SCHEMA",
+    "READABLE_SCHEMAS",
+    "HISTORY_POINTS",
     "ResultError",
     "validate",
     "new_result",

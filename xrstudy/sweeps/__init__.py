@@ -7,5 +7,6 @@ celllock     a cell's claim and heartbeat, so runners on shared storage never ru
 worker       one attempt at one cell (`AttemptEnd`)
 kernels      warm Jupyter kernels that papermill runs cells in
 runner       `run_sweep(cells)`: slots and one scheduler
+status       every cell's state (done, failed, running, blocked, pending) from the store and run folders (torch-free)
 slurm        job arrays sized by the plan, handed to submitit
 """

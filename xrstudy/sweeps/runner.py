@@ -43,6 +43,7 @@ from xrstudy.sweeps.worker import (
     Attempt,
     AttemptEnd,
     attempt_path,
+    collapse_parameter_cells,
     failure_cause,
     is_dead_kernel,
     lock_path,
@@ -51,6 +52,7 @@ from xrstudy.sweeps.worker import (
     read_attempt,
     signal_cause,
     worker_command,
+    write_attempt,
 )
 
 
@@ -118,7 +120,10 @@ class KernelSlot:
                 lock.set_pids([kernel.pid or 0])
                 log.write(f"kernel pid {kernel.pid}\n")
                 log.flush()
-                kernel.execute(notebook, cfg.run_dir / "notebook.ipynb", cfg.to_dict(), log_output=False)
+                try:
+                    kernel.execute(notebook, cfg.run_dir / "notebook.ipynb", cfg.to_dict(), log_output=False)
+                finally:
+                    collapse_parameter_cells(cfg.run_dir / "notebook.ipynb")
             except Exception as err:  # noqa: BLE001 - every failure goes to the summary
                 traceback.print_exc(file=log)
                 if is_dead_kernel(err) or not kernel.alive():
@@ -144,6 +149,7 @@ def run_cell(cfg: RunConfig, slot: Slot, retries: int, stop: threading.Event, no
     """Attempt one cell in `slot`; retry when its kernel or process died."""
     notebook = notebook_of(cfg, slot.executor if isinstance(slot, ProcessSlot) else "papermill")
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    attempt_path(cfg).unlink(missing_ok=True)  # the cause of an earlier failure is no longer true
     log_path = cfg.run_dir / "worker.log"
     last = Attempt(AttemptEnd.DEAD_KERNEL)
     for number in range(1, 2 + retries):
@@ -159,6 +165,8 @@ def run_cell(cfg: RunConfig, slot: Slot, retries: int, stop: threading.Event, no
         if last.outcome != AttemptEnd.DEAD_KERNEL:
             break
     see = f" (see {log_path})"
+    if last.outcome.status == "failed" and last.cause and not attempt_path(cfg).exists():
+        write_attempt(cfg, last)  # `xrstudy sweep status` reads it (a worker process wrote its own)
     if last.outcome == AttemptEnd.FAILED:
         return Attempt(last.outcome, f"cell raised {last.cause or 'an error'}{see}")
     if last.outcome == AttemptEnd.DISK_FULL:

@@ -8,7 +8,11 @@ codes, so a runner reads a worker's outcome from its exit status.
 A failure carries its cause in one line (`failure_cause`): "disk full at PATH" for ENOSPC anywhere in
 the exception chain (also inside a notebook, where papermill only hands back the error's name and
 text), the exception otherwise. A worker process writes the cause to `{run_dir}/attempt.json` (and
-to stderr, i.e. `worker.log`), where its runner reads it.
+to stderr, i.e. `worker.log`), where its runner reads it (and `xrstudy sweep status`).
+
+An executed cell notebook reads as a report of its cell: its parameter cells (the shipped defaults
+and the values papermill injects) are collapsed (`collapse_parameter_cells`, JupyterLab's
+`source_hidden`), so it opens on its summary and learning curve.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xrstudy.config import RunConfig
-from xrstudy.fileio import atomic_write_json
+from xrstudy.fileio import atomic_write_json, atomic_write_text
 from xrstudy.results import store
 from xrstudy.sweeps.celllock import CellLock, heartbeat
 from xrstudy.sweeps.sweepfile import NOTEBOOKS, SweepError, notebook_path
@@ -128,6 +132,8 @@ def failure_cause(err: BaseException) -> tuple[AttemptEnd, str]:
             full = _disk_full(value)
             if full:
                 return AttemptEnd.DISK_FULL, full
+            if name == "DiskFullError":  # xrstudy.fileio's: its text names the path
+                return AttemptEnd.DISK_FULL, value.strip().splitlines()[0] if value.strip() else "disk full"
             return AttemptEnd.FAILED, f"{name}: {value.strip().splitlines()[0] if value.strip() else ''}".rstrip(": ")
     full = _disk_full(str(err))
     if full:
@@ -149,13 +155,39 @@ def signal_cause(returncode: int | None) -> str:
 
 
 # ---- executors --------------------------------------------------------------------------------
+PARAMETER_TAGS = ("parameters", "injected-parameters")
+
+
+def collapse_parameter_cells(notebook: Path) -> None:
+    """Collapse the executed notebook's parameter cells (JupyterLab hides a cell's source when its
+    metadata says `jupyter: {source_hidden: true}`); a notebook that cannot be read is left as it is."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(notebook, as_version=4)
+    except (OSError, ValueError):
+        return
+    changed = False
+    for cell in nb.cells:
+        if set(cell.metadata.get("tags", [])) & set(PARAMETER_TAGS) and not cell.metadata.get("jupyter", {}).get(
+            "source_hidden"
+        ):
+            cell.metadata.setdefault("jupyter", {})["source_hidden"] = True
+            changed = True
+    if changed:
+        atomic_write_text(notebook, nbformat.writes(nb))
+
+
 def papermill_executor(cfg: RunConfig, notebook: Path, output: Path) -> None:
     """Execute the cell's notebook; the notebook calls xrstudy.training.train.run(cfg), which saves the result."""
     import papermill
 
-    papermill.execute_notebook(
-        str(notebook), str(output), parameters=cfg.to_dict(), progress_bar=False, log_output=True
-    )
+    try:
+        papermill.execute_notebook(
+            str(notebook), str(output), parameters=cfg.to_dict(), progress_bar=False, log_output=True
+        )
+    finally:
+        collapse_parameter_cells(output)
 
 
 EXECUTORS: dict[str, Callable[[RunConfig, Path, Path], None]] = {"papermill": papermill_executor}
@@ -222,11 +254,16 @@ def run_in_process(cfg: RunConfig, executor: str, notebook: Path) -> Attempt:
     attempt = locked_attempt(cfg, execute)
     if attempt.cause:
         print(f"xrstudy worker: {attempt.outcome.name}: {attempt.cause}", file=sys.stderr, flush=True)
-        try:  # best effort: on a full disk this small file may not fit either
-            atomic_write_json(attempt_path(cfg), {"outcome": attempt.outcome.name, "cause": attempt.cause})
-        except OSError:
-            pass
+        write_attempt(cfg, attempt)
     return attempt
+
+
+def write_attempt(cfg: RunConfig, attempt: Attempt) -> None:
+    """Leave a failed attempt's cause in the run folder (best effort: on a full disk it may not fit either)."""
+    try:
+        atomic_write_json(attempt_path(cfg), {"outcome": attempt.outcome.name, "cause": attempt.cause})
+    except OSError:
+        pass
 
 
 def read_attempt(cfg: RunConfig) -> str:
@@ -293,6 +330,8 @@ __all__ = [
     "locked_attempt",
     "run_in_process",
     "read_attempt",
+    "write_attempt",
+    "collapse_parameter_cells",
     "worker_command",
     "main",
 ]

@@ -8,7 +8,10 @@ In the order they act on a batch:
   MaskedMixUp          the drawn MixUp pairing / lambda; unknown (NaN) targets stay unknown
   (fastai's GradientAccumulation and MixedPrecision, when the cell uses them)
   AdaptiveGradClip     AGC (timm), the classifier exempt
-  PeriodicCheckpoint   atomic training state every N steps / T seconds (rank 0)
+  PeriodicCheckpoint   atomic training state every N steps / T seconds (rank 0); never diverged weights
+
+A callback with a `state_key` (xrstudy.training.monitor.HistoryLogger) keeps its own part of the training
+state: `state_dict()` is saved under `callbacks[state_key]` and `load_state_dict` gets it back on resume.
 
 The training state (`save_train_state` / `load_train_state`) lives here too: it is what
 PeriodicCheckpoint writes and xrstudy.training.learner.restore reads. fastai calls every callback for every
@@ -209,9 +212,28 @@ class PeriodicCheckpoint(LocalCallback):
         done = self.learn.step + 1
         due_steps = self.every_steps and done % self.every_steps == 0
         due_time = self.every_s and time.monotonic() - self._last >= self.every_s
-        if (due_steps or due_time) and self.rank == 0:
+        if (due_steps or due_time) and self.rank == 0 and finite_weights(self.learn.model):
+            # A diverged model is not saved: the last good state stays, and the next history row stops the run.
             save_train_state(self.path, self.learn, done, self.identity, self.schedule)
             self._last = time.monotonic()
+
+
+def finite_weights(model: torch.nn.Module) -> bool:
+    """True when every parameter is finite (one host sync)."""
+    checks = [p.detach().isfinite().all() for p in model.parameters()]
+    return bool(torch.stack(checks).all()) if checks else True
+
+
+def callback_states(learn: Learner) -> dict[str, Any]:
+    """The parts of the training state that callbacks keep (those with a `state_key`)."""
+    return {cb.state_key: cb.state_dict() for cb in learn.cbs if isinstance(getattr(cb, "state_key", None), str)}
+
+
+def load_callback_states(learn: Learner, states: dict[str, Any]) -> None:
+    for cb in learn.cbs:
+        key = getattr(cb, "state_key", None)
+        if isinstance(key, str) and key in states:
+            cb.load_state_dict(states[key])
 
 
 # ---- the training state -------------------------------------------------------------------------
@@ -246,6 +268,7 @@ def save_train_state(
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         },
+        "callbacks": callback_states(learn),
     }
     with atomic_path(path, needed_bytes=2 * tensor_bytes(state["model"])) as temp, open(temp, "wb") as handle:
         torch.save(state, handle)  # weights + optimiser momentum: about twice the weights
@@ -277,6 +300,9 @@ __all__ = [
     "StepSchedule",
     "AdaptiveGradClip",
     "PeriodicCheckpoint",
+    "finite_weights",
+    "callback_states",
+    "load_callback_states",
     "save_train_state",
     "load_train_state",
     "normalise",

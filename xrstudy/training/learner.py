@@ -55,7 +55,14 @@ from xrstudy.pixels.loaders import (
     StepLoader,
     empty_like,
 )
-from xrstudy.training.callbacks import AdaptiveGradClip, MaskedMixUp, PeriodicCheckpoint, PrepareBatch, StepSchedule
+from xrstudy.training.callbacks import (
+    AdaptiveGradClip,
+    MaskedMixUp,
+    PeriodicCheckpoint,
+    PrepareBatch,
+    StepSchedule,
+    load_callback_states,
+)
 from xrstudy.training.checkpoints import unwrap, write_checkpoint
 from xrstudy.training.recipes import AGC_CLIP, MOMENTUM, Schedule
 
@@ -267,6 +274,7 @@ def restore(learn: Learner, state: dict[str, Any], setup: TrainSetup) -> None:
         torch.set_rng_state(rng["torch"])
     if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(rng["cuda"])
+    load_callback_states(learn, state.get("callbacks", {}))  # e.g. the training history's open interval
 
 
 def predict(learn: Learner, split: Split, batch: int, *, logits: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -291,10 +299,13 @@ def _outputs(model: nn.Module) -> int:
 def mean_loss(learn: Learner, split: Split, batch: int) -> float:
     """The training loss over a whole split (mean over its known targets; eval mode)."""
     logits, targets = predict(learn, split, batch, logits=True)
+    return _loss_of(logits, targets)
+
+
+def _loss_of(logits: np.ndarray, targets: np.ndarray) -> float:
     if len(logits) == 0:
         return float("nan")
-    loss = loss_for(targets.ndim == 2)(torch.from_numpy(logits), torch.from_numpy(targets))
-    return float(loss)
+    return float(loss_for(targets.ndim == 2)(torch.from_numpy(logits), torch.from_numpy(targets)))
 
 
 # ---- pre-training: validate every epoch, keep the best checkpoint ---------------------------------
@@ -314,22 +325,28 @@ class BestCheckpoint:
     def __init__(self, path: Path, sidecar: dict[str, Any], valid: Split, batch: int, resumed: bool):
         self.path, self.sidecar, self.valid, self.batch = path, sidecar, valid, batch
         self.loss, self.step = float("inf"), -1
+        self.outputs: tuple[np.ndarray, np.ndarray] | None = None  # (logits, targets) of the last validation
         sidecar_path = path.with_suffix(".json")
         if resumed and sidecar_path.is_file():  # a fresh start ignores an old file, a resume continues it
             saved = json.loads(sidecar_path.read_text())
             if saved.get("run_id") == sidecar["run_id"] and "valid_loss" in saved:
                 self.loss, self.step = float(saved["valid_loss"]), int(saved["step"])
 
-    def update(self, learn: Learner, step: int) -> None:
+    def update(self, learn: Learner, step: int) -> float:
+        """Validate at `step`, keep the weights if the loss is the lowest so far; returns the loss
+        (`outputs` holds the logits and targets, for metrics)."""
         model = learn.model
         learn.model = unwrap(model)  # rank 0 alone: not through DDP
         try:
-            loss = mean_loss(learn, self.valid, self.batch)
+            logits, targets = predict(learn, self.valid, self.batch, logits=True)
         finally:
             learn.model = model
+        self.outputs = (logits, targets)
+        loss = _loss_of(logits, targets)
         if loss < self.loss:
             self.loss, self.step = loss, step
             write_checkpoint(self.path, unwrap(model), {**self.sidecar, "step": step, "valid_loss": loss})
+        return loss
 
 
 __all__ = [

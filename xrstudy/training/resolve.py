@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from xrstudy.config import RunConfig
 from xrstudy.data import labels
 from xrstudy.data.sources import SOURCES, Source, source_of
-from xrstudy.training import cost, recipes
+from xrstudy.training import cost, history, recipes
 
 if TYPE_CHECKING:
     from xrstudy.data.studydata import StudyData
@@ -357,6 +357,7 @@ class ResolvedCell:
     ram_per_rank_bytes: int | None
     memory_from: str
     train_mode: str | None = "finetune"  # None for pre-training
+    log_every: int | None = None  # steps between two training-history rows (`history.log_interval`)
     # train_mode probe: the probe's numbers (no optimiser step: one fp32 forward pass over the dataset's images,
     # then a logistic regression on a CPU; xrstudy.training.probe)
     probe: recipes.ProbeRecipe | None = None
@@ -491,6 +492,7 @@ def resolve(
         ram_per_rank_bytes=_ram_per_rank(cfg, n_cache, side, mode, micro, gpu) if cached else None,
         memory_from=f"{facts.memory_from}; {MEMORY_NOTE}",
         train_mode=cfg.train_mode if cfg.kind == "transfer" else None,
+        log_every=history.log_interval(recipe.steps, cfg.log_every) if recipe and not probe else None,
         probe=probe,
     )
 

@@ -12,7 +12,9 @@ Read it top to bottom -- it is the whole path from a RunConfig to a result JSON:
     model   = create_model(cfg, num_classes)         timm network, init, head
     learn   = make_learner(model, splits.train, setup)
     fit(learn, epoch_end) ...                        (resumes from {run_dir}/train_state.pt); pre-training
-                                                     validates every epoch and keeps the best checkpoint
+                                                     validates every epoch and keeps the best checkpoint;
+                                                     HistoryLogger writes history.csv + TensorBoard scalars
+                                                     and stops a diverging run (a `failed` result)
     metrics = evaluate on valid and test             NaN-safe metrics + bootstrap CIs
     checkpoint (pre-training cells) + results.save   the result records `cell.row()` as `resolved`
 
@@ -41,13 +43,14 @@ import torch.distributed as dist
 from xrstudy.config import ConfigError, RunConfig
 from xrstudy.data.studydata import StudyData
 from xrstudy.pixels.loaders import Augment, Split
-from xrstudy.training import cost, recipes, resolve
+from xrstudy.training import cost, history, recipes, resolve
 from xrstudy.training.callbacks import load_train_state, unwrap
 from xrstudy.training.learner import (
     BestCheckpoint,
     TrainSetup,
     epoch_ends,
     fit,
+    loss_for,
     make_learner,
     next_step,
     predict,
@@ -62,6 +65,7 @@ from xrstudy.training.models import (
     timm_input_stats,
     write_checkpoint,
 )
+from xrstudy.training.monitor import HistoryLogger, TrainingDiverged, check_writable
 
 if TYPE_CHECKING:
     from fastai.learner import Learner
@@ -289,6 +293,31 @@ def _device_name(device: torch.device) -> str:
     return f"cuda:{torch.cuda.get_device_name(device)}" if device.type == "cuda" else device.type
 
 
+# What decides whether a rerun gives the same digits: a CPU run's reductions follow its thread count (a demo
+# cell gave digits accuracy 0.979 with 2 threads, 0.958 with the sweep worker's 1), a GPU run's its kernels.
+THREAD_ENVIRONMENT = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "CUBLAS_WORKSPACE_CONFIG",
+    "CUDA_VISIBLE_DEVICES",
+)
+
+
+def reproducibility(proc: Process) -> dict[str, Any]:
+    """The settings that make two runs of one cell agree digit for digit, or explain why they do not."""
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        "world": proc.world,
+        "environment": {name: os.environ[name] for name in THREAD_ENVIRONMENT if name in os.environ},
+    }
+
+
 # ---- the cell ---------------------------------------------------------------------------------
 def run(
     cfg: RunConfig,
@@ -330,6 +359,8 @@ def _run(
             f"micro_batch {cfg.micro_batch} does not divide the per-device batch {per_device} "
             f"(batch_size {cfg.batch_size} over {proc.world} processes)"
         )
+    if proc.is_main:  # before any data is read: an unwritable run folder fails now, naming it
+        check_writable(cfg.run_dir)
     if study is None:
         from xrstudy.data import studydata
 
@@ -379,9 +410,20 @@ def _run(
         checkpoint_every_steps=checkpoint_every_steps,
         checkpoint_every_s=checkpoint_every_s,
     )
-    learn = make_learner(model, splits["train"], setup, callbacks)
+    watch = HistoryLogger(
+        cfg.run_dir,
+        total_steps=recipe.steps,
+        every=cell.log_every,
+        global_batch=cfg.batch_size,
+        train_size=len(splits["train"]),
+        rank=proc.rank,
+        world=proc.world,
+        hold_segment_ends=True,
+    )
+    learn = make_learner(model, splits["train"], setup, [watch, *callbacks])
     if state is not None:
         restore(learn, state, setup)
+    watch.open(setup.start_step)
     eval_batch = 2 * min(cfg.micro_batch or per_device, per_device)
     sidecar = {
         "arch": base_arch(cfg.arch),
@@ -396,11 +438,32 @@ def _run(
     if cfg.kind == "pretrain" and len(splits["valid"]) and proc.is_main:
         best = BestCheckpoint(cfg.run_dir / CHECKPOINT, sidecar, splits["valid"], eval_batch, state is not None)
 
+    def validate(step: int) -> dict[str, float]:
+        """Pre-training (rank 0): the validation loss and metrics at `step`, keeping the best checkpoint."""
+        if best is None:
+            return {}
+        loss = best.update(learn, step)
+        logits, targets = best.outputs
+        if not len(logits):
+            return {"loss": loss}
+        probs = loss_for(study.multilabel).activation(torch.from_numpy(logits)).numpy()
+        return {"loss": loss, **classification_metrics(probs, targets, study.classes, study.multilabel)[0]}
+
     started = time.perf_counter()
-    for stop in epoch_ends(next_step(learn), recipe.steps, recipe.valid_every if cfg.kind == "pretrain" else 0):
-        fit(learn, stop)
-        if best is not None:
-            best.update(learn, stop)
+    start = next_step(learn)
+    ends = epoch_ends(start, recipe.steps, recipe.valid_every if cfg.kind == "pretrain" else 0)
+    if watch.held_step == start and start not in ends:  # resumed between a segment's last step and its row
+        ends.insert(0, start)
+    try:
+        for stop in ends:
+            fit(learn, stop)
+            watch.close_segment(stop, validate(stop))
+    except TrainingDiverged as err:
+        if proc.is_main:  # the last good training state stays beside it (PeriodicCheckpoint saves no NaN)
+            save_result(_failed_result(cfg, study, err, proc, time.perf_counter() - started), cfg)
+        raise
+    finally:
+        watch.close()
     train_s = time.perf_counter() - started
     if proc.world > 1:
         dist.barrier()
@@ -483,6 +546,31 @@ def run_probe_cell(cfg: RunConfig, proc: Process, study: StudyData, cell: resolv
     return result
 
 
+def _history_of(cfg: RunConfig) -> dict[str, list[Any]]:
+    """The run's history.csv, at most 200 points, for its result (the store alone draws the curves)."""
+    return history.for_result(history.read_rows(cfg.run_dir / history.HISTORY_FILE))
+
+
+def _failed_result(cfg: RunConfig, study: StudyData, err: Exception, proc: Process, train_s: float) -> dict[str, Any]:
+    """A diverged cell: `status: failed` with its cause, its history up to the divergence."""
+    from xrstudy.results import store
+
+    return store.new_result(
+        cfg,
+        {},
+        status="failed",
+        error=str(err),
+        split_sha256=study.split_sha256,
+        history=_history_of(cfg),
+        reproducibility=reproducibility(proc),
+        versions=_versions(),
+        git_commit=_git_commit(),
+        device=_device_name(proc.device) + (f" x{proc.world}" if proc.world > 1 else ""),
+        timings={"train_s": train_s},
+        last_step=getattr(err, "step", None),
+    )
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What a finished cell produced, for its result JSON."""
@@ -521,6 +609,8 @@ def _result(cfg: RunConfig, study: StudyData, outcome: Outcome, proc: Process) -
         last_step=outcome.last_step,
         resolved=outcome.resolved,
         **outcome.extra,
+        history=_history_of(cfg),
+        reproducibility=reproducibility(proc),
     )
 
 
@@ -542,4 +632,5 @@ __all__ = [
     "start_process",
     "Outcome",
     "probe_image",
+    "reproducibility",
 ]
