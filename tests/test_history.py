@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from xrstudy import cli
@@ -303,7 +304,7 @@ def test_every_run_writes_its_history_and_tensorboard_scalars(reference, xray):
         r["train/grad_norm"] > 0 and r["train/images_per_s"] > 0 and 0 <= r["train/data_wait"] <= 1 for r in rows
     )
     assert all(r["total_steps"] == 6 and r["images"] == 8 * r["step"] for r in rows)
-    schedule = train.recipe_of(cfg, xray).schedule  # a row's LR: that of its last step (0-based step - 1)
+    schedule = train.resolve_cell(cfg, xray, torch.device("cpu")).recipe.schedule  # a row's LR: its last step's
     assert [r["train/lr"] for r in rows] == pytest.approx([schedule.lr_at(r["step"] - 1) for r in rows], rel=1e-6)
     scalars = _scalars(cfg.run_dir / history.TENSORBOARD_DIR)
     assert [step for step, _ in scalars["train/loss"]] == [1, 2, 3, 4, 5, 6]

@@ -3,7 +3,7 @@ logistic regression whose C is chosen on training images only; resume, failure a
 
 from __future__ import annotations
 
-import json
+import math
 import threading
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from xrstudy.config import ConfigError, RunConfig
 from xrstudy.pixels.loaders import Split
 from xrstudy.results import store
 from xrstudy.sweeps import worker
-from xrstudy.training import probe, recipes, train
+from xrstudy.training import history, probe, recipes, train
 from xrstudy.training.models import create_model
 
 TINY = "resnetv2_tiny_bit"
@@ -120,11 +120,13 @@ def test_probe_cell_runs_end_to_end_and_its_second_seed_reuses_the_features(
         assert again["probe"]["features"] == {"images": images, "dim": 256, "extracted": 0, "reused": images}
     assert again["counts"]["train"] > result["counts"]["train"]
 
-    # What it reported as it went: extraction progress and the held-out loss of each C.
-    events = [json.loads(line) for line in (first.run_dir / "probe_history.jsonl").read_text().splitlines()]
-    assert [e["images"] for e in events if e["event"] == "extract"][-1] == images
-    assert len([e for e in events if e["event"] == "candidate"]) == len(recipes.PROBE_C_GRID)
-    assert [e["C"] for e in events if e["event"] == "chosen"] == [details["C"]]
+    # Its history, as a fine-tuned run's: a row per regression fit (each C on the images left after the held-out
+    # part, with its held-out loss), then the chosen C fitted on every training image.
+    rows = history.read_rows(first.run_dir / history.HISTORY_FILE)
+    assert [r["step"] for r in rows] == list(range(1, len(recipes.PROBE_C_GRID) + 2))
+    assert [r["probe/C"] for r in rows[:-1]] == sorted(recipes.PROBE_C_GRID) and rows[-1]["probe/C"] == details["C"]
+    assert all(r["valid/loss"] is not None for r in rows[:-1]) and rows[-1]["valid/loss"] is None
+    assert all(math.isfinite(r["train/loss"]) for r in rows) and result["history"]["step"][-1] == len(rows)
 
 
 @pytest.mark.slow
@@ -256,10 +258,10 @@ class Recorded:
     def extracted(self, images, total):
         pass
 
-    def candidate(self, c, valid_loss):
+    def candidate(self, c, valid_loss, train_loss, images):
         self.candidates[c] = valid_loss
 
-    def chosen(self, c, how):
+    def chosen(self, c, how, train_loss, images):
         self.choices.append((c, how))
 
 

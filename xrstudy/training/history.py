@@ -43,6 +43,7 @@ COLUMNS: dict[str, str] = {
     "valid/acc": "validation accuracy",
     "valid/auc": "validation mean AUC",
     "valid/ap": "validation mean AP",
+    "probe/C": "a linear probe's row: the regression's inverse L2 strength (one row per fit; the last is the chosen)",
     "elapsed_s": "training seconds since the run started (across resumes, validation excluded)",
     "total_steps": "optimiser steps of the whole run",
 }

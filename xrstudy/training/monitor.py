@@ -94,6 +94,17 @@ def check_writable(run_dir: str | os.PathLike[str]) -> None:
         raise HistoryError(f"{target}: not a regular file; the run's training history goes there")
 
 
+def _after_existing_event_files(folder: Path) -> None:
+    """Wait, at most a second, until a new event file would sort after every file in `folder`. TensorBoard reads
+    a run's files in name order, `events.out.tfevents.{unix seconds}.{host}.{pid}...`, and applies a resumed
+    writer's purge to what it read before: a resume within the second of the killed attempt's start, from a
+    lower pid, would sort first and show the purged steps again (after the resumed ones)."""
+    stamps = [int(p.name.split(".")[3]) for p in folder.glob(f"{EVENTS_PREFIX}*") if p.name.split(".")[3].isdigit()]
+    wait = max(stamps) + 1 - time.time() if stamps else 0.0
+    if 0 < wait <= 1.5:  # a clock set back, or a file from elsewhere, is not worth waiting for
+        time.sleep(wait)
+
+
 class HistoryLogger(LocalCallback):
     """history.csv + TensorBoard scalars every `every` steps; stops the run when the loss is no longer finite."""
 
@@ -170,6 +181,8 @@ class HistoryLogger(LocalCallback):
             if not start_step:  # a fresh start: the events of a discarded attempt go
                 for old in self.tensorboard_dir.glob(f"{EVENTS_PREFIX}*"):
                     old.unlink()
+            else:
+                _after_existing_event_files(self.tensorboard_dir)
             self.writer = SummaryWriter(
                 str(self.tensorboard_dir),
                 purge_step=start_step + 1 if start_step else None,
@@ -396,4 +409,35 @@ class HistoryLogger(LocalCallback):
         return None if self.held is None else int(self.held["step"])
 
 
-__all__ = ["HistoryLogger", "HistoryError", "check_writable", "TrainingDiverged"]
+class ProbeHistory:
+    """A linear probe's history (`xrstudy.training.probe.ProbeLog`), written as a fine-tuned run's is (history.csv
+    and TensorBoard, through HistoryLogger's files): one row per regression fit in the order fitted, C from weak
+    to strong on the training images left after the held-out part (train/loss on those, valid/loss on the
+    held-out ones), then the chosen C fitted on every training image (its train/loss, no valid/loss). A rerun
+    (the features come back from the feature cache) writes the rows again from the first."""
+
+    def __init__(self, run_dir: str | os.PathLike[str], fits: int):
+        self.logger = HistoryLogger(run_dir, total_steps=fits, every=1, global_batch=0, train_size=1)
+        self.logger.open()
+        self.step, self.fits, self._t0 = 0, fits, time.perf_counter()
+
+    def extracted(self, images: int, total: int) -> None:
+        pass  # the features are part of the result (`probe.features`); a row is a fit
+
+    def _row(self, c: float, train_loss: float, valid_loss: float | None, images: int) -> None:
+        self.step += 1
+        finite = [v if v is not None and math.isfinite(v) else None for v in (train_loss, valid_loss)]
+        row = {"step": self.step, "images": images, "train/loss": finite[0], "valid/loss": finite[1]}
+        row.update({"probe/C": c, "elapsed_s": round(time.perf_counter() - self._t0, 3), "total_steps": self.fits})
+        self.logger._write(row)
+
+    def candidate(self, c: float, valid_loss: float, train_loss: float, images: int) -> None:
+        self._row(c, train_loss, valid_loss, images)
+
+    def chosen(self, c: float, how: str, train_loss: float, images: int) -> None:
+        self.fits = self.step + 1  # 1-shot: no candidate could be held out, the chosen fit is the only row
+        self._row(c, train_loss, None, images)
+        self.logger.close()
+
+
+__all__ = ["HistoryLogger", "HistoryError", "ProbeHistory", "check_writable", "TrainingDiverged"]

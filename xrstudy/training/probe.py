@@ -58,44 +58,24 @@ _VALID_STREAM = 0x70726F62  # "prob": the held-out draw's stream, apart from eve
 
 # ---- what the probe says as it goes -----------------------------------------------------------------
 class ProbeLog(Protocol):
-    """Where a probe reports progress: the run's history (a JSONL file by default)."""
+    """Where a probe reports progress: the run's history (`xrstudy.training.monitor.ProbeHistory`: history.csv
+    and TensorBoard, one row per regression fit, as a fine-tuned run's rows per step)."""
 
     def extracted(self, images: int, total: int) -> None: ...
 
-    def candidate(self, c: float, valid_loss: float) -> None: ...
+    def candidate(self, c: float, valid_loss: float, train_loss: float, images: int) -> None: ...
 
-    def chosen(self, c: float, how: str) -> None: ...
-
-
-class JsonlProbeLog:
-    """One JSON object per line in `path`: {"event": "extract" | "candidate" | "chosen", ...}."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def _write(self, **event: Any) -> None:
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps({"time": round(time.time(), 3), **event}) + "\n")
-
-    def extracted(self, images: int, total: int) -> None:
-        self._write(event="extract", images=images, total=total)
-
-    def candidate(self, c: float, valid_loss: float) -> None:
-        self._write(event="candidate", C=c, valid_log_loss=valid_loss if math.isfinite(valid_loss) else None)
-
-    def chosen(self, c: float, how: str) -> None:
-        self._write(event="chosen", C=c, how=how)
+    def chosen(self, c: float, how: str, train_loss: float, images: int) -> None: ...
 
 
 class SilentLog:
     def extracted(self, images: int, total: int) -> None:
         pass
 
-    def candidate(self, c: float, valid_loss: float) -> None:
+    def candidate(self, c: float, valid_loss: float, train_loss: float, images: int) -> None:
         pass
 
-    def chosen(self, c: float, how: str) -> None:
+    def chosen(self, c: float, how: str, train_loss: float, images: int) -> None:
         pass
 
 
@@ -404,14 +384,15 @@ def fit_probe(
         for c in sorted(recipe.c_grid):  # weak to strong fits, each warm-started from the last
             model.fit(fit_z, y[~mask], c)
             losses[c] = _log_loss(model.predict_proba(valid_z), y[mask], multilabel)
-            log.candidate(c, losses[c])
+            fitted = _log_loss(model.predict_proba(fit_z), y[~mask], multilabel)
+            log.candidate(c, losses[c], fitted, int((~mask).sum()))
         not_converged += model.not_converged
         finite = {c: v for c, v in losses.items() if math.isfinite(v)}
         c = min(finite, key=lambda k: (finite[k], k)) if finite else recipe.default_c
         how = f"held-out log-loss on {int(mask.sum())} of {len(y)} training images"
-    log.chosen(c, how)
     standardise = _Standardise(x)
     model = make().fit(standardise(x), y, c)
+    log.chosen(c, how, _log_loss(model.predict_proba(standardise(x)), y, multilabel), len(y))
     return ProbeFit(
         c=c,
         chosen_by=how,
@@ -528,7 +509,6 @@ __all__ = [
     "ProbeFit",
     "ProbeOutcome",
     "ProbeLog",
-    "JsonlProbeLog",
     "backbone",
     "backbone_digest",
     "extract_features",

@@ -65,7 +65,7 @@ from xrstudy.training.models import (
     timm_input_stats,
     write_checkpoint,
 )
-from xrstudy.training.monitor import HistoryLogger, TrainingDiverged, check_writable
+from xrstudy.training.monitor import HistoryLogger, ProbeHistory, TrainingDiverged, check_writable
 
 if TYPE_CHECKING:
     from fastai.learner import Learner
@@ -527,7 +527,7 @@ def run_probe_cell(cfg: RunConfig, proc: Process, study: StudyData, cell: resolv
         device=proc.device,
         seed=cfg.seed,
         feature_root=cache_root / "features",
-        log=probe.JsonlProbeLog(cfg.run_dir / "probe_history.jsonl"),
+        log=ProbeHistory(cfg.run_dir, len(cell.probe.c_grid) + 1),
     )
     evaluation = scored(done.predictions, study, cfg.seed, started + done.extract_s + done.fit_s)
     outcome = Outcome(
