@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -279,8 +280,12 @@ def test_the_tables_and_notebooks_are_package_data():
 
 @pytest.mark.slow  # builds the wheel (pip, setuptools from the package index)
 def test_the_wheel_ships_every_package_the_notebooks_and_the_tables(tmp_path):
+    # Built from a copy of the tree: setuptools keeps a build/ folder in a working checkout whose stale copies
+    # (a file deleted since) would end up in the wheel and hide a missing one.
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__"))
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(REPO), "-w", str(tmp_path)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(source), "-w", str(tmp_path)],
         capture_output=True,
         text=True,
     )

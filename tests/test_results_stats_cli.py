@@ -84,9 +84,11 @@ def test_variance_of_the_demo_store_is_seeded(capsys):
     code, out, _ = run(["results", "variance", "--results", str(EXAMPLE), "--json", "--seed", "3"], capsys)
     again = run(["results", "variance", "--results", str(EXAMPLE), "--json", "--seed", "3"], capsys)[1]
     cells = json.loads(out)["cells"]
-    assert code == 0 and out == again and len(cells) == 72
-    # the demo: 4 seeds per few-shot cell, 2 per full-shot cell
-    assert {(c["shots"] > 0, c["n_seeds"]) for c in cells} == {(True, 4), (False, 2)}
+    # the demo: 3 inits x 2 targets x 4 shot counts x 3 metrics, fine-tuned and linearly probed
+    assert code == 0 and out == again and len(cells) == 144
+    # fine-tuned: 4 seeds per few-shot cell, 2 per full-shot cell; probes: 2 seeds
+    seeds = {(c["train_mode"], c["shots"] > 0, c["n_seeds"]) for c in cells}
+    assert seeds == {("finetune", True, 4), ("finetune", False, 2), ("probe", True, 2), ("probe", False, 2)}
 
 
 # ---- compare -------------------------------------------------------------------------------------
@@ -144,7 +146,7 @@ def test_fail_outside_sets_the_exit_status(planted, capsys):
 def test_compare_against_a_store_and_one_line_errors(planted, capsys, tmp_path):
     code, out, _ = run(["results", "compare", "--against", str(EXAMPLE), "--results", str(EXAMPLE), "--json"], capsys)
     summary = json.loads(out)["summary"]
-    assert code == 0 and summary["compared"] == 72 and summary["inside"] == 72  # the demo against itself
+    assert code == 0 and summary["compared"] == 144 and summary["inside"] == 144  # the demo against itself
     code, _, err = run(
         ["results", "compare", "--against", str(tmp_path / "nowhere"), "--results", str(planted)], capsys
     )
@@ -217,12 +219,18 @@ def test_sd_against_shots_is_a_figure_of_every_store_with_two_shot_counts(tmp_pa
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert {"xray_resnetv2_tiny_bit", "natural_resnetv2_tiny_bit", "scratch_resnetv2_tiny_bit"} < set(lines)
     var = stats.variance_table(table, metric="test/auc")
-    xray = var[(var.target == "padchest-cl") & (var.pretrained_model == "xray_resnetv2_tiny_bit")]
+    xray = var[
+        (var.target == "padchest-cl")
+        & (var.pretrained_model == "xray_resnetv2_tiny_bit")
+        & (var.train_mode == "finetune")
+    ]
+    assert "xray_resnetv2_tiny_bit (probe)" in lines  # a probe is its own series
     assert list(lines["xray_resnetv2_tiny_bit"].get_ydata()) == pytest.approx(
         list(100 * xray.sort_values("shots").sd.iloc[[1, 2, 3, 0]])
     )
-    # the ±1-point line of the usual seed count (4): SD 0.01·√4 / t(0.975, 3)
-    assert lines["±1 point with 4 seeds"].get_ydata()[0] == pytest.approx(100 * 0.02 / 3.182446)
+    # the ±1-point line of the usual seed count (the demo's cells most often have 2: its full-shot and probe
+    # cells): SD 0.01·√2 / t(0.975, 1)
+    assert lines["±1 point with 2 seeds"].get_ydata()[0] == pytest.approx(100 * 0.01 * 2**0.5 / 12.706205)
     rendered = render.render_all(PAPER_FORMAT, tmp_path)
     assert {k for k in rendered if k[0] == "variance"} == {
         ("variance", "cifar10", "test/acc"),

@@ -126,8 +126,9 @@ CURVE_COLUMNS = ("step", "train/loss", "train/lr", "valid/loss", "valid/auc", "v
 
 
 def curve_rows(results: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Tidy rows of every stored history: the cell's identity (as in the results table) + the history's columns."""
-    results = [r for r in results if r.get("history")]
+    """Tidy rows of every stored history of a trained cell: the cell's identity (as in the results table) + the
+    history's columns. Linear probes take no optimiser step (their rows are regression fits): not drawn here."""
+    results = [r for r in results if r.get("history") and r.get("config", {}).get("train_mode") != "probe"]
     if not results:
         return pd.DataFrame(columns=["run_id", "kind", "target", "init_label", "pretrained_model", "shot", "seed"])
     identity = store.table_from_results(results, status="ok").drop_duplicates("run_id").set_index("run_id")

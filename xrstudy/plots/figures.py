@@ -355,8 +355,8 @@ def draw_fewshot_curves(data: pd.DataFrame, target: str, metric: str) -> Figure:
 
 
 def draw_sd_by_shots(data: pd.DataFrame, target: str, metric: str) -> Figure | None:
-    """Seed-to-seed SD (points) against shots per class, one line per pre-trained model (and origin, and
-    data fraction where several), full shot one decade right of the largest k, with the SD at which the
+    """Seed-to-seed SD (points) against shots per class, one line per pre-trained model (and origin, train mode,
+    and data fraction where several), full shot one decade right of the largest k, with the SD at which the
     usual number of seeds gives a ±1-point 95 % interval of the mean (`stats.variance_table`,
     `stats.sd_by_shots`). None when no cell has two seeds."""
     points = stats.sd_by_shots(stats.variance_table(data, metric=metric, n_boot=1))  # the SD needs no resamples
@@ -367,6 +367,8 @@ def draw_sd_by_shots(data: pd.DataFrame, target: str, metric: str) -> Figure | N
     series = points.pretrained_model.where(points.origin != "paper", points.pretrained_model + PAPER_SUFFIX)
     if points.origin.nunique() < 2:
         series = points.pretrained_model
+    probe = points.train_mode == "probe"  # its own series beside the fine-tuned runs of the model, dotted
+    series = series.where(~probe, series + PROBE_SUFFIX)
     if points.data_fraction.nunique() > 1:
         series = series + points.data_fraction.map(lambda f: f" ({f:g} of the data)")
     points = points.assign(series=series)
@@ -377,6 +379,7 @@ def draw_sd_by_shots(data: pd.DataFrame, target: str, metric: str) -> Figure | N
             for name, part in points[points.pretrained_model == model].groupby("series", sort=True):
                 first = part.iloc[0]
                 line = "--" if first.origin == "paper" and points.origin.nunique() > 1 else "-"
+                line = ":" if first.train_mode == "probe" else line
                 colour = model_colour(first.init_label, first.arch)
                 ax.plot(part.x, 100 * part.sd, line, marker="o", color=colour, label=name)
         seeds = int(points.n_seeds.mode().iloc[0])

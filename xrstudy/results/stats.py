@@ -195,11 +195,12 @@ def sd_by_shots(variance: pd.DataFrame) -> pd.DataFrame:
     largest = int(data["shots"].max()) if len(data) else 0
     data["full"] = data["shots"] == 0
     data["x"] = np.where(data["full"], max(largest, 1) * 10, data["shots"])  # one decade right, on a log axis
-    return data.sort_values(["target", "metric", "pretrained_model", "origin", "x"], ignore_index=True)[
+    return data.sort_values(["target", "metric", "pretrained_model", "train_mode", "origin", "x"], ignore_index=True)[
         [
             "target",
             "metric",
             "pretrained_model",
+            "train_mode",
             "data_fraction",
             "origin",
             "shot",
