@@ -100,6 +100,7 @@ def plan_cell(
         "uncertain": cfg.uncertain,
         "split_mode": cfg.split_mode,
         "label_mode": cfg.label_mode,
+        "loader_mode": cfg.loader_mode,
         "shots_mode": cfg.shots_mode if transfer else None,
         "depends_on": [parent] if parent in by_id else [],
         "leak": leak,

@@ -89,8 +89,11 @@ def size_cell(
     global_batch: int,
     fixed_nodes: int | None = None,
     name: str = "cell",
+    group: int = 1,
 ) -> Size:
-    """The fewest GPUs on which `gpu_hours` fits the limit (powers of two dividing the global batch)."""
+    """The fewest GPUs on which `gpu_hours` fits the limit (powers of two dividing the global batch, each GPU's
+    share a whole number of `group`s: the authors' MixUp micro-batch in loader_mode paper pairs within one
+    device)."""
     if fixed_nodes:
         if global_batch % (fixed_nodes * gpus_per_node):
             raise SweepError(
@@ -103,10 +106,18 @@ def size_cell(
     budget_h = limit_min / 60 * SAFETY - STARTUP_H
     for gpus in _gpu_counts(gpus_per_node, max_nodes):
         wall = _wall(gpu_hours, gpus)
-        if global_batch % gpus == 0 and wall is not None and wall <= budget_h:
+        whole = global_batch % gpus == 0 and (global_batch // gpus) % group == 0
+        if whole and wall is not None and wall <= budget_h:
             minutes = min(limit_min, int(math.ceil(60 * (wall / SAFETY + STARTUP_H) / 15) * 15))
             return Size(max(1, gpus // gpus_per_node), min(gpus, gpus_per_node), minutes, wall)
     most = max_nodes * gpus_per_node
+    if group > 1:  # the MixUp groups, not the cluster, bound the GPUs
+        most = max(g for g in _gpu_counts(gpus_per_node, max_nodes) if (global_batch // g) % group == 0 or g == 1)
+        raise SweepError(
+            f"{name}: ~{gpu_hours:.0f} GPU-hours do not fit {format_time(limit_min)}: its batch of {global_batch} "
+            f"keeps whole MixUp groups of {group} images (loader_mode paper) on at most {most} GPU(s) "
+            f"({_wall(gpu_hours, most):.1f} h); raise --time-limit"
+        )
     raise SweepError(
         f"{name}: ~{gpu_hours:.0f} GPU-hours do not fit {format_time(limit_min)} on up to {max_nodes} "
         f"node(s) x {gpus_per_node} GPU(s) ({_wall(gpu_hours, most):.1f} h on {most}); raise "
@@ -252,6 +263,7 @@ def job_specs(cells: list[RunConfig], plan: Mapping[str, Mapping[str, Any]], clu
             global_batch=c.batch_size,
             name=f"{c.name} [{c.run_id}]",
             fixed_nodes=cluster.pretrain_nodes if c.kind == "pretrain" else None,
+            group=_mixup_group(plan[c.run_id]),
         )
         for c in cells
     }
@@ -298,11 +310,21 @@ def job_specs(cells: list[RunConfig], plan: Mapping[str, Mapping[str, Any]], clu
     return specs
 
 
+def _mixup_group(row: Mapping[str, Any]) -> int:
+    """Images one device must hold together: the MixUp group of a cell that mixes in loader_mode paper (the
+    resolver's `mixup_group`), else 1."""
+    if (row.get("mixup_alpha") or 0) > 0 and row.get("loader_mode") == "paper":
+        return int(row.get("mixup_group") or 1)
+    return 1
+
+
 def _with_micro_batch(cell: RunConfig, size: Size, row: Mapping[str, Any]) -> RunConfig:
-    """The cell as it runs on `size`: a micro-batch its devices hold, unless the sweep file sets one."""
+    """The cell as it runs on `size`: a micro-batch its devices hold (whole MixUp groups), unless the sweep
+    file sets one."""
     if cell.micro_batch:
         return cell
-    return cell.replace(micro_batch=cost.micro_batch(row.get("images_per_gpu"), cell.batch_size // size.gpus))
+    per_device = cell.batch_size // size.gpus
+    return cell.replace(micro_batch=cost.micro_batch(row.get("images_per_gpu"), per_device, _mixup_group(row)))
 
 
 def _slug(text: str) -> str:

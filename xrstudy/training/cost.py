@@ -185,13 +185,16 @@ def images_per_gpu(
     return Fit(images, f"{device} {row['precision']}: scaled {' and '.join(scaled_by)} ({row['source']})")
 
 
-def micro_batch(images_per_gpu: int | None, per_device_batch: int) -> int:
+def micro_batch(images_per_gpu: int | None, per_device_batch: int, group: int = 1) -> int:
     """The `micro_batch` of a cell whose devices each take `per_device_batch` images per step: 0 (the whole
     per-device batch at once) when it fits or nothing is known, else the largest divisor of the per-device
-    batch that fits, so that accumulation reaches the global batch exactly."""
+    batch that fits, so that accumulation reaches the global batch exactly. `group`: images that must stay
+    in one pass (the authors' MixUp micro-batch in loader_mode paper): the micro-batch is a multiple of it,
+    at least one group even where the memory table says fewer fit."""
     if not images_per_gpu or per_device_batch <= images_per_gpu:
         return 0
-    return max(d for d in range(1, images_per_gpu + 1) if per_device_batch % d == 0)
+    fitting = [d for d in range(group, images_per_gpu + 1, group) if per_device_batch % d == 0]
+    return max(fitting) if fitting else group
 
 
 def known_devices() -> list[str]:

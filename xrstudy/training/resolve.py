@@ -426,7 +426,11 @@ def resolve(
         if planning:
             raise
         unestimated = f"no estimate: {err}"  # a run only reports its cost: an unreadable table must not stop it
-    micro = cfg.micro_batch or (cost.micro_batch(fit.images if fit else None, per_device) if planning else 0)
+    # loader_mode paper with MixUp: a device pass holds whole groups of the authors' micro-batch (they pair in it)
+    whole = recipes.loss_group(cfg) if recipe and recipe.mixup_alpha > 0 else 0
+    micro = cfg.micro_batch or (
+        cost.micro_batch(fit.images if fit else None, per_device, whole or 1) if planning else 0
+    )
     if cfg.micro_batch:
         micro_from = "the sweep file"
     elif not planning:
