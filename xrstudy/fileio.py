@@ -161,18 +161,26 @@ def entry_kind(path: str | os.PathLike[str]) -> str:
     return file_kind(mode)
 
 
-def read_regular_file(path: str | os.PathLike[str]) -> bytes:
-    """The bytes of `path` if it is a regular file (symlinks followed), else NotRegularFileError. Opened
-    non-blocking and checked on the open descriptor, so a FIFO is refused instead of waited on."""
+@contextmanager
+def open_regular_file(path: str | os.PathLike[str]) -> Iterator[Any]:
+    """`path` opened for reading (binary) if it is a regular file (symlinks followed), else
+    NotRegularFileError. Opened non-blocking and checked on the open descriptor, so a FIFO is refused
+    instead of waited on."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         kind = file_kind(os.fstat(fd).st_mode)
         if kind != "file":
             raise NotRegularFileError(path, kind)
         with os.fdopen(fd, "rb", closefd=False) as handle:
-            return handle.read()
+            yield handle
     finally:
         os.close(fd)
+
+
+def read_regular_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of `path` if it is a regular file (`open_regular_file`)."""
+    with open_regular_file(path) as handle:
+        return handle.read()
 
 
 def require_regular_file(path: str | os.PathLike[str]) -> Path:
@@ -191,16 +199,9 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """The SHA-256 of a file's bytes (hex), read in chunks (checkpoints are GBs). Opened non-blocking and
     checked on the descriptor: a FIFO is NotRegularFileError, not waited on."""
     digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        kind = file_kind(os.fstat(fd).st_mode)
-        if kind != "file":
-            raise NotRegularFileError(path, kind)
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            while block := handle.read(chunk):
-                digest.update(block)
-    finally:
-        os.close(fd)
+    with open_regular_file(path) as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
     return digest.hexdigest()
 
 
@@ -260,6 +261,7 @@ __all__ = [
     "sha256_file",
     "file_kind",
     "entry_kind",
+    "open_regular_file",
     "read_regular_file",
     "require_regular_file",
     "NotRegularFileError",

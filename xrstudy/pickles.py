@@ -31,11 +31,12 @@ import io
 import math
 import os
 import pickle
-import stat
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+
+from xrstudy.fileio import NotRegularFileError, open_regular_file
 
 try:  # numpy 2.x
     from numpy._core.multiarray import _reconstruct as _numpy_reconstruct
@@ -192,13 +193,12 @@ def load_dataset_pickle(
         return _load(io.BytesIO(bytes(source)), origin, encoding)
     origin = origin or str(source)
     try:
-        fd = os.open(Path(source), os.O_RDONLY | os.O_NONBLOCK)  # a FIFO is refused below, not waited on
+        with open_regular_file(Path(source)) as handle:  # a FIFO is refused, not waited on
+            return _load(handle, origin, encoding)
+    except NotRegularFileError:
+        raise DatasetPickleError(origin, f"not a regular file; expected {WHAT}") from None
     except OSError as err:
         raise DatasetPickleError(origin, f"cannot read ({err.strerror}); expected {WHAT}") from None
-    with open(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise DatasetPickleError(origin, f"not a regular file; expected {WHAT}")
-        return _load(handle, origin, encoding)
 
 
 class _Reader:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import os
 import reprlib
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,8 @@ from typing import Any
 import yaml
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, ScalarNode
+
+from xrstudy.fileio import NotRegularFileError, read_regular_file
 
 MAX_DEPTH = 100
 MAX_ALIAS_NODES = 10_000
@@ -245,14 +246,9 @@ def read_yaml_file(path: str | os.PathLike[str], what: str = "YAML file", **opti
     or a byte that is not UTF-8 is a YamlError naming the file (worded as `xrstudy.config.read_yaml`)."""
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise YamlError(str(path), None, f"not a regular file; expected a {what}")
-            with os.fdopen(fd, "rb", closefd=False) as handle:
-                data = handle.read()
-        finally:
-            os.close(fd)
+        data = read_regular_file(path)
+    except NotRegularFileError:
+        raise YamlError(str(path), None, f"not a regular file; expected a {what}") from None
     except FileNotFoundError:
         raise YamlError(str(path), None, f"no such {what}") from None
     except OSError as err:
