@@ -1,5 +1,5 @@
 """Evaluation's bootstrap: the vectorised `metrics.bootstrap_ci` against the former implementation
-(one scikit-learn call per resample, class and metric; kept as the oracle in tests/test_metrics.py).
+(one scikit-learn call per resample, class and metric; kept as the oracle in tests/test_training_metrics.py).
 
     python benchmarks/bench_bootstrap.py [--n-boot 200]
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from xrstudy.training.metrics import bootstrap_ci
 
-ORACLE = Path(__file__).resolve().parents[1] / "tests" / "test_metrics.py"
+ORACLE = Path(__file__).resolve().parents[1] / "tests" / "test_training_metrics.py"
 
 
 def _oracle():

@@ -40,6 +40,7 @@ def test_cell_notebooks_are_stored_without_outputs(name):
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["10_pretrain.ipynb", "20_transfer.ipynb"])
 def test_cell_notebooks_lead_with_the_summary_and_collapse_their_parameters(name):
     """JupyterLab hides a cell's source when its metadata says jupyter.source_hidden."""
@@ -135,7 +136,7 @@ def _outputs(path: Path) -> str:
 
 @pytest.mark.slow
 def test_figures_and_scaling_notebooks_on_generated_stores(tmp_path, kernel):
-    from test_figures import synthetic_store
+    from stores import synthetic_store
 
     from xrstudy.results import legacy
 

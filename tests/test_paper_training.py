@@ -136,7 +136,7 @@ def test_timms_init_stays_an_option_and_loaded_weights_ignore_weight_init(tmp_pa
 # ---- 2. evaluation precision ---------------------------------------------------------------------------
 class CpuBf16(MixedPrecision):
     """fastai's MixedPrecision autocasting the CPU (xrstudy refuses bf16 on a CPU for training, see
-    test_learner.py; bf16 autocast itself works there, which is all this test needs)."""
+    test_training_learner.py; bf16 autocast itself works there, which is all this test needs)."""
 
     def before_fit(self) -> None:
         super().before_fit()
@@ -144,7 +144,7 @@ class CpuBf16(MixedPrecision):
 
 
 class KeepWeights(Callback):
-    """Skips the optimiser step: CPU bf16 autocast of this model can give NaN gradients (test_learner.py)."""
+    """Skips the optimiser step: CPU bf16 autocast of this model can give NaN gradients (test_training_learner.py)."""
 
     order = 0
 
@@ -482,7 +482,7 @@ def test_paper_mode_cells_run_end_to_end_whatever_the_micro_batch(tmp_path):
     """A loader_mode paper pre-training (a batch of 32: two 16-image groups, which micro-batches of 2 split)
     gives the same checkpoint on any micro-batch, recorded with its numerics (eps 1e-10), which the
     transfer that loads it keeps; the transfer runs the authors' micro-batch stream."""
-    from test_train import pretrain_cfg, shapes_study, transfer_cfg, xray_study
+    from cells import pretrain_cfg, shapes_study, transfer_cfg, xray_study
 
     from xrstudy.training import train
     from xrstudy.training.models import read_checkpoint

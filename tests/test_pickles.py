@@ -7,10 +7,14 @@ import io
 import os
 import pickle
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+from helpers import cli_error
 
+from xrstudy import cli
 from xrstudy.pickles import ALLOWED_GLOBALS, DatasetPickleError, load_dataset_pickle
 
 try:
@@ -296,3 +300,72 @@ def test_a_huge_declared_length_allocates_nothing():
     data = b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b"abc."  # BINBYTES8 of 1 TiB, 4 bytes present
     with pytest.raises(DatasetPickleError, match="ends early|not a readable pickle"):
         load_dataset_pickle(data, "x")
+
+
+class _Shell:
+    """Pickles as `posix.system(command)`: what a crafted dataset file would run on load."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (self.command,)
+
+
+def _cifar10(tmp_path: Path) -> Path:
+    from xrstudy.data import layouts, phantoms
+    from xrstudy.data.layouts.records import Record
+
+    rng = np.random.default_rng(0)
+    records = [
+        Record(i + 1, 1, "OTHER", "", 0, {}, split, phantoms.draw_shape(phantoms.SHAPES[c], rng, size=8), label)
+        for i, (split, c, label) in enumerate(
+            (split, c, label) for split in ("train", "test") for c, label in enumerate(("cat", "dog")) for _ in "ab"
+        )
+    ]
+    return layouts.write_layout("cifar10", tmp_path / "cifar", records) / "cifar-10-batches-py"
+
+
+def _plant(path: Path, marker: Path, protocol: int = 2) -> None:
+    with open(path, "wb") as handle:
+        pickle.dump({b"label_names": [b"cat", b"dog"], b"x": _Shell(f"touch {marker}")}, handle, protocol=protocol)
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4])
+def test_a_batches_meta_that_runs_a_command_is_refused_by_data_inspect_and_sweep_plan(tmp_path, capsys, protocol):
+    folder = _cifar10(tmp_path)
+    marker = tmp_path / "ran"
+    _plant(folder / "batches.meta", marker, protocol)
+    message = (
+        f"{folder / 'batches.meta'}: refused to unpickle posix.system: a dataset pickle (dicts, lists, str / bytes, "
+        f"numbers, numpy arrays) never refers to it; CIFAR's python pickles are dicts with keys ['label_names']"
+    )
+    assert cli_error(capsys, ["data", "inspect", "cifar10", "--root", str(folder)]) == f"xrstudy: error: {message}"
+    spec = {"defaults": {"out_dir": str(tmp_path / "out")}, "transfer": [{"target": "cifar10", "init": "scratch"}]}
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump(spec))
+    assert cli.main(["sweep", "plan", str(sweep), "--root", f"cifar10={folder}", "--metadata-only"]) != 0
+    assert message in capsys.readouterr().err
+    assert not marker.exists()  # nothing ran
+
+
+def test_a_crafted_data_batch_is_refused_when_its_pixels_are_decoded(tmp_path):
+    from xrstudy.pixels import decoding
+
+    folder = _cifar10(tmp_path)
+    marker = tmp_path / "ran"
+    data = {b"labels": [0, 1], b"data": np.zeros((2, 3072), np.uint8), b"x": _Shell(f"touch {marker}")}
+    with open(folder / "data_batch_5", "wb") as handle:
+        pickle.dump(data, handle, protocol=2)
+    with pytest.raises(decoding.ImageError) as err:
+        decoding.prepare_image(f"{folder / 'data_batch_5'}#0", 8, "RGB")
+    assert str(err.value) == (
+        f"{folder / 'data_batch_5'}#0: expected a CIFAR python batch with key b'data': {folder / 'data_batch_5'}: "
+        "refused to unpickle posix.system: a dataset pickle (dicts, lists, str / bytes, numbers, numpy arrays) "
+        "never refers to it"
+    )
+    assert not marker.exists()
+    # The honest files of the layout writer still decode.
+    assert decoding.prepare_image(f"{folder / 'test_batch'}#0", 8, "RGB").shape == (8, 8, 3)

@@ -352,7 +352,7 @@ def job_folder(folder: Path, spec: JobSpec) -> Path:
 
 def sbatch_script(spec: JobSpec, folder: Path, dependency: str | None) -> str:
     """The sbatch script submitit's SlurmExecutor writes and sends for `spec`. submitit has no public dry
-    run, so this takes its steps, private ones included (pinned by tests/test_sweep.py with a fake sbatch
+    run, so this takes its steps, private ones included (pinned by tests/test_sweeps_slurm.py with a fake sbatch
     that keeps what it receives): the executor with `spec`'s parameters, `map_count` for several tasks
     (as `_internal_process_submissions` does; one task is a plain job), `_make_submission_file_text`
     of `_submitit_command_str`. The subclass exists because SlurmExecutor's constructor refuses to run

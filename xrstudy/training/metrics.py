@@ -11,7 +11,7 @@ The bootstrap is hand-written rather than scipy.stats.bootstrap: resamples on wh
 undefined (a resample with one class only, common on small test sets) are left out here, while
 scipy's percentile interval turns a single NaN resample into a NaN interval. Its resamples are
 evaluated all at once in numpy, repeating scikit-learn's float operations so the CIs stay exactly
-what per-resample scikit-learn calls gave (tests/test_metrics.py keeps those calls as the oracle and
+what per-resample scikit-learn calls gave (tests/test_training_metrics.py keeps those calls as the oracle and
 fails if a scikit-learn release computes AUC / AP differently).
 """
 
@@ -76,7 +76,7 @@ def bootstrap_ci(
     """Percentile bootstrap CIs (rows resampled with a seeded generator) for acc, auc, ap.
 
     Each resample's metrics equal `classification_metrics` on `probs[rows], targets[rows]` bit for bit
-    (tests/test_metrics.py checks it against scikit-learn); they are computed for all resamples at
+    (tests/test_training_metrics.py checks it against scikit-learn); they are computed for all resamples at
     once from per-row multiplicities (see `_resample_metrics`), about 50x faster than 2 x classes
     scikit-learn calls per resample.
     """

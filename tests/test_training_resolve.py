@@ -156,6 +156,7 @@ def test_cells_that_spell_nothing_out_keep_their_run_ids(monkeypatch):
         assert [c.run_id for c in sweepfile.load_sweep(SWEEPS / name)] == [c.run_id for c in cells], name
 
 
+@pytest.mark.slow
 def test_xrstudy_train_runs_the_canonical_cell(tmp_path, monkeypatch):
     train = pytest.importorskip("xrstudy.training.train")
     ran = []

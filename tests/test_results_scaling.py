@@ -1,5 +1,4 @@
-"""Scaling fits: known curves recovered, bootstrap intervals cover at their nominal rate, AICc picks the
-right law, leave-one-size-out is exact on noise-free data, fewer than three sizes refused; seeded, pure."""
+"""Power-law fits recover known parameters; bootstrap CIs cover them; pure and seeded."""
 
 from __future__ import annotations
 
@@ -9,7 +8,59 @@ import pytest
 
 from xrstudy.results import scaling
 
+
+def test_the_old_power_law_fit_recovers_known_parameters_without_noise():
+    c = np.geomspace(1e3, 1e7, 9)
+    fit = scaling.fit_power_law(c, scaling.power_law(c, 5.0, 0.3, 0.12))
+    assert fit.a == pytest.approx(5.0, rel=1e-3)
+    assert fit.alpha == pytest.approx(0.3, rel=1e-3)
+    assert fit.e_inf == pytest.approx(0.12, abs=1e-4)
+
+
+def _noisy(seeds=5, noise=0.003, a=2.0, alpha=0.5, e_inf=0.1) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    c = np.geomspace(1e2, 1e6, 8)
+    rows = [(x, s, scaling.power_law(x, a, alpha, e_inf) + rng.normal(0, noise)) for s in range(seeds) for x in c]
+    return pd.DataFrame(rows, columns=["images", "seed", "error"])
+
+
+def test_bootstrap_ci_covers_truth_and_is_seeded():
+    frame = _noisy()
+    out = scaling.bootstrap_fit(frame, x="images", y="error", n_boot=60, seed=3)
+    lo, hi = out["ci"]["alpha"]
+    assert lo <= 0.5 <= hi and hi - lo < 0.3
+    assert out["ci"]["e_inf"][0] <= 0.1 <= out["ci"]["e_inf"][1] + 0.01
+    band = out["band"]
+    assert (band.lo <= band.fit + 1e-9).all() and (band.fit <= band.hi + 1e-9).all()
+    again = scaling.bootstrap_fit(frame, x="images", y="error", n_boot=60, seed=3)
+    assert again["ci"] == out["ci"]
+
+
+def test_fit_table_one_row_per_group_and_law_and_needs_three_points():
+    frame = pd.concat([_noisy().assign(source="a"), _noisy(alpha=0.3).assign(source="b")])
+    few = pd.DataFrame({"images": [1.0, 2.0], "seed": [0, 0], "error": [0.5, 0.4], "source": "c"})
+    table = scaling.fit_table(
+        pd.concat([frame, few]), x="images", y="error", by=["source"], n_boot=20, laws=("saturating",)
+    )
+    assert list(table.source) == ["a", "b", "c"]  # c: two sizes, a refused row that says why
+    fitted = table[table.reason == ""]
+    assert list(fitted.source) == ["a", "b"]
+    assert fitted.set_index("source").alpha["b"] == pytest.approx(0.3, abs=0.08)
+    assert table.set_index("source").reason["c"].startswith("refused: 2 distinct sizes")
+    with pytest.raises(ValueError, match="3 distinct"):
+        scaling.fit_power_law([1, 2], [0.5, 0.4])
+
+
+def test_inputs_not_mutated():
+    frame = _noisy(seeds=2)
+    before = frame.copy()
+    scaling.bootstrap_fit(frame, x="images", y="error", n_boot=5)
+    pd.testing.assert_frame_equal(frame, before)
+
+
 BIT_SIZES = np.array([23.5, 42.5, 211.0, 382.0, 928.0])  # BiT backbones, millions of parameters
+
+
 FRACTIONS = np.array([0.01, 0.03, 0.1, 0.3, 1.0])
 
 
@@ -18,7 +69,6 @@ def draw(sizes, seeds, a, alpha, e_inf, noise, rng) -> tuple[np.ndarray, np.ndar
     return x, scaling.power_law(x, a, alpha, e_inf) + rng.normal(0, noise, len(x))
 
 
-# ---- point fits ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("law, truth", [("saturating", (5.0, 0.3, 0.12)), ("power", (5.0, 0.3, 0.0))])
 def test_recovers_known_parameters_without_noise(law, truth):
     c = np.geomspace(1e3, 1e7, 9)
@@ -53,7 +103,6 @@ def test_leave_one_size_out_reports_the_held_out_error():
     assert np.isnan(short["mae"]) and "needs 4 sizes" in short["reason"]
 
 
-# ---- refusals -----------------------------------------------------------------------------------
 def test_fewer_than_three_sizes_refused_with_the_reason():
     x, e = np.array([23.5, 23.5, 928.0, 928.0]), np.array([0.3, 0.31, 0.2, 0.21])
     for call in (
@@ -71,7 +120,6 @@ def test_fewer_than_three_sizes_refused_with_the_reason():
     )
 
 
-# ---- bootstrap intervals ------------------------------------------------------------------------
 def coverage(law, truth, sizes, seeds, noise, replicates=200, n_boot=1000):
     """Share of replicate data sets whose interval holds the true value, per parameter."""
     rng = np.random.default_rng(20221)
@@ -105,7 +153,6 @@ def test_bootstrap_is_seeded_and_leaves_global_state_alone():
     assert np.array_equal(np.random.get_state()[1], state)
 
 
-# ---- choosing a law -----------------------------------------------------------------------------
 def test_aicc_prefers_the_law_the_data_came_from():
     rng = np.random.default_rng(11)
     sat = scaling.fit_group(*draw(BIT_SIZES, 4, 2.0, 0.8, 0.15, 0.004, rng), n_boot=50, rng=rng)
@@ -122,12 +169,11 @@ def test_no_law_chosen_when_aicc_is_undefined():
     assert all("one seed" in r["note"] for r in rows)
 
 
-# ---- tables -------------------------------------------------------------------------------------
 ARCHS = {"resnetv2_50x1_bit": 23.5, "resnetv2_101x1_bit.goog_in21k": 42.5, "resnetv2_152x4_bit": 928.0}
 
 
 def tidy(seeds=(0, 1, 2), fractions=(0.1, 0.3, 1.0)) -> pd.DataFrame:
-    """error = 0.1 + 0.1·f^-0.5·(P/23.5)^-0.2 (+0.05 at 10 shots), as tests/test_figures.py's store."""
+    """error = 0.1 + 0.1·f^-0.5·(P/23.5)^-0.2 (+0.05 at 10 shots), as tests/stores.py's store."""
     rng = np.random.default_rng(0)
     rows = []
     for arch, params in ARCHS.items():
@@ -199,7 +245,6 @@ def test_origins_are_separate_series():
     assert set(fits.origin) == {"paper", "xrstudy"} and len(fits) == 24
 
 
-# ---- today's API ----------------------------------------------------------------------------------
 def test_old_api_still_works():
     rng = np.random.default_rng(1)
     rows = [

@@ -211,7 +211,8 @@ def test_cifar_root_is_folder_or_parent_and_members_decode(roots, name, folder):
     inner = sources.read_source(name, roots[name] / folder)
     assert parent["image_id"].tolist() == inner["image_id"].tolist()
     assert parent["image_id"].iloc[0] == ("data_batch_1#0" if name == "cifar10" else "train#0")
-    decoding = pytest.importorskip("xrstudy.pixels.decoding")
+    from xrstudy.pixels import decoding
+
     pixels = decoding.prepare_image(parent["path"].iloc[0], 32, "RGB")  # FILE#N member of the first batch
     with open(parent["path"].iloc[0].rpartition("#")[0], "rb") as handle:
         written = pickle.load(handle, encoding="bytes")[b"data"][0]

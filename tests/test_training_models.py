@@ -357,8 +357,8 @@ def test_released_names_follow_the_authors_folders():
 @pytest.mark.slow
 def test_tiny_paper_init_transfer_runs_end_to_end(tmp_path):
     """A transfer cell with `init: paper` on CPU: the authors' file format in, a result JSON out."""
-    from test_train import shapes_study
-    from test_train import transfer_cfg as train_transfer_cfg
+    from cells import shapes_study
+    from cells import transfer_cfg as train_transfer_cfg
 
     from xrstudy.results import store
     from xrstudy.training import train

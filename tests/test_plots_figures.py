@@ -5,51 +5,40 @@ never chooses a matplotlib backend; the paper's own style (`--style paper`)."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
+from helpers import EXAMPLE, PAPER_FORMAT, cli_error, files_under
+from stores import FRACTIONS, synthetic_store
 
 from xrstudy import cli
 from xrstudy.config import RunConfig
 from xrstudy.plots import figures, render
-from xrstudy.results import legacy, store
+from xrstudy.results import legacy, stats, store
 
 LEGACY = Path(__file__).parent / "data" / "legacy"
-ARCHS = {"resnetv2_50x1_bit": 23.5, "resnetv2_101x1_bit": 42.5, "resnetv2_152x4_bit": 928.0}
-FRACTIONS = (0.1, 0.3, 1.0)
-
-
-def synthetic_store(results_dir: Path, seeds=(0, 1, 2)) -> Path:
-    """A tiny store with a known scaling law: error = 0.1 + 0.1 · f^-0.5 · (P / 23.5)^-0.2 + noise,
-    pre-training data fractions f × three BiT sizes P, PadChest-Cl mean AUC at 10 shots and full."""
-    rng = np.random.default_rng(0)
-    for arch, params in ARCHS.items():
-        for fraction in FRACTIONS:
-            pre = RunConfig(kind="pretrain", name="chexpert", sources=("chexpert",), arch=arch, data_fraction=fraction)
-            store.save(store.new_result(pre, {"valid/auc": 0.7}), results_dir)
-            for shots in (10, 0):
-                for seed in seeds:
-                    cell = RunConfig(
-                        kind="transfer",
-                        target="padchest-cl",
-                        init=f"run:{pre.run_id}",
-                        arch=arch,
-                        shots=shots,
-                        seed=seed,
-                        init_label="chexpert",
-                    )
-                    error = 0.1 + 0.1 * fraction**-0.5 * (params / 23.5) ** -0.2 + (0.05 if shots else 0.0)
-                    error += rng.normal(0, 0.002)
-                    store.save(store.new_result(cell, {"test/auc": 1.0 - error}), results_dir)
-    return results_dir
 
 
 def _cli(argv: list[str]) -> int:
     return cli.main(argv)
+
+
+@pytest.fixture(scope="module")
+def legacy_store(tmp_path_factory) -> Path:
+    """The paper-format CSV fixture imported once for the module's figure tests; a test that changes a store
+    works on its own copy (`copy_of`)."""
+    folder = tmp_path_factory.mktemp("legacy") / "results"
+    legacy.import_legacy(LEGACY, folder)
+    return folder
+
+
+def copy_of(store_dir: Path, folder: Path) -> Path:
+    return Path(shutil.copytree(store_dir, folder / "results"))
 
 
 def test_import_legacy_then_figures_reproduce_the_per_target_plots(tmp_path, capsys):
@@ -87,7 +76,6 @@ def test_scale_curves_and_power_law_fits(tmp_path):
 
 def test_colours_are_fixed_per_source():
     assert figures.source_colour("chexpert") == figures.SOURCE_COLOURS["chexpert"]
-    assert figures.source_colour("my_new_source") == figures.source_colour("my_new_source")
     small, large = (figures.model_colour("imagenet21k", a) for a in ("resnetv2_50x1_bit", "resnetv2_152x4_bit"))
     assert large == figures.SOURCE_COLOURS["imagenet21k"] and small != large
     frame = pd.DataFrame(
@@ -96,9 +84,8 @@ def test_colours_are_fixed_per_source():
     assert figures.model_palette(frame)["chexpert_bit50x1"] == figures.model_colour("chexpert", "resnetv2_50x1_bit")
 
 
-def test_damaged_results_are_never_drawn(tmp_path):
-    store_dir = tmp_path / "results"
-    legacy.import_legacy(LEGACY, store_dir)
+def test_damaged_results_are_never_drawn(legacy_store, tmp_path):
+    store_dir = copy_of(legacy_store, tmp_path)
     victim = sorted(store_dir.glob("*.json"))[0]
     run_id = victim.stem
     victim.write_text(victim.read_text().replace('"status": "ok"', '"status": "ok" ')[:-30])
@@ -115,12 +102,10 @@ def test_empty_store_is_an_error(tmp_path):
 
 
 # ---- figures are objects ----------------------------------------------------------------------
-def test_render_all_maps_kind_target_metric_to_the_figure_and_its_files(tmp_path):
+def test_render_all_maps_kind_target_metric_to_the_figure_and_its_files(legacy_store, tmp_path):
     from matplotlib.figure import Figure
 
-    store_dir = tmp_path / "results"
-    legacy.import_legacy(LEGACY, store_dir)
-    rendered = render.render_all(store_dir, tmp_path / "figs")
+    rendered = render.render_all(legacy_store, tmp_path / "figs")
     assert ("bars", "cifar10", "test/acc") in rendered and ("fewshot", "padchest-cl", "test/auc") in rendered
     for (kind, target, metric), (fig, files) in rendered.items():
         assert isinstance(fig, Figure)
@@ -129,12 +114,10 @@ def test_render_all_maps_kind_target_metric_to_the_figure_and_its_files(tmp_path
     assert set(rendered.tables) == {"results_table.csv", "full_shot_means.csv", "scaling_fits.csv"}
 
 
-def test_a_figure_can_be_restyled_and_saved_again(tmp_path):
+def test_a_figure_can_be_restyled_and_saved_again(legacy_store, tmp_path):
     from matplotlib.figure import Figure
 
-    store_dir = tmp_path / "results"
-    legacy.import_legacy(LEGACY, store_dir)
-    table = store.table(store_dir)
+    table = store.table(legacy_store)
     fig = figures.shots_bar(table, "cifar10", "test/acc")
     assert isinstance(fig, Figure)
     first = figures.save_figure(fig, figures.transfer_rows(table, "cifar10", "test/acc"), tmp_path, "bars")
@@ -149,6 +132,7 @@ def test_a_figure_can_be_restyled_and_saved_again(tmp_path):
     assert pd.read_csv(again[2]).equals(pd.read_csv(first[2]))
 
 
+@pytest.mark.slow
 def test_the_package_never_chooses_a_matplotlib_backend(tmp_path):
     """Importing and drawing keeps whatever backend the user (a notebook: inline) has; nothing is left
     open in pyplot. Checked in a fresh interpreter whose backend is 'svg'."""
@@ -174,12 +158,11 @@ print(matplotlib.get_backend(), len(rendered), len(paper), plt.get_fignums())
 
 
 # ---- the paper's style ------------------------------------------------------------------------
-def test_paper_style_draws_the_papers_figures_and_prints_the_full_shot_table(tmp_path, capsys):
+def test_paper_style_draws_the_papers_figures_and_prints_the_full_shot_table(legacy_store, tmp_path, capsys):
     from xrstudy.plots import paper_figures
 
-    store_dir, out = tmp_path / "results", tmp_path / "paper"
-    legacy.import_legacy(LEGACY, store_dir)
-    assert _cli(["figures", "--results", str(store_dir), "--out", str(out), "--style", "paper"]) == 0
+    out = tmp_path / "paper"
+    assert _cli(["figures", "--results", str(legacy_store), "--out", str(out), "--style", "paper"]) == 0
     printed = capsys.readouterr().out
     for kind in ("paper_bars", "paper_model_size", "paper_fewshot"):
         for target, metric in [("cifar10", "acc"), ("padchest-cl", "auc")]:  # the paper's names mapped
@@ -200,11 +183,10 @@ def test_paper_style_draws_the_papers_figures_and_prints_the_full_shot_table(tmp
     assert not any("padchest" in m for m in paper_figures.PAPER_MODELS["padchest-cl"])
 
 
-def test_paper_rows_are_hatched_beside_new_runs_of_the_same_model(tmp_path):
+def test_paper_rows_are_hatched_beside_new_runs_of_the_same_model(legacy_store, tmp_path):
     from xrstudy.plots import paper_figures
 
-    store_dir = tmp_path / "results"
-    legacy.import_legacy(LEGACY, store_dir)
+    store_dir = copy_of(legacy_store, tmp_path)
     for seed in (0, 1):  # a new run of a paper model on the same target
         cell = RunConfig(
             kind="transfer",
@@ -225,3 +207,101 @@ def test_paper_rows_are_hatched_beside_new_runs_of_the_same_model(tmp_path):
     assert "R50x1 on ImageNet-21k" in labels and "R50x1 on ImageNet-21k (paper)" in labels
     hatched = {name for container, name in zip(ax.containers, labels) if any(bar.get_hatch() for bar in container)}
     assert hatched == {label for label in labels if label.endswith("(paper)")}
+
+
+def test_sd_against_shots_is_a_figure_of_every_store_with_two_shot_counts(tmp_path):
+    from matplotlib.figure import Figure
+
+    from xrstudy.plots import figures, render
+
+    table = store.table(EXAMPLE)
+    fig = figures.sd_by_shots(table, "padchest-cl", "test/auc")
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "5", "10", "full"]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert {"xray_resnetv2_tiny_bit", "natural_resnetv2_tiny_bit", "scratch_resnetv2_tiny_bit"} < set(lines)
+    var = stats.variance_table(table, metric="test/auc")
+    xray = var[
+        (var.target == "padchest-cl")
+        & (var.pretrained_model == "xray_resnetv2_tiny_bit")
+        & (var.train_mode == "finetune")
+    ]
+    assert "xray_resnetv2_tiny_bit (probe)" in lines  # a probe is its own series
+    assert list(lines["xray_resnetv2_tiny_bit"].get_ydata()) == pytest.approx(
+        list(100 * xray.sort_values("shots").sd.iloc[[1, 2, 3, 0]])
+    )
+    # the ±1-point line of the usual seed count (the demo's cells most often have 2: its full-shot and probe
+    # cells): SD 0.01·√2 / t(0.975, 1)
+    assert lines["±1 point with 2 seeds"].get_ydata()[0] == pytest.approx(100 * 0.01 * 2**0.5 / 12.706205)
+    rendered = render.render_all(PAPER_FORMAT, tmp_path)
+    assert {k for k in rendered if k[0] == "variance"} == {
+        ("variance", "cifar10", "test/acc"),
+        ("variance", "padchest-cl", "test/ap"),
+        ("variance", "padchest-cl", "test/auc"),
+    }
+
+
+def test_a_fitted_series_can_be_drawn_on_any_axis(tmp_path):
+    from stores import synthetic_store
+
+    from xrstudy.plots import figures
+
+    table = store.table(synthetic_store(tmp_path / "synthetic"))
+    rows = table[(table.shot == "full_shot") & (table.arch == "resnetv2_50x1_bit")].assign(error=1 - table.value)
+    curve = figures.series_fit(rows, "data_fraction", n_boot=200)
+    assert curve.law in ("power", "saturating") and curve.chosen_by == "aicc"
+    assert curve.label().startswith(f"{curve.law}, α = ")
+    assert (curve.band.lo <= curve.band.fit + 1e-12).all() and (curve.band.fit <= curve.band.hi + 1e-12).all()
+    fig = figures.new_figure(4, 3)
+    ax = fig.subplots()
+    figures.draw_fit(ax, curve, "#e6550d", as_metric=True)  # a metric axis: 1 − error
+    assert list(ax.get_lines()[0].get_ydata()) == pytest.approx(list(1 - curve.band.fit))
+    assert figures.series_fit(rows[rows.data_fraction > 0.2], "data_fraction") is None  # two sizes: no fit
+
+
+@pytest.fixture()
+def one_result_store(tmp_path) -> Path:
+    from xrstudy.results import store
+
+    results = tmp_path / "results"
+    for shots in (1, 0):
+        cfg = RunConfig(kind="transfer", target="cifar10", shots=shots, out_dir=str(tmp_path))
+        store.save(store.new_result(cfg, {"test/acc": 0.5 + shots / 10}), results)
+    return results
+
+
+def test_figures_on_a_full_disk_name_the_file_and_leave_no_empty_png(one_result_store, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from matplotlib.figure import Figure
+
+    out = tmp_path / "figures"
+
+    def savefig_on_a_full_disk(self, fname, **kwargs):
+        fname.write(b"\x89PNG partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", savefig_on_a_full_disk)
+    line = cli_error(capsys, ["figures", "--results", str(one_result_store), "--out", str(out)])
+    assert re.fullmatch(
+        rf"xrstudy: error: no space left on device writing {re.escape(str(out))}/\w+\.png \(.* free there\); "
+        r"free some space and run the same command again",
+        line,
+    ), line
+    assert files_under(out) == []  # no 0-byte or partial PNG, no temporary file
+
+
+@pytest.mark.slow  # mounts a tmpfs (needs root; skipped elsewhere)
+def test_figures_on_a_real_full_tmpfs(one_result_store, tmp_path, capsys):
+    out = tmp_path / "figures"
+    out.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(out)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        line = cli_error(capsys, ["figures", "--results", str(one_result_store), "--out", str(out)])
+        assert line.startswith(f"xrstudy: error: no space left on device writing {out}/") and ".png (" in line
+        assert not [p for p in out.iterdir() if p.suffix in (".png", ".pdf", ".tmp") and p.stat().st_size == 0]
+        assert not list(out.glob(".*.tmp"))
+    finally:
+        subprocess.run(["umount", str(out)], capture_output=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,13 +15,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from fastai.callback.core import Callback
-from PIL import Image
+from cells import FINDINGS, SHAPES, TINY, Stop, StopAfter, pretrain_cfg, shapes_study, transfer_cfg, xray_study
 
-from xrstudy.config import RunConfig
+from xrstudy.config import ConfigError, RunConfig
 from xrstudy.data.studydata import StudyData
 from xrstudy.pixels.loaders import Augment
 from xrstudy.training import recipes, train
@@ -28,121 +27,7 @@ from xrstudy.training.callbacks import load_train_state
 from xrstudy.training.learner import TrainSetup, make_learner, mean_loss
 from xrstudy.training.models import create_model, read_checkpoint
 
-FINDINGS = ("Cardiomegaly", "Effusion")
-SHAPES = ("disc", "bar", "ring")
-TINY = "resnetv2_tiny_bit"
-
-
 # ---- a StudyData built directly from PNGs ----------------------------------------------------------
-def _xray(findings: set[str], rng: np.random.Generator) -> np.ndarray:
-    image = rng.normal(60, 12, (40, 36))
-    if "Cardiomegaly" in findings:
-        image[14:34, 10:28] += 110
-    if "Effusion" in findings:
-        image[30:, :] += 80
-    return image.clip(0, 255).astype(np.uint8)
-
-
-def _shape(name: str, rng: np.random.Generator) -> np.ndarray:
-    y, x = np.mgrid[0:24, 0:24]
-    r = np.hypot(y - 12 - rng.integers(-2, 3), x - 12 - rng.integers(-2, 3))
-    mask = {"disc": r < 7, "ring": (r > 5) & (r < 8), "bar": (abs(y - 12) < 3)}[name]
-    image = np.stack([mask * 200, mask * (100 + rng.integers(0, 100)), np.full_like(mask, 40, dtype=int)], -1)
-    return (image + rng.integers(0, 30, image.shape)).clip(0, 255).astype(np.uint8)
-
-
-def xray_study(folder: Path, n: int = 30, seed: int = 0) -> StudyData:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        findings = {f for f in FINDINGS if rng.random() < 0.5}
-        path = folder / f"x{i:03d}.png"
-        Image.fromarray(_xray(findings, rng)).save(path)
-        row = {"image_id": f"x{i}", "path": str(path), **{f: float(f in findings) for f in FINDINGS}}
-        if rng.random() < 0.2:
-            row[FINDINGS[int(rng.integers(0, 2))]] = np.nan  # unknown
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    cut = (n * 6 // 10, n * 8 // 10)
-    return StudyData(
-        train=table[: cut[0]],
-        valid=table[cut[0] : cut[1]],
-        test=table[cut[1] :],
-        classes=FINDINGS,
-        multilabel=True,
-        split_sha256="xray-split",
-        dropped={"view": 1},
-        modality="xray",
-    )
-
-
-def shapes_study(folder: Path, per_class: int = 6, seed: int = 1) -> StudyData:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name in SHAPES:
-        for i in range(per_class):
-            path = folder / f"{name}{i}.png"
-            Image.fromarray(_shape(name, rng)).save(path)
-            rows.append({"image_id": f"{name}{i}", "path": str(path), "label": name})
-    table = pd.DataFrame(rows).sample(frac=1.0, random_state=0).reset_index(drop=True)
-    cut = len(table) * 2 // 3
-    return StudyData(
-        train=table[:cut],
-        valid=table[:0],
-        test=table[cut:],
-        classes=SHAPES,
-        multilabel=False,
-        split_sha256="shapes-split",
-        shots_ids=tuple(table["image_id"][:3]),
-    )
-
-
-def pretrain_cfg(out: Path, **changes) -> RunConfig:
-    return RunConfig(
-        **{
-            "kind": "pretrain",
-            "sources": ("demo",),
-            "arch": TINY,
-            "image_size": 24,
-            "steps": 6,
-            "batch_size": 8,
-            "mixup": 0.2,
-            "out_dir": str(out),
-            **changes,
-        }
-    )
-
-
-def transfer_cfg(out: Path, **changes) -> RunConfig:
-    return RunConfig(
-        **{
-            "kind": "transfer",
-            "target": "shapes",
-            "arch": TINY,
-            "image_size": 24,
-            "steps": 4,
-            "batch_size": 6,
-            "out_dir": str(out),
-            **changes,
-        }
-    )
-
-
-class Stop(Exception):
-    pass
-
-
-class StopAfter(Callback):
-    order = 99
-
-    def __init__(self, step: int):
-        self.stop_step = step
-
-    def after_step(self) -> None:
-        if self.learn.step + 1 == self.stop_step:
-            raise Stop(self.stop_step)
 
 
 def checkpoint_weights(result: dict) -> dict[str, torch.Tensor]:
@@ -215,6 +100,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, xray, reference):
     assert not (cfg.run_dir / train.TRAIN_STATE).exists()
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_runs_state(tmp_path, xray):
     cfg = pretrain_cfg(tmp_path / "o", steps=3)
     with pytest.raises(Stop):
@@ -229,7 +115,7 @@ def test_resume_refuses_another_runs_state(tmp_path, xray):
 _CHILD = textwrap.dedent("""
     import sys, time
     from fastai.callback.core import Callback
-    from test_train import pretrain_cfg, xray_study
+    from cells import pretrain_cfg, xray_study
     from xrstudy.training import train
     from pathlib import Path
 
@@ -322,6 +208,7 @@ def test_cli_trains_a_pretraining_and_a_transfer_cell_from_yaml(tmp_path):
 
 
 # ---- the recipes as the authors ran them ------------------------------------------------------------
+@pytest.mark.slow
 def test_pretraining_keeps_the_best_validation_checkpoint_and_the_last(tmp_path, xray):
     """pretrain.py saves model.pth.tar when an epoch's validation loss improves; that is the file
     transfers load. Here: checkpoint.pt = the best of the epoch ends (steps 3, 6, 9), last.pt = the end."""
@@ -372,6 +259,7 @@ def test_inputs_are_normalised_with_the_inits_statistics():
     assert input_stats(timm_bit) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # timm's pretrained_cfg of the tag
 
 
+@pytest.mark.slow
 def test_a_cell_whose_cache_cannot_fit_refuses_to_start(tmp_path, xray, monkeypatch):
     from xrstudy import fileio
 
@@ -402,3 +290,76 @@ def test_memory_stays_bounded_when_the_dataset_grows(tmp_path):
         peaks[count] = report["peak"]
     ratio = (peaks[20_000] - peaks[2_000]) / (sizes[20_000] - sizes[2_000])
     assert ratio < 0.3, (ratio, peaks, sizes)
+
+
+def _xray_study(folder: Path, n: int = 10, unreadable_train: bool = False):
+    """A tiny multi-label X-ray study; with `unreadable_train` every training file holds no image."""
+    import pandas as pd
+    from PIL import Image
+
+    from xrstudy.data.studydata import StudyData
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        path = folder / f"x{i:02d}.png"
+        Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8)).save(path)
+        rows.append({"image_id": f"x{i}", "path": str(path), "Effusion": float(i % 2), "Edema": float(i % 3 == 0)})
+    table = pd.DataFrame(rows)
+    train, valid, test = table[:6], table[6:8], table[8:]
+    if unreadable_train:
+        for path in train["path"]:
+            Path(path).write_bytes(b"not an image")
+    return StudyData(
+        train=train, valid=valid, test=test, classes=("Edema", "Effusion"), multilabel=True, split_sha256="s",
+        modality="xray",
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_every_training_image_quarantined_names_the_data_and_the_quarantine_report(tmp_path):
+    from xrstudy.training import train
+
+    study = _xray_study(tmp_path / "images", unreadable_train=True)
+    cfg = RunConfig(
+        kind="pretrain", sources=("chexpert",), arch="resnetv2_tiny_bit", image_size=24, steps=2, batch_size=4,
+        out_dir=str(tmp_path / "out"),
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        train.run(cfg, study=study)
+    report = next((tmp_path / "out" / "cache").rglob("quarantine.json"))
+    assert str(err.value).startswith(
+        f"{cfg.name}: all 6 training images of chexpert were quarantined by the image cache (unreadable), so nothing "
+        f"is left to train on; the reasons are in {report} (e.g. {tmp_path / 'images' / 'x00.png'}: "
+    )
+    assert sorted(json.loads(report.read_text())) == sorted(study.train["path"])
+    assert not (tmp_path / "out" / "results").exists()  # no result claims a run
+    with pytest.raises(ConfigError) as err:
+        train.probe_image(list(study.train["path"]), "training images of cifar10")
+    assert str(err.value).startswith(
+        f"none of the first 6 training images of cifar10 is readable (the first: {tmp_path / 'images' / 'x00.png'}: "
+    )
+
+
+@pytest.mark.slow  # two short training runs
+def test_a_damaged_cache_fails_the_cell_and_keeps_the_stored_ok_result(tmp_path):
+    """The issue's probe: a cell re-run on a damaged cache used to train on it and replace the good result."""
+    from xrstudy.pixels import imagecache
+    from xrstudy.results import store
+    from xrstudy.training import train
+
+    study = _xray_study(tmp_path / "images")
+    cfg = RunConfig(
+        kind="pretrain", sources=("chexpert",), arch="resnetv2_tiny_bit", image_size=24, steps=2, batch_size=4,
+        out_dir=str(tmp_path / "out"),
+    )  # fmt: skip
+    train.run(cfg, study=study)
+    stored = store.result_path(cfg.run_id, cfg.results_dir)
+    good = stored.read_bytes()
+    assert store.load(stored)["status"] == "ok"
+    (images,) = (tmp_path / "out" / "cache").rglob("images.u8")
+    images.write_bytes(bytes(images.stat().st_size))  # zeroed, done bitmap intact
+    with pytest.raises(imagecache.CacheCorruptError, match=rf"^image cache {re.escape(str(images.parent))}: "):
+        train.run(cfg, study=study)
+    assert stored.read_bytes() == good  # the ok result stays, untouched

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import cli_error
 
 from xrstudy import cli
 from xrstudy.config import RunConfig
@@ -265,6 +266,7 @@ def test_digits_are_never_mirrored_in_training(tmp_path):
         assert recipe.flip is expected and train.AUGMENTS[recipe.augment](recipe).flip is expected
 
 
+@pytest.mark.slow
 def test_plan_imports_no_torch():
     code = (
         "import sys; from xrstudy.cli import main; rc = main(['sweep', 'plan', 'sweeps/paper.yaml', '--json']); "
@@ -443,3 +445,11 @@ def test_sweep_run_on_gpus_sets_the_planned_micro_batch():
     assert all(c.micro_batch == rows[c.run_id]["micro_batch"] for c in sized)
     big = next(c for c in sized if c.name == "chexpert_mimic_nih_padchest" and "152x4" in c.arch)
     assert 0 < big.micro_batch < big.batch_size and big.batch_size % big.micro_batch == 0
+
+
+def test_an_unknown_device_is_an_error_naming_the_known_ones(small_sweep, capsys):
+    for command in (["plan"], ["submit", "--dry-run"]):
+        line = cli_error(capsys, ["sweep", *command, str(small_sweep), "--device", "H10"])
+        assert line.startswith("xrstudy: error: device 'H10' has no row in the throughput or memory tables (")
+        assert line.endswith("; known devices: A100-40GB, H100")
+    assert not (small_sweep.parent / "out").exists()

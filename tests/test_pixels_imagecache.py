@@ -2,205 +2,46 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import pickle
+import shutil
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import (
+    SMALL,
+    _Counter,
+    build_in_subprocess,
+    cache_file_bytes,
+    save_array,
+    sixteen_bit_gradient,
+    small_pngs,
+    truncated_jpeg,
+)
 from PIL import Image
 
 from xrstudy import fileio
-from xrstudy.pixels import imagecache
-from xrstudy.pixels.decoding import ImageError, load_image, prepare_image
+from xrstudy.config import RunConfig
+from xrstudy.data import layouts, phantoms, sources
+from xrstudy.pixels import decoding, imagecache
+from xrstudy.pixels.decoding import load_image, prepare_image
 from xrstudy.pixels.imagecache import build_cache, cache_key
-
+from xrstudy.training import train
 
 # ---- fixtures ---------------------------------------------------------------------------------
-def _noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
-
-
-def _save(array: np.ndarray, path: Path, **kwargs) -> str:
-    Image.fromarray(array).save(path, **kwargs)
-    return str(path)
-
-
-def _sixteen_bit_gradient(path: Path, height: int = 64, width: int = 64) -> tuple[str, np.ndarray]:
-    values = np.linspace(0, 65535, height * width).round().astype(np.uint16).reshape(height, width)
-    return _save(values, path), values
-
-
-def _truncated_jpeg(path: Path) -> str:
-    full = path.with_name("full_" + path.name)
-    _save(_noise(0, (64, 64, 3)), full, quality=90)
-    data = full.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    return str(path)
-
-
-@pytest.fixture(scope="session")
-def rg1_uncr() -> str:
-    """The real chest radiograph from the pydicom-data wheel, found without downloading."""
-    from pydicom.data import get_testdata_file
-
-    path = get_testdata_file("RG1_UNCR.dcm", download=False)
-    if path is None:
-        pytest.skip("pydicom-data (RG1_UNCR.dcm) is not installed")
-    return str(path)
-
-
-@pytest.fixture
-def jpegs(tmp_path: Path) -> list[str]:
-    folder = tmp_path / "jpegs"
-    folder.mkdir()
-    return [_save(_noise(i, (30 + i % 7, 40, 3)), folder / f"{i:03d}.jpg") for i in range(24)]
-
-
-_REAL_PREPARE = imagecache.prepare_image  # before any monkeypatch, so counters never wrap each other
-
-
-class _Counter:
-    """Stands in for prepare_image to count (and optionally interrupt) decodes."""
-
-    def __init__(self, stop_after: int | None = None) -> None:
-        self.calls, self.stop_after = 0, stop_after
-
-    def __call__(self, path, size, mode):
-        if self.stop_after is not None and self.calls >= self.stop_after:
-            raise KeyboardInterrupt
-        self.calls += 1
-        return _REAL_PREPARE(path, size, mode)
 
 
 # ---- decoding ---------------------------------------------------------------------------------
-def test_8bit_png_grey_is_scaled_by_255(tmp_path: Path) -> None:
-    pixels = _noise(1, (20, 30))
-    image = load_image(_save(pixels, tmp_path / "grey.png"))
-    assert image.dtype == np.float32 and image.shape == (20, 30)
-    np.testing.assert_allclose(image, pixels / 255.0, atol=1e-7)
-
-
-def test_8bit_jpeg_rgb(tmp_path: Path) -> None:
-    pixels = np.full((24, 32, 3), (200, 100, 50), dtype=np.uint8)
-    image = load_image(_save(pixels, tmp_path / "colour.jpg", quality=95))
-    assert image.shape == (24, 32, 3) and 0.0 <= image.min() and image.max() <= 1.0
-    np.testing.assert_allclose(image.mean(axis=(0, 1)), np.array([200, 100, 50]) / 255.0, atol=0.02)
-
-
-def test_16bit_png_keeps_values_above_255(tmp_path: Path) -> None:
-    path, values = _sixteen_bit_gradient(tmp_path / "padchest.png")
-    assert Image.open(path).mode in ("I;16", "I")
-    image = load_image(path)
-    assert image.shape == values.shape
-    np.testing.assert_allclose(image, values / 65535.0, atol=1e-6)
-    assert len(np.unique(image)) > 256  # more levels than 8 bits can hold
-    # Clipping to 8 bits first would saturate almost everything at 255; scaling keeps the gradient.
-    prepared = prepare_image(path, 16, "L")
-    assert prepared.min() < 20 and prepared.max() > 235
-    assert np.all(np.diff(prepared.astype(int).ravel()) >= 0)
-
-
-def test_rgb_source_as_l_is_luminance(tmp_path: Path) -> None:
-    path = _save(np.full((8, 8, 3), (200, 100, 50), dtype=np.uint8), tmp_path / "colour.png")
-    grey = prepare_image(path, 4, "L")
-    assert grey.shape == (4, 4) and grey.dtype == np.uint8
-    assert np.all(np.abs(grey.astype(int) - round(0.299 * 200 + 0.587 * 100 + 0.114 * 50)) <= 1)
-
-
-def test_grey_source_as_rgb_is_copied_to_3_channels(tmp_path: Path) -> None:
-    path = _save(_noise(2, (16, 16)), tmp_path / "grey.png")
-    colour = prepare_image(path, 8, "RGB")
-    assert colour.shape == (8, 8, 3)
-    for channel in range(3):
-        np.testing.assert_array_equal(colour[..., channel], prepare_image(path, 8, "L"))
-
-
-def test_palette_and_rgba_sources_become_rgb(tmp_path: Path) -> None:
-    rgb = _noise(3, (10, 10, 3))
-    palette = Image.fromarray(rgb).convert("P")
-    palette.save(tmp_path / "palette.png")
-    rgba = np.dstack([rgb, np.full((10, 10), 255, np.uint8)])
-    assert load_image(tmp_path / "palette.png").shape == (10, 10, 3)
-    np.testing.assert_allclose(load_image(_save(rgba, tmp_path / "rgba.png")), rgb / 255.0, atol=1e-7)
-
-
-def test_dicom_chest_radiograph(rg1_uncr: str) -> None:
-    import pydicom
-
-    image = load_image(rg1_uncr)
-    dataset = pydicom.dcmread(rg1_uncr)
-    assert dataset.PhotometricInterpretation == "MONOCHROME1"
-    assert image.ndim == 2 and image.shape == (dataset.Rows, dataset.Columns)
-    assert 0.0 <= image.min() and image.max() <= 1.0
-    assert image.std() > 0.05 and image.max() - image.min() > 0.5  # a radiograph, not a flat field
-    # MONOCHROME1: stored 0 is white, so the result is 1 - stored / (2**BitsStored - 1); no window.
-    expected = 1.0 - dataset.pixel_array / (2.0**dataset.BitsStored - 1)
-    np.testing.assert_allclose(image, expected, atol=1e-6)
-    assert prepare_image(rg1_uncr, 32, "L").shape == (32, 32)
-
-
-def test_dicom_monochrome2_is_not_inverted(rg1_uncr: str, tmp_path: Path) -> None:
-    import pydicom
-
-    dataset = pydicom.dcmread(rg1_uncr)
-    dataset.PhotometricInterpretation = "MONOCHROME2"
-    copy = tmp_path / "flipped.dcm"
-    dataset.save_as(copy)
-    np.testing.assert_allclose(load_image(copy), 1.0 - load_image(rg1_uncr), atol=1e-6)
-
-
-def test_cifar_batch_member(tmp_path: Path) -> None:
-    data = _noise(4, (5, 3 * 32 * 32))
-    batch = tmp_path / "data_batch_1"
-    batch.write_bytes(pickle.dumps({b"data": data, b"labels": [0, 1, 2, 3, 4]}, protocol=2))
-    expected = data[2].reshape(3, 32, 32).transpose(1, 2, 0)
-    np.testing.assert_allclose(load_image(f"{batch}#2"), expected / 255.0, atol=1e-7)
-    np.testing.assert_array_equal(prepare_image(f"{batch}#2", 32, "RGB"), expected)
-    with pytest.raises(ImageError, match="out of range"):
-        load_image(f"{batch}#5")
-
-
-def test_centre_crop_keeps_the_centre(tmp_path: Path) -> None:
-    wide = np.zeros((40, 120), dtype=np.uint8)
-    wide[:, 40:80] = 255  # the centre square is white, the sides black
-    tall = wide.T.copy()
-    for array, name in ((wide, "wide.png"), (tall, "tall.png")):
-        path = _save(array, tmp_path / name)
-        np.testing.assert_array_equal(prepare_image(path, 40, "L"), np.full((40, 40), 255, np.uint8))
-        assert prepare_image(path, 10, "L").min() == 255
-
-
-def _unreadable(folder: Path, kind: str) -> str:
-    if kind == "truncated jpeg":
-        return _truncated_jpeg(folder / "cut.jpg")
-    path = folder / {"empty png": "empty.png", "missing": "nowhere.png", "not an image": "notes.png"}[kind]
-    if kind == "empty png":
-        path.write_bytes(b"")
-    elif kind == "not an image":
-        path.write_text("hello")
-    return str(path)
-
-
-@pytest.mark.parametrize("kind", ["truncated jpeg", "empty png", "missing", "not an image"])
-def test_unreadable_input_raises_image_error_naming_the_file(tmp_path: Path, kind: str) -> None:
-    path = _unreadable(tmp_path, kind)
-    with pytest.raises(ImageError) as caught:
-        load_image(path)
-    assert isinstance(caught.value, ValueError) and caught.value.path == path
-    assert path in str(caught.value) and "expected" in str(caught.value)
 
 
 # ---- cache ------------------------------------------------------------------------------------
 def test_cache_round_trip_equals_prepare_image(tmp_path: Path, jpegs: list[str]) -> None:
-    grey, _ = _sixteen_bit_gradient(tmp_path / "grey16.png", 48, 64)
+    grey, _ = sixteen_bit_gradient(tmp_path / "grey16.png", 48, 64)
     paths = jpegs + [grey]
     for mode, shape in (("L", (12, 12)), ("RGB", (12, 12, 3))):
         cache = build_cache(paths, 12, tmp_path / "cache", mode, 1)
@@ -278,7 +119,7 @@ def test_empty_path_list(tmp_path: Path) -> None:
 
 
 def test_unreadable_files_are_quarantined(tmp_path: Path, jpegs: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    bad = [_truncated_jpeg(tmp_path / "cut.jpg"), str(tmp_path / "empty.png"), str(tmp_path / "gone.png")]
+    bad = [truncated_jpeg(tmp_path / "cut.jpg"), str(tmp_path / "empty.png"), str(tmp_path / "gone.png")]
     (tmp_path / "empty.png").write_bytes(b"")
     cache = build_cache(jpegs + bad, 8, tmp_path / "cache", "L", 2, chunk_size=5)
     assert set(cache.quarantined) == set(bad)
@@ -318,42 +159,13 @@ def test_interrupted_build_resumes_with_only_missing_images(
     np.testing.assert_array_equal(np.asarray(resumed.images), np.asarray(reference.images))
 
 
-_BUILD_SCRIPT = """
-import json, sys, time
-from xrstudy.pixels import imagecache
-real = imagecache.prepare_image
-def slow(path, size, mode):
-    time.sleep(float(sys.argv[3]))
-    return real(path, size, mode)
-imagecache.prepare_image = slow
-cache = imagecache.build_cache(json.loads(open(sys.argv[1]).read()), 8, sys.argv[2], "L", 1, chunk_size=4)
-print(json.dumps({"built": cache.built, "reused": cache.reused}))
-"""
-
-
-def _build_in_subprocess(paths_file: Path, cache_dir: Path, delay: float) -> subprocess.Popen:
-    env = dict(os.environ, XRSTUDY_NO_PROGRESS="1")
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(_BUILD_SCRIPT), str(paths_file), str(cache_dir), str(delay)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
-def _small_pngs(folder: Path, count: int) -> list[str]:
-    folder.mkdir()
-    return [_save(_noise(i, (12, 12)), folder / f"{i:04d}.png") for i in range(count)]
-
-
 @pytest.mark.slow
 def test_kill_9_mid_build_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    paths = _small_pngs(tmp_path / "pngs", 300)
+    paths = small_pngs(tmp_path / "pngs", 300)
     paths_file = tmp_path / "paths.json"
     paths_file.write_text(json.dumps(paths))
     folder = tmp_path / "cache" / cache_key(paths, 8, "L")[:16]
-    process = _build_in_subprocess(paths_file, tmp_path / "cache", delay=0.01)
+    process = build_in_subprocess(paths_file, tmp_path / "cache", delay=0.01)
     deadline = time.monotonic() + 60
     flushed = 0
     while flushed < 60 and time.monotonic() < deadline and process.poll() is None:
@@ -378,10 +190,10 @@ def test_kill_9_mid_build_then_resume(tmp_path: Path, monkeypatch: pytest.Monkey
 
 @pytest.mark.slow
 def test_two_processes_building_the_same_cache(tmp_path: Path) -> None:
-    paths = _small_pngs(tmp_path / "pngs", 60) + [str(tmp_path / "gone.png")]
+    paths = small_pngs(tmp_path / "pngs", 60) + [str(tmp_path / "gone.png")]
     paths_file = tmp_path / "paths.json"
     paths_file.write_text(json.dumps(paths))
-    processes = [_build_in_subprocess(paths_file, tmp_path / "cache", delay=0.02) for _ in range(2)]
+    processes = [build_in_subprocess(paths_file, tmp_path / "cache", delay=0.02) for _ in range(2)]
     outcomes = []
     for process in processes:
         stdout, stderr = process.communicate(timeout=120)
@@ -401,7 +213,7 @@ def test_squash_mode_keeps_the_whole_image(tmp_path: Path) -> None:
     `Resize((crop, crop))`); the centre crop would lose the sides."""
     wide = np.zeros((40, 120), dtype=np.uint8)
     wide[:, :20] = 255  # a white band on the left edge, outside the centre square
-    path = _save(wide, tmp_path / "wide.png")
+    path = save_array(wide, tmp_path / "wide.png")
     squashed = prepare_image(path, 30, "L:squash")
     assert squashed.shape == (30, 30) and squashed[:, :4].min() == 255 and squashed[:, 10:].max() == 0
     assert prepare_image(path, 30, "L").max() == 0
@@ -445,3 +257,163 @@ def test_a_build_that_cannot_fit_is_refused_before_it_starts(
     monkeypatch.undo()
     build_cache(jpegs, 16, tmp_path / "cache", "RGB", 1)
     assert imagecache.bytes_to_build(jpegs, 16, tmp_path / "cache", "RGB")[1] == 0  # finished: nothing to check
+
+
+@pytest.fixture()
+def broken_chexpert(tmp_path):
+    """A miniature CheXpert whose train images include every kind of unreadable file."""
+    root = layouts.write_layout(
+        "chexpert", tmp_path / "CheXpert-v1.0-small", phantoms.xray_records(12, seed=0, style=SMALL, lateral_share=0.0)
+    )
+    table = sources.read_source("chexpert", root)
+    train_paths = table.loc[table["split"] == "train", "path"].tolist()
+    truncated, empty, missing, sixteen = train_paths[:4]
+    data = open(truncated, "rb").read()
+    open(truncated, "wb").write(data[: len(data) // 3])  # truncated JPEG
+    open(empty, "wb").close()  # zero-byte file
+    os.remove(missing)  # listed in train.csv, absent on disk
+    # A 16-bit PNG where an 8-bit JPEG is expected: decoded at full depth, not dropped.
+    Image.fromarray(np.arange(24 * 20, dtype=np.uint16).reshape(24, 20) * 100).save(sixteen, format="PNG")
+    return root, {"truncated": truncated, "empty": empty, "missing": missing, "sixteen": sixteen}
+
+
+@pytest.mark.slow
+def test_unreadable_images_are_quarantined_and_counted_in_the_result(broken_chexpert, tmp_path):
+    root, broken = broken_chexpert
+    cfg = RunConfig(
+        name="faults",
+        kind="pretrain",
+        sources=("chexpert",),
+        roots=(f"chexpert={root}",),
+        arch="resnetv2_tiny_bit",
+        image_size=16,
+        batch_size=8,
+        epochs=1,
+        out_dir=str(tmp_path / "out"),
+    )
+    result = train.run(cfg)
+    assert result["status"] == "ok"
+    dropped = result["counts"]["dropped"]
+    assert dropped["quarantine"] == 3, dropped  # truncated, empty, missing; the 16-bit PNG is readable
+    saved = json.loads((cfg.results_dir / f"{cfg.run_id}.json").read_text())
+    assert saved["counts"]["dropped"]["quarantine"] == 3
+    reports = list((tmp_path / "out" / "cache").rglob("quarantine.json"))
+    quarantined = {path for report in reports for path in json.loads(report.read_text())}
+    assert {broken["truncated"], broken["empty"], broken["missing"]} <= quarantined
+    assert broken["sixteen"] not in quarantined
+
+
+def test_special_file_in_place_of_an_image_is_quarantined_with_its_kind(tmp_path):
+    fifo = tmp_path / "image.png"
+    os.mkfifo(fifo)
+    with pytest.raises(decoding.ImageError, match=r"image\.png: not a regular file"):
+        decoding.prepare_image(fifo, 8, "L")  # stat only: it would block if it opened the FIFO
+
+
+def _image_paths(tmp_path: Path, count: int = 6) -> list[str]:
+    paths = []
+    for i in range(count):
+        path = tmp_path / "images" / f"{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.full((20, 24), 10 * i, np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_cache_checks_free_space_before_mapping(tmp_path, monkeypatch):
+    paths = _image_paths(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: SimpleNamespace(total=10**6, used=10**6 - 1000, free=1000))
+    with pytest.raises(fileio.DiskFullError) as err:
+        imagecache.build_cache(paths, 64, tmp_path / "cache", "L")
+    folder = tmp_path / "cache" / imagecache.cache_key(paths, 64, "L")[:16]
+    assert str(err.value).startswith(
+        f"not enough free space in {folder} for the image cache (6 images at 64px L): needs 1.0 MiB, 1000 B free"
+    )
+    assert not list((tmp_path / "cache").rglob("images.u8"))  # nothing mapped, nothing half-written
+    assert imagecache.check_free_space is fileio.check_free_space  # the training path calls the same check
+
+
+def test_enospc_while_building_is_one_line_and_resume_gives_the_identical_cache(tmp_path, monkeypatch, capsys):
+    paths = _image_paths(tmp_path, 10)
+    reference = imagecache.build_cache(paths, 16, tmp_path / "reference", "L")
+    real_save, calls = np.save, []
+
+    def full_disk_on_second_chunk(handle, array, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # each chunk saves checksums.npy, then done.npy
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(handle, array, *args, **kwargs)
+
+    monkeypatch.setattr(np, "save", full_disk_on_second_chunk)
+    with pytest.raises(fileio.DiskFullError) as err:
+        imagecache.build_cache(paths, 16, tmp_path / "cache", "L", chunk_size=3)
+    folder = tmp_path / "cache" / reference.key[:16]
+    assert str(err.value).startswith(f"no space left on device writing {folder / 'done.npy'} (")
+    monkeypatch.setattr(np, "save", real_save)  # space freed
+    resumed = imagecache.build_cache(paths, 16, tmp_path / "cache", "L", chunk_size=3)
+    assert resumed.reused == 3 and resumed.built == 7
+    assert cache_file_bytes(folder) == cache_file_bytes(reference.folder)
+
+
+def test_enospc_when_reserving_the_images_file_names_it(tmp_path, monkeypatch):
+    paths = _image_paths(tmp_path)
+
+    def no_space(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space, raising=False)
+    with pytest.raises(fileio.DiskFullError, match=r"no space left on device writing .*images\.u8"):
+        imagecache.build_cache(paths, 16, tmp_path / "cache", "L")
+
+
+def _png_paths(folder: Path, count: int = 8) -> list[str]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        paths.append(str(folder / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "zeros"])
+def test_a_damaged_cache_is_found_on_first_read_naming_its_folder(tmp_path, damage):
+    from xrstudy.pixels import imagecache
+
+    paths = _png_paths(tmp_path / "images")
+    built = imagecache.build_cache(paths, 16, tmp_path / "cache", "L")
+    built.check_rows(np.arange(len(paths)))  # as built: every row matches
+    images = built.folder / "images.u8"
+    size = images.stat().st_size
+    done = (built.folder / "done.npy").read_bytes()
+    with open(images, "r+b") as handle:  # the done bitmap stays intact: only the checksums can tell
+        handle.seek(3 * 16 * 16)
+        handle.write(np.random.default_rng(1).bytes(2 * 16 * 16) if damage == "random bytes" else bytes(size - 768))
+    assert (built.folder / "done.npy").read_bytes() == done
+    reopened = imagecache.build_cache(paths, 16, tmp_path / "cache", "L")
+    assert reopened.built == 0  # finished: reopened as it is, not rebuilt
+    reopened.check_rows(np.array([0, 1, 2]))  # the rows before the damage are fine
+    with pytest.raises(imagecache.CacheCorruptError) as err:
+        reopened.check_rows(np.array([2, 3, 4, 5]))
+    count = 2 if damage == "random bytes" else 3  # rows 3-4 overwritten; zeros: 3-7, of which 3-5 read
+    assert str(err.value) == (
+        f"image cache {built.folder}: {count} of the 3 images just read differ from the checksums recorded when the "
+        f"cache was built (first: row 3, {paths[3]}); its images.u8 was damaged after the build. Delete "
+        f"{built.folder} and run again: it is rebuilt from the image files"
+    )
+
+
+def test_a_cache_without_checksums_is_rebuilt_not_trusted(tmp_path):
+    from xrstudy.pixels import imagecache
+
+    paths = _png_paths(tmp_path / "images")
+    built = imagecache.build_cache(paths, 16, tmp_path / "cache", "L")
+    (built.folder / "checksums.npy").unlink()  # a cache built before checksums were recorded
+    with open(built.folder / "images.u8", "r+b") as handle:
+        handle.write(bytes(16 * 16))  # and damaged meanwhile
+    again = imagecache.build_cache(paths, 16, tmp_path / "cache", "L")
+    assert (again.built, again.reused) == (len(paths), 0)
+    again.check_rows(np.arange(len(paths)))
+    np.testing.assert_array_equal(np.asarray(again.images), np.asarray(built.images))

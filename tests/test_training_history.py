@@ -15,6 +15,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import cells
 import pytest
 import torch
 import yaml
@@ -263,16 +264,9 @@ def test_learning_curves_per_target_and_shots_one_panel_per_init_seeds_overlaid(
 
 
 # ---- training: history.csv, TensorBoard, resume, divergence ------------------------------------------
-def _train_helpers():
-    sys.path.insert(0, str(TESTS))
-    import test_train
-
-    return test_train
-
-
 @pytest.fixture(scope="module")
 def xray(tmp_path_factory):
-    return _train_helpers().xray_study(tmp_path_factory.mktemp("xray"))
+    return cells.xray_study(tmp_path_factory.mktemp("xray"))
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +274,7 @@ def reference(tmp_path_factory, xray):
     """One uninterrupted pre-training run, every step logged (6 steps, validation every 3)."""
     from xrstudy.training import train
 
-    cfg = _train_helpers().pretrain_cfg(tmp_path_factory.mktemp("reference"))
+    cfg = cells.pretrain_cfg(tmp_path_factory.mktemp("reference"))
     return cfg, train.run(cfg, study=xray)
 
 
@@ -321,10 +315,9 @@ def test_micro_batches_log_the_loss_of_the_whole_step(tmp_path, xray):
     """Without MixUp (which pairs images within a micro-batch) two micro-batches of 4 make the step of 8."""
     from xrstudy.training import train
 
-    helpers = _train_helpers()
     split, one = (
-        helpers.pretrain_cfg(tmp_path / "a", micro_batch=4, mixup=0.0),
-        helpers.pretrain_cfg(tmp_path / "b", mixup=0.0),
+        cells.pretrain_cfg(tmp_path / "a", micro_batch=4, mixup=0.0),
+        cells.pretrain_cfg(tmp_path / "b", mixup=0.0),
     )
     train.run(split, study=xray)
     train.run(one, study=xray)
@@ -360,12 +353,11 @@ def _same_history(resumed: Path, reference: Path) -> None:
 def test_a_resumed_run_continues_the_same_history(tmp_path, xray, log_every, stop_after, rows_before):
     from xrstudy.training import train
 
-    helpers = _train_helpers()
-    reference = helpers.pretrain_cfg(tmp_path / "ref", log_every=log_every)
+    reference = cells.pretrain_cfg(tmp_path / "ref", log_every=log_every)
     train.run(reference, study=xray)
-    cfg = helpers.pretrain_cfg(tmp_path / "b", log_every=log_every)
-    with pytest.raises(helpers.Stop):
-        train.run(cfg, study=xray, callbacks=[helpers.StopAfter(stop_after)], checkpoint_every_steps=1)
+    cfg = cells.pretrain_cfg(tmp_path / "b", log_every=log_every)
+    with pytest.raises(cells.Stop):
+        train.run(cfg, study=xray, callbacks=[cells.StopAfter(stop_after)], checkpoint_every_steps=1)
     assert [r["step"] for r in history.read_rows(cfg.run_dir / history.HISTORY_FILE)] == rows_before
     train.run(cfg, study=xray, resume=True)
     _same_history(cfg.run_dir, reference.run_dir)
@@ -374,7 +366,7 @@ def test_a_resumed_run_continues_the_same_history(tmp_path, xray, log_every, sto
 _CHILD = textwrap.dedent("""
     import sys, time
     from fastai.callback.core import Callback
-    from test_train import pretrain_cfg, xray_study
+    from cells import pretrain_cfg, xray_study
     from xrstudy.training import train
     from pathlib import Path
 
@@ -394,10 +386,9 @@ def test_a_sigkilled_run_resumes_with_no_step_twice_and_none_missing(tmp_path, r
     from xrstudy.training import train
     from xrstudy.training.callbacks import load_train_state
 
-    helpers = _train_helpers()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path)], env=env)
-    cfg = helpers.pretrain_cfg(tmp_path / "b")
+    cfg = cells.pretrain_cfg(tmp_path / "b")
     path = cfg.run_dir / history.HISTORY_FILE
     deadline = time.monotonic() + 240
     try:
@@ -412,7 +403,7 @@ def test_a_sigkilled_run_resumes_with_no_step_twice_and_none_missing(tmp_path, r
         child.wait()
     assert load_train_state(cfg.run_dir / train.TRAIN_STATE)["step"] == 4
     assert [r["step"] for r in history.read_rows(path)] == [1, 2, 3, 4, 5]  # step 5: beyond the training state
-    train.run(cfg, study=helpers.xray_study(tmp_path / "xray"), resume=True)
+    train.run(cfg, study=cells.xray_study(tmp_path / "xray"), resume=True)
     _same_history(cfg.run_dir, reference[0].run_dir)
 
 
@@ -421,9 +412,8 @@ def test_a_diverging_cell_stops_itself_with_a_failed_result_and_keeps_its_last_g
     from xrstudy.training import train
     from xrstudy.training.callbacks import load_train_state
 
-    helpers = _train_helpers()
-    study = helpers.shapes_study(tmp_path / "shapes")
-    cfg = helpers.transfer_cfg(tmp_path / "out", lr=1e30, steps=40, log_every=5)
+    study = cells.shapes_study(tmp_path / "shapes")
+    cfg = cells.transfer_cfg(tmp_path / "out", lr=1e30, steps=40, log_every=5)
     with pytest.raises(history.TrainingDiverged) as raised:
         train.run(cfg, study=study, checkpoint_every_steps=1)
     cause = str(raised.value)
@@ -443,12 +433,11 @@ def test_an_unwritable_history_folder_fails_the_cell_at_its_start_naming_it(tmp_
     from xrstudy.training import train
     from xrstudy.training.monitor import HistoryError
 
-    helpers = _train_helpers()
-    cfg = helpers.transfer_cfg(tmp_path / "out")
+    cfg = cells.transfer_cfg(tmp_path / "out")
     cfg.run_dir.mkdir(parents=True)
     (cfg.run_dir / history.TENSORBOARD_DIR).write_text("a file where the folder goes")
     with pytest.raises(HistoryError, match=f"{cfg.run_dir / history.TENSORBOARD_DIR}: not a folder"):
-        train.run(cfg, study=helpers.shapes_study(tmp_path / "shapes"))
+        train.run(cfg, study=cells.shapes_study(tmp_path / "shapes"))
     assert not (tmp_path / "out" / "cache").exists(), "it failed before the image cache was built"
 
 
@@ -480,10 +469,9 @@ def test_a_full_disk_while_logging_is_one_line_naming_the_file_and_keeps_the_tra
         self.file = FullAfter(self.file)
 
     monkeypatch.setattr(monitor.HistoryLogger, "open", open_on_a_small_disk)
-    helpers = _train_helpers()
-    cfg = helpers.transfer_cfg(tmp_path / "out", steps=6)
+    cfg = cells.transfer_cfg(tmp_path / "out", steps=6)
     with pytest.raises(DiskFullError) as raised:
-        train.run(cfg, study=helpers.shapes_study(tmp_path / "shapes"), checkpoint_every_steps=1)
+        train.run(cfg, study=cells.shapes_study(tmp_path / "shapes"), checkpoint_every_steps=1)
     message = cli._message(raised.value)
     assert "\n" not in message and str(cfg.run_dir / history.HISTORY_FILE) in message
     assert load_train_state(cfg.run_dir / train.TRAIN_STATE)["step"] == 2
