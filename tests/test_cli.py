@@ -67,6 +67,31 @@ def test_ctrl_c_during_the_console_scripts_imports(tmp_path):
     assert "interrupted" in one_error_line(done.stderr)
 
 
+@pytest.mark.slow  # a subprocess
+def test_a_reader_that_leaves_early_ends_the_command_quietly():
+    """`xrstudy sweep plan sweeps/paper.yaml | head -1`: the rest of the table has nowhere to go. The command
+    ends with 141 (128 + SIGPIPE, as git does), and stderr holds no error line or traceback."""
+    paper = Path(cli.__file__).parents[1] / "sweeps" / "paper.yaml"
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from xrstudy.cli import main; sys.exit(main())",
+            "sweep",
+            "plan",
+            str(paper),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        first = proc.stdout.readline()
+        proc.stdout.close()  # as `head -1` does: far more than a pipe's buffer is still to come
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=120)
+    assert first.strip() and code == cli.BROKEN_PIPE
+    assert "Broken pipe" not in err and "Traceback" not in err and "Exception ignored" not in err
+
+
 _TRAIN_PROBE = """
 import contextlib, io, json, sys
 from xrstudy import cli

@@ -468,6 +468,11 @@ def test_variance_of_the_demo_store_is_seeded(capsys):
     # fine-tuned: 4 seeds per few-shot cell, 2 per full-shot cell; probes: 2 seeds
     seeds = {(c["train_mode"], c["shots"] > 0, c["n_seeds"]) for c in cells}
     assert seeds == {("finetune", True, 4), ("finetune", False, 2), ("probe", True, 2), ("probe", False, 2)}
+    # in text, a probe's line says so: otherwise it reads as a second fine-tune of the same model and shots
+    lines = run(["results", "variance", "--results", str(EXAMPLE)], capsys)[1].splitlines()[1:-1]
+    models = [line[25:60].strip() for line in lines if line.startswith("digits         test/acc")]
+    assert len(models) == 3 * 4 * 2 and len(set(models)) == 3 * 2
+    assert sum(m.endswith(" probe") for m in models) == 3 * 4
 
 
 def test_results_compare_flags_exactly_the_planted_cells(planted, capsys):

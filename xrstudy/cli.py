@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout left (`| head`), as git and coreutils end
 
 
 # ---- argument types -------------------------------------------------------------------------
@@ -522,6 +523,10 @@ def main(argv: list[str] | None = None) -> int:
 
             matplotlib.use("Agg")  # figures go to files; no display needed or wanted
         return int(resolve_handler(args.handler)(args) or 0)
+    except BrokenPipeError:  # the reader went away (`xrstudy results variance | head`): not an error of ours
+        # Python would complain again when it flushes stdout at exit; point it at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE
     except KeyboardInterrupt:  # during the imports, the parser or the command
         print("\nxrstudy: interrupted; finished work is kept: run the same command again to continue", file=sys.stderr)
         return INTERRUPTED

@@ -61,9 +61,14 @@ def _points(value: Any) -> str:
     return "-" if pd.isna(value) else f"{100 * value:.1f}"
 
 
+def _probe(row: Any) -> str:
+    """' probe' for a linear-probe cell, so that its line is not read as a second fine-tune of the model."""
+    return " probe" if getattr(row, "train_mode", "finetune") == "probe" else ""
+
+
 def _model(row: Any) -> str:
-    """The pre-trained model, with its data fraction when that is not the whole data."""
-    return str(row.pretrained_model) + ("" if row.data_fraction == 1 else f" @{row.data_fraction:g}")
+    """The pre-trained model, with its data fraction when that is not the whole data, and ' probe' for probes."""
+    return str(row.pretrained_model) + ("" if row.data_fraction == 1 else f" @{row.data_fraction:g}") + _probe(row)
 
 
 def _few_shots_first(frame: pd.DataFrame) -> pd.DataFrame:
@@ -168,7 +173,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def _fit_line(row: Any) -> str:
     series = str(row.arch) if row.scale == "data" else f"data {row.data_fraction:g}"
     head = (
-        f"{row.scale:5s} {row.target:14s} {row.metric:9s} {row.init_label:28s} {row.origin:7s} {row.shot:10s} "
+        f"{row.scale:5s} {row.target:14s} {row.metric:9s} {row.init_label + _probe(row):28s} {row.origin:7s} "
+        f"{row.shot:10s} "
         f"{series:20s} {row.law:10s}"
     )
     if row.reason:
