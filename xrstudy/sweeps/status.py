@@ -239,7 +239,8 @@ def format_status(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
             f"; plan estimate: {info['gpu_hours_planned']:,.1f} GPU-hours for the sweep, "
             f"{info['gpu_hours_planned_done']:,.2f} for the cells done"
             + (
-                f" ({info['cells_without_estimate']} cells without an estimate)"
+                f" ({info['cells_without_estimate']} cell{'s' if info['cells_without_estimate'] > 1 else ''} without "
+                "an estimate: data with no published size, which `sweep plan --root NAME=DIR` counts)"
                 if info["cells_without_estimate"]
                 else ""
             )
