@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -473,6 +474,11 @@ def test_variance_of_the_demo_store_is_seeded(capsys):
     models = [line[25:60].strip() for line in lines if line.startswith("digits         test/acc")]
     assert len(models) == 3 * 4 * 2 and len(set(models)) == 3 * 2
     assert sum(m.endswith(" probe") for m in models) == 3 * 4
+    # intervals in text stay within what a fraction can be (two seeds: a t interval reaches far past it);
+    # --json keeps them as computed
+    shown = [float(v) for line in lines for v in re.findall(r"\[(-?[\d.]+), (-?[\d.]+)\]", line)[0]]
+    assert min(shown) >= 0.0 and max(shown) <= 100.0
+    assert min(c["ci_low"] for c in cells) < 0.0
 
 
 def test_results_compare_flags_exactly_the_planted_cells(planted, capsys):

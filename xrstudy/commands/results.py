@@ -61,6 +61,14 @@ def _points(value: Any) -> str:
     return "-" if pd.isna(value) else f"{100 * value:.1f}"
 
 
+def _interval(low: Any, high: Any) -> str:
+    """An interval of a fraction in points, shown within [0, 100]: with two or three seeds a t or prediction
+    interval can reach far past what a metric can be ([-2341.6, 2498.4]); --json keeps the values as computed."""
+    if pd.isna(low):
+        return "-"
+    return f"[{_points(min(max(low, 0.0), 1.0))}, {_points(min(max(high, 0.0), 1.0))}]"
+
+
 def _probe(row: Any) -> str:
     """' probe' for a linear-probe cell, so that its line is not read as a second fine-tune of the model."""
     return " probe" if getattr(row, "train_mode", "finetune") == "probe" else ""
@@ -97,7 +105,7 @@ def cmd_variance(args: argparse.Namespace) -> int:
         f"{'mean':>6s} {'SD':>5s} {f'{args.level:.0%} CI of the mean':>19s} {f'seeds for {half}':>14s}"
     )
     for row in _few_shots_first(var).itertuples():
-        interval = "-" if pd.isna(row.ci_low) else f"[{_points(row.ci_low)}, {_points(row.ci_high)}]"
+        interval = _interval(row.ci_low, row.ci_high)
         needed = "-" if pd.isna(row.seeds_for_half_width) else f"{row.seeds_for_half_width:.0f}"
         print(
             f"{row.target:14s} {row.metric:9s} {_model(row):34s} {row.shot:10s} {row.origin:7s} {row.n_seeds:5d} "
@@ -132,7 +140,7 @@ COMPARE_LISTED = 40  # cells listed in text mode, outside first (--all: every on
 def _compare_line(row: Any) -> str:
     # '*': outside this cell's own interval, inside once adjusted for the number of comparisons
     flag = row.status + ("*" if row.status == "inside" and row.inside_per_cell is False else "")
-    interval = "-" if pd.isna(row.interval_low) else f"[{_points(row.interval_low)}, {_points(row.interval_high)}]"
+    interval = _interval(row.interval_low, row.interval_high)
     welch = "-" if pd.isna(row.p_value) else f"{row.p_value:.2g}"
     return (
         f"{flag:13s} {row.target:14s} {row.metric:9s} {_model(row):34s} {row.shot:10s} {row.origin_new:7s} "
