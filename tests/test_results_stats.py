@@ -113,10 +113,13 @@ def test_variance_is_seeded_per_cell():
     assert (other_seed.ci_low, other_seed.ci_high) != (alone.ci_low.iloc[0], alone.ci_high.iloc[0])
 
 
-def test_variance_interval_covers_the_true_mean_at_its_nominal_rate():
-    # 1000 cells of 3 seeds, N(0.5, 0.01): the binomial SD of a 95 % coverage is 0.007
+@pytest.mark.parametrize("seeds", [2, 3])  # two: the t interval (a 2-value bootstrap covers 93 %)
+def test_variance_interval_covers_the_true_mean_at_its_nominal_rate(seeds):
+    # 1000 cells, N(0.5, 0.01): the binomial SD of a 95 % coverage is 0.007
     rng = np.random.default_rng(3)
-    rows = [row(model=f"m{i}_bit50x1", seed=s, value=0.5 + rng.normal(0, 0.01)) for i in range(1000) for s in range(3)]
+    rows = [
+        row(model=f"m{i}_bit50x1", seed=s, value=0.5 + rng.normal(0, 0.01)) for i in range(1000) for s in range(seeds)
+    ]
     var = stats.variance_table(frame(rows), n_boot=1000)
     assert ((var.ci_low <= 0.5) & (0.5 <= var.ci_high)).mean() == pytest.approx(0.95, abs=0.02)
     assert ((var.t_low <= 0.5) & (0.5 <= var.t_high)).mean() == pytest.approx(0.95, abs=0.02)
@@ -530,6 +533,37 @@ def test_fail_outside_sets_the_exit_status(planted, capsys):
         capsys,
     )
     assert paper_only[0] == 0 and "45 cells compared: 45 inside, 0 outside" in paper_only[1]
+    # a gate that compared nothing fails: the demo store shares no cell with the paper's rows
+    nothing = run(["results", "compare", "--against", str(LEGACY), "--results", str(EXAMPLE), "--fail-outside"], capsys)
+    assert nothing[0] == 1 and "0 cells compared" in nothing[1]
+    assert "no cell compared (none on both sides): failing (--fail-outside)" in nothing[2]
+    assert run(["results", "compare", "--against", str(LEGACY), "--results", str(EXAMPLE)], capsys)[0] == 0
+
+
+def test_interval_range_reads_each_cell_alone_by_default(planted, capsys):
+    """min-max of the published seeds has no p-value, so no Holm adjustment: --interval range alone works."""
+    code, out, err = run(
+        ["results", "compare", "--against", str(LEGACY), "--results", str(planted), "--interval", "range", "--json"],
+        capsys,
+    )
+    summary = json.loads(out)["summary"]
+    assert code == 0 and not err and (summary["interval"], summary["adjust"]) == ("range", "none")
+    code, _, err = run(
+        [
+            "results",
+            "compare",
+            "--against",
+            str(LEGACY),
+            "--results",
+            str(planted),
+            "--interval",
+            "range",
+            "--adjust",
+            "holm",
+        ],
+        capsys,
+    )
+    assert code == 2 and "interval 'range' has no p-value to adjust" in err
 
 
 def test_compare_against_a_store_and_one_line_errors(planted, capsys, tmp_path):

@@ -438,12 +438,17 @@ def _add_results_statistics(commands: Any) -> None:
     compare.add_argument(
         "--adjust",
         choices=("holm", "bonferroni", "none"),
-        default="holm",
-        help="multiple comparisons: holm (default) and bonferroni make LEVEL family-wise, so an honest "
-        "reproduction fails --fail-outside with probability <= 1 - LEVEL however many cells; none reads "
-        "each cell at LEVEL (about 1 in 20 honest cells falls outside a 95%% interval)",
+        default=None,
+        help="multiple comparisons: holm (the default; none with --interval range, which has no p-value) and "
+        "bonferroni make LEVEL family-wise, so an honest reproduction fails --fail-outside with probability "
+        "<= 1 - LEVEL however many cells; none reads each cell at LEVEL (about 1 in 20 honest cells falls "
+        "outside a 95%% interval)",
     )
-    compare.add_argument("--fail-outside", action="store_true", help="exit 1 when any cell lies outside")
+    compare.add_argument(
+        "--fail-outside",
+        action="store_true",
+        help="exit 1 when any cell lies outside, or when no cell is on both sides (a gate that compared nothing)",
+    )
     compare.add_argument("--all", action="store_true", help="list every cell (default: the first 40, outside first)")
     compare.add_argument("--json", action="store_true", help="print one JSON object: summary and every cell")
     _handler(compare, "xrstudy.commands.results:cmd_compare")

@@ -152,8 +152,9 @@ def _compare_line(row: Any) -> str:
 def cmd_compare(args: argparse.Namespace) -> int:
     new = _store_table(args.results)
     published = stats.published_rows(args.against)
+    adjust = args.adjust or ("none" if args.interval == "range" else "holm")  # min-max has no p-value to adjust
     out = stats.compare_tables(
-        new, published, metric=args.metric, level=args.level, interval=args.interval, adjust=args.adjust
+        new, published, metric=args.metric, level=args.level, interval=args.interval, adjust=adjust
     )
     summary = stats.compare_summary(out)
     failed = args.fail_outside and stats.fails(summary)
@@ -171,10 +172,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if len(both) > len(listed):
             print(f"... {len(both) - len(listed)} more cells (--all lists them, --json gives every column)")
         if (both.status.eq("inside") & both.inside_per_cell.eq(False)).any():
-            print(f"* outside its own {args.level:.0%} interval, inside once adjusted ({args.adjust})")
+            print(f"* outside its own {args.level:.0%} interval, inside once adjusted ({adjust})")
         print(f"values in points (×100); {summary['line']}")
     if failed:
-        print(f"xrstudy: {summary['outside']} cells outside: failing (--fail-outside)", file=sys.stderr)
+        why = f"{summary['outside']} cells outside" if summary["compared"] else "no cell compared (none on both sides)"
+        print(f"xrstudy: {why}: failing (--fail-outside)", file=sys.stderr)
     return 1 if failed else 0
 
 
