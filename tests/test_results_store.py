@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 
 import pandas as pd
 import pytest
@@ -104,6 +105,26 @@ def test_table_resolves_pretrain_inits(tmp_path):
     assert row.data_fraction == 0.5 and row.last_step == 500 and row.origin == "xrstudy"
     # Google's BiT-M weights are not the authors' ImageNet-21k model: their own name unless labelled.
     assert frame[frame.run_id == timm.run_id].iloc[0].pretrained_model == "google_imagenet21k_bit50x1"
+
+
+def test_a_transfer_without_its_pretraining_result_keeps_the_fraction_it_recorded(tmp_path):
+    """Data-scale transfers whose pre-training results are not in the store: the fraction comes from the
+    transfer's own `init_config` (train.run records it); without that it is unknown (NaN) and the table says
+    so, rather than taking 1.0 and pooling every fraction into one cell."""
+    recorded, bare = tmp_path / "recorded", tmp_path / "bare"
+    for fraction in (0.1, 1.0):
+        pre = RunConfig(kind="pretrain", sources=("chexpert",), arch="resnetv2_50x1_bit", data_fraction=fraction)
+        cfg = result_cfg(init=f"run:{pre.run_id}", init_label="chexpert", target="padchest-cl", shots=0)
+        store.save(store.new_result(cfg, {"test/auc": 0.7 + fraction / 10}, init_config=pre.to_dict()), recorded)
+        store.save(store.new_result(cfg, {"test/auc": 0.7 + fraction / 10}), bare)
+    frame = store.table(recorded)
+    assert sorted(frame.data_fraction) == [0.1, 1.0] and set(frame.init_label) == {"chexpert"}
+    with warnings.catch_warnings(record=True) as caught:  # also: the two now share a cell (the NaN one)
+        warnings.simplefilter("always")
+        frame = store.table(bare)
+    said = [str(w.message) for w in caught]
+    assert any(re.search(r"2 result\(s\) from 2 pre-training run\(s\) not in the store .* unknown", m) for m in said)
+    assert frame.data_fraction.isna().all()
 
 
 def test_cli_table_and_import(tmp_path, capsys):

@@ -72,6 +72,8 @@ def test_pretrain_then_transfer_through_the_real_cache(tmp_path, reference):
     assert result["metrics"]["test/acc"] >= 0.8, result["metrics"]
     assert result["metrics"]["test/auc"] >= 0.9
     assert result["counts"]["shots_ids"] == 3 and set(result["per_class"]["auc"]) == set(SHAPES)
+    # the init's pre-training config travels with the transfer: the table needs no pre-training result
+    assert result["init_config"] == ckpt.sidecar["config"] and result["init_config"]["kind"] == "pretrain"
 
 
 def test_transfer_recipe_follows_the_hyperrule():

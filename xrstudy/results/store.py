@@ -97,6 +97,9 @@ FIELDS: dict[str, Field] = {
     "error": Field((str, type(None))),
     "legacy": Field((dict,)),
     "resolved": Field((dict,)),  # the resolved cell it ran (xrstudy.training.resolve.ResolvedCell.row())
+    # init run:<id>: that pre-training cell's config (from its checkpoint's sidecar), so the table knows the
+    # init's sources and data fraction when the pre-training result itself is not in the store
+    "init_config": Field((dict,)),
     "probe": Field((dict,)),  # train_mode probe: the chosen C, the feature cache, the backbone's digest
     "history": Field((dict,)),  # schema 2: {column: [value per point]}; imported paper rows have none
     "reproducibility": Field((dict,)),  # schema 2: torch threads, determinism settings, thread environment
@@ -412,8 +415,13 @@ def _rows(result: dict[str, Any], pretrain_configs: dict[str, dict[str, Any]]) -
             "origin": result.get("origin", "xrstudy"),
             "last_step": result.get("last_step"),
             "sources": "+".join(sources),
-            # Data-scale curves: the fraction of the pre-training data behind this model.
-            "data_fraction": float(parent.get("data_fraction", config.get("data_fraction", 1.0))),
+            # Data-scale curves: the fraction of the pre-training data behind this model; unknown (NaN) for
+            # a run:<id> init whose pre-training config is neither in the store nor in the result.
+            "data_fraction": float(
+                "nan"
+                if _parent_id(init) and not parent
+                else parent.get("data_fraction", config.get("data_fraction", 1.0))
+            ),
             # finetune | probe (pre-training cells and the paper's rows: finetune, what they did)
             "train_mode": config.get("train_mode", "finetune"),
         }
@@ -430,6 +438,22 @@ def table(results_dir: str | Path, *, status: str = "ok") -> pd.DataFrame:
 def table_from_results(results: Iterable[dict[str, Any]], *, status: str = "ok") -> pd.DataFrame:
     results = list(results)
     pretrain_configs = {r["run_id"]: r["config"] for r in results if r["config"].get("kind") == "pretrain"}
+    unknown: dict[str, int] = {}  # run:<id> inits whose pre-training config nothing here holds -> results
+    for result in results:
+        parent = _parent_id(result["config"].get("init", ""))
+        if parent and parent not in pretrain_configs:
+            if isinstance(result.get("init_config"), dict):  # recorded by the transfer itself (train.run)
+                pretrain_configs[parent] = result["init_config"]
+            elif result["status"] == status:
+                unknown[parent] = unknown.get(parent, 0) + 1
+    if unknown:
+        warnings.warn(
+            f"{sum(unknown.values())} result(s) from {len(unknown)} pre-training run(s) not in the store and not "
+            f"recorded in the results (e.g. run:{next(iter(unknown))}): their pre-training data fraction is "
+            f"unknown (NaN in the table), so results of different fractions may share a cell; copy the "
+            f"pretrain-*.json results into the store",
+            stacklevel=3,
+        )
     rows = []
     for result in (r for r in results if r["status"] == status):
         try:  # validate() has checked the types; this is the last guard for one odd result

@@ -27,6 +27,7 @@ the global batch, so a cell computes the same thing on 1 or N devices.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import time
@@ -40,11 +41,12 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from xrstudy.config import ConfigError, RunConfig
+from xrstudy.config import ConfigError, RunConfig, parent_run_id
 from xrstudy.data.studydata import StudyData
 from xrstudy.pixels.loaders import Augment, Split
 from xrstudy.training import cost, history, recipes, resolve
 from xrstudy.training.callbacks import load_train_state, unwrap
+from xrstudy.training.checkpoints import checkpoint_path
 from xrstudy.training.learner import (
     BestCheckpoint,
     TrainSetup,
@@ -611,7 +613,21 @@ def _result(cfg: RunConfig, study: StudyData, outcome: Outcome, proc: Process) -
         **outcome.extra,
         history=_history_of(cfg),
         reproducibility=reproducibility(proc),
+        **_init_config(cfg),
     )
+
+
+def _init_config(cfg: RunConfig) -> dict[str, Any]:
+    """{"init_config": the pre-training cell's config} for an init run:<id> (its checkpoint's sidecar holds it),
+    so the results table knows the init's data fraction without the pre-training result; else {}."""
+    if parent_run_id(cfg.init) is None:
+        return {}
+    sidecar = checkpoint_path(cfg, cfg.init).with_suffix(".json")
+    try:
+        config = json.loads(sidecar.read_text()).get("config")
+    except (OSError, ValueError):  # read and checked when the init was loaded; nothing to add if it went since
+        return {}
+    return {"init_config": config} if isinstance(config, dict) else {}
 
 
 def save_result(result: dict[str, Any], cfg: RunConfig) -> Path:
