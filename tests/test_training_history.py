@@ -54,6 +54,10 @@ def test_rows_round_trip_a_torn_last_line_is_dropped_and_a_resume_keeps_its_rows
     assert [r["step"] for r in history.keep_until(path, 2)] == [1, 2]
     assert [r["step"] for r in history.read_rows(path)] == [1, 2] and path.read_text().endswith("\n")
     assert history.read_rows(tmp_path / "absent.csv") == [] and history.last_row(tmp_path / "absent.csv") is None
+    # a cut inside the last field leaves the right number of fields; the missing newline gives it away
+    whole = history.format_row(_row(500, 0.25))
+    path.write_text(history.HEADER + history.format_row(_row(499, 0.5)) + whole[:-3])  # `...,10\n` -> `...,1`
+    assert [r["step"] for r in history.read_rows(path)] == [499] and history.last_row(path)["step"] == 499
 
 
 def test_the_result_keeps_at_most_200_points_validation_rows_first_and_last():
@@ -69,6 +73,17 @@ def test_the_result_keeps_at_most_200_points_validation_rows_first_and_last():
     assert short["train/loss"] == [None]  # JSON has no NaN
     assert history.rows_of_result(short) == [{"step": 1, "train/loss": None, "train/lr": 0.1, "total_steps": 10}]
     assert "valid/loss" not in short
+
+
+@pytest.mark.parametrize("validated", [199, 200, 1000])
+def test_the_result_keeps_the_first_and_last_row_however_many_are_validated(validated):
+    """A pre-training of 199 or more epochs: its validated rows alone would fill the 200 points."""
+    every = 2000 // validated
+    rows = [_row(s, 1 / s, **({"valid/loss": 0.5} if s % every == 0 else {})) for s in range(1, 2001)]
+    rows[-1].pop("valid/loss", None)  # the last row without validation values too
+    steps = history.for_result(rows)["step"]
+    assert len(steps) <= store.HISTORY_POINTS and steps[0] == 1 and steps[-1] == 2000
+    assert steps == sorted(set(steps))
 
 
 def _config(tmp_path: Path, **changes) -> RunConfig:

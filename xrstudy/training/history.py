@@ -99,9 +99,16 @@ def _parse(header: Sequence[str], values: Sequence[str]) -> dict[str, Any] | Non
     return row if row.get("step") is not None else None
 
 
+def _complete(text: str) -> str:
+    """`text` without a last line that has no newline: every row is written with its newline, so one without
+    it was cut by a kill or a full disk (even where the cut leaves the right number of fields: `...,5` of
+    `...,500`)."""
+    return text if text.endswith("\n") else text[: text.rfind("\n") + 1]
+
+
 def parse_rows(text: str) -> list[dict[str, Any]]:
     """The rows of history.csv text; a torn or foreign line (a kill mid-write, a full disk) is left out."""
-    reader = csv.reader(io.StringIO(text))
+    reader = csv.reader(io.StringIO(_complete(text)))
     header = next(reader, None)
     if not header or header[0] != "step":
         return []
@@ -135,7 +142,7 @@ def last_row(path: str | os.PathLike[str], tail_bytes: int = 8192) -> dict[str, 
         return None
     if not header or header[0] != "step":
         return None
-    for line in reversed(tail.splitlines()):
+    for line in reversed(_complete(tail).splitlines()):
         row = _parse(header, next(csv.reader([line]), []))
         if row is not None:
             return row
@@ -167,13 +174,18 @@ def for_result(rows: Sequence[dict[str, Any]], points: int = HISTORY_POINTS) -> 
     Columns never measured are left out (step and train/loss stay); NaN becomes None."""
     if not rows:
         return {}
-    validated = [i for i, row in enumerate(rows) if any(row.get(c) is not None for c in FIELDS if c[:6] == "valid/")]
-    if len(validated) >= points:
-        chosen = [validated[i] for i in _picks(len(validated), points)]
+    ends = {0, len(rows) - 1}  # the first and the last row, always
+    validated = [
+        i
+        for i, row in enumerate(rows)
+        if i not in ends and any(row.get(c) is not None for c in FIELDS if c[:6] == "valid/")
+    ]
+    room = max(0, points - len(ends))
+    if len(validated) >= room:
+        chosen = sorted(ends | {validated[i] for i in _picks(len(validated), room)})
     else:
-        seen = set(validated)
-        others = [i for i in range(len(rows)) if i not in seen]
-        chosen = sorted(set(validated) | {others[i] for i in _picks(len(others), points - len(validated))})
+        others = [i for i in range(len(rows)) if i not in ends and i not in set(validated)]
+        chosen = sorted(ends | set(validated) | {others[i] for i in _picks(len(others), room - len(validated))})
     columns: dict[str, list[Any]] = {}
     for name in FIELDS:
         values = [_plain(rows[i].get(name)) for i in chosen]
