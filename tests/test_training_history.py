@@ -4,6 +4,7 @@ learning curves drawn from the store."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import math
@@ -220,6 +221,35 @@ def test_sweep_status_reads_every_state_from_the_files(tmp_path, capsys):
     assert cli.main(["sweep", "status", str(path)]) == 0
     text = capsys.readouterr().out
     assert cause in text and "7 cells: done 2, failed 1, blocked 1, pending 3" in text  # no claim is held now
+
+
+def test_an_interrupted_cell_says_where_its_next_attempt_starts(tmp_path, capsys):
+    path = _status_sweep(tmp_path)
+    cells = {c.name + (f"-{c.seed}" if c.kind == "transfer" else ""): c for c in sweepfile.load_sweep(path)}
+    store.save(store.new_result(cells["chexpert"], {"valid/auc": 0.8}), cells["chexpert"].results_dir)
+    for name, steps in (("t-chexpert-0", 20), ("t-chexpert-1", 30), ("t-chexpert-2", 500)):
+        _write_history(cells[name], steps, 500)
+    (cells["t-chexpert-1"].run_dir / history.TRAIN_STATE_FILE).write_bytes(b"state")
+    probe = dataclasses.replace(cells["t-chexpert-3"], train_mode="probe")
+    _write_history(probe, 3, 9)
+    by_id = {r["run_id"]: r for r in status.sweep_status([*cells.values(), probe])}
+    cause = {name: by_id[cells[name].run_id]["cause"] for name in ("t-chexpert-0", "t-chexpert-1", "t-chexpert-2")}
+    assert cause == {
+        "t-chexpert-0": "interrupted at step 20 before its first training state was saved; it starts again",
+        "t-chexpert-1": "interrupted at step 30; it resumes from its training state",
+        "t-chexpert-2": "trained to step 500, no result: interrupted while evaluating; it runs again",
+    }
+    assert by_id[probe.run_id]["cause"] == "interrupted after fit 3; it starts again (its features are cached)"
+
+    # a diverged loss in the last row: --json prints null (JSON has no Infinity or NaN)
+    nih = cells["nih"]
+    nih.run_dir.mkdir(parents=True, exist_ok=True)
+    bad = _row(7, float("inf"), total_steps=900)
+    (nih.run_dir / history.HISTORY_FILE).write_text(history.HEADER + history.format_row(bad))
+    assert cli.main(["sweep", "status", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    (row,) = [c for c in report["cells"] if c["run_id"] == nih.run_id]
+    assert row["step"] == 7 and row["loss"] is None
 
 
 def test_a_running_cell_without_a_new_row_for_ten_minutes_is_flagged(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
+def _finite(value: Any) -> Any:
+    """`value` with every float that is not finite replaced by None, in dicts and lists at any depth."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from xrstudy.sweeps import plan, status
 
@@ -76,8 +88,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     plan_rows = plan.plan_cells(cells, use_roots=False)  # the estimate from published facts: no label file read
     rows = status.sweep_status(cells, args.results, plan_rows)
     info = status.summary(rows, plan_rows)
-    if args.json:
-        json.dump({"cells": rows, "summary": info}, sys.stdout, indent=1)
+    if args.json:  # a diverging cell's last loss may be inf or NaN: JSON has neither, null says "no number"
+        json.dump(_finite({"cells": rows, "summary": info}), sys.stdout, indent=1, allow_nan=False)
         sys.stdout.write("\n")
     else:
         print(status.format_status(rows, info))

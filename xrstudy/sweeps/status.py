@@ -127,8 +127,19 @@ def cell_status(
         row["cause"] = f"its result is not valid and it runs again ({invalid})"
     elif last is not None:
         _progress(row, last, cfg.batch_size)
-        row["cause"] = f"interrupted at step {last['step']}; it resumes from its training state"
+        row["cause"] = _interrupted(cfg, last)
     return row
+
+
+def _interrupted(cfg: RunConfig, last: dict[str, Any]) -> str:
+    """Why a cell with a history and no result is pending, and where its next attempt starts."""
+    if cfg.train_mode == "probe":  # no training state: the features come back from their cache
+        return f"interrupted after fit {last['step']}; it starts again (its features are cached)"
+    if last.get("total_steps") is not None and last["step"] >= last["total_steps"]:
+        return f"trained to step {last['step']}, no result: interrupted while evaluating; it runs again"
+    if (cfg.run_dir / history.TRAIN_STATE_FILE).is_file():
+        return f"interrupted at step {last['step']}; it resumes from its training state"
+    return f"interrupted at step {last['step']} before its first training state was saved; it starts again"
 
 
 def _age(path: Path, now: float) -> float | None:

@@ -25,6 +25,7 @@ from xrstudy.results.store import HISTORY_POINTS
 
 HISTORY_FILE = "history.csv"
 TENSORBOARD_DIR = "tensorboard"
+TRAIN_STATE_FILE = "train_state.pt"  # what a killed run resumes from (train.run); named here for `sweep status`
 TARGET_POINTS = 200  # log_every = 0: about this many rows per run
 
 # Column -> what it holds. Names with a "/" are TensorBoard tags as they are; the others are written
@@ -228,6 +229,7 @@ class TrainingDiverged(RuntimeError):
 __all__ = [
     "HISTORY_FILE",
     "TENSORBOARD_DIR",
+    "TRAIN_STATE_FILE",
     "TARGET_POINTS",
     "COLUMNS",
     "FIELDS",

@@ -74,7 +74,7 @@ if TYPE_CHECKING:
 
     from xrstudy.pixels.imagecache import ImageCache
 
-TRAIN_STATE = "train_state.pt"
+TRAIN_STATE = history.TRAIN_STATE_FILE
 CHECKPOINT = "checkpoint.pt"  # pre-training: the best validation loss (what transfers load)
 LAST_CHECKPOINT = "last.pt"  # pre-training: the final weights
 BOOTSTRAP_SAMPLES = 200
