@@ -385,24 +385,28 @@ def _same_history(resumed: Path, reference: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("log_every", "stop_after", "rows_before"),
+    ("log_every", "stop_after", "every", "rows_before"),
     [
         # rows every 2 steps and at each epoch's end (3, 6); the training state at step 5 sits halfway
         # through the interval (4, 6]: the resumed row at step 6 averages steps 5 and 6
-        (2, 5, [2, 3, 4]),
+        (2, 5, 1, [2, 3, 4]),
         # every step; stopped after the training state at step 3 was saved, before epoch 1's validation:
         # the resumed run validates at step 3 first and writes that row with its validation values
-        (0, 3, [1, 2]),
+        (0, 3, 1, [1, 2]),
+        # the training state at epoch 1's end (step 3, its row waiting for validation), then validation wrote
+        # that row and step 4's before the stop: the resumed run validates at step 3 again and writes its
+        # row once (the killed attempt's copy goes, in the CSV and in TensorBoard)
+        (0, 4, 3, [1, 2, 3, 4]),
     ],
 )
-def test_a_resumed_run_continues_the_same_history(tmp_path, xray, log_every, stop_after, rows_before):
+def test_a_resumed_run_continues_the_same_history(tmp_path, xray, log_every, stop_after, every, rows_before):
     from xrstudy.training import train
 
     reference = cells.pretrain_cfg(tmp_path / "ref", log_every=log_every)
     train.run(reference, study=xray)
     cfg = cells.pretrain_cfg(tmp_path / "b", log_every=log_every)
     with pytest.raises(cells.Stop):
-        train.run(cfg, study=xray, callbacks=[cells.StopAfter(stop_after)], checkpoint_every_steps=1)
+        train.run(cfg, study=xray, callbacks=[cells.StopAfter(stop_after)], checkpoint_every_steps=every)
     assert [r["step"] for r in history.read_rows(cfg.run_dir / history.HISTORY_FILE)] == rows_before
     train.run(cfg, study=xray, resume=True)
     _same_history(cfg.run_dir, reference.run_dir)

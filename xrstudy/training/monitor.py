@@ -161,8 +161,11 @@ class HistoryLogger(LocalCallback):
         if self.rank != 0:
             return
         check_writable(self.run_dir)
+        # A row held at the resumed step (saved before its segment's validation) is written again once that
+        # validation has run: the copy the interrupted attempt may have written goes, here and in TensorBoard.
+        keep = start_step - 1 if start_step and self.held_step == start_step else start_step
         try:
-            kept = keep_until(self.path, start_step)
+            kept = keep_until(self.path, keep)
             self.last_written = kept[-1]["step"] if kept else 0
             self.file = open(self.path, "a")  # noqa: SIM115 - appended to for the whole run, closed by close()
             if self.path.stat().st_size == 0:
@@ -185,7 +188,7 @@ class HistoryLogger(LocalCallback):
                 _after_existing_event_files(self.tensorboard_dir)
             self.writer = SummaryWriter(
                 str(self.tensorboard_dir),
-                purge_step=start_step + 1 if start_step else None,
+                purge_step=keep + 1 if start_step else None,
                 flush_secs=TENSORBOARD_FLUSH_S,
             )
         except OSError as err:
