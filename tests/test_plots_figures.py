@@ -305,3 +305,17 @@ def test_figures_on_a_real_full_tmpfs(one_result_store, tmp_path, capsys):
         assert not list(out.glob(".*.tmp"))
     finally:
         subprocess.run(["umount", str(out)], capture_output=True)
+
+
+def test_model_scale_series_of_an_unknown_data_fraction_are_drawn(tmp_path):
+    """Transfers whose pre-training results are not in the store have data_fraction NaN (the table warns):
+    their model-scale series is still drawn, not dropped as a NaN group key."""
+    folder = synthetic_store(tmp_path / "all")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for path in folder.glob("transfer-*.json"):
+        shutil.copy(path, bare)
+    with pytest.warns(UserWarning, match="pre-training data fraction is unknown"):
+        table = store.table(bare)
+    rows = figures.scale_rows(table[table.kind == "transfer"], "model")
+    assert rows and all(part.data_fraction.isna().all() for _, part in rows)

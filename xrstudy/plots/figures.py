@@ -411,7 +411,7 @@ def scale_rows(data: pd.DataFrame, scale: str) -> list[tuple[tuple, pd.DataFrame
     if "train_mode" not in data:
         data = data.assign(train_mode="finetune")
     group_by = ["init_label", "train_mode", "shot"] + (["arch"] if scale == "data" else ["data_fraction"]) + ["origin"]
-    return [(key, part) for key, part in data.groupby(group_by, sort=True) if part[x].nunique() >= 2]
+    return [(key, part) for key, part in data.groupby(group_by, sort=True, dropna=False) if part[x].nunique() >= 2]
 
 
 def series_fit(part: pd.DataFrame, x: str, *, n_boot: int = 1000, seed: int = 0) -> scaling.FitCurve | None:
