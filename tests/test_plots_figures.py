@@ -307,6 +307,7 @@ def test_figures_on_a_real_full_tmpfs(one_result_store, tmp_path, capsys):
         subprocess.run(["umount", str(out)], capture_output=True)
 
 
+@pytest.mark.filterwarnings("ignore:.*hold more than one result")  # the seeds of the unknown fractions share a cell
 def test_model_scale_series_of_an_unknown_data_fraction_are_drawn(tmp_path):
     """Transfers whose pre-training results are not in the store have data_fraction NaN (the table warns):
     their model-scale series is still drawn, not dropped as a NaN group key."""
