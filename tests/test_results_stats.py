@@ -548,22 +548,7 @@ def test_interval_range_reads_each_cell_alone_by_default(planted, capsys):
     )
     summary = json.loads(out)["summary"]
     assert code == 0 and not err and (summary["interval"], summary["adjust"]) == ("range", "none")
-    code, _, err = run(
-        [
-            "results",
-            "compare",
-            "--against",
-            str(LEGACY),
-            "--results",
-            str(planted),
-            "--interval",
-            "range",
-            "--adjust",
-            "holm",
-        ],
-        capsys,
-    )
-    assert code == 2 and "interval 'range' has no p-value to adjust" in err
+    # an explicit --adjust holm with it stays an error (test_compare_against_a_store_and_one_line_errors)
 
 
 def test_compare_against_a_store_and_one_line_errors(planted, capsys, tmp_path):
