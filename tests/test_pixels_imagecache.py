@@ -142,6 +142,22 @@ def test_unreadable_files_are_quarantined(tmp_path: Path, jpegs: list[str], monk
     assert counter.calls == 3 and set(retried.quarantined) == set(bad)  # ... unless the user asks
 
 
+def test_content_key_follows_the_pixels_as_built(tmp_path: Path, jpegs: list[str]) -> None:
+    """A quarantined file repaired and retried: same cache key, new pixels, so a new content key (what a
+    probe's cached features are keyed by); the same pixels again give the same content key."""
+    late = tmp_path / "late.jpg"
+    late.write_bytes(b"")
+    paths = [*jpegs, str(late)]
+    cache = build_cache(paths, 8, tmp_path / "cache", "L", 1)
+    assert str(late) in cache.quarantined
+    shutil.copy(jpegs[0], late)
+    (cache.folder / "quarantine.json").unlink()
+    again = build_cache(paths, 8, tmp_path / "cache", "L", 1)
+    assert again.key == cache.key and not again.quarantined and np.asarray(again[again.index_of(str(late))]).any()
+    assert again.content_key != cache.content_key and again.content_key.startswith(f"{again.key}:")
+    assert build_cache(paths, 8, tmp_path / "cache", "L", 1).content_key == again.content_key
+
+
 def test_interrupted_build_resumes_with_only_missing_images(
     tmp_path: Path, jpegs: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -353,6 +353,7 @@ def test_every_run_writes_its_history_and_tensorboard_scalars(reference, xray):
     assert result["history"]["train/loss"] == [r["train/loss"] for r in rows]
     repro = result["reproducibility"]
     assert repro["torch_threads"] >= 1 and repro["deterministic_algorithms"] is False and repro["world"] == 1
+    assert isinstance(repro["tf32_matmul"], bool) and isinstance(repro["tf32_cudnn"], bool)  # GPU numerics
 
 
 @pytest.mark.slow

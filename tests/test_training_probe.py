@@ -4,6 +4,7 @@ logistic regression whose C is chosen on training images only; resume, failure a
 from __future__ import annotations
 
 import math
+import shutil
 import threading
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 
 from xrstudy import demo
 from xrstudy.config import ConfigError, RunConfig
+from xrstudy.pixels.imagecache import CacheCorruptError
 from xrstudy.pixels.loaders import Split
 from xrstudy.results import store
 from xrstudy.sweeps import worker
@@ -119,6 +121,17 @@ def test_probe_cell_runs_end_to_end_and_its_second_seed_reuses_the_features(
         assert again["probe"]["feature_cache"] == details["feature_cache"]
         assert again["probe"]["features"] == {"images": images, "dim": 256, "extracted": 0, "reused": images}
     assert again["counts"]["train"] > result["counts"]["train"]
+
+    # Pixels damaged after the image cache was built: an extraction checks them as fine-tuning does, rather
+    # than caching features of the damaged pixels for every later seed
+    (images,) = (tmp_path / "cache").rglob("images.u8")
+    pixels = np.memmap(images, dtype=np.uint8, mode="r+")
+    pixels[: pixels.size // 2] = 0
+    pixels.flush()
+    del pixels
+    shutil.rmtree(tmp_path / "cache" / "features" / details["feature_cache"][:16])  # named by the key's digest
+    with pytest.raises(CacheCorruptError, match="differ from the checksums recorded"):
+        train.run(probe_cfg(xray_init, demo_data, tmp_path, seed=2))
 
     # Its history, as a fine-tuned run's: a row per regression fit (each C on the images left after the held-out
     # part, with its held-out loss), then the chosen C fitted on every training image.

@@ -240,6 +240,15 @@ class ImageCache:
         self._verified[new] = True
 
     @property
+    def content_key(self) -> str:
+        """`key` plus a digest of the pixels as built (the slots' checksums): what is computed from the pixels
+        (a probe's features) is keyed by this, so a slot rebuilt under the same key (a quarantined file
+        repaired and retried, a cache deleted after its images changed) is never answered from before."""
+        if self.checksums is None:
+            return self.key
+        return f"{self.key}:{hashlib.sha256(np.ascontiguousarray(self.checksums).tobytes()).hexdigest()[:16]}"
+
+    @property
     def quarantine_file(self) -> Path:
         return self.folder / "quarantine.json"
 

@@ -133,7 +133,7 @@ def extract_features(
 class FeatureKey:
     """What a feature file is a function of; `digest` names it on disk."""
 
-    images: str  # the image cache's key: sorted paths, cache size and mode (xrstudy.pixels.imagecache)
+    images: str  # ImageCache.content_key: sorted paths, cache size and mode, and the pixels as built
     weights: str  # backbone_digest of the frozen network
     arch: str
     eval_size: int
@@ -215,7 +215,9 @@ def cached_features(
             path = parts_dir / f"{index:05d}.npy"
             piece = _read_part(path, stop - start)
             if piece is None:
-                piece = extract(Split(images.images, images.rows[start:stop], images.targets[start:stop]))
+                piece = extract(
+                    Split(images.images, images.rows[start:stop], images.targets[start:stop], check=images.check)
+                )
                 if not extracted:  # the first part this call writes: the parts and the final copy must fit
                     check_free_space(root, 2 * count * piece.shape[1] * 4, f"the probe features {folder}")
                 _save_npy(path, piece)

@@ -315,6 +315,7 @@ def reproducibility(proc: Process) -> dict[str, Any]:
         "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),  # convolutions: TF32 on Ampere+ unless turned off
         "world": proc.world,
         "environment": {name: os.environ[name] for name in THREAD_ENVIRONMENT if name in os.environ},
     }
@@ -517,8 +518,9 @@ def run_probe_cell(cfg: RunConfig, proc: Process, study: StudyData, cell: resolv
     started = time.perf_counter()
     done = probe.run_probe(
         model,
-        Split(cache.images, np.arange(len(cache)), torch.zeros(len(cache))),  # every image of the dataset
-        cache.key,
+        # every image of the dataset, its checksums checked on read as in fine-tuning
+        Split(cache.images, np.arange(len(cache)), torch.zeros(len(cache)), check=cache.check_rows),
+        cache.content_key,  # the pixels as built: a repaired image gets new features
         splits,
         arch=base_arch(cfg.arch),
         multilabel=study.multilabel,
