@@ -52,6 +52,12 @@ def test_init_of_a_run_that_is_nowhere_fails_the_dry_run(tmp_path, stub_env):
     parent = next(c for c in cells if c.name == "c+m")  # a finished result in the store is a valid init
     child = RunConfig.from_dict({**cells[-1].to_dict(), "init": f"run:{parent.run_id}"})
     store.save(store.new_result(parent, {"test/acc": 0.5}), parent.results_dir)
+    # ... with its checkpoint: a result whose checkpoint is gone would fail every transfer loading it, and the
+    # pre-training counts as done, so it would never run again by itself
+    with pytest.raises(sweepfile.SweepError, match=r"has a result \(.*\) but no checkpoint .*checkpoint\.pt: restore"):
+        runner.run_sweep([child], dry_run=True, executor=STUB)
+    parent.run_dir.mkdir(parents=True)
+    (parent.run_dir / "checkpoint.pt").write_bytes(b"weights")
     assert runner.run_sweep([child], dry_run=True, executor=STUB).planned == [child.run_id]
 
 

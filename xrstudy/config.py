@@ -374,6 +374,13 @@ def parent_run_id(init: str) -> str | None:
     return run_id
 
 
+def init_checkpoint_path(cfg: RunConfig, init: str) -> Path:
+    """The checkpoint file `init` names: `run:<run id>` -> {out_dir}/runs/<run id>/checkpoint.pt, else the path
+    (torch-free, so that the sweep's checks before a run find the same file training loads)."""
+    parent = parent_run_id(init)
+    return Path(init) if parent is None else Path(cfg.out_dir) / "runs" / parent / "checkpoint.pt"
+
+
 def _shown(value: Any) -> str:
     """A value as messages show it: its repr, cut to a readable length (a YAML alias can make it huge)."""
     return shorten(list(value) if isinstance(value, tuple) else value)

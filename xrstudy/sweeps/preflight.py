@@ -1,7 +1,8 @@
 """What would make a sweep's cells fail for certain, checked before anything runs (and by a dry run, which
 must fail where the real run would): an `init: run:<id>` that is neither a cell of the sweep nor a finished
-result, an architecture or pretrained tag timm does not know (its registry is asked; no model is
-created), a missing notebook; and `--gpus` that this machine does not show.
+result, or whose result is there but its checkpoint is not; an architecture or pretrained tag timm does not
+know (its registry is asked; no model is created); a missing notebook; and `--gpus` that this machine does
+not show.
 
 GPUs asked for but absent are refused, not warned about: a cell pinned to a missing GPU trains on the CPU,
 which for the paper's cells means days instead of hours, and the user asked for GPUs. `--allow-cpu`
@@ -16,7 +17,7 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from xrstudy.config import RunConfig, base_arch
+from xrstudy.config import RunConfig, base_arch, init_checkpoint_path
 from xrstudy.results import store
 from xrstudy.sweeps import sweepfile
 from xrstudy.sweeps.sweepfile import SweepError
@@ -78,6 +79,25 @@ def unknown_archs(cells: Iterable[RunConfig]) -> dict[str, str]:
     return bad
 
 
+def missing_checkpoints(cells: Iterable[RunConfig]) -> list[str]:
+    """Cells still to run whose init run:<id> has a finished result but no checkpoint file (deleted, or the
+    run folders not copied with the store): the pre-training counts as done, so it would not run again, and
+    every such transfer would fail loading its weights."""
+    problems = []
+    for cell in cells:
+        parent = sweepfile.parent_id(cell)
+        if parent is None or store.is_done(cell):
+            continue
+        result = store.result_path(parent, cell.results_dir)
+        checkpoint = init_checkpoint_path(cell, cell.init)
+        if store.is_ok(result) and not checkpoint.is_file():
+            problems.append(
+                f"{cell.name} [{cell.run_id}]: its init run:{parent} has a result ({result}) but no checkpoint "
+                f"{checkpoint}: restore that file, or delete the result to train the pre-training again"
+            )
+    return problems
+
+
 def preflight(cells: list[RunConfig], *, executor: str = "papermill", check_archs: bool = True) -> None:
     """Raise SweepError listing every cell that cannot run (the dry run and the real run call this)."""
     problems = []
@@ -90,6 +110,7 @@ def preflight(cells: list[RunConfig], *, executor: str = "papermill", check_arch
             f"{cell.name} [{cell.run_id}]: init run:{parent} is neither a cell of this sweep nor a "
             f"finished result in {cell.results_dir}"
         )
+    problems += missing_checkpoints(cells)
     if check_archs:
         for arch, why in unknown_archs(cells).items():
             users = [c.name for c in cells if c.arch == arch]
@@ -101,4 +122,4 @@ def preflight(cells: list[RunConfig], *, executor: str = "papermill", check_arch
         raise SweepError("these cells cannot run:\n  " + "\n  ".join(problems))
 
 
-__all__ = ["preflight", "check_gpus", "visible_gpus", "unknown_archs"]
+__all__ = ["preflight", "check_gpus", "visible_gpus", "unknown_archs", "missing_checkpoints"]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from xrstudy.config import RunConfig, base_arch, parent_run_id
+from xrstudy.config import RunConfig, base_arch, init_checkpoint_path
 from xrstudy.fileio import (
     NotRegularFileError,
     atomic_path,
@@ -134,10 +134,7 @@ def weights_dir(cfg: RunConfig) -> Path:
     return Path(cfg.weights_dir or os.environ.get("XRSTUDY_WEIGHTS", "weights"))
 
 
-def checkpoint_path(cfg: RunConfig, init: str) -> Path:
-    """The checkpoint file `init` names: `run:<run id>` -> {out_dir}/runs/<run id>/checkpoint.pt, else the path."""
-    parent = parent_run_id(init)
-    return Path(init) if parent is None else Path(cfg.out_dir) / "runs" / parent / "checkpoint.pt"
+checkpoint_path = init_checkpoint_path  # the file `init` names (xrstudy.config: the sweep's checks use it too)
 
 
 __all__ = [
