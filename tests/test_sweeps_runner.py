@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from helpers import STUB, executions_of, sweep_spec
 
 from xrstudy.config import FIELD_NAMES
 from xrstudy.results import store
-from xrstudy.sweeps import preflight, runner, sweepfile
+from xrstudy.sweeps import preflight, runner, status, sweepfile, worker
 from xrstudy.sweeps.worker import AttemptEnd, is_dead_kernel
 
 
@@ -282,3 +283,29 @@ def test_a_full_disk_is_named_in_the_failure_list(tmp_path, stub_env, monkeypatc
     assert failure.outcome == AttemptEnd.DISK_FULL
     assert failure.reason.startswith(f"disk full at {tmp_path / 'cache' / 'images.u8'}"), failure.reason
     assert f"disk full at {tmp_path / 'cache' / 'images.u8'}" in summary.report()
+
+
+@pytest.mark.parametrize(
+    "ended",
+    [AttemptEnd.DEAD_KERNEL, AttemptEnd.FAILED],
+    ids=["warm-kernel-killed", "isolated-worker-KeyboardInterrupt"],
+)
+def test_a_cell_ended_by_ctrl_c_is_interrupted_not_failed(tmp_path, ended):
+    """Ctrl-C kills the warm kernels (the attempt ends as a dead kernel) or reaches an isolated worker (which
+    leaves 'KeyboardInterrupt' in attempt.json): either way the cell was interrupted, so `sweep status` must
+    not list it as failed."""
+    (cfg,) = [c for c in sweepfile.load_sweep(sweep_spec(tmp_path)) if c.name == "t-in21k"]
+    stop = threading.Event()
+
+    class CtrlC:
+        label, executor = "slot-0", "papermill"
+
+        def attempt(self, cfg, notebook, log):
+            stop.set()
+            worker.write_attempt(cfg, worker.Attempt(ended, "KeyboardInterrupt"))
+            return worker.Attempt(ended, "KeyboardInterrupt")
+
+    attempt = runner.run_cell(cfg, CtrlC(), retries=2, stop=stop)
+    assert attempt.outcome == AttemptEnd.INTERRUPTED and not worker.attempt_path(cfg).exists()
+    (row,) = status.sweep_status([cfg])
+    assert row["state"] == "pending"

@@ -162,6 +162,9 @@ def run_cell(cfg: RunConfig, slot: Slot, retries: int, stop: threading.Event, no
             )
             log.flush()
             last = slot.attempt(cfg, notebook, log)
+        if stop.is_set() and last.outcome.status == "failed":  # Ctrl-C ended it: not the cell's failure
+            attempt_path(cfg).unlink(missing_ok=True)  # (an isolated worker wrote "KeyboardInterrupt" there)
+            return Attempt(AttemptEnd.INTERRUPTED, "interrupted")
         if last.outcome != AttemptEnd.DEAD_KERNEL:
             break
     see = f" (see {log_path})"
