@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from xrstudy.config import RunConfig
+from xrstudy.results import store
+from xrstudy.sweeps import worker
 from xrstudy.sweeps.worker import AttemptEnd, failure_cause
 
 
@@ -57,3 +62,18 @@ def test_outcomes_are_one_encoding():
 )
 def test_failure_cause_names_a_full_disk_and_its_path(make, outcome, cause):
     assert failure_cause(make()) == (outcome, cause)
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_under_torchrun_a_cell_finished_before_the_job_ends_every_rank_with_0(tmp_path, monkeypatch, rank):
+    """torchrun fails the whole job when any rank exits non-zero: a requeued task whose cell is done must
+    end with 0 on every rank (one process alone reports DONE_ELSEWHERE, 76)."""
+    cfg = RunConfig(kind="transfer", target="cifar10", init="timm", out_dir=str(tmp_path))
+    store.save(store.new_result(cfg, {"test/acc": 0.9}), cfg.results_dir)
+    argv = ["--executor", "tests.never:run", "--config", json.dumps(cfg.to_dict())]  # never called: done
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert worker.main(argv) == 0
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert worker.main(argv) == AttemptEnd.DONE_ELSEWHERE

@@ -305,15 +305,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("one of --config or --from-list is required")
     cfg = RunConfig.from_dict(config)
     notebook = Path(args.notebook) if args.notebook else notebook_of(cfg, args.executor)
-    rank = int(os.environ.get("RANK", "0"))
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    # Under torchrun any non-zero exit fails the whole job (and `slurm.run_cell` with it): a cell finished
+    # before the job started (a requeued task) ends every rank with 0 there, not with DONE_ELSEWHERE.
+    finished = 0 if world > 1 else int(AttemptEnd.DONE_ELSEWHERE)
     if rank != 0:
         # Multi-GPU cells under torchrun: every rank executes the cell; rank 0 alone holds the claim
         # and writes the result. A cell finished before the job started is left alone by every rank.
         if store.is_done(cfg):
-            return int(AttemptEnd.DONE_ELSEWHERE)
+            return finished
         executor_of(args.executor)(cfg, notebook, cfg.run_dir / f"notebook.rank{rank}.ipynb")
         return int(AttemptEnd.DONE)
-    return int(run_in_process(cfg, args.executor, notebook).outcome)
+    outcome = run_in_process(cfg, args.executor, notebook).outcome
+    return finished if outcome == AttemptEnd.DONE_ELSEWHERE else int(outcome)
 
 
 __all__ = [
