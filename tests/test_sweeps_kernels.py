@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import nbformat
 import pytest
 from nbclient.exceptions import DeadKernelError
 
+from xrstudy.sweeps import kernels
 from xrstudy.sweeps.kernels import WarmKernel
 
 pytestmark = pytest.mark.slow
@@ -64,3 +66,21 @@ def test_a_kernel_dying_mid_cell_raises_instead_of_hanging(tmp_path):
         assert not kernel.alive() and kernel.returncode == -signal.SIGKILL
         kernel.execute(tmp_path / "die.ipynb", tmp_path / "b.ipynb", {"x": 0})  # a fresh kernel takes over
         assert kernel.restarts == 1
+
+
+def test_a_kernel_killed_by_ctrl_c_ends_its_reset_at_once_and_starts_no_new_one(tmp_path, monkeypatch):
+    """The runner's Ctrl-C kills every warm kernel. One killed while the namespace is reset raises at once
+    (execute_interactive alone waits its 60 s timeout for a reply that never comes); one killed before its
+    next notebook starts no fresh kernel to run it in."""
+    notebook = _counter_notebook(tmp_path / "in.ipynb")
+    monkeypatch.setattr(kernels, "RESET", "import time; time.sleep(120)")  # a reset that is still running
+    with WarmKernel(cwd=tmp_path) as kernel:
+        kernel.start()
+        killer = threading.Timer(1.0, kernel.kill)
+        killer.start()
+        with pytest.raises(kernels.DeadKernelError, match="died while its namespace was reset"):
+            kernel.execute(notebook, tmp_path / "a.ipynb", {"x": 1})
+        killer.join()
+        with pytest.raises(kernels.DeadKernelError, match="was killed: the sweep is stopping"):
+            kernel.execute(notebook, tmp_path / "b.ipynb", {"x": 2})
+        assert kernel.restarts == 0 and not kernel.alive()

@@ -8,6 +8,7 @@ the kernel when it died. Executed notebooks are still plain papermill outputs.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from pathlib import Path
@@ -24,15 +25,29 @@ RESET = "get_ipython().run_line_magic('reset', '-f')"
 IPYKERNEL_QUIET = ["--IPKernelApp.log_level=ERROR"]
 
 
+class DeadKernelError(RuntimeError):
+    """The kernel died before or while a notebook ran in it (named as nbclient's, which
+    `xrstudy.sweeps.worker.is_dead_kernel` recognises by name: the runner retries or, after Ctrl-C, stops)."""
+
+
 async def _reset(km: KernelManager) -> None:
-    """`%reset -f` in the kernel: no variable of one notebook reaches the next."""
+    """`%reset -f` in the kernel: no variable of one notebook reaches the next. A kernel killed meanwhile
+    (Ctrl-C of the runner) ends it at once with DeadKernelError: the reply it will never send is not
+    waited for (execute_interactive alone would wait out its 60 s timeout)."""
     client = km.client()
     client.start_channels()
     try:
         await client.wait_for_ready(timeout=60)
-        reply = await client.execute_interactive(RESET, timeout=60, store_history=False, output_hook=lambda msg: None)
-        if reply["content"].get("status") != "ok":
-            raise RuntimeError(f"could not reset the kernel namespace: {reply['content']}")
+        reply = asyncio.ensure_future(
+            client.execute_interactive(RESET, timeout=60, store_history=False, output_hook=lambda msg: None)
+        )
+        while not reply.done():
+            await asyncio.wait([reply], timeout=0.2)
+            if not reply.done() and not km.is_alive():
+                reply.cancel()
+                raise DeadKernelError("the kernel died while its namespace was reset")
+        if reply.result()["content"].get("status") != "ok":
+            raise RuntimeError(f"could not reset the kernel namespace: {reply.result()['content']}")
     finally:
         client.stop_channels()
 
@@ -48,6 +63,7 @@ class WarmKernel:
         self.cwd = str(cwd) if cwd else None
         self.km: KernelManager | None = None
         self.restarts = 0
+        self.killed = False  # by kill(): the sweep is stopping, no fresh kernel is started for it
 
     def _ensure_started(self) -> KernelManager:
         if self.km is not None and self.km.is_alive():
@@ -95,7 +111,9 @@ class WarmKernel:
         self._ensure_started()
 
     def kill(self) -> None:
-        """SIGKILL the kernel from any thread (Ctrl-C of the runner); a running execute sees a dead kernel."""
+        """SIGKILL the kernel from any thread (Ctrl-C of the runner); a running execute sees a dead kernel,
+        and one about to start raises DeadKernelError instead of starting a fresh kernel for its cell."""
+        self.killed = True
         pid = self.pid
         if pid is not None and self.alive():
             try:
@@ -108,6 +126,8 @@ class WarmKernel:
 
     def execute(self, notebook: str | Path, output: str | Path, parameters: dict[str, Any], **papermill_kwargs: Any):
         """papermill.execute_notebook in this kernel; raises what papermill raises."""
+        if self.killed:
+            raise DeadKernelError("the kernel was killed: the sweep is stopping")
         km = self._ensure_started()
         self._reset_namespace(km)
         return papermill.execute_notebook(
