@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,18 +69,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
-def _finite(value: Any) -> Any:
-    """`value` with every float that is not finite replaced by None, in dicts and lists at any depth."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value
-
-
 def cmd_status(args: argparse.Namespace) -> int:
+    from xrstudy.results import store
     from xrstudy.sweeps import plan, status
 
     cells = sweepfile.select(sweepfile.load_sweep(args.sweep), args.only)
@@ -89,7 +78,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows = status.sweep_status(cells, args.results, plan_rows)
     info = status.summary(rows, plan_rows)
     if args.json:  # a diverging cell's last loss may be inf or NaN: JSON has neither, null says "no number"
-        json.dump(_finite({"cells": rows, "summary": info}), sys.stdout, indent=1, allow_nan=False)
+        json.dump(store.json_safe({"cells": rows, "summary": info}), sys.stdout, indent=1, allow_nan=False)
         sys.stdout.write("\n")
     else:
         print(status.format_status(rows, info))

@@ -196,12 +196,12 @@ def _digest(result: dict[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _plain(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON-safe copy: tuples → lists, NaN/inf → None (JSON has no NaN), numpy scalars → Python."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [json_safe(v) for v in value]
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy / torch scalar
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -235,7 +235,7 @@ def save(result: dict[str, Any], results_dir: str | Path) -> Path:
     Concurrent writers of different runs never interfere; writers of the same run each leave a
     complete file (last rename wins), except that an `ok` result is never replaced by a `failed` one.
     """
-    result = _plain(dict(result))
+    result = json_safe(dict(result))
     result.setdefault("schema", SCHEMA)
     result.setdefault("origin", "xrstudy")
     result.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -509,6 +509,7 @@ def write_table(frame: pd.DataFrame, out: str | Path, fmt: str | None = None) ->
 # ---- CLI --------------------------------------------------------------------------------------
 __all__ = [
     "SCHEMA",
+    "json_safe",
     "READABLE_SCHEMAS",
     "HISTORY_POINTS",
     "ResultError",

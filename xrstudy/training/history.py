@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from xrstudy.fileio import atomic_write_text
-from xrstudy.results.store import HISTORY_POINTS
+from xrstudy.results.store import HISTORY_POINTS, json_safe
 
 HISTORY_FILE = "history.csv"
 TENSORBOARD_DIR = "tensorboard"
@@ -189,16 +189,10 @@ def for_result(rows: Sequence[dict[str, Any]], points: int = HISTORY_POINTS) -> 
         chosen = sorted(ends | set(validated) | {others[i] for i in _picks(len(others), room - len(validated))})
     columns: dict[str, list[Any]] = {}
     for name in FIELDS:
-        values = [_plain(rows[i].get(name)) for i in chosen]
+        values = [json_safe(rows[i].get(name)) for i in chosen]
         if name in ("step", "train/loss") or any(v is not None for v in values):
             columns[name] = values
     return columns
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def rows_of_result(history: dict[str, Iterable[Any]]) -> list[dict[str, Any]]:
