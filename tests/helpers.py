@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import collections
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +74,19 @@ SMALL = phantoms.PhantomStyle(height=24, width=20)
 
 def phantom_records(n: int = 8, **options):
     return phantoms.xray_records(n, seed=0, style=SMALL, lateral_share=0.0, **options)
+
+
+def sigkill_when(child: subprocess.Popen, ready: Callable[[], bool], timeout_s: float = 240) -> None:
+    """SIGKILL `child` as soon as `ready()` holds (polled while it runs); it must not have ended before."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and child.poll() is None and not ready():
+            time.sleep(0.2)
+        assert child.poll() is None, "the child ended before it was killed"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
 
 
 def one_error_line(err: str) -> str:

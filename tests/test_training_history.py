@@ -9,7 +9,6 @@ import errno
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ import cells
 import pytest
 import torch
 import yaml
+from helpers import sigkill_when
 
 from xrstudy import cli
 from xrstudy.config import RunConfig
@@ -440,17 +440,7 @@ def test_a_sigkilled_run_resumes_with_no_step_twice_and_none_missing(tmp_path, r
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path)], env=env)
     cfg = cells.pretrain_cfg(tmp_path / "b")
     path = cfg.run_dir / history.HISTORY_FILE
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and child.poll() is None:
-            if history.last_row(path) is not None and history.last_row(path)["step"] == 5:
-                break
-            time.sleep(0.2)
-        assert child.poll() is None, "the child ended before it was killed"
-        child.send_signal(signal.SIGKILL)
-    finally:
-        child.kill()
-        child.wait()
+    sigkill_when(child, lambda: history.last_row(path) is not None and history.last_row(path)["step"] == 5)
     assert load_train_state(cfg.run_dir / train.TRAIN_STATE)["step"] == 4
     assert [r["step"] for r in history.read_rows(path)] == [1, 2, 3, 4, 5]  # step 5: beyond the training state
     train.run(cfg, study=cells.xray_study(tmp_path / "xray"), resume=True)

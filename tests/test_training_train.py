@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from cells import FINDINGS, SHAPES, TINY, Stop, StopAfter, pretrain_cfg, shapes_study, transfer_cfg, xray_study
+from helpers import sigkill_when
 
 from xrstudy.config import ConfigError, RunConfig
 from xrstudy.data.studydata import StudyData
@@ -138,17 +137,7 @@ def test_sigkilled_process_resumes_to_the_same_weights(tmp_path, reference):
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path)], env=env)
     cfg = pretrain_cfg(tmp_path / "b")
     state_path = cfg.run_dir / train.TRAIN_STATE
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and child.poll() is None:
-            if state_path.is_file() and load_train_state(state_path)["step"] == 4:
-                break
-            time.sleep(0.2)
-        assert child.poll() is None, "the child ended before it was killed"
-        child.send_signal(signal.SIGKILL)
-    finally:
-        child.kill()
-        child.wait()
+    sigkill_when(child, lambda: state_path.is_file() and load_train_state(state_path)["step"] == 4)
     assert load_train_state(state_path)["step"] == 4
     resumed = train.run(cfg, study=xray_study(tmp_path / "xray"), resume=True)
     a, b = checkpoint_weights(reference), checkpoint_weights(resumed)
