@@ -84,13 +84,16 @@ def missing_checkpoints(cells: Iterable[RunConfig]) -> list[str]:
     run folders not copied with the store): the pre-training counts as done, so it would not run again, and
     every such transfer would fail loading its weights."""
     problems = []
+    parent_ok: dict[Path, bool] = {}  # a parent's result is read once, not once per transfer of it
     for cell in cells:
         parent = sweepfile.parent_id(cell)
         if parent is None or store.is_done(cell):
             continue
         result = store.result_path(parent, cell.results_dir)
+        if result not in parent_ok:
+            parent_ok[result] = store.is_ok(result)
         checkpoint = init_checkpoint_path(cell, cell.init)
-        if store.is_ok(result) and not checkpoint.is_file():
+        if parent_ok[result] and not checkpoint.is_file():
             problems.append(
                 f"{cell.name} [{cell.run_id}]: its init run:{parent} has a result ({result}) but no checkpoint "
                 f"{checkpoint}: restore that file, or delete the result to train the pre-training again"
